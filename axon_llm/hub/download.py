@@ -1,0 +1,481 @@
+"""Downloads that never leave a corrupt file where a later call would trust it.
+
+One file is fetched like this (``download_file``):
+
+1. Look in the cache (ours, then any huggingface_hub cache); a hit costs no network.
+2. Take a per-file ``fcntl`` lock, and look again: another process may have finished the
+   same file while we waited, in which case we use its copy (so N processes download once).
+3. Stream the body into a unique ``.incomplete`` temp file in ``blobs/`` while hashing it.
+   A cut connection or a read timeout resumes from the bytes already written with an
+   HTTP ``Range`` request; a server that answers ``200`` to a ``Range`` request (it ignored
+   it) makes us start the file over. 408/429/5xx are retried with exponential backoff,
+   honouring ``Retry-After``.
+4. Check the size (pinned, or announced by the server) and the sha256 (pinned, or the
+   server's LFS ETag when that is a sha256). On mismatch the temp file is deleted and
+   :class:`~axon_llm.errors.ChecksumError` raised.
+5. ``os.replace`` the temp file to ``blobs/<sha256>`` and link ``snapshots/<commit>/<filename>``
+   to it, also atomically.
+
+Anything that fails deletes its temp file; a killed process leaves one, which the next
+download of that file removes while holding the lock.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import importlib.util
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import requests
+import urllib3
+
+from axon_llm.errors import (
+    ChecksumError, DownloadError, GatedModelError, HubError, ModelNotFoundError, OfflineError,
+)
+from axon_llm.hub.cache import RepoCache, cache_root, cached_sha256, hf_cache_roots, place_file
+from axon_llm.hub.names import (
+    is_commit, is_sha256, validate_filename, validate_repo_id, validate_revision, validate_sha256,
+)
+from axon_llm.hub.registry import PretrainedLLM, get_model
+
+__all__ = [
+    "DownloadSettings", "download_file", "download_llm_weights", "resolve_local", "resolve_model_path",
+    "hub_endpoint", "hub_offline",
+]
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+_RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_TRANSIENT = (requests.RequestException, urllib3.exceptions.HTTPError)
+_FATAL = (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema)
+
+
+@dataclass(frozen=True)
+class DownloadSettings:
+    """Timeouts, retries and backoff of a download (tests pass short ones).
+
+    ``max_retries`` bounds consecutive failed attempts that received no bytes; an attempt
+    that made progress before the connection was cut resets the count (the file is finite,
+    so this still ends). Delays double from ``backoff`` up to ``max_backoff``; a server's
+    ``Retry-After`` is honoured up to ``max_retry_after`` seconds. ``progress=None`` shows the
+    tqdm bar on stderr only when stderr is a terminal.
+    """
+
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+    max_retries: int = 5
+    backoff: float = 1.0
+    max_backoff: float = 30.0
+    max_retry_after: float = 120.0
+    chunk_size: int = 1 << 20
+    progress: bool | None = None
+
+
+def hub_endpoint() -> str:
+    """``$AXON_HUB_ENDPOINT`` without a trailing slash, default https://huggingface.co."""
+    return (os.environ.get("AXON_HUB_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def hub_offline() -> bool:
+    """True when ``AXON_HUB_OFFLINE`` (or huggingface_hub's ``HF_HUB_OFFLINE``) is set to a true value."""
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("AXON_HUB_OFFLINE", "HF_HUB_OFFLINE"))
+
+
+def _hub_token() -> str | None:
+    return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+
+
+def file_url(repo_id: str, filename: str, revision: str = "main") -> str:
+    """``{endpoint}/{repo_id}/resolve/{revision}/{filename}``, each part URL-quoted."""
+    return f"{hub_endpoint()}/{repo_id}/resolve/{quote(revision, safe='')}/{quote(filename)}"
+
+
+# -- the cache side ---------------------------------------------------------------------------
+
+
+def _trusted(path: Path | None, sha256: str | None, size: int | None) -> bool:
+    if path is None:
+        return False
+    if size is not None and path.stat().st_size != size:
+        return False
+    return sha256 is None or cached_sha256(path) == sha256
+
+
+def _from_cache(repo: RepoCache, revision: str, filename: str, sha256: str | None, size: int | None) -> Path | None:
+    """A trusted cached copy, from our cache or adopted (linked) from a huggingface_hub cache."""
+    ours = repo.find(revision, filename)
+    if _trusted(ours, sha256, size):
+        return ours
+    here = os.path.realpath(repo.root)
+    for hf_root in hf_cache_roots():
+        if os.path.realpath(hf_root) == here:
+            continue
+        theirs = RepoCache(hf_root, repo.repo_id).find(revision, filename)
+        if _trusted(theirs, sha256, size):
+            folder = repo.snapshot_folder(revision) or RepoCache(hf_root, repo.repo_id).snapshot_folder(revision)
+            target = repo.snapshot_path(folder, filename)
+            place_file(target, Path(os.path.realpath(theirs)))
+            repo.set_ref(revision, folder)
+            return target
+    return None
+
+
+class _FileLock:
+    """An exclusive ``fcntl.flock`` on a lock file, released when the process dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def __enter__(self) -> "_FileLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            import fcntl
+        except ImportError:    # no fcntl (Windows): downloads stay correct, only not deduplicated
+            return self
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)   # closing the descriptor releases the flock
+            self._fd = None
+
+
+# -- the network side -------------------------------------------------------------------------
+
+
+def _retry_delay(resp: requests.Response | None, failures: int, settings: DownloadSettings) -> float:
+    """Seconds to wait before the next attempt: ``Retry-After`` if the server sent one, else backoff."""
+    header = resp.headers.get("Retry-After") if resp is not None else None
+    if header:
+        try:
+            delay = float(header)
+        except ValueError:
+            try:
+                delay = email.utils.parsedate_to_datetime(header).timestamp() - time.time()
+            except (TypeError, ValueError, IndexError, OverflowError):
+                delay = None
+        if delay is not None:
+            return min(max(delay, 0.0), settings.max_retry_after)
+    delay = min(settings.backoff * 2 ** max(failures - 1, 0), settings.max_backoff)
+    return delay * (1.0 + 0.25 * random.random())   # jitter, so many clients do not retry in step
+
+
+def _header(resp: requests.Response, name: str) -> str | None:
+    """A header from the final response or any redirect before it (HF puts LFS metadata on the redirect)."""
+    for r in (resp, *reversed(resp.history)):
+        value = r.headers.get(name)
+        if value:
+            return value
+    return None
+
+
+def _etag_sha256(resp: requests.Response) -> str | None:
+    """The sha256 the server vouches for: ``X-Linked-Etag`` or ``ETag`` when it is 64 hex digits."""
+    for name in ("X-Linked-Etag", "ETag"):
+        value = _header(resp, name)
+        if value:
+            value = value.strip()
+            if value.startswith("W/"):
+                value = value[2:]
+            value = value.strip('"').lower()
+            if is_sha256(value):
+                return value
+    return None
+
+
+def _content_range(resp: requests.Response) -> tuple[int, int | None] | None:
+    """(first byte, total size or None) from ``Content-Range: bytes a-b/total``."""
+    value = resp.headers.get("Content-Range", "")
+    try:
+        unit, spec = value.split(" ", 1)
+        span, total = spec.split("/", 1)
+        first = int(span.split("-", 1)[0])
+        return first, (None if total.strip() == "*" else int(total))
+    except ValueError:
+        return None
+
+
+@dataclass
+class _Fetched:
+    sha256: str
+    size: int
+    commit: str | None
+
+
+def _fetch(url: str, dest: Path, *, what: str, sha256: str | None, size: int | None,
+           settings: DownloadSettings) -> _Fetched:
+    """Stream ``url`` into ``dest`` with resume/retry, then verify size and sha256."""
+    import hashlib
+
+    from tqdm import tqdm
+
+    headers = {"Accept-Encoding": "identity", "User-Agent": "axon-llm"}
+    token = _hub_token()
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    timeout = (settings.connect_timeout, settings.read_timeout)
+    hasher = hashlib.sha256()
+    written, total, commit, server_sha = 0, size, None, None
+    failures, last_error = 0, None
+    disable = None if settings.progress is None else not settings.progress
+    with requests.Session() as session, open(dest, "wb") as out, \
+            tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=what.split("/")[-1],
+                 file=sys.stderr, disable=disable, leave=False) as bar:
+
+        def restart() -> None:
+            nonlocal hasher, written
+            out.seek(0)
+            out.truncate()
+            hasher = hashlib.sha256()
+            written = 0
+            bar.reset(total=total)
+
+        while True:
+            if failures > settings.max_retries:
+                raise DownloadError(f"could not download {what} from {url} after {settings.max_retries} retries: "
+                                    f"{last_error}")
+            start = written
+            request_headers = dict(headers)
+            if written:
+                request_headers["Range"] = f"bytes={written}-"
+            try:
+                with session.get(url, headers=request_headers, stream=True, timeout=timeout) as resp:
+                    status = resp.status_code
+                    if status == 404:
+                        raise ModelNotFoundError(f"{what} was not found on the hub ({url} answered 404): "
+                                                 "check the repository id, the filename and the revision")
+                    if status in (401, 403):
+                        raise GatedModelError(
+                            f"{what} is gated or private ({url} answered {status}): accept its license on the "
+                            "model page and set HF_TOKEN to an access token (it is sent as a bearer token)")
+                    if status in _RETRY_STATUS:
+                        failures += 1
+                        last_error = f"HTTP {status}"
+                        if failures <= settings.max_retries:
+                            time.sleep(_retry_delay(resp, failures, settings))
+                        continue
+                    if status == 416 and written:   # our Range no longer fits the file: start over
+                        failures += 1
+                        last_error = "HTTP 416 (range not satisfiable)"
+                        restart()
+                        continue
+                    if status not in (200, 206):
+                        raise DownloadError(f"could not download {what}: {url} answered HTTP {status}")
+
+                    commit = commit or _header(resp, "X-Repo-Commit")
+                    server_sha = server_sha or _etag_sha256(resp)
+                    if sha256 and server_sha and server_sha != sha256:
+                        raise ChecksumError(f"{what}: the server's file has sha256 {server_sha}, expected {sha256} "
+                                            "(the repository changed, or the pinned checksum is wrong)")
+                    if status == 200:
+                        if written:          # the server ignored our Range: the body is the whole file
+                            restart()
+                        length = resp.headers.get("Content-Length")
+                        announced = int(length) if length and length.isdigit() else None
+                    else:
+                        span = _content_range(resp)
+                        if span is None or span[0] != written:
+                            failures += 1
+                            last_error = f"bad Content-Range {resp.headers.get('Content-Range')!r}"
+                            restart()
+                            continue
+                        announced = span[1]
+                    linked = _header(resp, "X-Linked-Size")
+                    if announced is None and linked and linked.isdigit():
+                        announced = int(linked)
+                    if announced is not None:
+                        if total is not None and announced != total:
+                            raise ChecksumError(f"{what}: the server's file has {announced} bytes, expected {total}")
+                        if total is None:
+                            total = announced
+                            bar.reset(total=total)
+                            bar.update(written)
+
+                    for chunk in resp.iter_content(chunk_size=settings.chunk_size):
+                        if not chunk:
+                            continue
+                        out.write(chunk)
+                        hasher.update(chunk)
+                        written += len(chunk)
+                        bar.update(len(chunk))
+                        if total is not None and written > total:
+                            raise ChecksumError(f"{what}: the server sent more than the expected {total} bytes")
+                if total is not None and written < total:
+                    raise requests.ConnectionError(f"connection closed after {written} of {total} bytes")
+                break
+            except _FATAL as exc:        # a malformed endpoint URL: retrying cannot help
+                raise DownloadError(f"could not download {what}: bad URL {url!r} ({exc}); "
+                                    "check AXON_HUB_ENDPOINT") from exc
+            except _TRANSIENT as exc:    # cut connection, read timeout, refused connection
+                last_error = f"{type(exc).__name__}: {exc}"
+                if written > start:      # it made progress: resume from here at once
+                    failures = 0
+                    continue
+                failures += 1
+                if failures <= settings.max_retries:
+                    time.sleep(_retry_delay(None, failures, settings))
+        out.flush()
+        os.fsync(out.fileno())
+
+    digest = hasher.hexdigest()
+    if total is not None and written != total:
+        raise ChecksumError(f"{what}: received {written} bytes, expected {total}")
+    expected = sha256 or server_sha
+    if expected and digest != expected:
+        raise ChecksumError(f"{what}: downloaded bytes have sha256 {digest}, expected {expected}; "
+                            "the file was discarded")
+    return _Fetched(digest, written, commit)
+
+
+# -- the public functions ---------------------------------------------------------------------
+
+
+def download_file(repo_id: str, filename: str, *, revision: str = "main", sha256: str | None = None,
+                  force: bool = False, size: int | None = None,
+                  settings: DownloadSettings | None = None) -> Path:
+    """Fetch one file of a hub repository into the cache and return its path.
+
+    The path is ``<cache>/models--org--name/snapshots/<commit>/<filename>``. A cached copy
+    (in our cache or a huggingface_hub cache) whose size/sha256 match what is expected is
+    returned without any network access; ``force=True`` downloads again. ``sha256`` and
+    ``size`` pin the expected content; without them the server's LFS sha256 and announced
+    size are checked. Raises ModelNotFoundError (404), GatedModelError (401/403),
+    OfflineError (``AXON_HUB_OFFLINE=1`` and not cached), DownloadError (retries exhausted),
+    ChecksumError (wrong size or sha256: nothing is kept).
+    """
+    validate_repo_id(repo_id)
+    validate_filename(filename)
+    validate_revision(revision)
+    sha256 = validate_sha256(sha256)
+    settings = settings or DownloadSettings()
+    repo = RepoCache(cache_root(), repo_id)
+    what = f"{repo_id}/{filename} (revision {revision})"
+
+    if not force:
+        hit = _from_cache(repo, revision, filename, sha256, size)
+        if hit is not None:
+            return hit
+    if hub_offline():
+        raise OfflineError(f"AXON_HUB_OFFLINE is set and {what} is not in the cache {repo.root}; "
+                           "unset it to download, or copy the file into the cache")
+
+    with _FileLock(repo.lock_path(revision, filename)):
+        if not force:   # another process may have fetched it while we waited for the lock
+            hit = _from_cache(repo, revision, filename, sha256, size)
+            if hit is not None:
+                return hit
+        repo.blobs.mkdir(parents=True, exist_ok=True)
+        repo.remove_stale_temps(revision, filename)
+        tmp = repo.temp_path(revision, filename)
+        try:
+            fetched = _fetch(file_url(repo_id, filename, revision), tmp, what=what, sha256=sha256, size=size,
+                             settings=settings)
+            blob = repo.store_blob(tmp, fetched.sha256)
+            if is_commit(revision):
+                folder = revision
+            elif fetched.commit and is_commit(fetched.commit.lower()):
+                folder = fetched.commit.lower()
+            else:   # a server that does not say which commit it served: name the folder after the revision
+                folder = repo.snapshot_folder(revision) or revision.replace("/", "--")
+            target = repo.snapshot_path(folder, filename)
+            place_file(target, blob)
+            repo.set_ref(revision, folder)
+            return target
+        except HubError:
+            raise
+        except OSError as exc:   # disk full, permissions: say which file, keep no partial copy
+            raise DownloadError(f"could not write {what} into the cache {repo.root}: {exc}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def resolve_local(name: str | PretrainedLLM) -> Path | None:
+    """The model's files inside its installed PyPI package, found without importing it; else None.
+
+    For ``smollm2-135m-instruct`` this is the package folder holding the ``.gguf``; for
+    ``all-minilm-l6-v2`` the package's ``model/`` folder (HF layout).
+    """
+    model = get_model(name)
+    if model.package is None:
+        return None
+    try:
+        spec = importlib.util.find_spec(model.package.module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        path = Path(location) / model.package.path
+        if path.exists():
+            return path if path.is_dir() else path.parent
+    return None
+
+
+def _install_hint(model: PretrainedLLM) -> str:
+    if model.package is None:
+        return ""
+    return f"; or install the model's package to use it offline: {model.package.install_command}"
+
+
+def download_llm_weights(name: str | PretrainedLLM, force: bool = False, *,
+                         settings: DownloadSettings | None = None) -> Path:
+    """The folder holding a registry model's files, downloading what is missing.
+
+    A model shipped by an installed package resolves to the package's folder with no
+    network (unless ``force=True``, which downloads it from the hub again). Otherwise every
+    file listed in the registry is fetched with :func:`download_file`; the first one fixes
+    the commit, so all files come from the same snapshot folder, which is returned.
+    """
+    model = get_model(name)
+    if not force:
+        local = resolve_local(model)
+        if local is not None:
+            return local
+    repo = RepoCache(cache_root(), model.repo_id)
+    revision, folder = model.revision, None
+    try:
+        for hub_file in model.files:
+            if not hub_file.required and folder is not None and not force \
+                    and repo.known_absent(folder.name, hub_file.filename):
+                continue
+            try:
+                path = download_file(model.repo_id, hub_file.filename, revision=revision, sha256=hub_file.sha256,
+                                     size=hub_file.size, force=force, settings=settings)
+            except (ModelNotFoundError, OfflineError):
+                if hub_file.required:
+                    raise
+                if folder is not None and not hub_offline():
+                    repo.mark_absent(folder.name, hub_file.filename)
+                continue
+            if folder is None:   # the first file fixes the commit every other file comes from
+                folder = path.parents[len(Path(hub_file.filename).parts) - 1]
+                if is_commit(folder.name):
+                    revision = folder.name
+    except HubError as exc:
+        hint = _install_hint(model)
+        if hint and not isinstance(exc, ChecksumError):
+            raise type(exc)(f"{exc}{hint}") from exc
+        raise
+    if folder is None:
+        raise ModelNotFoundError(f"none of the files of {model.name!r} ({model.repo_id}) exist on the hub")
+    return folder
+
+
+def resolve_model_path(name: str | PretrainedLLM, force: bool = False, *,
+                       settings: DownloadSettings | None = None) -> Path:
+    """What ``from_pretrained`` should open for a registry name: the ``.gguf`` file of a GGUF model,
+    the HF-layout folder otherwise (from the installed package when there is one)."""
+    model = get_model(name)
+    folder = download_llm_weights(model, force=force, settings=settings)
+    if model.weights is not None:
+        return folder / model.weights
+    return folder

