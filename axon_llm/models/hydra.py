@@ -1,0 +1,309 @@
+"""Hydra: a hybrid of Mamba mixers and sliding-window attention (Jamba-style, no positional encoding).
+
+Layer ``i`` is a Mamba block when ``i`` is even and a sliding-window attention block when odd;
+both are pre-norm residual blocks followed by a SwiGLU MLP::
+
+    x += mixer(RMSNorm(x))          mixer = MambaMixer (i even) | WindowAttention (i odd)
+    x += SwiGLU(RMSNorm(x))
+
+Embedding -> layers -> RMSNorm -> lm_head. The Mamba mixer is the one SSM uses
+(axon_llm/mamba.py), so it inherits SSM's transformers parity. Window attention is causal with
+window ``W``: query ``p`` sees keys ``j`` with ``p - W < j <= p``. There is no RoPE: the SSM
+layers carry position. Streaming decode keeps, per layer, the Mamba (conv, ssm) state or a
+``W``-long ring of keys and values, so the cache size does not grow with the sequence.
+
+The math and the lines that implement it are in docs/models/hydra.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+import axon
+import axon.nn.functional as F
+from axon import nn
+from axon_llm.config import ModelConfig
+from axon_llm.errors import ConfigError, InputError
+from axon_llm.mamba import MambaMixer, MambaState
+from axon_llm.models.ssm import check_attention_mask, check_input_ids
+
+__all__ = ["HydraConfig", "HydraModel", "HydraCache", "WindowKVCache", "WindowAttention", "SwiGLU"]
+
+
+@dataclass
+class HydraConfig(ModelConfig):
+    """Hydra hyper-parameters (HF-style names) and the crate's presets."""
+
+    model_type: ClassVar[str] = "hydra"
+    architecture: ClassVar[str] = "HydraModel"
+
+    vocab_size: int = 32000
+    hidden_size: int = 768
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 12
+    num_key_value_heads: int | None = None
+    state_size: int = 16
+    intermediate_size: int = 3072
+    sliding_window: int = 256
+    expand: int = 2
+    conv_kernel: int = 4
+    time_step_rank: int | str | None = "auto"
+    use_conv_bias: bool = True
+    rms_norm_eps: float = 1e-5
+    max_position_embeddings: int = 1 << 20   # no positional encoding: no length limit
+    initializer_range: float = 0.02
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    pad_token_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.time_step_rank in (None, "auto"):
+            self.time_step_rank = math.ceil(self.hidden_size / 16)
+        for f in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "state_size", "intermediate_size", "expand", "conv_kernel",
+                  "time_step_rank"):
+            v = getattr(self, f)
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+                raise ConfigError(f"HydraConfig.{f} must be a positive integer, got {v!r}")
+        if not isinstance(self.sliding_window, (int, np.integer)) or isinstance(self.sliding_window, bool) \
+                or self.sliding_window < 1:
+            raise ConfigError(f"HydraConfig.sliding_window must be an integer >= 1 (the window counts the "
+                              f"query's own position), got {self.sliding_window!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(f"HydraConfig: hidden_size ({self.hidden_size}) must be divisible by "
+                              f"num_attention_heads ({self.num_attention_heads})")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(f"HydraConfig: num_attention_heads ({self.num_attention_heads}) must be divisible "
+                              f"by num_key_value_heads ({self.num_key_value_heads})")
+        if not self.rms_norm_eps > 0:
+            raise ConfigError(f"HydraConfig.rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def mamba_intermediate_size(self) -> int:
+        """d_inner of the Mamba mixers (expand * hidden_size)."""
+        return self.expand * self.hidden_size
+
+    def is_mamba_layer(self, i: int) -> bool:
+        """Even layers are Mamba mixers, odd ones window attention."""
+        return i % 2 == 0
+
+    def num_parameters(self) -> int:
+        """Parameter count from the config alone."""
+        d, di, n, k, r = (self.hidden_size, self.mamba_intermediate_size, self.state_size,
+                          self.conv_kernel, self.time_step_rank)
+        hd, f, V = self.head_dim, self.intermediate_size, self.vocab_size
+        mamba = (d * 2 * di + di * k + (di if self.use_conv_bias else 0) + di * (r + 2 * n)
+                 + r * di + di + di * n + di + di * d)
+        attn = d * (self.num_attention_heads * hd) + 2 * d * (self.num_key_value_heads * hd) \
+            + self.num_attention_heads * hd * d
+        common = 2 * d + 3 * d * f                       # two norms + SwiGLU
+        layers = sum(common + (mamba if self.is_mamba_layer(i) else attn)
+                     for i in range(self.num_hidden_layers))
+        head = 0 if self.tie_word_embeddings else V * d
+        return V * d + layers + d + head
+
+    # presets: vocab / d / layers / heads / d_state / ffn / window (expand 2, d_conv 4)
+    @classmethod
+    def _preset(cls, vocab, d, layers, heads, d_state, ffn, window) -> "HydraConfig":
+        return cls(vocab_size=vocab, hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
+                   state_size=d_state, intermediate_size=ffn, sliding_window=window, expand=2, conv_kernel=4)
+
+    @classmethod
+    def base(cls) -> "HydraConfig":
+        """vocab 32000, d 768, 24 layers, 12 heads, d_state 16, ffn 3072, window 256."""
+        return cls._preset(32000, 768, 24, 12, 16, 3072, 256)
+
+    @classmethod
+    def small(cls) -> "HydraConfig":
+        """vocab 32000, d 256, 8 layers, 4 heads, d_state 16, ffn 1024, window 128."""
+        return cls._preset(32000, 256, 8, 4, 16, 1024, 128)
+
+    @classmethod
+    def tiny(cls) -> "HydraConfig":
+        """vocab 1000, d 64, 4 layers, 4 heads, d_state 8, ffn 256, window 64."""
+        return cls._preset(1000, 64, 4, 4, 8, 256, 64)
+
+
+class SwiGLU(nn.Module):
+    """``down_proj(silu(gate_proj x) * up_proj x)``, no biases (the LLaMA / Mixtral-expert MLP)."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
+        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
+
+    def forward(self, x):
+        """[..., d] -> [..., d] (via [..., ffn])."""
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class WindowKVCache:
+    """A ``W``-long ring of keys/values (and their padding mask) for one window-attention layer.
+
+    Position ``p`` lives in slot ``p % W``; only the last ``W`` positions are ever needed,
+    because a query at ``p`` sees keys ``p - W < j <= p``.
+    """
+
+    def __init__(self, batch_size: int, num_kv_heads: int, window: int, head_dim: int, dtype=np.float32):
+        self.window = window
+        self.k = np.zeros((batch_size, num_kv_heads, window, head_dim), dtype=dtype)
+        self.v = np.zeros_like(self.k)
+        self.mask = np.ones((batch_size, window), dtype=np.float32)
+        self.seen = 0
+
+    def recent(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The cached keys, values, mask of the last min(seen, W) positions, oldest first."""
+        W, n = self.window, min(self.seen, self.window)
+        order = [(self.seen - n + j) % W for j in range(n)]
+        return self.k[:, :, order], self.v[:, :, order], self.mask[:, order]
+
+    def store(self, k: np.ndarray, v: np.ndarray, mask: np.ndarray) -> None:
+        """Write the new positions' k, v [B, Hkv, T, Dh] and mask [B, T] into their slots."""
+        T = k.shape[2]
+        first = max(0, T - self.window)                  # older ones would be overwritten anyway
+        for t in range(first, T):
+            slot = (self.seen + t) % self.window
+            self.k[:, :, slot], self.v[:, :, slot], self.mask[:, slot] = k[:, :, t], v[:, :, t], mask[:, t]
+        self.seen += T
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes + self.mask.nbytes
+
+
+class WindowAttention(nn.Module):
+    """Causal multi-head (GQA) attention over the last ``W`` positions, no positional encoding."""
+
+    def __init__(self, config: HydraConfig):
+        super().__init__()
+        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim, self.window = config.head_dim, config.sliding_window
+        d, hd = config.hidden_size, config.head_dim
+        self.q_proj = nn.Linear(d, self.num_heads * hd, bias=False)
+        self.k_proj = nn.Linear(d, self.num_kv_heads * hd, bias=False)
+        self.v_proj = nn.Linear(d, self.num_kv_heads * hd, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * hd, d, bias=False)
+
+    def forward(self, x, cache: WindowKVCache | None = None, mask: np.ndarray | None = None):
+        """x [B, T, d] -> [B, T, d]; ``mask`` [B, T] is the padding mask of these tokens."""
+        B_, T, _ = x.shape
+        H, Hkv, Dh = self.num_heads, self.num_kv_heads, self.head_dim
+        q = self.q_proj(x).reshape(B_, T, H, Dh).transpose(1, 2)        # [B, T, H*Dh] -> [B, H, T, Dh]
+        k = self.k_proj(x).reshape(B_, T, Hkv, Dh).transpose(1, 2)      # -> [B, Hkv, T, Dh]
+        v = self.v_proj(x).reshape(B_, T, Hkv, Dh).transpose(1, 2)      # -> [B, Hkv, T, Dh]
+        key_mask = mask
+        if cache is not None:
+            new_mask = mask if mask is not None else np.ones((B_, T), np.float32)
+            pk, pv, pm = cache.recent()                                   # [B, Hkv, P, Dh], [B, P]
+            cache.store(k.data, v.data, new_mask)
+            k = axon.cat([axon.tensor(pk), k], dim=2)                     # -> [B, Hkv, P+T, Dh]
+            v = axon.cat([axon.tensor(pv), v], dim=2)
+            key_mask = np.concatenate([pm, new_mask], axis=1)             # [B, P+T]
+        attn_mask = None
+        if key_mask is not None and not key_mask.all():
+            attn_mask = axon.tensor(np.where(key_mask[:, None, None, :] > 0, 0.0, -np.inf).astype(np.float32))
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=True,
+                                           enable_gqa=True, window=self.window)  # [B, H, T, Dh]
+        o = o.transpose(1, 2).reshape(B_, T, H * Dh)                      # -> [B, T, H*Dh]
+        return self.o_proj(o)
+
+
+class HydraBlock(nn.Module):
+    """``x += mixer(input_layernorm(x)); x += mlp(post_attention_layernorm(x))``."""
+
+    def __init__(self, config: HydraConfig, layer_idx: int):
+        super().__init__()
+        self.is_mamba = config.is_mamba_layer(layer_idx)
+        self.input_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        if self.is_mamba:
+            self.mixer = MambaMixer(config.hidden_size, config.mamba_intermediate_size, config.state_size,
+                                    config.conv_kernel, config.time_step_rank, False, config.use_conv_bias)
+        else:
+            self.self_attn = WindowAttention(config)
+        self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
+
+    def forward(self, x, state=None, mask=None):
+        h = self.input_layernorm(x)
+        if self.is_mamba:
+            x = x + self.mixer(h, state=state, attention_mask=mask)
+        else:
+            x = x + self.self_attn(h, cache=state, mask=mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class HydraBackbone(nn.Module):
+    """``model.*``: embed_tokens -> layers -> norm."""
+
+    def __init__(self, config: HydraConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList([HydraBlock(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+
+class HydraCache:
+    """Streaming state of a Hydra model: MambaState (even layers) or WindowKVCache (odd layers).
+
+    Its size is fixed (independent of ``max_length``): SSM states plus ``W`` keys/values a layer.
+    """
+
+    def __init__(self, config: HydraConfig, batch_size: int, max_length: int | None = None):
+        self.batch_size, self.max_length = batch_size, max_length
+        self.layers = [
+            MambaState(batch_size, config.mamba_intermediate_size, config.state_size, config.conv_kernel)
+            if config.is_mamba_layer(i) else
+            WindowKVCache(batch_size, config.num_key_value_heads, config.sliding_window, config.head_dim)
+            for i in range(config.num_hidden_layers)]
+
+    @property
+    def seen(self) -> int:
+        return self.layers[0].seen if self.layers else 0
+
+    def __len__(self) -> int:
+        return self.seen
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self.layers)
+
+
+class HydraModel(nn.Module):
+    """Hydra causal LM: ``logits = model(input_ids, attention_mask=None, cache=None)``."""
+
+    def __init__(self, config: HydraConfig):
+        super().__init__()
+        self.config = config
+        self.model = HydraBackbone(config)
+        self.lm_head = None if config.tie_word_embeddings else nn.Linear(
+            config.hidden_size, config.vocab_size, bias=False)
+
+    def new_cache(self, batch_size: int, max_length: int | None = None) -> HydraCache:
+        """Fixed-size streaming state for ``batch_size`` sequences."""
+        return HydraCache(self.config, batch_size, max_length)
+
+    def forward(self, input_ids, attention_mask=None, cache: HydraCache | None = None) -> axon.Tensor:
+        """[B, T] token ids -> [B, T, V] logits; with a cache the tokens continue its sequence."""
+        ids = check_input_ids(input_ids, self.config.vocab_size)
+        mask = check_attention_mask(attention_mask, ids)
+        if cache is not None and cache.batch_size != ids.shape[0]:
+            raise InputError(f"cache was made for batch {cache.batch_size}, input has batch {ids.shape[0]}")
+        h = self.model.embed_tokens(ids)                                  # [B, T] -> [B, T, d]
+        for i, layer in enumerate(self.model.layers):
+            h = layer(h, None if cache is None else cache.layers[i], mask)
+        h = self.model.norm(h)
+        if self.lm_head is None:
+            return h @ self.model.embed_tokens.weight.T                   # [B, T, d] -> [B, T, V]
+        return self.lm_head(h)

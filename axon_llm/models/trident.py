@@ -1,0 +1,420 @@
+"""Trident: the BitNet b1.58 language model (transformers' ``BitNetForCausalLM``).
+
+A LLaMA-shaped decoder whose seven projections are :class:`~axon_llm.ternary.TernaryLinear`
+(ternary weights, int8 activations), with two extra RMSNorms ("SubLN") in front of the
+output projections and a squared-ReLU gated MLP::
+
+    h  = RMSNorm(x)                                    input_layernorm
+    x += o_proj(attn_sub_norm(attn(q_proj h, k_proj h, v_proj h)))    RoPE + GQA, causal
+    h  = RMSNorm(x)                                    post_attention_layernorm
+    x += down_proj(ffn_sub_norm(relu(gate_proj h)^2 * up_proj h))
+
+Embedding and lm_head stay float32 (lm_head untied unless ``tie_word_embeddings``). State-dict
+names are transformers' (``model.layers.N.self_attn.q_proj.weight`` ...). The math and the
+lines that implement it are in docs/models/trident.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+import axon
+import axon.nn.functional as F
+from axon import nn
+from axon_llm.config import ModelConfig, normalize_rope
+from axon_llm.errors import CheckpointError, ConfigError, UnsupportedError
+from axon_llm.models.ssm import check_attention_mask, check_input_ids
+from axon_llm.rope import RotaryEmbedding, apply_rotary_pos_emb
+from axon_llm.ternary import TernaryLinear, unpack_hf_ternary
+
+__all__ = ["TridentConfig", "TridentModel", "TridentCache", "KVLayerCache"]
+
+TERNARY_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def _check_heads(cfg, name: str) -> None:
+    for f in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+              "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
+        v = getattr(cfg, f)
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"{name}.{f} must be a positive integer, got {v!r}")
+    if cfg.hidden_size % cfg.num_attention_heads:
+        raise ConfigError(f"{name}: hidden_size ({cfg.hidden_size}) must be divisible by "
+                          f"num_attention_heads ({cfg.num_attention_heads})")
+    if cfg.num_attention_heads % cfg.num_key_value_heads:
+        raise ConfigError(f"{name}: num_attention_heads ({cfg.num_attention_heads}) must be divisible by "
+                          f"num_key_value_heads ({cfg.num_key_value_heads})")
+
+
+@dataclass
+class TridentConfig(ModelConfig):
+    """BitNet b1.58 hyper-parameters (transformers' ``BitNetConfig`` field names) and the crate's presets."""
+
+    model_type: ClassVar[str] = "bitnet"
+    architecture: ClassVar[str] = "BitNetForCausalLM"
+
+    vocab_size: int = 128256
+    hidden_size: int = 2560
+    intermediate_size: int = 6912
+    num_hidden_layers: int = 30
+    num_attention_heads: int = 20
+    num_key_value_heads: int | None = 5
+    hidden_act: str = "relu2"
+    max_position_embeddings: int = 2048
+    initializer_range: float = 0.02
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 500000.0
+    rope_scaling: dict | None = None
+    attention_bias: bool = False
+    attention_dropout: float = 0.0
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = 128000
+    eos_token_id: int | list[int] | None = 128001
+    pad_token_id: int | None = None
+    #: transformers' ``quantization_config``: None or quantization_mode "online" = float weights
+    #: quantised on the fly; "offline" = pre-packed uint8 weights + weight_scale.
+    quantization_config: dict | None = None
+
+    @classmethod
+    def _prepare(cls, d: dict[str, Any]) -> dict[str, Any]:
+        d = dict(d)
+        theta, scaling, _ = normalize_rope(d, cls.rope_theta)
+        d.pop("rope_parameters", None)
+        d["rope_theta"], d["rope_scaling"] = theta, scaling
+        return d
+
+    def __post_init__(self) -> None:
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        _check_heads(self, "TridentConfig")
+        if self.head_dim % 2:
+            raise ConfigError(f"TridentConfig: head_dim ({self.head_dim}) must be even for RoPE")
+        if self.hidden_act != "relu2":
+            raise UnsupportedError(f"TridentConfig.hidden_act={self.hidden_act!r}: BitNet b1.58 uses 'relu2'")
+        if self.attention_bias:
+            raise UnsupportedError("TridentConfig.attention_bias=True: BitNet b1.58 has no biases")
+        if not self.rms_norm_eps > 0:
+            raise ConfigError(f"TridentConfig.rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
+        self.rope_theta = float(self.rope_theta)
+        if self.rope_scaling is not None:
+            raise UnsupportedError("TridentConfig: rope_scaling is not supported (BitNet uses plain RoPE)")
+        q = self.quantization_config
+        if q is not None:
+            if q.get("quant_method", "bitnet") != "bitnet":
+                raise UnsupportedError(f"quantization_config quant_method {q.get('quant_method')!r}; only 'bitnet'")
+            if q.get("linear_class", "autobitlinear") not in ("autobitlinear", "bitlinear"):
+                raise UnsupportedError(f"quantization_config linear_class {q.get('linear_class')!r}")
+            if q.get("use_rms_norm"):
+                raise UnsupportedError("quantization_config use_rms_norm=True (an extra RMSNorm inside "
+                                       "every BitLinear) is not supported")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def num_parameters(self) -> int:
+        """Parameter count from the config alone (a tied lm_head counted once)."""
+        d, f, V, hd = self.hidden_size, self.intermediate_size, self.vocab_size, self.head_dim
+        q, kv = self.num_attention_heads * hd, self.num_key_value_heads * hd
+        attn = d * q + 2 * d * kv + q * d + d            # q, k, v, o + attn_sub_norm
+        mlp = 3 * d * f + f                              # gate, up, down + ffn_sub_norm
+        per_layer = attn + mlp + 2 * d                   # + input / post-attention norms
+        head = 0 if self.tie_word_embeddings else V * d
+        return V * d + self.num_hidden_layers * per_layer + d + head
+
+    def num_ternary_parameters(self) -> int:
+        """Weights held by TernaryLinear layers (the ones packed to 2 bits)."""
+        d, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
+        q, kv = self.num_attention_heads * hd, self.num_key_value_heads * hd
+        return self.num_hidden_layers * (d * q + 2 * d * kv + q * d + 3 * d * f)
+
+    # -- the crate's presets (d / layers / heads / kv / ffn / ctx), all theta 5e5, eps 1e-5 --
+    @classmethod
+    def _preset(cls, vocab, d, layers, heads, kv, ffn, ctx, **kw) -> "TridentConfig":
+        return cls(vocab_size=vocab, hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
+                   num_key_value_heads=kv, intermediate_size=ffn, max_position_embeddings=ctx,
+                   rope_theta=500000.0, rms_norm_eps=1e-5, bos_token_id=kw.pop("bos_token_id", 1),
+                   eos_token_id=kw.pop("eos_token_id", 2), **kw)
+
+    @classmethod
+    def tiny(cls) -> "TridentConfig":
+        """vocab 1000, d 64, 2 layers, 4 heads, 2 kv heads, ffn 256, ctx 128."""
+        return cls._preset(1000, 64, 2, 4, 2, 256, 128)
+
+    @classmethod
+    def default_150m(cls) -> "TridentConfig":
+        """vocab 32000, d 512, 12 layers, 8 heads, 4 kv, ffn 2048, ctx 2048."""
+        return cls._preset(32000, 512, 12, 8, 4, 2048, 2048)
+
+    @classmethod
+    def medium(cls) -> "TridentConfig":
+        """vocab 32000, d 768, 16 layers, 12 heads, 4 kv, ffn 3072, ctx 2048."""
+        return cls._preset(32000, 768, 16, 12, 4, 3072, 2048)
+
+    @classmethod
+    def trident_1b(cls, vocab_size: int = 32000) -> "TridentConfig":
+        """d 2048, 24 layers, 16 heads, 4 kv, ffn 5504, ctx 4096."""
+        return cls._preset(vocab_size, 2048, 24, 16, 4, 5504, 4096)
+
+    @classmethod
+    def trident_3b(cls, vocab_size: int = 32000) -> "TridentConfig":
+        """d 3200, 26 layers, 32 heads, 8 kv, ffn 8640, ctx 4096."""
+        return cls._preset(vocab_size, 3200, 26, 32, 8, 8640, 4096)
+
+    @classmethod
+    def smoke(cls, vocab_size: int = 1000) -> "TridentConfig":
+        """d 256, 4 layers, 8 heads, 2 kv, ffn 688, ctx 512."""
+        return cls._preset(vocab_size, 256, 4, 8, 2, 688, 512)
+
+    @classmethod
+    def bitnet_2b4t(cls) -> "TridentConfig":
+        """microsoft/bitnet-b1.58-2B-4T: d 2560, 30 layers, 20 heads, 5 kv, ffn 6912, vocab 128256,
+        ctx 4096, embeddings tied (2.41B parameters)."""
+        return cls._preset(128256, 2560, 30, 20, 5, 6912, 4096, tie_word_embeddings=True,
+                           bos_token_id=128000, eos_token_id=128001)
+
+
+class KVLayerCache:
+    """Preallocated keys/values of one attention layer: ``k, v`` [B, Hkv, max_length, Dh]."""
+
+    def __init__(self, batch_size: int, num_kv_heads: int, max_length: int, head_dim: int, dtype=np.float32):
+        self.k = np.zeros((batch_size, num_kv_heads, max_length, head_dim), dtype=dtype)
+        self.v = np.zeros_like(self.k)
+        self.length = 0
+
+    def append(self, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Store ``k, v`` [B, Hkv, T, Dh] after the cached ones; return all keys/values so far."""
+        T = k.shape[2]
+        end = self.length + T
+        if end > self.k.shape[2]:
+            from axon_llm.errors import InputError
+            raise InputError(f"KV cache holds {self.k.shape[2]} positions; feeding {T} more after "
+                             f"{self.length} exceeds it (make the cache with a larger max_length)")
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+
+class TridentCache:
+    """KV cache of a Trident model: one :class:`KVLayerCache` per layer; ``seen`` tokens so far."""
+
+    def __init__(self, config: TridentConfig, batch_size: int, max_length: int):
+        self.batch_size, self.max_length = batch_size, max_length
+        self.layers = [KVLayerCache(batch_size, config.num_key_value_heads, max_length, config.head_dim)
+                       for _ in range(config.num_hidden_layers)]
+        self.attention_mask: np.ndarray | None = None  # [B, seen] padding mask so far
+
+    @property
+    def seen(self) -> int:
+        return self.layers[0].length if self.layers else 0
+
+    def __len__(self) -> int:
+        return self.seen
+
+
+def padding_bias(mask: np.ndarray | None, q_len: int, dtype=np.float32) -> np.ndarray | None:
+    """[B, Tk] 0/1 key-padding mask -> additive bias [B, 1, 1, Tk] (0 keep, -inf pad), or None."""
+    if mask is None or mask.all():
+        return None
+    return np.where(mask[:, None, None, :] > 0, 0.0, -np.inf).astype(dtype)
+
+
+class BitNetAttention(nn.Module):
+    """Causal GQA attention with RoPE, ternary projections and a SubLN before ``o_proj``."""
+
+    def __init__(self, config: TridentConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim = config.head_dim
+        d, hd = config.hidden_size, config.head_dim
+        std = config.initializer_range
+        self.q_proj = TernaryLinear(d, self.num_heads * hd, init_std=std)
+        self.k_proj = TernaryLinear(d, self.num_kv_heads * hd, init_std=std)
+        self.v_proj = TernaryLinear(d, self.num_kv_heads * hd, init_std=std)
+        self.o_proj = TernaryLinear(self.num_heads * hd, d, init_std=std)
+        self.attn_sub_norm = nn.RMSNorm(self.num_heads * hd, eps=config.rms_norm_eps)
+
+    def forward(self, x, cos, sin, cache: KVLayerCache | None = None, key_mask=None):
+        """x [B, T, d] -> [B, T, d]; cos/sin [B, 1, T, Dh] for the positions of x."""
+        B_, T, _ = x.shape
+        H, Hkv, Dh = self.num_heads, self.num_kv_heads, self.head_dim
+        q = self.q_proj(x).reshape(B_, T, H, Dh).transpose(1, 2)       # [B, T, H*Dh] -> [B, H, T, Dh]
+        k = self.k_proj(x).reshape(B_, T, Hkv, Dh).transpose(1, 2)     # -> [B, Hkv, T, Dh]
+        v = self.v_proj(x).reshape(B_, T, Hkv, Dh).transpose(1, 2)     # -> [B, Hkv, T, Dh]
+        q = apply_rotary_pos_emb(q, cos, sin)
+        k = apply_rotary_pos_emb(k, cos, sin)
+        if cache is not None:
+            kk, vv = cache.append(k.data, v.data)                        # [B, Hkv, S, Dh]
+            k, v = axon.tensor(kk), axon.tensor(vv)
+        bias = padding_bias(key_mask, T)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else axon.tensor(bias),
+                                           is_causal=True, enable_gqa=True)  # [B, H, T, Dh]
+        o = o.transpose(1, 2).reshape(B_, T, H * Dh)                     # [B, H, T, Dh] -> [B, T, H*Dh]
+        return self.o_proj(self.attn_sub_norm(o))
+
+
+class BitNetMLP(nn.Module):
+    """``down_proj(ffn_sub_norm(relu(gate_proj x)^2 * up_proj x))`` with ternary projections."""
+
+    def __init__(self, config: TridentConfig):
+        super().__init__()
+        d, f, std = config.hidden_size, config.intermediate_size, config.initializer_range
+        self.gate_proj = TernaryLinear(d, f, init_std=std)
+        self.up_proj = TernaryLinear(d, f, init_std=std)
+        self.down_proj = TernaryLinear(f, d, init_std=std)
+        self.ffn_sub_norm = nn.RMSNorm(f, eps=config.rms_norm_eps)
+
+    def forward(self, x):
+        """[B, T, d] -> [B, T, d] (via [B, T, ffn])."""
+        g = F.relu(self.gate_proj(x))
+        return self.down_proj(self.ffn_sub_norm(g * g * self.up_proj(x)))
+
+
+class BitNetDecoderLayer(nn.Module):
+    """Pre-norm residual block: attention then squared-ReLU MLP."""
+
+    def __init__(self, config: TridentConfig, layer_idx: int):
+        super().__init__()
+        self.self_attn = BitNetAttention(config, layer_idx)
+        self.mlp = BitNetMLP(config)
+        self.input_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def forward(self, x, cos, sin, cache=None, key_mask=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, key_mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class BitNetBackbone(nn.Module):
+    """``model.*`` of BitNetForCausalLM: embed_tokens -> layers -> norm."""
+
+    def __init__(self, config: TridentConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList([BitNetDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+
+def positions_from_mask(mask: np.ndarray | None, B: int, T: int, past: int,
+                        past_mask: np.ndarray | None) -> np.ndarray:
+    """Position ids [B, T] for the new tokens: count of real (unpadded) tokens before each one."""
+    if mask is None and past_mask is None:
+        return np.broadcast_to(np.arange(past, past + T), (B, T))
+    full = np.concatenate([past_mask if past_mask is not None else np.ones((B, past), np.float32),
+                           mask if mask is not None else np.ones((B, T), np.float32)], axis=1)
+    pos = np.maximum(np.cumsum(full, axis=1) - 1, 0).astype(np.int64)
+    return pos[:, past:]
+
+
+class TridentModel(nn.Module):
+    """BitNet b1.58 causal LM: ``logits = model(input_ids, attention_mask=None, cache=None)``.
+
+    ``pack()`` switches every TernaryLinear to the packed int8 x ternary kernel (inference);
+    ``unpack()`` back to the straight-through training form.
+    """
+
+    def __init__(self, config: TridentConfig):
+        super().__init__()
+        self.config = config
+        self.model = BitNetBackbone(config)
+        self.lm_head = None if config.tie_word_embeddings else nn.Linear(
+            config.hidden_size, config.vocab_size, bias=False)
+        self.rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
+
+    def ternary_layers(self) -> list[tuple[str, TernaryLinear]]:
+        """(name, layer) for every TernaryLinear, in state-dict order."""
+        return [(n, m) for n, m in self.named_modules() if isinstance(m, TernaryLinear)]
+
+    def pack(self) -> "TridentModel":
+        """Quantise every TernaryLinear to 2-bit codes and run them on the integer kernel."""
+        for _, m in self.ternary_layers():
+            m.pack()
+        return self
+
+    def unpack(self) -> "TridentModel":
+        """Back to the training form (straight-through quantisation of the float weights)."""
+        for _, m in self.ternary_layers():
+            m.unpack()
+        return self
+
+    def packed_weight_nbytes(self) -> tuple[int, int]:
+        """(bytes of the packed ternary weights, bytes the same weights take as float32)."""
+        packed = sum(m.packed_nbytes() for _, m in self.ternary_layers())
+        dense = sum(4 * m.in_features * m.out_features for _, m in self.ternary_layers())
+        return packed, dense
+
+    def new_cache(self, batch_size: int, max_length: int | None = None) -> TridentCache:
+        """A preallocated KV cache for ``batch_size`` sequences of up to ``max_length`` tokens."""
+        return TridentCache(self.config, batch_size, max_length or self.config.max_position_embeddings)
+
+    def forward(self, input_ids, attention_mask=None, cache: TridentCache | None = None) -> axon.Tensor:
+        """[B, T] token ids -> [B, T, V] logits; with a cache the tokens continue its sequence."""
+        ids = check_input_ids(input_ids, self.config.vocab_size)
+        mask = check_attention_mask(attention_mask, ids)
+        B_, T = ids.shape
+        past = 0 if cache is None else cache.seen
+        past_mask = None if cache is None else cache.attention_mask
+        pos = positions_from_mask(mask, B_, T, past, past_mask)
+        cos, sin = self.rotary.cos_sin(pos)                              # [B, 1, T, Dh]
+        key_mask = mask
+        if cache is not None:
+            if cache.attention_mask is not None or mask is not None:
+                prev = cache.attention_mask if cache.attention_mask is not None else np.ones((B_, past), np.float32)
+                cache.attention_mask = np.concatenate(
+                    [prev, mask if mask is not None else np.ones((B_, T), np.float32)], axis=1)
+                key_mask = cache.attention_mask
+        h = self.model.embed_tokens(ids)                                  # [B, T] -> [B, T, d]
+        for i, layer in enumerate(self.model.layers):
+            h = layer(h, cos, sin, None if cache is None else cache.layers[i], key_mask)
+        h = self.model.norm(h)
+        if self.lm_head is None:
+            return h @ self.model.embed_tokens.weight.T                   # [B, T, d] -> [B, T, V]
+        return self.lm_head(h)
+
+    def load_state_dict(self, state_dict, strict: bool = True):
+        """Load transformers' BitNet weights: dense float (quantised on the fly) or the packed
+        uint8 ``weight`` + ``weight_scale`` format (``quantization_mode: offline``)."""
+        sd = dict(state_dict)
+        packed: dict[str, tuple[np.ndarray, float]] = {}
+        modules = dict(self.ternary_layers())
+        q = self.config.quantization_config or {}
+        divide = q.get("linear_class", "autobitlinear") == "bitlinear"
+        for name, layer in modules.items():
+            wkey, skey = f"{name}.weight", f"{name}.weight_scale"
+            w = sd.get(wkey)
+            w = None if w is None else np.asarray(w.data if isinstance(w, axon.Tensor) else w)
+            if w is not None and w.dtype == np.uint8:
+                if skey not in sd:
+                    raise CheckpointError(f"{wkey} is packed (uint8) but {skey} is missing")
+                scale = float(np.asarray(sd.pop(skey).data if isinstance(sd[skey], axon.Tensor) else sd.pop(skey)).reshape(-1)[0])
+                try:
+                    ternary = unpack_hf_ternary(w, layer.out_features)
+                except ValueError as e:
+                    raise CheckpointError(f"{wkey}: {e}") from None
+                if ternary.shape[1] != layer.in_features:
+                    raise CheckpointError(f"{wkey}: packed shape {w.shape} does not fit "
+                                          f"[{layer.out_features}, {layer.in_features}]")
+                # bitlinear: y = xq Wint^T / (weight_scale a) -> s = weight_scale;
+                # autobitlinear offline: y = xq Wint^T * weight_scale -> s = 1 / weight_scale
+                packed[name] = (ternary, scale if divide else 1.0 / scale)
+                sd[wkey] = ternary.astype(np.float32) / np.float32(packed[name][1])
+            elif skey in sd and w is not None:
+                # autobitlinear offline with unpacked float ternary weights
+                scale = float(np.asarray(sd.pop(skey)).reshape(-1)[0])
+                packed[name] = (np.asarray(w, np.float32), 1.0 / scale)
+                sd[wkey] = np.asarray(w, np.float32) * np.float32(scale)
+        if self.config.tie_word_embeddings:
+            sd.pop("lm_head.weight", None)
+        result = super().load_state_dict(sd, strict=strict)
+        for name, (ternary, s) in packed.items():
+            modules[name].set_ternary(ternary, s)
+        return result
