@@ -1,0 +1,106 @@
+"""Shared plumbing for the Numba kernels: the JIT switch, a vectorisable exp, input validation.
+
+Every public kernel `name` dispatches to its NumPy reference `name_ref` when Numba's JIT is
+disabled (``NUMBA_DISABLE_JIT=1``): the `@njit` bodies would then run as plain Python loops,
+which is correct but far too slow to be useful. The raw Numba implementations stay reachable
+(`kernels.attention.flash_attention_nb`, ...) so tests compare them with the references in
+both modes.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic, overload
+
+__all__ = ["jit_disabled", "fast_exp", "float_array", "result_float_dtype"]
+
+# Only FMA contraction: it never changes NaN/Inf propagation (unlike fastmath=True, which
+# assumes no NaN/Inf and may drop them). Used on the hot loops of float kernels.
+CONTRACT = {"contract"}
+
+
+def jit_disabled() -> bool:
+    """True when Numba runs `@njit` functions as plain Python (NUMBA_DISABLE_JIT=1)."""
+    return bool(numba.config.DISABLE_JIT)
+
+
+# --------------------------------------------------------------------------------------------
+# exp that LLVM can vectorise
+# --------------------------------------------------------------------------------------------
+# Numba calls libm's expf once per element, which stops LLVM from vectorising any loop that
+# contains it (there is no SVML here). The float32 kernels spend most of their time in exp, so
+# `fast_exp` uses the Cephes expf polynomial written in plain arithmetic: x = k ln2 + r,
+# |r| <= ln2/2, exp(r) by a degree-7 polynomial, times 2**k built from the exponent bits.
+# Measured max relative error vs float64 exp: 8.3e-8 (< 1 ulp) over the normal range; NaN
+# propagates, +-Inf give Inf / 0. float64 inputs use np.exp (full double accuracy).
+
+
+@intrinsic
+def _int32_bits_as_float32(typingctx, bits):
+    """Reinterpret an int32 bit pattern as a float32 (LLVM bitcast; vectorises)."""
+    sig = types.float32(types.int32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.FloatType())
+
+    return sig, codegen
+
+
+def fast_exp(x):
+    """exp(x); inside Numba kernels float32 uses a vectorisable polynomial (see module doc)."""
+    return np.exp(x)
+
+
+@overload(fast_exp)
+def _fast_exp_overload(x):
+    if x != types.float32:
+        return lambda x: np.exp(x)
+
+    def impl(x):
+        xx = min(max(x, np.float32(-104.0)), np.float32(89.0))  # beyond: result is 0 / inf anyway
+        k = np.float32(np.floor(xx * np.float32(1.44269504088896341) + np.float32(0.5)))
+        r = xx - k * np.float32(0.693359375) + k * np.float32(2.12194440e-4)  # x - k ln2, two-part ln2
+        p = np.float32(1.9875691500e-4)
+        p = p * r + np.float32(1.3981999507e-3)
+        p = p * r + np.float32(8.3334519073e-3)
+        p = p * r + np.float32(4.1665795894e-2)
+        p = p * r + np.float32(1.6666665459e-1)
+        p = p * r + np.float32(5.0000001201e-1)
+        p = p * r * r + r + np.float32(1.0)
+        ki = np.int32(k)
+        half = ki >> np.int32(1)  # 2**k as two factors so neither exponent field overflows
+        scale1 = _int32_bits_as_float32((half + np.int32(127)) << np.int32(23))
+        scale2 = _int32_bits_as_float32((ki - half + np.int32(127)) << np.int32(23))
+        res = (p * scale1) * scale2
+        return x if x != x else res
+
+    return impl
+
+
+# --------------------------------------------------------------------------------------------
+# validation (runs in Python, before any kernel)
+# --------------------------------------------------------------------------------------------
+
+
+def float_array(name: str, x, ndim: int | tuple[int, ...] | None = None) -> np.ndarray:
+    """`x` as a float32/float64 ndarray, or a TypeError/ValueError naming `name`."""
+    if hasattr(x, "numpy") and not isinstance(x, np.ndarray):  # axon.Tensor and friends
+        x = x.numpy()
+    arr = np.asarray(x)
+    if arr.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{name} must be float32 or float64, got dtype {arr.dtype}")
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else ndim
+        if arr.ndim not in allowed:
+            want = " or ".join(str(a) for a in allowed)
+            raise ValueError(f"{name} must have {want} dimensions, got shape {arr.shape}")
+    return arr
+
+
+def result_float_dtype(*arrays) -> np.dtype:
+    """float32 if every given array is float32, else float64 (None entries are ignored)."""
+    dts = [a.dtype for a in arrays if a is not None]
+    return np.dtype(np.float32) if all(d == np.float32 for d in dts) else np.dtype(np.float64)

@@ -1,0 +1,432 @@
+"""Scaled dot-product attention, FlashAttention-2 style: tiled, online softmax, O(T) memory.
+
+Glossary
+    B batch, H query heads, Hkv key/value heads (H % Hkv == 0, G = H // Hkv queries share a
+    K/V head), Tq queries, Tk keys (Tq <= Tk: the queries are the LAST Tq positions, so query i
+    sits at position p_i = Tk - Tq + i), D head dim, W sliding window, bq / bkv tile sizes.
+
+    visible(i, j) = (not causal or j <= p_i) and (window is None or p_i - W < j <= p_i)
+    S = scale * Q K^T (masked to -inf where not visible), P = softmax(S), out = P V,
+    lse = logsumexp(S) per query row (natural log).
+
+`flash_attention_ref` materialises S (the definition). `flash_attention_nb` never does: each
+task owns one (batch, head, query tile), walks the key tiles that tile can see, and keeps a
+running max m, a running denominator l and an unnormalised output (the online softmax, see
+docs/kernels.md). The backward recomputes P tile by tile from the saved lse.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+from ._jit import CONTRACT, fast_exp, float_array, jit_disabled, result_float_dtype
+
+__all__ = [
+    "FlashAttentionConfig",
+    "flash_attention",
+    "flash_attention_ref",
+    "flash_attention_nb",
+    "flash_attention_backward",
+    "flash_attention_backward_ref",
+    "flash_attention_backward_nb",
+]
+
+
+@dataclass(frozen=True)
+class FlashAttentionConfig:
+    """Tile sizes of the flash attention kernel (the crate's `FlashAttentionConfig`).
+
+    `block_q` query rows and `block_kv` key rows are processed per tile; the working set of one
+    task is about (block_q + 2 * block_kv) * D + block_q * block_kv floats.
+    """
+
+    block_q: int = 64
+    block_kv: int = 64
+
+    def __post_init__(self):
+        for name in ("block_q", "block_kv"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# validation shared by every variant
+# --------------------------------------------------------------------------------------------
+
+
+def _validate(q, k, v, causal, window, scale, block_q, block_kv):
+    q = float_array("q", q, ndim=4)
+    k = float_array("k", k, ndim=4)
+    v = float_array("v", v, ndim=4)
+    b, h, tq, d = q.shape
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape [B, Hkv, Tk, D], got {k.shape} and {v.shape}")
+    bk, hkv, tk, dk = k.shape
+    if bk != b or dk != d:
+        raise ValueError(f"q {q.shape} and k {k.shape} disagree on batch or head dim (want [B, H, Tq, D] and [B, Hkv, Tk, D])")
+    if hkv == 0 or h % hkv != 0:
+        raise ValueError(f"query heads H={h} must be a multiple of key/value heads Hkv={hkv}")
+    if tq > tk:
+        raise ValueError(f"more queries than keys (Tq={tq} > Tk={tk}): queries are the last Tq of the Tk positions")
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+            raise ValueError(f"window must be a positive int or None, got {window!r}")
+        window = int(window)
+    if scale is None:
+        scale = d ** -0.5 if d else 1.0
+    elif not isinstance(scale, (int, float, np.floating, np.integer)) or isinstance(scale, bool):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    FlashAttentionConfig(block_q, block_kv)  # validates the tile sizes
+    return q, k, v, bool(causal), window, float(scale)
+
+
+def _visible(tq, tk, causal, window):
+    """Boolean mask [Tq, Tk]: which keys each query sees."""
+    pos = np.arange(tk - tq, tk)[:, None]  # [Tq, 1] query positions
+    keys = np.arange(tk)[None, :]  # [1, Tk]
+    mask = np.ones((tq, tk), dtype=bool)
+    if causal or window is not None:
+        mask &= keys <= pos
+    if window is not None:
+        mask &= keys > pos - window
+    return mask
+
+
+# --------------------------------------------------------------------------------------------
+# reference (the definition)
+# --------------------------------------------------------------------------------------------
+
+
+def flash_attention_ref(q, k, v, causal=False, window=None, scale=None, block_q=64, block_kv=64):
+    """Reference attention: returns (out [B, H, Tq, D], lse [B, H, Tq]).
+
+    Materialises the score matrix; `block_q` / `block_kv` are validated and otherwise unused.
+    A `window` implies causal (query at p sees p - W < j <= p).
+    """
+    q, k, v, causal, window, scale = _validate(q, k, v, causal, window, scale, block_q, block_kv)
+    dtype = result_float_dtype(q, k, v)
+    b, h, tq, d = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    qg = q.astype(dtype, copy=False).reshape(b, hkv, h // hkv, tq, d)  # [B, Hkv, G, Tq, D]
+    k = k.astype(dtype, copy=False)
+    v = v.astype(dtype, copy=False)
+    s = np.einsum("bhgqd,bhkd->bhgqk", qg, k) * dtype.type(scale)  # [B, Hkv, G, Tq, Tk]
+    s = np.where(_visible(tq, tk, causal, window), s, -np.inf)
+    m = s.max(axis=-1, keepdims=True)  # [B, Hkv, G, Tq, 1]
+    p = np.exp(s - m)
+    denom = p.sum(axis=-1, keepdims=True)
+    out = np.einsum("bhgqk,bhkd->bhgqd", p, v) / denom  # [B, Hkv, G, Tq, D]
+    lse = (m + np.log(denom))[..., 0]  # [B, Hkv, G, Tq]
+    return out.reshape(b, h, tq, d).astype(dtype, copy=False), lse.reshape(b, h, tq).astype(dtype, copy=False)
+
+
+def flash_attention_backward_ref(q, k, v, out, lse, dout, causal=False, window=None, scale=None, block_q=64, block_kv=64):
+    """Reference gradients (dq, dk, dv) of `flash_attention` given its out, lse and d(out).
+
+    With P = exp(S - lse): dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(dO * O)),
+    dQ = scale dS K, dK = scale dS^T Q (summed over the G query heads sharing a K/V head).
+    """
+    q, k, v, causal, window, scale = _validate(q, k, v, causal, window, scale, block_q, block_kv)
+    out, lse, dout = _validate_saved(q, out, lse, dout)
+    dtype = result_float_dtype(q, k, v, out, lse, dout)
+    b, h, tq, d = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    g = h // hkv
+    cast = lambda x: x.astype(dtype, copy=False)  # noqa: E731
+    qg = cast(q).reshape(b, hkv, g, tq, d)  # [B, Hkv, G, Tq, D]
+    og = cast(out).reshape(b, hkv, g, tq, d)
+    dog = cast(dout).reshape(b, hkv, g, tq, d)
+    lseg = cast(lse).reshape(b, hkv, g, tq, 1)
+    k, v = cast(k), cast(v)
+    s = np.einsum("bhgqd,bhkd->bhgqk", qg, k) * dtype.type(scale)  # [B, Hkv, G, Tq, Tk]
+    p = np.where(_visible(tq, tk, causal, window), np.exp(s - lseg), 0)
+    dv = np.einsum("bhgqk,bhgqd->bhkd", p, dog)  # [B, Hkv, Tk, D]
+    dp = np.einsum("bhgqd,bhkd->bhgqk", dog, v)  # [B, Hkv, G, Tq, Tk]
+    delta = (dog * og).sum(axis=-1, keepdims=True)  # [B, Hkv, G, Tq, 1]
+    ds = p * (dp - delta)
+    dq = np.einsum("bhgqk,bhkd->bhgqd", ds, k) * dtype.type(scale)
+    dk = np.einsum("bhgqk,bhgqd->bhkd", ds, qg) * dtype.type(scale)
+    return dq.reshape(b, h, tq, d).astype(dtype, copy=False), dk.astype(dtype, copy=False), dv.astype(dtype, copy=False)
+
+
+def _validate_saved(q, out, lse, dout):
+    out = float_array("out", out, ndim=4)
+    dout = float_array("dout", dout, ndim=4)
+    lse = float_array("lse", lse, ndim=3)
+    if out.shape != q.shape or dout.shape != q.shape:
+        raise ValueError(f"out {out.shape} and dout {dout.shape} must have the shape of q {q.shape}")
+    if lse.shape != q.shape[:3]:
+        raise ValueError(f"lse must have shape [B, H, Tq] = {q.shape[:3]}, got {lse.shape}")
+    return out, lse, dout
+
+
+# --------------------------------------------------------------------------------------------
+# Numba kernels
+# --------------------------------------------------------------------------------------------
+
+
+@njit(inline="always")
+def _kv_range(p_first, p_last, tk, causal, window):
+    """Keys [lo, hi) that queries at positions p_first..p_last can see (window <= 0: none)."""
+    lo = 0
+    hi = tk
+    if causal or window > 0:
+        hi = p_last + 1
+    if window > 0:
+        lo = max(0, p_first - window + 1)
+    return lo, hi
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=CONTRACT)
+def _flash_forward_kernel(q, k, v, causal, window, scale, block_q, block_kv, out, lse):
+    # q [B, H, Tq, D], k/v [B, Hkv, Tk, D] contiguous; out [B, H, Tq, D], lse [B, H, Tq]
+    n_b, n_h, tq, d = q.shape
+    n_hkv, tk = k.shape[1], k.shape[2]
+    group = n_h // n_hkv
+    offset = tk - tq  # query i sits at position offset + i
+    q_tiles = (tq + block_q - 1) // block_q
+    neg_inf = -np.inf
+    for task in prange(n_b * n_h * q_tiles):
+        bi = task // (n_h * q_tiles)
+        hi_ = (task // q_tiles) % n_h
+        i0 = (task % q_tiles) * block_q
+        i1 = min(tq, i0 + block_q)
+        rows = i1 - i0
+        kh = hi_ // group  # the K/V head this query head reads (GQA, no copy)
+        qt = np.empty((rows, d), q.dtype)  # scaled query tile
+        for i in range(rows):
+            for c in range(d):
+                qt[i, c] = q[bi, hi_, i0 + i, c] * scale
+        acc = np.zeros((rows, d), q.dtype)  # unnormalised output
+        m = np.full(rows, neg_inf, q.dtype)  # running row max
+        l = np.zeros(rows, q.dtype)  # running denominator
+        kt = np.empty((d, block_kv), q.dtype)  # K tile transposed: the score loop runs along keys
+        s = np.empty(block_kv, q.dtype)
+        lo, hi = _kv_range(offset + i0, offset + i1 - 1, tk, causal, window)
+        for j0 in range(lo, hi, block_kv):
+            j1 = min(hi, j0 + block_kv)
+            cols = j1 - j0
+            for j in range(cols):
+                for c in range(d):
+                    kt[c, j] = k[bi, kh, j0 + j, c]
+            for i in range(rows):
+                pos = offset + i0 + i
+                for j in range(cols):
+                    s[j] = 0.0
+                for c in range(d):  # s = q_i . K^T, vectorised along the keys
+                    qc = qt[i, c]
+                    for j in range(cols):
+                        s[j] += qc * kt[c, j]
+                mx = m[i]
+                for j in range(cols):
+                    key = j0 + j
+                    if ((causal or window > 0) and key > pos) or (window > 0 and key <= pos - window):
+                        s[j] = neg_inf
+                    elif s[j] > mx or s[j] != s[j]:  # NaN wins, so it propagates
+                        mx = s[j]
+                if mx == neg_inf:
+                    continue  # this row sees no key in this tile
+                alpha = fast_exp(m[i] - mx)  # rescales what was accumulated under the old max
+                total = 0.0
+                for j in range(cols):
+                    s[j] = fast_exp(s[j] - mx)
+                for j in range(cols):
+                    total += s[j]
+                l[i] = l[i] * alpha + total
+                m[i] = mx
+                for c in range(d):
+                    acc[i, c] *= alpha
+                for j in range(cols):
+                    pj = s[j]
+                    for c in range(d):
+                        acc[i, c] += pj * v[bi, kh, j0 + j, c]
+        for i in range(rows):
+            inv = 1.0 / l[i]
+            for c in range(d):
+                out[bi, hi_, i0 + i, c] = acc[i, c] * inv
+            lse[bi, hi_, i0 + i] = m[i] + np.log(l[i])
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=CONTRACT)
+def _flash_backward_dkdv_kernel(q, k, v, dout, lse, delta, causal, window, scale, block_q, block_kv, dk, dv):
+    # one task per (batch, K/V head, key tile); loops over the G query heads and visible query tiles
+    n_b, n_h, tq, d = q.shape
+    n_hkv, tk = k.shape[1], k.shape[2]
+    group = n_h // n_hkv
+    offset = tk - tq
+    kv_tiles = (tk + block_kv - 1) // block_kv
+    for task in prange(n_b * n_hkv * kv_tiles):
+        bi = task // (n_hkv * kv_tiles)
+        kh = (task // kv_tiles) % n_hkv
+        j0 = (task % kv_tiles) * block_kv
+        j1 = min(tk, j0 + block_kv)
+        cols = j1 - j0
+        dk_t = np.zeros((cols, d), q.dtype)
+        dv_t = np.zeros((cols, d), q.dtype)
+        qt = np.empty((d, block_q), q.dtype)  # scaled Q tile, transposed
+        dot = np.empty((d, block_q), q.dtype)  # dO tile, transposed
+        p = np.empty(block_q, q.dtype)
+        dp = np.empty(block_q, q.dtype)
+        # queries (by index) that can see some key of this tile
+        i_lo = 0
+        i_hi = tq
+        if causal or window > 0:
+            i_lo = max(0, j0 - offset)
+        if window > 0:
+            i_hi = min(tq, j1 - 1 + window - offset)
+        for g in range(group):
+            hq = kh * group + g
+            for i0 in range(i_lo, i_hi, block_q):
+                i1 = min(i_hi, i0 + block_q)
+                rows = i1 - i0
+                for i in range(rows):
+                    for c in range(d):
+                        qt[c, i] = q[bi, hq, i0 + i, c] * scale
+                        dot[c, i] = dout[bi, hq, i0 + i, c]
+                for j in range(cols):
+                    key = j0 + j
+                    for i in range(rows):
+                        p[i] = 0.0
+                        dp[i] = 0.0
+                    for c in range(d):  # s = k_j . Q^T and dp = v_j . dO^T, along the queries
+                        kc = k[bi, kh, key, c]
+                        vc = v[bi, kh, key, c]
+                        for i in range(rows):
+                            p[i] += kc * qt[c, i]
+                            dp[i] += vc * dot[c, i]
+                    for i in range(rows):
+                        pos = offset + i0 + i
+                        if ((causal or window > 0) and key > pos) or (window > 0 and key <= pos - window):
+                            p[i] = 0.0
+                        else:
+                            p[i] = fast_exp(p[i] - lse[bi, hq, i0 + i])
+                        dp[i] = p[i] * (dp[i] - delta[bi, hq, i0 + i])  # dS
+                    for i in range(rows):
+                        pi = p[i]
+                        dsi = dp[i] * scale
+                        for c in range(d):
+                            dv_t[j, c] += pi * dout[bi, hq, i0 + i, c]
+                            dk_t[j, c] += dsi * q[bi, hq, i0 + i, c]
+        for j in range(cols):
+            for c in range(d):
+                dk[bi, kh, j0 + j, c] = dk_t[j, c]
+                dv[bi, kh, j0 + j, c] = dv_t[j, c]
+
+
+@njit(parallel=True, cache=True, nogil=True, fastmath=CONTRACT)
+def _flash_backward_dq_kernel(q, k, v, dout, lse, delta, causal, window, scale, block_q, block_kv, dq):
+    # one task per (batch, query head, query tile); loops over the visible key tiles
+    n_b, n_h, tq, d = q.shape
+    n_hkv, tk = k.shape[1], k.shape[2]
+    group = n_h // n_hkv
+    offset = tk - tq
+    q_tiles = (tq + block_q - 1) // block_q
+    for task in prange(n_b * n_h * q_tiles):
+        bi = task // (n_h * q_tiles)
+        hq = (task // q_tiles) % n_h
+        i0 = (task % q_tiles) * block_q
+        i1 = min(tq, i0 + block_q)
+        rows = i1 - i0
+        kh = hq // group
+        kt = np.empty((d, block_kv), q.dtype)
+        vt = np.empty((d, block_kv), q.dtype)
+        s = np.empty(block_kv, q.dtype)
+        dp = np.empty(block_kv, q.dtype)
+        dq_t = np.zeros((rows, d), q.dtype)
+        lo, hi = _kv_range(offset + i0, offset + i1 - 1, tk, causal, window)
+        for j0 in range(lo, hi, block_kv):
+            j1 = min(hi, j0 + block_kv)
+            cols = j1 - j0
+            for j in range(cols):
+                for c in range(d):
+                    kt[c, j] = k[bi, kh, j0 + j, c]
+                    vt[c, j] = v[bi, kh, j0 + j, c]
+            for i in range(rows):
+                pos = offset + i0 + i
+                for j in range(cols):
+                    s[j] = 0.0
+                    dp[j] = 0.0
+                for c in range(d):
+                    qc = q[bi, hq, i0 + i, c] * scale
+                    gc = dout[bi, hq, i0 + i, c]
+                    for j in range(cols):
+                        s[j] += qc * kt[c, j]
+                        dp[j] += gc * vt[c, j]
+                row_lse = lse[bi, hq, i0 + i]
+                row_delta = delta[bi, hq, i0 + i]
+                for j in range(cols):
+                    key = j0 + j
+                    if ((causal or window > 0) and key > pos) or (window > 0 and key <= pos - window):
+                        s[j] = 0.0
+                    else:
+                        s[j] = fast_exp(s[j] - row_lse) * (dp[j] - row_delta) * scale  # scale * dS
+                for j in range(cols):
+                    dsj = s[j]
+                    for c in range(d):
+                        dq_t[i, c] += dsj * kt[c, j]
+        for i in range(rows):
+            for c in range(d):
+                dq[bi, hq, i0 + i, c] = dq_t[i, c]
+
+
+def flash_attention_nb(q, k, v, causal=False, window=None, scale=None, block_q=64, block_kv=64):
+    """Numba flash attention (always runs the `@njit` kernel); same contract as the reference."""
+    q, k, v, causal, window, scale = _validate(q, k, v, causal, window, scale, block_q, block_kv)
+    dtype = result_float_dtype(q, k, v)
+    qc, kc, vc = (np.ascontiguousarray(x, dtype=dtype) for x in (q, k, v))
+    out = np.empty(q.shape, dtype)  # [B, H, Tq, D]
+    lse = np.empty(q.shape[:3], dtype)  # [B, H, Tq]
+    if q.size == 0 or k.shape[2] == 0:
+        out.fill(np.nan)  # softmax over zero keys is undefined, as in the reference
+        lse.fill(-np.inf)
+        return out, lse
+    _flash_forward_kernel(qc, kc, vc, causal, window or 0, scale, int(block_q), int(block_kv), out, lse)
+    return out, lse
+
+
+def flash_attention_backward_nb(q, k, v, out, lse, dout, causal=False, window=None, scale=None, block_q=64, block_kv=64):
+    """Numba flash attention backward (always runs the `@njit` kernels); returns (dq, dk, dv)."""
+    q, k, v, causal, window, scale = _validate(q, k, v, causal, window, scale, block_q, block_kv)
+    out, lse, dout = _validate_saved(q, out, lse, dout)
+    dtype = result_float_dtype(q, k, v, out, lse, dout)
+    qc, kc, vc, dc, lc = (np.ascontiguousarray(x, dtype=dtype) for x in (q, k, v, dout, lse))
+    delta = np.ascontiguousarray(np.einsum("bhtd,bhtd->bht", dc, out.astype(dtype, copy=False)))  # [B, H, Tq]
+    dq = np.zeros(q.shape, dtype)
+    dk = np.zeros(k.shape, dtype)
+    dv = np.zeros(v.shape, dtype)
+    if q.size == 0 or k.size == 0:
+        return dq, dk, dv
+    args = (qc, kc, vc, dc, lc, delta, causal, window or 0, scale, int(block_q), int(block_kv))
+    _flash_backward_dkdv_kernel(*args, dk, dv)
+    _flash_backward_dq_kernel(*args, dq)
+    return dq, dk, dv
+
+
+def flash_attention(q, k, v, causal=False, window=None, scale=None, block_q=64, block_kv=64):
+    """Tiled attention; returns (out [B, H, Tq, D], lse [B, H, Tq]).
+
+    q [B, H, Tq, D]; k, v [B, Hkv, Tk, D] with H % Hkv == 0 (grouped-query attention without
+    repeating K/V); Tq <= Tk with the queries at the last Tq positions; `causal` masks keys
+    after the query; `window` W keeps keys p - W < j <= p (and implies causal); `scale`
+    defaults to D**-0.5; lse is the natural-log logsumexp of the scaled, masked scores.
+    Memory is O(T) (tiles of `block_q` x `block_kv`), never O(Tq x Tk).
+    """
+    if jit_disabled():
+        return flash_attention_ref(q, k, v, causal, window, scale, block_q, block_kv)
+    return flash_attention_nb(q, k, v, causal, window, scale, block_q, block_kv)
+
+
+def flash_attention_backward(q, k, v, out, lse, dout, causal=False, window=None, scale=None, block_q=64, block_kv=64):
+    """Gradients (dq, dk, dv) of `flash_attention`, recomputing score tiles from `lse`.
+
+    Two passes: one task per key tile accumulates dK, dV over every query head of its group
+    (no write conflicts), then one task per query tile accumulates dQ.
+    """
+    if jit_disabled():
+        return flash_attention_backward_ref(q, k, v, out, lse, dout, causal, window, scale, block_q, block_kv)
+    return flash_attention_backward_nb(q, k, v, out, lse, dout, causal, window, scale, block_q, block_kv)
