@@ -26,10 +26,12 @@ import numpy as np
 import axon
 import axon.nn.functional as F
 from axon import nn
+from axon_llm.attention import AttentionContext, attend
 from axon_llm.config import ModelConfig
 from axon_llm.errors import ConfigError, InputError
 from axon_llm.mamba import MambaMixer, MambaState
-from axon_llm.models.ssm import check_attention_mask, check_input_ids
+from axon_llm.embeddings import as_token_ids
+from axon_llm.models.ssm import check_attention_mask
 
 __all__ = ["HydraConfig", "HydraModel", "HydraCache", "WindowKVCache", "WindowAttention", "SwiGLU"]
 
@@ -211,11 +213,9 @@ class WindowAttention(nn.Module):
             k = axon.cat([axon.tensor(pk), k], dim=2)                     # -> [B, Hkv, P+T, Dh]
             v = axon.cat([axon.tensor(pv), v], dim=2)
             key_mask = np.concatenate([pm, new_mask], axis=1)             # [B, P+T]
-        attn_mask = None
-        if key_mask is not None and not key_mask.all():
-            attn_mask = axon.tensor(np.where(key_mask[:, None, None, :] > 0, 0.0, -np.inf).astype(np.float32))
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=True,
-                                           enable_gqa=True, window=self.window)  # [B, H, T, Dh]
+        km = None if key_mask is None or key_mask.all() else key_mask > 0   # [B, S] True = real token
+        ctx = AttentionContext(positions=None, key_mask=km, cache=None, start=0, new_mask=None)
+        o = attend(q, k, v, ctx, causal=True, window=self.window)        # [B, H, T, Dh]
         o = o.transpose(1, 2).reshape(B_, T, H * Dh)                      # -> [B, T, H*Dh]
         return self.o_proj(o)
 
@@ -296,7 +296,7 @@ class HydraModel(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, cache: HydraCache | None = None) -> axon.Tensor:
         """[B, T] token ids -> [B, T, V] logits; with a cache the tokens continue its sequence."""
-        ids = check_input_ids(input_ids, self.config.vocab_size)
+        ids = as_token_ids(input_ids, self.config.vocab_size)
         mask = check_attention_mask(attention_mask, ids)
         if cache is not None and cache.batch_size != ids.shape[0]:
             raise InputError(f"cache was made for batch {cache.batch_size}, input has batch {ids.shape[0]}")

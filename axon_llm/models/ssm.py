@@ -22,6 +22,7 @@ import numpy as np
 import axon
 from axon import nn
 from axon_llm.config import ModelConfig
+from axon_llm.embeddings import as_token_ids
 from axon_llm.errors import ConfigError, InputError
 from axon_llm.mamba import MambaMixer, MambaState
 
@@ -175,34 +176,24 @@ class SSMModel(nn.Module):
         return self.norm_f(h)
 
 
-def check_input_ids(input_ids, vocab_size: int) -> np.ndarray:
-    """Token ids as an int64 [B, T] array, or one InputError naming what is wrong."""
-    ids = input_ids.data if isinstance(input_ids, axon.Tensor) else input_ids
-    ids = np.asarray(ids)
-    if ids.ndim == 1:
-        ids = ids[None, :]
-    if ids.ndim != 2:
-        raise InputError(f"input_ids must be [batch, seq_len], got shape {ids.shape}")
-    if ids.size and not np.issubdtype(ids.dtype, np.integer):
-        raise InputError(f"input_ids must be integers, got dtype {ids.dtype}")
-    if ids.shape[1] == 0:
-        raise InputError("input_ids is empty (seq_len 0)")
-    if ids.min() < 0 or ids.max() >= vocab_size:
-        raise InputError(f"token id out of range [0, {vocab_size}): min {ids.min()}, max {ids.max()}")
-    return ids.astype(np.int64)
-
-
 def check_attention_mask(attention_mask, ids: np.ndarray):
-    """attention_mask as a float [B, T] array of 0/1 matching ids, or None."""
+    """attention_mask -> float 0/1 [B, T] for the new tokens, or None.
+
+    Accepts ``[B, T]`` or, as transformers' generate passes it, ``[B, S]`` covering the cached
+    tokens too (the last T columns are the new tokens').
+    """
     if attention_mask is None:
         return None
-    m = attention_mask.data if isinstance(attention_mask, axon.Tensor) else attention_mask
+    m = attention_mask.numpy() if isinstance(attention_mask, axon.Tensor) else attention_mask
     m = np.asarray(m)
     if m.ndim == 1:
         m = m[None, :]
-    if m.shape != ids.shape:
-        raise InputError(f"attention_mask shape {m.shape} does not match input_ids shape {ids.shape}")
-    return m.astype(np.float32)
+    B_, T = ids.shape
+    if m.ndim != 2 or m.shape[0] != B_ or m.shape[1] < T:
+        raise InputError(f"attention_mask shape {m.shape} does not fit input_ids shape {ids.shape}")
+    if not np.isin(m, (0, 1)).all():
+        raise InputError("attention_mask must hold only 0 and 1")
+    return m[:, -T:].astype(np.float32)
 
 
 class SSMForCausalLM(nn.Module):
@@ -223,7 +214,7 @@ class SSMForCausalLM(nn.Module):
 
     def forward(self, input_ids, attention_mask=None, cache: SSMCache | None = None) -> axon.Tensor:
         """[B, T] token ids -> [B, T, V] logits. With a cache the tokens continue its sequence."""
-        ids = check_input_ids(input_ids, self.config.vocab_size)
+        ids = as_token_ids(input_ids, self.config.vocab_size)
         mask = check_attention_mask(attention_mask, ids)
         if cache is not None and cache.batch_size != ids.shape[0]:
             raise InputError(f"cache was made for batch {cache.batch_size}, input has batch {ids.shape[0]}")

@@ -26,11 +26,13 @@ import axon.nn.functional as F
 from axon import nn
 from axon_llm.config import ModelConfig, normalize_rope
 from axon_llm.errors import CheckpointError, ConfigError, UnsupportedError
-from axon_llm.models.ssm import check_attention_mask, check_input_ids
+from axon_llm.attention import AttentionContext, MultiHeadAttention, attend, merge_heads
+from axon_llm.cache import KVCache
+from axon_llm.embeddings import as_token_ids
 from axon_llm.rope import RotaryEmbedding, apply_rotary_pos_emb
 from axon_llm.ternary import TernaryLinear, unpack_hf_ternary
 
-__all__ = ["TridentConfig", "TridentModel", "TridentCache", "KVLayerCache"]
+__all__ = ["TridentConfig", "TridentModel", "BitNetAttention", "BitNetMLP", "BitNetDecoderLayer"]
 
 TERNARY_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -177,89 +179,34 @@ class TridentConfig(ModelConfig):
                            bos_token_id=128000, eos_token_id=128001)
 
 
-class KVLayerCache:
-    """Preallocated keys/values of one attention layer: ``k, v`` [B, Hkv, max_length, Dh]."""
+class BitNetAttention(MultiHeadAttention):
+    """Causal GQA attention with RoPE (LLaMA's), ternary projections and a SubLN before ``o_proj``."""
 
-    def __init__(self, batch_size: int, num_kv_heads: int, max_length: int, head_dim: int, dtype=np.float32):
-        self.k = np.zeros((batch_size, num_kv_heads, max_length, head_dim), dtype=dtype)
-        self.v = np.zeros_like(self.k)
-        self.length = 0
+    # diff vs LLaMA: TernaryLinear projections and attn_sub_norm in front of o_proj
 
-    def append(self, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Store ``k, v`` [B, Hkv, T, Dh] after the cached ones; return all keys/values so far."""
-        T = k.shape[2]
-        end = self.length + T
-        if end > self.k.shape[2]:
-            from axon_llm.errors import InputError
-            raise InputError(f"KV cache holds {self.k.shape[2]} positions; feeding {T} more after "
-                             f"{self.length} exceeds it (make the cache with a larger max_length)")
-        self.k[:, :, self.length:end] = k
-        self.v[:, :, self.length:end] = v
-        self.length = end
-        return self.k[:, :, :end], self.v[:, :, :end]
+    def __init__(self, config: TridentConfig, layer_idx: int, rotary: RotaryEmbedding):
+        object.__setattr__(self, "_init_std", config.initializer_range)  # read by make_projections
+        super().__init__(config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
+                         config.head_dim, layer_idx=layer_idx, rotary=rotary)
+        H, Dh, d = config.num_attention_heads, config.head_dim, config.hidden_size
+        self.o_proj = TernaryLinear(H * Dh, d, init_std=config.initializer_range)
+        self.attn_sub_norm = nn.RMSNorm(H * Dh, eps=config.rms_norm_eps)
 
-    @property
-    def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
+    def make_projections(self, hidden_size: int, bias: bool) -> None:
+        H, Hkv, Dh, std = self.num_heads, self.num_kv_heads, self.head_dim, self._init_std
+        self.q_proj = TernaryLinear(hidden_size, H * Dh, init_std=std)
+        self.k_proj = TernaryLinear(hidden_size, Hkv * Dh, init_std=std)
+        self.v_proj = TernaryLinear(hidden_size, Hkv * Dh, init_std=std)
 
-
-class TridentCache:
-    """KV cache of a Trident model: one :class:`KVLayerCache` per layer; ``seen`` tokens so far."""
-
-    def __init__(self, config: TridentConfig, batch_size: int, max_length: int):
-        self.batch_size, self.max_length = batch_size, max_length
-        self.layers = [KVLayerCache(batch_size, config.num_key_value_heads, max_length, config.head_dim)
-                       for _ in range(config.num_hidden_layers)]
-        self.attention_mask: np.ndarray | None = None  # [B, seen] padding mask so far
-
-    @property
-    def seen(self) -> int:
-        return self.layers[0].length if self.layers else 0
-
-    def __len__(self) -> int:
-        return self.seen
-
-
-def padding_bias(mask: np.ndarray | None, q_len: int, dtype=np.float32) -> np.ndarray | None:
-    """[B, Tk] 0/1 key-padding mask -> additive bias [B, 1, 1, Tk] (0 keep, -inf pad), or None."""
-    if mask is None or mask.all():
-        return None
-    return np.where(mask[:, None, None, :] > 0, 0.0, -np.inf).astype(dtype)
-
-
-class BitNetAttention(nn.Module):
-    """Causal GQA attention with RoPE, ternary projections and a SubLN before ``o_proj``."""
-
-    def __init__(self, config: TridentConfig, layer_idx: int):
-        super().__init__()
-        self.layer_idx = layer_idx
-        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.head_dim = config.head_dim
-        d, hd = config.hidden_size, config.head_dim
-        std = config.initializer_range
-        self.q_proj = TernaryLinear(d, self.num_heads * hd, init_std=std)
-        self.k_proj = TernaryLinear(d, self.num_kv_heads * hd, init_std=std)
-        self.v_proj = TernaryLinear(d, self.num_kv_heads * hd, init_std=std)
-        self.o_proj = TernaryLinear(self.num_heads * hd, d, init_std=std)
-        self.attn_sub_norm = nn.RMSNorm(self.num_heads * hd, eps=config.rms_norm_eps)
-
-    def forward(self, x, cos, sin, cache: KVLayerCache | None = None, key_mask=None):
-        """x [B, T, d] -> [B, T, d]; cos/sin [B, 1, T, Dh] for the positions of x."""
-        B_, T, _ = x.shape
-        H, Hkv, Dh = self.num_heads, self.num_kv_heads, self.head_dim
-        q = self.q_proj(x).reshape(B_, T, H, Dh).transpose(1, 2)       # [B, T, H*Dh] -> [B, H, T, Dh]
-        k = self.k_proj(x).reshape(B_, T, Hkv, Dh).transpose(1, 2)     # -> [B, Hkv, T, Dh]
-        v = self.v_proj(x).reshape(B_, T, Hkv, Dh).transpose(1, 2)     # -> [B, Hkv, T, Dh]
-        q = apply_rotary_pos_emb(q, cos, sin)
-        k = apply_rotary_pos_emb(k, cos, sin)
-        if cache is not None:
-            kk, vv = cache.append(k.data, v.data)                        # [B, Hkv, S, Dh]
-            k, v = axon.tensor(kk), axon.tensor(vv)
-        bias = padding_bias(key_mask, T)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else axon.tensor(bias),
-                                           is_causal=True, enable_gqa=True)  # [B, H, T, Dh]
-        o = o.transpose(1, 2).reshape(B_, T, H * Dh)                     # [B, H, T, Dh] -> [B, T, H*Dh]
-        return self.o_proj(self.attn_sub_norm(o))
+    def forward(self, x, ctx: AttentionContext):
+        """x [B, T, d] -> [B, T, d]."""
+        q, k, v = self.project_qkv(x)                                    # [B, H|Hkv, T, Dh]
+        cos, sin = ctx.rope(self.rotary)
+        q, k = apply_rotary_pos_emb(q, cos, sin), apply_rotary_pos_emb(k, cos, sin)
+        if ctx.cache is not None:
+            k, v = ctx.cache.layers[self.layer_idx].update(k, v, ctx.start)  # [B, Hkv, S, Dh]
+        out = attend(q, k, v, ctx, causal=True)                          # [B, H, T, Dh]
+        return self.o_proj(self.attn_sub_norm(merge_heads(out)))         # [B, T, H*Dh] -> [B, T, d]
 
 
 class BitNetMLP(nn.Module):
@@ -282,37 +229,28 @@ class BitNetMLP(nn.Module):
 class BitNetDecoderLayer(nn.Module):
     """Pre-norm residual block: attention then squared-ReLU MLP."""
 
-    def __init__(self, config: TridentConfig, layer_idx: int):
+    def __init__(self, config: TridentConfig, layer_idx: int, rotary: RotaryEmbedding):
         super().__init__()
-        self.self_attn = BitNetAttention(config, layer_idx)
+        self.self_attn = BitNetAttention(config, layer_idx, rotary)
         self.mlp = BitNetMLP(config)
         self.input_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, cache=None, key_mask=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, key_mask)
+    def forward(self, x, ctx: AttentionContext):
+        """[B, T, d] -> [B, T, d]."""
+        x = x + self.self_attn(self.input_layernorm(x), ctx)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class BitNetBackbone(nn.Module):
     """``model.*`` of BitNetForCausalLM: embed_tokens -> layers -> norm."""
 
-    def __init__(self, config: TridentConfig):
+    def __init__(self, config: TridentConfig, rotary: RotaryEmbedding):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList([BitNetDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.layers = nn.ModuleList([BitNetDecoderLayer(config, i, rotary)
+                                     for i in range(config.num_hidden_layers)])
         self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-
-
-def positions_from_mask(mask: np.ndarray | None, B: int, T: int, past: int,
-                        past_mask: np.ndarray | None) -> np.ndarray:
-    """Position ids [B, T] for the new tokens: count of real (unpadded) tokens before each one."""
-    if mask is None and past_mask is None:
-        return np.broadcast_to(np.arange(past, past + T), (B, T))
-    full = np.concatenate([past_mask if past_mask is not None else np.ones((B, past), np.float32),
-                           mask if mask is not None else np.ones((B, T), np.float32)], axis=1)
-    pos = np.maximum(np.cumsum(full, axis=1) - 1, 0).astype(np.int64)
-    return pos[:, past:]
 
 
 class TridentModel(nn.Module):
@@ -325,10 +263,10 @@ class TridentModel(nn.Module):
     def __init__(self, config: TridentConfig):
         super().__init__()
         self.config = config
-        self.model = BitNetBackbone(config)
+        rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
+        self.model = BitNetBackbone(config, rotary)
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(
             config.hidden_size, config.vocab_size, bias=False)
-        self.rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
 
     def ternary_layers(self) -> list[tuple[str, TernaryLinear]]:
         """(name, layer) for every TernaryLinear, in state-dict order."""
@@ -352,29 +290,20 @@ class TridentModel(nn.Module):
         dense = sum(4 * m.in_features * m.out_features for _, m in self.ternary_layers())
         return packed, dense
 
-    def new_cache(self, batch_size: int, max_length: int | None = None) -> TridentCache:
+    def new_cache(self, batch_size: int, max_length: int | None = None) -> KVCache:
         """A preallocated KV cache for ``batch_size`` sequences of up to ``max_length`` tokens."""
-        return TridentCache(self.config, batch_size, max_length or self.config.max_position_embeddings)
+        c = self.config
+        return KVCache(c.num_hidden_layers, batch_size, max_length or c.max_position_embeddings,
+                       c.num_key_value_heads, c.head_dim)
 
-    def forward(self, input_ids, attention_mask=None, cache: TridentCache | None = None) -> axon.Tensor:
+    def forward(self, input_ids, attention_mask=None, cache: KVCache | None = None) -> axon.Tensor:
         """[B, T] token ids -> [B, T, V] logits; with a cache the tokens continue its sequence."""
-        ids = check_input_ids(input_ids, self.config.vocab_size)
-        mask = check_attention_mask(attention_mask, ids)
-        B_, T = ids.shape
-        past = 0 if cache is None else cache.seen
-        past_mask = None if cache is None else cache.attention_mask
-        pos = positions_from_mask(mask, B_, T, past, past_mask)
-        cos, sin = self.rotary.cos_sin(pos)                              # [B, 1, T, Dh]
-        key_mask = mask
-        if cache is not None:
-            if cache.attention_mask is not None or mask is not None:
-                prev = cache.attention_mask if cache.attention_mask is not None else np.ones((B_, past), np.float32)
-                cache.attention_mask = np.concatenate(
-                    [prev, mask if mask is not None else np.ones((B_, T), np.float32)], axis=1)
-                key_mask = cache.attention_mask
+        ids = as_token_ids(input_ids, self.config.vocab_size)
+        ctx = AttentionContext.build(ids.shape[0], ids.shape[1], attention_mask, cache)
         h = self.model.embed_tokens(ids)                                  # [B, T] -> [B, T, d]
-        for i, layer in enumerate(self.model.layers):
-            h = layer(h, cos, sin, None if cache is None else cache.layers[i], key_mask)
+        for layer in self.model.layers:
+            h = layer(h, ctx)
+        ctx.finish()
         h = self.model.norm(h)
         if self.lm_head is None:
             return h @ self.model.embed_tokens.weight.T                   # [B, T, d] -> [B, T, V]
