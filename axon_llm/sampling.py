@@ -1,0 +1,588 @@
+"""Choosing the next token: generation settings, logits processors, sampling and beam search.
+
+Everything here works on NumPy logits and token ids, with no model in sight, so each
+rule can be read and tested on its own. The one ``generate`` loop (generation.py) feeds
+a model's last-position logits in and gets token ids out.
+
+Symbols
+-------
+B  batch size (number of prompts)           V  vocabulary size
+N  number of beams                          K  candidates kept per beam-search step (2N or more)
+L  length of a sequence (prompt + new tokens)
+
+The processors follow HuggingFace transformers' semantics exactly, in transformers'
+order: repetition penalty, then temperature, top-k, top-p, min-p. Greedy decoding is
+the argmax of the processed logits; beam search reproduces transformers' vectorised
+``_beam_search`` (scores are accumulated log-probabilities, finished hypotheses are
+ranked by ``score / generated_length ** length_penalty``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from axon_llm.errors import GenerationError
+
+# transformers masks impossible beams with this score; keeping the same constant keeps
+# the tie-breaking between masked candidates identical.
+_MASKED = -1.0e9
+
+
+# ----------------------------------------------------------------------------------------
+# Settings
+# ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How to pick tokens: greedy, sampling (temperature / top-k / top-p / min-p) or beam search.
+
+    The constructors and ``with_*`` builders mirror the Rust crate's ``GenerationConfig``
+    (``GenerationConfig.top_k_sampling(40, 0.8).with_max_tokens(64)``); each builder returns
+    a new config, and every config is validated when it is made, so a bad value raises
+    :class:`GenerationError` where it was written rather than deep inside the loop.
+
+    ``temperature == 0`` means greedy even when ``do_sample`` is set (llama.cpp's habit).
+    ``eos_token_ids`` is a list: generation of a row stops at the first of any of them.
+    ``stop_strings`` need a tokenizer to decode with (see ``generate(..., tokenizer=...)``).
+    """
+
+    max_new_tokens: int = 50
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    min_p: float | None = None
+    repetition_penalty: float = 1.0
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+    do_sample: bool = True
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+    seed: int | None = None
+    stop_strings: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        # lists are accepted for convenience and stored as tuples so the config stays hashable
+        eos = self.eos_token_ids
+        if isinstance(eos, (int, np.integer)):
+            eos = (eos,)
+        object.__setattr__(self, "eos_token_ids", tuple(int(e) for e in (eos or ())))
+        stops = self.stop_strings
+        if isinstance(stops, str):
+            stops = (stops,)
+        object.__setattr__(self, "stop_strings", tuple(stops or ()))
+        self.validate()
+
+    # -- the crate's constructors ---------------------------------------------------------
+    @classmethod
+    def greedy(cls) -> "GenerationConfig":
+        """Always the most likely token."""
+        return cls(do_sample=False)
+
+    @classmethod
+    def sampling(cls, temperature: float) -> "GenerationConfig":
+        """Sample from ``softmax(logits / temperature)``."""
+        return cls(do_sample=True, temperature=temperature)
+
+    @classmethod
+    def top_k_sampling(cls, k: int, temperature: float) -> "GenerationConfig":
+        """Sample among the ``k`` most likely tokens."""
+        return cls(do_sample=True, temperature=temperature, top_k=k)
+
+    @classmethod
+    def nucleus_sampling(cls, p: float, temperature: float) -> "GenerationConfig":
+        """Sample among the smallest set of tokens whose probability mass reaches ``p``."""
+        return cls(do_sample=True, temperature=temperature, top_p=p)
+
+    @classmethod
+    def beam_search(cls, num_beams: int) -> "GenerationConfig":
+        """Keep the ``num_beams`` best partial sequences by total log-probability."""
+        return cls(do_sample=False, num_beams=num_beams)
+
+    # -- builders (each returns a new, validated config) ----------------------------------
+    def _with(self, **changes) -> "GenerationConfig":
+        return dataclasses.replace(self, **changes)
+
+    def with_max_tokens(self, max_new_tokens: int) -> "GenerationConfig":
+        """Set the number of new tokens to generate at most."""
+        return self._with(max_new_tokens=max_new_tokens)
+
+    def with_temperature(self, temperature: float) -> "GenerationConfig":
+        """Set the softmax temperature (0 = greedy)."""
+        return self._with(temperature=temperature)
+
+    def with_top_k(self, k: int | None) -> "GenerationConfig":
+        """Keep only the ``k`` most likely tokens before sampling (None = off)."""
+        return self._with(top_k=k)
+
+    def with_top_p(self, p: float | None) -> "GenerationConfig":
+        """Nucleus filtering with mass ``p`` (None = off)."""
+        return self._with(top_p=p)
+
+    def with_min_p(self, p: float | None) -> "GenerationConfig":
+        """Drop tokens less likely than ``p`` times the most likely one (None = off)."""
+        return self._with(min_p=p)
+
+    def with_repetition_penalty(self, penalty: float) -> "GenerationConfig":
+        """Penalise every token already in the sequence (1.0 = off)."""
+        return self._with(repetition_penalty=penalty)
+
+    def with_eos_token(self, eos_token_id: int) -> "GenerationConfig":
+        """Add one more end-of-sequence id (the crate's builder appends, so does this one)."""
+        return self._with(eos_token_ids=self.eos_token_ids + (int(eos_token_id),))
+
+    def with_eos_tokens(self, eos_token_ids: Iterable[int]) -> "GenerationConfig":
+        """Replace the list of end-of-sequence ids."""
+        return self._with(eos_token_ids=tuple(int(e) for e in eos_token_ids))
+
+    def with_pad_token(self, pad_token_id: int | None) -> "GenerationConfig":
+        """Id written after a row has finished (defaults to the first EOS id, else 0)."""
+        return self._with(pad_token_id=pad_token_id)
+
+    def with_seed(self, seed: int | None) -> "GenerationConfig":
+        """Seed of the sampling RNG: the same seed gives the same tokens."""
+        return self._with(seed=seed)
+
+    def with_stop_strings(self, stop_strings: Iterable[str]) -> "GenerationConfig":
+        """Stop a row once its decoded new text contains any of these strings."""
+        return self._with(stop_strings=tuple(stop_strings))
+
+    def with_num_beams(self, num_beams: int) -> "GenerationConfig":
+        """Set the number of beams (1 = no beam search)."""
+        return self._with(num_beams=num_beams)
+
+    def with_length_penalty(self, length_penalty: float) -> "GenerationConfig":
+        """Beam search ranks finished hypotheses by ``score / length ** length_penalty``."""
+        return self._with(length_penalty=length_penalty)
+
+    def with_early_stopping(self, early_stopping: bool) -> "GenerationConfig":
+        """Beam search stops as soon as ``num_beams`` hypotheses have finished."""
+        return self._with(early_stopping=early_stopping)
+
+    def with_do_sample(self, do_sample: bool) -> "GenerationConfig":
+        """Switch between sampling and greedy / plain beam search."""
+        return self._with(do_sample=do_sample)
+
+    # -- checks ---------------------------------------------------------------------------
+    @property
+    def is_greedy(self) -> bool:
+        """True when the next token is always the argmax (no randomness)."""
+        return not self.do_sample or self.temperature == 0.0
+
+    def validate(self) -> None:
+        """Raise :class:`GenerationError` naming the first setting that cannot work."""
+
+        def bad(msg):
+            raise GenerationError(f"invalid generation setting: {msg}")
+
+        def is_int(v):
+            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+        def is_num(v):
+            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+        if not is_int(self.max_new_tokens) or self.max_new_tokens < 0:
+            bad(f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
+        if not is_num(self.temperature) or not math.isfinite(self.temperature) or self.temperature < 0:
+            bad(f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        if self.top_k is not None and (not is_int(self.top_k) or self.top_k < 1):
+            bad(f"top_k must be an integer >= 1 (or None), got {self.top_k!r}")
+        if self.top_p is not None and (not is_num(self.top_p) or not 0.0 < self.top_p <= 1.0):
+            bad(f"top_p must be in (0, 1] (or None), got {self.top_p!r}")
+        if self.min_p is not None and (not is_num(self.min_p) or not 0.0 <= self.min_p <= 1.0):
+            bad(f"min_p must be in [0, 1] (or None), got {self.min_p!r}")
+        if (not is_num(self.repetition_penalty) or not math.isfinite(self.repetition_penalty)
+                or self.repetition_penalty <= 0):
+            bad(f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty!r}")
+        if any(e < 0 for e in self.eos_token_ids):
+            bad(f"eos_token_ids must be >= 0, got {list(self.eos_token_ids)}")
+        if self.pad_token_id is not None and (not is_int(self.pad_token_id) or self.pad_token_id < 0):
+            bad(f"pad_token_id must be an integer >= 0 (or None), got {self.pad_token_id!r}")
+        if not is_int(self.num_beams) or self.num_beams < 1:
+            bad(f"num_beams must be an integer >= 1, got {self.num_beams!r}")
+        if self.num_beams > 1 and self.do_sample:
+            bad("beam search with sampling is not supported: use do_sample=False with num_beams > 1")
+        if not is_num(self.length_penalty) or not math.isfinite(self.length_penalty):
+            bad(f"length_penalty must be a finite number, got {self.length_penalty!r}")
+        if self.early_stopping not in (True, False, "never"):
+            bad(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
+        if self.seed is not None and not is_int(self.seed):
+            bad(f"seed must be an integer (or None), got {self.seed!r}")
+        if any(not isinstance(s, str) or s == "" for s in self.stop_strings):
+            bad(f"stop_strings must be non-empty strings, got {list(self.stop_strings)}")
+
+    @property
+    def fill_token_id(self) -> int:
+        """The id that pads rows after they finish: pad, else first EOS, else 0."""
+        if self.pad_token_id is not None:
+            return self.pad_token_id
+        return self.eos_token_ids[0] if self.eos_token_ids else 0
+
+
+# ----------------------------------------------------------------------------------------
+# Logits processors (transformers' semantics). Each takes logits [V] or [B, V] and returns
+# a new float array of the same shape; the input is never modified.
+# ----------------------------------------------------------------------------------------
+def _as_2d(logits) -> tuple[np.ndarray, bool]:
+    arr = np.asarray(logits)
+    if arr.ndim not in (1, 2):
+        raise GenerationError(f"logits must have shape [V] or [B, V], got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float32)
+    return np.array(arr[None] if arr.ndim == 1 else arr, copy=True), arr.ndim == 1  # [B, V]
+
+
+def _back(arr2d: np.ndarray, was_1d: bool) -> np.ndarray:
+    return arr2d[0] if was_1d else arr2d
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    """Row softmax in float64 (masked -inf entries get probability 0)."""
+    x = x.astype(np.float64)
+    m = np.max(x, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    e = np.exp(x - m)
+    return e / np.sum(e, axis=-1, keepdims=True)
+
+
+def log_softmax(logits) -> np.ndarray:
+    """``log(softmax(logits))`` over the last axis, in the logits' float dtype."""
+    x = np.asarray(logits)
+    x64 = x.astype(np.float64)
+    m = np.max(x64, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    out = x64 - m - np.log(np.sum(np.exp(x64 - m), axis=-1, keepdims=True))
+    return out.astype(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32)
+
+
+def apply_repetition_penalty(logits, seen_token_ids, penalty: float) -> np.ndarray:
+    """Penalise tokens already seen: positive logits are divided, negative ones multiplied.
+
+    ``seen_token_ids`` is one id sequence ([V] logits) or one per row ([B, V] logits): the
+    prompt and the tokens generated so far, as in transformers. Each distinct id is
+    penalised once however often it occurs; ids outside ``[0, V)`` are ignored.
+    """
+    arr, was_1d = _as_2d(logits)
+    if penalty == 1.0:
+        return _back(arr, was_1d)
+    rows = [seen_token_ids] if was_1d else list(seen_token_ids)
+    if len(rows) != arr.shape[0]:
+        raise GenerationError(f"repetition penalty got {len(rows)} id rows for {arr.shape[0]} logit rows")
+    V = arr.shape[1]
+    for b, ids in enumerate(rows):
+        ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
+        ids = ids[(ids >= 0) & (ids < V)]
+        score = arr[b, ids]
+        arr[b, ids] = np.where(score < 0, score * penalty, score / penalty)
+    return _back(arr, was_1d)
+
+
+def apply_temperature(logits, temperature: float) -> np.ndarray:
+    """``logits / temperature`` (temperature 1 or 0 leaves the logits as they are)."""
+    arr, was_1d = _as_2d(logits)
+    if temperature not in (0.0, 1.0):
+        arr = arr / np.asarray(temperature, dtype=arr.dtype)
+    return _back(arr, was_1d)
+
+
+def apply_top_k(logits, k: int | None) -> np.ndarray:
+    """Set to ``-inf`` every logit below the k-th largest of its row (ties at the k-th are kept)."""
+    arr, was_1d = _as_2d(logits)
+    if k is None or k >= arr.shape[1]:
+        return _back(arr, was_1d)
+    kth = np.partition(arr, arr.shape[1] - k, axis=1)[:, arr.shape[1] - k][:, None]  # [B, 1]
+    arr[arr < kth] = -np.inf
+    return _back(arr, was_1d)
+
+
+def apply_top_p(logits, p: float | None, min_tokens_to_keep: int = 1) -> np.ndarray:
+    """Nucleus filtering: keep the most likely tokens whose cumulative probability reaches ``p``.
+
+    As transformers: sort ascending, drop tokens whose ascending cumulative probability is
+    ``<= 1 - p``; the most likely ``min_tokens_to_keep`` tokens always stay.
+    """
+    arr, was_1d = _as_2d(logits)
+    if p is None or p >= 1.0:
+        return _back(arr, was_1d)
+    order = np.argsort(arr, axis=1, kind="stable")                       # [B, V] ascending
+    sorted_logits = np.take_along_axis(arr, order, axis=1)
+    cumulative = np.cumsum(_softmax(sorted_logits), axis=1)
+    remove_sorted = cumulative <= (1.0 - p)
+    remove_sorted[:, -min_tokens_to_keep:] = False
+    remove = np.zeros_like(remove_sorted)
+    np.put_along_axis(remove, order, remove_sorted, axis=1)
+    arr[remove] = -np.inf
+    return _back(arr, was_1d)
+
+
+def apply_min_p(logits, min_p: float | None, min_tokens_to_keep: int = 1) -> np.ndarray:
+    """Drop tokens whose probability is below ``min_p`` times the row's largest probability."""
+    arr, was_1d = _as_2d(logits)
+    if min_p is None or min_p == 0.0:
+        return _back(arr, was_1d)
+    probs = _softmax(arr)
+    remove = probs < min_p * probs.max(axis=1, keepdims=True)
+    keep = np.argsort(-probs, axis=1, kind="stable")[:, :min_tokens_to_keep]
+    np.put_along_axis(remove, keep, False, axis=1)
+    arr[remove] = -np.inf
+    return _back(arr, was_1d)
+
+
+def process_logits(logits, config: GenerationConfig, seen_token_ids=None) -> np.ndarray:
+    """All processors of ``config`` in transformers' order; the sampling warpers
+    (temperature, top-k, top-p, min-p) only when sampling."""
+    out = np.asarray(logits)
+    if config.repetition_penalty != 1.0:
+        if seen_token_ids is None:
+            raise GenerationError("repetition_penalty needs the token ids seen so far")
+        out = apply_repetition_penalty(out, seen_token_ids, config.repetition_penalty)
+    if not config.is_greedy:
+        out = apply_temperature(out, config.temperature)
+        out = apply_top_k(out, config.top_k)
+        out = apply_top_p(out, config.top_p)
+        out = apply_min_p(out, config.min_p)
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Picking one token
+# ----------------------------------------------------------------------------------------
+class TextGenerator:
+    """Turns a row of logits into the next token id, as the crate's ``TextGenerator``.
+
+    It owns the sampling RNG (seeded by ``config.seed``), so two generators made from the
+    same seeded config pick the same tokens. ``get_next_token`` works on one row;
+    ``next_tokens`` on a batch.
+    """
+
+    def __init__(self, config: GenerationConfig | None = None):
+        self.config = config if config is not None else GenerationConfig.greedy()
+        self.rng = np.random.default_rng(self.config.seed)
+
+    # the crate's individual steps, each returning new logits
+    def apply_temperature(self, logits) -> np.ndarray:
+        """``logits / temperature``."""
+        return apply_temperature(logits, self.config.temperature)
+
+    def apply_repetition_penalty(self, logits, generated_tokens) -> np.ndarray:
+        """transformers' repetition penalty over ``generated_tokens``."""
+        return apply_repetition_penalty(logits, generated_tokens, self.config.repetition_penalty)
+
+    def apply_top_k(self, logits) -> np.ndarray:
+        """Keep the ``top_k`` largest logits."""
+        return apply_top_k(logits, self.config.top_k)
+
+    def apply_top_p(self, logits) -> np.ndarray:
+        """Nucleus filtering with ``top_p``."""
+        return apply_top_p(logits, self.config.top_p)
+
+    def apply_min_p(self, logits) -> np.ndarray:
+        """Min-p filtering with ``min_p``."""
+        return apply_min_p(logits, self.config.min_p)
+
+    @staticmethod
+    def argmax(logits) -> int:
+        """Index of the largest logit (the first one on ties, as NumPy and torch)."""
+        return int(np.argmax(np.asarray(logits)))
+
+    def sample(self, logits) -> int:
+        """Draw one token from ``softmax(logits)`` (argmax when greedy)."""
+        return int(self._pick(np.asarray(logits)[None])[0])
+
+    def _pick(self, logits2d: np.ndarray) -> np.ndarray:
+        if self.config.is_greedy:
+            return np.argmax(logits2d, axis=1)
+        probs = _softmax(logits2d)                                          # [B, V]
+        cdf = np.cumsum(probs, axis=1)
+        u = self.rng.random(logits2d.shape[0])[:, None] * cdf[:, -1:]       # [B, 1]
+        picked = np.sum(cdf <= u, axis=1)                                   # first index with cdf > u
+        # never step past the last token of nonzero probability (the float edge u == cdf[-1])
+        last_nonzero = probs.shape[1] - 1 - np.argmax(probs[:, ::-1] > 0, axis=1)
+        return np.minimum(picked, last_nonzero)
+
+    def get_next_token(self, logits, generated_tokens: Sequence[int] = ()) -> int:
+        """Process one row of logits [V] and return the next token id.
+
+        ``generated_tokens`` are the ids seen so far (the repetition penalty uses them).
+        """
+        arr = np.asarray(logits)
+        if arr.ndim != 1:
+            raise GenerationError(f"get_next_token takes one row of logits [V], got shape {arr.shape}")
+        return int(self.next_tokens(arr[None], [generated_tokens])[0])
+
+    def next_tokens(self, logits, seen_token_ids=None) -> np.ndarray:
+        """Process a batch of logits [B, V] and return the next ids [B] (int64)."""
+        arr = np.asarray(logits)
+        if arr.ndim != 2:
+            raise GenerationError(f"next_tokens takes logits [B, V], got shape {arr.shape}")
+        if not np.all(np.isfinite(np.max(arr, axis=1))):
+            raise GenerationError("the model produced NaN or infinite logits; cannot pick a token")
+        processed = process_logits(arr, self.config, seen_token_ids)
+        return self._pick(processed).astype(np.int64)
+
+    def should_stop(self, token: int) -> bool:
+        """True when ``token`` is one of the EOS ids."""
+        return int(token) in self.config.eos_token_ids
+
+
+# ----------------------------------------------------------------------------------------
+# Beam search (transformers' vectorised algorithm, on NumPy)
+# ----------------------------------------------------------------------------------------
+def _topk_desc(x: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest entries of each row, largest first (lower index first on ties)."""
+    return np.argsort(-x, axis=-1, kind="stable")[..., :k]
+
+
+def _gather_beams(x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``x[b, idx[b, j], ...]`` for x [B, N, ...] and idx [B, K] -> [B, K, ...]."""
+    return x[np.arange(x.shape[0])[:, None], idx]
+
+
+class BeamSearch:
+    """State of a batched beam search; the loop feeds it log-probabilities one step at a time.
+
+    Usage (what generation.py does)::
+
+        bs = BeamSearch(config, prompt_ids, max_length)     # prompt_ids [B, L0]
+        model sees bs.running_ids()  (flattened [B*N, cur_len]; feed only the last column once cached)
+        while not bs.done:
+            reorder = bs.step(log_probs)                    # log_probs [B*N, V] (already processed)
+            reorder the model's cache rows by `reorder`     # [B*N] indices into the previous rows
+        ids = bs.finalize()                                 # [B, L0 + generated]
+
+    Like transformers: every beam starts from the prompt, only the first beam has score 0 so
+    the first step does not pick the same token N times; each step keeps the top K = max(2,
+    1 + #eos) * N continuations over all N x V candidates, a continuation that ends in EOS
+    or reaches ``max_length`` becomes a finished hypothesis (scored ``logprob / new_len **
+    length_penalty``) when it is among the top N, and the best N unfinished ones continue.
+    """
+
+    def __init__(self, config: GenerationConfig, prompt_ids, max_length: int):
+        prompt = np.asarray(prompt_ids, dtype=np.int64)
+        if prompt.ndim != 2:
+            raise GenerationError(f"beam search prompt must be [B, T], got shape {prompt.shape}")
+        self.config = config
+        self.batch_size, self.prompt_len = prompt.shape
+        self.num_beams = N = config.num_beams
+        self.max_length = int(max_length)
+        self.eos = np.asarray(config.eos_token_ids, dtype=np.int64)
+        self.beams_to_keep = max(2, 1 + len(self.eos)) * N
+        self.top_num_beam_mask = np.arange(self.beams_to_keep) < N             # [K]
+        B, L = self.batch_size, self.max_length
+        # transformers fills with `pad_token_id or eos_token_id[0]`: a pad id of 0 falls through
+        # to the first EOS id. Kept as is, so finished rows read the same.
+        fill = config.pad_token_id or (config.eos_token_ids[0] if config.eos_token_ids else 0)
+        self.running_sequences = np.full((B, N, L), fill, dtype=np.int64)      # [B, N, L]
+        self.running_sequences[:, :, : self.prompt_len] = prompt[:, None, :]
+        self.sequences = self.running_sequences.copy()
+        self.running_beam_scores = np.zeros((B, N), dtype=np.float32)
+        self.running_beam_scores[:, 1:] = _MASKED
+        self.beam_scores = np.full((B, N), _MASKED, dtype=np.float32)
+        self.is_sent_finished = np.zeros((B, N), dtype=bool)
+        self.early_stop_unsatisfied = np.ones((B, 1), dtype=bool)
+        self.running_beam_indices = np.full((B, N, L - self.prompt_len), -1, dtype=np.int64)
+        self.beam_indices = self.running_beam_indices.copy()
+        self.cur_len = self.prompt_len
+        self.done = self.cur_len >= self.max_length
+
+    def running_ids(self) -> np.ndarray:
+        """The running sequences flattened to [B*N, cur_len] (the model's next input rows)."""
+        B, N = self.batch_size, self.num_beams
+        return self.running_sequences[:, :, : self.cur_len].reshape(B * N, self.cur_len)
+
+    def _hits_stop(self, seqs: np.ndarray) -> np.ndarray:
+        """[B, K, cur_len+1] -> [B, K] True where the newest token ends the hypothesis."""
+        last = seqs[:, :, -1]
+        hit = np.isin(last, self.eos) if self.eos.size else np.zeros(last.shape, dtype=bool)
+        if seqs.shape[-1] >= self.max_length:
+            hit = np.ones_like(hit)
+        return hit
+
+    def step(self, log_probs) -> np.ndarray:
+        """Advance one token. ``log_probs`` [B*N, V] are the processed next-token log-probs of
+        :meth:`running_ids`. Returns [B*N] row indices: row i of the next step continues row
+        ``reorder[i]`` of this step (use it to reorder the KV cache)."""
+        B, N, K = self.batch_size, self.num_beams, self.beams_to_keep
+        lp = np.asarray(log_probs, dtype=np.float32)
+        V = lp.shape[-1]
+        cur = self.cur_len
+        acc = lp.reshape(B, N, V) + self.running_beam_scores[:, :, None]       # [B, N, V]
+        acc = acc.reshape(B, N * V)                                            # [B, N*V]
+
+        # c. the top K continuations over all beams
+        topk_idx = _topk_desc(acc, K)                                          # [B, K]
+        topk_log_probs = np.take_along_axis(acc, topk_idx, axis=1)             # [B, K]
+        topk_beam = topk_idx // V
+        topk_ids = topk_idx % V
+        topk_sequences = _gather_beams(self.running_sequences, topk_beam)     # [B, K, L]
+        topk_sequences[:, :, cur] = topk_ids
+        topk_beam_indices = _gather_beams(self.running_beam_indices, topk_beam)
+        topk_beam_indices[:, :, cur - self.prompt_len] = topk_beam + np.arange(B)[:, None] * N
+
+        # d. which continuations finish here
+        hits = self._hits_stop(topk_sequences[:, :, : cur + 1])               # [B, K]
+
+        # e. the best N unfinished continuations keep running
+        running_lp = topk_log_probs + hits.astype(np.float32) * np.float32(_MASKED)
+        nxt = _topk_desc(running_lp, N)                                        # [B, N]
+        self.running_sequences = _gather_beams(topk_sequences, nxt)
+        self.running_beam_scores = np.take_along_axis(running_lp, nxt, axis=1)
+        self.running_beam_indices = _gather_beams(topk_beam_indices, nxt)
+
+        # f. merge the newly finished top-N continuations into the finished hypotheses
+        just_finished = hits & self.top_num_beam_mask[None, :]
+        gen_len = cur + 1 - self.prompt_len
+        scored = topk_log_probs / np.float32(gen_len ** self.config.length_penalty)
+        full = np.all(self.is_sent_finished, axis=-1, keepdims=True) & bool(self.config.early_stopping)
+        scored = scored + full.astype(np.float32) * np.float32(_MASKED)
+        scored = scored + (~self.early_stop_unsatisfied).astype(np.float32) * np.float32(_MASKED)
+        scored = scored + (~just_finished).astype(np.float32) * np.float32(_MASKED)
+        merged_scores = np.concatenate([self.beam_scores, scored], axis=1)     # [B, N+K]
+        best = _topk_desc(merged_scores, N)
+        self.sequences = _gather_beams(np.concatenate([self.sequences, topk_sequences], axis=1), best)
+        self.beam_scores = np.take_along_axis(merged_scores, best, axis=1)
+        self.beam_indices = _gather_beams(np.concatenate([self.beam_indices, topk_beam_indices], axis=1), best)
+        self.is_sent_finished = np.take_along_axis(
+            np.concatenate([self.is_sent_finished, just_finished], axis=1), best, axis=1)
+
+        reorder = self.running_beam_indices[:, :, cur - self.prompt_len].reshape(B * N)
+
+        # g. can anything still improve?
+        self.cur_len = cur + 1
+        lp_ = self.config.length_penalty
+        early = self.config.early_stopping
+        hyp_len = (self.max_length if (early == "never" and lp_ > 0) else self.cur_len) - self.prompt_len
+        best_running = self.running_beam_scores[:, :1] / np.float32(hyp_len ** lp_)
+        worst_finished = np.where(self.is_sent_finished,
+                                  np.min(self.beam_scores, axis=1, keepdims=True), np.float32(_MASKED))
+        self.early_stop_unsatisfied = self.early_stop_unsatisfied & np.any(
+            best_running > worst_finished, axis=-1, keepdims=True)
+        improvement_possible = bool(np.any(self.early_stop_unsatisfied))
+        exists_open_beam = not (bool(np.all(self.is_sent_finished)) and early is True)
+        valid_continuations = not bool(np.all(hits))
+        self.done = not (improvement_possible and exists_open_beam and valid_continuations)
+        return reorder.astype(np.int64)
+
+    def finalize(self) -> np.ndarray:
+        """The best hypothesis of each prompt, [B, prompt_len + longest generated], padded
+        with the fill id (pad, else first EOS) after a hypothesis ended."""
+        best_seq = self.sequences[:, 0, :]                                     # [B, L]
+        generated = (self.beam_indices[:, 0, :] + 1).astype(bool).sum(axis=1)  # [B]
+        out_len = self.prompt_len + int(generated.max(initial=0))
+        return best_seq[:, :out_len].copy()
+
+    @property
+    def best_scores(self) -> np.ndarray:
+        """Length-normalised score of each prompt's best hypothesis [B]."""
+        return self.beam_scores[:, 0].copy()
+
+
+__all__ = [
+    "GenerationConfig", "TextGenerator", "BeamSearch",
+    "apply_repetition_penalty", "apply_temperature", "apply_top_k", "apply_top_p", "apply_min_p",
+    "process_logits", "log_softmax",
+]
