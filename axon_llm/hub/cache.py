@@ -170,7 +170,7 @@ class RepoCache:
     def set_ref(self, revision: str, folder_name: str) -> None:
         """Record that ``revision`` points at snapshot folder ``folder_name``."""
         validate_revision(revision)
-        if revision != folder_name:
+        if not is_commit(revision):
             _write_text_atomic(self.folder / "refs" / revision, folder_name)
 
     def find(self, revision: str, filename: str) -> Path | None:
