@@ -1,0 +1,270 @@
+"""Fused Functions behind ``axon.nn.functional``: one node each, with a hand-written backward.
+
+Each of these could be written as a composite of primitives (and ``tests/axon`` checks them
+against such composites); fusing saves the graph bookkeeping and the intermediate arrays,
+which is what keeps a training step close to the BLAS time (benchmarks/bench_autograd.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..autograd import Function
+from ..ops import softmax_array
+
+# ------------------------------------------------------------------------------ linear
+
+
+class Linear(Function):
+    """y = x @ W^T + b with W stored [out, in] (torch's layout)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        if x.shape[-1] != w.shape[1]:
+            raise ValueError(f"linear: input shape {x.shape} does not match weight shape {w.shape} (in_features={w.shape[1]})")
+        x2 = x.reshape(-1, x.shape[-1])  # [N, in]
+        y = x2 @ w.T  # [N, out]
+        if b is not None:
+            y += b
+        ctx.save_for_backward(x2 if ctx.needs_input_grad[1] else None, w if ctx.needs_input_grad[0] else None)
+        ctx.x_shape = x.shape
+        return y.reshape(x.shape[:-1] + (w.shape[0],))  # [..., out]
+
+    @staticmethod
+    def backward(ctx, grad):
+        x2, w = ctx.saved_tensors
+        g2 = grad.reshape(-1, grad.shape[-1])  # [N, out]
+        gx = (g2 @ w).reshape(ctx.x_shape) if w is not None else None  # [..., in]
+        gw = g2.T @ x2 if x2 is not None else None  # [out, in]
+        gb = g2.sum(axis=0) if ctx.needs_input_grad[2] else None  # [out]
+        return gx, gw, gb
+
+
+# ------------------------------------------------------------------------------ norms
+
+
+class LayerNorm(Function):
+    """Normalise over the last ``n`` dims, then scale and shift."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, *, n, eps):
+        axes = tuple(range(x.ndim - n, x.ndim))
+        mu = x.mean(axis=axes, keepdims=True)
+        xc = x - mu
+        var = np.mean(xc * xc, axis=axes, keepdims=True)
+        rstd = 1.0 / np.sqrt(var + x.dtype.type(eps))
+        xhat = xc
+        xhat *= rstd  # [..., *normalized_shape]
+        y = xhat * w if w is not None else xhat.copy()
+        if b is not None:
+            y += b
+        ctx.save_for_backward(xhat, rstd, w)
+        ctx.axes = axes
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        xhat, rstd, w = ctx.saved_tensors
+        axes = ctx.axes
+        batch_axes = tuple(range(grad.ndim - len(axes)))
+        gw = np.sum(grad * xhat, axis=batch_axes) if ctx.needs_input_grad[1] else None
+        gb = np.sum(grad, axis=batch_axes) if ctx.needs_input_grad[2] else None
+        gx = None
+        if ctx.needs_input_grad[0]:
+            gxhat = grad * w if w is not None else grad
+            m1 = gxhat.mean(axis=axes, keepdims=True)
+            m2 = np.mean(gxhat * xhat, axis=axes, keepdims=True)
+            gx = gxhat - m1
+            gx -= xhat * m2
+            gx *= rstd  # rstd (g - mean(g) - xhat mean(g xhat))
+        return gx, gw, gb
+
+
+class RMSNorm(Function):
+    """y = x / sqrt(mean(x^2) + eps) * w over the last dim."""
+
+    @staticmethod
+    def forward(ctx, x, w, *, eps):
+        ms = np.mean(x * x, axis=-1, keepdims=True)
+        rstd = 1.0 / np.sqrt(ms + x.dtype.type(eps))  # [..., 1]
+        xhat = x * rstd
+        ctx.save_for_backward(xhat, rstd, w)
+        return xhat * w if w is not None else xhat
+
+    @staticmethod
+    def backward(ctx, grad):
+        xhat, rstd, w = ctx.saved_tensors
+        gw = None
+        if ctx.needs_input_grad[1]:
+            gw = (grad * xhat).reshape(-1, xhat.shape[-1]).sum(axis=0)
+        gx = None
+        if ctx.needs_input_grad[0]:
+            gxhat = grad * w if w is not None else grad
+            m = np.mean(gxhat * xhat, axis=-1, keepdims=True)
+            gx = gxhat - xhat * m
+            gx *= rstd  # rstd (g - xhat mean(g xhat))
+        return gx, gw
+
+
+# ------------------------------------------------------------------------------ embedding
+
+
+class Embedding(Function):
+    """Rows of ``W`` picked by integer ``ids``; backward scatters with a bincount per row."""
+
+    @staticmethod
+    def forward(ctx, ids, w, *, padding_idx):
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"embedding: ids must be integers, got {ids.dtype}")
+        n = w.shape[0]
+        if ids.size and (ids.min() < 0 or ids.max() >= n):
+            raise IndexError(f"embedding: ids must be in [0, {n}), got min {ids.min()} max {ids.max()}")
+        ctx.save_for_backward(ids)
+        ctx.w_shape, ctx.padding_idx = w.shape, padding_idx
+        return w[ids]  # [..., D]
+
+    @staticmethod
+    def backward(ctx, grad):
+        (ids,) = ctx.saved_tensors
+        flat = ids.reshape(-1)
+        g2 = grad.reshape(-1, grad.shape[-1])  # [N, D]
+        gw = np.zeros(ctx.w_shape, dtype=grad.dtype)
+        order = np.argsort(flat, kind="stable")
+        sorted_ids = flat[order]
+        uniq, starts = np.unique(sorted_ids, return_index=True)
+        gw[uniq] = np.add.reduceat(g2[order], starts, axis=0)  # sum the rows of each id
+        if ctx.padding_idx is not None:
+            gw[ctx.padding_idx] = 0
+        return None, gw
+
+
+# ------------------------------------------------------------------------------ losses
+
+
+class CrossEntropy(Function):
+    """Mean (or sum / none) of -log softmax(logits)[target], with ignore_index and label smoothing."""
+
+    @staticmethod
+    def forward(ctx, logits, target, *, ignore_index, label_smoothing, reduction):
+        n, c = logits.shape
+        valid = target != ignore_index  # [N]
+        safe_t = np.where(valid, target, 0)
+        if valid.any() and (safe_t.min() < 0 or safe_t.max() >= c):
+            raise IndexError(f"cross_entropy: targets must be in [0, {c}) or ignore_index={ignore_index}")
+        m = logits.max(axis=1, keepdims=True)
+        shifted = logits - m
+        e = np.exp(shifted)
+        s = e.sum(axis=1, keepdims=True)
+        logp_t = shifted[np.arange(n), safe_t] - np.log(s[:, 0])  # [N]
+        loss = -logp_t
+        if label_smoothing:
+            mean_logp = shifted.mean(axis=1) - np.log(s[:, 0])
+            loss = (1 - label_smoothing) * loss - label_smoothing * mean_logp
+        loss = np.where(valid, loss, 0).astype(logits.dtype)
+        count = int(valid.sum())
+        e /= s  # softmax, kept for backward
+        ctx.save_for_backward(e, safe_t, valid)
+        ctx.count, ctx.eps, ctx.reduction = count, label_smoothing, reduction
+        if reduction == "none":
+            return loss
+        if reduction == "sum":
+            return np.asarray(loss.sum(), dtype=logits.dtype)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.asarray(loss.sum() / count if count else np.nan, dtype=logits.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        p, t, valid = ctx.saved_tensors
+        n, c = p.shape
+        g = p.copy()
+        g[np.arange(n), t] -= 1 - ctx.eps
+        if ctx.eps:
+            g -= p.dtype.type(ctx.eps / c)
+        if ctx.reduction == "none":
+            scale = grad.reshape(n, 1) * valid[:, None]
+        else:
+            denom = ctx.count if ctx.reduction == "mean" else 1
+            scale = (grad / max(denom, 1)) * valid[:, None]
+        g *= scale.astype(g.dtype)
+        return g, None
+
+
+# ------------------------------------------------------------------------------ dropout
+
+
+class Dropout(Function):
+    @staticmethod
+    def forward(ctx, x, *, p, rng):
+        keep = rng.random(x.shape, dtype=np.float32) >= p
+        mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - p))
+        ctx.save_for_backward(mask)
+        return x * mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return (grad * mask,)
+
+
+# ------------------------------------------------------------------------------ conv1d
+
+
+class Conv1d(Function):
+    """1-d convolution (cross-correlation, torch's definition) with stride, dilation, groups.
+
+    x [B, Cin, L] (already padded), w [Cout, Cin/groups, K]; the K taps are a short loop of
+    batched matmuls, so depthwise convs (Mamba's causal conv, groups == Cin) stay cheap.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w, b, *, stride, dilation, groups):
+        bsz, cin, length = x.shape
+        cout, cin_g, k = w.shape
+        if cin != cin_g * groups or cout % groups:
+            raise ValueError(f"conv1d: input shape {x.shape} and weight shape {w.shape} do not fit groups={groups}")
+        lout = (length - dilation * (k - 1) - 1) // stride + 1
+        if lout <= 0:
+            raise ValueError(f"conv1d: input length {length} too short for kernel {k} with dilation {dilation}")
+        cout_g = cout // groups
+        xg = x.reshape(bsz, groups, cin_g, length)  # [B, G, Cin/G, L]
+        wg = w.reshape(groups, cout_g, cin_g, k)  # [G, Cout/G, Cin/G, K]
+        y = np.zeros((bsz, groups, cout_g, lout), dtype=np.result_type(x, w))
+        span = stride * (lout - 1) + 1
+        for j in range(k):
+            xs = xg[..., j * dilation : j * dilation + span : stride]  # [B, G, Cin/G, Lout]
+            y += np.matmul(wg[None, :, :, :, j], xs)  # [1, G, Cout/G, Cin/G] @ [B, G, Cin/G, Lout]
+        y = y.reshape(bsz, cout, lout)
+        if b is not None:
+            y += b[:, None]
+        ctx.save_for_backward(x, w)
+        ctx.cfg = (stride, dilation, groups, lout)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        stride, dilation, groups, lout = ctx.cfg
+        bsz, cin, length = x.shape
+        cout, cin_g, k = w.shape
+        cout_g = cout // groups
+        xg = x.reshape(bsz, groups, cin_g, length)
+        wg = w.reshape(groups, cout_g, cin_g, k)
+        gg = grad.reshape(bsz, groups, cout_g, lout)  # [B, G, Cout/G, Lout]
+        span = stride * (lout - 1) + 1
+        gx = np.zeros_like(xg) if ctx.needs_input_grad[0] else None
+        gw = np.zeros_like(wg) if ctx.needs_input_grad[1] else None
+        for j in range(k):
+            sl = slice(j * dilation, j * dilation + span, stride)
+            if gw is not None:  # sum_b,t g[b,o,t] x[b,i,t*s+j*d]
+                gw[..., j] = np.matmul(gg, np.swapaxes(xg[..., sl], -1, -2)).sum(axis=0)
+            if gx is not None:  # x[b,i,t*s+j*d] += sum_o w[o,i,j] g[b,o,t]
+                gx[..., sl] += np.matmul(np.swapaxes(wg[..., j], -1, -2)[None], gg)
+        gb = grad.sum(axis=(0, 2)) if ctx.needs_input_grad[2] else None
+        return (
+            gx.reshape(x.shape) if gx is not None else None,
+            gw.reshape(w.shape) if gw is not None else None,
+            gb,
+        )
+
+
+__all__ = ["Linear", "LayerNorm", "RMSNorm", "Embedding", "CrossEntropy", "Dropout", "Conv1d", "softmax_array"]
