@@ -1,0 +1,98 @@
+"""``from_pretrained``: one entry point for HF folders, GGUF files and registry names.
+
+The class is picked from ``config.json`` ``architectures[0]`` (else ``model_type``) through
+:data:`ARCHITECTURES`; a ``.gguf`` file goes to ``axon_llm.loaders.gguf.build_from_gguf``; any
+other string is looked up in the model registry (``axon_llm.hub``), which yields one of the two.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from axon_llm.config import CONFIG_CLASSES, read_config_json
+from axon_llm.errors import ModelFormatError, ModelNotFoundError, UnsupportedError
+
+__all__ = ["from_pretrained", "ARCHITECTURES", "model_class_for"]
+
+#: HF architecture name -> (module, class) here
+ARCHITECTURES: dict[str, tuple[str, str]] = {
+    "GPT2LMHeadModel": ("axon_llm.models.gpt2", "GPT2LMHead"),
+    "BertModel": ("axon_llm.models.bert", "Bert"),
+    "BertForMaskedLM": ("axon_llm.models.bert", "BertForMaskedLM"),
+    "BertForSequenceClassification": ("axon_llm.models.bert", "BertForSequenceClassification"),
+    "LlamaForCausalLM": ("axon_llm.models.llama", "LLaMAForCausalLM"),
+    "MistralForCausalLM": ("axon_llm.models.mistral", "MistralForCausalLM"),
+    "MixtralForCausalLM": ("axon_llm.models.mistral", "MistralForCausalLM"),
+    "PhiForCausalLM": ("axon_llm.models.phi", "PhiForCausalLM"),
+    "Phi3ForCausalLM": ("axon_llm.models.phi", "PhiForCausalLM"),
+    "MambaForCausalLM": ("axon_llm.models.ssm", "SSMForCausalLM"),
+    "BitNetForCausalLM": ("axon_llm.models.trident", "TridentModel"),
+}
+#: config.json model_type -> the architecture used when ``architectures`` is absent
+_MODEL_TYPES = {"gpt2": "GPT2LMHeadModel", "bert": "BertModel", "llama": "LlamaForCausalLM",
+                "mistral": "MistralForCausalLM", "mixtral": "MixtralForCausalLM", "phi": "PhiForCausalLM",
+                "phi3": "Phi3ForCausalLM", "mamba": "MambaForCausalLM", "bitnet": "BitNetForCausalLM"}
+
+
+def model_class_for(config: dict):
+    """The axon_llm class for a config.json dict (``UnsupportedError`` lists the supported ones)."""
+    import importlib
+
+    archs = config.get("architectures") or []
+    arch = archs[0] if archs else _MODEL_TYPES.get(config.get("model_type", ""))
+    if arch not in ARCHITECTURES:
+        what = arch or f"model_type {config.get('model_type')!r}"
+        raise UnsupportedError(f"unsupported architecture {what}; supported: {', '.join(sorted(ARCHITECTURES))}")
+    module, name = ARCHITECTURES[arch]
+    try:
+        return getattr(importlib.import_module(module), name), arch
+    except (ImportError, AttributeError) as e:
+        raise UnsupportedError(f"architecture {arch} is not available in this build ({e})") from None
+
+
+def _load_hf_folder(folder: Path):
+    from axon_llm.loaders.safetensors import HFLoader, load_state
+
+    loader = HFLoader(folder)
+    cls, arch = model_class_for(loader.config)
+    if hasattr(cls, "from_hf"):                         # models with their own loading (SSM, Trident)
+        return cls.from_hf(folder)
+    model_type = loader.config.get("model_type") or ""
+    config_cls = getattr(cls, "config_class_for", None)
+    config_cls = config_cls(loader.config) if config_cls else CONFIG_CLASSES.get(model_type, cls.config_class)
+    config = config_cls.from_dict(loader.config)
+    model = cls(config)
+    load_state(model, loader.tensors())
+    model.eval()
+    return model
+
+
+def from_pretrained(src: str | Path, **kwargs):
+    """Build a model with its weights from ``src``.
+
+    ``src`` is a HF-layout folder (``config.json`` + ``*.safetensors``, sharded or not), a
+    ``.gguf`` file, or a registry name (see ``axon_llm.list_models()``).
+    """
+    path = Path(src)
+    if path.is_file() and path.suffix == ".gguf":
+        try:
+            from axon_llm.loaders.gguf import build_from_gguf
+        except ImportError as e:
+            raise UnsupportedError(f"GGUF loading is not available ({e})") from None
+        return build_from_gguf(path, **kwargs)
+    if path.is_file() and path.name in ("config.json", "model.safetensors", "model.safetensors.index.json"):
+        path = path.parent
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) == 1:
+                return from_pretrained(ggufs[0], **kwargs)
+            raise ModelFormatError(f"{path} has no config.json (not a HF-layout model folder)")
+        return _load_hf_folder(path)
+    if path.exists():
+        raise ModelFormatError(f"{path} is neither a model folder nor a .gguf file")
+    try:
+        from axon_llm.hub import resolve_model_path
+    except ImportError:
+        raise ModelNotFoundError(f"{src!r} is not a folder or file, and the model registry is unavailable") from None
+    return from_pretrained(resolve_model_path(str(src)), **kwargs)
