@@ -1,0 +1,529 @@
+"""A checked GGUF reader, and the bridge from llama.cpp's GGUF files to HF-named tensors.
+
+GGUF (llama.cpp's file format) is, in order, all little-endian::
+
+    magic  b"GGUF"   version u32 (2 or 3)   tensor_count u64   kv_count u64
+    kv_count   x  ( key: string, value_type: u32, value )
+    tensor_count x ( name: string, n_dims: u32, dims: u64[n_dims], ggml_type: u32, offset: u64 )
+    padding to `general.alignment` (default 32), then the tensor data; every offset is
+    relative to the start of the data and a multiple of the alignment.
+
+    string = ( length u64, bytes[length] ) in UTF-8;  array = ( elem_type u32, count u64, elems )
+
+Nothing in a file is trusted: every count, string length, array length, tensor shape, offset
+and byte size is checked against the bytes that are really there *before* anything is
+allocated, so a truncated or hostile file (a 49-byte file declaring an array of 2**63
+elements hangs gguf 0.19's ``GGUFReader``) fails at once with :class:`ModelFormatError`.
+The tensor data itself is never read here: tensors are zero-copy views of a read-only
+memory map, so quantised weights stay quantised.
+
+``load_gguf(path)`` goes one step further for the ``llama`` architecture: it maps the
+``llama.*`` metadata to HuggingFace config field names, renames ``blk.N.attn_q.weight`` to
+``model.layers.N.self_attn.q_proj.weight`` etc., and undoes, exactly once, the row
+permutation that llama.cpp's converter applies to Q and K (HF's rotate_half RoPE pairs
+dimension i with i + d/2, GGML's rope pairs 2i with 2i + 1).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from axon_llm.errors import ModelFormatError, UnsupportedError
+
+GGUF_MAGIC = b"GGUF"
+DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4           # GGML_MAX_DIMS
+MAX_ARRAY_NESTING = 4  # arrays of arrays of ...: real files use none; a bound stops recursion bombs
+
+# GGUF metadata value types: id -> (name, struct format or None for variable-size kinds)
+_VALUE_TYPES: dict[int, tuple[str, str | None]] = {
+    0: ("UINT8", "<B"), 1: ("INT8", "<b"), 2: ("UINT16", "<H"), 3: ("INT16", "<h"),
+    4: ("UINT32", "<I"), 5: ("INT32", "<i"), 6: ("FLOAT32", "<f"), 7: ("BOOL", "<?"),
+    8: ("STRING", None), 9: ("ARRAY", None), 10: ("UINT64", "<Q"), 11: ("INT64", "<q"),
+    12: ("FLOAT64", "<d"),
+}
+_NUMPY_OF_VALUE_TYPE = {0: "<u1", 1: "<i1", 2: "<u2", 3: "<i2", 4: "<u4", 5: "<i4",
+                        6: "<f4", 7: "<u1", 10: "<u8", 11: "<i8", 12: "<f8"}
+_STRING, _ARRAY = 8, 9
+
+# ggml tensor types this library knows: id -> (name, elements per block, bytes per block).
+# Only the types in SUPPORTED_TENSOR_TYPES can be loaded; the others are listed so that the
+# error names the type instead of printing a number.
+GGML_TYPES: dict[int, tuple[str, int, int]] = {
+    0: ("F32", 1, 4), 1: ("F16", 1, 2), 2: ("Q4_0", 32, 18), 3: ("Q4_1", 32, 20),
+    6: ("Q5_0", 32, 22), 7: ("Q5_1", 32, 24), 8: ("Q8_0", 32, 34), 9: ("Q8_1", 32, 40),
+    10: ("Q2_K", 256, 84), 11: ("Q3_K", 256, 110), 12: ("Q4_K", 256, 144), 13: ("Q5_K", 256, 176),
+    14: ("Q6_K", 256, 210), 15: ("Q8_K", 256, 292), 16: ("IQ2_XXS", 256, 66), 17: ("IQ2_XS", 256, 74),
+    18: ("IQ3_XXS", 256, 98), 19: ("IQ1_S", 256, 50), 20: ("IQ4_NL", 32, 18), 21: ("IQ3_S", 256, 110),
+    22: ("IQ2_S", 256, 82), 23: ("IQ4_XS", 256, 136), 24: ("I8", 1, 1), 25: ("I16", 1, 2),
+    26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56),
+    30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
+}
+SUPPORTED_TENSOR_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
+QUANTIZED_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
+
+
+@dataclass(frozen=True)
+class GGUFTensorInfo:
+    """One tensor as declared in the header (already checked against the file size).
+
+    ``shape`` is in NumPy / PyTorch order (slowest dimension first), i.e. the reverse of
+    GGML's ``ne`` list: a GGUF ``[576, 1536]`` (ne0 = in_features) is ``(1536, 576)`` here.
+    ``offset`` is absolute (from the start of the file); ``nbytes`` is the stored size.
+    """
+
+    name: str
+    type_name: str
+    type_id: int
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+    @property
+    def n_elements(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class GGUFQuantTensor:
+    """A quantised tensor exactly as stored: ``raw`` uint8 ``[rows, row_bytes]`` plus its logical shape.
+
+    ``shape`` is the logical (dequantised) NumPy shape, e.g. ``(out_features, in_features)``.
+    ``raw`` may be a read-only view of the file's memory map.
+    """
+
+    type_name: str
+    raw: np.ndarray
+    shape: tuple[int, ...]
+
+    def dequantize(self) -> np.ndarray:
+        """The tensor as float32 (``kernels.quant.dequantize_ref``)."""
+        from kernels.quant import dequantize_ref
+        return dequantize_ref(self.type_name, self.raw, self.shape)
+
+
+class _Cursor:
+    """Bounds-checked little-endian reads from a bytes-like buffer."""
+
+    def __init__(self, buf, path: str):
+        self.buf = buf
+        self.size = len(buf)
+        self.pos = 0
+        self.path = path
+
+    def fail(self, what: str) -> ModelFormatError:
+        return ModelFormatError(f"{self.path}: not a valid GGUF file: {what}")
+
+    def need(self, n: int, what: str) -> None:
+        if n < 0 or self.pos + n > self.size:
+            raise self.fail(f"{what} needs {n} bytes at offset {self.pos} but the file has "
+                            f"{self.size} bytes (truncated or corrupt)")
+
+    def unpack(self, fmt: str, what: str):
+        n = struct.calcsize(fmt)
+        self.need(n, what)
+        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += n
+        return value
+
+    def u32(self, what: str) -> int:
+        return self.unpack("<I", what)
+
+    def u64(self, what: str) -> int:
+        return self.unpack("<Q", what)
+
+    def string(self, what: str, strict: bool = True) -> str:
+        n = self.u64(f"length of {what}")
+        self.need(n, f"{what} (declared length {n})")
+        raw = bytes(self.buf[self.pos:self.pos + n])
+        self.pos += n
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            if strict:
+                raise self.fail(f"{what} is not valid UTF-8") from None
+            return raw.decode("utf-8", errors="replace")
+
+    def count(self, what: str, min_item_bytes: int) -> int:
+        """A u64 element count, rejected unless that many items could fit in the rest of the file."""
+        n = self.u64(what)
+        left = self.size - self.pos
+        if n > left // max(min_item_bytes, 1):
+            raise self.fail(f"{what} declares {n} entries but only {left} bytes remain "
+                            f"(each entry needs at least {min_item_bytes})")
+        return n
+
+
+def _min_value_bytes(vtype: int) -> int:
+    """The smallest number of bytes one value of this type can occupy."""
+    if vtype == _STRING:
+        return 8
+    if vtype == _ARRAY:
+        return 12
+    return struct.calcsize(_VALUE_TYPES[vtype][1])
+
+
+def _read_value(cur: _Cursor, vtype: int, what: str, depth: int = 0) -> Any:
+    if vtype not in _VALUE_TYPES:
+        raise cur.fail(f"{what} has unknown value type {vtype}")
+    if vtype == _STRING:
+        return cur.string(what, strict=False)
+    if vtype != _ARRAY:
+        value = cur.unpack(_VALUE_TYPES[vtype][1], what)
+        return bool(value) if vtype == 7 else value
+    if depth >= MAX_ARRAY_NESTING:
+        raise cur.fail(f"{what} nests arrays more than {MAX_ARRAY_NESTING} deep")
+    etype = cur.u32(f"element type of {what}")
+    if etype not in _VALUE_TYPES:
+        raise cur.fail(f"{what} has unknown array element type {etype}")
+    n = cur.count(f"array {what}", _min_value_bytes(etype))
+    if etype in _NUMPY_OF_VALUE_TYPE:  # fixed-size elements: one vectorised read
+        dt = np.dtype(_NUMPY_OF_VALUE_TYPE[etype])
+        cur.need(n * dt.itemsize, what)
+        arr = np.frombuffer(cur.buf, dtype=dt, count=n, offset=cur.pos).copy()
+        cur.pos += n * dt.itemsize
+        return arr.astype(bool) if etype == 7 else arr
+    return [_read_value(cur, etype, f"{what}[{i}]", depth + 1) for i in range(n)]
+
+
+def _align(x: int, a: int) -> int:
+    return x + (-x) % a
+
+
+class GGUFFile:
+    """A parsed, fully checked GGUF header over a read-only memory map of the file.
+
+    Attributes: ``path``, ``version``, ``metadata`` (key -> Python value; arrays of numbers
+    are NumPy arrays, arrays of strings are lists), ``tensors`` (name -> GGUFTensorInfo,
+    in file order), ``alignment``, ``data_offset``.
+    Use as a context manager or call :meth:`close`; arrays returned by :meth:`tensor_data`
+    keep the map alive on their own.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise ModelFormatError(f"{self.path}: no such GGUF file")
+        size = p.stat().st_size
+        if size < 24:
+            raise ModelFormatError(f"{self.path}: not a GGUF file ({size} bytes, the header alone needs 24)")
+        with open(p, "rb") as f:
+            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        try:
+            self._parse()
+        except Exception:
+            self._map.close()
+            raise
+
+    def _parse(self) -> None:
+        cur = _Cursor(self._map, self.path)
+        magic = bytes(self._map[:4])
+        if magic != GGUF_MAGIC:
+            raise ModelFormatError(f"{self.path}: not a GGUF file (starts with {magic!r}, expected b'GGUF')")
+        cur.pos = 4
+        version = cur.u32("version")
+        if version not in (2, 3):
+            if struct.unpack("<I", struct.pack(">I", version))[0] in (2, 3):
+                raise UnsupportedError(f"{self.path}: big-endian GGUF files are not supported")
+            raise ModelFormatError(f"{self.path}: unsupported GGUF version {version} (this reader knows 2 and 3)")
+        self.version = version
+        n_tensors = cur.count("tensor_count", 8 + 4 + 4 + 8)   # name length, n_dims, type, offset
+        n_kv = cur.count("kv_count", 8 + 4 + 1)                 # key length, type, smallest value
+
+        metadata: dict[str, Any] = {}
+        for i in range(n_kv):
+            key = cur.string(f"metadata key #{i}")
+            vtype = cur.u32(f"value type of {key!r}")
+            metadata[key] = _read_value(cur, vtype, f"metadata {key!r}")
+        self.metadata = metadata
+
+        alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+        if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0 \
+                or alignment & (alignment - 1) or alignment > 1 << 20:
+            raise ModelFormatError(f"{self.path}: general.alignment must be a power of two, got {alignment!r}")
+        self.alignment = alignment
+
+        raw_infos = []
+        for i in range(n_tensors):
+            name = cur.string(f"name of tensor #{i}")
+            n_dims = cur.u32(f"n_dims of tensor {name!r}")
+            if not 1 <= n_dims <= MAX_DIMS:
+                raise cur.fail(f"tensor {name!r} has {n_dims} dimensions (GGML allows 1..{MAX_DIMS})")
+            ne = [cur.u64(f"dimension {d} of tensor {name!r}") for d in range(n_dims)]
+            type_id = cur.u32(f"type of tensor {name!r}")
+            offset = cur.u64(f"data offset of tensor {name!r}")
+            raw_infos.append((name, ne, type_id, offset))
+
+        self.data_offset = _align(cur.pos, alignment)
+        file_size = cur.size
+        tensors: dict[str, GGUFTensorInfo] = {}
+        for name, ne, type_id, offset in raw_infos:
+            if name in tensors:
+                raise ModelFormatError(f"{self.path}: tensor {name!r} is declared twice")
+            if type_id not in GGML_TYPES:
+                raise UnsupportedError(f"{self.path}: tensor {name!r} has unknown ggml type id {type_id}")
+            type_name, block, type_size = GGML_TYPES[type_id]
+            if any(d == 0 for d in ne):
+                raise ModelFormatError(f"{self.path}: tensor {name!r} has a zero dimension {ne}")
+            n_el = 1
+            for d in ne:           # Python ints: no overflow; checked against the file size below
+                n_el *= d
+            if ne[0] % block:
+                raise ModelFormatError(f"{self.path}: tensor {name!r} ({type_name}) has ne0={ne[0]}, "
+                                       f"not a multiple of its block size {block}")
+            nbytes = n_el // block * type_size
+            if offset % alignment:
+                raise ModelFormatError(f"{self.path}: tensor {name!r} offset {offset} is not a multiple "
+                                       f"of the alignment {alignment}")
+            start = self.data_offset + offset
+            if start + nbytes > file_size:
+                raise ModelFormatError(f"{self.path}: tensor {name!r} ({type_name}, shape {ne[::-1]}) needs "
+                                       f"bytes {start}..{start + nbytes} but the file has {file_size} "
+                                       f"(truncated or corrupt)")
+            tensors[name] = GGUFTensorInfo(name, type_name, type_id, tuple(int(d) for d in reversed(ne)),
+                                           start, nbytes)
+        self.tensors = tensors
+
+    # -- access ---------------------------------------------------------------------------------
+    @property
+    def architecture(self) -> str:
+        """``general.architecture`` (e.g. ``"llama"``)."""
+        arch = self.metadata.get("general.architecture")
+        if not isinstance(arch, str):
+            raise ModelFormatError(f"{self.path}: metadata has no general.architecture string")
+        return arch
+
+    def tensor_data(self, name: str) -> np.ndarray | GGUFQuantTensor:
+        """A tensor's stored data without copying: F32 as float32, F16 as float16 (NumPy
+        shapes), quantised types as :class:`GGUFQuantTensor` (``raw`` ``[rows, row_bytes]``).
+        Unsupported types raise :class:`UnsupportedError` naming the type."""
+        if name not in self.tensors:
+            raise ModelFormatError(f"{self.path}: no tensor named {name!r}")
+        info = self.tensors[name]
+        if info.type_name not in SUPPORTED_TENSOR_TYPES:
+            raise UnsupportedError(f"{self.path}: tensor {name!r} has ggml type {info.type_name}; supported "
+                                   f"types are {', '.join(SUPPORTED_TENSOR_TYPES)}")
+        buf = np.frombuffer(self._map, dtype=np.uint8, count=info.nbytes, offset=info.offset)
+        if info.type_name == "F32":
+            return buf.view("<f4").reshape(info.shape)
+        if info.type_name == "F16":
+            return buf.view("<f2").reshape(info.shape)
+        rows = info.n_elements // info.shape[-1]
+        return GGUFQuantTensor(info.type_name, buf.reshape(rows, info.nbytes // rows), info.shape)
+
+    def close(self) -> None:
+        """Release the memory map (arrays still referencing it stay valid until dropped)."""
+        try:
+            self._map.close()
+        except BufferError:   # views still exported: the map closes when they are dropped
+            pass
+
+    def __enter__(self) -> "GGUFFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def read_gguf_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Only the (checked) metadata key/value pairs of a GGUF file."""
+    g = GGUFFile(path)
+    md = g.metadata
+    g.close()
+    return md
+
+
+# -- llama architecture: config and tensor names --------------------------------------------------
+
+def _md_int(md: dict, key: str, path: str, default: Any = None) -> Any:
+    v = md.get(key, default)
+    if v is None:
+        raise ModelFormatError(f"{path}: GGUF metadata lacks {key}")
+    if isinstance(v, np.ndarray) and v.size and key.endswith(("head_count", "head_count_kv", "feed_forward_length")):
+        if np.any(v != v.flat[0]):
+            raise UnsupportedError(f"{path}: {key} varies per layer ({v.tolist()}); not supported")
+        v = v.flat[0]
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+        raise ModelFormatError(f"{path}: GGUF metadata {key} must be a non-negative integer, got {v!r}")
+    return int(v)
+
+
+def _md_float(md: dict, key: str, path: str, default: float | None = None) -> float:
+    v = md.get(key, default)
+    if v is None:
+        raise ModelFormatError(f"{path}: GGUF metadata lacks {key}")
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
+        raise ModelFormatError(f"{path}: GGUF metadata {key} must be a number, got {v!r}")
+    return float(v)
+
+
+def llama_config_from_metadata(md: dict, tensors: dict[str, GGUFTensorInfo], path: str = "<gguf>") -> dict:
+    """HF ``LlamaConfig`` field names from ``llama.*`` metadata (a plain dict)."""
+    a = "llama"
+    hidden = _md_int(md, f"{a}.embedding_length", path)
+    heads = _md_int(md, f"{a}.attention.head_count", path)
+    kv_heads = _md_int(md, f"{a}.attention.head_count_kv", path, heads)
+    if heads == 0 or kv_heads == 0 or heads % kv_heads:
+        raise ModelFormatError(f"{path}: head_count={heads} must be a positive multiple of head_count_kv={kv_heads}")
+    vocab = md.get(f"{a}.vocab_size")
+    if vocab is None:
+        tokens = md.get("tokenizer.ggml.tokens")
+        if isinstance(tokens, list):
+            vocab = len(tokens)
+        elif "token_embd.weight" in tensors:
+            vocab = tensors["token_embd.weight"].shape[0]
+    vocab = _md_int({"v": vocab}, "v", path) if vocab is not None else None
+    if vocab is None:
+        raise ModelFormatError(f"{path}: cannot tell the vocabulary size (no llama.vocab_size, tokens or token_embd)")
+    head_dim = md.get(f"{a}.attention.key_length", hidden // heads if heads else 0)
+    cfg: dict[str, Any] = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": _md_int(md, f"{a}.feed_forward_length", path),
+        "num_hidden_layers": _md_int(md, f"{a}.block_count", path),
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "head_dim": int(head_dim),
+        # GGUF stores eps as float32; the shortest decimal that rounds to it is the intended value
+        "rms_norm_eps": float(str(np.float32(_md_float(md, f"{a}.attention.layer_norm_rms_epsilon", path, 1e-5)))),
+        "rope_theta": _md_float(md, f"{a}.rope.freq_base", path, 10000.0),
+        "max_position_embeddings": _md_int(md, f"{a}.context_length", path, 2048),
+        "tie_word_embeddings": "output.weight" not in tensors,
+        "attention_bias": "blk.0.attn_q.bias" in tensors,
+        "mlp_bias": "blk.0.ffn_up.bias" in tensors,
+    }
+    rot = md.get(f"{a}.rope.dimension_count")
+    if rot is not None and int(rot) != cfg["head_dim"]:
+        raise UnsupportedError(f"{path}: partial rotary (rope.dimension_count={rot}, head_dim={cfg['head_dim']}) "
+                               "is not supported for GGUF llama")
+    scaling = md.get(f"{a}.rope.scaling.type")
+    if scaling not in (None, "none"):
+        factor = _md_float(md, f"{a}.rope.scaling.factor", path)
+        if scaling != "linear":
+            raise UnsupportedError(f"{path}: rope scaling type {scaling!r} in GGUF is not supported (only linear)")
+        cfg["rope_scaling"] = {"rope_type": "linear", "factor": factor}
+    if "rope_freqs.weight" in tensors:
+        raise UnsupportedError(f"{path}: llama3-style rope_freqs tensors are not supported for GGUF llama")
+    for hf, key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
+                    ("pad_token_id", "padding_token_id")):
+        v = md.get(f"tokenizer.ggml.{key}")
+        if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+            cfg[hf] = int(v)
+    return cfg
+
+
+_GLOBAL_NAMES = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+_BLOCK_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
+
+
+def hf_name(gguf_name: str) -> str:
+    """The HuggingFace LLaMA name of a GGUF llama tensor (``blk.3.ffn_up.weight`` ->
+    ``model.layers.3.mlp.up_proj.weight``). Unknown names raise :class:`UnsupportedError`."""
+    m = _BLOCK_RE.match(gguf_name)
+    if m and m.group(2) in _BLOCK_NAMES:
+        return f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}.{m.group(3)}"
+    base, _, suffix = gguf_name.rpartition(".")
+    if base in _GLOBAL_NAMES and suffix in ("weight", "bias"):
+        return f"{_GLOBAL_NAMES[base]}.{suffix}"
+    raise UnsupportedError(f"GGUF tensor {gguf_name!r} has no LLaMA counterpart (MoE or another architecture?)")
+
+
+def unpermute_qk_rows(x: np.ndarray, n_head: int) -> np.ndarray:
+    """Undo llama.cpp's ``permute`` of Q/K rows (convert_hf_to_gguf.py, LlamaModel.permute).
+
+    The converter reorders each head's ``d`` output rows from HF's rotate_half order
+    ``[0 .. d/2), [d/2 .. d)`` to interleaved pairs, viewing rows as ``[n_head, 2, d/2]`` and
+    swapping the last two axes. Here rows are viewed as ``[n_head, d/2, 2]`` and swapped back.
+    Works on dense weights, biases, and quantised ``raw [rows, row_bytes]`` alike, since only
+    whole rows move.
+    """
+    rows = x.shape[0]
+    if n_head <= 0 or rows % (2 * n_head):
+        raise ModelFormatError(f"cannot un-permute {rows} Q/K rows over {n_head} heads")
+    half = rows // n_head // 2
+    return np.ascontiguousarray(
+        x.reshape(n_head, half, 2, *x.shape[1:])   # [rows, ...] -> [n_head, d/2, 2, ...]
+        .swapaxes(1, 2)                             # -> [n_head, 2, d/2, ...]
+        .reshape(x.shape))                          # -> [rows, ...] in rotate_half order
+
+
+@dataclass
+class GGUFModel:
+    """A loaded GGUF llama checkpoint with HF names.
+
+    ``config``: HF-style config dict; ``tensors``: HF name -> float32 ndarray (F32/F16 tensors)
+    or :class:`GGUFQuantTensor` (quantised, still packed, Q/K already un-permuted);
+    ``metadata``: every GGUF key/value; ``tensor_infos``: GGUF name -> header info.
+    """
+
+    path: str
+    architecture: str
+    config: dict
+    metadata: dict
+    tensor_infos: dict[str, GGUFTensorInfo]
+    tensors: dict[str, Any] = field(repr=False)
+
+
+def load_gguf(path: str | os.PathLike) -> GGUFModel:
+    """Read a llama-architecture GGUF file: checked header, HF config, HF-named tensors.
+
+    Quantised tensors stay quantised (raw blocks, zero-copy except for the Q/K row
+    un-permutation); F16 is widened to float32. Raises :class:`ModelFormatError` for a
+    corrupt file and :class:`UnsupportedError` for another architecture or tensor type.
+    """
+    g = GGUFFile(path)
+    arch = g.architecture
+    if arch != "llama":
+        raise UnsupportedError(f"{g.path}: GGUF architecture {arch!r} is not supported (only 'llama')")
+    cfg = llama_config_from_metadata(g.metadata, g.tensors, g.path)
+    heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    tensors: dict[str, Any] = {}
+    for name, info in g.tensors.items():
+        key = hf_name(name)
+        data = g.tensor_data(name)
+        if isinstance(data, np.ndarray):
+            data = np.array(data, dtype=np.float32)   # owned float32 copy (norms, small tensors)
+        n_perm = heads if ".attn_q." in name else kv_heads if ".attn_k." in name else 0
+        if n_perm:
+            if isinstance(data, GGUFQuantTensor):
+                data = GGUFQuantTensor(data.type_name, unpermute_qk_rows(data.raw, n_perm), data.shape)
+            else:
+                data = unpermute_qk_rows(data, n_perm)
+        tensors[key] = data
+    return GGUFModel(g.path, arch, cfg, g.metadata, dict(g.tensors), tensors)
+
+
+__all__ = [
+    "GGUFFile", "GGUFTensorInfo", "GGUFQuantTensor", "GGUFModel", "load_gguf", "read_gguf_metadata",
+    "llama_config_from_metadata", "hf_name", "unpermute_qk_rows", "GGML_TYPES",
+    "SUPPORTED_TENSOR_TYPES", "QUANTIZED_TYPES",
+]

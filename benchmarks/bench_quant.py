@@ -1,0 +1,80 @@
+"""Question: how fast are the fused quantised matvec / matmul kernels against dense float32 BLAS?
+
+For Q4_1 and Q8_0 weights of SmolLM2 / LLaMA shapes, times `kernels.quant_matvec` (decode,
+one token) against NumPy's BLAS sgemv on the same matrix dequantised to float32, and
+`kernels.quant_matmul` (a few tokens, and a prefill of many) against BLAS sgemm. Prints the
+bytes each one reads per call, the achieved GB/s, and the ratio (BLAS time / our time: > 1
+means the quantised kernel is faster).
+
+    python benchmarks/bench_quant.py [--threads N] [--repeat R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    ap.add_argument("--threads", type=int, default=2, help="Numba threads (BLAS uses its own setting)")
+    ap.add_argument("--repeat", type=int, default=50)
+    args = ap.parse_args()
+
+    import numba
+    import numpy as np
+
+    from kernels.quant import BLOCK, dequantize, pack, quant_matmul, quant_matvec
+
+    numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
+    rng = np.random.default_rng(0)
+
+    def random_raw(qtype, rows, cols):
+        elems, nbytes = BLOCK[qtype]
+        raw = rng.integers(0, 256, size=(rows * cols // elems, nbytes), dtype=np.uint8)
+        halves = [0] if qtype == "Q8_0" else [0, 2]
+        for p in halves:
+            raw[:, p:p + 2] = rng.uniform(-0.05, 0.05, raw.shape[0]).astype("<f2").view(np.uint8).reshape(-1, 2)
+        return raw.reshape(rows, -1)
+
+    def best(fn, repeat):
+        fn()
+        times = []
+        for _ in range(repeat):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    print(f"numba threads={numba.get_num_threads()}  OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
+    shapes = [(1536, 576), (576, 1536), (49152, 576), (4096, 4096)]
+    print(f"{'type':5} {'shape':>12} | {'quant us':>9} {'GB/s':>6} | {'fp32 gemv us':>12} {'GB/s':>6} | ratio fp32/quant")
+    for qtype in ("Q4_1", "Q8_0"):
+        for rows, cols in shapes:
+            raw = random_raw(qtype, rows, cols)
+            w = pack(qtype, raw, (rows, cols))
+            dense = dequantize(w)
+            x = rng.standard_normal(cols).astype(np.float32)
+            rep = max(5, args.repeat * 1_000_000 // (rows * cols))
+            tq = best(lambda: quant_matvec(w, x), rep)
+            td = best(lambda: dense @ x, rep)
+            print(f"{qtype:5} {rows:>6}x{cols:<5} | {tq * 1e6:9.1f} {w.nbytes / tq / 1e9:6.1f} | "
+                  f"{td * 1e6:12.1f} {dense.nbytes / td / 1e9:6.1f} | {td / tq:5.2f}x")
+
+    print("\nmatmul (T tokens), Q4_1 / Q8_0 4096x4096 and 1536x576 vs fp32 sgemm on the dequantised matrix")
+    for qtype in ("Q4_1", "Q8_0"):
+        for rows, cols in [(1536, 576), (4096, 4096)]:
+            w = pack(qtype, random_raw(qtype, rows, cols), (rows, cols))
+            dense = dequantize(w)
+            for ntok in (4, 16, 128):
+                x = rng.standard_normal((ntok, cols)).astype(np.float32)
+                rep = max(3, args.repeat * 100_000 // (rows * cols * ntok) + 3)
+                tq = best(lambda: quant_matmul(w, x), rep)
+                td = best(lambda: x @ dense.T, rep)
+                print(f"{qtype:5} {rows:>5}x{cols:<5} T={ntok:<4} quant {tq * 1e3:8.3f} ms  fp32 sgemm "
+                      f"{td * 1e3:8.3f} ms  ratio fp32/quant {td / tq:5.2f}x")
+
+
+if __name__ == "__main__":
+    main()

