@@ -17,7 +17,7 @@ slot) and hands it to every layer.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -45,6 +45,7 @@ class AttentionContext:
     cache: KVCache | None
     start: int
     new_mask: np.ndarray
+    router_logits: list = field(default_factory=list)   # MoE layers append theirs ([B*T, E] each)
     _rope: dict | None = None
 
     @classmethod

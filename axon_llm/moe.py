@@ -75,27 +75,16 @@ class SparseMoE(nn.Module):
         b, t, d = x.shape
         x_flat = x.reshape(b * t, d)                                       # [N, d]
         router_logits, weights, top = self.route(x_flat)
-        y = None
+        y = axon.zeros(b * t, d, dtype=x.dtype)                           # [N, d]
         for e, expert in enumerate(self.experts):
             rows = np.nonzero((top == e).any(axis=-1))[0]                  # tokens routed to e
             if rows.size == 0:
                 continue
             idx = axon.tensor(rows)
             out = expert(x_flat[idx]) * weights[idx, e:e + 1]              # [n_e, d]
-            y = F.index_add(x_flat.new_zeros(x_flat.shape) if y is None else y, 0, idx, out) \
-                if hasattr(F, "index_add") else _scatter_add(x_flat, y, rows, out)
-        if y is None:
-            y = x_flat * 0.0
+            index = np.broadcast_to(rows[:, None], out.shape)              # [n_e, d]
+            y = y.scatter_add(0, axon.tensor(np.ascontiguousarray(index)), out)  # y[rows] += out
         return y.reshape(b, t, d), router_logits
-
-
-def _scatter_add(x_flat, y, rows: np.ndarray, out):
-    """``y[rows] += out`` through differentiable ops (a one-hot matrix product, exact in float)."""
-    n = x_flat.shape[0]
-    onehot = np.zeros((n, rows.size), dtype=out.dtype)
-    onehot[rows, np.arange(rows.size)] = 1.0
-    scattered = axon.tensor(onehot) @ out                                  # [N, n_e] @ [n_e, d] -> [N, d]
-    return scattered if y is None else y + scattered
 
 
 def load_balancing_loss(router_logits, top_k: int, num_experts: int | None = None):

@@ -99,10 +99,14 @@ class LLaMAForCausalLM(CausalLM):
             self.lm_head.weight = self.model.embed_tokens.weight
             self.tied_keys = ("lm_head.weight",)
 
-    def forward(self, input_ids, attention_mask=None, cache=None):
-        """ids ``[B, T]`` -> logits ``[B, T, V]``; advances ``cache`` by ``T`` when given."""
+    def run(self, input_ids, attention_mask=None, cache=None):
+        """``(logits [B, T, V], ctx)``: the forward pass plus its AttentionContext (router logits ...)."""
         ids = self.token_ids(input_ids)
         ctx = AttentionContext.build(ids.shape[0], ids.shape[1], attention_mask, cache)
         h = self.model(ids, ctx)                                            # [B, T, d]
         ctx.finish()
-        return self.lm_head(h)                                              # [B, T, V]
+        return self.lm_head(h), ctx                                         # [B, T, V]
+
+    def forward(self, input_ids, attention_mask=None, cache=None):
+        """ids ``[B, T]`` -> logits ``[B, T, V]``; advances ``cache`` by ``T`` when given."""
+        return self.run(input_ids, attention_mask, cache)[0]
