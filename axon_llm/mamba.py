@@ -32,11 +32,29 @@ import numpy as np
 
 import axon
 import axon.nn.functional as F
-import kernels
 from axon import nn
-from axon.kernel_ops import selective_scan as selective_scan_fn
+from axon.autograd import Function
+from kernels.scan import selective_scan, selective_scan_backward, selective_scan_step
 
 __all__ = ["MambaMixer", "MambaState", "causal_depthwise_conv1d"]
+
+
+class SelectiveScanFn(Function):
+    """TEMPORARY (until axon/kernel_ops.py lands): autograd Function over kernels.scan."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias):
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+        return selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True)
+
+    @staticmethod
+    def backward(ctx, grad):
+        u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
+        return selective_scan_backward(u, delta, A, B, C, grad, D, z, delta_bias, delta_softplus=True)
+
+
+def selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True):
+    return SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias)
 
 
 class MambaState:
@@ -65,26 +83,18 @@ class MambaState:
 
 
 def causal_depthwise_conv1d(x: axon.Tensor, weight: axon.Tensor, bias: axon.Tensor | None,
-                            history: axon.Tensor | None = None) -> axon.Tensor:
-    """Causal depthwise 1-D convolution, as ``nn.Conv1d(di, di, k, groups=di, padding=k-1)[..., :T]``.
+                            history: np.ndarray | None = None) -> axon.Tensor:
+    """Causal depthwise 1-D convolution: ``nn.Conv1d(di, di, k, groups=di, padding=k-1)(x)[..., :T]``.
 
-    x [B, di, T]; weight [di, 1, k]; bias [di]; history [B, di, k-1] are the inputs that came
-    before ``x`` (zeros = the causal zero padding). Returns [B, di, T]. Written as k shifted
-    multiply-adds so autograd needs nothing beyond slicing, broadcasting and sums.
+    x [B, di, T]; weight [di, 1, k]; bias [di]; ``history`` [B, di, k-1] holds the inputs that
+    came before ``x`` (``None`` = zeros, the causal zero padding). Returns [B, di, T].
     """
     k = weight.shape[-1]
-    B_, di, T = x.shape
+    di = x.shape[1]
     if history is None:
-        history = axon.zeros(B_, di, k - 1, dtype=x.dtype)
-    xp = axon.cat([history, x], dim=2)                      # [B, di, T] -> [B, di, k-1+T]
-    w = weight.reshape(di, k)                               # [di, 1, k] -> [di, k]
-    y = None
-    for j in range(k):
-        term = xp[:, :, j:j + T] * w[:, j:j + 1]            # [B, di, T] * [di, 1]
-        y = term if y is None else y + term
-    if bias is not None:
-        y = y + bias.reshape(di, 1)                         # [di] -> [di, 1]
-    return y
+        return F.conv1d(x, weight, bias, padding=k - 1, groups=di)[:, :, :x.shape[2]]  # [B, di, T+k-1] -> [B, di, T]
+    xp = axon.cat([axon.tensor(history.astype(x.dtype, copy=False)), x], dim=2)         # [B, di, k-1+T]
+    return F.conv1d(xp, weight, bias, padding=0, groups=di)                              # [B, di, T]
 
 
 class MambaMixer(nn.Module):
@@ -167,7 +177,7 @@ class MambaMixer(nn.Module):
         if keep is not None:
             x = x * keep
 
-        history = None if state is None else axon.tensor(state.conv_state)
+        history = None if state is None else state.conv_state
         u = F.silu(causal_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias, history))
         if keep is not None:
             u = u * keep                                    # [B, di, T]
@@ -191,15 +201,15 @@ class MambaMixer(nn.Module):
         bias = np.asarray(self.dt_proj.bias.data, dtype=np.float32)
         T = u_.shape[-1]
         if state.seen == 0:
-            y, last = kernels.selective_scan(u_, dl, A_, B_, C_, D=D_, z=z_, delta_bias=bias,
-                                             delta_softplus=True, return_last_state=True)
+            y, last = selective_scan(u_, dl, A_, B_, C_, D=D_, z=z_, delta_bias=bias,
+                                     delta_softplus=True, return_last_state=True)
             state.ssm_state[...] = last
         else:
             ys = []
             for t in range(T):
-                ys.append(kernels.selective_state_update(
+                ys.append(selective_scan_step(
                     state.ssm_state, u_[:, :, t], dl[:, :, t], A_, B_[:, :, t], C_[:, :, t],
-                    D=D_, z=z_[:, :, t], dt_bias=bias, dt_softplus=True))      # [B, di]
+                    D=D_, z=z_[:, :, t], delta_bias=bias, delta_softplus=True))  # [B, di]
             y = np.stack(ys, axis=-1)                                           # [B, di, T]
         # keep the last k-1 conv inputs for the next call
         xs = np.concatenate([state.conv_state, np.asarray(x.data, dtype=np.float32)], axis=2)

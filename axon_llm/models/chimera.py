@@ -37,6 +37,7 @@ import numpy as np
 import axon
 import axon.nn.functional as F
 from axon import nn
+from axon_llm.blocks import CausalLM
 from axon_llm.attention import AttentionContext, attend, merge_heads, split_heads
 from axon_llm.cache import KVCache
 from axon_llm.config import ModelConfig, normalize_rope
@@ -204,9 +205,16 @@ class DifferentialAttention(nn.Module):
                       apply_rotary_pos_emb(k[..., half:], cos, sin)], dim=-1)
         if ctx.cache is not None:
             k, v = ctx.cache.layers[self.layer_idx].update(k, v, ctx.start)  # [B, Hkv, S, Dh]
+        # A_i V with Q_i, K_i of width Dh/2 and V of width Dh: pad Q_i, K_i with zeros to Dh
+        # (the scores Q_i K_i^T are unchanged; the scale is given explicitly) so one attention
+        # call of the usual shape computes each half.
         scale = 1.0 / math.sqrt(half)
-        o1 = attend(q[..., :half], k[..., :half], v, ctx, causal=True, scale=scale)  # A1 V [B, H, T, Dh]
-        o2 = attend(q[..., half:], k[..., half:], v, ctx, causal=True, scale=scale)  # A2 V [B, H, T, Dh]
+        zq = axon.zeros(*q.shape[:-1], half, dtype=q.dtype)
+        zk = axon.zeros(*k.shape[:-1], half, dtype=k.dtype)
+        q1, q2 = axon.cat([q[..., :half], zq], dim=-1), axon.cat([q[..., half:], zq], dim=-1)  # [B, H, T, Dh]
+        k1, k2 = axon.cat([k[..., :half], zk], dim=-1), axon.cat([k[..., half:], zk], dim=-1)  # [B, Hkv, S, Dh]
+        o1 = attend(q1, k1, v, ctx, causal=True, scale=scale)   # A1 V  [B, H, T, Dh]
+        o2 = attend(q2, k2, v, ctx, causal=True, scale=scale)   # A2 V  [B, H, T, Dh]
         o = o1 - self.lambda_full() * o2                      # (A1 - lambda A2) V
         o = self.subln(o) * (1.0 - self.lambda_init)         # per-head RMSNorm over Dh
         return self.o_proj(merge_heads(o))                    # [B, H, T, Dh] -> [B, T, d]
@@ -240,23 +248,22 @@ class ChimeraBackbone(nn.Module):
         self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
 
-class ChimeraModel(nn.Module):
+class ChimeraModel(CausalLM):
     """Chimera causal LM: ``logits = model(input_ids, attention_mask=None, cache=None)``;
     ``logits, lb_loss = model.forward_with_loss(ids, labels)`` for training."""
 
-    def __init__(self, config: ChimeraConfig):
+    config_class = ChimeraConfig
+
+    def __init__(self, config: ChimeraConfig | None = None):
         super().__init__()
+        config = ChimeraConfig() if config is None else config
+        if not isinstance(config, ChimeraConfig):
+            raise ConfigError(f"ChimeraModel needs a ChimeraConfig, got {type(config).__name__}")
         self.config = config
         rotary = RotaryEmbedding(config.head_dim // 2, config.max_position_embeddings, config.rope_theta)
         self.model = ChimeraBackbone(config, rotary)
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(
             config.hidden_size, config.vocab_size, bias=False)
-
-    def new_cache(self, batch_size: int, max_length: int | None = None) -> KVCache:
-        """A preallocated KV cache for ``batch_size`` sequences of up to ``max_length`` tokens."""
-        c = self.config
-        return KVCache(c.num_hidden_layers, batch_size, max_length or c.max_position_embeddings,
-                       c.num_key_value_heads, c.head_dim)
 
     def _run(self, input_ids, attention_mask=None, cache: KVCache | None = None):
         ids = as_token_ids(input_ids, self.config.vocab_size)

@@ -26,6 +26,7 @@ import numpy as np
 import axon
 import axon.nn.functional as F
 from axon import nn
+from axon_llm.blocks import CausalLM
 from axon_llm.attention import AttentionContext, attend
 from axon_llm.config import ModelConfig
 from axon_llm.errors import ConfigError, InputError
@@ -280,11 +281,16 @@ class HydraCache:
         return sum(s.nbytes for s in self.layers)
 
 
-class HydraModel(nn.Module):
+class HydraModel(CausalLM):
     """Hydra causal LM: ``logits = model(input_ids, attention_mask=None, cache=None)``."""
 
-    def __init__(self, config: HydraConfig):
+    config_class = HydraConfig
+
+    def __init__(self, config: HydraConfig | None = None):
         super().__init__()
+        config = HydraConfig() if config is None else config
+        if not isinstance(config, HydraConfig):
+            raise ConfigError(f"HydraModel needs a HydraConfig, got {type(config).__name__}")
         self.config = config
         self.model = HydraBackbone(config)
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(

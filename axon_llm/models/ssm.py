@@ -21,6 +21,7 @@ import numpy as np
 
 import axon
 from axon import nn
+from axon_llm.blocks import CausalLM
 from axon_llm.config import ModelConfig
 from axon_llm.embeddings import as_token_ids
 from axon_llm.errors import ConfigError, InputError
@@ -196,11 +197,18 @@ def check_attention_mask(attention_mask, ids: np.ndarray):
     return m[:, -T:].astype(np.float32)
 
 
-class SSMForCausalLM(nn.Module):
-    """Mamba causal LM (HF ``MambaForCausalLM``): ``logits = model(input_ids, attention_mask, cache)``."""
+class SSMForCausalLM(CausalLM):
+    """Mamba causal LM (HF ``MambaForCausalLM``): ``logits = model(input_ids, attention_mask, cache)``;
+    ``model.generate(ids, max_new_tokens)`` streams through the (conv, ssm) state cache."""
 
-    def __init__(self, config: SSMConfig):
+    config_class = SSMConfig
+    hf_architecture = "MambaForCausalLM"
+
+    def __init__(self, config: SSMConfig | None = None):
         super().__init__()
+        config = SSMConfig() if config is None else config
+        if not isinstance(config, SSMConfig):
+            raise ConfigError(f"SSMForCausalLM needs an SSMConfig, got {type(config).__name__}")
         self.config = config
         self.backbone = SSMModel(config)
         if config.tie_word_embeddings:

@@ -26,6 +26,7 @@ import axon.nn.functional as F
 from axon import nn
 from axon_llm.config import ModelConfig, normalize_rope
 from axon_llm.errors import CheckpointError, ConfigError, UnsupportedError
+from axon_llm.blocks import CausalLM
 from axon_llm.attention import AttentionContext, MultiHeadAttention, attend, merge_heads
 from axon_llm.cache import KVCache
 from axon_llm.embeddings import as_token_ids
@@ -253,15 +254,21 @@ class BitNetBackbone(nn.Module):
         self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
 
-class TridentModel(nn.Module):
+class TridentModel(CausalLM):
     """BitNet b1.58 causal LM: ``logits = model(input_ids, attention_mask=None, cache=None)``.
 
     ``pack()`` switches every TernaryLinear to the packed int8 x ternary kernel (inference);
     ``unpack()`` back to the straight-through training form.
     """
 
-    def __init__(self, config: TridentConfig):
+    config_class = TridentConfig
+    hf_architecture = "BitNetForCausalLM"
+
+    def __init__(self, config: TridentConfig | None = None):
         super().__init__()
+        config = TridentConfig() if config is None else config
+        if not isinstance(config, TridentConfig):
+            raise ConfigError(f"TridentModel needs a TridentConfig, got {type(config).__name__}")
         self.config = config
         rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
         self.model = BitNetBackbone(config, rotary)
@@ -290,12 +297,6 @@ class TridentModel(nn.Module):
         dense = sum(4 * m.in_features * m.out_features for _, m in self.ternary_layers())
         return packed, dense
 
-    def new_cache(self, batch_size: int, max_length: int | None = None) -> KVCache:
-        """A preallocated KV cache for ``batch_size`` sequences of up to ``max_length`` tokens."""
-        c = self.config
-        return KVCache(c.num_hidden_layers, batch_size, max_length or c.max_position_embeddings,
-                       c.num_key_value_heads, c.head_dim)
-
     def forward(self, input_ids, attention_mask=None, cache: KVCache | None = None) -> axon.Tensor:
         """[B, T] token ids -> [B, T, V] logits; with a cache the tokens continue its sequence."""
         ids = as_token_ids(input_ids, self.config.vocab_size)
@@ -309,41 +310,62 @@ class TridentModel(nn.Module):
             return h @ self.model.embed_tokens.weight.T                   # [B, T, d] -> [B, T, V]
         return self.lm_head(h)
 
-    def load_state_dict(self, state_dict, strict: bool = True):
-        """Load transformers' BitNet weights: dense float (quantised on the fly) or the packed
-        uint8 ``weight`` + ``weight_scale`` format (``quantization_mode: offline``)."""
-        sd = dict(state_dict)
-        packed: dict[str, tuple[np.ndarray, float]] = {}
-        modules = dict(self.ternary_layers())
+    @classmethod
+    def from_hf(cls, folder) -> "TridentModel":
+        """A TridentModel from a transformers BitNetForCausalLM folder (dense or packed weights)."""
+        from axon_llm.loaders.safetensors import HFLoader
+
+        loader = HFLoader(folder)
+        model = cls(TridentConfig.from_dict(loader.config))
+        model.load_hf_state(loader.tensors())
+        model.eval()
+        return model
+
+    def load_hf_state(self, tensors) -> None:
+        """Load transformers' BitNet tensors: dense float weights (quantised on the fly, the
+        training form) or the pre-quantised uint8 ``weight`` + ``weight_scale`` format, which
+        goes straight into the packed inference form of each TernaryLinear.
+
+        Packed conventions (transformers' ``integrations/bitnet.py``): ``linear_class
+        "bitlinear"`` computes ``y = xq Wint^T / (weight_scale a)`` so the weight scale is
+        ``s = weight_scale``; ``"autobitlinear"`` (offline) computes ``y = xq Wint^T *
+        weight_scale``, so ``s = 1 / weight_scale``.
+        """
+        from axon_llm.loaders.safetensors import load_state
+
+        sd = dict(tensors)
         q = self.config.quantization_config or {}
         divide = q.get("linear_class", "autobitlinear") == "bitlinear"
-        for name, layer in modules.items():
+        ternary_layers = dict(self.ternary_layers())
+        packed: dict[str, tuple[np.ndarray, float]] = {}
+        for name, layer in ternary_layers.items():
             wkey, skey = f"{name}.weight", f"{name}.weight_scale"
-            w = sd.get(wkey)
-            w = None if w is None else np.asarray(w.data if isinstance(w, axon.Tensor) else w)
-            if w is not None and w.dtype == np.uint8:
-                if skey not in sd:
-                    raise CheckpointError(f"{wkey} is packed (uint8) but {skey} is missing")
-                scale = float(np.asarray(sd.pop(skey).data if isinstance(sd[skey], axon.Tensor) else sd.pop(skey)).reshape(-1)[0])
+            if skey not in sd:
+                continue
+            scale_arr = np.asarray(sd.pop(skey), dtype=np.float64).reshape(-1)
+            if scale_arr.size != 1:
+                raise CheckpointError(f"{skey} must hold one number, got shape {scale_arr.shape}")
+            if wkey not in sd:
+                raise CheckpointError(f"checkpoint has {skey} but not {wkey}")
+            w = np.asarray(sd[wkey])
+            if w.dtype == np.uint8:
                 try:
                     ternary = unpack_hf_ternary(w, layer.out_features)
                 except ValueError as e:
                     raise CheckpointError(f"{wkey}: {e}") from None
-                if ternary.shape[1] != layer.in_features:
-                    raise CheckpointError(f"{wkey}: packed shape {w.shape} does not fit "
-                                          f"[{layer.out_features}, {layer.in_features}]")
-                # bitlinear: y = xq Wint^T / (weight_scale a) -> s = weight_scale;
-                # autobitlinear offline: y = xq Wint^T * weight_scale -> s = 1 / weight_scale
-                packed[name] = (ternary, scale if divide else 1.0 / scale)
-                sd[wkey] = ternary.astype(np.float32) / np.float32(packed[name][1])
-            elif skey in sd and w is not None:
-                # autobitlinear offline with unpacked float ternary weights
-                scale = float(np.asarray(sd.pop(skey)).reshape(-1)[0])
-                packed[name] = (np.asarray(w, np.float32), 1.0 / scale)
-                sd[wkey] = np.asarray(w, np.float32) * np.float32(scale)
-        if self.config.tie_word_embeddings:
-            sd.pop("lm_head.weight", None)
-        result = super().load_state_dict(sd, strict=strict)
+            else:
+                ternary = np.asarray(w, dtype=np.float32)
+                if not np.isin(ternary, (-1.0, 0.0, 1.0)).all():
+                    raise CheckpointError(f"{wkey}: weights with a weight_scale must be ternary (-1, 0, 1)")
+            if ternary.shape != (layer.out_features, layer.in_features):
+                raise CheckpointError(f"{wkey}: shape {w.shape} does not fit [{layer.out_features}, "
+                                      f"{layer.in_features}] (packed: [{-(-layer.out_features // 4)}, "
+                                      f"{layer.in_features}])")
+            s = float(scale_arr[0]) if divide else 1.0 / float(scale_arr[0])
+            if not (np.isfinite(s) and s > 0):
+                raise CheckpointError(f"{skey}: the weight scale must be positive and finite, got {scale_arr[0]}")
+            packed[name] = (ternary, s)
+            sd[wkey] = ternary.astype(np.float32) / np.float32(s)   # dequantised float weights
+        load_state(self, sd)
         for name, (ternary, s) in packed.items():
-            modules[name].set_ternary(ternary, s)
-        return result
+            ternary_layers[name].set_ternary(ternary, s)
