@@ -122,8 +122,8 @@ class PretrainedLLM:
 
     @property
     def download_size(self) -> int | None:
-        """Total bytes of the files, when every size is pinned."""
-        sizes = [f.size for f in self.files]
+        """Total bytes of the required files, when each of their sizes is pinned."""
+        sizes = [f.size for f in self.files if f.required]
         return None if any(s is None for s in sizes) else sum(sizes)
 
 

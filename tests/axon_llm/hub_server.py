@@ -14,11 +14,34 @@ import hashlib
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
 
+from axon_llm.hub import DownloadSettings
+
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+# short timeouts and backoffs so the whole hub suite runs in seconds
+FAST = DownloadSettings(connect_timeout=2.0, read_timeout=0.5, max_retries=3, backoff=0.01, max_backoff=0.05,
+                        max_retry_after=3.0, chunk_size=16 * 1024, progress=False)
+
+
+@contextmanager
+def isolated_hub(tmp_path, monkeypatch):
+    """A fresh server as the endpoint plus an empty cache under ``tmp_path``; no real
+    huggingface_hub cache, token or offline flag of the machine leaks into the test."""
+    monkeypatch.setenv("AXON_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-hf-cache"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "no-hf-home"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AXON_HUB_OFFLINE", "HF_HUB_OFFLINE", "HUGGINGFACE_HUB_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    with HubServer() as server:
+        monkeypatch.setenv("AXON_HUB_ENDPOINT", server.url)
+        yield server
 
 
 @dataclass

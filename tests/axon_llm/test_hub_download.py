@@ -17,27 +17,16 @@ from axon_llm.errors import (
     ChecksumError, DownloadError, GatedModelError, LLMError, ModelNotFoundError, OfflineError,
 )
 from axon_llm.hub import DownloadSettings, HubInputError, download_file
-from tests.axon_llm.hub_server import COMMIT, HubServer, Route
+from tests.axon_llm.hub_server import COMMIT, FAST, Route, isolated_hub
 
 REPO = "org/model"
-FAST = DownloadSettings(connect_timeout=2.0, read_timeout=0.5, max_retries=3, backoff=0.01, max_backoff=0.05,
-                        max_retry_after=3.0, chunk_size=16 * 1024, progress=False)
 CONTENT = bytes(range(256)) * 2048          # 512 KiB: several chunks
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def hub(tmp_path, monkeypatch):
-    """A fresh server plus an empty cache; no huggingface_hub cache, token or offline flag leaks in."""
-    monkeypatch.setenv("AXON_HUB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "no-hf-cache"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "no-hf-home"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "AXON_HUB_OFFLINE", "HF_HUB_OFFLINE", "HUGGINGFACE_HUB_CACHE"):
-        monkeypatch.delenv(var, raising=False)
-    with HubServer() as server:
-        monkeypatch.setenv("AXON_HUB_ENDPOINT", server.url)
+    with isolated_hub(tmp_path, monkeypatch) as server:
         yield server
 
 
