@@ -57,6 +57,7 @@ class Route:
     stall_after: int | None = None            # bytes of body to send before stalling
     stalls: int = 0                           # how many bodies stall
     stall_seconds: float = 1.5
+    stall_headers: int = 0                    # how many requests get no response at all for stall_seconds
     ignore_range: bool = False                # answer 200 with the whole file to Range requests
     body: bytes | None = None                 # bytes to send instead of ``content`` (corruption)
     etag: bool = True                         # send X-Linked-Etag: sha256(content)
@@ -160,6 +161,15 @@ class HubServer:
             meta["X-Linked-Etag"] = f'"{route.sha256}"'
         if route.commit:
             meta["X-Repo-Commit"] = route.commit
+        with self.lock:
+            stall_headers = route.stall_headers > 0
+            if stall_headers:
+                route.stall_headers -= 1
+        if stall_headers:
+            self._record(h, 0)
+            time.sleep(route.stall_seconds)
+            h.close_connection = True
+            return
         with self.lock:
             status = route.status
             if status is None and route.fail_first:

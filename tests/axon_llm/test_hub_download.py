@@ -166,6 +166,13 @@ def test_stall_past_read_timeout_resumes(hub, tmp_path):
     assert resumed is not None and 0 < int(resumed.split("=")[1].rstrip("-")) <= 150_000
 
 
+def test_stall_before_the_response_is_a_retried_timeout(hub, tmp_path):
+    hub.add(REPO, "model.safetensors", Route(CONTENT, stall_headers=1, stall_seconds=1.5))
+    path = download_file(REPO, "model.safetensors", settings=FAST)
+    assert_cached(path, tmp_path)
+    assert len(hub.requests_for("model.safetensors")) == 2
+
+
 def test_server_that_always_stalls_gives_a_clear_error(hub, tmp_path):
     hub.add(REPO, "model.safetensors", Route(CONTENT, stall_after=0, stalls=100, stall_seconds=1.0))
     settings = DownloadSettings(read_timeout=0.3, max_retries=1, backoff=0.01, progress=False)
@@ -307,7 +314,8 @@ _CHILD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     from axon_llm.hub import DownloadSettings, download_file
-    go = Path(sys.argv[1])
+    go, ready = Path(sys.argv[1]), Path(sys.argv[2])
+    ready.touch()                       # imported: tell the parent, then wait for the start signal
     deadline = time.monotonic() + 30
     while not go.exists() and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -326,9 +334,12 @@ def test_concurrent_processes_download_once(hub, tmp_path):
     # slow enough (about 1 s) that every process asks while the first is still downloading
     hub.add(REPO, "model.safetensors", Route(CONTENT, chunk=32 * 1024, chunk_delay=0.06))
     go = tmp_path / "go"
-    children = [subprocess.Popen([sys.executable, "-c", _CHILD, str(go)], env=_child_env(tmp_path),
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
-    time.sleep(1.5)   # let every child import and wait on the go file
+    ready = [tmp_path / f"ready-{i}" for i in range(4)]
+    children = [subprocess.Popen([sys.executable, "-c", _CHILD, str(go), str(r)], env=_child_env(tmp_path),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in ready]
+    deadline = time.monotonic() + 30
+    while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+        time.sleep(0.01)   # every child has imported and waits on the go file: they start together
     go.touch()
     outputs = [c.communicate(timeout=60) for c in children]
     assert all(c.returncode == 0 for c in children), [err for _, err in outputs]
@@ -336,6 +347,7 @@ def test_concurrent_processes_download_once(hub, tmp_path):
     assert len(paths) == 1
     assert_cached(Path(paths.pop()), tmp_path)
     assert hub.bodies["model.safetensors"] == 1, "concurrent processes must download the file once"
+    assert len(hub.requests_for("model.safetensors")) == 1
 
 
 _KILLABLE = textwrap.dedent("""
