@@ -512,13 +512,14 @@ class AMax(Function):
         fn = np.max if largest else np.min
         out = np.asarray(fn(a, axis=axes, keepdims=True))
         ctx.save_for_backward(a, out)
+        ctx.axes = axes
         return out if keepdim else out.reshape([s for i, s in enumerate(out.shape) if not (axes is None or i in axes)])
 
     @staticmethod
     def backward(ctx, grad):
         a, out = ctx.saved_tensors
         mask = (a == out).astype(grad.dtype)
-        mask /= mask.sum(axis=tuple(i for i in range(a.ndim) if out.shape[i] == 1 and a.shape[i] != 1) or None, keepdims=True)
+        mask /= mask.sum(axis=ctx.axes, keepdims=True)
         return (mask * grad.reshape(out.shape),)
 
 
