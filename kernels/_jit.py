@@ -15,7 +15,7 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic, overload
 
-__all__ = ["jit_disabled", "fast_exp", "float_array", "result_float_dtype"]
+__all__ = ["jit_disabled", "fast_exp", "fast_log1p", "float_array", "result_float_dtype"]
 
 # Only FMA contraction: it never changes NaN/Inf propagation (unlike fastmath=True, which
 # assumes no NaN/Inf and may drop them). Used on the hot loops of float kernels.
@@ -49,12 +49,23 @@ def _int32_bits_as_float32(typingctx, bits):
     return sig, codegen
 
 
+@intrinsic
+def _float32_bits_as_int32(typingctx, value):
+    """Reinterpret a float32 as its int32 bit pattern (LLVM bitcast; vectorises)."""
+    sig = types.int32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return sig, codegen
+
+
 def fast_exp(x):
     """exp(x); inside Numba kernels float32 uses a vectorisable polynomial (see module doc)."""
     return np.exp(x)
 
 
-@overload(fast_exp)
+@overload(fast_exp, inline="always")
 def _fast_exp_overload(x):
     if x != types.float32:
         return lambda x: np.exp(x)
@@ -76,6 +87,48 @@ def _fast_exp_overload(x):
         scale2 = _int32_bits_as_float32((ki - half + np.int32(127)) << np.int32(23))
         res = (p * scale1) * scale2
         return x if x != x else res
+
+    return impl
+
+
+def fast_log1p(x):
+    """log(1 + x); inside Numba kernels float32 uses a vectorisable polynomial (Cephes logf)."""
+    return np.log1p(x)
+
+
+@overload(fast_log1p, inline="always")
+def _fast_log1p_overload(x):
+    if x != types.float32:
+        return lambda x: np.log1p(x)
+
+    def impl(x):
+        w = np.float32(1.0) + x
+        bits = _float32_bits_as_int32(w)
+        e = ((bits >> np.int32(23)) & np.int32(0xFF)) - np.int32(126)  # w = f * 2**e, f in [0.5, 1)
+        f = _int32_bits_as_float32((bits & np.int32(-2139095041)) | np.int32(126 << 23))  # mask 0x807FFFFF
+        if f < np.float32(0.707106781186547524):  # keep f in [sqrt(1/2), sqrt(2))
+            e -= np.int32(1)
+            f = f + f
+        ef = np.float32(e)
+        r = f - np.float32(1.0)
+        rr = r * r
+        p = np.float32(7.0376836292e-2)
+        p = p * r - np.float32(1.1514610310e-1)
+        p = p * r + np.float32(1.1676998740e-1)
+        p = p * r - np.float32(1.2420140846e-1)
+        p = p * r + np.float32(1.4249322787e-1)
+        p = p * r - np.float32(1.6668057665e-1)
+        p = p * r + np.float32(2.0000714765e-1)
+        p = p * r - np.float32(2.4999993993e-1)
+        p = p * r + np.float32(3.3333331174e-1)
+        p = p * r * rr - np.float32(2.12194440e-4) * ef - np.float32(0.5) * rr
+        log_w = r + p + np.float32(0.693359375) * ef
+        res = log_w + (x - (w - np.float32(1.0))) / w  # corrects the rounding of 1 + x
+        res = x if w == np.float32(1.0) else res  # log1p(x) = x to float32 precision
+        res = x if x == np.float32(np.inf) else res
+        res = np.float32(-np.inf) if w == np.float32(0.0) else res
+        res = np.float32(np.nan) if (w < np.float32(0.0) or x != x) else res
+        return res
 
     return impl
 

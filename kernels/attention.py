@@ -170,7 +170,7 @@ def _validate_saved(q, out, lse, dout):
 # --------------------------------------------------------------------------------------------
 
 
-@njit(inline="always")
+@njit(inline="always", error_model="numpy")
 def _kv_range(p_first, p_last, tk, causal, window):
     """Keys [lo, hi) that queries at positions p_first..p_last can see (window <= 0: none)."""
     lo = 0
@@ -182,7 +182,7 @@ def _kv_range(p_first, p_last, tk, causal, window):
     return lo, hi
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=CONTRACT)
+@njit(parallel=True, cache=True, nogil=True, fastmath=CONTRACT, error_model="numpy")
 def _flash_forward_kernel(q, k, v, causal, window, scale, block_q, block_kv, out, lse):
     # q [B, H, Tq, D], k/v [B, Hkv, Tk, D] contiguous; out [B, H, Tq, D], lse [B, H, Tq]
     n_b, n_h, tq, d = q.shape
@@ -252,7 +252,7 @@ def _flash_forward_kernel(q, k, v, causal, window, scale, block_q, block_kv, out
             lse[bi, hi_, i0 + i] = m[i] + np.log(l[i])
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=CONTRACT)
+@njit(parallel=True, cache=True, nogil=True, fastmath=CONTRACT, error_model="numpy")
 def _flash_backward_dkdv_kernel(q, k, v, dout, lse, delta, causal, window, scale, block_q, block_kv, dk, dv):
     # one task per (batch, K/V head, key tile); loops over the G query heads and visible query tiles
     n_b, n_h, tq, d = q.shape
@@ -318,7 +318,7 @@ def _flash_backward_dkdv_kernel(q, k, v, dout, lse, delta, causal, window, scale
                 dv[bi, kh, j0 + j, c] = dv_t[j, c]
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=CONTRACT)
+@njit(parallel=True, cache=True, nogil=True, fastmath=CONTRACT, error_model="numpy")
 def _flash_backward_dq_kernel(q, k, v, dout, lse, delta, causal, window, scale, block_q, block_kv, dq):
     # one task per (batch, query head, query tile); loops over the visible key tiles
     n_b, n_h, tq, d = q.shape

@@ -42,7 +42,7 @@ def matmul_ref(a, b):
     return np.matmul(a.astype(dtype, copy=False), b.astype(dtype, copy=False))
 
 
-@njit(parallel=True, cache=True, nogil=True, fastmath=CONTRACT)
+@njit(parallel=True, cache=True, nogil=True, fastmath=CONTRACT, error_model="numpy")
 def _matmul_kernel(a, b, a_index, b_index, c):
     # a [Ba, M, K], b [Bb, K, N], c [Bt, M, N] zeroed; batch t uses a[a_index[t]], b[b_index[t]]
     n_batch, m, n = c.shape
