@@ -161,8 +161,12 @@ class CausalLM(nn.Module):
         """State-dict keys that alias another parameter (not written to checkpoints)."""
         return tuple(self.tied_keys)
 
-    def generate(self, input_ids, max_new_tokens: int = 24, do_sample: bool = False, **kwargs) -> np.ndarray:
-        """Continue ``input_ids [B, T]``; returns int64 ``[B, T + new]`` (see ``axon_llm.generation.generate``)."""
+    def generate(self, input_ids, max_new_tokens: int | None = None, do_sample: bool | None = None,
+                 **kwargs) -> np.ndarray:
+        """Continue ``input_ids [B, T]``; returns int64 ``[B, T + new]`` (see ``axon_llm.generation.generate``).
+
+        ``max_new_tokens`` / ``do_sample`` default to 24 / False, or to ``generation_config``'s values.
+        """
         from axon_llm.generation import generate
 
         return generate(self, input_ids, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs)

@@ -12,9 +12,13 @@ Batches of different prompt lengths are *left*-padded with an ``attention_mask``
 token), the layout transformers uses: every row's next token then sits in the last column.
 The mask is extended with ones as tokens are appended; the model derives positions from it.
 
-How the next token is picked is :func:`select_next_token` (argmax when ``do_sample=False``,
-else a draw from ``softmax(logits / temperature)`` restricted to ``top_k``). It is the single
-place a richer sampler (top-p, repetition penalty, beam search ...) plugs in.
+What to generate is a :class:`~axon_llm.sampling.GenerationConfig` (greedy, sampling with
+temperature / top-k / top-p / min-p, repetition penalty, EOS ids, stop strings, beam search);
+how the next token is picked lives in axon_llm/sampling.py (``TextGenerator`` for greedy and
+sampling, ``BeamSearch`` for beams). This file only runs the model.
+
+Beam search keeps ``B * num_beams`` rows in the cache; after each step the rows are
+reordered so row ``i`` continues the beam it extends (:func:`reorder_cache`).
 """
 
 from __future__ import annotations
@@ -25,49 +29,143 @@ import axon
 
 from axon_llm.embeddings import as_token_ids
 from axon_llm.errors import GenerationError, InputError
+from axon_llm.sampling import BeamSearch, GenerationConfig, TextGenerator, log_softmax, process_logits
 
-__all__ = ["generate", "select_next_token"]
+__all__ = ["generate", "select_next_token", "resolve_generation_config", "reorder_cache"]
+
+DEFAULT_MAX_NEW_TOKENS = 24
 
 
 def select_next_token(logits: np.ndarray, do_sample: bool = False, *, temperature: float = 1.0,
                       top_k: int | None = None, rng: np.random.Generator | None = None) -> np.ndarray:
     """Next token per row from last-position logits ``[B, V]`` -> int64 ``[B]``.
 
-    Greedy takes the first maximum (as ``torch.argmax``). Sampling draws from
-    ``softmax(logits / temperature)``, keeping only the ``top_k`` largest logits when given.
+    Greedy takes the first maximum (as ``torch.argmax``); sampling draws from
+    ``softmax(logits / temperature)`` restricted to ``top_k``. A shorthand for
+    ``TextGenerator(GenerationConfig(...)).next_tokens(logits)``.
     """
-    logits = np.asarray(logits, dtype=np.float64)
-    if not do_sample:
-        return logits.argmax(axis=-1).astype(np.int64)
-    if temperature <= 0:
-        raise GenerationError(f"temperature must be > 0 when sampling, got {temperature}")
-    z = logits / temperature
-    if top_k is not None:
-        if top_k < 1:
-            raise GenerationError(f"top_k must be >= 1, got {top_k}")
-        k = min(int(top_k), z.shape[-1])
-        kth = np.partition(z, -k, axis=-1)[:, -k][:, None]
-        z = np.where(z < kth, -np.inf, z)
-    z = z - z.max(axis=-1, keepdims=True)
-    p = np.exp(z)
-    p /= p.sum(axis=-1, keepdims=True)
-    rng = np.random.default_rng() if rng is None else rng
-    u = rng.random((p.shape[0], 1))
-    return np.minimum((np.cumsum(p, axis=-1) < u).sum(axis=-1), p.shape[-1] - 1).astype(np.int64)
+    cfg = GenerationConfig(do_sample=do_sample, temperature=temperature, top_k=top_k)
+    gen = TextGenerator(cfg)
+    if rng is not None:
+        gen.rng = rng
+    return gen.next_tokens(np.asarray(logits))
 
 
-def generate(model, input_ids, max_new_tokens: int = 24, do_sample: bool = False, attention_mask=None,
+def resolve_generation_config(generation_config: GenerationConfig | None = None, **overrides) -> GenerationConfig:
+    """The config a call means: ``generation_config`` (default: greedy, 24 new tokens) with every
+    keyword that is not None written over it (as transformers' ``generate(**kwargs)``).
+
+    ``eos_token_id`` (an int or a list) becomes ``eos_token_ids``; ``stop_strings`` may be one string.
+    """
+    if generation_config is None:
+        cfg = GenerationConfig(max_new_tokens=DEFAULT_MAX_NEW_TOKENS, do_sample=False)
+    elif isinstance(generation_config, GenerationConfig):
+        cfg = generation_config
+    else:
+        raise GenerationError(f"generation_config must be a GenerationConfig, got {type(generation_config).__name__}")
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if "eos_token_id" in changes:
+        eos = changes.pop("eos_token_id")
+        changes["eos_token_ids"] = tuple(int(e) for e in np.atleast_1d(eos).tolist())
+    if isinstance(changes.get("stop_strings"), str):
+        changes["stop_strings"] = (changes["stop_strings"],)
+    try:
+        return GenerationConfig(**{**cfg.__dict__, **changes})
+    except TypeError as e:   # an unknown keyword
+        raise GenerationError(f"unknown generation setting: {e}") from None
+
+
+def reorder_cache(cache, index: np.ndarray) -> None:
+    """Make row ``i`` of ``cache`` a copy of row ``index[i]``, in place (beam search).
+
+    Every cache here keeps its per-row state in NumPy arrays whose first axis is the batch
+    (K/V ``[B, Hkv, L, D]``, key masks ``[B, L]``, SSM states ``[B, d, n]`` ...), so the
+    reorder is one fancy-index per such array, found by walking the cache's attributes.
+    """
+    batch = cache.batch_size
+    index = np.asarray(index, dtype=np.int64)
+    if np.array_equal(index, np.arange(batch)):
+        return
+    seen: set[int] = set()
+
+    def visit(obj):
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        items = obj.items() if isinstance(obj, dict) else (
+            enumerate(obj) if isinstance(obj, list) else vars(obj).items() if hasattr(obj, "__dict__") else ())
+        for key, value in list(items):
+            if isinstance(value, np.ndarray):
+                if value.ndim >= 1 and value.shape[0] == batch:
+                    if isinstance(obj, (dict, list)):
+                        obj[key] = value[index]
+                    else:
+                        setattr(obj, key, value[index])
+            elif isinstance(value, (list, dict)) or (hasattr(value, "__dict__") and not isinstance(value, type)):
+                visit(value)
+
+    visit(cache)
+
+
+class _Rows:
+    """The state of one generation call shared by both loops: the model, its cache, the mask."""
+
+    def __init__(self, model, ids: np.ndarray, mask: np.ndarray | None, cache):
+        self.model, self.mask, self.cache = model, mask, cache
+
+    def forward(self, new_ids: np.ndarray) -> np.ndarray:
+        """Feed ``new_ids [B, t]`` through the cache; the last position's logits ``[B, V]`` (float32)."""
+        logits = self.model(new_ids, attention_mask=self.mask, cache=self.cache)   # [B, t, V]
+        last = logits.numpy()[:, -1] if hasattr(logits, "numpy") else np.asarray(logits)[:, -1]
+        return np.asarray(last, dtype=np.float32)
+
+    def append_mask(self) -> None:
+        if self.mask is not None:
+            self.mask = np.concatenate([self.mask, np.ones((self.mask.shape[0], 1), np.int64)], axis=1)
+
+
+def _emit(streamer, tokens: np.ndarray) -> None:
+    if streamer is None:
+        return
+    if hasattr(streamer, "put"):          # transformers' streamer protocol
+        streamer.put(tokens)
+    else:
+        streamer(tokens)
+
+
+def _end_stream(streamer) -> None:
+    if streamer is not None and hasattr(streamer, "end"):
+        streamer.end()
+
+
+def generate(model, input_ids, max_new_tokens: int | None = None, do_sample: bool | None = None, attention_mask=None,
              eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None, *,
-             temperature: float = 1.0, top_k: int | None = None, seed: int | None = None) -> np.ndarray:
+             generation_config: GenerationConfig | None = None, temperature: float | None = None,
+             top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
+             repetition_penalty: float | None = None, num_beams: int | None = None,
+             length_penalty: float | None = None, early_stopping: bool | str | None = None,
+             seed: int | None = None, stop_strings=None, tokenizer=None, streamer=None, cache=None) -> np.ndarray:
     """Continue ``input_ids [B, T]`` by up to ``max_new_tokens``; returns int64 ``[B, T + n]``.
 
-    ``attention_mask [B, T]`` marks real tokens of left-padded prompts. With ``eos_token_id``, a
-    row that produced it is finished: it gets ``pad_token_id`` (default: the eos id) from then
-    on, and the loop stops early once every row is finished. ``seed`` makes sampling repeatable.
+    Settings come from ``generation_config`` (default: greedy, ``max_new_tokens=24``) with any
+    keyword given here written over it. ``attention_mask [B, T]`` marks real tokens of
+    left-padded prompts. A row that produced one of the EOS ids — or whose new text contains a
+    stop string (needs ``tokenizer``) — is finished: it gets the pad id (default: the first EOS
+    id) from then on, and the loop stops once every row is finished. ``seed`` makes sampling
+    repeatable.
+
+    ``streamer``: a callable receiving each step's new ids ``[B]``, or an object with
+    transformers' ``put(ids)`` / ``end()``. ``cache``: a cache (``model.new_cache``) that already
+    holds the first ``len(cache)`` tokens of ``input_ids`` — only the rest is prefilled (a chat
+    keeps its cache between turns this way); it must have room for the new tokens.
+    ``num_beams > 1`` runs transformers' beam search (no streamer, no external cache).
     """
+    cfg = resolve_generation_config(
+        generation_config, max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        repetition_penalty=repetition_penalty, num_beams=num_beams, length_penalty=length_penalty,
+        early_stopping=early_stopping, seed=seed, stop_strings=stop_strings)
     ids = as_token_ids(input_ids, model.config.vocab_size)
-    if not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
-        raise GenerationError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
     b, t = ids.shape
     mask = None
     if attention_mask is not None:
@@ -77,33 +175,92 @@ def generate(model, input_ids, max_new_tokens: int = 24, do_sample: bool = False
         mask = mask.astype(np.int64)
         if mask.all():
             mask = None
-    if max_new_tokens == 0:
+    if cfg.stop_strings and tokenizer is None:
+        raise GenerationError("stop_strings need the tokenizer to decode with: generate(..., tokenizer=tok)")
+    if cfg.max_new_tokens == 0:
         return ids.copy()
-    eos = set() if eos_token_id is None else set(np.atleast_1d(eos_token_id).tolist())
-    pad = pad_token_id if pad_token_id is not None else (min(eos) if eos else 0)
-    rng = np.random.default_rng(seed)
-    out = [ids]
-    finished = np.zeros(b, dtype=bool)
+
     was_training = getattr(model, "training", False)
     model.eval()
     try:
         with axon.no_grad():
-            cache = model.new_cache(b, t + max_new_tokens)
-            logits = model(ids, attention_mask=mask, cache=cache)                # prefill: [B, T, V]
-            for step in range(max_new_tokens):
-                nxt = select_next_token(logits.numpy()[:, -1], do_sample, temperature=temperature,
-                                        top_k=top_k, rng=rng)                    # [B]
-                nxt = np.where(finished, pad, nxt)
-                out.append(nxt[:, None])
-                if eos:
-                    finished |= np.isin(nxt, list(eos))
-                    if finished.all():
-                        break
-                if step + 1 == max_new_tokens:
-                    break
-                if mask is not None:
-                    mask = np.concatenate([mask, np.ones((b, 1), np.int64)], axis=1)
-                logits = model(nxt[:, None], attention_mask=mask, cache=cache)   # decode: [B, 1, V]
+            if cfg.num_beams > 1:
+                if streamer is not None or cache is not None:
+                    raise GenerationError("beam search supports neither a streamer nor an external cache")
+                return _beam_search(model, ids, mask, cfg)
+            return _sample(model, ids, mask, cfg, tokenizer, streamer, cache)
     finally:
         model.train(was_training)
-    return np.concatenate(out, axis=1)
+
+
+def _sample(model, ids, mask, cfg: GenerationConfig, tokenizer, streamer, cache) -> np.ndarray:
+    """Greedy or sampled decoding of every row at once."""
+    b, t = ids.shape
+    if cache is None:
+        cache = model.new_cache(b, t + cfg.max_new_tokens)
+        start = 0
+    else:
+        start = len(cache)
+        if start >= t:
+            raise GenerationError(f"the cache already holds {start} tokens but the input has only {t}; "
+                                  "at least one new token must be fed")
+        room = getattr(cache, "max_length", None)
+        if room is not None and t + cfg.max_new_tokens - 1 > room:
+            raise GenerationError(f"the cache holds {room} tokens; {t} prompt + {cfg.max_new_tokens} new do not fit")
+    rows = _Rows(model, ids, mask, cache)
+    gen = TextGenerator(cfg)
+    eos = np.asarray(cfg.eos_token_ids, dtype=np.int64)
+    fill = cfg.fill_token_id
+    finished = np.zeros(b, dtype=bool)
+    out = np.empty((b, t + cfg.max_new_tokens), dtype=np.int64)     # [B, T + new]
+    out[:, :t] = ids
+    n = t
+    logits = rows.forward(ids[:, start:])                             # prefill: [B, V]
+    try:
+        for step in range(cfg.max_new_tokens):
+            nxt = gen.next_tokens(logits, out[:, :n] if cfg.repetition_penalty != 1.0 else None)   # [B]
+            nxt = np.where(finished, fill, nxt)
+            out[:, n] = nxt
+            n += 1
+            _emit(streamer, nxt)
+            if eos.size:
+                finished |= np.isin(nxt, eos)
+            if cfg.stop_strings:
+                finished |= _hit_stop_strings(tokenizer, out[:, t:n], cfg.stop_strings, finished)
+            if finished.all() or step + 1 == cfg.max_new_tokens:
+                break
+            rows.append_mask()
+            logits = rows.forward(nxt[:, None])                       # decode: [B, 1] -> [B, V]
+    finally:
+        _end_stream(streamer)
+    return out[:, :n]
+
+
+def _hit_stop_strings(tokenizer, new_ids: np.ndarray, stops, finished: np.ndarray) -> np.ndarray:
+    """[B] True where a not-yet-finished row's new text contains a stop string."""
+    hit = np.zeros(len(new_ids), dtype=bool)
+    for i, row in enumerate(new_ids):
+        if not finished[i]:
+            text = tokenizer.decode([int(x) for x in row])
+            hit[i] = any(s in text for s in stops)
+    return hit
+
+
+def _beam_search(model, ids, mask, cfg: GenerationConfig) -> np.ndarray:
+    """transformers' beam search: ``B * num_beams`` cached rows, reordered after each step."""
+    b, t = ids.shape
+    nb = cfg.num_beams
+    search = BeamSearch(cfg, ids, t + cfg.max_new_tokens)
+    flat = np.repeat(ids, nb, axis=0)                                 # [B, T] -> [B*N, T]
+    rows = _Rows(model, flat, None if mask is None else np.repeat(mask, nb, axis=0), model.new_cache(b * nb, t + cfg.max_new_tokens))
+    logits = rows.forward(flat)                                       # prefill: [B*N, V]
+    while True:
+        running = search.running_ids()                                # [B*N, cur_len]
+        log_probs = process_logits(log_softmax(logits), cfg, running)
+        reorder = search.step(log_probs)
+        if search.done:
+            break
+        reorder_cache(rows.cache, reorder)
+        rows.append_mask()
+        logits = rows.forward(search.running_ids()[:, -1:])           # decode: [B*N, 1] -> [B*N, V]
+    return search.finalize()

@@ -165,8 +165,8 @@ class GPT2LMHead(CausalLM):
         ctx.finish()
         return self.lm_head(h)                                              # [B, T, V]
 
-    def generate(self, input_ids, max_new_tokens: int = 24, do_sample: bool = False, temperature: float = 1.0,
-                 top_k: int | None = None, **kwargs) -> np.ndarray:
+    def generate(self, input_ids, max_new_tokens: int | None = None, do_sample: bool | None = None,
+                 temperature: float | None = None, top_k: int | None = None, **kwargs) -> np.ndarray:
         """Continue ``input_ids``; sampling with ``temperature`` / ``top_k`` when ``do_sample`` (the crate's API)."""
         from axon_llm.generation import generate
 
