@@ -1,0 +1,96 @@
+"""BERT: BertModel / BertForMaskedLM / BertForSequenceClassification parity, padding masks, training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import axon
+import axon.nn.functional as F
+from axon_llm import InputError
+from axon_llm.config import BertConfig
+from axon_llm.models import Bert, BertForMaskedLM, BertForSequenceClassification
+
+from tests.axon_llm.hf_parity import check_gradcheck, check_trains, load_case, rel_err
+
+CASES = ["bert", "bert_mlm", "bert_cls", "bert_rand0", "bert_rand1"]
+
+
+def micro(**kw) -> BertConfig:
+    base = dict(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=24,
+                max_position_embeddings=16, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    base.update(kw)
+    return BertConfig(**base)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_transformers_with_and_without_padding(case):
+    model, e = load_case(case)
+    with axon.no_grad():
+        plain = model(e["input_ids"]).numpy()
+        masked = model(e["input_ids_masked"], attention_mask=e["attention_mask"],
+                       token_type_ids=e["token_type_ids"]).numpy()
+    assert rel_err(plain, e["logits"]) < 1e-4
+    assert rel_err(masked, e["logits_masked"]) < 1e-4
+    if "pooler_output" in e:
+        with axon.no_grad():
+            _, pooled = model.forward_with_pooler(e["input_ids"])
+            _, pooled_m = model.forward_with_pooler(e["input_ids_masked"], e["attention_mask"], e["token_type_ids"])
+        assert rel_err(pooled.numpy(), e["pooler_output"]) < 1e-4
+        assert rel_err(pooled_m.numpy(), e["pooler_output_masked"]) < 1e-4
+
+
+def test_heads_and_ties():
+    mlm = BertForMaskedLM(micro())
+    pred = mlm.cls.predictions
+    assert pred.decoder.weight is mlm.bert.embeddings.word_embeddings.weight
+    assert pred.decoder.bias is pred.bias
+    names = dict(mlm.named_parameters())
+    assert "cls.predictions.bias" in names and "cls.predictions.decoder.weight" not in names
+    assert mlm.bert.pooler is None
+    cls = BertForSequenceClassification(micro(num_labels=3))
+    assert cls(np.array([[1, 2, 3]])).shape == (1, 3)
+
+
+def test_padding_does_not_change_real_tokens():
+    model = Bert(micro()).eval()
+    ids = np.array([[5, 6, 7, 8, 0, 0]])
+    mask = np.array([[1, 1, 1, 1, 0, 0]])
+    with axon.no_grad():
+        padded = model(ids, attention_mask=mask).numpy()
+        alone = model(ids[:, :4]).numpy()
+    np.testing.assert_allclose(padded[:, :4], alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["model", "mlm", "cls"])
+def test_every_parameter_trains(kind):
+    if kind == "model":
+        model = Bert(micro())
+        loss = lambda m, ids: (m.forward_with_pooler(ids)[1] ** 2).mean() + (m(ids) ** 2).mean()
+    elif kind == "mlm":
+        model = BertForMaskedLM(micro())
+        loss = lambda m, ids: m.forward_mlm(ids, labels=ids)[1]
+    else:
+        model = BertForSequenceClassification(micro(num_labels=3))
+        loss = lambda m, ids: m.forward_classification(ids, labels=np.array([0, 2]))[1]
+    check_trains(model, 40, loss_fn=loss)
+
+
+def test_gradcheck_float64_with_padding():
+    ids = np.array([[3, 4, 5, 0]])
+    mask = np.array([[1, 1, 1, 0]])
+    model = BertForSequenceClassification(micro(hidden_size=8, num_hidden_layers=1, intermediate_size=8,
+                                                num_labels=2))
+    check_gradcheck(model, lambda m: F.cross_entropy(m(ids, attention_mask=mask), np.array([1])))
+
+
+def test_bad_inputs():
+    model = Bert(micro())
+    with pytest.raises(InputError, match="16 learned positions"):
+        model(np.zeros((1, 17), dtype=np.int64))
+    with pytest.raises(InputError, match="outside the vocabulary"):
+        model(np.array([[40]]))
+    with pytest.raises(InputError, match="token_type_ids"):
+        model(np.array([[1, 2]]), token_type_ids=np.array([[0, 2]]))
+    with pytest.raises(InputError, match="attention_mask"):
+        model(np.array([[1, 2]]), attention_mask=np.array([[1, 1, 1]]))
