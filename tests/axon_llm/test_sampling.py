@@ -145,3 +145,106 @@ def test_beam_reorder_indices_point_at_parent_rows(fx):
     after = bs.running_ids()
     np.testing.assert_array_equal(after[:, :-1], before[reorder])      # each new row extends its parent
     assert set(reorder[:3]) <= {0, 1, 2} and set(reorder[3:]) <= {3, 4, 5}
+
+
+# -- the generate loop with real models -------------------------------------------------------
+def _uncached_beam(model, prompt, cfg, mask=None):
+    """Beam search recomputing every step from scratch (no cache): the reference for reordering."""
+    import axon
+
+    bs = BeamSearch(cfg, prompt, prompt.shape[1] + cfg.max_new_tokens)
+    nb = cfg.num_beams
+    m = None if mask is None else np.repeat(mask, nb, axis=0)
+    with axon.no_grad():
+        while not bs.done:
+            rows = bs.running_ids()
+            mm = None if m is None else np.concatenate([m, np.ones((len(rows), rows.shape[1] - m.shape[1]), np.int64)], 1)
+            logits = model(rows, attention_mask=mm).numpy()[:, -1].astype(np.float32)
+            bs.step(process_logits(log_softmax(logits), cfg, rows))
+    return bs.finalize()
+
+
+@pytest.fixture(scope="module")
+def gpt2(fixtures_dir):
+    from axon_llm.auto import from_pretrained
+
+    return from_pretrained(fixtures_dir / "hf" / "gpt2"), dict(np.load(fixtures_dir / "hf" / "gpt2" / "expected.npz"))
+
+
+def test_gpt2_beam_and_repetition_match_transformers(gpt2):
+    model, e = gpt2
+    beams = model.generate(e["prompt_ids"], num_beams=3, max_new_tokens=8, early_stopping=True, pad_token_id=0)
+    np.testing.assert_array_equal(beams, e["beam_ids"])
+    cfg = GenerationConfig.beam_search(3).with_max_tokens(8).with_early_stopping(True).with_pad_token(0)
+    np.testing.assert_array_equal(model.generate(e["prompt_ids"], generation_config=cfg), e["beam_ids"])
+    new = e["repetition_ids"].shape[1] - e["prompt_ids"].shape[1]
+    rep = model.generate(e["prompt_ids"], max_new_tokens=new, repetition_penalty=1.3)
+    np.testing.assert_array_equal(rep, e["repetition_ids"])
+
+
+def test_streamer_eos_list_and_seeded_sampling(gpt2):
+    model, e = gpt2
+    got = []
+    cfg = GenerationConfig.top_k_sampling(20, 1.2).with_max_tokens(10).with_seed(7)
+    out = model.generate(e["prompt_ids"], generation_config=cfg, streamer=lambda ids: got.append(int(ids[0])))
+    assert out.shape == (1, e["prompt_ids"].shape[1] + 10)
+    assert got == out[0, e["prompt_ids"].shape[1]:].tolist()
+    np.testing.assert_array_equal(model.generate(e["prompt_ids"], generation_config=cfg), out)
+    # stop at the first of several EOS ids: make the 3rd and 5th greedy tokens "EOS"
+    greedy = e["greedy_ids"][0, e["prompt_ids"].shape[1]:]
+    stops = [int(greedy[4]), int(greedy[2])]
+    cut = model.generate(e["prompt_ids"], max_new_tokens=16, eos_token_id=stops)
+    first = min(i for i, t in enumerate(greedy) if t in stops)            # <= 2
+    np.testing.assert_array_equal(cut[0, e["prompt_ids"].shape[1]:], greedy[: first + 1])
+
+
+def test_stop_strings_need_and_use_a_tokenizer(gpt2):
+    model, e = gpt2
+
+    class CharTok:  # id -> one character
+        def decode(self, ids):
+            return "".join(chr(65 + i % 26) for i in ids)
+
+    greedy = e["greedy_ids"][0, e["prompt_ids"].shape[1]:]
+    stop = CharTok().decode(greedy[3:5])
+    with pytest.raises(GenerationError, match="tokenizer"):
+        model.generate(e["prompt_ids"], max_new_tokens=8, stop_strings=[stop])
+    out = model.generate(e["prompt_ids"], max_new_tokens=16, stop_strings=stop, tokenizer=CharTok())
+    text = CharTok().decode(out[0, e["prompt_ids"].shape[1]:])
+    assert text.endswith(stop) and text.count(stop) == 1
+
+
+def test_external_cache_continues_a_prefix(gpt2):
+    model, e = gpt2
+    p = e["prompt_ids"]
+    cache = model.new_cache(1, 40)
+    first = model.generate(p, max_new_tokens=4, cache=cache)              # cache now holds p + 3 new tokens
+    assert len(cache) == p.shape[1] + 3
+    more = np.concatenate([first, [[5, 6]]], axis=1)
+    cont = model.generate(more, max_new_tokens=5, cache=cache)
+    np.testing.assert_array_equal(cont, model.generate(more, max_new_tokens=5))
+
+
+@pytest.mark.parametrize("arch", ["llama", "ssm"])
+def test_cached_beam_search_equals_recomputation(arch):
+    import axon
+
+    axon.manual_seed(0)
+    if arch == "llama":
+        from axon_llm.models.llama import LLaMAConfig, LLaMAForCausalLM
+
+        model = LLaMAForCausalLM(LLaMAConfig(vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+        prompt = np.array([[0, 0, 5, 9, 11], [3, 4, 5, 6, 7]])
+        mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    else:
+        from axon_llm.models.ssm import SSMConfig, SSMForCausalLM
+
+        model = SSMForCausalLM(SSMConfig.from_d_model(16, 48, num_layers=2))
+        prompt, mask = np.array([[3, 4, 5, 6, 7], [1, 9, 9, 2, 8]]), None
+    model.eval()
+    for p in model.parameters():                           # sharper distributions: beams diverge
+        p.data *= 3.0
+    cfg = GenerationConfig.beam_search(3).with_max_tokens(6).with_eos_token(7)
+    np.testing.assert_array_equal(model.generate(prompt, attention_mask=mask, generation_config=cfg),
+                                  _uncached_beam(model, prompt, cfg, mask))
