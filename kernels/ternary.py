@@ -1,0 +1,198 @@
+"""BitNet b1.58 ternary weights: absmean quantisation, 2-bit packing, int8 x ternary matmul.
+
+Formulas (../docs/kernels.md, BitNet b1.58; `round` is half-to-even like np.round / torch.round),
+all in float32:
+
+    weights      s = 1 / max(mean|W|, 1e-5)                 one scale per tensor
+                 t = clip(round(W s), -1, 1)                 ternary codes, W ~ t / s
+    activations  a = 127 / max(max|x|, 1e-5)                 one scale per token (last axis)
+                 q = clip(round(x a), -128, 127)             int8, x ~ q / a
+    output       y = (q @ t^T) / (a s)                       integer accumulation, one rescale
+
+which equals act_quant(x) @ weight_quant(W)^T with act_quant(x) = q / a, weight_quant(W) = t / s.
+
+Packing (`ternary_pack`): W [out, in] -> uint8 [out, G] with G = ceil(in / 4). Byte j of row o
+holds the codes t + 1 in {0, 1, 2} of the four columns j, j + G, j + 2G, j + 3G in bits 0-1,
+2-3, 4-5, 6-7 (columns >= in are padding with code 1, i.e. weight 0). Splitting each row into
+four contiguous quarters, rather than four neighbouring columns a byte, lets the kernel's inner
+loop read four contiguous slices of the activations and vectorise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ._jit import jit_disabled
+
+__all__ = [
+    "ternary_quantize",
+    "ternary_quantize_ref",
+    "ternary_pack",
+    "ternary_unpack",
+    "quantize_activations",
+    "ternary_matmul",
+    "ternary_matmul_ref",
+    "ternary_matmul_nb",
+]
+
+_ROWS = 64  # output rows per Numba task (their packed bytes stay in L2 across tokens)
+
+
+def ternary_pack(ternary) -> np.ndarray:
+    """Ternary integers [out, in] (values -1, 0, 1) -> uint8 [out, ceil(in/4)] (layout: module doc)."""
+    t = np.asarray(ternary)
+    if t.ndim != 2:
+        raise ValueError(f"ternary weights must be 2-D [out, in], got shape {t.shape}")
+    if t.dtype.kind not in "iuf" or t.size and not np.isin(t, (-1, 0, 1)).all():
+        raise ValueError("ternary weights must contain only -1, 0 and 1")
+    out, n_in = t.shape
+    groups = (n_in + 3) // 4
+    codes = np.ones((out, 4 * groups), dtype=np.uint8)  # padding columns: code 1 = weight 0
+    codes[:, :n_in] = (t + 1).astype(np.uint8)
+    quarters = codes.reshape(out, 4, groups)  # [out, 4G] -> [out, 4, G]: quarter k holds columns kG..kG+G-1
+    return (quarters[:, 0] | (quarters[:, 1] << 2) | (quarters[:, 2] << 4) | (quarters[:, 3] << 6)).astype(np.uint8)
+
+
+def ternary_unpack(packed, in_features: int) -> np.ndarray:
+    """uint8 [out, ceil(in/4)] -> int8 ternary [out, in] (inverse of `ternary_pack`)."""
+    packed = _check_packed(packed, in_features)
+    codes = np.concatenate([(packed >> (2 * k)) & 3 for k in range(4)], axis=1)  # [out, 4G]
+    if (codes == 3).any():
+        raise ValueError("packed ternary weights contain the invalid 2-bit code 3")
+    return codes[:, :in_features].astype(np.int8) - 1
+
+
+def _check_packed(packed, in_features):
+    packed = np.asarray(packed)
+    if packed.dtype != np.uint8 or packed.ndim != 2:
+        raise TypeError(f"packed ternary weights must be a 2-D uint8 array [out, ceil(in/4)], got {packed.dtype} {packed.shape}")
+    if isinstance(in_features, bool) or not isinstance(in_features, (int, np.integer)) or in_features < 0:
+        raise ValueError(f"in_features must be a non-negative int, got {in_features!r}")
+    if packed.shape[1] != (in_features + 3) // 4:
+        raise ValueError(f"packed weights have {packed.shape[1]} bytes a row, in_features={in_features} needs {(in_features + 3) // 4}")
+    return packed
+
+
+def ternary_quantize_ref(W):
+    """absmean ternary quantisation: W [out, in] float -> (uint8 [out, ceil(in/4)], float scale s).
+
+    `s = 1 / max(mean|W|, 1e-5)` in float32 and the codes are `clip(round(W s), -1, 1)`, so the
+    dequantised weight is `ternary_unpack(packed, in) / s`.
+    """
+    w = np.asarray(W)
+    if w.dtype not in (np.float32, np.float64, np.float16):
+        raise TypeError(f"W must be a float array, got dtype {w.dtype}")
+    if w.ndim != 2:
+        raise ValueError(f"W must be 2-D [out, in], got shape {w.shape}")
+    w = w.astype(np.float32, copy=False)
+    if not np.isfinite(w).all():
+        raise ValueError("W contains NaN or Inf: it cannot be quantised to ternary codes")
+    s = np.float32(1.0) / np.maximum(np.abs(w).mean(dtype=np.float32) if w.size else np.float32(0), np.float32(1e-5))
+    t = np.clip(np.round(w * s), -1, 1)
+    return ternary_pack(t.astype(np.int8)), float(s)
+
+
+def ternary_quantize(W):
+    """Same as `ternary_quantize_ref` (one vectorised NumPy pass; there is nothing for Numba to win)."""
+    return ternary_quantize_ref(W)
+
+
+def quantize_activations(x):
+    """Per-token absmax int8 quantisation: x [..., in] -> (q int8 [..., in], a float32 [..., 1]).
+
+    `a = 127 / max(max|x|, 1e-5)`, `q = clip(round(x a), -128, 127)`, in float32. A token with
+    a NaN or Inf gets a = NaN (and q = 0), so its outputs come out NaN.
+    """
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64, np.float16):
+        raise TypeError(f"x must be a float array, got dtype {x.dtype}")
+    if x.ndim < 1:
+        raise ValueError("x must have at least one dimension [..., in]")
+    x = x.astype(np.float32, copy=False)
+    absmax = np.abs(x).max(axis=-1, keepdims=True) if x.shape[-1] else np.zeros(x.shape[:-1] + (1,), np.float32)
+    bad = ~np.isfinite(absmax)  # [..., 1]
+    a = np.float32(127.0) / np.maximum(np.where(bad, np.float32(1.0), absmax), np.float32(1e-5))
+    q = np.clip(np.round(x * a), -128, 127)
+    q = np.where(bad, np.float32(0.0), q).astype(np.int8)
+    return q, np.where(bad, np.float32(np.nan), a).astype(np.float32)
+
+
+def _check_matmul_args(x, packed, scale, in_features):
+    packed = _check_packed(packed, in_features)
+    x = np.asarray(x)
+    if x.dtype not in (np.float32, np.float64, np.float16):
+        raise TypeError(f"x must be a float array, got dtype {x.dtype}")
+    if x.ndim < 1 or x.shape[-1] != in_features:
+        raise ValueError(f"x must be [..., in_features={in_features}], got shape {x.shape}")
+    try:
+        s = np.float32(scale)
+    except (TypeError, ValueError):
+        raise TypeError(f"scale must be a float, got {type(scale).__name__}") from None
+    if np.ndim(scale) != 0 or not np.isfinite(s) or s <= 0:
+        raise ValueError(f"scale must be a positive finite float, got {scale!r}")
+    return x, packed, s
+
+
+def ternary_matmul_ref(x, packed, scale, in_features):
+    """Reference: `(q @ t^T) / (a s)` with q, a from `quantize_activations` and t the unpacked codes.
+
+    x [..., in] float -> float32 [..., out]; equals act_quant(x) @ weight_quant(W)^T.
+    """
+    x, packed, s = _check_matmul_args(x, packed, scale, in_features)
+    q, a = quantize_activations(x)
+    t = ternary_unpack(packed, in_features)  # [out, in]
+    acc = np.matmul(q.astype(np.int64), t.T.astype(np.int64))  # [..., out], exact integers
+    return acc.astype(np.float32) / (a * s)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _ternary_acc_kernel(q, packed, acc):
+    # q [T, 4G] int32 (quarters of the activations, zero-padded); packed [out, G] uint8; acc [T, out]
+    # sum_k q_k (code_k - 1) = sum_k q_k code_k - sum(q): the kernel returns the first sum
+    n_tok = q.shape[0]
+    n_out, groups = packed.shape
+    tasks = (n_out + _ROWS - 1) // _ROWS
+    for task in prange(tasks):
+        o0 = task * _ROWS
+        o1 = min(n_out, o0 + _ROWS)
+        for tok in range(n_tok):
+            q0 = q[tok, 0:groups]
+            q1 = q[tok, groups:2 * groups]
+            q2 = q[tok, 2 * groups:3 * groups]
+            q3 = q[tok, 3 * groups:4 * groups]
+            for o in range(o0, o1):
+                row = packed[o]
+                total = np.int32(0)
+                for j in range(groups):
+                    p = np.int32(row[j])
+                    total += (q0[j] * (p & 3) + q1[j] * ((p >> 2) & 3)
+                              + q2[j] * ((p >> 4) & 3) + q3[j] * ((p >> 6) & 3))
+                acc[tok, o] = total
+
+
+def ternary_matmul_nb(x, packed, scale, in_features):
+    """Numba int8 x ternary matmul (always runs the `@njit` kernel); same contract as the reference."""
+    x, packed, s = _check_matmul_args(x, packed, scale, in_features)
+    q, a = quantize_activations(x)
+    lead = x.shape[:-1]
+    n_out, groups = packed.shape
+    q2 = q.reshape(-1, in_features)  # [..., in] -> [T, in]
+    padded = np.zeros((q2.shape[0], 4 * groups), np.int32)  # [T, 4G]
+    padded[:, :in_features] = q2
+    acc = np.empty((q2.shape[0], n_out), np.int32)  # [T, out]
+    if acc.size:
+        _ternary_acc_kernel(padded, np.ascontiguousarray(packed), acc)
+    acc -= padded.sum(axis=1, dtype=np.int32)[:, None]  # codes are t + 1
+    return acc.reshape(*lead, n_out).astype(np.float32) / (a * s)  # [T, out] -> [..., out]
+
+
+def ternary_matmul(x, packed, scale, in_features):
+    """`act_quant(x) @ weight_quant(W).T` from packed ternary weights, integer accumulation.
+
+    x [..., in] float; packed uint8 [out, ceil(in/4)] and scale s from `ternary_quantize`;
+    returns float32 [..., out]. Runs the Numba kernel, or the reference when the JIT is off.
+    """
+    if jit_disabled():
+        return ternary_matmul_ref(x, packed, scale, in_features)
+    return ternary_matmul_nb(x, packed, scale, in_features)
