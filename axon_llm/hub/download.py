@@ -23,6 +23,7 @@ download of that file removes while holding the lock.
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import importlib.util
 import os
 import random
@@ -211,129 +212,157 @@ class _Fetched:
     commit: str | None
 
 
+class _PartialFile:
+    """The temp file being written, the running sha256 of its bytes and the progress bar."""
+
+    def __init__(self, out, bar) -> None:
+        self.out, self.bar = out, bar
+        self.restart()
+
+    def restart(self) -> None:
+        """Forget everything written so far (the server ignored our Range, or it no longer fits)."""
+        self.out.seek(0)
+        self.out.truncate()
+        self.hasher = hashlib.sha256()
+        self.written = 0
+        self.bar.reset(total=self.bar.total)
+
+    def write(self, chunk: bytes) -> None:
+        self.out.write(chunk)
+        self.hasher.update(chunk)
+        self.written += len(chunk)
+        self.bar.update(len(chunk))
+
+
+@dataclass
+class _Expected:
+    """What the file must be: pinned by the caller, completed by what the server announces."""
+
+    what: str
+    sha256: str | None
+    size: int | None
+    server_sha256: str | None = None
+    commit: str | None = None
+
+    def learn(self, resp: requests.Response, announced_size: int | None, bar) -> None:
+        """Take the commit, LFS sha256 and size from a response; a contradiction with a pin fails now."""
+        self.commit = self.commit or _header(resp, "X-Repo-Commit")
+        self.server_sha256 = self.server_sha256 or _etag_sha256(resp)
+        if self.sha256 and self.server_sha256 and self.server_sha256 != self.sha256:
+            raise ChecksumError(f"{self.what}: the server's file has sha256 {self.server_sha256}, expected "
+                                f"{self.sha256} (the repository changed, or the pinned checksum is wrong)")
+        linked = _header(resp, "X-Linked-Size")
+        if announced_size is None and linked and linked.isdigit():
+            announced_size = int(linked)
+        if announced_size is None:
+            return
+        if self.size is not None and announced_size != self.size:
+            raise ChecksumError(f"{self.what}: the server's file has {announced_size} bytes, expected {self.size}")
+        if self.size is None:
+            self.size = announced_size
+            bar.total = announced_size
+            bar.refresh()
+
+
+def _check_status(status: int, what: str, url: str) -> None:
+    """Raise the error a final (non-retryable) status means; return for 200/206/retryable ones."""
+    if status == 404:
+        raise ModelNotFoundError(f"{what} was not found on the hub ({url} answered 404): "
+                                 "check the repository id, the filename and the revision")
+    if status in (401, 403):
+        raise GatedModelError(
+            f"{what} is gated or private ({url} answered {status}): accept its license on the "
+            "model page and set HF_TOKEN to an access token (it is sent as a bearer token)")
+    if status not in (200, 206, 416) and status not in _RETRY_STATUS:
+        raise DownloadError(f"could not download {what}: {url} answered HTTP {status}")
+
+
+def _attempt(session: requests.Session, url: str, headers: dict, part: _PartialFile, expected: _Expected,
+             settings: DownloadSettings) -> tuple[str, requests.Response | None] | None:
+    """One GET appended to ``part``. None when the file is complete, else (why, response) to retry."""
+    if part.written:
+        headers = {**headers, "Range": f"bytes={part.written}-"}
+    with session.get(url, headers=headers, stream=True,
+                     timeout=(settings.connect_timeout, settings.read_timeout)) as resp:
+        status = resp.status_code
+        _check_status(status, expected.what, url)
+        if status in _RETRY_STATUS:
+            return f"HTTP {status}", resp
+        if status == 416:
+            if not part.written:
+                raise DownloadError(f"could not download {expected.what}: {url} answered HTTP 416")
+            part.restart()                  # our Range no longer fits the file: start over
+            return "HTTP 416 (range not satisfiable)", None
+        if status == 200:
+            if part.written:                # the server ignored our Range: the body is the whole file
+                part.restart()
+            length = resp.headers.get("Content-Length", "")
+            announced = int(length) if length.isdigit() else None
+        else:
+            span = _content_range(resp)
+            if span is None or span[0] != part.written:
+                part.restart()
+                return f"bad Content-Range {resp.headers.get('Content-Range')!r}", None
+            announced = span[1]
+        expected.learn(resp, announced, part.bar)
+        for chunk in resp.iter_content(chunk_size=settings.chunk_size):
+            part.write(chunk)
+            if expected.size is not None and part.written > expected.size:
+                raise ChecksumError(f"{expected.what}: the server sent more than the expected "
+                                    f"{expected.size} bytes")
+    if expected.size is not None and part.written < expected.size:
+        raise requests.ConnectionError(f"connection closed after {part.written} of {expected.size} bytes")
+    return None
+
+
 def _fetch(url: str, dest: Path, *, what: str, sha256: str | None, size: int | None,
            settings: DownloadSettings) -> _Fetched:
-    """Stream ``url`` into ``dest`` with resume/retry, then verify size and sha256."""
-    import hashlib
-
+    """Stream ``url`` into ``dest`` with resume and retries, then verify size and sha256."""
     from tqdm import tqdm
 
     headers = {"Accept-Encoding": "identity", "User-Agent": "axon-llm"}
     token = _hub_token()
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    timeout = (settings.connect_timeout, settings.read_timeout)
-    hasher = hashlib.sha256()
-    written, total, commit, server_sha = 0, size, None, None
+    expected = _Expected(what, sha256, size)
     failures, last_error = 0, None
     disable = None if settings.progress is None else not settings.progress
     with requests.Session() as session, open(dest, "wb") as out, \
-            tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=what.split("/")[-1],
+            tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=what.split(" ")[0].split("/")[-1],
                  file=sys.stderr, disable=disable, leave=False) as bar:
-
-        def restart() -> None:
-            nonlocal hasher, written
-            out.seek(0)
-            out.truncate()
-            hasher = hashlib.sha256()
-            written = 0
-            bar.reset(total=total)
-
+        part = _PartialFile(out, bar)
         while True:
             if failures > settings.max_retries:
                 raise DownloadError(f"could not download {what} from {url} after {settings.max_retries} retries: "
                                     f"{last_error}")
-            start = written
-            request_headers = dict(headers)
-            if written:
-                request_headers["Range"] = f"bytes={written}-"
+            before = part.written
             try:
-                with session.get(url, headers=request_headers, stream=True, timeout=timeout) as resp:
-                    status = resp.status_code
-                    if status == 404:
-                        raise ModelNotFoundError(f"{what} was not found on the hub ({url} answered 404): "
-                                                 "check the repository id, the filename and the revision")
-                    if status in (401, 403):
-                        raise GatedModelError(
-                            f"{what} is gated or private ({url} answered {status}): accept its license on the "
-                            "model page and set HF_TOKEN to an access token (it is sent as a bearer token)")
-                    if status in _RETRY_STATUS:
-                        failures += 1
-                        last_error = f"HTTP {status}"
-                        if failures <= settings.max_retries:
-                            time.sleep(_retry_delay(resp, failures, settings))
-                        continue
-                    if status == 416 and written:   # our Range no longer fits the file: start over
-                        failures += 1
-                        last_error = "HTTP 416 (range not satisfiable)"
-                        restart()
-                        continue
-                    if status not in (200, 206):
-                        raise DownloadError(f"could not download {what}: {url} answered HTTP {status}")
-
-                    commit = commit or _header(resp, "X-Repo-Commit")
-                    server_sha = server_sha or _etag_sha256(resp)
-                    if sha256 and server_sha and server_sha != sha256:
-                        raise ChecksumError(f"{what}: the server's file has sha256 {server_sha}, expected {sha256} "
-                                            "(the repository changed, or the pinned checksum is wrong)")
-                    if status == 200:
-                        if written:          # the server ignored our Range: the body is the whole file
-                            restart()
-                        length = resp.headers.get("Content-Length")
-                        announced = int(length) if length and length.isdigit() else None
-                    else:
-                        span = _content_range(resp)
-                        if span is None or span[0] != written:
-                            failures += 1
-                            last_error = f"bad Content-Range {resp.headers.get('Content-Range')!r}"
-                            restart()
-                            continue
-                        announced = span[1]
-                    linked = _header(resp, "X-Linked-Size")
-                    if announced is None and linked and linked.isdigit():
-                        announced = int(linked)
-                    if announced is not None:
-                        if total is not None and announced != total:
-                            raise ChecksumError(f"{what}: the server's file has {announced} bytes, expected {total}")
-                        if total is None:
-                            total = announced
-                            bar.reset(total=total)
-                            bar.update(written)
-
-                    for chunk in resp.iter_content(chunk_size=settings.chunk_size):
-                        if not chunk:
-                            continue
-                        out.write(chunk)
-                        hasher.update(chunk)
-                        written += len(chunk)
-                        bar.update(len(chunk))
-                        if total is not None and written > total:
-                            raise ChecksumError(f"{what}: the server sent more than the expected {total} bytes")
-                if total is not None and written < total:
-                    raise requests.ConnectionError(f"connection closed after {written} of {total} bytes")
-                break
+                retry = _attempt(session, url, headers, part, expected, settings)
             except _FATAL as exc:        # a malformed endpoint URL: retrying cannot help
                 raise DownloadError(f"could not download {what}: bad URL {url!r} ({exc}); "
                                     "check AXON_HUB_ENDPOINT") from exc
             except _TRANSIENT as exc:    # cut connection, read timeout, refused connection
-                last_error = f"{type(exc).__name__}: {exc}"
-                if written > start:      # it made progress: resume from here at once
-                    failures = 0
+                retry = (f"{type(exc).__name__}: {exc}", None)
+                if part.written > before:    # it made progress: resume from there at once
+                    failures, last_error = 0, retry[0]
                     continue
-                failures += 1
-                if failures <= settings.max_retries:
-                    time.sleep(_retry_delay(None, failures, settings))
+            if retry is None:
+                break
+            last_error, resp = retry
+            failures += 1
+            if failures <= settings.max_retries:
+                time.sleep(_retry_delay(resp, failures, settings))
         out.flush()
         os.fsync(out.fileno())
 
-    digest = hasher.hexdigest()
-    if total is not None and written != total:
-        raise ChecksumError(f"{what}: received {written} bytes, expected {total}")
-    expected = sha256 or server_sha
-    if expected and digest != expected:
-        raise ChecksumError(f"{what}: downloaded bytes have sha256 {digest}, expected {expected}; "
+    digest = part.hasher.hexdigest()
+    if expected.size is not None and part.written != expected.size:
+        raise ChecksumError(f"{what}: received {part.written} bytes, expected {expected.size}")
+    want = expected.sha256 or expected.server_sha256
+    if want and digest != want:
+        raise ChecksumError(f"{what}: downloaded bytes have sha256 {digest}, expected {want}; "
                             "the file was discarded")
-    return _Fetched(digest, written, commit)
+    return _Fetched(digest, part.written, expected.commit)
 
 
 # -- the public functions ---------------------------------------------------------------------
@@ -356,10 +385,18 @@ def download_file(repo_id: str, filename: str, *, revision: str = "main", sha256
     validate_filename(filename)
     validate_revision(revision)
     sha256 = validate_sha256(sha256)
-    settings = settings or DownloadSettings()
     repo = RepoCache(cache_root(), repo_id)
     what = f"{repo_id}/{filename} (revision {revision})"
+    try:
+        return _download_file(repo, filename, revision, sha256, size, force, settings or DownloadSettings(), what)
+    except HubError:
+        raise
+    except OSError as exc:   # disk full, permissions, read-only cache: say where, never a bare traceback
+        raise DownloadError(f"could not store {what} in the cache {repo.root}: {exc}") from exc
 
+
+def _download_file(repo: RepoCache, filename: str, revision: str, sha256: str | None, size: int | None,
+                   force: bool, settings: DownloadSettings, what: str) -> Path:
     if not force:
         hit = _from_cache(repo, revision, filename, sha256, size)
         if hit is not None:
@@ -377,25 +414,21 @@ def download_file(repo_id: str, filename: str, *, revision: str = "main", sha256
         repo.remove_stale_temps(revision, filename)
         tmp = repo.temp_path(revision, filename)
         try:
-            fetched = _fetch(file_url(repo_id, filename, revision), tmp, what=what, sha256=sha256, size=size,
+            fetched = _fetch(file_url(repo.repo_id, filename, revision), tmp, what=what, sha256=sha256, size=size,
                              settings=settings)
             blob = repo.store_blob(tmp, fetched.sha256)
-            if is_commit(revision):
-                folder = revision
-            elif fetched.commit and is_commit(fetched.commit.lower()):
-                folder = fetched.commit.lower()
-            else:   # a server that does not say which commit it served: name the folder after the revision
-                folder = repo.snapshot_folder(revision) or revision.replace("/", "--")
-            target = repo.snapshot_path(folder, filename)
-            place_file(target, blob)
-            repo.set_ref(revision, folder)
-            return target
-        except HubError:
-            raise
-        except OSError as exc:   # disk full, permissions: say which file, keep no partial copy
-            raise DownloadError(f"could not write {what} into the cache {repo.root}: {exc}") from exc
         finally:
-            tmp.unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)   # a failure keeps no partial file (a success already moved it)
+        if is_commit(revision):
+            folder = revision
+        elif fetched.commit and is_commit(fetched.commit.lower()):
+            folder = fetched.commit.lower()
+        else:   # a server that does not say which commit it served: name the folder after the revision
+            folder = repo.snapshot_folder(revision) or revision.replace("/", "--")
+        target = repo.snapshot_path(folder, filename)
+        place_file(target, blob)
+        repo.set_ref(revision, folder)
+        return target
 
 
 def resolve_local(name: str | PretrainedLLM) -> Path | None:

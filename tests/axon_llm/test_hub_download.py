@@ -380,3 +380,12 @@ def test_killed_download_leaves_nothing_trusted_and_rerun_succeeds(hub, tmp_path
     path = download_file(REPO, "model.safetensors", settings=FAST)
     assert path.read_bytes() == big
     assert not list(blobs.glob("*.incomplete")), "the stale temp file of the killed process is cleaned up"
+
+
+def test_unwritable_cache_is_a_clear_error(hub, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("AXON_HUB_CACHE", str(blocker / "cache"))
+    hub.add(REPO, "config.json", Route(b"{}"))
+    with pytest.raises(DownloadError, match="could not store org/model/config.json"):
+        download_file(REPO, "config.json", settings=FAST)
