@@ -138,8 +138,12 @@ class Context:
 
 def _reraise(fn_name: str, args, err: Exception):
     """Turn a NumPy error inside an op into one short error naming the op and its input shapes."""
-    shapes = [tuple(a.shape) for a in args if hasattr(a, "shape")]
-    msg = f"{fn_name}: {err} (input shapes {shapes})" if shapes else f"{fn_name}: {err}"
+    text = str(err)
+    if text.replace("_", "").lower().startswith(fn_name.lower()):
+        msg = text  # an axon message that already names the op
+    else:
+        shapes = [tuple(a.shape) for a in args if hasattr(a, "shape")]
+        msg = f"{fn_name}: {text} (input shapes {shapes})" if shapes else f"{fn_name}: {text}"
     if isinstance(err, IndexError):
         return IndexError(msg)
     if isinstance(err, TypeError):

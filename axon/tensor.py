@@ -321,38 +321,51 @@ class Tensor:
             return np.asarray(other, dtype=self.dtype if self.dtype.kind == "f" else np.float32)
         return Tensor(other)
 
+    def _pair(self, other):
+        """(self, other) ready for a binary op: an int tensor meeting a float scalar becomes float32."""
+        o = self._operand(other)
+        if self.dtype.kind in "iub" and not isinstance(o, Tensor) and o.dtype.kind == "f":
+            return self.float(), o
+        return self, o
+
     def _check_float(self, op: str) -> None:
         if self.dtype.kind != "f":
             raise TypeError(f"{op}() needs a floating tensor, got dtype {self.dtype}")
 
     # ------------------------------------------------------------------ arithmetic
     def __add__(self, other):
-        return _ops.Add.apply(self, self._operand(other))
+        a, b = self._pair(other)
+        return _ops.Add.apply(a, b)
 
     def __radd__(self, other):
-        return _ops.Add.apply(self._operand(other), self)
+        a, b = self._pair(other)
+        return _ops.Add.apply(b, a)
 
     def __sub__(self, other):
-        return _ops.Sub.apply(self, self._operand(other))
+        a, b = self._pair(other)
+        return _ops.Sub.apply(a, b)
 
     def __rsub__(self, other):
-        return _ops.Sub.apply(self._operand(other), self)
+        a, b = self._pair(other)
+        return _ops.Sub.apply(b, a)
 
     def __mul__(self, other):
-        return _ops.Mul.apply(self, self._operand(other))
+        a, b = self._pair(other)
+        return _ops.Mul.apply(a, b)
 
     def __rmul__(self, other):
-        return _ops.Mul.apply(self._operand(other), self)
+        a, b = self._pair(other)
+        return _ops.Mul.apply(b, a)
 
     def __truediv__(self, other):
-        a, b = self, self._operand(other)
+        a, b = self._pair(other)
         if a.dtype.kind != "f" and _dtype_of(b).kind != "f":
             a = a.float()
             b = b.float() if isinstance(b, Tensor) else b.astype(np.float32)
         return _ops.Div.apply(a, b)
 
     def __rtruediv__(self, other):
-        a, b = self._operand(other), self
+        b, a = self._pair(other)
         if b.dtype.kind != "f" and _dtype_of(a).kind != "f":
             b = b.float()
             a = a.float() if isinstance(a, Tensor) else a.astype(np.float32)
