@@ -166,6 +166,7 @@ class SSMModel(nn.Module):
     def __init__(self, config: SSMConfig):
         super().__init__()
         self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        nn.init.normal_(self.embeddings.weight, std=config.initializer_range)   # HF's init (tied head)
         self.layers = nn.ModuleList([SSMBlock(config, i) for i in range(config.num_hidden_layers)])
         self.norm_f = nn.RMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
 
