@@ -13,7 +13,7 @@ import json
 import shutil
 import sys
 
-from axon_llm.errors import LLMError, ModelNotFoundError
+from axon_llm.errors import HubError, LLMError, ModelNotFoundError
 from axon_llm.hub.cache import RepoCache, cache_root, scan_cache
 from axon_llm.hub.download import resolve_local, resolve_model_path
 from axon_llm.hub.names import validate_repo_id
@@ -99,7 +99,10 @@ def cmd_cache_rm(args: argparse.Namespace) -> int:
         folder = RepoCache(root, _repo_of(name)).folder
         if not folder.is_dir():
             raise ModelNotFoundError(f"{name!r} is not in the cache {root}")
-        shutil.rmtree(folder)
+        try:
+            shutil.rmtree(folder)
+        except OSError as exc:
+            raise HubError(f"could not remove {folder}: {exc}") from exc
         print(f"removed {folder}")
     return 0
 

