@@ -297,13 +297,17 @@ class BertConfig(ModelConfig):
             raise ConfigError(f"hidden_size ({self.hidden_size}) must be divisible by "
                               f"num_attention_heads ({self.num_attention_heads})")
         _activation(self, "hidden_act")
+        if self.id2label is None:
+            self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        elif len(self.id2label) != self.num_labels:
+            raise ConfigError(f"num_labels ({self.num_labels}) differs from the {len(self.id2label)} entries of id2label")
         if self.position_embedding_type != "absolute":
             raise UnsupportedError(f"position_embedding_type {self.position_embedding_type!r} is not supported; "
                                    "supported: absolute")
 
     def to_dict(self) -> dict[str, Any]:
         out = super().to_dict()
-        labels = self.id2label or {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        labels = self.id2label
         out["id2label"] = {str(k): v for k, v in labels.items()}
         out["label2id"] = {v: int(k) for k, v in labels.items()}
         out.pop("num_labels")
