@@ -249,9 +249,12 @@ def scan_cache(root: Path | None = None) -> list[CachedRepo]:
             for snap in snapshots.iterdir():
                 if snap.name not in refs.values():
                     refs[snap.name] = snap.name
-        size = sum(p.stat().st_size for p in done)
-        if snapshots.is_dir():   # copies / hard links made where symlinks failed
-            size += sum(p.stat().st_size for p in snapshots.rglob("*") if p.is_file() and not p.is_symlink()
-                        and os.path.realpath(p).startswith(os.path.realpath(snapshots)))
+        # bytes on disk: blobs plus snapshot copies made where symlinks failed; a hard link counts once
+        files = {}
+        for p in done + ([q for q in snapshots.rglob("*") if q.is_file() and not q.is_symlink()]
+                         if snapshots.is_dir() else []):
+            st = p.stat()
+            files[(st.st_dev, st.st_ino)] = st.st_size
+        size = sum(files.values())
         repos.append(CachedRepo(repo_id, folder, size, len(done), refs, len(blobs) - len(done)))
     return repos

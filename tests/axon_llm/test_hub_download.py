@@ -16,7 +16,7 @@ import pytest
 from axon_llm.errors import (
     ChecksumError, DownloadError, GatedModelError, LLMError, ModelNotFoundError, OfflineError,
 )
-from axon_llm.hub import DownloadSettings, HubInputError, download_file
+from axon_llm.hub import DownloadSettings, HubInputError, download_file, scan_cache
 from tests.axon_llm.hub_server import COMMIT, FAST, Route, isolated_hub
 
 REPO = "org/model"
@@ -267,6 +267,8 @@ def test_symlink_failure_falls_back_to_a_link_or_copy(hub, tmp_path, monkeypatch
     hub.add(REPO, "model.safetensors", Route(CONTENT))
     path = download_file(REPO, "model.safetensors", settings=FAST)
     assert not path.is_symlink() and path.read_bytes() == CONTENT
+    [cached] = scan_cache()
+    assert cached.repo_id == REPO and cached.size_bytes == len(CONTENT), "a hard link is counted once"
     n = len(hub.log)
     assert download_file(REPO, "model.safetensors", sha256=hashlib.sha256(CONTENT).hexdigest(),
                          settings=FAST) == path
@@ -389,3 +391,12 @@ def test_unwritable_cache_is_a_clear_error(hub, tmp_path, monkeypatch):
     hub.add(REPO, "config.json", Route(b"{}"))
     with pytest.raises(DownloadError, match="could not store org/model/config.json"):
         download_file(REPO, "config.json", settings=FAST)
+
+
+def test_progress_bar_goes_to_stderr(hub, capsys):
+    hub.add(REPO, "model.safetensors", Route(CONTENT))
+    settings = DownloadSettings(read_timeout=2, chunk_size=16 * 1024, progress=True)
+    download_file(REPO, "model.safetensors", settings=settings)
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "model.safetensors" in captured.err and "512k" in captured.err.lower()
