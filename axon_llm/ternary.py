@@ -32,9 +32,9 @@ import numpy as np
 
 import axon
 import axon.nn.functional as F
-import kernels
 from axon import nn
 from axon.autograd import Function
+from kernels.ternary import ternary_matmul, ternary_pack, ternary_quantize
 
 __all__ = ["TernaryLinear", "weight_quant", "act_quant", "WeightQuantSTE", "ActQuantSTE",
            "unpack_hf_ternary", "pack_hf_ternary"]
@@ -132,7 +132,7 @@ class TernaryLinear(nn.Module):
 
     def pack(self) -> "TernaryLinear":
         """Quantise the float weight to 2-bit codes (4 per byte) for the integer inference kernel."""
-        self.packed, self.scale = kernels.ternary_quantize(np.asarray(self.weight.data, dtype=np.float32))
+        self.packed, self.scale = ternary_quantize(np.asarray(self.weight.data, dtype=np.float32))
         return self
 
     def set_ternary(self, ternary: np.ndarray, scale: float) -> "TernaryLinear":
@@ -144,7 +144,7 @@ class TernaryLinear(nn.Module):
         scale = float(scale)
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"ternary weight scale must be a positive finite number, got {scale}")
-        self.packed, self.scale = kernels.ternary_pack(t.astype(np.int8)), scale
+        self.packed, self.scale = ternary_pack(t.astype(np.int8)), scale
         # the float latent weight is the dequantised one, so training can resume from it
         self.weight.data = t / np.float32(scale)
         return self
@@ -163,7 +163,7 @@ class TernaryLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"TernaryLinear expects {self.in_features} input features, got shape {tuple(x.shape)}")
         if self.packed is not None:
-            y = kernels.ternary_matmul(np.asarray(x.data, dtype=np.float32), self.packed, self.scale,
+            y = ternary_matmul(np.asarray(x.data, dtype=np.float32), self.packed, self.scale,
                                        self.in_features)              # [..., in] -> [..., out]
             out = axon.tensor(y.astype(x.dtype, copy=False))
             return out if self.bias is None else out + self.bias

@@ -1,0 +1,204 @@
+"""Trident (BitNet b1.58): transformers parity, ternary training/inference paths, configs.
+
+Fixtures (made by make_fixtures.py from transformers' BitNetForCausalLM in float32):
+`bitnet` stores dense float weights with ``quantization_mode: online`` (every linear is an
+AutoBitLinear quantising weights and activations on the fly); `bitnet_packed` stores the same
+model in HF's pre-quantised BitLinear format (uint8 weights packed along out_features +
+weight_scale).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import axon
+from axon_llm import CheckpointError, ConfigError, UnsupportedError
+from axon_llm.auto import from_pretrained
+from axon_llm.models.trident import TridentConfig, TridentModel
+from axon_llm.ternary import TernaryLinear, act_quant, pack_hf_ternary, unpack_hf_ternary, weight_quant
+
+from tests.axon_llm.family_checks import (
+    check_cache_matches_full, check_causal, check_every_parameter_gets_gradient, check_learns, logits_np,
+    next_token_loss,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    axon.manual_seed(0)
+    return TridentModel(TridentConfig.tiny())
+
+
+def _load(fixtures_dir, name):
+    path = fixtures_dir / "hf" / name
+    return from_pretrained(path), np.load(path / "expected.npz")
+
+
+# ------------------------------------------------------------------ transformers parity
+@pytest.mark.parametrize("name", ["bitnet", "bitnet_packed"])
+def test_logits_match_transformers(fixtures_dir, name):
+    """How close, and why not closer.
+
+    The quantisers are the same float32 operations as transformers' (``round`` half-to-even of
+    ``x * a`` and ``W * s``), so the integer codes agree whenever the float inputs to a quantiser
+    agree. They differ only by float rounding of the matmuls before it (~1e-7 relative); that can
+    move ``x * a`` across a .5 rounding boundary, changing one int8 code by 1 at that token and
+    so its logits by ~|W| max|x| / 127 -- a local jump, not a drift. So the test asks that at least
+    95% of token positions agree to the float tolerance 1e-4 * max|logit| (on this fixture all of
+    them do: measured max difference 2.4e-6), and that greedy decoding is identical
+    (test_greedy_generation_matches_transformers).
+    """
+    model, exp = _load(fixtures_dir, name)
+    assert isinstance(model, TridentModel)
+    assert all(m.is_packed for _, m in model.ternary_layers()) == (name == "bitnet_packed")
+    out = logits_np(model, exp["input_ids"])
+    ref = exp["logits"]
+    tol = 1e-4 * max(1.0, float(np.abs(ref).max()))
+    per_position = np.abs(out - ref).max(axis=-1)                       # [B, T]
+    assert (per_position <= tol).mean() >= 0.95, per_position
+    # and it is not the unquantised model (the quantisation really happens)
+    assert np.abs(out - exp["logits_unquantized"]).max() > 100 * tol
+
+
+@pytest.mark.parametrize("name", ["bitnet", "bitnet_packed"])
+def test_greedy_generation_matches_transformers(fixtures_dir, name):
+    model, exp = _load(fixtures_dir, name)
+    prompt, want = exp["prompt_ids"], exp["greedy_ids"]
+    np.testing.assert_array_equal(model.generate(prompt, max_new_tokens=want.shape[1] - prompt.shape[1]), want)
+    bprompt, bwant = exp["batch_prompt_ids"], exp["batch_greedy_ids"]
+    got = model.generate(bprompt, attention_mask=exp["batch_attention_mask"],
+                         max_new_tokens=bwant.shape[1] - bprompt.shape[1])
+    np.testing.assert_array_equal(got, bwant)
+
+
+def test_packed_checkpoint_errors_are_named(fixtures_dir, tmp_path):
+    import shutil
+
+    from axon_llm.loaders.safetensors import read_safetensors, write_safetensors
+
+    src = fixtures_dir / "hf" / "bitnet_packed"
+    shutil.copy(src / "config.json", tmp_path / "config.json")
+    sd = dict(read_safetensors(src / "model.safetensors"))
+    key = "model.layers.0.self_attn.q_proj.weight"
+    sd[key] = np.full_like(sd[key], 0xFF)                                 # code 3 is not a ternary value
+    write_safetensors(tmp_path / "model.safetensors", sd)
+    with pytest.raises(CheckpointError, match="q_proj"):
+        from_pretrained(tmp_path)
+
+
+# ------------------------------------------------------------------ the two paths of TernaryLinear
+def test_packed_inference_equals_training_forward(tiny):
+    ids = np.random.default_rng(0).integers(0, tiny.config.vocab_size, (2, 12))
+    train_path = logits_np(tiny.unpack(), ids)
+    packed_path = logits_np(tiny.pack(), ids)
+    tiny.unpack()
+    # same integer codes; only the order of the float32 accumulation differs
+    np.testing.assert_allclose(packed_path, train_path, rtol=0, atol=1e-5 * np.abs(train_path).max())
+
+
+def test_packed_weights_take_at_most_a_tenth_of_float32(tiny):
+    tiny.pack()
+    packed, dense = tiny.packed_weight_nbytes()
+    tiny.unpack()
+    assert packed <= dense / 10, (packed, dense)                          # 2 bits vs 32: ~1/16
+
+
+def test_ternary_linear_forward_is_the_b158_recipe():
+    rng = np.random.default_rng(0)
+    layer = TernaryLinear(10, 6)
+    w = rng.standard_normal((6, 10)).astype(np.float32)
+    layer.weight.data = w
+    x = rng.standard_normal((3, 10)).astype(np.float32)
+    s = 1 / np.abs(w).mean()
+    wq = np.clip(np.round(w * s), -1, 1) / s
+    a = 127 / np.abs(x).max(axis=-1, keepdims=True)
+    xq = np.clip(np.round(x * a), -128, 127) / a
+    np.testing.assert_allclose(layer(axon.tensor(x)).numpy(), xq @ wq.T, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(weight_quant(w), wq.astype(np.float32))
+    np.testing.assert_array_equal(act_quant(x), xq.astype(np.float32))
+    assert len(np.unique(np.round(weight_quant(w) * s))) <= 3
+
+
+def test_straight_through_gradients():
+    """d/dW and d/dx are those of the plain linear map evaluated at the quantised values."""
+    rng = np.random.default_rng(1)
+    layer = TernaryLinear(8, 5)
+    w = rng.standard_normal((5, 8)).astype(np.float32)
+    layer.weight.data = w
+    x = axon.tensor(rng.standard_normal((4, 8)).astype(np.float32), requires_grad=True)
+    g = rng.standard_normal((4, 5)).astype(np.float32)
+    (layer(x) * axon.tensor(g)).sum().backward()
+    np.testing.assert_allclose(layer.weight.grad.numpy(), g.T @ act_quant(x.numpy()), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(x.grad.numpy(), g @ weight_quant(w), rtol=1e-5, atol=1e-6)
+
+
+def test_hf_packing_roundtrip():
+    t = np.random.default_rng(2).integers(-1, 2, (10, 7)).astype(np.int8)   # 10 rows: one padded byte row
+    packed = pack_hf_ternary(t)
+    assert packed.shape == (3, 7) and packed.dtype == np.uint8
+    np.testing.assert_array_equal(unpack_hf_ternary(packed, 10), t)
+    with pytest.raises(ValueError, match="cannot hold"):
+        unpack_hf_ternary(packed, 13)
+
+
+# ------------------------------------------------------------------ family checks
+def test_causal(tiny):
+    check_causal(tiny, tiny.config.vocab_size)
+
+
+def test_every_parameter_gets_a_gradient(tiny):
+    ids = np.random.default_rng(0).integers(0, tiny.config.vocab_size, (2, 10))
+    check_every_parameter_gets_gradient(tiny, next_token_loss(tiny(ids), ids))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_cached_decoding_equals_full_forward(tiny, packed):
+    (tiny.pack() if packed else tiny.unpack())
+    try:
+        check_cache_matches_full(tiny, tiny.config.vocab_size)
+    finally:
+        tiny.unpack()
+
+
+def test_tiny_learns():
+    axon.manual_seed(0)
+    model = TridentModel(TridentConfig.tiny())
+    check_learns(model, model.config.vocab_size, steps=20, lr=1e-2)
+
+
+# ------------------------------------------------------------------ configs
+def test_presets():
+    rows = [  # d / layers / heads / kv / ffn / ctx / vocab
+        (TridentConfig.tiny(), (64, 2, 4, 2, 256, 128, 1000)),
+        (TridentConfig.default_150m(), (512, 12, 8, 4, 2048, 2048, 32000)),
+        (TridentConfig.medium(), (768, 16, 12, 4, 3072, 2048, 32000)),
+        (TridentConfig.trident_1b(50000), (2048, 24, 16, 4, 5504, 4096, 50000)),
+        (TridentConfig.trident_3b(50000), (3200, 26, 32, 8, 8640, 4096, 50000)),
+        (TridentConfig.smoke(777), (256, 4, 8, 2, 688, 512, 777)),
+        (TridentConfig.bitnet_2b4t(), (2560, 30, 20, 5, 6912, 4096, 128256)),
+    ]
+    for c, want in rows:
+        got = (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads,
+               c.intermediate_size, c.max_position_embeddings, c.vocab_size)
+        assert got == want
+        assert c.rope_theta == 5e5 and c.rms_norm_eps == 1e-5 and c.hidden_act == "relu2"
+
+
+def test_parameter_counts_match_transformers_and_build_lazily():
+    # counted with transformers' BitNetForCausalLM on the meta device
+    assert TridentConfig.tiny().num_parameters() == 251_840
+    assert TridentConfig.bitnet_2b4t().num_parameters() == 2_412_820_480
+    model = TridentModel(TridentConfig.bitnet_2b4t())
+    params = list(model.parameters())
+    assert sum(p.numel() for p in params) == 2_412_820_480
+    assert not any(p.is_materialized for p in params)
+
+
+def test_bad_configs_are_rejected():
+    with pytest.raises(ConfigError, match="num_key_value_heads"):
+        TridentConfig(hidden_size=64, num_attention_heads=4, num_key_value_heads=3)
+    with pytest.raises(ConfigError, match="divisible"):
+        TridentConfig(hidden_size=66, num_attention_heads=4, num_key_value_heads=2)
+    with pytest.raises(UnsupportedError, match="relu2"):
+        TridentConfig(hidden_act="silu")
