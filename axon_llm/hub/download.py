@@ -92,9 +92,12 @@ def _hub_token() -> str | None:
     return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
 
 
-def file_url(repo_id: str, filename: str, revision: str = "main") -> str:
-    """``{endpoint}/{repo_id}/resolve/{revision}/{filename}``, each part URL-quoted."""
-    return f"{hub_endpoint()}/{repo_id}/resolve/{quote(revision, safe='')}/{quote(filename)}"
+def file_url(repo_id: str, filename: str, revision: str = "main", endpoint: str | None = None) -> str:
+    """``{endpoint}/{repo_id}/resolve/{revision}/{filename}``, each part URL-quoted.
+
+    ``endpoint`` defaults to :func:`hub_endpoint` (``$AXON_HUB_ENDPOINT``)."""
+    base = endpoint.rstrip("/") if endpoint else hub_endpoint()
+    return f"{base}/{repo_id}/resolve/{quote(revision, safe='')}/{quote(filename)}"
 
 
 # -- the cache side ---------------------------------------------------------------------------
@@ -197,7 +200,7 @@ def _content_range(resp: requests.Response) -> tuple[int, int | None] | None:
     """(first byte, total size or None) from ``Content-Range: bytes a-b/total``."""
     value = resp.headers.get("Content-Range", "")
     try:
-        unit, spec = value.split(" ", 1)
+        _unit, spec = value.split(" ", 1)
         span, total = spec.split("/", 1)
         first = int(span.split("-", 1)[0])
         return first, (None if total.strip() == "*" else int(total))
@@ -369,7 +372,7 @@ def _fetch(url: str, dest: Path, *, what: str, sha256: str | None, size: int | N
 
 
 def download_file(repo_id: str, filename: str, *, revision: str = "main", sha256: str | None = None,
-                  force: bool = False, size: int | None = None,
+                  force: bool = False, size: int | None = None, endpoint: str | None = None,
                   settings: DownloadSettings | None = None) -> Path:
     """Fetch one file of a hub repository into the cache and return its path.
 
@@ -377,7 +380,8 @@ def download_file(repo_id: str, filename: str, *, revision: str = "main", sha256
     (in our cache or a huggingface_hub cache) whose size/sha256 match what is expected is
     returned without any network access; ``force=True`` downloads again. ``sha256`` and
     ``size`` pin the expected content; without them the server's LFS sha256 and announced
-    size are checked. Raises ModelNotFoundError (404), GatedModelError (401/403),
+    size are checked. ``endpoint`` overrides ``$AXON_HUB_ENDPOINT`` for this file (a model
+    hosted elsewhere). Raises ModelNotFoundError (404), GatedModelError (401/403),
     OfflineError (``AXON_HUB_OFFLINE=1`` and not cached), DownloadError (retries exhausted),
     ChecksumError (wrong size or sha256: nothing is kept).
     """
@@ -388,7 +392,8 @@ def download_file(repo_id: str, filename: str, *, revision: str = "main", sha256
     repo = RepoCache(cache_root(), repo_id)
     what = f"{repo_id}/{filename} (revision {revision})"
     try:
-        return _download_file(repo, filename, revision, sha256, size, force, settings or DownloadSettings(), what)
+        return _download_file(repo, filename, revision, sha256, size, force, settings or DownloadSettings(), what,
+                              endpoint)
     except HubError:
         raise
     except OSError as exc:   # disk full, permissions, read-only cache: say where, never a bare traceback
@@ -396,7 +401,7 @@ def download_file(repo_id: str, filename: str, *, revision: str = "main", sha256
 
 
 def _download_file(repo: RepoCache, filename: str, revision: str, sha256: str | None, size: int | None,
-                   force: bool, settings: DownloadSettings, what: str) -> Path:
+                   force: bool, settings: DownloadSettings, what: str, endpoint: str | None) -> Path:
     if not force:
         hit = _from_cache(repo, revision, filename, sha256, size)
         if hit is not None:
@@ -414,7 +419,7 @@ def _download_file(repo: RepoCache, filename: str, revision: str, sha256: str | 
         repo.remove_stale_temps(revision, filename)
         tmp = repo.temp_path(revision, filename)
         try:
-            fetched = _fetch(file_url(repo.repo_id, filename, revision), tmp, what=what, sha256=sha256, size=size,
+            fetched = _fetch(file_url(repo.repo_id, filename, revision, endpoint), tmp, what=what, sha256=sha256, size=size,
                              settings=settings)
             blob = repo.store_blob(tmp, fetched.sha256)
         finally:
@@ -482,7 +487,8 @@ def download_llm_weights(name: str | PretrainedLLM, force: bool = False, *,
                 continue
             try:
                 path = download_file(model.repo_id, hub_file.filename, revision=revision, sha256=hub_file.sha256,
-                                     size=hub_file.size, force=force, settings=settings)
+                                     size=hub_file.size, force=force, endpoint=model.endpoint,
+                                     settings=settings)
             except (ModelNotFoundError, OfflineError):
                 if hub_file.required:
                     raise

@@ -14,6 +14,7 @@ download is then checked against the sha256 the server reports for LFS files
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from axon_llm.errors import ModelNotFoundError
@@ -73,6 +74,8 @@ class PretrainedLLM:
     class name from ``config.json`` (or the GGUF ``general.architecture``). ``format`` is
     ``"safetensors"`` (a folder in HF layout, maybe sharded with an index) or ``"gguf"`` (one
     file, ``weights``). ``context_length`` is None for models with no fixed limit (Mamba).
+    ``endpoint`` is the base URL of a model hosted outside the hub (files are still fetched
+    from ``{endpoint}/{repo_id}/resolve/{revision}/{filename}``); None means ``$AXON_HUB_ENDPOINT``.
     """
 
     name: str
@@ -88,6 +91,7 @@ class PretrainedLLM:
     gated: bool = False
     description: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
+    endpoint: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip() or self.name != self.name.strip():
@@ -101,6 +105,8 @@ class PretrainedLLM:
         if len(set(names)) != len(names):
             raise HubInputError(f"model {self.name!r} lists a file twice: {names}")
         object.__setattr__(self, "files", files)
+        if self.endpoint is not None and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", self.endpoint):
+            raise HubInputError(f"model {self.name!r}: endpoint must be an http(s) URL, not {self.endpoint!r}")
         if self.format not in ("safetensors", "gguf"):
             raise HubInputError(f"model {self.name!r}: format must be 'safetensors' or 'gguf', not {self.format!r}")
         if self.format == "gguf" and sum(n.endswith(".gguf") for n in names) != 1:

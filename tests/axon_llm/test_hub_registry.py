@@ -226,3 +226,17 @@ def test_download_llm_weights_missing_required_file_is_an_error(hub_server, user
                                files=(HubFile("config.json"), HubFile("model.safetensors"))))
     with pytest.raises(ModelNotFoundError, match="org/broken/model.safetensors"):
         hub.download_llm_weights("broken", settings=FAST)
+
+
+def test_a_registered_model_can_live_on_its_own_server(hub_server, user_models, monkeypatch):
+    hub_server.add("me/private", "config.json", Route(b'{"model_type": "gpt2"}'))
+    hub_server.add("me/private", "model.safetensors", Route(b"weights"))
+    monkeypatch.setenv("AXON_HUB_ENDPOINT", "http://127.0.0.1:9")   # the default hub is unreachable
+    hub.register(PretrainedLLM(name="private", repo_id="me/private", architecture="gpt2",
+                               hf_architecture="GPT2LMHeadModel", num_parameters=1, context_length=8,
+                               files=("config.json", "model.safetensors"), endpoint=hub_server.url + "/"))
+    folder = hub.download_llm_weights("private", settings=FAST)
+    assert (folder / "model.safetensors").read_bytes() == b"weights"
+    with pytest.raises(HubInputError, match="endpoint"):
+        PretrainedLLM(name="x", repo_id="me/x", architecture="gpt2", hf_architecture="GPT2LMHeadModel",
+                      num_parameters=1, context_length=8, files=("config.json",), endpoint="file:///etc")
