@@ -493,7 +493,10 @@ def download_llm_weights(name: str | PretrainedLLM, force: bool = False, *,
                 if hub_file.required:
                     raise
                 if folder is not None and not hub_offline():
-                    repo.mark_absent(folder.name, hub_file.filename)
+                    try:
+                        repo.mark_absent(folder.name, hub_file.filename)
+                    except OSError:
+                        pass   # only an optimisation: the next call asks the server again
                 continue
             if folder is None:   # the first file fixes the commit every other file comes from
                 folder = path.parents[len(Path(hub_file.filename).parts) - 1]
