@@ -400,3 +400,21 @@ def test_progress_bar_goes_to_stderr(hub, capsys):
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "model.safetensors" in captured.err and "512k" in captured.err.lower()
+
+
+def test_retry_after_forms_and_backoff_caps():
+    import email.utils
+
+    from axon_llm.hub.download import _retry_delay
+
+    class Resp:
+        def __init__(self, value):
+            self.headers = {"Retry-After": value} if value is not None else {}
+
+    settings = DownloadSettings(backoff=1.0, max_backoff=4.0, max_retry_after=10.0)
+    assert _retry_delay(Resp("3"), 1, settings) == 3.0
+    assert _retry_delay(Resp("999"), 1, settings) == 10.0                  # capped
+    soon = email.utils.formatdate(time.time() + 5, usegmt=True)           # an HTTP date
+    assert 3.0 <= _retry_delay(Resp(soon), 1, settings) <= 5.5
+    assert _retry_delay(Resp("garbage"), 1, settings) <= 1.25            # falls back to backoff
+    assert 4.0 <= _retry_delay(Resp(None), 10, settings) <= 5.0            # doubling stops at max_backoff
