@@ -1,0 +1,184 @@
+"""Optimizers against the published update rules, schedules, clipping, state dicts, and an
+end-to-end fit of a non-linear problem."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import axon
+import axon.nn as nn
+import axon.nn.functional as F
+from axon.optim import SGD, Adam, AdamW, StepLR, WarmupCosineLR, clip_grad_norm_
+
+
+def run(opt_cls, steps=3, p0=1.0, **kw):
+    """Minimise p^2 (grad 2p) from p0 in float64; return the trajectory of p."""
+    p = nn.Parameter(np.array([p0]))
+    opt = opt_cls([p], **kw)
+    out = []
+    for _ in range(steps):
+        opt.zero_grad()
+        (p * p).sum().backward()
+        opt.step()
+        out.append(float(p.data[0]))
+    return out
+
+
+def test_sgd_momentum_weight_decay_hand_checked():
+    # constant grad 0.5 (loss 0.5 p), lr 0.1, momentum 0.9, wd 0.1:
+    # g1 = 0.5 + 0.1 * 1 = 0.6, b1 = 0.6, p1 = 1 - 0.06 = 0.94
+    # g2 = 0.5 + 0.094 = 0.594, b2 = 0.9 * 0.6 + 0.594 = 1.134, p2 = 0.94 - 0.1134 = 0.8266
+    p = nn.Parameter(np.array([1.0]))
+    opt = SGD([p], lr=0.1, momentum=0.9, weight_decay=0.1)
+    got = []
+    for _ in range(2):
+        opt.zero_grad()
+        (p * 0.5).sum().backward()
+        opt.step()
+        got.append(float(p.data[0]))
+    assert got == pytest.approx([0.94, 0.8266], abs=1e-12)
+
+
+def test_sgd_nesterov_hand_checked():
+    # g1 = 0.6, b1 = 0.6, step = g1 + 0.9 b1 = 1.14, p1 = 0.886
+    # g2 = 0.5 + 0.0886 = 0.5886, b2 = 0.54 + 0.5886 = 1.1286, step = 0.5886 + 1.01574 = 1.60434, p2 = 0.725566
+    p = nn.Parameter(np.array([1.0]))
+    opt = SGD([p], lr=0.1, momentum=0.9, weight_decay=0.1, nesterov=True)
+    got = []
+    for _ in range(2):
+        opt.zero_grad()
+        (p * 0.5).sum().backward()
+        opt.step()
+        got.append(float(p.data[0]))
+    assert got == pytest.approx([0.886, 0.725566], abs=1e-12)
+
+
+def test_plain_sgd():
+    assert run(SGD, steps=2, lr=0.25) == pytest.approx([0.5, 0.25])
+
+
+def adam_reference(steps, lr, b1, b2, eps, wd, decoupled, p=1.0):
+    """Kingma & Ba (Algorithm 1) with torch's L2 decay, or Loshchilov & Hutter's decoupled decay."""
+    m = v = 0.0
+    out = []
+    for t in range(1, steps + 1):
+        g = 2 * p
+        if decoupled:
+            p = p * (1 - lr * wd)
+        else:
+            g = g + wd * p
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        mhat, vhat = m / (1 - b1**t), v / (1 - b2**t)
+        p = p - lr * mhat / (math.sqrt(vhat) + eps)
+        out.append(p)
+    return out
+
+
+def test_adamw_first_step_by_hand_and_later_steps_by_formula():
+    # step 1: g = 2, p <- 1 * (1 - 0.1 * 0.1) = 0.99; mhat = 2, vhat = 4; p <- 0.99 - 0.1 * 2 / (2 + 1e-8)
+    got = run(AdamW, steps=5, lr=0.1, weight_decay=0.1)
+    assert got[0] == pytest.approx(0.99 - 0.1 * 2 / (2 + 1e-8), abs=1e-14)
+    assert got == pytest.approx(adam_reference(5, 0.1, 0.9, 0.999, 1e-8, 0.1, True), abs=1e-12)
+
+
+def test_adam_l2_decay_by_formula():
+    got = run(Adam, steps=5, lr=0.05, betas=(0.8, 0.99), eps=1e-6, weight_decay=0.2)
+    assert got == pytest.approx(adam_reference(5, 0.05, 0.8, 0.99, 1e-6, 0.2, False), abs=1e-12)
+    # Adam and AdamW differ exactly when weight decay is on
+    assert run(Adam, lr=0.1) == pytest.approx(run(AdamW, lr=0.1, weight_decay=0.0))
+
+
+def test_param_groups_and_skipping_params_without_grad():
+    a, b = nn.Parameter(np.ones(1)), nn.Parameter(np.ones(1))
+    opt = SGD([{"params": [a], "lr": 0.5}, {"params": [b]}], lr=0.1)
+    (a * 1.0).sum().backward()
+    opt.step()
+    assert a.data[0] == 0.5 and b.data[0] == 1.0
+
+
+def test_clip_grad_norm():
+    a, b = nn.Parameter(np.zeros(1)), nn.Parameter(np.zeros(1))
+    a.grad, b.grad = axon.tensor(np.array([3.0])), axon.tensor(np.array([4.0]))
+    total = clip_grad_norm_([a, b], max_norm=1.0)
+    assert total.item() == pytest.approx(5.0)
+    assert a.grad.item() == pytest.approx(0.6, rel=1e-5) and b.grad.item() == pytest.approx(0.8, rel=1e-5)
+    assert clip_grad_norm_([a, b], max_norm=10.0).item() == pytest.approx(1.0, rel=1e-5)
+    assert a.grad.item() == pytest.approx(0.6, rel=1e-5)
+
+
+def test_warmup_cosine_and_step_schedules():
+    p = nn.Parameter(np.ones(1))
+    opt = SGD([p], lr=1.0)
+    sched = WarmupCosineLR(opt, warmup_steps=2, total_steps=6, min_lr_ratio=0.1)
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(7):
+        sched.step()
+        lrs.append(sched.get_last_lr()[0])
+    cos = [0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * i / 4)) for i in range(5)]
+    assert lrs == pytest.approx([0.0, 0.5] + cos + [0.1])
+    opt2 = SGD([p], lr=0.8)
+    step = StepLR(opt2, step_size=2, gamma=0.5)
+    seen = [opt2.param_groups[0]["lr"]]
+    for _ in range(4):
+        step.step()
+        seen.append(opt2.param_groups[0]["lr"])
+    assert seen == pytest.approx([0.8, 0.8, 0.4, 0.4, 0.2])
+
+
+def test_optimizer_state_dict_round_trip_continues_identically():
+    def make():
+        axon.manual_seed(0)
+        return nn.Linear(3, 2).double()
+
+    x = axon.tensor(np.random.default_rng(0).standard_normal((4, 3)))
+    m1 = make()
+    opt1 = AdamW(m1.parameters(), lr=0.1)
+    for _ in range(3):
+        opt1.zero_grad()
+        m1(x).pow(2).sum().backward()
+        opt1.step()
+    m2 = make()
+    m2.load_state_dict({k: v.copy() for k, v in m1.state_dict().items()})
+    opt2 = AdamW(m2.parameters(), lr=0.5)
+    opt2.load_state_dict(opt1.state_dict())
+    assert opt2.param_groups[0]["lr"] == 0.1
+    for m, opt in ((m1, opt1), (m2, opt2)):
+        opt.zero_grad()
+        m(x).pow(2).sum().backward()
+        opt.step()
+    for a, b in zip(m1.parameters(), m2.parameters()):
+        assert np.array_equal(a.data, b.data)
+
+
+def test_optimizer_rejects_bad_input():
+    with pytest.raises(ValueError, match="empty"):
+        SGD([], lr=0.1)
+    with pytest.raises(ValueError, match="Nesterov"):
+        SGD([nn.Parameter(np.ones(1))], lr=0.1, nesterov=True)
+
+
+def test_mlp_with_adamw_fits_concentric_circles():
+    """A non-linear problem: inner disc vs outer ring (no linear separator exists)."""
+    axon.manual_seed(0)
+    r = np.random.default_rng(0)
+    n = 512
+    radius = np.where(r.random(n) < 0.5, r.uniform(0, 1, n), r.uniform(1.5, 2.5, n))
+    angle = r.uniform(0, 2 * np.pi, n)
+    x = np.stack([radius * np.cos(angle), radius * np.sin(angle)], 1).astype(np.float32)
+    y = (radius > 1.25).astype(np.int64)
+    model = nn.Sequential(nn.Linear(2, 32), nn.GELU(), nn.Linear(32, 2))
+    opt = AdamW(model.parameters(), lr=0.02, weight_decay=0.01)
+    xt = axon.tensor(x)
+    for _ in range(150):
+        loss = F.cross_entropy(model(xt), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with axon.no_grad():
+        acc = (model(xt).argmax(-1).numpy() == y).mean()
+    assert acc >= 0.95, f"accuracy {acc:.3f}"
+    assert loss.dtype == np.float32 and all(p.dtype == np.float32 for p in model.parameters())
