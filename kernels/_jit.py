@@ -65,7 +65,7 @@ def fast_exp(x):
     return np.exp(x)
 
 
-@overload(fast_exp, inline="always")
+@overload(fast_exp)
 def _fast_exp_overload(x):
     if x != types.float32:
         return lambda x: np.exp(x)
@@ -96,7 +96,7 @@ def fast_log1p(x):
     return np.log1p(x)
 
 
-@overload(fast_log1p, inline="always")
+@overload(fast_log1p)
 def _fast_log1p_overload(x):
     if x != types.float32:
         return lambda x: np.log1p(x)

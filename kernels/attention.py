@@ -106,7 +106,9 @@ def flash_attention_ref(q, k, v, causal=False, window=None, scale=None, block_q=
     """Reference attention: returns (out [B, H, Tq, D], lse [B, H, Tq]).
 
     Materialises the score matrix; `block_q` / `block_kv` are validated and otherwise unused.
-    A `window` implies causal (query at p sees p - W < j <= p).
+    A `window` implies causal (query at p sees p - W < j <= p). NaN/Inf in a query, key or
+    value a row sees makes that row NaN; as P @ V is dense here, a NaN value of a *masked* key
+    also reaches the row (0 * NaN), which the tiled kernel, skipping masked keys, avoids.
     """
     q, k, v, causal, window, scale = _validate(q, k, v, causal, window, scale, block_q, block_kv)
     dtype = result_float_dtype(q, k, v)

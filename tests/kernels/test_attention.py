@@ -1,0 +1,163 @@
+"""flash_attention: the Numba kernel and the public name equal the reference; the reference
+equals an independent per-head softmax; the backward equals central differences."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+import kernels
+from kernels._jit import jit_disabled
+from kernels.attention import flash_attention_backward_nb, flash_attention_nb
+from kernels.testing import attention_inputs, check_kernel
+
+SMALL = dict(max_len=10, max_dim=6, max_heads=2, max_block=8) if jit_disabled() else {}
+EXAMPLES = 10 if jit_disabled() else 40
+
+
+def _naive(q, k, v, causal, window, scale):
+    """Per head, per query: masked softmax over the keys, written out with no vectorisation tricks."""
+    b, h, tq, d = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    scale = d ** -0.5 if scale is None else scale
+    out = np.zeros(q.shape)
+    lse = np.zeros(q.shape[:3])
+    for bi in range(b):
+        for hi in range(h):
+            kh = hi // (h // hkv)
+            for i in range(tq):
+                p = tk - tq + i
+                seen = [j for j in range(tk) if (not (causal or window) or j <= p) and (window is None or j > p - window)]
+                s = np.array([q[bi, hi, i] @ k[bi, kh, j] * scale for j in seen])
+                w = np.exp(s - s.max())
+                out[bi, hi, i] = (w[:, None] * v[bi, kh, seen]).sum(0) / w.sum()
+                lse[bi, hi, i] = s.max() + np.log(w.sum())
+    return out, lse
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(attention_inputs(**SMALL))
+def test_numba_kernel_equals_reference(args):
+    check_kernel(flash_attention_nb, kernels.flash_attention_ref, **args.kwargs, reduction=args.reduction)
+
+
+@settings(max_examples=EXAMPLES // 2, deadline=None)
+@given(attention_inputs(**SMALL))
+def test_public_name_equals_reference(args):
+    check_kernel(kernels.flash_attention, kernels.flash_attention_ref, **args.kwargs, reduction=args.reduction)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(attention_inputs(**SMALL))
+def test_backward_numba_kernel_equals_reference(args):
+    kw = args.kwargs
+    opts = {k: kw[k] for k in ("causal", "window", "scale", "block_q", "block_kv")}
+    out, lse = kernels.flash_attention_ref(kw["q"], kw["k"], kw["v"], **opts)
+    dout = np.random.default_rng(0).standard_normal(out.shape).astype(out.dtype)
+    check_kernel(flash_attention_backward_nb, kernels.flash_attention_backward_ref,
+                 kw["q"], kw["k"], kw["v"], out, lse, dout, **opts, reduction=4 * args.reduction)
+
+
+@settings(max_examples=EXAMPLES // 2, deadline=None)
+@given(attention_inputs(max_len=8, max_dim=4, max_heads=4, max_block=4))
+def test_reference_equals_naive_softmax(args):
+    kw = {k: (v.astype(np.float64) if isinstance(v, np.ndarray) else v) for k, v in args.kwargs.items()}
+    out, lse = kernels.flash_attention_ref(**kw)
+    want_out, want_lse = _naive(kw["q"], kw["k"], kw["v"], kw["causal"], kw["window"], kw["scale"])
+    np.testing.assert_allclose(out, want_out, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(lse, want_lse, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=8, deadline=None)
+@given(attention_inputs(max_len=5, max_dim=3, max_heads=2, max_block=4))
+def test_reference_backward_equals_central_differences(args):
+    kw = {k: (np.array(v, dtype=np.float64) if isinstance(v, np.ndarray) else v) for k, v in args.kwargs.items()}
+    opts = {k: kw[k] for k in ("causal", "window", "scale")}
+    q, k, v = kw["q"], kw["k"], kw["v"]
+    rng = np.random.default_rng(1)
+    dout = rng.standard_normal(q.shape)
+    dlse = rng.standard_normal(q.shape[:3])
+
+    def loss(q, k, v):  # depends on out only: the kernel's backward takes d(out)
+        return (kernels.flash_attention_ref(q, k, v, **opts)[0] * dout).sum()
+
+    out, lse = kernels.flash_attention_ref(q, k, v, **opts)
+    grads = kernels.flash_attention_backward_ref(q, k, v, out, lse, dout, **opts)
+    del dlse
+    eps = 1e-6
+    for which, (x, g) in enumerate(zip((q, k, v), grads)):
+        num = np.zeros_like(x)
+        for idx in np.ndindex(x.shape):
+            plus, minus = [a.copy() for a in (q, k, v)], [a.copy() for a in (q, k, v)]
+            plus[which][idx] += eps
+            minus[which][idx] -= eps
+            num[idx] = (loss(*plus) - loss(*minus)) / (2 * eps)
+        np.testing.assert_allclose(g, num, rtol=1e-6, atol=1e-7)
+
+
+def test_gqa_equals_repeated_kv_and_decode_equals_last_rows():
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((1, 4, 9, 8)).astype(np.float32)
+    k = rng.standard_normal((1, 2, 9, 8)).astype(np.float32)
+    v = rng.standard_normal((1, 2, 9, 8)).astype(np.float32)
+    out, lse = kernels.flash_attention(q, k, v, causal=True, block_q=4, block_kv=4)
+    rep = kernels.flash_attention(q, np.repeat(k, 2, axis=1), np.repeat(v, 2, axis=1), causal=True, block_q=4, block_kv=4)
+    np.testing.assert_allclose(out, rep[0], rtol=1e-6, atol=1e-6)
+    last, last_lse = kernels.flash_attention(q[:, :, -3:], k, v, causal=True, block_q=2, block_kv=4)  # Tq < Tk
+    np.testing.assert_allclose(last, out[:, :, -3:], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(last_lse, lse[:, :, -3:], rtol=1e-6, atol=1e-6)
+
+
+def test_window_larger_than_sequence_is_causal():
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, 1, 6, 4)) for _ in range(3))
+    np.testing.assert_allclose(kernels.flash_attention(q, k, v, window=100)[0], kernels.flash_attention(q, k, v, causal=True)[0])
+
+
+@pytest.mark.parametrize("impl", [flash_attention_nb, kernels.flash_attention_ref, kernels.flash_attention])
+def test_nan_propagates_to_its_rows_only(impl):
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, 1, 5, 4)).astype(np.float32) for _ in range(3))
+    v[0, 0, 2, 1] = np.nan  # key 2: causal queries 2.. see it
+    out, _ = impl(q, k, v, causal=True, block_q=2, block_kv=2)
+    assert np.isnan(out[0, 0, 2:, 1]).all()
+    dense = impl is kernels.flash_attention_ref or (impl is kernels.flash_attention and jit_disabled())
+    if not dense:  # the dense reference computes 0 * NaN for masked keys
+        assert np.isfinite(out[0, 0, :2]).all()
+    q[0, 0, 0, 0] = np.nan
+    out, lse = impl(q, k, v, causal=True, block_q=2, block_kv=2)
+    assert np.isnan(out[0, 0, 0]).all() and np.isnan(lse[0, 0, 0])
+
+
+def test_flash_attention_config():
+    cfg = kernels.FlashAttentionConfig()
+    assert (cfg.block_q, cfg.block_kv) == (64, 64)
+    with pytest.raises(ValueError, match="block_kv"):
+        kernels.FlashAttentionConfig(block_q=16, block_kv=0)
+
+
+@pytest.mark.parametrize("fn", [kernels.flash_attention, kernels.flash_attention_ref, flash_attention_nb])
+def test_bad_inputs_raise_clear_errors(fn):
+    q = np.zeros((1, 3, 4, 8), np.float32)
+    k = np.zeros((1, 2, 4, 8), np.float32)
+    with pytest.raises(ValueError, match="multiple of key/value heads"):
+        fn(q, k, k)
+    with pytest.raises(ValueError, match="4 dimensions"):
+        fn(q[0], k, k)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        fn(q.astype(np.int32), k[:, :1], k[:, :1])
+    with pytest.raises(ValueError, match="more queries than keys"):
+        fn(q[:, :1], k[:, :1, :2], k[:, :1, :2])
+    with pytest.raises(ValueError, match="window"):
+        fn(q[:, :1], k[:, :1], k[:, :1], window=0)
+    with pytest.raises(ValueError, match="block_q"):
+        fn(q[:, :1], k[:, :1], k[:, :1], block_q=0)
+    with pytest.raises(ValueError, match="same shape"):
+        fn(q[:, :1], k[:, :1], k[:, :1, :3])
+
+
+def test_backward_bad_saved_shapes():
+    q = np.zeros((1, 1, 4, 8), np.float32)
+    with pytest.raises(ValueError, match="lse must have shape"):
+        kernels.flash_attention_backward(q, q, q, q, np.zeros((1, 1, 3), np.float32), q)
