@@ -1,9 +1,31 @@
-"""axon_llm: nine LLM architectures on the axon framework, with loaders, tokenizer, generation, hub and CLI."""
+"""axon_llm: nine LLM architectures on the axon framework, with loaders, tokenizer, generation, hub and CLI.
+
+The names below are the public API (see the project README); everything else is reachable
+through its module (``axon_llm.attention``, ``axon_llm.loaders.gguf``, ...).
+"""
 
 from axon_llm.errors import (
     CheckpointError, ChecksumError, ConfigError, DownloadError, GatedModelError, GenerationError,
     HubError, InputError, LLMError, ModelFormatError, ModelNotFoundError, OfflineError,
     TokenizerError, UnsupportedError,
 )
+from axon_llm import hub
+from axon_llm.hub import (
+    PretrainedLLM, download_llm_weights, list_models, llm_registry, models_by_architecture, register,
+)
+from axon_llm.auto import from_pretrained
+from axon_llm.cache import KVCache, LayerKVCache
+from axon_llm.config import BertConfig, GPT2Config, LLaMAConfig, MistralConfig, Phi3Config, PhiConfig
+from axon_llm.models import (
+    GPT2, Bert, BertForMaskedLM, BertForSequenceClassification, GPT2LMHead, LLaMAForCausalLM,
+    LLaMAModel, MistralForCausalLM, MistralModel, PhiForCausalLM, PhiModel,
+)
+from axon_llm.models.chimera import ChimeraConfig, ChimeraModel
+from axon_llm.models.hydra import HydraConfig, HydraModel
+from axon_llm.models.ssm import SSMBlock, SSMConfig, SSMForCausalLM
+from axon_llm.models.trident import TridentConfig, TridentModel
+from axon_llm.ternary import TernaryLinear
+from axon_llm.sampling import GenerationConfig, TextGenerator
+from axon_llm.tokenizer import HFTokenizer, SpecialTokens
 
 __version__ = "0.1.0"
