@@ -88,6 +88,8 @@ def from_pretrained(src: str | Path, **kwargs):
             if len(ggufs) == 1:
                 return from_pretrained(ggufs[0], **kwargs)
             raise ModelFormatError(f"{path} has no config.json (not a HF-layout model folder)")
+        if kwargs:
+            raise TypeError(f"from_pretrained: unexpected keyword(s) {sorted(kwargs)} for a HF-layout folder")
         return _load_hf_folder(path)
     if path.exists():
         raise ModelFormatError(f"{path} is neither a model folder nor a .gguf file")

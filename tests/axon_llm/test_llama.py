@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import axon
 import axon.nn.functional as F
 from axon_llm import InputError
 from axon_llm.config import LLaMAConfig
@@ -58,6 +59,14 @@ def test_generate_shapes_and_tied_head():
     out = model.generate(np.array([[1, 2, 3]]), max_new_tokens=4)
     assert out.shape == (1, 7) and out.dtype == np.int64
     np.testing.assert_array_equal(out[:, :3], [[1, 2, 3]])
+
+
+def test_input_ids_as_tensor_list_or_1d():
+    model = LLaMAForCausalLM(micro()).eval()
+    ids = np.array([[1, 2, 3]])
+    ref = model(ids).numpy()
+    np.testing.assert_array_equal(model(axon.tensor(ids)).numpy(), ref)
+    np.testing.assert_array_equal(model([1, 2, 3]).numpy(), ref)
 
 
 def test_bad_token_ids():
