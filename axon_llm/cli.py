@@ -1,0 +1,640 @@
+"""The ``axon-llm`` command (also ``python -m axon_llm``).
+
+    axon-llm generate --model smollm2-135m-instruct --prompt "Once upon a time"
+    axon-llm chat                                   # interactive, multi-turn, KV cache kept between turns
+    axon-llm embed "a sentence" "another one" --similarity
+    axon-llm info smollm2-135m-instruct
+    axon-llm bench --model smollm2-135m-instruct
+    axon-llm train --arch llama --preset tiny --data notes.txt --tokenizer byte --steps 200 --out run/
+    axon-llm list | download NAME | cache ls | cache rm NAME      (from axon_llm.hub.cli)
+
+Only the generated text goes to stdout; logs, progress and timings go to stderr. Every
+failure a user can cause (a bad flag, an unknown model, a malformed file) ends with one
+line ``axon-llm: error: ...`` on stderr and a non-zero exit code, never a traceback
+(set ``AXON_LLM_DEBUG=1`` to see the traceback of an unexpected error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from axon_llm.errors import GenerationError, InputError, LLMError
+
+DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
+DEFAULT_EMBED_MODEL = "all-minilm-l6-v2"
+PROG = "axon-llm"
+
+
+class CLIError(LLMError):
+    """A command-line usage problem found after parsing (reported like every other error)."""
+
+
+# ----------------------------------------------------------------------------------------
+# argument parsing: every usage error is one line
+# ----------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (no usage block) and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{PROG}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _float_in(lo: float, hi: float, lo_open: bool = False, name: str = "value"):
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        ok = math.isfinite(value) and (value > lo if lo_open else value >= lo) and value <= hi
+        if not ok:
+            left = "(" if lo_open else "["
+            raise argparse.ArgumentTypeError(f"{name} must be in {left}{lo}, {hi}], got {text}")
+        return value
+
+    return parse
+
+
+def _add_sampling_arguments(p: argparse.ArgumentParser, default_max_new: int) -> None:
+    p.add_argument("--max-new-tokens", type=_nonneg_int, default=default_max_new, metavar="N",
+                   help=f"generate at most N tokens (default {default_max_new})")
+    p.add_argument("--temperature", type=_float_in(0.0, 100.0, name="--temperature"), default=0.0, metavar="T",
+                   help="softmax temperature; 0 (the default) is greedy and deterministic")
+    p.add_argument("--top-k", type=_positive_int, default=None, metavar="K", help="sample among the K most likely")
+    p.add_argument("--top-p", type=_float_in(0.0, 1.0, lo_open=True, name="--top-p"), default=None, metavar="P",
+                   help="nucleus sampling with mass P")
+    p.add_argument("--min-p", type=_float_in(0.0, 1.0, name="--min-p"), default=None, metavar="P",
+                   help="drop tokens less likely than P times the most likely one")
+    p.add_argument("--repeat-penalty", type=_float_in(0.0, 100.0, lo_open=True, name="--repeat-penalty"),
+                   default=1.0, metavar="R", help="transformers' repetition penalty (1 = off)")
+    p.add_argument("--seed", type=int, default=None, metavar="S", help="seed of the sampler")
+    p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
+                   help="print tokens as they are generated (default: on)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole ``axon-llm`` argument parser (hub commands included)."""
+    parser = _Parser(prog=PROG, description="Run, inspect, benchmark and train LLMs on axon (NumPy + Numba).")
+    from axon_llm import __version__
+
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("generate", help="continue a prompt and print the new text",
+                       description="Continue a prompt; only the generated text is printed on stdout.")
+    p.add_argument("--model", default=DEFAULT_CHAT_MODEL, help=f"registry name, HF folder or .gguf (default {DEFAULT_CHAT_MODEL})")
+    p.add_argument("--prompt", required=True, help="the text to continue ('-' reads it from stdin)")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template as a user turn")
+    p.add_argument("--system", default=None, help="system message (with --chat)")
+    _add_sampling_arguments(p, 128)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="interactive multi-turn chat",
+                       description="Chat with a model: type a message, empty lines are ignored; "
+                                   "/exit or end of input (Ctrl-D) quits, /reset starts over.")
+    p.add_argument("--model", default=DEFAULT_CHAT_MODEL, help=f"default {DEFAULT_CHAT_MODEL}")
+    p.add_argument("--system", default=None, help="system message")
+    _add_sampling_arguments(p, 256)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("embed", help="sentence embeddings (mean-pooled, L2-normalised)")
+    p.add_argument("--model", default=DEFAULT_EMBED_MODEL, help=f"default {DEFAULT_EMBED_MODEL}")
+    p.add_argument("texts", nargs="+", metavar="TEXT")
+    p.add_argument("--similarity", action="store_true", help="print the cosine similarity matrix instead")
+    p.add_argument("--precision", type=_nonneg_int, default=6, help="decimals printed (default 6)")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("info", help="a model's configuration, parameter count and memory")
+    p.add_argument("model", help="registry name, HF folder or .gguf")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("bench", help="prefill and decode speed in tokens/s")
+    p.add_argument("--model", default=DEFAULT_CHAT_MODEL, help=f"default {DEFAULT_CHAT_MODEL}")
+    p.add_argument("--prompt-tokens", type=_positive_int, default=128, help="prefill length (default 128)")
+    p.add_argument("--new-tokens", type=_positive_int, default=64, help="decode steps (default 64)")
+    p.add_argument("--repeats", type=_positive_int, default=1, help="best of this many runs (default 1)")
+    p.set_defaults(func=cmd_bench)
+
+    from axon_llm.training import add_train_arguments
+
+    p = sub.add_parser("train", help="train or fine-tune a model on a text file",
+                       description="Train one of the nine architectures on a text file; "
+                                   "run under `mpiexec -n K` for data parallelism.")
+    add_train_arguments(p)
+    p.set_defaults(func=cmd_train)
+
+    try:
+        from axon_llm.hub.cli import add_subcommands
+    except ImportError:  # the hub is optional for every other command
+        add_subcommands = None
+    if add_subcommands is not None:
+        add_subcommands(sub)
+    return parser
+
+
+# ----------------------------------------------------------------------------------------
+# shared helpers
+# ----------------------------------------------------------------------------------------
+def log(msg: str) -> None:
+    """A log line on stderr (stdout is reserved for the output)."""
+    print(msg, file=sys.stderr, flush=True)
+
+
+def load_model(src: str):
+    """``axon_llm.from_pretrained(src)`` with a line on stderr."""
+    from axon_llm.auto import from_pretrained
+
+    t0 = time.perf_counter()
+    model = from_pretrained(src)
+    log(f"loaded {src} ({type(model).__name__}) in {time.perf_counter() - t0:.1f}s")
+    return model
+
+
+def load_tokenizer(src: str):
+    """``axon_llm.HFTokenizer.from_pretrained(src)``."""
+    from axon_llm.tokenizer import HFTokenizer
+
+    return HFTokenizer.from_pretrained(src)
+
+
+def generation_config(args, tokenizer, model):
+    """A :class:`GenerationConfig` from the sampling flags, EOS ids from the tokenizer and model."""
+    from axon_llm.sampling import GenerationConfig
+
+    if args.temperature == 0.0:
+        cfg = GenerationConfig.greedy()
+    else:
+        cfg = GenerationConfig.sampling(args.temperature).with_top_k(args.top_k).with_top_p(args.top_p).with_min_p(args.min_p)
+    cfg = cfg.with_max_tokens(args.max_new_tokens).with_repetition_penalty(args.repeat_penalty).with_seed(args.seed)
+    return cfg.with_eos_tokens(eos_token_ids(tokenizer, model))
+
+
+def eos_token_ids(tokenizer, model) -> list[int]:
+    """Every id that ends a turn: the tokenizer's EOS (and chat end token), the model config's."""
+    ids: list[int] = []
+
+    def add(v):
+        if v is None:
+            return
+        for x in (v if isinstance(v, (list, tuple)) else [v]):
+            if isinstance(x, (int, np.integer)) and int(x) >= 0 and int(x) not in ids:
+                ids.append(int(x))
+
+    add(getattr(tokenizer, "eos_token_id", None))
+    add(getattr(tokenizer, "eos_token_ids", None))
+    add(getattr(getattr(model, "config", None), "eos_token_id", None))
+    for tok in ("<|im_end|>", "<|eot_id|>", "<|end|>", "</s>", "<|endoftext|>"):
+        try:
+            tid = tokenizer.token_to_id(tok)
+        except (AttributeError, LLMError, KeyError, ValueError):
+            tid = None
+        add(tid)
+    return ids
+
+
+def max_context(model) -> int | None:
+    """The model's context length (``max_position_embeddings``), or None when unbounded."""
+    cfg = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions", "max_seq_len", "context_length"):
+        v = getattr(cfg, name, None)
+        if isinstance(v, (int, np.integer)) and v > 0:
+            return int(v)
+    return None
+
+
+def check_room(model, prompt_len: int, max_new: int) -> int:
+    """The number of new tokens that fit in the context; an error if the prompt alone does not fit."""
+    ctx = max_context(model)
+    if ctx is None:
+        return max_new
+    if prompt_len >= ctx:
+        raise InputError(f"the prompt is {prompt_len} tokens but the model's context is {ctx}; shorten it")
+    if prompt_len + max_new > ctx:
+        log(f"note: only {ctx - prompt_len} new tokens fit in the context of {ctx}")
+        return ctx - prompt_len
+    return max_new
+
+
+class TextStreamer:
+    """Receives token ids as they are generated and writes their text to ``out`` at once.
+
+    Text goes through the tokenizer's incremental detokenizer, so a UTF-8 character split
+    over two tokens is written only once complete. Stop strings end the stream early.
+    """
+
+    def __init__(self, tokenizer, out=None, enabled: bool = True):
+        self.tokenizer = tokenizer
+        self.out = out if out is not None else sys.stdout
+        self.enabled = enabled
+        self.detok = make_detokenizer(tokenizer)
+        self.text = ""
+
+    def __call__(self, token_ids) -> None:
+        for tid in np.atleast_1d(np.asarray(token_ids)).reshape(-1):
+            piece = self.detok.add(int(tid))
+            if piece:
+                self.text += piece
+                if self.enabled:
+                    self.out.write(piece)
+                    self.out.flush()
+
+    def finish(self) -> str:
+        """Flush what the detokenizer still holds; returns the whole text."""
+        rest = self.detok.flush()
+        if rest:
+            self.text += rest
+            if self.enabled:
+                self.out.write(rest)
+                self.out.flush()
+        return self.text
+
+
+def make_detokenizer(tokenizer):
+    """The tokenizer's incremental detokenizer (``add(id) -> str``, ``flush() -> str``)."""
+    factory = getattr(tokenizer, "incremental_decoder", None) or getattr(tokenizer, "detokenizer", None)
+    if factory is not None:
+        return _DetokAdapter(factory())
+    return _PrefixDetok(tokenizer)
+
+
+class _DetokAdapter:
+    """Normalises the detokenizer's method names to ``add`` / ``flush``."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def add(self, token_id: int) -> str:
+        for name in ("add", "step", "push", "feed", "put"):
+            fn = getattr(self.inner, name, None)
+            if fn is not None:
+                return fn(token_id) or ""
+        raise TypeError("the tokenizer's incremental decoder has no add/step method")
+
+    def flush(self) -> str:
+        for name in ("flush", "finish", "end", "close"):
+            fn = getattr(self.inner, name, None)
+            if fn is not None:
+                return fn() or ""
+        return ""
+
+
+class _PrefixDetok:
+    """Fallback: decode the whole id list and emit the new suffix, holding back a trailing U+FFFD."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.ids, self.done = tokenizer, [], ""
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        new, self.done = text[len(self.done):], text
+        return new
+
+    def flush(self) -> str:
+        text = self.tokenizer.decode(self.ids)
+        new, self.done = text[len(self.done):], text
+        return new
+
+
+def render_chat(tokenizer, messages: list[dict]) -> list[int]:
+    """Token ids of ``messages`` through the tokenizer's chat template, ready for the reply."""
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+    if isinstance(out, str):
+        return list(encode_no_specials(tokenizer, out))
+    return [int(x) for x in out]
+
+
+def encode_no_specials(tokenizer, text: str) -> list[int]:
+    """Encode text that already carries its special tokens (a rendered chat template)."""
+    try:
+        return list(tokenizer.encode(text, add_special_tokens=False))
+    except TypeError:
+        return list(tokenizer.encode(text))
+
+
+def _stop_text(text: str, stops) -> tuple[str, bool]:
+    """``text`` cut before the first stop string, and whether one occurred."""
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+# ----------------------------------------------------------------------------------------
+# commands
+# ----------------------------------------------------------------------------------------
+def cmd_generate(args) -> int:
+    """``axon-llm generate``: the continuation (only) on stdout."""
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    model = load_model(args.model)
+    tok = load_tokenizer(args.model)
+    if args.chat:
+        messages = ([{"role": "system", "content": args.system}] if args.system else [])
+        ids = render_chat(tok, messages + [{"role": "user", "content": prompt}])
+    else:
+        ids = list(tok.encode(prompt))
+    if not ids:
+        raise InputError("the prompt encodes to no tokens; give some text")
+    cfg = generation_config(args, tok, model)
+    cfg = cfg.with_max_tokens(check_room(model, len(ids), cfg.max_new_tokens))
+    streamer = TextStreamer(tok, enabled=args.stream)
+    t0 = time.perf_counter()
+    out = model.generate(np.asarray([ids], dtype=np.int64), generation_config=cfg, streamer=streamer)
+    dt = time.perf_counter() - t0
+    new = [int(t) for t in np.asarray(out)[0, len(ids):]]
+    new_no_eos = new[:-1] if new and new[-1] in cfg.eos_token_ids else new
+    if args.stream:
+        streamer.finish()
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(tok.decode(new_no_eos) + "\n")
+    sys.stdout.flush()
+    log(f"{len(new)} tokens in {dt:.2f}s ({len(new) / max(dt, 1e-9):.1f} tokens/s)")
+    return 0
+
+
+class ChatSession:
+    """A conversation whose KV cache lives between turns.
+
+    Each turn renders the whole conversation with the chat template; the tokens the cache
+    already holds (the previous prompt and reply) are a prefix of it, so only the new part
+    (the end of the last reply's turn and the new user message) is fed to the model.
+    If the rendering does not extend the cached tokens (a template that rewrites history),
+    the cache is rebuilt from scratch, which is slower but still correct.
+    """
+
+    def __init__(self, model, tokenizer, config, system: str | None = None, cache_tokens: int = 2048):
+        self.model, self.tokenizer, self.config = model, tokenizer, config
+        self.messages = [{"role": "system", "content": system}] if system else []
+        ctx = max_context(model)
+        self.cache_tokens = min(cache_tokens, ctx) if ctx else cache_tokens
+        self.cache = None
+        self.cached_ids: list[int] = []      # exactly the tokens the cache holds, in order
+        self.reused_tokens = 0               # prompt tokens not recomputed thanks to the cache (for tests)
+
+    def reset(self) -> None:
+        """Forget the conversation (the system message stays)."""
+        self.messages = [m for m in self.messages if m["role"] == "system"]
+        self.cache, self.cached_ids = None, []
+
+    def reply(self, user_text: str, out=None, stream: bool = True) -> str:
+        """Add a user message, generate the assistant's answer (streamed to ``out``), return it."""
+        from axon_llm.generation import generate
+
+        self.messages.append({"role": "user", "content": user_text})
+        ids = render_chat(self.tokenizer, self.messages)
+        ctx = max_context(self.model)
+        max_new = check_room(self.model, len(ids), self.config.max_new_tokens)
+        need = len(ids) + max_new
+        reuse = (self.cache is not None and len(self.cached_ids) <= len(ids)
+                 and ids[:len(self.cached_ids)] == self.cached_ids and need <= self.cache_tokens)
+        if not reuse:
+            if need > self.cache_tokens:
+                self.cache_tokens = min(max(need, 2 * self.cache_tokens), ctx) if ctx else max(need, 2 * self.cache_tokens)
+            self.cache = self.model.new_cache(1, self.cache_tokens)
+            self.cached_ids = []
+        self.reused_tokens = len(self.cached_ids)
+        streamer = TextStreamer(self.tokenizer, out=out, enabled=stream)
+        out_ids = generate(self.model, np.asarray([ids], dtype=np.int64), generation_config=self.config.with_max_tokens(max_new),
+                           streamer=streamer, cache=self.cache)
+        new = [int(t) for t in np.asarray(out_ids)[0, len(ids):]]
+        # the cache now holds every token but the last one generated (it was never fed)
+        self.cached_ids = ids + new[:-1] if new else list(ids)
+        streamer.finish()
+        reply_ids = new[:-1] if new and new[-1] in self.config.eos_token_ids else new
+        text = self.tokenizer.decode(reply_ids)
+        self.messages.append({"role": "assistant", "content": text})
+        return text
+
+
+def cmd_chat(args) -> int:
+    """``axon-llm chat``: read a message per line from stdin, answer on stdout."""
+    model = load_model(args.model)
+    tok = load_tokenizer(args.model)
+    session = ChatSession(model, tok, generation_config(args, tok, model), system=args.system)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        log("chat with the model; /exit or Ctrl-D quits, /reset starts over")
+    while True:
+        if interactive:
+            sys.stderr.write("> ")
+            sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line:
+            break
+        text = line.strip()
+        if not text:
+            continue
+        if text in ("/exit", "/quit"):
+            break
+        if text == "/reset":
+            session.reset()
+            log("(conversation reset)")
+            continue
+        t0 = time.perf_counter()
+        session.reply(text, out=sys.stdout, stream=args.stream)
+        if not args.stream:
+            sys.stdout.write(session.messages[-1]["content"])
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        log(f"({time.perf_counter() - t0:.1f}s, {session.reused_tokens} prompt tokens reused from the cache)")
+    return 0
+
+
+def embed_texts(model, tokenizer, texts: list[str]) -> np.ndarray:
+    """Mean-pooled (over real tokens), L2-normalised sentence vectors [N, H] (sentence-transformers' recipe)."""
+    import axon
+
+    rows = [list(tokenizer.encode(t)) for t in texts]
+    ctx = max_context(model)
+    for t, r in zip(texts, rows):
+        if ctx and len(r) > ctx:
+            raise InputError(f"text of {len(r)} tokens exceeds the model's {ctx}: {t[:40]!r}...")
+    width = max(len(r) for r in rows)
+    pad = getattr(tokenizer, "pad_token_id", None) or 0
+    ids = np.full((len(rows), width), pad, dtype=np.int64)
+    mask = np.zeros((len(rows), width), dtype=np.int64)
+    for i, r in enumerate(rows):                              # right padding, as sentence-transformers
+        ids[i, :len(r)], mask[i, :len(r)] = r, 1
+    with axon.no_grad():
+        hidden = model(ids, attention_mask=mask)              # [N, T, H]
+    hidden = np.asarray(hidden.numpy() if hasattr(hidden, "numpy") else hidden, dtype=np.float64)
+    if hidden.ndim != 3:
+        raise InputError(f"{type(model).__name__} does not return hidden states [B, T, H]; "
+                         "use a sentence-embedding model (BertModel)")
+    summed = (hidden * mask[:, :, None]).sum(axis=1)          # [N, H]
+    mean = summed / np.maximum(mask.sum(axis=1, keepdims=True), 1)
+    return mean / np.maximum(np.linalg.norm(mean, axis=1, keepdims=True), 1e-12)
+
+
+def cmd_embed(args) -> int:
+    """``axon-llm embed``: one vector per line (or the cosine matrix)."""
+    model = load_model(args.model)
+    tok = load_tokenizer(args.model)
+    vecs = embed_texts(model, tok, args.texts)
+    fmt = f"{{:.{args.precision}f}}"
+    rows = vecs @ vecs.T if args.similarity else vecs
+    for row in rows:
+        print(" ".join(fmt.format(x) for x in row))
+    return 0
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def model_memory(model) -> tuple[int, int]:
+    """(parameter count, bytes held by weights as stored — quantised weights count their packed size)."""
+    count, nbytes, seen = 0, 0, set()
+    for name, p in model.named_parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        count += int(np.prod(p.shape))
+        data = getattr(p, "_data", None)
+        if data is None and not getattr(p, "is_lazy", False):
+            data = getattr(p, "data", None)
+        nbytes += int(data.nbytes) if isinstance(data, np.ndarray) else int(np.prod(p.shape)) * np.dtype(p.dtype).itemsize
+    for mod in model.modules():                               # quantised layers keep packed buffers
+        for attr in ("qweight", "packed", "blocks", "weight_packed"):
+            buf = getattr(mod, attr, None)
+            if isinstance(buf, np.ndarray):
+                nbytes += int(buf.nbytes)
+        n_out, n_in = getattr(mod, "out_features", None), getattr(mod, "in_features", None)
+        if getattr(mod, "is_quantized", False) and n_out and n_in:
+            count += int(n_out) * int(n_in)
+    return count, nbytes
+
+
+def cmd_info(args) -> int:
+    """``axon-llm info``: configuration, parameters and memory of a model."""
+    import dataclasses
+
+    model = load_model(args.model)
+    cfg = getattr(model, "config", None)
+    print(f"model: {args.model}")
+    print(f"class: {type(model).__name__}")
+    if cfg is not None:
+        fields = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(vars(cfg))
+        print("config:")
+        for k, v in fields.items():
+            if not k.startswith("_"):
+                print(f"  {k}: {v}")
+    count, nbytes = model_memory(model)
+    print(f"parameters: {count:,} ({count / 1e6:.1f}M)")
+    print(f"weights in memory: {_human_bytes(nbytes)}")
+    try:
+        import resource
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print(f"peak process memory: {_human_bytes(rss)}")
+    except (ImportError, OSError):
+        pass
+    return 0
+
+
+def cmd_bench(args) -> int:
+    """``axon-llm bench``: prefill and decode tokens/s of greedy generation."""
+    import axon
+
+    model = load_model(args.model)
+    vocab = model.config.vocab_size
+    ctx = max_context(model)
+    if ctx is not None and args.prompt_tokens + args.new_tokens > ctx:
+        raise InputError(f"--prompt-tokens + --new-tokens = {args.prompt_tokens + args.new_tokens} exceeds the context {ctx}")
+    rng = np.random.default_rng(0)
+    ids = rng.integers(min(100, vocab - 1), vocab, size=(1, args.prompt_tokens))
+    best_prefill, best_decode = 0.0, 0.0
+    for _ in range(args.repeats):
+        cache = model.new_cache(1, args.prompt_tokens + args.new_tokens)
+        with axon.no_grad():
+            t0 = time.perf_counter()
+            logits = model(ids, cache=cache)                             # [1, T, V]
+            t1 = time.perf_counter()
+            nxt = np.asarray(logits.numpy()[:, -1]).argmax(-1)[:, None]  # [1, 1]
+            for _ in range(args.new_tokens):
+                logits = model(nxt, cache=cache)
+                nxt = np.asarray(logits.numpy()[:, -1]).argmax(-1)[:, None]
+            t2 = time.perf_counter()
+        best_prefill = max(best_prefill, args.prompt_tokens / (t1 - t0))
+        best_decode = max(best_decode, args.new_tokens / (t2 - t1))
+    print(f"prefill: {best_prefill:.1f} tokens/s ({args.prompt_tokens} tokens)")
+    print(f"decode:  {best_decode:.1f} tokens/s ({args.new_tokens} tokens)")
+    return 0
+
+
+def cmd_train(args) -> int:
+    """``axon-llm train``: see axon_llm/training.py."""
+    from axon_llm.training import run_from_args
+
+    return run_from_args(args)
+
+
+# ----------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``axon-llm``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:                    # `axon-llm generate ... | head`: stop quietly
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+    except (LLMError, OSError, ValueError, KeyError) as exc:
+        if os.environ.get("AXON_LLM_DEBUG"):
+            raise
+        print(f"{PROG}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # an unexpected failure still ends in one line (traceback with AXON_LLM_DEBUG=1)
+        if os.environ.get("AXON_LLM_DEBUG"):
+            raise
+        print(f"{PROG}: internal error: {type(exc).__name__}: {_one_line(exc)} "
+              "(set AXON_LLM_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) if not isinstance(exc, KeyError) or isinstance(exc, LLMError) else str(exc.args[0] if exc.args else exc)
+    if isinstance(exc, FileNotFoundError) and exc.filename and exc.strerror is not None:
+        text = f"{exc.strerror}: {exc.filename}"
+    return " ".join(text.split()) or type(exc).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())

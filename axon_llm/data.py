@@ -1,0 +1,211 @@
+"""Training data: a text file as token ids, and deterministic batches drawn from it.
+
+Every batch is a pure function of ``(seed, step)``, so resuming a run at step ``s`` sees
+exactly the batches the uninterrupted run saw, and every MPI rank can draw the same
+*global* batch and keep only its own rows (:meth:`TokenDataset.global_batch` then
+:func:`shard_rows`). Nothing here needs a model.
+
+Glossary: ``B`` global batch size, ``T`` sequence length, ``N`` number of tokens in the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from axon_llm.errors import InputError, TokenizerError
+
+__all__ = ["ByteTokenizer", "load_training_tokenizer", "read_text", "TokenDataset", "Batch", "shard_rows",
+           "mask_tokens"]
+
+
+class ByteTokenizer:
+    """Each UTF-8 byte is its own token (ids 0..255); for BERT also ``[PAD]`` 256 and ``[MASK]`` 257.
+
+    The simplest tokenizer that can learn any text: no training, no unknown tokens, and
+    ``decode(encode(s)) == s`` for every string.
+    """
+
+    kind = "byte"
+
+    def __init__(self, with_specials: bool = False):
+        self.with_specials = with_specials
+        self.pad_token_id = 256 if with_specials else None
+        self.mask_token_id = 257 if with_specials else None
+        self.eos_token_id = None
+
+    @property
+    def vocab_size(self) -> int:
+        """256, or 258 with the BERT specials."""
+        return 258 if self.with_specials else 256
+
+    def encode(self, text: str) -> list[int]:
+        """UTF-8 bytes of ``text``."""
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids) -> str:
+        """The text of byte ids (special ids are dropped, broken UTF-8 is replaced)."""
+        return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+
+    def save(self, directory: Path) -> None:
+        """Record the choice in ``tokenizer_byte.json`` beside a checkpoint."""
+        (Path(directory) / "tokenizer_byte.json").write_text(
+            json.dumps({"kind": "byte", "with_specials": self.with_specials}) + "\n", encoding="utf-8")
+
+
+class _HFTrainingTokenizer:
+    """A pretrained tokenizer (``HFTokenizer.from_pretrained``) seen through the few names training needs."""
+
+    kind = "hf"
+
+    def __init__(self, source: str):
+        from axon_llm.tokenizer import HFTokenizer
+
+        self.source = source
+        self.tok = HFTokenizer.from_pretrained(source)
+        self.vocab_size = int(getattr(self.tok, "vocab_size", 0) or len(self.tok))
+        self.pad_token_id = getattr(self.tok, "pad_token_id", None)
+        self.eos_token_id = getattr(self.tok, "eos_token_id", None)
+        self.mask_token_id = getattr(self.tok, "mask_token_id", None)
+        if self.mask_token_id is None and hasattr(self.tok, "token_to_id"):
+            for name in ("[MASK]", "<mask>"):
+                tid = self.tok.token_to_id(name)
+                if tid is not None:
+                    self.mask_token_id = int(tid)
+                    break
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return list(self.tok.encode(text, add_special_tokens=False))
+        except TypeError:
+            return list(self.tok.encode(text))
+
+    def decode(self, ids) -> str:
+        return self.tok.decode([int(i) for i in ids])
+
+    def save(self, directory: Path) -> None:
+        save = getattr(self.tok, "save_pretrained", None) or getattr(self.tok, "save", None)
+        if save is not None:
+            save(str(directory))
+
+
+def load_training_tokenizer(spec: str, *, for_mlm: bool = False):
+    """``"byte"`` -> :class:`ByteTokenizer`; anything else -> ``HFTokenizer.from_pretrained(spec)``."""
+    if spec == "byte":
+        return ByteTokenizer(with_specials=for_mlm)
+    tok = _HFTrainingTokenizer(spec)
+    if for_mlm and tok.mask_token_id is None:
+        raise TokenizerError(f"tokenizer {spec!r} has no [MASK] token, which masked-LM training needs")
+    return tok
+
+
+def read_text(path) -> str:
+    """The UTF-8 text of a training file (``InputError`` naming the file when it is missing or unreadable)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"training data file not found: {p}")
+    if not p.is_file():
+        raise InputError(f"training data must be a text file, {p} is a directory")
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"training data {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
+@dataclass
+class Batch:
+    """One batch: ``input_ids [B, T]`` and ``labels [B, T]`` (-100 = no loss at that position)."""
+
+    input_ids: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def num_targets(self) -> int:
+        """Positions that count in the loss."""
+        return int((self.labels != -100).sum())
+
+
+class TokenDataset:
+    """Random windows of ``seq_len`` tokens from one token stream.
+
+    Causal LMs get ``input_ids = w[:-1]``, ``labels = w[1:]`` from windows of ``T + 1`` tokens;
+    masked LMs get ``T``-token windows masked by :func:`mask_tokens`. ``eval_fraction`` of the
+    stream (its end) is held out for :meth:`eval_batches`.
+    """
+
+    def __init__(self, tokens, seq_len: int, *, seed: int = 0, mlm: bool = False, mask_token_id: int | None = None,
+                 vocab_size: int | None = None, eval_fraction: float = 0.0, mlm_probability: float = 0.15):
+        tokens = np.asarray(tokens, dtype=np.int64)
+        self.seq_len, self.seed, self.mlm = int(seq_len), int(seed), mlm
+        self.mask_token_id, self.vocab_size, self.mlm_probability = mask_token_id, vocab_size, mlm_probability
+        need = self.seq_len + (0 if mlm else 1)
+        if tokens.size < need:
+            raise InputError(f"the training text has {tokens.size} tokens, fewer than one sequence of "
+                             f"{need} (--seq-len {self.seq_len}); use more text or a shorter --seq-len")
+        n_eval = int(tokens.size * eval_fraction) if eval_fraction > 0 else 0
+        if n_eval and (tokens.size - n_eval < need or n_eval < need):
+            n_eval = 0                                   # too little text to hold some out
+        self.train_tokens = tokens[: tokens.size - n_eval]
+        self.eval_tokens = tokens[tokens.size - n_eval:] if n_eval else None
+
+    @property
+    def window(self) -> int:
+        return self.seq_len + (0 if self.mlm else 1)
+
+    def _make(self, windows: np.ndarray, rng: np.random.Generator) -> Batch:
+        if self.mlm:
+            ids, labels = mask_tokens(windows, rng, self.mask_token_id, self.vocab_size, self.mlm_probability)
+            return Batch(ids, labels)
+        return Batch(windows[:, :-1].copy(), windows[:, 1:].copy())           # [B, T+1] -> [B, T], [B, T]
+
+    def global_batch(self, step: int, batch_size: int) -> Batch:
+        """The batch of training step ``step`` (0-based): the same on every rank and every run."""
+        rng = np.random.default_rng([self.seed, int(step)])
+        n_starts = self.train_tokens.size - self.window + 1
+        starts = rng.integers(0, n_starts, size=batch_size)                     # [B]
+        windows = self.train_tokens[starts[:, None] + np.arange(self.window)]   # [B, T(+1)]
+        return self._make(windows, rng)
+
+    def eval_batches(self, batch_size: int, max_batches: int = 8):
+        """Consecutive non-overlapping windows of the held-out tokens (fixed masking for MLM)."""
+        if self.eval_tokens is None:
+            return []
+        n = (self.eval_tokens.size - (0 if self.mlm else 1)) // self.seq_len
+        rows = [self.eval_tokens[i * self.seq_len: i * self.seq_len + self.window] for i in range(n)]
+        rows = [r for r in rows if r.size == self.window]
+        rng = np.random.default_rng([self.seed, 2**31 - 1])
+        out = []
+        for i in range(0, min(len(rows), batch_size * max_batches), batch_size):
+            out.append(self._make(np.stack(rows[i:i + batch_size]), rng))
+        return out
+
+
+def shard_rows(batch: Batch, rank: int, world: int) -> Batch:
+    """Rank ``rank``'s contiguous slice of a global batch (``B`` must divide by ``world``)."""
+    b = batch.input_ids.shape[0]
+    if b % world:
+        raise InputError(f"--batch-size {b} must be a multiple of the number of processes ({world})")
+    per = b // world
+    sl = slice(rank * per, (rank + 1) * per)
+    return Batch(batch.input_ids[sl], batch.labels[sl])
+
+
+def mask_tokens(windows: np.ndarray, rng: np.random.Generator, mask_token_id: int, vocab_size: int,
+                probability: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+    """BERT's masking (as transformers' DataCollatorForLanguageModeling): pick ``probability``
+    of the positions; of those 80% become ``[MASK]``, 10% a random token, 10% stay. Labels are
+    the original ids at picked positions and -100 elsewhere. At least one position per row is picked."""
+    ids = windows.copy()
+    picked = rng.random(ids.shape) < probability                           # [B, T]
+    none = ~picked.any(axis=1)
+    if none.any():                                                          # every row teaches something
+        picked[np.nonzero(none)[0], rng.integers(0, ids.shape[1], size=int(none.sum()))] = True
+    labels = np.where(picked, ids, -100)
+    roll = rng.random(ids.shape)
+    ids[picked & (roll < 0.8)] = mask_token_id
+    rand = picked & (roll >= 0.8) & (roll < 0.9)
+    ids[rand] = rng.integers(0, vocab_size, size=int(rand.sum()))
+    return ids, labels
