@@ -37,7 +37,7 @@ from axon.autograd import Function
 from kernels.ternary import ternary_matmul, ternary_pack, ternary_quantize
 
 __all__ = ["TernaryLinear", "weight_quant", "act_quant", "WeightQuantSTE", "ActQuantSTE",
-           "unpack_hf_ternary", "pack_hf_ternary"]
+           "unpack_hf_ternary", "pack_hf_ternary", "latent_weight"]
 
 
 def weight_quant(w: np.ndarray) -> np.ndarray:
@@ -106,6 +106,20 @@ def pack_hf_ternary(ternary: np.ndarray) -> np.ndarray:
     return packed
 
 
+def latent_weight(ternary: np.ndarray, scale: float) -> np.ndarray:
+    """A float weight whose absmean quantisation is exactly ``ternary / scale``.
+
+    With ``f = mean|t|`` (the share of non-zero codes), ``W = t / (s f)`` has ``mean|W| = 1/s``,
+    so :func:`weight_quant` finds the scale ``s`` again and ``round(W s) = round(t / f) -> t``
+    after clipping (``|t / f| >= 1`` where ``t != 0``).
+    """
+    t = np.asarray(ternary, dtype=np.float32)
+    frac = float(np.abs(t).mean()) if t.size else 0.0
+    if frac == 0.0:
+        return np.zeros_like(t)
+    return t / np.float32(scale * frac)
+
+
 class TernaryLinear(nn.Module):
     """A BitNet b1.58 linear layer: ``y = act_quant(x) @ weight_quant(W)^T (+ bias)``.
 
@@ -145,8 +159,7 @@ class TernaryLinear(nn.Module):
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"ternary weight scale must be a positive finite number, got {scale}")
         self.packed, self.scale = ternary_pack(t.astype(np.int8)), scale
-        # the float latent weight is the dequantised one, so training can resume from it
-        self.weight.data = t / np.float32(scale)
+        self.weight.data = latent_weight(t, scale)   # so unpack() computes the same function
         return self
 
     def unpack(self) -> "TernaryLinear":
@@ -163,6 +176,9 @@ class TernaryLinear(nn.Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"TernaryLinear expects {self.in_features} input features, got shape {tuple(x.shape)}")
         if self.packed is not None:
+            if self.training and axon.is_grad_enabled() and self.weight.requires_grad:
+                raise RuntimeError("TernaryLinear is packed (the inference form, which has no gradient): "
+                                   "call unpack() before training, or run under axon.no_grad() / eval()")
             y = ternary_matmul(np.asarray(x.data, dtype=np.float32), self.packed, self.scale,
                                        self.in_features)              # [..., in] -> [..., out]
             out = axon.tensor(y.astype(x.dtype, copy=False))

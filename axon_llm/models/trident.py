@@ -31,7 +31,7 @@ from axon_llm.attention import AttentionContext, MultiHeadAttention, attend, mer
 from axon_llm.cache import KVCache
 from axon_llm.embeddings import as_token_ids
 from axon_llm.rope import RotaryEmbedding, apply_rotary_pos_emb
-from axon_llm.ternary import TernaryLinear, unpack_hf_ternary
+from axon_llm.ternary import TernaryLinear, latent_weight, unpack_hf_ternary
 
 __all__ = ["TridentConfig", "TridentModel", "BitNetAttention", "BitNetMLP", "BitNetDecoderLayer"]
 
@@ -366,7 +366,7 @@ class TridentModel(CausalLM):
             if not (np.isfinite(s) and s > 0):
                 raise CheckpointError(f"{skey}: the weight scale must be positive and finite, got {scale_arr[0]}")
             packed[name] = (ternary, s)
-            sd[wkey] = ternary.astype(np.float32) / np.float32(s)   # dequantised float weights
+            sd[wkey] = latent_weight(ternary, s)                    # training form of the same layer
         load_state(self, sd)
         for name, (ternary, s) in packed.items():
             ternary_layers[name].set_ternary(ternary, s)

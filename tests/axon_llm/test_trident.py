@@ -97,6 +97,26 @@ def test_packed_inference_equals_training_forward(tiny):
     np.testing.assert_allclose(packed_path, train_path, rtol=0, atol=1e-5 * np.abs(train_path).max())
 
 
+def test_packed_checkpoint_unpacks_to_the_same_function(fixtures_dir):
+    model, exp = _load(fixtures_dir, "bitnet_packed")
+    packed = logits_np(model, exp["input_ids"])
+    unpacked = logits_np(model.unpack(), exp["input_ids"])
+    np.testing.assert_allclose(unpacked, packed, rtol=0, atol=1e-5 * np.abs(packed).max())
+    for _, layer in model.ternary_layers():                            # and it trains from there
+        assert layer.weight.requires_grad and not layer.is_packed
+
+
+def test_packed_layer_refuses_to_train(tiny):
+    tiny.pack().train()
+    try:
+        with pytest.raises(RuntimeError, match="unpack"):
+            tiny(np.zeros((1, 3), np.int64))
+        with axon.no_grad():
+            tiny(np.zeros((1, 3), np.int64))                            # inference is fine
+    finally:
+        tiny.unpack()
+
+
 def test_packed_weights_take_at_most_a_tenth_of_float32(tiny):
     tiny.pack()
     packed, dense = tiny.packed_weight_nbytes()
