@@ -62,7 +62,7 @@ def _load_hf_folder(folder: Path):
     config_cls = config_cls(loader.config) if config_cls else CONFIG_CLASSES.get(model_type, cls.config_class)
     config = config_cls.from_dict(loader.config)
     model = cls(config)
-    load_state(model, loader.tensors())
+    load_state(model, loader.tensors(), strict=False)   # unused tensors: a warning, as in transformers
     model.eval()
     return model
 

@@ -29,6 +29,7 @@ import json
 import os
 import re
 import struct
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -286,7 +287,8 @@ def load_state(model, tensors: Mapping[str, Any], *, strict: bool = True):
     Raises ``CheckpointError`` listing every missing tensor, or naming the key and both shapes
     of a mismatch. With ``strict`` unexpected tensors are an error too.
     """
-    mapped = map_hf_to_axonml(tensors, model)
+    tied = set(getattr(model, "tied_weights", lambda: ())())
+    mapped = {k: v for k, v in map_hf_to_axonml(tensors, model).items() if k not in tied}   # HF ignores them too
     params = _param_names(model)
     mismatched = [(k, tuple(np.shape(v)) if not hasattr(v, "shape") else tuple(v.shape), params[k])
                   for k, v in mapped.items() if k in params and tuple(v.shape) != params[k]]
@@ -298,11 +300,15 @@ def load_state(model, tensors: Mapping[str, Any], *, strict: bool = True):
         shown = ", ".join(missing[:30]) + (f" ... ({len(missing)} in all)" if len(missing) > 30 else "")
         raise CheckpointError(f"checkpoint is missing {len(missing)} tensor(s): {shown}")
     unexpected = sorted(set(mapped) - set(params))
+    shown = ", ".join(unexpected[:30]) + (f" ... ({len(unexpected)} in all)" if len(unexpected) > 30 else "")
     if unexpected and strict:
-        shown = ", ".join(unexpected[:30]) + (f" ... ({len(unexpected)} in all)" if len(unexpected) > 30 else "")
         raise CheckpointError(f"checkpoint has {len(unexpected)} tensor(s) the model does not use: {shown}")
+    if unexpected:
+        # e.g. bert-base-uncased (BertForMaskedLM) also stores the pooler and the NSP head
+        warnings.warn(f"ignored {len(unexpected)} checkpoint tensor(s) the model does not use: {shown}", stacklevel=3)
     usable = {k: np.asarray(v, dtype=np.float32) for k, v in mapped.items() if k in params}
-    return model.load_state_dict(usable, strict=False)
+    result = model.load_state_dict(usable, strict=False)
+    return result._replace(unexpected_keys=unexpected)
 
 
 def _load_folder(path: str | Path, expected: Iterable[str] | None = None):

@@ -124,6 +124,20 @@ class BertPooler(nn.Module):
         return self.dense(x[:, 0]).tanh()                                   # [B, T, d] -> [B, d]
 
 
+def _labels(labels, shape, num_classes: int, allow_ignore: bool) -> np.ndarray:
+    """Integer labels of ``shape`` inside ``[0, num_classes)`` (or -100 = ignored, for MLM)."""
+    arr = np.asarray(labels.numpy() if isinstance(labels, axon.Tensor) else labels)
+    if arr.dtype.kind not in "iu" or arr.shape != tuple(shape):
+        raise InputError(f"labels must be integers of shape {list(shape)}, got {arr.dtype} {list(arr.shape)}")
+    ok = (arr >= 0) & (arr < num_classes)
+    if allow_ignore:
+        ok |= arr == -100
+    if not ok.all():
+        raise InputError(f"labels must lie in [0, {num_classes})" + (" or be -100" if allow_ignore else "")
+                         + f", got {int(arr[~ok][0])}")
+    return arr.astype(np.int64)
+
+
 def _mask_context(ids: np.ndarray, attention_mask) -> AttentionContext:
     if attention_mask is not None:
         m = np.asarray(attention_mask.numpy() if isinstance(attention_mask, axon.Tensor) else attention_mask)
@@ -230,7 +244,7 @@ class BertForMaskedLM(nn.Module):
         logits = self.forward(input_ids, attention_mask, token_type_ids)
         if labels is None:
             return logits
-        labels = np.asarray(labels.numpy() if isinstance(labels, axon.Tensor) else labels, dtype=np.int64)
+        labels = _labels(labels, logits.shape[:-1], logits.shape[-1], allow_ignore=True)
         v = logits.shape[-1]
         loss = F.cross_entropy(logits.reshape(-1, v), labels.reshape(-1), ignore_index=-100)
         return logits, loss
@@ -265,7 +279,7 @@ class BertForSequenceClassification(nn.Module):
         logits = self.forward(input_ids, attention_mask, token_type_ids)
         if labels is None:
             return logits
-        labels = np.asarray(labels.numpy() if isinstance(labels, axon.Tensor) else labels, dtype=np.int64)
+        labels = _labels(labels, logits.shape[:1], logits.shape[-1], allow_ignore=False)
         return logits, F.cross_entropy(logits, labels.reshape(-1))
 
     def tied_weights(self) -> tuple[str, ...]:

@@ -86,6 +86,17 @@ def test_positions_follow_the_mask_like_transformers_generate():
     np.testing.assert_array_equal(ctx.positions[1], [0, 1, 2, 3, 4])
 
 
+def test_sinusoidal_positions():
+    from axon_llm.embeddings import PositionalEmbedding
+
+    pe = PositionalEmbedding(8, max_len=16)
+    table = pe(np.arange(20)[None]).numpy()[0]                 # grows past max_len on demand
+    p = np.arange(20)[:, None]
+    i = np.arange(0, 8, 2)[None]
+    np.testing.assert_allclose(table[:, 0::2], np.sin(p / 10000 ** (i / 8)), atol=1e-6)
+    np.testing.assert_allclose(table[:, 1::2], np.cos(p / 10000 ** (i / 8)), atol=1e-6)
+
+
 def test_generic_decoder_and_encoder():
     dec = TransformerDecoder(40, 16, 2, 2, 32).eval()
     check_cached_equals_uncached(dec, 40)

@@ -94,3 +94,11 @@ def test_bad_inputs():
         model(np.array([[1, 2]]), token_type_ids=np.array([[0, 2]]))
     with pytest.raises(InputError, match="attention_mask"):
         model(np.array([[1, 2]]), attention_mask=np.array([[1, 1, 1]]))
+    cls = BertForSequenceClassification(micro(num_labels=3))
+    with pytest.raises(InputError, match=r"labels must lie in \[0, 3\)"):
+        cls.forward_classification(np.array([[1, 2]]), labels=np.array([3]))
+    mlm = BertForMaskedLM(micro())
+    with pytest.raises(InputError, match="shape"):
+        mlm.forward_mlm(np.array([[1, 2]]), labels=np.array([1, 2]))
+    _, loss = mlm.forward_mlm(np.array([[1, 2]]), labels=np.array([[-100, 2]]))
+    assert np.isfinite(loss.item())

@@ -64,6 +64,17 @@ def test_generate_greedy_is_generate_without_sampling():
     assert sampled.shape == (1, 8) and ((sampled >= 0) & (sampled < 50)).all()
 
 
+def test_gpt2_embedding_module():
+    from axon_llm.embeddings import GPT2Embedding
+
+    emb = GPT2Embedding(50, 24, 16)
+    ids = np.array([[3, 4, 5]])
+    out = emb(ids).numpy()
+    np.testing.assert_allclose(out, emb.wte.weight.numpy()[ids] + emb.wpe.weight.numpy()[np.arange(3)][None])
+    with pytest.raises(InputError, match="24 learned positions"):
+        emb(np.zeros((1, 25), dtype=np.int64))
+
+
 def test_sequence_longer_than_learned_positions():
     model = GPT2LMHead(micro())
     with pytest.raises(InputError, match="24 learned positions"):

@@ -188,6 +188,27 @@ def test_mixtral_fused_expert_layout(tmp_path):
     np.testing.assert_allclose(logits_np(from_pretrained(folder), e["input_ids"]), e["logits"], atol=1e-4)
 
 
+def test_unused_tensors_are_ignored_with_a_warning(tmp_path):
+    """bert-base-uncased is a BertForMaskedLM checkpoint that also stores the pooler and NSP head."""
+    folder = copy_case("bert_mlm", tmp_path)
+    rewrite(folder, lambda t: {**t, "bert.pooler.dense.bias": np.zeros(48, np.float32),
+                               "cls.seq_relationship.weight": np.zeros((2, 48), np.float32)})
+    with pytest.warns(UserWarning, match="ignored 2 checkpoint tensor"):
+        model = from_pretrained(folder)
+    e = np.load(folder / "expected.npz")
+    np.testing.assert_allclose(logits_np(model, e["input_ids"]), e["logits"], atol=1e-4)
+    from axon_llm.loaders import load_state
+    with pytest.raises(CheckpointError, match="does not use: bert.pooler.dense.bias"):
+        load_state(model, read_safetensors(folder / "model.safetensors"), strict=True)
+
+
+def test_tied_copies_in_a_checkpoint_are_ignored(tmp_path):
+    folder = copy_case("gpt2", tmp_path)
+    rewrite(folder, lambda t: {**t, "lm_head.weight": t["transformer.wte.weight"]})
+    e = np.load(folder / "expected.npz")
+    np.testing.assert_allclose(logits_np(from_pretrained(folder), e["input_ids"]), e["logits"], atol=1e-4)
+
+
 def test_named_loaders():
     assert type(load_llama_from_hf(HF / "llama")).__name__ == "LLaMAForCausalLM"
     assert type(load_mistral_from_hf(HF / "mixtral")).__name__ == "MistralForCausalLM"
