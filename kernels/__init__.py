@@ -25,6 +25,7 @@ from kernels.scan import (
 )
 from kernels.ternary import (
     quantize_activations,
+    ternary_codes,
     ternary_matmul,
     ternary_matmul_ref,
     ternary_pack,
@@ -48,6 +49,7 @@ __all__ = [
     "selective_scan_step",
     "selective_scan_step_ref",
     "quantize_activations",
+    "ternary_codes",
     "ternary_matmul",
     "ternary_matmul_ref",
     "ternary_pack",

@@ -28,6 +28,7 @@ from ._jit import jit_disabled
 __all__ = [
     "ternary_quantize",
     "ternary_quantize_ref",
+    "ternary_codes",
     "ternary_pack",
     "ternary_unpack",
     "quantize_activations",
@@ -74,11 +75,10 @@ def _check_packed(packed, in_features):
     return packed
 
 
-def ternary_quantize_ref(W):
-    """absmean ternary quantisation: W [out, in] float -> (uint8 [out, ceil(in/4)], float scale s).
+def ternary_codes(W):
+    """absmean ternary codes before packing: W [out, in] float -> (int8 t [out, in], float s).
 
-    `s = 1 / max(mean|W|, 1e-5)` in float32 and the codes are `clip(round(W s), -1, 1)`, so the
-    dequantised weight is `ternary_unpack(packed, in) / s`.
+    `s = 1 / max(mean|W|, 1e-5)` and `t = clip(round(W s), -1, 1)` in float32; W ~ t / s.
     """
     w = np.asarray(W)
     if w.dtype not in (np.float32, np.float64, np.float16):
@@ -90,7 +90,16 @@ def ternary_quantize_ref(W):
         raise ValueError("W contains NaN or Inf: it cannot be quantised to ternary codes")
     s = np.float32(1.0) / np.maximum(np.abs(w).mean(dtype=np.float32) if w.size else np.float32(0), np.float32(1e-5))
     t = np.clip(np.round(w * s), -1, 1)
-    return ternary_pack(t.astype(np.int8)), float(s)
+    return t.astype(np.int8), float(s)
+
+
+def ternary_quantize_ref(W):
+    """absmean ternary quantisation: W [out, in] float -> (uint8 [out, ceil(in/4)], float scale s).
+
+    The codes and `s` are `ternary_codes(W)`; the dequantised weight is `ternary_unpack(packed, in) / s`.
+    """
+    t, s = ternary_codes(W)
+    return ternary_pack(t), s
 
 
 def ternary_quantize(W):

@@ -250,9 +250,12 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     scale = d ** -0.5 if scale is None else float(scale)
     mask = attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask
 
-    # ---- fast path (kernels engineer): dispatch to the flash kernel in axon/kernel_ops.py here,
-    # ---- e.g. `if kernel_ops.can_use_flash(q, k, v, mask, dropout_p): return kernel_ops.flash_sdpa(
-    # ----     q, k, v, is_causal=is_causal, window=window, scale=scale)`. The reference below is the definition.
+    # fast path: no mask, no dropout -> the tiled flash kernel, forward and backward (axon/kernel_ops.py).
+    # The reference below is the definition.
+    from .. import kernel_ops  # imported here: kernel_ops pulls in the kernels package
+
+    if kernel_ops.can_use_flash(q, k, v, mask, dropout_p, is_causal, window):
+        return kernel_ops.flash_sdpa(q, k, v, is_causal=is_causal, window=window, scale=scale)
     return _sdpa_reference(q, k, v, mask, dropout_p, is_causal, scale, window)
 
 
