@@ -118,6 +118,15 @@ class TridentConfig(ModelConfig):
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
+    def to_dict(self) -> dict[str, Any]:
+        """config.json for transformers. Saved weights are the float latent ones, so the file asks
+        transformers to quantise them on the fly (``quantization_mode: online``), as we do."""
+        out = super().to_dict()
+        out["quantization_config"] = {"quant_method": "bitnet", "linear_class": "autobitlinear",
+                                      "quantization_mode": "online", "modules_to_not_convert": None,
+                                      "use_rms_norm": False}
+        return out
+
     def num_parameters(self) -> int:
         """Parameter count from the config alone (a tied lm_head counted once)."""
         d, f, V, hd = self.hidden_size, self.intermediate_size, self.vocab_size, self.head_dim

@@ -70,6 +70,13 @@ def test_state_dict_names_are_transformers_names(fixtures_dir):
     assert set(model.state_dict()) == set(HFLoader(fixtures_dir / "hf" / "mamba").keys())
 
 
+def test_save_pretrained_round_trip(fixtures_dir, tmp_path):
+    model, exp = _load(fixtures_dir, "mamba_rand1")
+    model.save_pretrained(tmp_path)
+    again = from_pretrained(tmp_path)
+    np.testing.assert_array_equal(logits_np(again, exp["input_ids"]), logits_np(model, exp["input_ids"]))
+
+
 # ------------------------------------------------------------------ family checks
 def test_causal(tiny):
     check_causal(tiny, tiny.config.vocab_size)

@@ -87,6 +87,20 @@ def test_packed_checkpoint_errors_are_named(fixtures_dir, tmp_path):
         from_pretrained(tmp_path)
 
 
+def test_save_pretrained_round_trip(fixtures_dir, tmp_path):
+    import json
+
+    model, exp = _load(fixtures_dir, "bitnet_packed")
+    model.save_pretrained(tmp_path)
+    # the float latent weights are written, with the config asking for on-the-fly quantisation
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["architectures"] == ["BitNetForCausalLM"]
+    assert cfg["quantization_config"]["quantization_mode"] == "online"
+    again = from_pretrained(tmp_path)
+    np.testing.assert_allclose(logits_np(again, exp["input_ids"]), exp["logits"], rtol=0,
+                               atol=1e-4 * np.abs(exp["logits"]).max())
+
+
 # ------------------------------------------------------------------ the two paths of TernaryLinear
 def test_packed_inference_equals_training_forward(tiny):
     ids = np.random.default_rng(0).integers(0, tiny.config.vocab_size, (2, 12))
