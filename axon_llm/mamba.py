@@ -15,9 +15,9 @@ Module attribute names are the transformers ``MambaMixer`` names (``in_proj``, `
 
 Two code paths, one recurrence:
 
-* no cache (training, scoring): the whole sequence goes through ``axon.kernel_ops``'s
-  selective-scan autograd Function, so every parameter (``A_log`` and ``D`` included) gets
-  its gradient from the kernel's analytic backward;
+* no cache (training, scoring): the whole sequence goes through ``axon.kernel_ops.selective_scan``
+  (the autograd Function over ``kernels.selective_scan`` and its analytic backward), so every
+  parameter (``A_log``, ``D`` and ``dt_proj.bias`` included) gets its exact gradient;
 * with a :class:`MambaState` (streaming decode): the causal convolution reads the last
   ``k - 1`` inputs kept in ``conv_state`` and the recurrence starts from ``ssm_state``.
   This path is inference only (it runs under ``no_grad`` semantics: no graph is recorded
@@ -32,29 +32,10 @@ import numpy as np
 
 import axon
 import axon.nn.functional as F
-from axon import nn
-from axon.autograd import Function
-from kernels.scan import selective_scan, selective_scan_backward, selective_scan_step
+import kernels
+from axon import kernel_ops, nn
 
 __all__ = ["MambaMixer", "MambaState", "causal_depthwise_conv1d"]
-
-
-class SelectiveScanFn(Function):
-    """TEMPORARY (until axon/kernel_ops.py lands): autograd Function over kernels.scan."""
-
-    @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias):
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
-        return selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True)
-
-    @staticmethod
-    def backward(ctx, grad):
-        u, delta, A, B, C, D, z, delta_bias = ctx.saved_tensors
-        return selective_scan_backward(u, delta, A, B, C, grad, D, z, delta_bias, delta_softplus=True)
-
-
-def selective_scan_fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus=True):
-    return SelectiveScanFn.apply(u, delta, A, B, C, D, z, delta_bias)
 
 
 class MambaState:
@@ -187,8 +168,8 @@ class MambaMixer(nn.Module):
         A = -self.A_log.float().exp()                       # [di, n], always negative: h decays
 
         if state is None:
-            y = selective_scan_fn(u, delta, A, Bm, Cm, self.D.float(), z,
-                                  self.dt_proj.bias.float(), True)  # [B, di, T]
+            y = kernel_ops.selective_scan(u, delta, A, Bm, Cm, self.D.float(), z, self.dt_proj.bias.float(),
+                                          delta_softplus=True)          # [B, di, T]
         else:
             y = axon.tensor(self._scan_with_state(state, u, delta, A, Bm, Cm, z, x))
         return self.out_proj(y.transpose(1, 2))             # [B, T, di] -> [B, T, d]
@@ -201,13 +182,13 @@ class MambaMixer(nn.Module):
         bias = np.asarray(self.dt_proj.bias.data, dtype=np.float32)
         T = u_.shape[-1]
         if state.seen == 0:
-            y, last = selective_scan(u_, dl, A_, B_, C_, D=D_, z=z_, delta_bias=bias,
-                                     delta_softplus=True, return_last_state=True)
+            y, last = kernels.selective_scan(u_, dl, A_, B_, C_, D=D_, z=z_, delta_bias=bias,
+                                             delta_softplus=True, return_last_state=True)
             state.ssm_state[...] = last
         else:
             ys = []
             for t in range(T):
-                ys.append(selective_scan_step(
+                ys.append(kernels.selective_scan_step(
                     state.ssm_state, u_[:, :, t], dl[:, :, t], A_, B_[:, :, t], C_[:, :, t],
                     D=D_, z=z_[:, :, t], delta_bias=bias, delta_softplus=True))  # [B, di]
             y = np.stack(ys, axis=-1)                                           # [B, di, T]

@@ -12,7 +12,9 @@ The b1.58 recipe (Ma et al. 2024; transformers' ``AutoBitLinear``)::
 
 Training (``TernaryLinear`` with its float ``weight``): both quantisers are applied in the
 forward pass and their gradient is the identity (straight-through estimator), so the float
-"latent" weights receive the gradient of the quantised network.
+"latent" weights receive the gradient of the quantised network. The autograd Function is
+``axon.kernel_ops.ternary_linear`` (codes from ``kernels.ternary_codes`` and
+``kernels.quantize_activations``, the same float32 formulas as transformers' quantisers).
 
 Inference (after :meth:`TernaryLinear.pack`): the weights are stored as 2-bit codes, four to a
 byte (``kernels.ternary_quantize``), and ``kernels.ternary_matmul`` multiplies int8 activations
@@ -31,51 +33,10 @@ import math
 import numpy as np
 
 import axon
-import axon.nn.functional as F
-from axon import nn
-from axon.autograd import Function
-from kernels.ternary import ternary_matmul, ternary_pack, ternary_quantize
+import kernels
+from axon import kernel_ops, nn
 
-__all__ = ["TernaryLinear", "weight_quant", "act_quant", "WeightQuantSTE", "ActQuantSTE",
-           "unpack_hf_ternary", "pack_hf_ternary", "latent_weight"]
-
-
-def weight_quant(w: np.ndarray) -> np.ndarray:
-    """absmean ternary quantisation, dequantised: clip(round(W s), -1, 1) / s with s = 1/max(mean|W|, 1e-5)."""
-    w32 = np.asarray(w, dtype=np.float32)
-    s = np.float32(1.0) / np.maximum(np.abs(w32).mean(dtype=np.float32), np.float32(1e-5))
-    return (np.clip(np.round(w32 * s), -1, 1) / s).astype(w.dtype, copy=False)
-
-
-def act_quant(x: np.ndarray) -> np.ndarray:
-    """absmax int8 quantisation per token (last axis), dequantised: clip(round(x a), -128, 127) / a."""
-    x32 = np.asarray(x, dtype=np.float32)
-    a = np.float32(127.0) / np.maximum(np.abs(x32).max(axis=-1, keepdims=True), np.float32(1e-5))
-    return (np.clip(np.round(x32 * a), -128, 127) / a).astype(x.dtype, copy=False)
-
-
-class WeightQuantSTE(Function):
-    """Forward: :func:`weight_quant`; backward: identity (straight-through estimator)."""
-
-    @staticmethod
-    def forward(ctx, w):
-        return weight_quant(w)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
-
-
-class ActQuantSTE(Function):
-    """Forward: :func:`act_quant`; backward: identity (straight-through estimator)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return act_quant(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad
+__all__ = ["TernaryLinear", "unpack_hf_ternary", "pack_hf_ternary", "latent_weight"]
 
 
 def unpack_hf_ternary(packed: np.ndarray, out_features: int) -> np.ndarray:
@@ -110,7 +71,7 @@ def latent_weight(ternary: np.ndarray, scale: float) -> np.ndarray:
     """A float weight whose absmean quantisation is exactly ``ternary / scale``.
 
     With ``f = mean|t|`` (the share of non-zero codes), ``W = t / (s f)`` has ``mean|W| = 1/s``,
-    so :func:`weight_quant` finds the scale ``s`` again and ``round(W s) = round(t / f) -> t``
+    so absmean quantisation finds the scale ``s`` again and ``round(W s) = round(t / f) -> t``
     after clipping (``|t / f| >= 1`` where ``t != 0``).
     """
     t = np.asarray(ternary, dtype=np.float32)
@@ -146,7 +107,7 @@ class TernaryLinear(nn.Module):
 
     def pack(self) -> "TernaryLinear":
         """Quantise the float weight to 2-bit codes (4 per byte) for the integer inference kernel."""
-        self.packed, self.scale = ternary_quantize(np.asarray(self.weight.data, dtype=np.float32))
+        self.packed, self.scale = kernels.ternary_quantize(np.asarray(self.weight.data, dtype=np.float32))
         return self
 
     def set_ternary(self, ternary: np.ndarray, scale: float) -> "TernaryLinear":
@@ -158,7 +119,7 @@ class TernaryLinear(nn.Module):
         scale = float(scale)
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"ternary weight scale must be a positive finite number, got {scale}")
-        self.packed, self.scale = ternary_pack(t.astype(np.int8)), scale
+        self.packed, self.scale = kernels.ternary_pack(t.astype(np.int8)), scale
         self.weight.data = latent_weight(t, scale)   # so unpack() computes the same function
         return self
 
@@ -179,13 +140,11 @@ class TernaryLinear(nn.Module):
             if self.training and axon.is_grad_enabled() and self.weight.requires_grad:
                 raise RuntimeError("TernaryLinear is packed (the inference form, which has no gradient): "
                                    "call unpack() before training, or run under axon.no_grad() / eval()")
-            y = ternary_matmul(np.asarray(x.data, dtype=np.float32), self.packed, self.scale,
+            y = kernels.ternary_matmul(np.asarray(x.data, dtype=np.float32), self.packed, self.scale,
                                        self.in_features)              # [..., in] -> [..., out]
             out = axon.tensor(y.astype(x.dtype, copy=False))
             return out if self.bias is None else out + self.bias
-        xq = ActQuantSTE.apply(x)
-        wq = WeightQuantSTE.apply(self.weight)
-        return F.linear(xq, wq, self.bias)
+        return kernel_ops.ternary_linear(x, self.weight, self.bias)   # quantise both, STE backward
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -16,7 +16,7 @@ import axon
 from axon_llm import CheckpointError, ConfigError, UnsupportedError
 from axon_llm.auto import from_pretrained
 from axon_llm.models.trident import TridentConfig, TridentModel
-from axon_llm.ternary import TernaryLinear, act_quant, pack_hf_ternary, unpack_hf_ternary, weight_quant
+from axon_llm.ternary import TernaryLinear, latent_weight, pack_hf_ternary, unpack_hf_ternary
 
 from tests.axon_llm.family_checks import (
     check_cache_matches_full, check_causal, check_every_parameter_gets_gradient, check_learns, logits_np,
@@ -138,20 +138,24 @@ def test_packed_weights_take_at_most_a_tenth_of_float32(tiny):
     assert packed <= dense / 10, (packed, dense)                          # 2 bits vs 32: ~1/16
 
 
+def _b158(x, w):
+    """The recipe written out (architectures.md): dequantised int8 activations and ternary weights."""
+    s = np.float32(1) / np.maximum(np.abs(w).mean(dtype=np.float32), np.float32(1e-5))
+    wq = np.clip(np.round(w * s), -1, 1) / s
+    a = np.float32(127) / np.maximum(np.abs(x).max(axis=-1, keepdims=True), np.float32(1e-5))
+    xq = np.clip(np.round(x * a), -128, 127) / a
+    return xq, wq
+
+
 def test_ternary_linear_forward_is_the_b158_recipe():
     rng = np.random.default_rng(0)
     layer = TernaryLinear(10, 6)
     w = rng.standard_normal((6, 10)).astype(np.float32)
     layer.weight.data = w
     x = rng.standard_normal((3, 10)).astype(np.float32)
-    s = 1 / np.abs(w).mean()
-    wq = np.clip(np.round(w * s), -1, 1) / s
-    a = 127 / np.abs(x).max(axis=-1, keepdims=True)
-    xq = np.clip(np.round(x * a), -128, 127) / a
+    xq, wq = _b158(x, w)
+    assert len(np.unique(wq)) <= 3
     np.testing.assert_allclose(layer(axon.tensor(x)).numpy(), xq @ wq.T, rtol=1e-6, atol=1e-6)
-    np.testing.assert_array_equal(weight_quant(w), wq.astype(np.float32))
-    np.testing.assert_array_equal(act_quant(x), xq.astype(np.float32))
-    assert len(np.unique(np.round(weight_quant(w) * s))) <= 3
 
 
 def test_straight_through_gradients():
@@ -163,8 +167,16 @@ def test_straight_through_gradients():
     x = axon.tensor(rng.standard_normal((4, 8)).astype(np.float32), requires_grad=True)
     g = rng.standard_normal((4, 5)).astype(np.float32)
     (layer(x) * axon.tensor(g)).sum().backward()
-    np.testing.assert_allclose(layer.weight.grad.numpy(), g.T @ act_quant(x.numpy()), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(x.grad.numpy(), g @ weight_quant(w), rtol=1e-5, atol=1e-6)
+    xq, wq = _b158(x.numpy(), w)
+    np.testing.assert_allclose(layer.weight.grad.numpy(), g.T @ xq, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(x.grad.numpy(), g @ wq, rtol=1e-5, atol=1e-6)
+
+
+def test_latent_weight_requantises_to_its_codes():
+    t = np.random.default_rng(4).integers(-1, 2, (6, 9)).astype(np.int8)
+    w = latent_weight(t, 3.7)
+    _, wq = _b158(np.ones((1, 9), np.float32), w)
+    np.testing.assert_allclose(wq, t / np.float32(3.7), rtol=1e-6)
 
 
 def test_hf_packing_roundtrip():
