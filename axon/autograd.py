@@ -302,11 +302,16 @@ def backward(root, gradient=None, retain_graph: bool = False) -> None:
                 continue
             shape = parent.shape
             fresh = g.shape != shape  # _unbroadcast allocates a new array
-            g = _unbroadcast(g, shape)
+            if fresh:
+                try:
+                    g = _unbroadcast(g, shape)
+                except ValueError:
+                    pass  # reported just below
+            if g.shape != shape:  # the one shape check of every gradient
+                raise AssertionError(f"{ctx.fn.__name__}.backward gave a gradient of shape {g.shape} for an input of shape {shape}")
             if g.dtype != parent.dtype:
                 g = g.astype(parent.dtype)
                 fresh = True
-            assert g.shape == shape, f"{ctx.fn.__name__}.backward gave grad {g.shape} for input {shape}"
             pctx = parent._ctx
             if pctx is None:
                 _accumulate_leaf(parent, g, fresh)
