@@ -338,7 +338,9 @@ def save_pretrained(model, directory: str | Path) -> Path:
     arch = getattr(model, "hf_architecture", None)
     if arch:
         config["architectures"] = [arch]
-    config.setdefault("dtype", "float32")
+    config["dtype"] = "float32"                       # the file holds float32, whatever was loaded
+    if "torch_dtype" in config:
+        config["torch_dtype"] = "float32"
     state = {k: np.asarray(v.detach().numpy() if hasattr(v, "detach") else v, dtype=np.float32)
              for k, v in model.state_dict().items()}
     state = map_axonml_to_hf(state, model)
