@@ -1,0 +1,231 @@
+"""Question: do the Numba kernels beat their peers, by how much, and what do they cost in memory and JIT time?
+
+One run prints, for each kernel, our time, the named peer's time and the ratio (peer / ours:
+> 1 means the kernel is faster), against these goals:
+
+* flash attention, causal, H=8, D=64: faster than naive NumPy attention (BLAS q k^T, mask,
+  softmax, BLAS p v) at T=2048; at T=8192 its peak memory beyond inputs and outputs < 100 MB
+  (naive attention's score matrix alone would be 8 * 8192^2 * 4 B = 2 GiB);
+* selective scan (b=1, d=256, l=512, n=16, Mamba's options D, z, delta_bias, softplus):
+  >= 20x `kernels.selective_scan_ref` (NumPy);
+* ternary matvec 1x4096 @ 4096x4096: >= 2x NumPy's float32 BLAS gemv on the dense matrix,
+  with 16x less weight memory;
+* Numba matmul 1024^3 float32: >= 0.5x BLAS sgemm.
+
+Peak memory is the process's peak resident set (Linux VmHWM, reset through
+/proc/self/clear_refs just before the call) minus the resident set before it, minus the
+outputs. Times are the best of `--repeat` calls after a warm-up call. `--jit-cost` also times
+`import axon_llm` plus the first call of every kernel in fresh processes, with a cold and a
+warm Numba cache. The machine may be shared: the ratios come from the same run.
+
+    python benchmarks/bench_kernels.py [--smoke] [--repeat R] [--jit-cost]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+ROWS = []  # (kernel, size, ours_s, peer_name, peer_s, ratio, goal_text, met)
+SMOKE = False  # tiny sizes: goals are not judged
+
+
+def best(fn, repeat):
+    fn()  # warm-up (JIT compile or cache load, page faults)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_extra_bytes(fn):
+    """Peak resident bytes `fn()` adds to the process (Linux), and its result."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset VmHWM (peak RSS) to the current RSS
+    except OSError:
+        return None, fn()
+    before = _status_kb("VmRSS")
+    result = fn()
+    return (_status_kb("VmHWM") - before) * 1024, result
+
+
+def row(kernel, size, ours, peer_name, peer, goal=None, need=None):
+    ratio = peer / ours
+    met = "" if need is None or SMOKE else ("yes" if ratio >= need else "NO")
+    ROWS.append((kernel, size, ours, peer_name, peer, ratio, goal or "", met))
+
+
+def naive_attention(q, k, v, causal):
+    """Dense NumPy attention: the peer. [B, H, T, D] -> [B, H, T, D]."""
+    s = q @ k.transpose(0, 1, 3, 2) * np.float32(q.shape[-1] ** -0.5)  # [B, H, T, T]
+    if causal:
+        t = q.shape[2]
+        s = np.where(np.tri(t, dtype=bool), s, np.float32(-np.inf))
+    s = np.exp(s - s.max(axis=-1, keepdims=True))
+    s /= s.sum(axis=-1, keepdims=True)
+    return s @ v
+
+
+def bench_attention(smoke, repeat):
+    import kernels
+
+    rng = np.random.default_rng(0)
+    h, d = (2, 16) if smoke else (8, 64)
+    t = 128 if smoke else 2048
+    q, k, v = (rng.standard_normal((1, h, t, d)).astype(np.float32) for _ in range(3))
+    ours = best(lambda: kernels.flash_attention(q, k, v, causal=True), repeat)
+    peer = best(lambda: naive_attention(q, k, v, True), repeat)
+    row("flash_attention fwd causal", f"T={t} H={h} D={d}", ours, "naive NumPy+BLAS", peer, "> 1x", 1.0)
+    out, lse = kernels.flash_attention(q, k, v, causal=True)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    ours_b = best(lambda: kernels.flash_attention_backward(q, k, v, out, lse, dout, causal=True), max(1, repeat // 2))
+    peer_b = best(lambda: kernels.flash_attention_backward_ref(q, k, v, out, lse, dout, causal=True), 1)
+    row("flash_attention bwd causal", f"T={t} H={h} D={d}", ours_b, "flash_attention_backward_ref", peer_b)
+
+    # memory at long context
+    t_long = 512 if smoke else 8192
+    q, k, v = (rng.standard_normal((1, h, t_long, d)).astype(np.float32) for _ in range(3))
+    kernels.flash_attention(q[:, :, :64], k[:, :, :64], v[:, :, :64], causal=True)  # warm
+    start = time.perf_counter()
+    extra, (out, lse) = peak_extra_bytes(lambda: kernels.flash_attention(q, k, v, causal=True))
+    elapsed = time.perf_counter() - start
+    outputs = out.nbytes + lse.nbytes
+    naive_scores = h * t_long * t_long * 4
+    if extra is None:
+        print("peak memory: /proc/self/clear_refs not writable here, skipped")
+    else:
+        beyond = max(0, extra - outputs)
+        print(f"flash_attention causal T={t_long} H={h} D={d}: {elapsed:.2f} s, peak RSS beyond inputs+outputs "
+              f"{beyond / 2**20:.1f} MB (goal < 100 MB; outputs {outputs / 2**20:.1f} MB; naive score matrix alone "
+              f"{naive_scores / 2**20:.0f} MB) -> {'' if smoke else 'yes' if beyond < 100 * 2**20 else 'NO'}")
+
+
+def bench_scan(smoke, repeat):
+    import kernels
+
+    rng = np.random.default_rng(0)
+    b, d, l, n = (1, 32, 64, 4) if smoke else (1, 256, 512, 16)
+    r = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    args = dict(u=r(b, d, l), delta=r(b, d, l), A=-np.exp(r(d, n)), B=r(b, n, l), C=r(b, n, l), D=r(d), z=r(b, d, l),
+                delta_bias=r(d), delta_softplus=True)
+    ours = best(lambda: kernels.selective_scan(**args), repeat)
+    peer = best(lambda: kernels.selective_scan_ref(**args), max(1, repeat // 4))
+    row("selective_scan fwd", f"b={b} d={d} l={l} n={n}", ours, "selective_scan_ref", peer, ">= 20x", 20.0)
+    dout = r(b, d, l)
+    ours_b = best(lambda: kernels.selective_scan_backward(dout=dout, **args), max(1, repeat // 4))
+    peer_b = best(lambda: kernels.selective_scan_backward_ref(dout=dout, **args), 1)
+    row("selective_scan bwd", f"b={b} d={d} l={l} n={n}", ours_b, "selective_scan_backward_ref", peer_b)
+
+
+def bench_ternary(smoke, repeat):
+    import kernels
+
+    rng = np.random.default_rng(0)
+    n = 256 if smoke else 4096
+    w = rng.standard_normal((n, n)).astype(np.float32)
+    x = rng.standard_normal((1, n)).astype(np.float32)
+    packed, scale = kernels.ternary_quantize(w)
+    xv = x[0]
+    ours = best(lambda: kernels.ternary_matmul(x, packed, scale, n), repeat * 4)
+    peer = best(lambda: w @ xv, repeat * 4)
+    row("ternary_matmul (matvec)", f"1x{n} @ {n}x{n}", ours, "fp32 BLAS gemv", peer, ">= 2x", 2.0)
+    print(f"ternary weight memory: packed {packed.nbytes / 2**20:.2f} MB vs float32 {w.nbytes / 2**20:.2f} MB "
+          f"= {w.nbytes / packed.nbytes:.0f}x less (goal 16x)")
+
+
+def bench_matmul(smoke, repeat):
+    import kernels
+
+    rng = np.random.default_rng(0)
+    n = 128 if smoke else 1024
+    a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
+    ours = best(lambda: kernels.matmul(a, b), repeat)
+    peer = best(lambda: a @ b, repeat)
+    # ratio here is BLAS time / ours: the goal is >= 0.5
+    row("matmul float32", f"{n}^3", ours, "BLAS sgemm", peer, ">= 0.5x", 0.5)
+
+
+JIT_SNIPPET = """
+import time
+t0 = time.perf_counter()
+import axon_llm, kernels
+import numpy as np
+from kernels.attention import flash_attention_nb, flash_attention_backward_nb
+from kernels.scan import selective_scan_nb, selective_scan_backward_nb, selective_scan_step_nb
+from kernels.ternary import ternary_matmul_nb
+from kernels.matmul import matmul_nb
+f = np.ones((1, 2, 4, 8), np.float32)
+o, l = flash_attention_nb(f, f, f, causal=True)
+flash_attention_backward_nb(f, f, f, o, l, f, causal=True)
+u = np.ones((1, 3, 4), np.float32); A = -np.ones((3, 2), np.float32); B = np.ones((1, 2, 4), np.float32)
+selective_scan_nb(u, u, A, B, B, u[0, :, 0], u, u[0, :, 0], True)
+selective_scan_backward_nb(u, u, A, B, B, u, u[0, :, 0], u, u[0, :, 0], True)
+selective_scan_step_nb(np.zeros((1, 3, 2), np.float32), u[..., 0], u[..., 0], A, B[..., 0], B[..., 0])
+p, s = kernels.ternary_quantize(np.ones((4, 8), np.float32))
+ternary_matmul_nb(np.ones((1, 8), np.float32), p, s, 8)
+matmul_nb(f[0, 0], f[0, 0].T)
+print(f"{time.perf_counter() - t0:.2f}")
+"""
+
+
+def bench_jit_cost():
+    """`import axon_llm` + first float32 call of every kernel, fresh processes, cold then warm cache."""
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        env.pop("NUMBA_DISABLE_JIT", None)
+        times = []
+        for _ in range(2):
+            res = subprocess.run([sys.executable, "-c", JIT_SNIPPET], env=env, capture_output=True, text=True, check=True)
+            times.append(float(res.stdout.strip().splitlines()[-1]))
+    print(f"import axon_llm + first call of every kernel (float32): cold Numba cache {times[0]:.1f} s, "
+          f"warm cache {times[1]:.2f} s (goal < 3 s) -> {'yes' if times[1] < 3 else 'NO'}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs, numbers mean nothing")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--jit-cost", action="store_true", help="also time cold/warm JIT in fresh processes")
+    args = ap.parse_args(argv)
+    import numba
+
+    global SMOKE
+    SMOKE = args.smoke
+    ROWS.clear()
+    repeat = 1 if args.smoke else args.repeat
+    print(f"numba {numba.__version__} threads={numba.get_num_threads()} cpus={os.cpu_count()} "
+          f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')} load={os.getloadavg()[0]:.1f}")
+    bench_attention(args.smoke, repeat)
+    bench_scan(args.smoke, repeat)
+    bench_ternary(args.smoke, repeat)
+    bench_matmul(args.smoke, repeat)
+    print()
+    print(f"| {'kernel':28} | {'size':22} | {'ours':>9} | {'peer':28} | {'peer time':>9} | {'peer/ours':>9} | goal    | met |")
+    print(f"|{'-' * 30}|{'-' * 24}|{'-' * 11}|{'-' * 30}|{'-' * 11}|{'-' * 11}|---------|-----|")
+    for kernel, size, ours, peer_name, peer, ratio, goal, met in ROWS:
+        print(f"| {kernel:28} | {size:22} | {ours * 1e3:7.2f}ms | {peer_name:28} | {peer * 1e3:7.2f}ms | {ratio:8.2f}x | {goal:7} | {met:3} |")
+    if args.jit_cost:
+        print()
+        bench_jit_cost()
+    return ROWS
+
+
+if __name__ == "__main__":
+    main()
