@@ -35,7 +35,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from axon_llm.errors import CheckpointError, ModelFormatError
+from axon_llm.errors import CheckpointError, ModelFormatError, UnsupportedError
 
 __all__ = [
     "read_safetensors", "write_safetensors", "SafetensorsFile", "HFLoader", "map_hf_to_axonml",
@@ -332,6 +332,8 @@ def load_mistral_from_hf(path: str | Path):
 
 def save_pretrained(model, directory: str | Path) -> Path:
     """Write ``config.json`` + ``model.safetensors`` (float32) that transformers loads back."""
+    if not hasattr(getattr(model, "config", None), "to_dict"):
+        raise UnsupportedError(f"{type(model).__name__} has no HuggingFace config to save")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = model.config.to_dict()

@@ -275,10 +275,19 @@ class BertForSequenceClassification(nn.Module):
         return self.classifier(self.dropout(pooled))
 
     def forward_classification(self, input_ids, attention_mask=None, token_type_ids=None, labels=None):
-        """Class logits ``[B, num_labels]``; with int ``labels [B]`` returns ``(logits, loss)``."""
+        """Class logits ``[B, num_labels]``; with ``labels [B]`` returns ``(logits, loss)``.
+
+        Cross-entropy over int labels; with ``num_labels == 1`` (regression, as transformers) the
+        mean squared error against float labels.
+        """
         logits = self.forward(input_ids, attention_mask, token_type_ids)
         if labels is None:
             return logits
+        if self.config.num_labels == 1:
+            target = np.asarray(labels.numpy() if isinstance(labels, axon.Tensor) else labels, dtype=logits.dtype)
+            if target.shape != (logits.shape[0],):
+                raise InputError(f"labels must have shape [{logits.shape[0]}], got {list(target.shape)}")
+            return logits, F.mse_loss(logits.reshape(-1), axon.tensor(target))
         labels = _labels(labels, logits.shape[:1], logits.shape[-1], allow_ignore=False)
         return logits, F.cross_entropy(logits, labels.reshape(-1))
 

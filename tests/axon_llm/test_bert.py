@@ -52,6 +52,13 @@ def test_heads_and_ties():
     assert cls(np.array([[1, 2, 3]])).shape == (1, 3)
 
 
+def test_regression_head_uses_mse():
+    model = BertForSequenceClassification(micro(num_labels=1))
+    logits, loss = model.forward_classification(np.array([[1, 2], [3, 4]]), labels=np.array([0.5, -1.0]))
+    expected = ((logits.numpy().ravel() - np.array([0.5, -1.0])) ** 2).mean()
+    assert abs(loss.item() - expected) < 1e-6
+
+
 def test_padding_does_not_change_real_tokens():
     model = Bert(micro()).eval()
     ids = np.array([[5, 6, 7, 8, 0, 0]])
