@@ -58,6 +58,7 @@ class TokenEmbedding(nn.Embedding):
     """``nn.Embedding(vocab, d)`` whose forward checks ids are inside ``[0, vocab)``."""
 
     def forward(self, input_ids):
+        """ids ``[B, T]`` -> ``[B, T, d]`` (``InputError`` for ids outside the table)."""
         ids = as_token_ids(input_ids, self.weight.shape[0])
         return super().forward(axon.tensor(ids))                           # [B, T] -> [B, T, d]
 

@@ -44,6 +44,7 @@ class BertSelfAttention(nn.Module):
         self.dropout_p = config.attention_probs_dropout_prob
 
     def forward(self, x, ctx: AttentionContext):
+        """``[B, T, d] -> [B, T, d]`` (bidirectional; padded keys hidden)."""
         q = split_heads(self.query(x), self.num_heads, self.head_dim)       # [B, H, T, Dh]
         k = split_heads(self.key(x), self.num_heads, self.head_dim)
         v = split_heads(self.value(x), self.num_heads, self.head_dim)
@@ -61,6 +62,7 @@ class _DenseNormResidual(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, h, residual):
+        """``[B, T, in], [B, T, d] -> [B, T, d]``."""
         return self.LayerNorm(self.dropout(self.dense(h)) + residual)
 
 
@@ -73,6 +75,7 @@ class BertAttention(nn.Module):
         self.output = _DenseNormResidual(config.hidden_size, config)
 
     def forward(self, x, ctx: AttentionContext):
+        """``[B, T, d] -> [B, T, d]``."""
         return self.output(getattr(self, "self")(x, ctx), x)
 
 
@@ -83,6 +86,7 @@ class _Intermediate(nn.Module):
         self.act = activation(config.hidden_act)
 
     def forward(self, x):
+        """``[B, T, d] -> [B, T, I]``."""
         return self.act(self.dense(x))
 
 
@@ -96,6 +100,7 @@ class BertLayer(nn.Module):
         self.output = _DenseNormResidual(config.intermediate_size, config)
 
     def forward(self, x, ctx: AttentionContext):
+        """``[B, T, d] -> [B, T, d]``."""
         x = self.attention(x, ctx)
         return self.output(self.intermediate(x), x)
 
@@ -108,6 +113,7 @@ class BertEncoder(nn.Module):
         self.layer = nn.ModuleList([BertLayer(config) for _ in range(config.num_hidden_layers)])
 
     def forward(self, x, ctx: AttentionContext):
+        """``[B, T, d] -> [B, T, d]``."""
         for layer in self.layer:
             x = layer(x, ctx)
         return x
@@ -121,6 +127,7 @@ class BertPooler(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, x):
+        """``[B, T, d] -> [B, d]``."""
         return self.dense(x[:, 0]).tanh()                                   # [B, T, d] -> [B, d]
 
 
@@ -179,6 +186,7 @@ class Bert(nn.Module):
         return self.forward_with_pooler(input_ids, attention_mask, token_type_ids)[0]
 
     def tied_weights(self) -> tuple[str, ...]:
+        """No tied parameters."""
         return ()
 
     def save_pretrained(self, directory):
@@ -196,6 +204,7 @@ class _PredictionTransform(nn.Module):
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, x):
+        """``[B, T, d] -> [B, T, d]``."""
         return self.LayerNorm(self.transform_act_fn(self.dense(x)))
 
 
@@ -210,6 +219,7 @@ class _LMPrediction(nn.Module):
         self.decoder.weight = word_embeddings.weight                        # tied to the input table
 
     def forward(self, x):
+        """``[B, T, d] -> [B, T, V]``."""
         return self.decoder(self.transform(x))                              # [B, T, V]
 
 
@@ -219,6 +229,7 @@ class _MLMHead(nn.Module):
         self.predictions = _LMPrediction(config, word_embeddings)
 
     def forward(self, x):
+        """``[B, T, d] -> [B, T, V]``."""
         return self.predictions(x)
 
 
@@ -250,6 +261,7 @@ class BertForMaskedLM(nn.Module):
         return logits, loss
 
     def tied_weights(self) -> tuple[str, ...]:
+        """The decoder weight and bias alias the embeddings and ``cls.predictions.bias``."""
         return self.tied_keys
 
     save_pretrained = Bert.save_pretrained
@@ -292,6 +304,7 @@ class BertForSequenceClassification(nn.Module):
         return logits, F.cross_entropy(logits, labels.reshape(-1))
 
     def tied_weights(self) -> tuple[str, ...]:
+        """No tied parameters."""
         return ()
 
     save_pretrained = Bert.save_pretrained

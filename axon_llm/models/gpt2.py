@@ -98,6 +98,7 @@ class GPT2MLP(nn.Module):
         self.dropout = nn.Dropout(config.resid_pdrop)
 
     def forward(self, x):
+        """``[B, T, d] -> [B, T, d]``."""
         return self.dropout(self.c_proj(self.act(self.c_fc(x))))
 
 
@@ -112,6 +113,7 @@ class GPT2Block(nn.Module):
         self.mlp = GPT2MLP(config)
 
     def forward(self, x, ctx: AttentionContext):
+        """``[B, T, d] -> [B, T, d]``."""
         x = x + self.attn(self.ln_1(x), ctx)
         return x + self.mlp(self.ln_2(x))
 
@@ -154,6 +156,7 @@ class GPT2LMHead(CausalLM):
         self.lm_head.weight = self.transformer.wte.weight                  # tied
 
     def cache_shape(self) -> tuple[int, int, int]:
+        """``(n_layer, n_head, head_dim)``."""
         return self.config.n_layer, self.config.n_head, self.config.n_embd // self.config.n_head
 
     def forward(self, input_ids, attention_mask=None, cache=None):

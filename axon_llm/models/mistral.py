@@ -62,6 +62,7 @@ class MistralForCausalLM(LLaMAForCausalLM):
 
     @property
     def hf_architecture(self) -> str:
+        """``MixtralForCausalLM`` for the MoE variant, else ``MistralForCausalLM``."""
         return "MixtralForCausalLM" if self.config.is_moe else "MistralForCausalLM"
 
     def forward_with_router_logits(self, input_ids, attention_mask=None, cache=None):

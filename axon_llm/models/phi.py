@@ -105,6 +105,7 @@ class Phi3MLP(nn.Module):
         self.intermediate_size = config.intermediate_size
 
     def forward(self, x):
+        """``[B, T, d] -> [B, T, d]``."""
         gate_up = self.gate_up_proj(x)                          # [B, T, 2I]
         gate, up = gate_up[..., :self.intermediate_size], gate_up[..., self.intermediate_size:]
         return self.down_proj(up * self.act(gate))              # [B, T, d]
@@ -125,6 +126,7 @@ class Phi3DecoderLayer(LLaMADecoderLayer):
         self.mlp = Phi3MLP(config)
 
     def forward(self, x, ctx: AttentionContext):
+        """``[B, T, d] -> [B, T, d]`` (LLaMA's block plus Phi-3's residual dropouts)."""
         x = x + self.resid_attn_dropout(self.self_attn(self.input_layernorm(x), ctx))
         return x + self.resid_mlp_dropout(self.mlp(self.post_attention_layernorm(x)))
 
@@ -173,6 +175,7 @@ class PhiForCausalLM(CausalLM):
 
     @property
     def hf_architecture(self) -> str:
+        """``PhiForCausalLM`` or ``Phi3ForCausalLM``."""
         return self.config.architecture
 
     def forward(self, input_ids, attention_mask=None, cache=None):
