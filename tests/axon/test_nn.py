@@ -385,11 +385,23 @@ def test_sdpa_matches_definition_with_gqa_causal_window(h_kv, tq, extra, causal,
     tk = tq + extra
     r = np.random.default_rng(seed)
     q, k, v = r.standard_normal((2, h, tq, 3)), r.standard_normal((2, hkv, tk, 3)), r.standard_normal((2, hkv, tk, 3))
-    out = F.scaled_dot_product_attention(axon.Tensor(q), axon.Tensor(k), axon.Tensor(v), is_causal=causal, window=window,
-                                         enable_gqa=h != hkv)
-    assert_close(out, ref_attention(q, k, v, causal=causal, window=window), rtol=1e-10, atol=1e-10)
-    gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal, window=window),
+    expected = ref_attention(q, k, v, causal=causal, window=window)
+    # the composite reference: values and float64 central differences
+    scale = 3**-0.5
+    ref = F._sdpa_reference(axon.Tensor(q), axon.Tensor(k), axon.Tensor(v), None, 0.0, causal, scale, window)
+    assert_close(ref, expected, rtol=1e-10, atol=1e-10)
+    gradcheck(lambda q, k, v: F._sdpa_reference(q, k, v, None, 0.0, causal, scale, window),
               [axon.Tensor(q), axon.Tensor(k), axon.Tensor(v)])
+    # the public function (which may dispatch to the flash kernel): same values and gradients
+    ts = [axon.tensor(a, requires_grad=True) for a in (q, k, v)]
+    out = F.scaled_dot_product_attention(*ts, is_causal=causal, window=window, enable_gqa=h != hkv)
+    assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    w = np.random.default_rng(seed + 1).standard_normal(out.shape)
+    (out * axon.Tensor(w)).sum().backward()
+    rs = [axon.tensor(a, requires_grad=True) for a in (q, k, v)]
+    (F._sdpa_reference(*rs, None, 0.0, causal, scale, window) * axon.Tensor(w)).sum().backward()
+    for t, r in zip(ts, rs):
+        assert_close(t.grad, r.grad, rtol=1e-9, atol=1e-10)
 
 
 def test_sdpa_masks_and_scale_follow_torch():
