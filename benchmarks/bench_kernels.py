@@ -113,7 +113,7 @@ def bench_attention(smoke, repeat):
     else:
         beyond = max(0, extra - outputs)
         print(f"flash_attention causal T={t_long} H={h} D={d}: {elapsed:.2f} s, peak RSS beyond inputs+outputs "
-              f"{beyond / 2**20:.1f} MB (goal < 100 MB; outputs {outputs / 2**20:.1f} MB; naive score matrix alone "
+              f"{beyond / 2**20:.2f} MB (goal < 100 MB; outputs {outputs / 2**20:.1f} MB; naive score matrix alone "
               f"{naive_scores / 2**20:.0f} MB) -> {'' if smoke else 'yes' if beyond < 100 * 2**20 else 'NO'}")
 
 

@@ -311,6 +311,8 @@ def _scan_backward_kernel(u, delta, A, B, C, D, z, delta_bias, dout, dlast, has_
                           du, ddelta, dz, dA_part, dB_part, dC_part, dD_part, dbias_part):
     # dA_part [b, d, n], dD_part / dbias_part [b, d]: per batch row, summed by the caller;
     # dB_part / dC_part [b, chunks, n, l]: per channel block, summed by the caller.
+    # Each task gathers its block into [l, m] buffers (contiguous along channels), so the
+    # inner loops vectorise; the sums over channels (dB, dC) are separate scalar loops.
     n_b, d, l = u.shape
     n = A.shape[1]
     chunks = (d + _CHANNELS - 1) // _CHANNELS
@@ -323,84 +325,108 @@ def _scan_backward_kernel(u, delta, A, B, C, D, z, delta_bias, dout, dlast, has_
         for k in range(n):
             for j in range(m):
                 a_t[k, j] = A[c0 + j, k]
+        uu = np.empty((l, m), u.dtype)
+        raw = np.empty((l, m), u.dtype)  # delta + bias
+        go = np.empty((l, m), u.dtype)  # d(out)
+        zz = np.zeros((l, m), u.dtype)
+        for j in range(m):
+            for t in range(l):
+                uu[t, j] = u[bi, c0 + j, t]
+                raw[t, j] = delta[bi, c0 + j, t] + (delta_bias[c0 + j] if has_bias else 0.0)
+                go[t, j] = dout[bi, c0 + j, t]
+                if has_z:
+                    zz[t, j] = z[bi, c0 + j, t]
         dts = np.empty((l, m), u.dtype)
-        states = np.empty((l, n, m), u.dtype)  # x_t of this channel block
-        x = np.zeros((n, m), u.dtype)
-        for t in range(l):  # forward again, keeping the states
+        for t in range(l):
             for j in range(m):
-                raw = delta[bi, c0 + j, t]
-                if has_bias:
-                    raw += delta_bias[c0 + j]
-                dts[t, j] = _softplus(raw) if softplus_ else raw
+                dts[t, j] = _softplus(raw[t, j]) if softplus_ else raw[t, j]
+        states = np.zeros((l + 1, n, m), u.dtype)  # states[t + 1] = x_t, states[0] = 0
+        for t in range(l):  # forward again, keeping the states
             for k in range(n):
                 bk = B[bi, k, t]
                 for j in range(m):
-                    x[k, j] = fast_exp(dts[t, j] * a_t[k, j]) * x[k, j] + dts[t, j] * u[bi, c0 + j, t] * bk
-                    states[t, k, j] = x[k, j]
+                    states[t + 1, k, j] = fast_exp(dts[t, j] * a_t[k, j]) * states[t, k, j] + dts[t, j] * uu[t, j] * bk
         g = np.zeros((n, m), u.dtype)  # dL/dx_t flowing back from later steps
         if has_dlast:
             for k in range(n):
                 for j in range(m):
                     g[k, j] = dlast[bi, c0 + j, k]
         dy = np.empty(m, u.dtype)
+        yv = np.empty(m, u.dtype)
         ddt = np.empty(m, u.dtype)
         du_t = np.empty(m, u.dtype)
+        pb = np.empty(m, u.dtype)
+        pc = np.empty(m, u.dtype)
+        d_d = np.zeros(m, u.dtype)
+        d_bias = np.zeros(m, u.dtype)
         da = np.zeros((n, m), u.dtype)
-        for t in range(l - 1, -1, -1):
+        out_du = np.empty((l, m), u.dtype)
+        out_ddt = np.empty((l, m), u.dtype)
+        out_dz = np.zeros((l, m), u.dtype)
+        dvec = np.zeros(m, u.dtype)
+        if has_d:
             for j in range(m):
-                gout = dout[bi, c0 + j, t]
-                uj = u[bi, c0 + j, t]
-                if has_z:
-                    yj = 0.0
-                    for k in range(n):
-                        yj += states[t, k, j] * C[bi, k, t]
-                    if has_d:
-                        yj += D[c0 + j] * uj
-                    zj = z[bi, c0 + j, t]
+                dvec[j] = D[c0 + j]
+        for t in range(l - 1, -1, -1):
+            if has_z:
+                for j in range(m):
+                    yv[j] = 0.0
+                for k in range(n):
+                    ck = C[bi, k, t]
+                    for j in range(m):
+                        yv[j] += states[t + 1, k, j] * ck
+                for j in range(m):
+                    zj = zz[t, j]
                     sig = _sigmoid_scalar(zj)
-                    dz[bi, c0 + j, t] = gout * yj * sig * (1.0 + zj * (1.0 - sig))
-                    gout = gout * zj * sig
-                dy[j] = gout
-                du_t[j] = gout * D[c0 + j] if has_d else 0.0
-                if has_d:
-                    dD_part[bi, c0 + j] += gout * uj
+                    out_dz[t, j] = go[t, j] * (yv[j] + dvec[j] * uu[t, j]) * sig * (1.0 + zj * (1.0 - sig))
+                    dy[j] = go[t, j] * zj * sig
+            else:
+                for j in range(m):
+                    dy[j] = go[t, j]
+            for j in range(m):
+                du_t[j] = dy[j] * dvec[j]
+                d_d[j] += dy[j] * uu[t, j]
                 ddt[j] = 0.0
             for k in range(n):
                 ck = C[bi, k, t]
                 bk = B[bi, k, t]
-                dc = 0.0
-                db = 0.0
                 gk = g[k]
                 ak = a_t[k]
+                dak = da[k]
+                x_prev = states[t, k]
+                x_now = states[t + 1, k]
                 for j in range(m):
-                    xj = states[t, k, j]
-                    dc += dy[j] * xj
                     gj = gk[j] + dy[j] * ck
-                    x_prev = states[t - 1, k, j] if t > 0 else 0.0
                     dtj = dts[t, j]
-                    uj = u[bi, c0 + j, t]
                     decay = fast_exp(dtj * ak[j])
-                    ddt[j] += gj * (x_prev * decay * ak[j] + bk * uj)
-                    da[k, j] += gj * x_prev * decay * dtj
-                    db += gj * dtj * uj
+                    ddt[j] += gj * (x_prev[j] * decay * ak[j] + bk * uu[t, j])
+                    dak[j] += gj * x_prev[j] * decay * dtj
                     du_t[j] += gj * dtj * bk
+                    pb[j] = gj * dtj * uu[t, j]
+                    pc[j] = dy[j] * x_now[j]
                     gk[j] = gj * decay
-                dC_part[bi, ci, k, t] = dc
-                dB_part[bi, ci, k, t] = db
+                sb = 0.0
+                sc = 0.0
+                for j in range(m):
+                    sb += pb[j]
+                    sc += pc[j]
+                dB_part[bi, ci, k, t] = sb
+                dC_part[bi, ci, k, t] = sc
             for j in range(m):
                 g_raw = ddt[j]
-                if softplus_:
-                    raw = delta[bi, c0 + j, t]
-                    if has_bias:
-                        raw += delta_bias[c0 + j]
-                    if raw <= 20.0:
-                        g_raw *= _sigmoid_scalar(raw)
-                ddelta[bi, c0 + j, t] = g_raw
-                if has_bias:
-                    dbias_part[bi, c0 + j] += g_raw
-                du[bi, c0 + j, t] = du_t[j]
-        for k in range(n):
-            for j in range(m):
+                if softplus_ and raw[t, j] <= 20.0:
+                    g_raw *= _sigmoid_scalar(raw[t, j])
+                out_ddt[t, j] = g_raw
+                d_bias[j] += g_raw
+                out_du[t, j] = du_t[j]
+        for j in range(m):
+            for t in range(l):
+                du[bi, c0 + j, t] = out_du[t, j]
+                ddelta[bi, c0 + j, t] = out_ddt[t, j]
+                dz[bi, c0 + j, t] = out_dz[t, j]
+            dD_part[bi, c0 + j] = d_d[j]
+            dbias_part[bi, c0 + j] = d_bias[j]
+            for k in range(n):
                 dA_part[bi, c0 + j, k] = da[k, j]
 
 
