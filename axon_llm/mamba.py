@@ -165,10 +165,10 @@ class MambaMixer(nn.Module):
 
         dt, Bm, Cm = self._split_ssm_params(u)
         delta = (dt @ self.dt_proj.weight.T).transpose(1, 2)  # [B, T, r] @ [r, di] -> [B, di, T]
-        A = -self.A_log.float().exp()                       # [di, n], always negative: h decays
+        A = -self.A_log.exp()                               # [di, n], always negative: h decays
 
         if state is None:
-            y = kernel_ops.selective_scan(u, delta, A, Bm, Cm, self.D.float(), z, self.dt_proj.bias.float(),
+            y = kernel_ops.selective_scan(u, delta, A, Bm, Cm, self.D, z, self.dt_proj.bias,
                                           delta_softplus=True)          # [B, di, T]
         else:
             y = axon.tensor(self._scan_with_state(state, u, delta, A, Bm, Cm, z, x))

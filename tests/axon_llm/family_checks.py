@@ -51,6 +51,36 @@ def check_every_parameter_gets_gradient(model, loss) -> None:
     assert not bad, f"parameters without a (non-zero, finite) gradient: {bad}"
 
 
+def check_gradients_by_central_differences(model, vocab: int, entries: int = 2, seed: int = 0) -> None:
+    """In float64, autograd's gradient of a weighted sum of the logits matches central
+    differences at a few random entries of every parameter."""
+    model.double()
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, (2, 7))
+    weights = axon.tensor(rng.standard_normal((2, 7, vocab)))
+
+    def objective():
+        return (model(ids) * weights).sum()
+
+    model.zero_grad()
+    objective().backward()
+    eps = 1e-4        # float64: truncation ~eps^2, rounding ~1e-16 |objective| / eps, both tiny
+    for name, p in model.named_parameters():
+        g = p.grad.numpy()
+        for _ in range(entries):
+            i = tuple(int(rng.integers(0, n)) for n in p.shape)
+            old = p.data[i]
+            with axon.no_grad():
+                p.data[i] = old + eps
+                up = objective().item()
+                p.data[i] = old - eps
+                down = objective().item()
+            p.data[i] = old
+            numeric = (up - down) / (2 * eps)
+            assert abs(numeric - g[i]) <= 1e-5 * abs(numeric) + 1e-9, \
+                f"{name}{list(i)}: autograd {g[i]:.6g}, central difference {numeric:.6g}"
+
+
 def check_cache_matches_full(model, vocab: int, chunks=(5, 1, 1, 3, 1, 1), seed: int = 1, batch: int = 2,
                              max_length: int | None = None) -> None:
     """Feeding a sequence through a cache chunk by chunk (prefill, single steps, a multi-token

@@ -17,7 +17,7 @@ from axon_llm.moe import load_balancing_loss
 from axon_llm.rope import RotaryEmbedding
 
 from tests.axon_llm.family_checks import (
-    check_cache_matches_full, check_causal, check_every_parameter_gets_gradient, check_learns, logits_np,
+    check_cache_matches_full, check_causal, check_every_parameter_gets_gradient, check_gradients_by_central_differences, check_learns, logits_np,
 )
 
 
@@ -140,6 +140,13 @@ def test_every_parameter_gets_a_gradient(tiny):
     assert any("lambda_q1" in n for n in names) and any("block_sparse_moe.gate" in n for n in names)
     assert sum("experts.3.w2" in n for n in names) == tiny.config.num_hidden_layers
     check_every_parameter_gets_gradient(tiny, tiny.loss(ids, np.roll(ids, -1, axis=1)))
+
+
+def test_gradients_match_central_differences():
+    axon.manual_seed(0)
+    model = ChimeraModel(ChimeraConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       num_local_experts=3, num_experts_per_tok=2, intermediate_size=24))
+    check_gradients_by_central_differences(model, model.config.vocab_size)
 
 
 def test_cached_decoding_equals_full_forward(tiny):

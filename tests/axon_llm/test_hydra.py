@@ -12,7 +12,7 @@ from axon_llm.mamba import MambaMixer, MambaState
 from axon_llm.models.hydra import HydraConfig, HydraModel, WindowAttention, WindowKVCache
 
 from tests.axon_llm.family_checks import (
-    check_cache_matches_full, check_causal, check_every_parameter_gets_gradient, check_learns, logits_np,
+    check_cache_matches_full, check_causal, check_every_parameter_gets_gradient, check_gradients_by_central_differences, check_learns, logits_np,
     next_token_loss,
 )
 
@@ -52,6 +52,13 @@ def test_causal(small_window):
 def test_every_parameter_gets_a_gradient(small_window):
     ids = np.random.default_rng(0).integers(0, small_window.config.vocab_size, (2, 10))
     check_every_parameter_gets_gradient(small_window, next_token_loss(small_window(ids), ids))
+
+
+def test_gradients_match_central_differences():
+    axon.manual_seed(0)
+    model = HydraModel(HydraConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                   state_size=4, intermediate_size=32, sliding_window=3))
+    check_gradients_by_central_differences(model, model.config.vocab_size)
 
 
 def test_cached_decoding_equals_full_forward_past_the_window(small_window):

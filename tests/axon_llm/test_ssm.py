@@ -17,7 +17,7 @@ from axon_llm.mamba import MambaMixer
 from axon_llm.models.ssm import SSMConfig, SSMForCausalLM
 
 from tests.axon_llm.family_checks import (
-    check_cache_matches_full, check_causal, check_every_parameter_gets_gradient, check_learns, logits_np,
+    check_cache_matches_full, check_causal, check_every_parameter_gets_gradient, check_gradients_by_central_differences, check_learns, logits_np,
     next_token_loss,
 )
 
@@ -85,6 +85,12 @@ def test_causal(tiny):
 def test_every_parameter_gets_a_gradient(tiny):
     ids = np.random.default_rng(0).integers(0, tiny.config.vocab_size, (2, 10))
     check_every_parameter_gets_gradient(tiny, next_token_loss(tiny(ids), ids))
+
+
+def test_gradients_match_central_differences():
+    axon.manual_seed(0)
+    model = SSMForCausalLM(SSMConfig.from_d_model(16, 50, num_layers=2))
+    check_gradients_by_central_differences(model, model.config.vocab_size)
 
 
 def test_cached_decoding_equals_full_forward(tiny):
