@@ -104,6 +104,8 @@ class Context:
     node's backward ran (unless ``retain_graph=True``).
     """
 
+    __slots__ = ("needs_input_grad", "_recording", "_saved", "fn", "inputs", "released", "__dict__")
+
     def __init__(self, needs_input_grad: tuple, recording: bool):
         self.needs_input_grad = needs_input_grad
         self._recording = recording
@@ -128,9 +130,7 @@ class Context:
 
     def release(self) -> None:
         """Drop everything the node holds (saved arrays, attributes, parent links)."""
-        fn = self.fn
-        self.__dict__.clear()
-        self.fn = fn
+        self.__dict__.clear()  # attributes a forward stored (ctx.axis, ctx.shape, ...)
         self.inputs = None
         self._saved = ()
         self.released = True
@@ -177,19 +177,20 @@ class Function:
     def apply(cls, *args, **kwargs):
         """Run ``forward`` on the arrays behind ``args`` and record the node if needed."""
         raw = []
-        needs = []
+        inputs = []  # parent Tensors that need a gradient, None elsewhere
         any_needs = False
         for a in args:
             if isinstance(a, Tensor):
                 raw.append(a.data)
-                r = a._requires_grad
-                needs.append(r)
-                any_needs = any_needs or r
+                if a._requires_grad:
+                    inputs.append(a)
+                    any_needs = True
+                    continue
             else:
                 raw.append(a)
-                needs.append(False)
+            inputs.append(None)
         recording = any_needs and _GradMode.enabled
-        ctx = Context(tuple(needs), recording)
+        ctx = Context(tuple([i is not None for i in inputs]), recording)
         try:
             out = cls.forward(ctx, *raw, **kwargs)
         except (ValueError, TypeError, IndexError) as err:
@@ -197,7 +198,7 @@ class Function:
         result = Tensor._make(out)
         if recording and result.data.dtype.kind == "f":
             ctx.fn = cls
-            ctx.inputs = tuple(a if n else None for a, n in zip(args, needs))
+            ctx.inputs = inputs  # the edges of the graph
             result._requires_grad = True
             result._ctx = ctx
         return result
