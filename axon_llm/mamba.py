@@ -176,10 +176,10 @@ class MambaMixer(nn.Module):
 
     def _scan_with_state(self, state: MambaState, u, delta, A, Bm, Cm, z, x) -> np.ndarray:
         """The recurrence from ``state`` (inference): updates ``state`` in place, returns y [B, di, T]."""
-        k = self.conv_kernel
-        u_, dl, A_, B_, C_, z_ = (np.asarray(t.data, dtype=np.float32) for t in (u, delta, A, Bm, Cm, z))
-        D_ = np.asarray(self.D.data, dtype=np.float32)
-        bias = np.asarray(self.dt_proj.bias.data, dtype=np.float32)
+        k, dtype = self.conv_kernel, state.ssm_state.dtype
+        u_, dl, A_, B_, C_, z_ = (np.asarray(t.data, dtype=dtype) for t in (u, delta, A, Bm, Cm, z))
+        D_ = np.asarray(self.D.data, dtype=dtype)
+        bias = np.asarray(self.dt_proj.bias.data, dtype=dtype)
         T = u_.shape[-1]
         if state.seen == 0:
             y, last = kernels.selective_scan(u_, dl, A_, B_, C_, D=D_, z=z_, delta_bias=bias,
@@ -193,7 +193,7 @@ class MambaMixer(nn.Module):
                     D=D_, z=z_[:, :, t], delta_bias=bias, delta_softplus=True))  # [B, di]
             y = np.stack(ys, axis=-1)                                           # [B, di, T]
         # keep the last k-1 conv inputs for the next call
-        xs = np.concatenate([state.conv_state, np.asarray(x.data, dtype=np.float32)], axis=2)
-        state.conv_state[...] = xs[:, :, xs.shape[2] - (k - 1):]
+        xs = np.concatenate([state.conv_state, np.asarray(x.data, dtype=dtype)], axis=2)  # [B, di, k-1+T]
+        state.conv_state[...] = xs[:, :, xs.shape[2] - (k - 1):]                         # [B, di, k-1]
         state.seen += T
-        return y.astype(np.float32)
+        return y

@@ -262,12 +262,14 @@ class HydraCache:
     Its size is fixed (independent of ``max_length``): SSM states plus ``W`` keys/values a layer.
     """
 
-    def __init__(self, config: HydraConfig, batch_size: int, max_length: int | None = None):
+    def __init__(self, config: HydraConfig, batch_size: int, max_length: int | None = None, dtype=np.float32):
+        if batch_size < 1:
+            raise InputError(f"a cache needs batch_size >= 1, got {batch_size}")
         self.batch_size, self.max_length = batch_size, max_length
         self.layers = [
-            MambaState(batch_size, config.mamba_intermediate_size, config.state_size, config.conv_kernel)
+            MambaState(batch_size, config.mamba_intermediate_size, config.state_size, config.conv_kernel, dtype)
             if config.is_mamba_layer(i) else
-            WindowKVCache(batch_size, config.num_key_value_heads, config.sliding_window, config.head_dim)
+            WindowKVCache(batch_size, config.num_key_value_heads, config.sliding_window, config.head_dim, dtype)
             for i in range(config.num_hidden_layers)]
 
     @property
@@ -299,7 +301,7 @@ class HydraModel(CausalLM):
 
     def new_cache(self, batch_size: int, max_length: int | None = None) -> HydraCache:
         """Fixed-size streaming state for ``batch_size`` sequences."""
-        return HydraCache(self.config, batch_size, max_length)
+        return HydraCache(self.config, batch_size, max_length, dtype=self.model.embed_tokens.weight.dtype)
 
     def forward(self, input_ids, attention_mask=None, cache: HydraCache | None = None) -> axon.Tensor:
         """[B, T] token ids -> [B, T, V] logits; with a cache the tokens continue its sequence."""

@@ -119,11 +119,13 @@ class SSMCache:
     Its size does not depend on ``max_length`` (Mamba keeps no per-token memory).
     """
 
-    def __init__(self, config: SSMConfig, batch_size: int, max_length: int | None = None):
+    def __init__(self, config: SSMConfig, batch_size: int, max_length: int | None = None, dtype=np.float32):
+        if batch_size < 1:
+            raise InputError(f"a cache needs batch_size >= 1, got {batch_size}")
         self.batch_size = batch_size
         self.max_length = max_length
         self.layers = [MambaState(batch_size, config.intermediate_size, config.state_size,
-                                  config.conv_kernel) for _ in range(config.num_hidden_layers)]
+                                  config.conv_kernel, dtype) for _ in range(config.num_hidden_layers)]
 
     @property
     def seen(self) -> int:
@@ -219,7 +221,7 @@ class SSMForCausalLM(CausalLM):
 
     def new_cache(self, batch_size: int, max_length: int | None = None) -> SSMCache:
         """A fresh streaming state for ``batch_size`` sequences (size independent of max_length)."""
-        return SSMCache(self.config, batch_size, max_length)
+        return SSMCache(self.config, batch_size, max_length, dtype=self.backbone.embeddings.weight.dtype)
 
     def forward(self, input_ids, attention_mask=None, cache: SSMCache | None = None) -> axon.Tensor:
         """[B, T] token ids -> [B, T, V] logits. With a cache the tokens continue its sequence."""
