@@ -59,9 +59,9 @@ def test_mlm_masking_follows_bert():
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["gpt2", "bert", "llama", "mistral", "phi", "ssm", "hydra", "chimera", "trident"])
 def test_tiny_preset_reduces_loss(arch, text_file, tmp_path):
-    trainer = train(_args(text_file, tmp_path / "run", arch=arch, steps=6, warmup=1))
+    trainer = train(_args(text_file, tmp_path / "run", arch=arch, steps=5, warmup=1, seq_len=16))
     losses = [loss for _, loss in trainer.losses]
-    assert len(losses) == 6 and all(np.isfinite(losses))
+    assert len(losses) == 5 and all(np.isfinite(losses))
     assert losses[-1] < losses[0] - 0.5, losses
     assert (tmp_path / "run" / "config.json").is_file() and (tmp_path / "run" / "model.safetensors").is_file()
 
@@ -69,7 +69,7 @@ def test_tiny_preset_reduces_loss(arch, text_file, tmp_path):
 def test_checkpoint_loads_with_from_pretrained_and_generates(text_file, tmp_path):
     from axon_llm.auto import from_pretrained
 
-    trainer = train(_args(text_file, tmp_path / "run", steps=3))
+    trainer = train(_args(text_file, tmp_path / "run", steps=2, seq_len=16))
     model = from_pretrained(tmp_path / "run")
     ids = np.array([ByteTokenizer().encode("the cat")])
     with axon.no_grad():
@@ -83,7 +83,7 @@ def test_checkpoint_loads_with_from_pretrained_and_generates(text_file, tmp_path
 # -- resume --------------------------------------------------------------------------------------
 def test_resume_continues_bit_for_bit(text_file, tmp_path):
     # GPT-2's tiny preset has dropout, so the saved RNG state matters too
-    kw = dict(arch="gpt2", steps=4, warmup=1, grad_accum=2)
+    kw = dict(arch="gpt2", steps=4, warmup=1, grad_accum=2, seq_len=16)
     full = train(_args(text_file, tmp_path / "full", **kw))
     train(_args(text_file, tmp_path / "part", stop_at=2, **kw))
     state = json.loads((tmp_path / "part" / "trainer_state.json").read_text())
@@ -110,17 +110,17 @@ def test_missing_data_short_text_unknown_preset(text_file, tmp_path):
 
 
 def test_resume_from_other_arch_and_existing_out_are_refused(text_file, tmp_path):
-    train(_args(text_file, tmp_path / "run", steps=2))
+    train(_args(text_file, tmp_path / "run", arch="ssm", steps=1, seq_len=16))
     before = (tmp_path / "run" / "model.safetensors").read_bytes()
-    with pytest.raises(CheckpointError, match="--arch llama, not --arch gpt2"):
+    with pytest.raises(CheckpointError, match="--arch ssm, not --arch gpt2"):
         train(_args(text_file, tmp_path / "run", arch="gpt2", resume=str(tmp_path / "run")))
     with pytest.raises(TrainingError, match="already holds a training checkpoint"):
-        train(_args(text_file, tmp_path / "run", steps=2))
+        train(_args(text_file, tmp_path / "run", arch="ssm", steps=2))
     assert (tmp_path / "run" / "model.safetensors").read_bytes() == before
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(text_file, tmp_path, monkeypatch):
-    trainer = Trainer(_args(text_file, tmp_path / "run", steps=5))
+    trainer = Trainer(_args(text_file, tmp_path / "run", arch="ssm", steps=5, seq_len=16))
     trainer.setup()
     real = trainer.train_step
 
