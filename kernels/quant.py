@@ -49,6 +49,7 @@ from numba import njit, prange
 TILE_ROWS = 64                      # R: rows per tile (4 AVX-512 / 8 AVX2 float lanes per step)
 QUANT_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
 BLOCK = {"Q8_0": (32, 34), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q4_K": (256, 144), "Q6_K": (256, 210)}
+PARALLEL_MIN_BYTES = 1 << 20       # below ~1 MB of weights per call, one thread is faster
 FUSED_MATMUL_MAX_TOKENS = 16        # above this, matmul dequantises row chunks and calls BLAS
 _CHUNK_FLOATS = 1 << 21             # 8 MB of float32 per dequantised chunk (bounds peak memory)
 
@@ -302,8 +303,7 @@ def quant_rows_ref(w: QuantMatrix, ids: np.ndarray) -> np.ndarray:
 # Numba kernels
 # ------------------------------------------------------------------------------------------------
 
-@njit(cache=True, parallel=True, nogil=True)
-def _matvec_q4_nb(qs, scale, offset, x, y):
+def _matvec_q4(qs, scale, offset, x, y):
     """y[tiles*R] = W x for the q4 layout (group 32). x float32 [G*32]."""
     tiles, groups, _, rr = qs.shape
     xsum = np.empty(groups, np.float32)
@@ -331,8 +331,7 @@ def _matvec_q4_nb(qs, scale, offset, x, y):
             y[t * rr + r] = acc[r]
 
 
-@njit(cache=True, parallel=True, nogil=True)
-def _matvec_q8_nb(qs, scale, x, y):
+def _matvec_q8(qs, scale, x, y):
     """y[tiles*R] = W x for the q8 layout (group B = qs.shape[2])."""
     tiles, groups, bsz, rr = qs.shape
     for t in prange(tiles):
@@ -351,8 +350,7 @@ def _matvec_q8_nb(qs, scale, x, y):
             y[t * rr + r] = acc[r]
 
 
-@njit(cache=True, parallel=True, nogil=True)
-def _matmul_q4_nb(qs, scale, offset, x, y):
+def _matmul_q4(qs, scale, offset, x, y):
     """y[T, tiles*R] = x @ W.T for the q4 layout: each group is dequantised once into
     registers-sized scratch [32, R] and reused for all T tokens."""
     tiles, groups, _, rr = qs.shape
@@ -376,8 +374,7 @@ def _matmul_q4_nb(qs, scale, offset, x, y):
                 y[i, t * rr + r] = acc[i, r]
 
 
-@njit(cache=True, parallel=True, nogil=True)
-def _matmul_q8_nb(qs, scale, x, y):
+def _matmul_q8(qs, scale, x, y):
     """y[T, tiles*R] = x @ W.T for the q8 layout (see _matmul_q4_nb)."""
     tiles, groups, bsz, rr = qs.shape
     ntok = x.shape[0]
@@ -398,8 +395,7 @@ def _matmul_q8_nb(qs, scale, x, y):
                 y[i, t * rr + r] = acc[i, r]
 
 
-@njit(cache=True, parallel=True, nogil=True)
-def _unpack_q4_nb(qs, scale, offset, t0, t1, out):
+def _unpack_q4(qs, scale, offset, t0, t1, out):
     """Tiles [t0, t1) of the q4 layout -> out float32 [(t1-t0)*R, in]."""
     _, groups, _, rr = qs.shape
     for t in prange(t0, t1):
@@ -414,8 +410,7 @@ def _unpack_q4_nb(qs, scale, offset, t0, t1, out):
                     out[row, g * 32 + 16 + j] = s * np.float32(b >> 4) + m
 
 
-@njit(cache=True, parallel=True, nogil=True)
-def _unpack_q8_nb(qs, scale, t0, t1, out):
+def _unpack_q8(qs, scale, t0, t1, out):
     """Tiles [t0, t1) of the q8 layout -> out float32 [(t1-t0)*R, in]."""
     _, groups, bsz, rr = qs.shape
     for t in prange(t0, t1):
@@ -425,6 +420,22 @@ def _unpack_q8_nb(qs, scale, t0, t1, out):
                 s = scale[t, g, r]
                 for j in range(bsz):
                     out[row, g * bsz + j] = s * np.float32(np.int32(qs[t, g, j, r]))
+
+
+# Each kernel is compiled twice: multi-threaded for big matrices, single-threaded for small ones,
+# where waking the thread pool costs more than it saves (and stalls badly on a busy machine).
+_matvec_q4_nb = njit(cache=True, parallel=True, nogil=True)(_matvec_q4)
+_matvec_q4_serial_nb = njit(cache=True, nogil=True)(_matvec_q4)
+_matvec_q8_nb = njit(cache=True, parallel=True, nogil=True)(_matvec_q8)
+_matvec_q8_serial_nb = njit(cache=True, nogil=True)(_matvec_q8)
+_matmul_q4_nb = njit(cache=True, parallel=True, nogil=True)(_matmul_q4)
+_matmul_q4_serial_nb = njit(cache=True, nogil=True)(_matmul_q4)
+_matmul_q8_nb = njit(cache=True, parallel=True, nogil=True)(_matmul_q8)
+_matmul_q8_serial_nb = njit(cache=True, nogil=True)(_matmul_q8)
+_unpack_q4_nb = njit(cache=True, parallel=True, nogil=True)(_unpack_q4)
+_unpack_q4_serial_nb = njit(cache=True, nogil=True)(_unpack_q4)
+_unpack_q8_nb = njit(cache=True, parallel=True, nogil=True)(_unpack_q8)
+_unpack_q8_serial_nb = njit(cache=True, nogil=True)(_unpack_q8)
 
 
 @njit(cache=True, nogil=True)
@@ -464,6 +475,12 @@ def _jit_enabled() -> bool:
     return not numba.config.DISABLE_JIT
 
 
+def _kernel(name: str, work_bytes: int):
+    """The threaded variant of kernel ``name`` when the work is large enough, else the serial one."""
+    serial = work_bytes < PARALLEL_MIN_BYTES or numba.get_num_threads() == 1
+    return globals()[f"_{name}_serial_nb" if serial else f"_{name}_nb"]
+
+
 def unpack(w: QuantMatrix, row_start: int = 0, row_stop: int | None = None) -> np.ndarray:
     """Rows ``[row_start, row_stop)`` as float32 ``[rows, in]`` (Numba; equals :func:`unpack_ref`)."""
     rows, cols = w.shape
@@ -474,10 +491,11 @@ def unpack(w: QuantMatrix, row_start: int = 0, row_stop: int | None = None) -> n
         return unpack_ref(w, row_start, row_stop)
     t0, t1 = row_start // TILE_ROWS, -(-row_stop // TILE_ROWS)
     out = np.empty(((t1 - t0) * TILE_ROWS, cols), np.float32)
+    work = out.nbytes
     if w.kind == "q4":
-        _unpack_q4_nb(w.qs, w.scale, w.offset, t0, t1, out)
+        _kernel("unpack_q4", work)(w.qs, w.scale, w.offset, t0, t1, out)
     else:
-        _unpack_q8_nb(w.qs, w.scale, t0, t1, out)
+        _kernel("unpack_q8", work)(w.qs, w.scale, t0, t1, out)
     lo = row_start - t0 * TILE_ROWS
     return out[lo:lo + row_stop - row_start]
 
@@ -494,9 +512,9 @@ def quant_matvec(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
     x = _as_x(w, x, 1, "quant_matvec")
     y = np.empty(w.qs.shape[0] * TILE_ROWS, np.float32)
     if w.kind == "q4":
-        _matvec_q4_nb(w.qs, w.scale, w.offset, x, y)
+        _kernel("matvec_q4", w.nbytes)(w.qs, w.scale, w.offset, x, y)
     else:
-        _matvec_q8_nb(w.qs, w.scale, x, y)
+        _kernel("matvec_q8", w.nbytes)(w.qs, w.scale, x, y)
     return y[:w.out_features]
 
 
@@ -517,10 +535,11 @@ def quant_matmul(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
             y[:, r0:r1] = x @ unpack(w, r0, r1).T                             # [T, in] @ [in, rows]
         return y
     y = np.empty((ntok, w.qs.shape[0] * TILE_ROWS), np.float32)
+    work = w.nbytes * ntok
     if w.kind == "q4":
-        _matmul_q4_nb(w.qs, w.scale, w.offset, x, y)
+        _kernel("matmul_q4", work)(w.qs, w.scale, w.offset, x, y)
     else:
-        _matmul_q8_nb(w.qs, w.scale, x, y)
+        _kernel("matmul_q8", work)(w.qs, w.scale, x, y)
     return np.ascontiguousarray(y[:, :w.out_features])
 
 

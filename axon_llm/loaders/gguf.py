@@ -524,6 +524,72 @@ def load_gguf(path: str | os.PathLike) -> GGUFModel:
 
 __all__ = [
     "GGUFFile", "GGUFTensorInfo", "GGUFQuantTensor", "GGUFModel", "load_gguf", "read_gguf_metadata",
-    "llama_config_from_metadata", "hf_name", "unpermute_qk_rows", "GGML_TYPES",
+    "llama_config_from_metadata", "hf_name", "unpermute_qk_rows", "build_from_gguf", "GGML_TYPES",
     "SUPPORTED_TENSOR_TYPES", "QUANTIZED_TYPES",
 ]
+
+
+# -- building a model -----------------------------------------------------------------------------
+
+def build_from_gguf(path: str | os.PathLike, **kwargs):
+    """A ready ``LLaMAForCausalLM`` from a llama GGUF file, quantised weights kept quantised.
+
+    Every quantised linear weight becomes a :class:`axon_llm.quantized.QuantizedLinear` (repacked
+    once, here, for the fused kernels); a quantised ``token_embd`` becomes a
+    :class:`~axon_llm.quantized.QuantizedEmbedding`, shared with ``lm_head`` when the embeddings
+    are tied (no ``output.weight`` in the file). F32/F16 tensors load as float32 Parameters.
+    ``from_pretrained(path.gguf)`` calls this. No keyword arguments are accepted yet.
+    """
+    if kwargs:
+        raise UnsupportedError(f"build_from_gguf takes no options, got {sorted(kwargs)}")
+    from kernels.quant import pack
+
+    from axon_llm.config import LLaMAConfig
+    from axon_llm.loaders.safetensors import load_state
+    from axon_llm.models.llama import LLaMAForCausalLM
+    from axon_llm.quantized import QuantizedEmbedding, QuantizedLinear
+
+    gm = load_gguf(path)
+    config = LLaMAConfig.from_dict(gm.config)
+    model = LLaMAForCausalLM(config)
+    dense: dict[str, np.ndarray] = {}
+    packed_embedding = None
+    for name, t in gm.tensors.items():
+        if not isinstance(t, GGUFQuantTensor):
+            dense[name] = t
+            continue
+        module_name = name[: -len(".weight")] if name.endswith(".weight") else None
+        if module_name is None:
+            raise UnsupportedError(f"{gm.path}: quantised tensor {name!r} is not a weight matrix")
+        parent_name, _, attr = module_name.rpartition(".")
+        try:
+            parent = model.get_submodule(parent_name) if parent_name else model
+            old = getattr(parent, attr)
+        except (AttributeError, KeyError, ValueError):
+            raise ModelFormatError(f"{gm.path}: tensor {name!r} has no place in LLaMAForCausalLM") from None
+        want = tuple(old.weight.shape)
+        if tuple(t.shape) != want:
+            raise ModelFormatError(f"{gm.path}: tensor {name!r} has shape {list(t.shape)}, the config implies {list(want)}")
+        qm = pack(t.type_name, t.raw, t.shape)
+        if module_name == "model.embed_tokens":
+            packed_embedding = qm
+            setattr(parent, attr, QuantizedEmbedding(qm))
+        else:
+            bias = dense.pop(f"{module_name}.bias", None) if f"{module_name}.bias" in dense else \
+                gm.tensors.get(f"{module_name}.bias")
+            setattr(parent, attr, QuantizedLinear(qm, bias))
+    if config.tie_word_embeddings and packed_embedding is not None:
+        model.lm_head = QuantizedLinear(packed_embedding)   # same blocks as the embedding: no copy
+        model.tied_keys = ()
+    # biases of quantised layers were consumed above
+    for name in [n for n in dense if n.endswith(".bias")]:
+        owner = name[: -len(".bias")]
+        try:
+            if isinstance(model.get_submodule(owner), QuantizedLinear):
+                del dense[name]
+        except (AttributeError, KeyError, ValueError):
+            pass
+    load_state(model, dense)
+    model.eval()
+    model.gguf_metadata = gm.metadata
+    return model

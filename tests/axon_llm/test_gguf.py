@@ -285,3 +285,67 @@ def test_smollm2_config_and_tensors():
     assert isinstance(q, GGUFQuantTensor) and q.type_name == "Q4_1" and q.shape == (576, 576)
     assert m.tensors["model.norm.weight"].dtype == np.float32
     assert len(m.tensors) == 1 + 1 + 30 * 9
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end: from_pretrained(.gguf) against transformers (tests/fixtures/smollm2)
+# ---------------------------------------------------------------------------------------------
+
+def _smol_expected() -> dict:
+    import json
+    path = Path(__file__).parent.parent / "fixtures" / "smollm2" / "expected.json"
+    if not path.is_file():
+        pytest.skip("tests/fixtures/smollm2/expected.json not generated yet")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def smol_model():
+    smollm2_gguf()
+    from axon_llm.auto import from_pretrained
+    return from_pretrained("smollm2-135m-instruct")
+
+
+@pytest.mark.realmodel
+def test_smollm2_builds_with_quantised_layers(smol_model):
+    from axon_llm.models.llama import LLaMAForCausalLM
+    from axon_llm.quantized import QuantizedEmbedding, QuantizedLinear
+    m = smol_model
+    assert isinstance(m, LLaMAForCausalLM)
+    assert isinstance(m.model.embed_tokens, QuantizedEmbedding) and m.model.embed_tokens.qtype == "Q8_0"
+    assert isinstance(m.lm_head, QuantizedLinear) and m.lm_head.qweight is m.model.embed_tokens.qweight
+    q = m.model.layers[0].self_attn.q_proj
+    assert isinstance(q, QuantizedLinear) and q.qtype == "Q4_1"
+    # everything that is a Parameter is a float32 norm weight: the big matrices stayed quantised
+    params = dict(m.named_parameters())
+    assert params and all(p.ndim == 1 for p in params.values())
+    qbytes = sum(mod.qweight.nbytes for mod in (m.lm_head, *[l for l in m.modules() if isinstance(l, QuantizedLinear)
+                                                              and l is not m.lm_head]))
+    assert qbytes < 135e6   # ~0.8 bytes per weight, not 4
+
+
+@pytest.mark.realmodel
+def test_smollm2_last_logits_match_transformers(smol_model):
+    import axon
+    exp = _smol_expected()
+    ref = np.load(Path(__file__).parent.parent / "fixtures" / "smollm2" / exp["last_logits"]["file"])
+    ids = np.array([exp["chats"][exp["last_logits"]["chat_index"]]["ids"]])
+    with axon.no_grad():
+        logits = smol_model(ids).numpy()[0, -1]
+    assert logits.shape == ref.shape
+    # transformers runs the same weights dequantised to fp32; only summation order differs
+    np.testing.assert_allclose(logits, ref, atol=2e-3 * np.abs(ref).max())
+    assert np.argmax(logits) == np.argmax(ref)
+
+
+@pytest.mark.slow
+@pytest.mark.realmodel
+@pytest.mark.parametrize("case", [("prompts", 0), ("chats", 0), ("chats", 2)])
+def test_smollm2_greedy_is_token_identical(smol_model, case):
+    import axon
+    exp = _smol_expected()
+    item = exp[case[0]][case[1]]
+    with axon.no_grad():
+        out = smol_model.generate(np.array([item["ids"]]), max_new_tokens=exp["max_new_tokens"],
+                                  do_sample=False, eos_token_id=exp["config"]["eos_token_id"])
+    assert out[0, len(item["ids"]):].tolist() == item["greedy_ids"]

@@ -117,23 +117,21 @@ def test_fused_kernels_equal_references(qtype, shape, ntok, seed):
     np.testing.assert_array_equal(quant_rows_ref(w, ids), unpack_ref(w)[ids])
 
 
-@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0"])
-def test_raw_numba_functions_on_small_inputs(qtype):
-    """The @njit functions themselves (run as Python when NUMBA_DISABLE_JIT=1)."""
-    rows, cols = TILE_ROWS + 5, 64
+@pytest.mark.parametrize("variant", ["_nb", "_serial_nb"])
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0", "Q6_K"])
+def test_raw_numba_functions_on_small_inputs(qtype, variant):
+    """The @njit functions themselves, threaded and serial (plain Python under NUMBA_DISABLE_JIT=1)."""
+    rows, cols = TILE_ROWS + 5, 256
     w = pack(qtype, random_raw(qtype, rows, cols, 3), (rows, cols))
     x = np.random.default_rng(3).standard_normal((2, cols)).astype(np.float32)
     y = np.empty(w.qs.shape[0] * TILE_ROWS, np.float32)
     ym = np.empty((2, w.qs.shape[0] * TILE_ROWS), np.float32)
     out = np.empty((w.qs.shape[0] * TILE_ROWS, cols), np.float32)
-    if w.kind == "q4":
-        quant._matvec_q4_nb(w.qs, w.scale, w.offset, x[0], y)
-        quant._matmul_q4_nb(w.qs, w.scale, w.offset, x, ym)
-        quant._unpack_q4_nb(w.qs, w.scale, w.offset, 0, w.qs.shape[0], out)
-    else:
-        quant._matvec_q8_nb(w.qs, w.scale, x[0], y)
-        quant._matmul_q8_nb(w.qs, w.scale, x, ym)
-        quant._unpack_q8_nb(w.qs, w.scale, 0, w.qs.shape[0], out)
+    fn = {name: getattr(quant, f"_{name}_{w.kind}{variant}") for name in ("matvec", "matmul", "unpack")}
+    extra = (w.offset,) if w.kind == "q4" else ()
+    fn["matvec"](w.qs, w.scale, *extra, x[0], y)
+    fn["matmul"](w.qs, w.scale, *extra, x, ym)
+    fn["unpack"](w.qs, w.scale, *extra, 0, w.qs.shape[0], out)
     dense = unpack_ref(w)
     np.testing.assert_array_equal(out[:rows], dense)
     np.testing.assert_allclose(y[:rows], dense @ x[0], rtol=1e-4, atol=1e-4)
