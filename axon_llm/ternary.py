@@ -35,6 +35,7 @@ import numpy as np
 import axon
 import kernels
 from axon import kernel_ops, nn
+from axon_llm.errors import CheckpointError, InputError, UnsupportedError
 
 __all__ = ["TernaryLinear", "unpack_hf_ternary", "pack_hf_ternary", "latent_weight"]
 
@@ -43,14 +44,14 @@ def unpack_hf_ternary(packed: np.ndarray, out_features: int) -> np.ndarray:
     """transformers' packed uint8 [ceil(out/4), in] -> int8 ternary [out, in] (codes 0,1,2 -> -1,0,1)."""
     packed = np.asarray(packed)
     if packed.dtype != np.uint8 or packed.ndim != 2:
-        raise ValueError(f"packed ternary weights must be a 2-D uint8 array, got {packed.dtype} {packed.shape}")
+        raise CheckpointError(f"packed ternary weights must be a 2-D uint8 array, got {packed.dtype} {packed.shape}")
     rows = packed.shape[0]
     if not (4 * rows - 3 <= out_features <= 4 * rows):
-        raise ValueError(f"packed ternary weights with {rows} rows cannot hold {out_features} output features")
+        raise CheckpointError(f"packed ternary weights with {rows} rows cannot hold {out_features} output features")
     parts = [((packed >> (2 * i)) & 3) for i in range(4)]            # 4 x [rows, in]
     codes = np.concatenate(parts, axis=0)[:out_features]              # [4 rows, in] -> [out, in]
     if (codes == 3).any():
-        raise ValueError("packed ternary weights contain the invalid 2-bit code 3")
+        raise CheckpointError("packed ternary weights contain the invalid 2-bit code 3")
     return codes.astype(np.int8) - 1
 
 
@@ -93,6 +94,7 @@ class TernaryLinear(nn.Module):
                  init_std: float = 0.02):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+
         def normal_init(arr, rng):
             arr[...] = rng.standard_normal(arr.shape) * init_std
 
@@ -114,11 +116,11 @@ class TernaryLinear(nn.Module):
         """Install already-quantised weights (ternary ints [out, in] meaning ``ternary / scale``)."""
         t = np.asarray(ternary, dtype=np.float32)
         if t.shape != (self.out_features, self.in_features):
-            raise ValueError(f"ternary weights of shape {t.shape} do not fit TernaryLinear"
+            raise CheckpointError(f"ternary weights of shape {t.shape} do not fit TernaryLinear"
                              f"({self.in_features}, {self.out_features})")
         scale = float(scale)
         if not (math.isfinite(scale) and scale > 0):
-            raise ValueError(f"ternary weight scale must be a positive finite number, got {scale}")
+            raise CheckpointError(f"ternary weight scale must be a positive finite number, got {scale}")
         self.packed, self.scale = kernels.ternary_pack(t.astype(np.int8)), scale
         self.weight.data = latent_weight(t, scale)   # so unpack() computes the same function
         return self
@@ -135,10 +137,10 @@ class TernaryLinear(nn.Module):
     def forward(self, x: axon.Tensor) -> axon.Tensor:
         """[..., in] -> [..., out]."""
         if x.shape[-1] != self.in_features:
-            raise ValueError(f"TernaryLinear expects {self.in_features} input features, got shape {tuple(x.shape)}")
+            raise InputError(f"TernaryLinear expects {self.in_features} input features, got shape {tuple(x.shape)}")
         if self.packed is not None:
             if self.training and axon.is_grad_enabled() and self.weight.requires_grad:
-                raise RuntimeError("TernaryLinear is packed (the inference form, which has no gradient): "
+                raise UnsupportedError("TernaryLinear is packed (the inference form, which has no gradient): "
                                    "call unpack() before training, or run under axon.no_grad() / eval()")
             y = kernels.ternary_matmul(np.asarray(x.data, dtype=np.float32), self.packed, self.scale,
                                        self.in_features)              # [..., in] -> [..., out]

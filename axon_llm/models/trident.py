@@ -361,7 +361,7 @@ class TridentModel(CausalLM):
             if w.dtype == np.uint8:
                 try:
                     ternary = unpack_hf_ternary(w, layer.out_features)
-                except ValueError as e:
+                except CheckpointError as e:
                     raise CheckpointError(f"{wkey}: {e}") from None
             else:
                 ternary = np.asarray(w, dtype=np.float32)
