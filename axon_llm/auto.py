@@ -27,6 +27,8 @@ ARCHITECTURES: dict[str, tuple[str, str]] = {
     "Phi3ForCausalLM": ("axon_llm.models.phi", "PhiForCausalLM"),
     "MambaForCausalLM": ("axon_llm.models.ssm", "SSMForCausalLM"),
     "BitNetForCausalLM": ("axon_llm.models.trident", "TridentModel"),
+    "HydraModel": ("axon_llm.models.hydra", "HydraModel"),          # no HF class: our own save_pretrained
+    "ChimeraModel": ("axon_llm.models.chimera", "ChimeraModel"),    # no HF class: our own save_pretrained
 }
 #: config.json model_type -> the architecture used when ``architectures`` is absent
 _MODEL_TYPES = {"gpt2": "GPT2LMHeadModel", "bert": "BertModel", "llama": "LlamaForCausalLM",

@@ -161,6 +161,16 @@ def test_tiny_learns():
                  loss_fn=lambda m, ids: m.loss(ids[:, :-1], ids[:, 1:]))
 
 
+def test_save_pretrained_round_trip(tiny, tmp_path):
+    from axon_llm.auto import from_pretrained
+
+    tiny.save_pretrained(tmp_path)
+    again = from_pretrained(tmp_path)
+    assert isinstance(again, ChimeraModel)
+    ids = np.random.default_rng(0).integers(0, tiny.config.vocab_size, (2, 9))
+    np.testing.assert_array_equal(logits_np(again, ids), logits_np(tiny, ids))
+
+
 # ------------------------------------------------------------------ configs
 def test_presets():
     rows = [  # vocab / d / layers / heads / experts / top-k / ffn / ctx

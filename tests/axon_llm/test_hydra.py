@@ -95,6 +95,16 @@ def test_tiny_learns():
     check_learns(model, model.config.vocab_size, steps=20, lr=1e-2)
 
 
+def test_save_pretrained_round_trip(small_window, tmp_path):
+    from axon_llm.auto import from_pretrained
+
+    small_window.save_pretrained(tmp_path)
+    again = from_pretrained(tmp_path)
+    assert isinstance(again, HydraModel) and again.config.sliding_window == 3
+    ids = np.random.default_rng(0).integers(0, small_window.config.vocab_size, (2, 9))
+    np.testing.assert_array_equal(logits_np(again, ids), logits_np(small_window, ids))
+
+
 def test_presets():
     rows = [  # vocab / d / layers / heads / d_state / ffn / window
         (HydraConfig.base(), (32000, 768, 24, 12, 16, 3072, 256)),
