@@ -153,6 +153,18 @@ def test_cached_decoding_equals_full_forward(tiny):
     check_cache_matches_full(tiny, tiny.config.vocab_size)
 
 
+def test_left_padded_batch_generates_like_the_unpadded_prompt(tiny):
+    rng = np.random.default_rng(3)
+    prompt = rng.integers(1, tiny.config.vocab_size, (1, 6))
+    batch = np.concatenate([np.concatenate([np.zeros((1, 3), np.int64), prompt], axis=1),
+                            rng.integers(1, tiny.config.vocab_size, (1, 9))], axis=0)
+    mask = np.ones_like(batch)
+    mask[0, :3] = 0
+    solo = tiny.generate(prompt, max_new_tokens=6)
+    both = tiny.generate(batch, attention_mask=mask, max_new_tokens=6)
+    np.testing.assert_array_equal(both[0, 3:], solo[0])
+
+
 def test_tiny_learns():
     axon.manual_seed(0)
     model = ChimeraModel(ChimeraConfig.tiny())
