@@ -349,3 +349,76 @@ def test_smollm2_greedy_is_token_identical(smol_model, case):
         out = smol_model.generate(np.array([item["ids"]]), max_new_tokens=exp["max_new_tokens"],
                                   do_sample=False, eos_token_id=exp["config"]["eos_token_id"])
     assert out[0, len(item["ids"]):].tolist() == item["greedy_ids"]
+
+
+# ---------------------------------------------------------------------------------------------
+# QuantizedLinear / QuantizedEmbedding
+# ---------------------------------------------------------------------------------------------
+
+def _random_blocks(qtype: str, rows: int, cols: int, seed: int = 0) -> np.ndarray:
+    from kernels.quant import BLOCK
+    rng = np.random.default_rng(seed)
+    elems, nbytes = BLOCK[qtype]
+    raw = rng.integers(0, 256, size=(rows * cols // elems, nbytes), dtype=np.uint8)
+    for p in {"Q8_0": [0], "Q4_0": [0], "Q4_1": [0, 2], "Q4_K": [0, 2], "Q6_K": [208]}[qtype]:
+        raw[:, p:p + 2] = rng.uniform(-0.1, 0.1, raw.shape[0]).astype("<f2").view(np.uint8).reshape(-1, 2)
+    return raw.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0", "Q4_K"])
+@pytest.mark.parametrize("lead", [(1, 1), (2, 3), (5,)])
+def test_quantized_linear_equals_dequantized_linear(qtype, lead):
+    import axon
+    from axon_llm.quantized import QuantizedLinear
+    rows, cols = 70, 256
+    bias = np.random.default_rng(1).standard_normal(rows).astype(np.float32)
+    ql = QuantizedLinear.from_gguf(qtype, _random_blocks(qtype, rows, cols), (rows, cols), bias=bias)
+    lin = ql.dequantize()
+    x = axon.randn(*lead, cols, requires_grad=True)
+    y = ql(x)
+    assert y.shape == (*lead, rows) and y.dtype == np.float32
+    y_ref = lin(x)
+    np.testing.assert_allclose(y.numpy(), y_ref.numpy(), rtol=1e-4, atol=1e-5 * np.abs(y_ref.numpy()).max())
+    # the gradient reaches the input (weights are frozen: they are not Parameters)
+    (y * y).sum().backward()
+    gx = x.grad.numpy().copy()
+    x.grad = None
+    (y_ref * y_ref).sum().backward()
+    g_ref = x.grad.numpy()   # float32 sums of O(1e4) terms: tolerance relative to the largest entry
+    np.testing.assert_allclose(gx, g_ref, rtol=1e-4, atol=1e-5 * np.abs(g_ref).max())
+    assert [n for n, _ in ql.named_parameters()] == ["bias"]
+
+
+def test_quantized_layer_errors():
+    import axon
+    from axon_llm.errors import InputError
+    from axon_llm.quantized import QuantizedEmbedding, QuantizedLinear
+    from kernels.quant import pack
+    qm = pack("Q8_0", _random_blocks("Q8_0", 10, 32), (10, 32))
+    with pytest.raises(InputError, match=r"\[\.\.\., 32\]"):
+        QuantizedLinear(qm)(axon.randn(2, 31))
+    with pytest.raises(InputError, match="outside the vocabulary"):
+        QuantizedEmbedding(qm)(np.array([[1, 10]]))
+    with pytest.raises(TypeError):
+        QuantizedLinear(np.zeros((10, 32)))
+    emb = QuantizedEmbedding(qm)
+    np.testing.assert_array_equal(emb(np.array([[3, 4]])).numpy()[0], emb.dequantize().weight.numpy()[[3, 4]])
+
+
+def test_dequantize_model_keeps_ties(tmp_path):
+    import axon
+    from axon_llm.quantized import QuantizedLinear, dequantize_model, quantized_modules
+    path = tmp_path / "tiny.gguf"
+    write_tiny_llama(path, np.random.default_rng(0), "Q8_0")
+    from axon_llm.auto import from_pretrained
+    m = from_pretrained(path)
+    assert isinstance(m.model.layers[0].mlp.down_proj, QuantizedLinear)
+    ids = np.array([[1, 5, 7, 39]])
+    with axon.no_grad():
+        before = m(ids).numpy()
+    dequantize_model(m)
+    assert not quantized_modules(m)
+    assert m.lm_head.weight is m.model.embed_tokens.weight
+    with axon.no_grad():
+        after = m(ids).numpy()
+    np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4)
