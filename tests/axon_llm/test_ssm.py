@@ -136,6 +136,13 @@ def test_mamba_130m_count_and_lazy_build():
     assert not any(p.is_materialized for p in params)        # nothing allocated yet
 
 
+@pytest.mark.parametrize("config", [SSMConfig.tiny(), SSMConfig.from_d_model(96, 300, num_layers=3),
+                                    SSMConfig(vocab_size=77, hidden_size=40, expand=3, conv_kernel=2,
+                                              use_bias=True, use_conv_bias=False, tie_word_embeddings=False)])
+def test_parameter_count_is_arithmetic(config):
+    assert sum(p.numel() for p in SSMForCausalLM(config).parameters()) == config.num_parameters()
+
+
 def test_bad_configs_are_rejected():
     with pytest.raises(ConfigError, match="hidden_size"):
         SSMConfig(hidden_size=0)

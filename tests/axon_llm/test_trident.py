@@ -231,13 +231,19 @@ def test_presets():
         assert c.rope_theta == 5e5 and c.rms_norm_eps == 1e-5 and c.hidden_act == "relu2"
 
 
-def test_parameter_counts_match_transformers_and_build_lazily():
+def test_parameter_counts_match_transformers():
     # counted with transformers' BitNetForCausalLM on the meta device
     assert TridentConfig.tiny().num_parameters() == 251_840
     assert TridentConfig.bitnet_2b4t().num_parameters() == 2_412_820_480
-    model = TridentModel(TridentConfig.bitnet_2b4t())
-    params = list(model.parameters())
-    assert sum(p.numel() for p in params) == 2_412_820_480
+
+
+@pytest.mark.parametrize("preset", [TridentConfig.tiny, TridentConfig.default_150m, TridentConfig.medium,
+                                    TridentConfig.trident_1b, TridentConfig.trident_3b, TridentConfig.smoke,
+                                    TridentConfig.bitnet_2b4t])
+def test_every_preset_builds_lazily_with_its_arithmetic_count(preset):
+    c = preset()
+    params = list(TridentModel(c).parameters())
+    assert sum(p.numel() for p in params) == c.num_parameters()
     assert not any(p.is_materialized for p in params)
 
 
