@@ -18,7 +18,7 @@ outputs. Times are the best of `--repeat` calls after a warm-up call. `--jit-cos
 `import axon_llm` plus the first call of every kernel in fresh processes, with a cold and a
 warm Numba cache. The machine may be shared: the ratios come from the same run.
 
-    python benchmarks/bench_kernels.py [--smoke] [--repeat R] [--jit-cost]
+    python benchmarks/bench_kernels.py [--smoke] [--repeat R] [--threads N] [--jit-cost]
 """
 
 from __future__ import annotations
@@ -203,9 +203,12 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the script runs, numbers mean nothing")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--jit-cost", action="store_true", help="also time cold/warm JIT in fresh processes")
+    ap.add_argument("--threads", type=int, default=None, help="Numba threads (default: all; BLAS keeps its own setting)")
     args = ap.parse_args(argv)
     import numba
 
+    if args.threads is not None:
+        numba.set_num_threads(max(1, min(args.threads, numba.config.NUMBA_NUM_THREADS)))
     global SMOKE
     SMOKE = args.smoke
     ROWS.clear()
