@@ -4,7 +4,9 @@ One training step (forward + backward + AdamW) of
   1. a 4-layer MLP (d=512, batch 2048, GELU, MSE loss), and
   2. a small pre-LN transformer block stack (causal attention, GELU MLP, LM cross-entropy),
 timed in axon and — when torch is importable (dev-only) — in PyTorch CPU with the same shapes
-in the same run. Prints median step times and the ratio axon / torch (goal: <= 1.25).
+in the same run. Prints median step times and the ratio axon / torch (goal: <= 1.25). For the
+MLP it also times the same step written by hand in NumPy (no graph at all), which shows what
+the engine itself costs.
 
     python benchmarks/bench_autograd.py [--steps 10] [--quick]
 """
@@ -27,15 +29,19 @@ except ImportError:  # torch is dev-only: the torch column is skipped
     torch = None
 
 
-def median_step_time(step, steps: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        step()
-    times = []
+def median_step_times(step_fns, steps: int, warmup: int = 2) -> list:
+    """Median wall time of each step function, run interleaved (A, B, A, B, ...) so that load
+    from other processes on a shared machine hits every contender alike."""
+    for fn in step_fns:
+        for _ in range(warmup):
+            fn()
+    times = [[] for _ in step_fns]
     for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for fn, ts in zip(step_fns, times):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
 
 # ----------------------------------------------------------------------------- MLP
@@ -75,6 +81,48 @@ def torch_mlp(d, depth, batch):
         opt.zero_grad()
         loss.backward()
         opt.step()
+
+    return step
+
+
+def numpy_mlp(d, depth, batch):
+    """The same MLP step written by hand in NumPy (no graph, no engine): the BLAS floor."""
+    from axon._erf import erf
+
+    rng = np.random.default_rng(0)
+    bound = 1 / np.sqrt(d)
+    params = []
+    for _ in range(depth):
+        params += [rng.uniform(-bound, bound, (d, d)).astype(np.float32), rng.uniform(-bound, bound, d).astype(np.float32)]
+    state = [[np.zeros_like(p), np.zeros_like(p)] for p in params]
+    x = rng.standard_normal((batch, d), dtype=np.float32)
+    y = rng.standard_normal((batch, d), dtype=np.float32)
+    t = [0]
+
+    def step():
+        hs, zs = [x], []
+        for i in range(depth):
+            z = hs[-1] @ params[2 * i].T + params[2 * i + 1]
+            zs.append(z)
+            hs.append(z * (0.5 * (1 + erf(z * np.float32(0.7071067811865476)))) if i < depth - 1 else z)
+        g = (hs[-1] - y) * np.float32(2.0 / hs[-1].size)
+        grads = [None] * len(params)
+        for i in reversed(range(depth)):
+            grads[2 * i], grads[2 * i + 1] = g.T @ hs[i], g.sum(0)
+            if i:
+                g = g @ params[2 * i]
+                z = zs[i - 1]
+                cdf = 0.5 * (1 + erf(z * np.float32(0.7071067811865476)))
+                g *= cdf + z * np.exp(-0.5 * z * z) * np.float32(0.3989422804014327)
+        t[0] += 1
+        bc1, bc2 = 1 - 0.9 ** t[0], 1 - 0.999 ** t[0]
+        for p, gr, (m, v) in zip(params, grads, state):
+            p *= 1 - 1e-3 * 1e-2
+            m *= 0.9
+            m += 0.1 * gr
+            v *= 0.999
+            v += 0.001 * gr * gr
+            p -= 1e-3 / bc1 * m / (np.sqrt(v / bc2) + 1e-8)
 
     return step
 
@@ -180,12 +228,20 @@ def main():
     print(f"torch: {torch.__version__ + f' ({torch.get_num_threads()} threads)' if torch else 'not installed (column skipped)'}")
     print(f"{'case':<48} {'axon ms':>9} {'torch ms':>9} {'ratio':>7}")
     for name, make_axon, make_torch, cfg in cases:
-        ours = median_step_time(make_axon(**cfg), args.steps)
+        contenders = [make_axon(**cfg)]
         if torch is not None:
-            theirs = median_step_time(make_torch(**cfg), args.steps)
-            print(f"{name:<48} {ours * 1e3:9.1f} {theirs * 1e3:9.1f} {ours / theirs:7.2f}x")
+            contenders.append(make_torch(**cfg))
+        if make_axon is axon_mlp:
+            contenders.append(numpy_mlp(**cfg))
+        times = median_step_times(contenders, args.steps)
+        ours = times[0]
+        if torch is not None:
+            print(f"{name:<48} {ours * 1e3:9.1f} {times[1] * 1e3:9.1f} {ours / times[1]:7.2f}x")
         else:
             print(f"{name:<48} {ours * 1e3:9.1f} {'-':>9} {'-':>7}")
+        if make_axon is axon_mlp:
+            print(f"{'  same step in hand-written NumPy (no engine)':<48} {times[-1] * 1e3:9.1f}"
+                  f"   axon / NumPy = {ours / times[-1]:.2f}x")
 
 
 if __name__ == "__main__":
