@@ -73,7 +73,8 @@ def _validate(u, delta, A, B, C, D, z, delta_bias, extra=()):
         if z.shape != u.shape:
             raise ValueError(f"z must have the shape of u [b, d, l] = {u.shape}, got {z.shape}")
     checked = []
-    for name, x, shape in extra:
+    for name, x, dims in extra:  # dims: a string of the glossary's letters, e.g. "bdl"
+        shape = tuple({"b": b, "d": d, "l": l, "n": n}[c] for c in dims)
         if x is not None:
             x = float_array(name, x, ndim=len(shape))
             if x.shape != shape:
@@ -136,7 +137,7 @@ def selective_scan_backward_ref(u, delta, A, B, C, dout, D=None, z=None, delta_b
     """
     (u, delta, A, B, C, D, z, delta_bias, dout, dlast_state), dtype = _validate(
         u, delta, A, B, C, D, z, delta_bias,
-        extra=(("dout", dout, np.shape(u)), ("dlast_state", dlast_state, (np.shape(u)[0], np.shape(u)[1], np.shape(A)[-1]))),
+        extra=(("dout", dout, "bdl"), ("dlast_state", dlast_state, "bdn")),
     )
     u, delta, A, B, C, D, z, delta_bias, dout, dlast_state = _cast(dtype, u, delta, A, B, C, D, z, delta_bias, dout, dlast_state)
     b, d, l = u.shape
@@ -473,7 +474,7 @@ def selective_scan_backward_nb(u, delta, A, B, C, dout, D=None, z=None, delta_bi
     """Numba selective-scan backward; same contract as `selective_scan_backward_ref`."""
     (u, delta, A, B, C, D, z, delta_bias, dout, dlast_state), dtype = _validate(
         u, delta, A, B, C, D, z, delta_bias,
-        extra=(("dout", dout, np.shape(u)), ("dlast_state", dlast_state, (np.shape(u)[0], np.shape(u)[1], np.shape(A)[-1]))),
+        extra=(("dout", dout, "bdl"), ("dlast_state", dlast_state, "bdn")),
     )
     b, d, l = u.shape
     n = A.shape[1]

@@ -126,3 +126,15 @@ def test_step_requires_a_writeable_float_state():
         kernels.selective_scan_step(np.zeros((1, 3, 2), np.int32), x, x, A, B, B)
     with pytest.raises(ValueError, match="writeable"):
         kernels.selective_scan_step(np.broadcast_to(np.zeros((1, 3, 2), np.float32), (1, 3, 2)), x, x, A, B, B)
+
+
+def test_backward_bad_inputs_raise_clear_errors():
+    u = np.zeros((1, 3, 4), np.float32)
+    A = np.zeros((3, 2), np.float32)
+    B = np.zeros((1, 2, 4), np.float32)
+    with pytest.raises(ValueError, match="u must have 3 dimensions"):
+        kernels.selective_scan_backward(u[0], u, A, B, B, u)
+    with pytest.raises(ValueError, match=r"dout must have shape \(1, 3, 4\)"):
+        kernels.selective_scan_backward(u, u, A, B, B, u[..., :3])
+    with pytest.raises(ValueError, match=r"dlast_state must have shape \(1, 3, 2\)"):
+        kernels.selective_scan_backward(u, u, A, B, B, u, dlast_state=np.zeros((1, 3, 3), np.float32))
