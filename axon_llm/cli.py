@@ -206,15 +206,10 @@ def eos_token_ids(tokenizer, model) -> list[int]:
             if isinstance(x, (int, np.integer)) and int(x) >= 0 and int(x) not in ids:
                 ids.append(int(x))
 
-    add(getattr(tokenizer, "eos_token_id", None))
-    add(getattr(tokenizer, "eos_token_ids", None))
+    special = getattr(tokenizer, "special_tokens", None)
+    add(getattr(special, "eos_token_ids", None))
+    add(getattr(special, "eos_token_id", None))
     add(getattr(getattr(model, "config", None), "eos_token_id", None))
-    for tok in ("<|im_end|>", "<|eot_id|>", "<|end|>", "</s>", "<|endoftext|>"):
-        try:
-            tid = tokenizer.token_to_id(tok)
-        except (AttributeError, LLMError, KeyError, ValueError):
-            tid = None
-        add(tid)
     return ids
 
 
@@ -257,7 +252,7 @@ class TextStreamer:
 
     def __call__(self, token_ids) -> None:
         for tid in np.atleast_1d(np.asarray(token_ids)).reshape(-1):
-            piece = self.detok.add(int(tid))
+            piece = self.detok.step(int(tid))
             if piece:
                 self.text += piece
                 if self.enabled:
@@ -266,7 +261,7 @@ class TextStreamer:
 
     def finish(self) -> str:
         """Flush what the detokenizer still holds; returns the whole text."""
-        rest = self.detok.flush()
+        rest = self.detok.finish()
         if rest:
             self.text += rest
             if self.enabled:
@@ -276,74 +271,13 @@ class TextStreamer:
 
 
 def make_detokenizer(tokenizer):
-    """The tokenizer's incremental detokenizer (``add(id) -> str``, ``flush() -> str``)."""
-    factory = getattr(tokenizer, "incremental_decoder", None) or getattr(tokenizer, "detokenizer", None)
-    if factory is not None:
-        return _DetokAdapter(factory())
-    return _PrefixDetok(tokenizer)
-
-
-class _DetokAdapter:
-    """Normalises the detokenizer's method names to ``add`` / ``flush``."""
-
-    def __init__(self, inner):
-        self.inner = inner
-
-    def add(self, token_id: int) -> str:
-        for name in ("add", "step", "push", "feed", "put"):
-            fn = getattr(self.inner, name, None)
-            if fn is not None:
-                return fn(token_id) or ""
-        raise TypeError("the tokenizer's incremental decoder has no add/step method")
-
-    def flush(self) -> str:
-        for name in ("flush", "finish", "end", "close"):
-            fn = getattr(self.inner, name, None)
-            if fn is not None:
-                return fn() or ""
-        return ""
-
-
-class _PrefixDetok:
-    """Fallback: decode the whole id list and emit the new suffix, holding back a trailing U+FFFD."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer, self.ids, self.done = tokenizer, [], ""
-
-    def add(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd"):
-            return ""
-        new, self.done = text[len(self.done):], text
-        return new
-
-    def flush(self) -> str:
-        text = self.tokenizer.decode(self.ids)
-        new, self.done = text[len(self.done):], text
-        return new
+    """The tokenizer's incremental detokenizer (``step(id) -> str``, ``finish() -> str``), special tokens hidden."""
+    return tokenizer.stream_decoder(skip_special_tokens=True)
 
 
 def render_chat(tokenizer, messages: list[dict]) -> list[int]:
     """Token ids of ``messages`` through the tokenizer's chat template, ready for the reply."""
-    out = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    if isinstance(out, str):
-        return list(encode_no_specials(tokenizer, out))
-    return [int(x) for x in out]
-
-
-def encode_no_specials(tokenizer, text: str) -> list[int]:
-    """Encode text that already carries its special tokens (a rendered chat template)."""
-    try:
-        return list(tokenizer.encode(text, add_special_tokens=False))
-    except TypeError:
-        return list(tokenizer.encode(text))
-
-
-def _stop_text(text: str, stops) -> tuple[str, bool]:
-    """``text`` cut before the first stop string, and whether one occurred."""
-    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
+    return [int(x) for x in tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)]
 
 
 # ----------------------------------------------------------------------------------------
