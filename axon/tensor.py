@@ -265,6 +265,14 @@ class Tensor:
         self._requires_grad = False
         return self
 
+    def __deepcopy__(self, memo):
+        """A copy of the data (and grad), detached from any graph."""
+        t = Tensor._make(self.data.copy())
+        t._requires_grad = self._requires_grad
+        if self.grad is not None:
+            t.grad = Tensor._make(self.grad.data.copy())
+        return t
+
     def clone(self) -> "Tensor":
         return _ops.Clone.apply(self)
 

@@ -269,13 +269,15 @@ class Module:
         """name -> np.ndarray (the live arrays, not copies; lazy parameters are materialised)."""
         return OrderedDict((key, t.data) for key, _, _, t in self._state_entries())
 
-    def load_state_dict(self, state_dict, strict: bool = True) -> LoadResult:
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False) -> LoadResult:
         """Put checkpoint arrays into place without allocating random ones first.
 
-        Values may be ndarrays or Tensors. An array already of the parameter's dtype (and
-        writeable) is adopted without a copy; others are cast. With ``strict=True`` any missing
-        key, unexpected key or shape mismatch raises ``ValueError`` listing all of them, and
-        nothing is loaded.
+        Values may be ndarrays or Tensors; each is copied into a new array of the parameter's
+        dtype (lazy parameters are never randomly initialised). With ``assign=True`` (torch's
+        flag) an array already of the right dtype and writeable is adopted without a copy —
+        the memory-saving choice for freshly loaded checkpoints. With ``strict=True`` any
+        missing key, unexpected key or shape mismatch raises ``ValueError`` listing all of
+        them, and nothing is loaded.
         """
         entries = list(self._state_entries())
         expected = {key for key, *_ in entries}
@@ -304,8 +306,8 @@ class Module:
                 continue
             value = state_dict[key]
             arr = value.data if isinstance(value, Tensor) else np.asarray(value)
-            if arr.dtype != t.dtype or not arr.flags.writeable:
-                arr = arr.astype(t.dtype)
+            if not assign or arr.dtype != t.dtype or not arr.flags.writeable:
+                arr = np.array(arr, dtype=t.dtype, copy=True)
             if isinstance(t, Parameter):
                 t.data = arr
                 t.grad = None

@@ -120,6 +120,14 @@ class Parameter(Tensor):
     def __reduce_ex__(self, protocol):
         return (Parameter, (self.data, self._requires_grad))
 
+    def __deepcopy__(self, memo):
+        if self._data is None:  # stays lazy: same spec, same initialiser
+            return Parameter.lazy(self._shape, self._init, self._dtype, self._requires_grad)
+        p = Parameter(self._data.copy(), self._requires_grad)
+        if self.grad is not None:
+            p.grad = Tensor._make(self.grad.data.copy())
+        return p
+
 
 class Buffer(Tensor):
     """Marker type: ``module.x = Buffer(arr)`` registers a (persistent) buffer, as torch 2.5+."""

@@ -129,7 +129,9 @@ def test_load_casts_dtype_and_copies_read_only_arrays():
     assert lin.weight.dtype == np.float32 and lin.bias.data.flags.writeable
     same = np.full((2, 2), 3.0, np.float32)
     lin.load_state_dict({"weight": same, "bias": np.zeros(2, np.float32)})
-    assert lin.weight.data is same  # adopted, not copied
+    assert lin.weight.data is not same and np.array_equal(lin.weight.data, same)  # copied, like torch
+    lin.load_state_dict({"weight": same, "bias": np.zeros(2, np.float32)}, assign=True)
+    assert lin.weight.data is same  # adopted: no second copy of a checkpoint
 
 
 def test_module_traversal_train_eval_zero_grad_apply():
@@ -187,6 +189,20 @@ def test_sequential_module_dict_and_list():
     ml = nn.ModuleList([nn.Identity()])
     ml.append(nn.Linear(1, 1))
     assert len(ml) == 2 and isinstance(ml[-1], nn.Linear) and len(ml[:1]) == 1
+
+
+def test_deepcopy_keeps_lazy_parameters_lazy_and_copies_data():
+    import copy
+
+    m = Tiny()
+    m.embed.weight.materialize()
+    c = copy.deepcopy(m)
+    assert not c.layers[0].proj.weight.is_materialized
+    assert c.embed.weight is not m.embed.weight and np.array_equal(c.embed.weight.data, m.embed.weight.data)
+    c.embed.weight.data[0, 0] += 1
+    assert c.embed.weight.data[0, 0] != m.embed.weight.data[0, 0]
+    c.materialize()
+    assert c.layers[0].proj.weight.shape == (16, 8)
 
 
 def test_assigning_a_non_parameter_to_a_parameter_slot_is_an_error():
