@@ -331,7 +331,7 @@ class Gelu(Function):
 
     @staticmethod
     def forward(ctx, a):
-        cdf = erf(a * a.dtype.type(_SQRT_HALF))
+        cdf = erf(a * a.dtype.type(_SQRT_HALF)).astype(a.dtype, copy=False)  # float16 runs the float32 loop
         cdf += 1
         cdf *= 0.5  # Phi(x)
         ctx.save_for_backward(a, cdf)

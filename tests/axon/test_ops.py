@@ -296,6 +296,18 @@ def test_pad_tril_triu_flip_repeat_interleave(a, pads):
     check(lambda t: t.repeat_interleave(2, dim=1), lambda x: np.repeat(x, 2, axis=1), a)
 
 
+@FAST
+@given(a=array(min_dims=2, max_dims=3), shift=st.integers(-3, 3))
+def test_roll_clone_narrow_unbind_std(a, shift):
+    check(lambda t: t.roll(shift, 0), lambda x: np.roll(x, shift, 0), a)
+    check(lambda t: t.clone() * 2, lambda x: x * 2, a)
+    check(lambda t: t.narrow(1, 0, 1), lambda x: x[:, 0:1], a)
+    check(lambda t: t.unbind(0)[-1], lambda x: x[-1], a)
+    if a.shape[-1] > 1:
+        assume(np.all(a.std(-1) > 1e-2))
+        check(lambda t: t.std(-1), lambda x: x.std(-1, ddof=1), a)
+
+
 # --------------------------------------------------------------------------- indexing
 
 
@@ -372,6 +384,14 @@ def test_one_hot_and_comparisons_have_no_grad():
 
 
 # --------------------------------------------------------------------------- dtype casts
+
+
+def test_float16_stays_float16():
+    x = axon.ones(3, dtype=np.float16, requires_grad=True)
+    for y in (x.gelu(), x.silu(), x.gelu_tanh(), x.softmax(-1), x * 2.0, x.exp()):
+        assert y.dtype == np.float16, y
+    x.gelu().sum().backward()
+    assert x.grad.dtype == np.float16
 
 
 def test_cast_backward_returns_to_the_source_dtype():
