@@ -376,6 +376,8 @@ class TridentModel(CausalLM):
                 raise CheckpointError(f"{skey}: the weight scale must be positive and finite, got {scale_arr[0]}")
             packed[name] = (ternary, s)
             sd[wkey] = latent_weight(ternary, s)                    # training form of the same layer
-        load_state(self, sd)
+        if self.config.tie_word_embeddings:
+            sd.pop("lm_head.weight", None)                          # a tied copy, if the file stores one
+        load_state(self, sd, strict=False)                          # unused tensors warn, as in transformers
         for name, (ternary, s) in packed.items():
             ternary_layers[name].set_ternary(ternary, s)

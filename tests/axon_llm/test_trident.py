@@ -72,6 +72,34 @@ def test_greedy_generation_matches_transformers(fixtures_dir, name):
     np.testing.assert_array_equal(got, bwant)
 
 
+def test_autobitlinear_offline_checkpoint(fixtures_dir, tmp_path):
+    """transformers' other packed convention (microsoft/bitnet-b1.58-2B-4T's): linear_class
+    autobitlinear, quantization_mode offline, y = (xq @ t^T) * weight_scale, so weight_scale = 1/s.
+    Written here from the dense fixture; it must reproduce that fixture's transformers logits."""
+    import json
+
+    from axon_llm.loaders.safetensors import read_safetensors, write_safetensors
+
+    src = fixtures_dir / "hf" / "bitnet"
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["quantization_config"].update(linear_class="autobitlinear", quantization_mode="offline")
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    sd = dict(read_safetensors(src / "model.safetensors"))
+    for key in [k for k in sd if k.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight",
+                                             "gate_proj.weight", "up_proj.weight", "down_proj.weight"))]:
+        w = np.asarray(sd[key], np.float32)
+        s = np.float32(1) / np.maximum(np.abs(w).mean(dtype=np.float32), np.float32(1e-5))
+        sd[key] = pack_hf_ternary(np.clip(np.round(w * s), -1, 1).astype(np.int8))
+        sd[key[:-len("weight")] + "weight_scale"] = np.array([1 / s], np.float32)
+    write_safetensors(tmp_path / "model.safetensors", sd)
+    model = from_pretrained(tmp_path)
+    assert all(m.is_packed for _, m in model.ternary_layers())
+    exp = np.load(src / "expected.npz")
+    out = logits_np(model, exp["input_ids"])
+    per_position = np.abs(out - exp["logits"]).max(axis=-1)
+    assert (per_position <= 1e-4 * np.abs(exp["logits"]).max()).mean() >= 0.95, per_position
+
+
 def test_packed_checkpoint_errors_are_named(fixtures_dir, tmp_path):
     import shutil
 
