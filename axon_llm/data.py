@@ -87,9 +87,15 @@ class _HFTrainingTokenizer:
         return self.tok.decode([int(i) for i in ids])
 
     def save(self, directory: Path) -> None:
-        save = getattr(self.tok, "save_pretrained", None) or getattr(self.tok, "save", None)
-        if save is not None:
-            save(str(directory))
+        """``tokenizer.json`` + ``tokenizer_config.json`` (special tokens, chat template) beside a checkpoint,
+        so ``HFTokenizer.from_pretrained(directory)`` gives the same tokenizer back."""
+        directory = Path(directory)
+        self.tok.backend.save(str(directory / "tokenizer.json"))
+        st = self.tok.special_tokens
+        cfg = {k: getattr(st, k) for k in ("bos_token", "eos_token", "pad_token", "unk_token") if getattr(st, k)}
+        if getattr(self.tok, "chat_template", None):
+            cfg["chat_template"] = self.tok.chat_template
+        (directory / "tokenizer_config.json").write_text(json.dumps(cfg, indent=1) + "\n", encoding="utf-8")
 
 
 def load_training_tokenizer(spec: str, *, for_mlm: bool = False):

@@ -392,10 +392,14 @@ class Trainer:
         from axon_llm.auto import from_pretrained
 
         _, model_cls = _arch_classes(self.args.arch)
-        try:
-            model = from_pretrained(src, dequantize=True)
-        except TypeError:   # loaders without the option already give float weights
-            model = from_pretrained(src)
+        path = Path(src)
+        if not path.exists():                     # a registry name: find its files (no network if installed)
+            from axon_llm.hub import resolve_model_path
+
+            path = resolve_model_path(src)
+        if path.is_dir() and not (path / "config.json").exists() and len(list(path.glob("*.gguf"))) == 1:
+            path = next(path.glob("*.gguf"))
+        model = dequantized_gguf(path) if path.suffix == ".gguf" else from_pretrained(path)
         if not isinstance(model, model_cls):
             raise ConfigError(f"--init {src} is a {type(model).__name__}, not a --arch {self.args.arch} model "
                               f"({model_cls.__name__})")
@@ -609,6 +613,21 @@ class Trainer:
         }
         (d / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n", encoding="utf-8")
         plot_losses(self.losses, self.evals, d / "loss_curve.png")
+
+
+def dequantized_gguf(path):
+    """A float32 ``LLaMAForCausalLM`` from a GGUF file: every quantised tensor dequantised once
+    (``GGUFQuantTensor.dequantize``), so the model can be fine-tuned."""
+    from axon_llm.config import LLaMAConfig
+    from axon_llm.loaders.gguf import GGUFQuantTensor, load_gguf
+    from axon_llm.loaders.safetensors import load_state
+    from axon_llm.models.llama import LLaMAForCausalLM
+
+    gm = load_gguf(path)
+    model = LLaMAForCausalLM(LLaMAConfig.from_dict(gm.config))
+    state = {k: (t.dequantize() if isinstance(t, GGUFQuantTensor) else t) for k, t in gm.tensors.items()}
+    load_state(model, state)
+    return model
 
 
 def plot_losses(losses, evals, path: Path) -> bool:

@@ -144,3 +144,19 @@ def test_cli_train_prints_loss_and_fails_cleanly(text_file, tmp_path, capsys):
                "--out", str(tmp_path / "o2")])
     err = capsys.readouterr().err
     assert rc == 1 and err.count("\n") == 1 and "missing.txt" in err and "Traceback" not in err
+
+
+def test_init_from_a_pretrained_model_fine_tunes_it(text_file, tmp_path, fixtures_dir):
+    from axon_llm.auto import from_pretrained
+
+    src = fixtures_dir / "hf" / "gpt2"                      # a tiny GPT-2 with a 256-id vocabulary
+    trainer = Trainer(_args(text_file, tmp_path / "ft", arch="gpt2", preset=None, init=str(src), steps=2,
+                            seq_len=16, lr=1e-3))
+    trainer.setup()
+    ref = from_pretrained(src).state_dict()
+    mine = trainer.model.state_dict()
+    for k in ref:
+        np.testing.assert_array_equal(np.asarray(mine[k]), np.asarray(ref[k]))
+    trainer.run()
+    with pytest.raises(ConfigError, match="not a --arch llama"):
+        train(_args(text_file, tmp_path / "x", arch="llama", preset=None, init=str(src)))
