@@ -45,7 +45,8 @@ def test_pack_unpack_round_trip_and_quantize_formula(args):
     w = args.kwargs["W"]
     packed, scale = kernels.ternary_quantize(w)
     t = kernels.ternary_unpack(packed, w.shape[1])
-    np.testing.assert_array_equal(t / np.float32(scale), weight_quant(w))
+    # mean|W| may round differently in the last bit depending on the summation order (layout)
+    np.testing.assert_allclose(t / np.float32(scale), weight_quant(w), rtol=4 * np.finfo(np.float32).eps, atol=0)
     np.testing.assert_array_equal(kernels.ternary_pack(t), packed)
 
 
