@@ -386,6 +386,19 @@ def test_one_hot_and_comparisons_have_no_grad():
 # --------------------------------------------------------------------------- dtype casts
 
 
+def test_float32_erf_is_accurate_to_a_few_ulp():
+    from axon._erf import erf, erf_exact
+
+    x = np.linspace(-7, 7, 20001)
+    exact = np.array([math.erf(v) for v in x.astype(np.float32).astype(np.float64)])
+    assert np.abs(erf(x.astype(np.float32)).astype(np.float64) - exact).max() < 6e-7
+    assert np.array_equal(erf(x), erf_exact(x))  # float64 is libm's erf
+    assert erf(x.astype(np.float32)).dtype == np.float32
+    g32 = axon.tensor(x.astype(np.float32)).gelu().numpy().astype(np.float64)
+    g64 = axon.tensor(x.astype(np.float32).astype(np.float64)).gelu().numpy()
+    assert_close(g32, g64, rtol=1.3e-6, atol=1e-6)
+
+
 def test_float16_stays_float16():
     x = axon.ones(3, dtype=np.float16, requires_grad=True)
     for y in (x.gelu(), x.silu(), x.gelu_tanh(), x.softmax(-1), x * 2.0, x.exp()):
