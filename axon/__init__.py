@@ -54,7 +54,8 @@ maximum, minimum, flip, roll, narrow, unbind, scatter_add, allclose, equal, norm
 )
 
 
-def is_tensor(x) -> "builtins.bool":
+def is_tensor(x):
+    """True for an axon.Tensor."""
     return isinstance(x, Tensor)
 
 

@@ -85,11 +85,6 @@ def randint(low, high=None, size=(), dtype=np.int64) -> Tensor:
     return Tensor(get_rng().integers(low, high, size=tuple(size)).astype(dtype))
 
 
-def _like(t, fn, dtype, requires_grad, **kw):
-    dtype = t.dtype if dtype is None else dtype
-    return fn(*t.shape, dtype=dtype, requires_grad=requires_grad, **kw)
-
-
 def zeros_like(t, dtype=None, requires_grad: bool = False) -> Tensor:
     return Tensor(np.zeros(t.shape, dtype=t.dtype if dtype is None else dtype), requires_grad=requires_grad)
 

@@ -11,7 +11,6 @@ tensor's dtype (an int tensor times a Python float gives float32).
 
 from __future__ import annotations
 
-import builtins
 from collections import namedtuple
 
 import numpy as np
@@ -367,14 +366,14 @@ class Tensor:
 
     def __truediv__(self, other):
         a, b = self._pair(other)
-        if a.dtype.kind != "f" and _dtype_of(b).kind != "f":
+        if a.dtype.kind != "f" and b.dtype.kind != "f":
             a = a.float()
             b = b.float() if isinstance(b, Tensor) else b.astype(np.float32)
         return _ops.Div.apply(a, b)
 
     def __rtruediv__(self, other):
         b, a = self._pair(other)
-        if b.dtype.kind != "f" and _dtype_of(a).kind != "f":
+        if b.dtype.kind != "f" and a.dtype.kind != "f":
             b = b.float()
             a = a.float() if isinstance(a, Tensor) else a.astype(np.float32)
         return _ops.Div.apply(a, b)
@@ -484,10 +483,10 @@ class Tensor:
         return Tensor._make(np.isfinite(self.data))
 
     def any(self, dim=None, keepdim=False):
-        return Tensor._make(np.asarray(np.any(self.data, axis=_axis(dim, self.ndim), keepdims=keepdim)))
+        return Tensor._make(np.asarray(np.any(self.data, axis=_norm_dims(dim, self.ndim), keepdims=keepdim)))
 
     def all(self, dim=None, keepdim=False):
-        return Tensor._make(np.asarray(np.all(self.data, axis=_axis(dim, self.ndim), keepdims=keepdim)))
+        return Tensor._make(np.asarray(np.all(self.data, axis=_norm_dims(dim, self.ndim), keepdims=keepdim)))
 
     def equal(self, other) -> bool:
         o = other.data if isinstance(other, Tensor) else np.asarray(other)
@@ -915,15 +914,6 @@ class Tensor:
 
 def _raw(x):
     return x.data if isinstance(x, Tensor) else x
-
-
-def _dtype_of(x):
-    return x.dtype
-
-
-def _axis(dim, ndim):
-    d = _norm_dims(dim, ndim)
-    return d
 
 
 # ---------------------------------------------------------------------- free functions

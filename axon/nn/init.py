@@ -13,7 +13,6 @@ import numpy as np
 
 from ..autograd import no_grad
 from ..random import get_rng
-from ..tensor import Tensor
 from .parameter import Parameter
 
 __all__ = [
