@@ -37,6 +37,16 @@ class Optimizer:
                     raise TypeError(f"optimizer params must be axon Tensors, got {type(p).__name__}")
             self.param_groups.append(group)
 
+    def add_param_group(self, param_group: dict) -> None:
+        """Add a group of parameters (hyper-parameters default to the optimizer's)."""
+        group = dict(self.defaults)
+        group.update(param_group)
+        group["params"] = list(group["params"])
+        seen = {id(p) for g in self.param_groups for p in g["params"]}
+        if any(id(p) in seen for p in group["params"]):
+            raise ValueError("some parameters appear in more than one parameter group")
+        self.param_groups.append(group)
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear every parameter's ``.grad``."""
         for group in self.param_groups:

@@ -98,6 +98,13 @@ def test_param_groups_and_skipping_params_without_grad():
     (a * 1.0).sum().backward()
     opt.step()
     assert a.data[0] == 0.5 and b.data[0] == 1.0
+    c = nn.Parameter(np.ones(1))
+    opt.add_param_group({"params": [c], "lr": 0.25})
+    (c * 1.0).sum().backward()
+    opt.step()
+    assert c.data[0] == 0.75 and opt.param_groups[-1]["momentum"] == 0.0
+    with pytest.raises(ValueError, match="more than one"):
+        opt.add_param_group({"params": [a]})
 
 
 def test_clip_grad_norm():
