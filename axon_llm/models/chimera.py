@@ -37,8 +37,8 @@ import numpy as np
 import axon
 import axon.nn.functional as F
 from axon import nn
-from axon_llm.blocks import CausalLM
 from axon_llm.attention import AttentionContext, attend, merge_heads, split_heads
+from axon_llm.blocks import CausalLM
 from axon_llm.cache import KVCache
 from axon_llm.config import ModelConfig, normalize_rope
 from axon_llm.embeddings import as_token_ids

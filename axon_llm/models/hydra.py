@@ -24,17 +24,16 @@ from typing import ClassVar
 import numpy as np
 
 import axon
-import axon.nn.functional as F
 from axon import nn
-from axon_llm.blocks import CausalLM
-from axon_llm.attention import AttentionContext, attend
+from axon_llm.attention import AttentionContext, MultiHeadAttention, attend, merge_heads
+from axon_llm.blocks import CausalLM, GatedMLP
 from axon_llm.config import ModelConfig
+from axon_llm.embeddings import as_token_ids
 from axon_llm.errors import ConfigError, InputError
 from axon_llm.mamba import MambaMixer, MambaState
-from axon_llm.embeddings import as_token_ids
 from axon_llm.models.ssm import check_attention_mask
 
-__all__ = ["HydraConfig", "HydraModel", "HydraCache", "WindowKVCache", "WindowAttention", "SwiGLU"]
+__all__ = ["HydraConfig", "HydraModel", "HydraCache", "WindowKVCache", "WindowAttention"]
 
 
 @dataclass
@@ -138,20 +137,6 @@ class HydraConfig(ModelConfig):
         return cls._preset(1000, 64, 4, 4, 8, 256, 64)
 
 
-class SwiGLU(nn.Module):
-    """``down_proj(silu(gate_proj x) * up_proj x)``, no biases (the LLaMA / Mixtral-expert MLP)."""
-
-    def __init__(self, hidden_size: int, intermediate_size: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.up_proj = nn.Linear(hidden_size, intermediate_size, bias=False)
-        self.down_proj = nn.Linear(intermediate_size, hidden_size, bias=False)
-
-    def forward(self, x):
-        """[..., d] -> [..., d] (via [..., ffn])."""
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
 class WindowKVCache:
     """A ``W``-long ring of keys/values (and their padding mask) for one window-attention layer.
 
@@ -186,26 +171,19 @@ class WindowKVCache:
         return self.k.nbytes + self.v.nbytes + self.mask.nbytes
 
 
-class WindowAttention(nn.Module):
+class WindowAttention(MultiHeadAttention):
     """Causal multi-head (GQA) attention over the last ``W`` positions, no positional encoding."""
 
+    # diff vs LLaMA's attention: no RoPE, and a W-long ring (WindowKVCache) instead of a KV cache
+
     def __init__(self, config: HydraConfig):
-        super().__init__()
-        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.head_dim, self.window = config.head_dim, config.sliding_window
-        d, hd = config.hidden_size, config.head_dim
-        self.q_proj = nn.Linear(d, self.num_heads * hd, bias=False)
-        self.k_proj = nn.Linear(d, self.num_kv_heads * hd, bias=False)
-        self.v_proj = nn.Linear(d, self.num_kv_heads * hd, bias=False)
-        self.o_proj = nn.Linear(self.num_heads * hd, d, bias=False)
+        super().__init__(config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
+                         config.head_dim, layer_idx=0, rotary=None, sliding_window=config.sliding_window)
 
     def forward(self, x, cache: WindowKVCache | None = None, mask: np.ndarray | None = None):
         """x [B, T, d] -> [B, T, d]; ``mask`` [B, T] is the padding mask of these tokens."""
         B_, T, _ = x.shape
-        H, Hkv, Dh = self.num_heads, self.num_kv_heads, self.head_dim
-        q = self.q_proj(x).reshape(B_, T, H, Dh).transpose(1, 2)        # [B, T, H*Dh] -> [B, H, T, Dh]
-        k = self.k_proj(x).reshape(B_, T, Hkv, Dh).transpose(1, 2)      # -> [B, Hkv, T, Dh]
-        v = self.v_proj(x).reshape(B_, T, Hkv, Dh).transpose(1, 2)      # -> [B, Hkv, T, Dh]
+        q, k, v = self.project_qkv(x)                                     # [B, H|Hkv, T, Dh]
         key_mask = mask
         if cache is not None:
             new_mask = mask if mask is not None else np.ones((B_, T), np.float32)
@@ -216,9 +194,8 @@ class WindowAttention(nn.Module):
             key_mask = np.concatenate([pm, new_mask], axis=1)             # [B, P+T]
         km = None if key_mask is None or key_mask.all() else key_mask > 0   # [B, S] True = real token
         ctx = AttentionContext(positions=None, key_mask=km, cache=None, start=0, new_mask=None)
-        o = attend(q, k, v, ctx, causal=True, window=self.window)        # [B, H, T, Dh]
-        o = o.transpose(1, 2).reshape(B_, T, H * Dh)                      # -> [B, T, H*Dh]
-        return self.o_proj(o)
+        o = attend(q, k, v, ctx, causal=True, window=self.sliding_window)  # [B, H, T, Dh]
+        return self.o_proj(merge_heads(o))                                # [B, T, H*Dh] -> [B, T, d]
 
 
 class HydraBlock(nn.Module):
@@ -234,7 +211,7 @@ class HydraBlock(nn.Module):
         else:
             self.self_attn = WindowAttention(config)
         self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
-        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
+        self.mlp = GatedMLP(config.hidden_size, config.intermediate_size)     # SwiGLU
 
     def forward(self, x, state=None, mask=None):
         h = self.input_layernorm(x)

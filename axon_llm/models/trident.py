@@ -24,12 +24,12 @@ import numpy as np
 import axon
 import axon.nn.functional as F
 from axon import nn
-from axon_llm.config import ModelConfig, normalize_rope
-from axon_llm.errors import CheckpointError, ConfigError, UnsupportedError
-from axon_llm.blocks import CausalLM
 from axon_llm.attention import AttentionContext, MultiHeadAttention, attend, merge_heads
+from axon_llm.blocks import CausalLM
 from axon_llm.cache import KVCache
+from axon_llm.config import ModelConfig, normalize_rope
 from axon_llm.embeddings import as_token_ids
+from axon_llm.errors import CheckpointError, ConfigError, UnsupportedError
 from axon_llm.rope import RotaryEmbedding, apply_rotary_pos_emb
 from axon_llm.ternary import TernaryLinear, latent_weight, unpack_hf_ternary
 
