@@ -3,8 +3,9 @@
     c = matmul(a, b)    # [..., M, K] @ [..., K, N] -> [..., M, N], batch dims broadcast
 
 The Numba kernel is a cache-blocked loop nest (row blocks of A in parallel, K and N blocked so
-the touched rows of B and C stay in cache) whose innermost loop is an axpy over a row of C,
-four rows of B at a time, which LLVM vectorises. It does not pack panels or keep a register
+the touched rows of B and C stay in cache) whose innermost loop is an axpy over a slice of a
+row of C, four rows of B at a time, which LLVM vectorises (with two rows of C in the same loop
+it did not: too many possible aliases to check). It does not pack panels or keep a register
 tile like an optimised BLAS, so BLAS stays faster on large dense float32 products (see
 docs/kernels.md for the measured ratio); `axon` calls BLAS for those.
 """
@@ -18,7 +19,7 @@ from ._jit import CONTRACT, float_array, jit_disabled, result_float_dtype
 
 __all__ = ["matmul", "matmul_ref", "matmul_nb"]
 
-_MC, _KC, _NC = 32, 512, 256  # rows of A per task, K block, N block (float32 C rows + B block fit L1/L2)
+_MC, _KC, _NC = 32, 256, 512  # rows of A per task, K block, N block (a C row slice + 4 B row slices fit L1)
 
 
 def _validate(a, b):
@@ -57,43 +58,29 @@ def _matmul_kernel(a, b, a_index, b_index, c):
         ct = c[t]
         for j0 in range(0, n, _NC):
             j1 = min(n, j0 + _NC)
+            width = j1 - j0
             for k0 in range(0, k_total, _KC):
                 k1 = min(k_total, k0 + _KC)
-                i = i0
-                while i + 1 < i1:  # two rows of C at a time share each loaded row of B
-                    c0 = ct[i]
-                    c1 = ct[i + 1]
-                    a0 = at[i]
-                    a1 = at[i + 1]
+                for i in range(i0, i1):
+                    # one row of C (a contiguous slice: LLVM vectorises the axpy with a simple alias check)
+                    c_row = ct[i, j0:j1]
+                    a_row = at[i]
                     k = k0
-                    while k + 3 < k1:  # four rows of B per pass over the C rows
-                        b0 = bt[k]
-                        b1 = bt[k + 1]
-                        b2 = bt[k + 2]
-                        b3 = bt[k + 3]
-                        x00, x01, x02, x03 = a0[k], a0[k + 1], a0[k + 2], a0[k + 3]
-                        x10, x11, x12, x13 = a1[k], a1[k + 1], a1[k + 2], a1[k + 3]
-                        for j in range(j0, j1):
-                            c0[j] += x00 * b0[j] + x01 * b1[j] + x02 * b2[j] + x03 * b3[j]
-                            c1[j] += x10 * b0[j] + x11 * b1[j] + x12 * b2[j] + x13 * b3[j]
+                    while k + 3 < k1:  # four rows of B per pass over the C row
+                        b0 = bt[k, j0:j1]
+                        b1 = bt[k + 1, j0:j1]
+                        b2 = bt[k + 2, j0:j1]
+                        b3 = bt[k + 3, j0:j1]
+                        x0, x1, x2, x3 = a_row[k], a_row[k + 1], a_row[k + 2], a_row[k + 3]
+                        for j in range(width):
+                            c_row[j] += x0 * b0[j] + x1 * b1[j] + x2 * b2[j] + x3 * b3[j]
                         k += 4
                     while k < k1:
-                        bk = bt[k]
-                        x0 = a0[k]
-                        x1 = a1[k]
-                        for j in range(j0, j1):
-                            c0[j] += x0 * bk[j]
-                            c1[j] += x1 * bk[j]
+                        bk = bt[k, j0:j1]
+                        x0 = a_row[k]
+                        for j in range(width):
+                            c_row[j] += x0 * bk[j]
                         k += 1
-                    i += 2
-                if i < i1:  # odd last row
-                    c0 = ct[i]
-                    a0 = at[i]
-                    for k in range(k0, k1):
-                        bk = bt[k]
-                        x0 = a0[k]
-                        for j in range(j0, j1):
-                            c0[j] += x0 * bk[j]
 
 
 def matmul_nb(a, b):
