@@ -178,8 +178,11 @@ def load_model(src: str):
 
 def load_tokenizer(src: str):
     """``axon_llm.HFTokenizer.from_pretrained(src)``."""
+    from axon_llm.data import ByteTokenizer, is_byte_tokenizer_folder
     from axon_llm.tokenizer import HFTokenizer
 
+    if is_byte_tokenizer_folder(src):            # a checkpoint of `axon-llm train --tokenizer byte`
+        return ByteTokenizer()
     return HFTokenizer.from_pretrained(src)
 
 
@@ -277,6 +280,10 @@ def make_detokenizer(tokenizer):
 
 def render_chat(tokenizer, messages: list[dict]) -> list[int]:
     """Token ids of ``messages`` through the tokenizer's chat template, ready for the reply."""
+    if not hasattr(tokenizer, "apply_chat_template"):
+        from axon_llm.errors import TokenizerError
+
+        raise TokenizerError(f"the {type(tokenizer).__name__} has no chat template; drop --chat")
     return [int(x) for x in tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)]
 
 

@@ -50,10 +50,34 @@ class ByteTokenizer:
         """The text of byte ids (special ids are dropped, broken UTF-8 is replaced)."""
         return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
 
+    def stream_decoder(self, skip_special_tokens: bool = True) -> "_ByteStreamDecoder":
+        """Incremental decoder (``step(id) -> str``, ``finish() -> str``) that never splits a character."""
+        return _ByteStreamDecoder()
+
     def save(self, directory: Path) -> None:
         """Record the choice in ``tokenizer_byte.json`` beside a checkpoint."""
         (Path(directory) / "tokenizer_byte.json").write_text(
             json.dumps({"kind": "byte", "with_specials": self.with_specials}) + "\n", encoding="utf-8")
+
+
+class _ByteStreamDecoder:
+    """UTF-8 bytes in, complete characters out (Python's incremental UTF-8 decoder)."""
+
+    def __init__(self):
+        import codecs
+
+        self._dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def step(self, token_id: int) -> str:
+        return self._dec.decode(bytes([token_id])) if 0 <= token_id < 256 else ""
+
+    def finish(self) -> str:
+        return self._dec.decode(b"", final=True)
+
+
+def is_byte_tokenizer_folder(path) -> bool:
+    """True for a checkpoint folder trained with ``--tokenizer byte``."""
+    return (Path(path) / "tokenizer_byte.json").is_file()
 
 
 class _HFTrainingTokenizer:

@@ -130,3 +130,17 @@ def test_embed_matches_sentence_transformers(capsys, fixtures_dir):
     assert main(["embed", "--similarity", "--precision", "4", *info["sentences"][:2]]) == 0
     rows = [list(map(float, l.split())) for l in capsys.readouterr().out.splitlines()]
     np.testing.assert_allclose(rows, np.array(info["cosine"])[:2, :2], atol=2e-4)
+
+
+def test_generate_with_a_byte_tokenizer_checkpoint(tmp_path, capsys):
+    from axon_llm.training import TrainArgs, train
+
+    data = tmp_path / "t.txt"
+    data.write_text("the cat sat on the mat. " * 30, encoding="utf-8")
+    train(TrainArgs(arch="ssm", preset="tiny", data=str(data), out=str(tmp_path / "ck"), steps=1, batch_size=2,
+                    seq_len=16, progress=False))
+    capsys.readouterr()
+    assert main(["generate", "--model", str(tmp_path / "ck"), "--prompt", "the", "--max-new-tokens", "5"]) == 0
+    out = capsys.readouterr().out
+    assert out.endswith("\n") and len(out.encode("utf-8")) >= 2
+    _one_line_error(capsys, ["generate", "--model", str(tmp_path / "ck"), "--prompt", "the", "--chat"], 1)

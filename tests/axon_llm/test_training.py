@@ -160,3 +160,11 @@ def test_init_from_a_pretrained_model_fine_tunes_it(text_file, tmp_path, fixture
     trainer.run()
     with pytest.raises(ConfigError, match="not a --arch llama"):
         train(_args(text_file, tmp_path / "x", arch="llama", preset=None, init=str(src)))
+
+
+def test_eval_loss_and_loss_curve_png(text_file, tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="matplotlib is optional (pip install axon-llm[plot])")
+    rc = main(["train", "--arch", "ssm", "--preset", "tiny", "--data", str(text_file), "--steps", "2", "--batch-size",
+               "2", "--seq-len", "16", "--eval-every", "2", "--no-progress", "--out", str(tmp_path / "o")])
+    assert rc == 0 and "eval_loss=" in capsys.readouterr().out
+    assert (tmp_path / "o" / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
