@@ -37,7 +37,7 @@ import numpy as np
 import axon
 import axon.nn.functional as F
 from axon import nn
-from axon_llm.attention import AttentionContext, attend, merge_heads, split_heads
+from axon_llm.attention import AttentionContext, MultiHeadAttention, attend, merge_heads
 from axon_llm.blocks import CausalLM
 from axon_llm.cache import KVCache
 from axon_llm.config import ModelConfig, normalize_rope
@@ -161,19 +161,17 @@ class ChimeraConfig(ModelConfig):
         return cls._preset(1000, 64, 2, 4, 4, 2, 256, 128)
 
 
-class DifferentialAttention(nn.Module):
+class DifferentialAttention(MultiHeadAttention):
     """Causal differential attention with RoPE, GQA and a KV cache (see the module docstring)."""
 
+    # diff vs LLaMA's attention: two softmax maps per head (half-width Q/K, RoPE per half),
+    # subtracted with a learned lambda, then a per-head RMSNorm scaled by (1 - lambda_init)
+
     def __init__(self, config: ChimeraConfig, layer_idx: int, rotary: RotaryEmbedding):
-        super().__init__()
-        d, H, Hkv, Dh = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
-        self.num_heads, self.num_kv_heads, self.head_dim, self.layer_idx = H, Hkv, Dh, layer_idx
-        self.rotary = rotary                                  # rotary dim Dh / 2 (one half-head)
+        Dh = config.head_dim
+        super().__init__(config.hidden_size, config.num_attention_heads, config.num_key_value_heads, Dh,
+                         layer_idx=layer_idx, rotary=rotary)     # rotary: dim Dh / 2 (one half-head)
         self.lambda_init = lambda_init_fn(layer_idx)
-        self.q_proj = nn.Linear(d, H * Dh, bias=False)
-        self.k_proj = nn.Linear(d, Hkv * Dh, bias=False)
-        self.v_proj = nn.Linear(d, Hkv * Dh, bias=False)
-        self.o_proj = nn.Linear(H * Dh, d, bias=False)
 
         def lambda_init(arr, rng):                            # N(0, 0.1), as the paper's code
             arr[...] = rng.standard_normal(arr.shape) * 0.1
@@ -193,11 +191,8 @@ class DifferentialAttention(nn.Module):
 
     def forward(self, x, ctx: AttentionContext):
         """x [B, T, d] -> [B, T, d]."""
-        H, Hkv, Dh = self.num_heads, self.num_kv_heads, self.head_dim
-        half = Dh // 2
-        q = split_heads(self.q_proj(x), H, Dh)                # [B, T, H*Dh] -> [B, H, T, Dh]
-        k = split_heads(self.k_proj(x), Hkv, Dh)              # -> [B, Hkv, T, Dh]
-        v = split_heads(self.v_proj(x), Hkv, Dh)              # -> [B, Hkv, T, Dh]
+        half = self.head_dim // 2
+        q, k, v = self.project_qkv(x)                         # [B, H, T, Dh], [B, Hkv, T, Dh] x2
         cos, sin = ctx.rope(self.rotary)                      # [B, 1, T, Dh/2]
         q = axon.cat([apply_rotary_pos_emb(q[..., :half], cos, sin),
                       apply_rotary_pos_emb(q[..., half:], cos, sin)], dim=-1)  # RoPE per half
