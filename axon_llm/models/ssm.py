@@ -219,6 +219,24 @@ class SSMForCausalLM(CausalLM):
         else:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
 
+    @classmethod
+    def from_hf(cls, folder) -> "SSMForCausalLM":
+        """An SSMForCausalLM from a transformers MambaForCausalLM folder.
+
+        Like transformers' ``MambaModel.load_hook``, accepts the older ``backbone.embedding.weight``
+        name; a stored copy of the tied ``lm_head.weight`` is ignored.
+        """
+        from axon_llm.loaders.safetensors import HFLoader, load_state
+
+        loader = HFLoader(folder)
+        model = cls(SSMConfig.from_dict(loader.config))
+        tensors = {k.replace("backbone.embedding.", "backbone.embeddings."): v for k, v in loader.tensors().items()}
+        if model.config.tie_word_embeddings:
+            tensors.pop("lm_head.weight", None)
+        load_state(model, tensors, strict=False)          # unused tensors warn, as in transformers
+        model.eval()
+        return model
+
     def new_cache(self, batch_size: int, max_length: int | None = None) -> SSMCache:
         """A fresh streaming state for ``batch_size`` sequences (size independent of max_length)."""
         return SSMCache(self.config, batch_size, max_length, dtype=self.backbone.embeddings.weight.dtype)

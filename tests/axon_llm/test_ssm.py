@@ -77,6 +77,22 @@ def test_save_pretrained_round_trip(fixtures_dir, tmp_path):
     np.testing.assert_array_equal(logits_np(again, exp["input_ids"]), logits_np(model, exp["input_ids"]))
 
 
+def test_older_embedding_name_and_stored_tied_head_load(fixtures_dir, tmp_path):
+    import shutil
+
+    from axon_llm.loaders.safetensors import read_safetensors, write_safetensors
+
+    src = fixtures_dir / "hf" / "mamba"
+    shutil.copy(src / "config.json", tmp_path / "config.json")
+    sd = dict(read_safetensors(src / "model.safetensors"))
+    sd["backbone.embedding.weight"] = sd.pop("backbone.embeddings.weight")
+    sd["lm_head.weight"] = sd["backbone.embedding.weight"]
+    write_safetensors(tmp_path / "model.safetensors", sd)
+    exp = np.load(src / "expected.npz")
+    np.testing.assert_allclose(logits_np(from_pretrained(tmp_path), exp["input_ids"]), exp["logits"],
+                               rtol=0, atol=1e-4 * max(1.0, float(np.abs(exp["logits"]).max())))
+
+
 # ------------------------------------------------------------------ family checks
 def test_causal(tiny):
     check_causal(tiny, tiny.config.vocab_size)
