@@ -17,6 +17,8 @@ Attention is bidirectional; ``attention_mask`` (1 = token, 0 = padding) hides pa
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 import axon
@@ -273,8 +275,12 @@ class BertForSequenceClassification(nn.Module):
     config_class = BertConfig
     hf_architecture = "BertForSequenceClassification"
 
-    def __init__(self, config: BertConfig | None = None):
+    def __init__(self, config: BertConfig | None = None, num_labels: int | None = None):
+        """``num_labels`` (as the crate's ``BertForSequenceClassification::new(config, num_labels)``)
+        overrides ``config.num_labels`` and resets its default label names."""
         super().__init__()
+        if num_labels is not None:
+            config = dataclasses.replace(config or BertConfig(), num_labels=num_labels, id2label=None)
         self.bert = Bert(config, add_pooling_layer=True)
         self.config = self.bert.config
         p = self.config.classifier_dropout
