@@ -297,6 +297,10 @@ class Tensor:
 
     type = to
 
+    def type_as(self, other: "Tensor") -> "Tensor":
+        """Cast to ``other``'s dtype."""
+        return self.to(other.dtype)
+
     def float(self) -> "Tensor":
         return self.to(np.float32)
 
