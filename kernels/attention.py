@@ -184,6 +184,16 @@ def _kv_range(p_first, p_last, tk, causal, window):
     return lo, hi
 
 
+# Inner loops below run over 1-D contiguous views (a row of a tile, a row of K or V) and write one
+# array each: that is what LLVM vectorises (with several written arrays or 4-D indexing inside
+# the loop it needs too many alias checks and falls back to scalar code).
+
+
+@njit(inline="always", error_model="numpy")
+def _masked(key, pos, causal, window):
+    return ((causal or window > 0) and key > pos) or (window > 0 and key <= pos - window)
+
+
 @njit(parallel=True, cache=True, nogil=True, fastmath=CONTRACT, error_model="numpy")
 def _flash_forward_kernel(q, k, v, causal, window, scale, block_q, block_kv, out, lse):
     # q [B, H, Tq, D], k/v [B, Hkv, Tk, D] contiguous; out [B, H, Tq, D], lse [B, H, Tq]
@@ -202,8 +212,10 @@ def _flash_forward_kernel(q, k, v, causal, window, scale, block_q, block_kv, out
         kh = hi_ // group  # the K/V head this query head reads (GQA, no copy)
         qt = np.empty((rows, d), q.dtype)  # scaled query tile
         for i in range(rows):
+            q_row = q[bi, hi_, i0 + i]
+            qt_row = qt[i]
             for c in range(d):
-                qt[i, c] = q[bi, hi_, i0 + i, c] * scale
+                qt_row[c] = q_row[c] * scale
         acc = np.zeros((rows, d), q.dtype)  # unnormalised output
         m = np.full(rows, neg_inf, q.dtype)  # running row max
         l = np.zeros(rows, q.dtype)  # running denominator
@@ -214,43 +226,49 @@ def _flash_forward_kernel(q, k, v, causal, window, scale, block_q, block_kv, out
             j1 = min(hi, j0 + block_kv)
             cols = j1 - j0
             for j in range(cols):
+                k_row = k[bi, kh, j0 + j]
                 for c in range(d):
-                    kt[c, j] = k[bi, kh, j0 + j, c]
+                    kt[c, j] = k_row[c]
             for i in range(rows):
                 pos = offset + i0 + i
                 for j in range(cols):
                     s[j] = 0.0
+                qt_row = qt[i]
                 for c in range(d):  # s = q_i . K^T, vectorised along the keys
-                    qc = qt[i, c]
+                    qc = qt_row[c]
+                    kt_row = kt[c]
                     for j in range(cols):
-                        s[j] += qc * kt[c, j]
+                        s[j] += qc * kt_row[j]
                 mx = m[i]
                 for j in range(cols):
-                    key = j0 + j
-                    if ((causal or window > 0) and key > pos) or (window > 0 and key <= pos - window):
+                    if _masked(j0 + j, pos, causal, window):
                         s[j] = neg_inf
                     elif s[j] > mx or s[j] != s[j]:  # NaN wins, so it propagates
                         mx = s[j]
                 if mx == neg_inf:
                     continue  # this row sees no key in this tile
                 alpha = fast_exp(m[i] - mx)  # rescales what was accumulated under the old max
-                total = 0.0
                 for j in range(cols):
                     s[j] = fast_exp(s[j] - mx)
+                total = 0.0
                 for j in range(cols):
                     total += s[j]
                 l[i] = l[i] * alpha + total
                 m[i] = mx
+                acc_row = acc[i]
                 for c in range(d):
-                    acc[i, c] *= alpha
+                    acc_row[c] *= alpha
                 for j in range(cols):
                     pj = s[j]
+                    v_row = v[bi, kh, j0 + j]
                     for c in range(d):
-                        acc[i, c] += pj * v[bi, kh, j0 + j, c]
+                        acc_row[c] += pj * v_row[c]
         for i in range(rows):
             inv = 1.0 / l[i]
+            acc_row = acc[i]
+            out_row = out[bi, hi_, i0 + i]
             for c in range(d):
-                out[bi, hi_, i0 + i, c] = acc[i, c] * inv
+                out_row[c] = acc_row[c] * inv
             lse[bi, hi_, i0 + i] = m[i] + np.log(l[i])
 
 
@@ -274,6 +292,8 @@ def _flash_backward_dkdv_kernel(q, k, v, dout, lse, delta, causal, window, scale
         dot = np.empty((d, block_q), q.dtype)  # dO tile, transposed
         p = np.empty(block_q, q.dtype)
         dp = np.empty(block_q, q.dtype)
+        row_lse = np.empty(block_q, q.dtype)
+        row_delta = np.empty(block_q, q.dtype)
         # queries (by index) that can see some key of this tile
         i_lo = 0
         i_hi = tq
@@ -287,37 +307,57 @@ def _flash_backward_dkdv_kernel(q, k, v, dout, lse, delta, causal, window, scale
                 i1 = min(i_hi, i0 + block_q)
                 rows = i1 - i0
                 for i in range(rows):
+                    q_row = q[bi, hq, i0 + i]
+                    do_row = dout[bi, hq, i0 + i]
                     for c in range(d):
-                        qt[c, i] = q[bi, hq, i0 + i, c] * scale
-                        dot[c, i] = dout[bi, hq, i0 + i, c]
+                        qt[c, i] = q_row[c] * scale
+                        dot[c, i] = do_row[c]
+                    row_lse[i] = lse[bi, hq, i0 + i]
+                    row_delta[i] = delta[bi, hq, i0 + i]
                 for j in range(cols):
                     key = j0 + j
+                    k_row = k[bi, kh, key]
+                    v_row = v[bi, kh, key]
                     for i in range(rows):
                         p[i] = 0.0
                         dp[i] = 0.0
-                    for c in range(d):  # s = k_j . Q^T and dp = v_j . dO^T, along the queries
-                        kc = k[bi, kh, key, c]
-                        vc = v[bi, kh, key, c]
+                    for c in range(d):  # s = k_j . Q^T along the queries
+                        kc = k_row[c]
+                        qt_row = qt[c]
                         for i in range(rows):
-                            p[i] += kc * qt[c, i]
-                            dp[i] += vc * dot[c, i]
+                            p[i] += kc * qt_row[i]
+                    for c in range(d):  # dp = v_j . dO^T along the queries
+                        vc = v_row[c]
+                        dot_row = dot[c]
+                        for i in range(rows):
+                            dp[i] += vc * dot_row[i]
                     for i in range(rows):
-                        pos = offset + i0 + i
-                        if ((causal or window > 0) and key > pos) or (window > 0 and key <= pos - window):
+                        p[i] = fast_exp(p[i] - row_lse[i])
+                    for i in range(rows):
+                        if _masked(key, offset + i0 + i, causal, window):
                             p[i] = 0.0
-                        else:
-                            p[i] = fast_exp(p[i] - lse[bi, hq, i0 + i])
-                        dp[i] = p[i] * (dp[i] - delta[bi, hq, i0 + i])  # dS
+                    for i in range(rows):
+                        dp[i] = p[i] * (dp[i] - row_delta[i]) * scale  # scale * dS
+                    dv_row = dv_t[j]
+                    dk_row = dk_t[j]
                     for i in range(rows):
                         pi = p[i]
-                        dsi = dp[i] * scale
+                        do_row = dout[bi, hq, i0 + i]
                         for c in range(d):
-                            dv_t[j, c] += pi * dout[bi, hq, i0 + i, c]
-                            dk_t[j, c] += dsi * q[bi, hq, i0 + i, c]
+                            dv_row[c] += pi * do_row[c]
+                    for i in range(rows):
+                        dsi = dp[i]
+                        q_row = q[bi, hq, i0 + i]
+                        for c in range(d):
+                            dk_row[c] += dsi * q_row[c]
         for j in range(cols):
+            dk_out = dk[bi, kh, j0 + j]
+            dv_out = dv[bi, kh, j0 + j]
+            dk_row = dk_t[j]
+            dv_row = dv_t[j]
             for c in range(d):
-                dk[bi, kh, j0 + j, c] = dk_t[j, c]
-                dv[bi, kh, j0 + j, c] = dv_t[j, c]
+                dk_out[c] = dk_row[c]
+                dv_out[c] = dv_row[c]
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=CONTRACT, error_model="numpy")
@@ -345,35 +385,46 @@ def _flash_backward_dq_kernel(q, k, v, dout, lse, delta, causal, window, scale, 
             j1 = min(hi, j0 + block_kv)
             cols = j1 - j0
             for j in range(cols):
+                k_row = k[bi, kh, j0 + j]
+                v_row = v[bi, kh, j0 + j]
                 for c in range(d):
-                    kt[c, j] = k[bi, kh, j0 + j, c]
-                    vt[c, j] = v[bi, kh, j0 + j, c]
+                    kt[c, j] = k_row[c]
+                    vt[c, j] = v_row[c]
             for i in range(rows):
                 pos = offset + i0 + i
+                q_row = q[bi, hq, i0 + i]
+                do_row = dout[bi, hq, i0 + i]
                 for j in range(cols):
                     s[j] = 0.0
                     dp[j] = 0.0
                 for c in range(d):
-                    qc = q[bi, hq, i0 + i, c] * scale
-                    gc = dout[bi, hq, i0 + i, c]
+                    qc = q_row[c] * scale
+                    kt_row = kt[c]
                     for j in range(cols):
-                        s[j] += qc * kt[c, j]
-                        dp[j] += gc * vt[c, j]
+                        s[j] += qc * kt_row[j]
+                for c in range(d):
+                    gc = do_row[c]
+                    vt_row = vt[c]
+                    for j in range(cols):
+                        dp[j] += gc * vt_row[j]
                 row_lse = lse[bi, hq, i0 + i]
                 row_delta = delta[bi, hq, i0 + i]
                 for j in range(cols):
-                    key = j0 + j
-                    if ((causal or window > 0) and key > pos) or (window > 0 and key <= pos - window):
+                    s[j] = fast_exp(s[j] - row_lse) * (dp[j] - row_delta) * scale  # scale * dS
+                for j in range(cols):
+                    if _masked(j0 + j, pos, causal, window):
                         s[j] = 0.0
-                    else:
-                        s[j] = fast_exp(s[j] - row_lse) * (dp[j] - row_delta) * scale  # scale * dS
+                dq_row = dq_t[i]
                 for j in range(cols):
                     dsj = s[j]
+                    k_row = k[bi, kh, j0 + j]
                     for c in range(d):
-                        dq_t[i, c] += dsj * kt[c, j]
+                        dq_row[c] += dsj * k_row[c]
         for i in range(rows):
+            dq_out = dq[bi, hq, i0 + i]
+            dq_row = dq_t[i]
             for c in range(d):
-                dq[bi, hq, i0 + i, c] = dq_t[i, c]
+                dq_out[c] = dq_row[c]
 
 
 def flash_attention_nb(q, k, v, causal=False, window=None, scale=None, block_q=64, block_kv=64):
