@@ -230,20 +230,34 @@ def pack(qtype: str, raw: np.ndarray, shape) -> QuantMatrix:
 # References on the packed layout: dequantise, then multiply
 # ------------------------------------------------------------------------------------------------
 
-def unpack_ref(w: QuantMatrix, row_start: int = 0, row_stop: int | None = None) -> np.ndarray:
-    """Rows ``[row_start, row_stop)`` of the packed matrix as float32 ``[rows, in]`` (NumPy)."""
-    rows, cols = w.shape
-    row_stop = rows if row_stop is None else row_stop
-    t0, t1 = row_start // TILE_ROWS, -(-row_stop // TILE_ROWS)
+def dense_tiles_ref(w: QuantMatrix, t0: int = 0, t1: int | None = None) -> np.ndarray:
+    """Tiles ``[t0, t1)`` dequantised in the packed order: float32 ``[tiles, in, R]``
+    (element ``[t, k, r]`` is ``W[t*R + r, k]``; padding rows are zero)."""
+    t1 = w.qs.shape[0] if t1 is None else t1
     qs, sc = w.qs[t0:t1], w.scale[t0:t1]
     if w.kind == "q4":
         v = np.concatenate([qs & 0x0F, qs >> 4], axis=2).astype(np.float32)   # [t, G, 32, R]
         full = sc[:, :, None, :] * v + w.offset[t0:t1][:, :, None, :]
     else:
         full = sc[:, :, None, :] * qs.astype(np.float32)                     # [t, G, B, R]
-    full = np.moveaxis(full, -1, 1).reshape(-1, cols)                        # [t*R, in]
+    return full.reshape(full.shape[0], -1, full.shape[-1])                   # -> [t, in, R]
+
+
+def unpack_ref(w: QuantMatrix, row_start: int = 0, row_stop: int | None = None) -> np.ndarray:
+    """Rows ``[row_start, row_stop)`` of the packed matrix as float32 ``[rows, in]`` (NumPy)."""
+    rows, cols = w.shape
+    row_stop = rows if row_stop is None else row_stop
+    t0, t1 = row_start // TILE_ROWS, -(-row_stop // TILE_ROWS)
+    full = dense_tiles_ref(w, t0, t1).transpose(0, 2, 1).reshape(-1, cols)   # [t, in, R] -> [t*R, in]
     lo = row_start - t0 * TILE_ROWS
     return np.ascontiguousarray(full[lo:lo + row_stop - row_start])
+
+
+def _tile_chunks(w: QuantMatrix):
+    """Ranges of tiles holding about 8 MB of float32 each (bounds the references' memory)."""
+    step = max(1, _CHUNK_FLOATS // max(w.in_features * TILE_ROWS, 1))
+    for t0 in range(0, w.qs.shape[0], step):
+        yield t0, min(t0 + step, w.qs.shape[0])
 
 
 def _row_chunks(w: QuantMatrix):
@@ -263,21 +277,22 @@ def _as_x(w: QuantMatrix, x, ndim: int, name: str) -> np.ndarray:
 
 
 def quant_matvec_ref(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
-    """y = dequantize(W) @ x: W [out, in] packed, x [in] -> float32 [out] (NumPy, row chunks)."""
+    """y = dequantize(W) @ x: W [out, in] packed, x [in] -> float32 [out] (NumPy, tile chunks)."""
     x = _as_x(w, x, 1, "quant_matvec")
-    y = np.empty(w.out_features, np.float32)
-    for r0, r1 in _row_chunks(w):
-        y[r0:r1] = unpack_ref(w, r0, r1) @ x                                  # [rows, in] @ [in]
-    return y
+    y = np.empty(w.qs.shape[0] * TILE_ROWS, np.float32)
+    for t0, t1 in _tile_chunks(w):
+        y[t0 * TILE_ROWS:t1 * TILE_ROWS] = np.matmul(x, dense_tiles_ref(w, t0, t1)).reshape(-1)  # [in] @ [t, in, R]
+    return y[:w.out_features]
 
 
 def quant_matmul_ref(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
-    """y = x @ dequantize(W).T: x [T, in] -> float32 [T, out] (NumPy, row chunks)."""
+    """y = x @ dequantize(W).T: x [T, in] -> float32 [T, out] (NumPy, tile chunks)."""
     x = _as_x(w, x, 2, "quant_matmul")
-    y = np.empty((x.shape[0], w.out_features), np.float32)
-    for r0, r1 in _row_chunks(w):
-        y[:, r0:r1] = x @ unpack_ref(w, r0, r1).T                             # [T, in] @ [in, rows]
-    return y
+    y = np.empty((x.shape[0], w.qs.shape[0] * TILE_ROWS), np.float32)
+    for t0, t1 in _tile_chunks(w):
+        dense = dense_tiles_ref(w, t0, t1).transpose(1, 0, 2).reshape(w.in_features, -1)  # [t, in, R] -> [in, t*R]
+        y[:, t0 * TILE_ROWS:t1 * TILE_ROWS] = x @ dense                                     # [T, in] @ [in, t*R]
+    return np.ascontiguousarray(y[:, :w.out_features])
 
 
 def _as_ids(w: QuantMatrix, ids) -> np.ndarray:
@@ -558,6 +573,7 @@ def quant_rows(w: QuantMatrix, ids: np.ndarray) -> np.ndarray:
 
 
 __all__ = [
-    "QUANT_TYPES", "TILE_ROWS", "QuantMatrix", "dequantize_ref", "pack", "unpack", "unpack_ref", "dequantize",
+    "QUANT_TYPES", "TILE_ROWS", "QuantMatrix", "dequantize_ref", "pack", "unpack", "unpack_ref", "dense_tiles_ref",
+    "dequantize",
     "quant_matvec", "quant_matvec_ref", "quant_matmul", "quant_matmul_ref", "quant_rows", "quant_rows_ref",
 ]
