@@ -142,7 +142,12 @@ class Embedding(Function):
 
 
 class CrossEntropy(Function):
-    """Mean (or sum / none) of -log softmax(logits)[target], with ignore_index and label smoothing."""
+    """Mean (or sum / none) of -log softmax(logits)[target], with ignore_index and label smoothing.
+
+    Four passes forward (max, subtract, exp, sum) and one backward: the unnormalised
+    ``exp(x - max)`` and its row sums are saved, and the division by the sum is folded into
+    the backward's scaling.
+    """
 
     @staticmethod
     def forward(ctx, logits, target, *, ignore_index, label_smoothing, reduction):
@@ -151,19 +156,19 @@ class CrossEntropy(Function):
         safe_t = np.where(valid, target, 0)
         if valid.any() and (safe_t.min() < 0 or safe_t.max() >= c):
             raise IndexError(f"cross_entropy: targets must be in [0, {c}) or ignore_index={ignore_index}")
-        m = logits.max(axis=1, keepdims=True)
-        shifted = logits - m
-        e = np.exp(shifted)
-        s = e.sum(axis=1, keepdims=True)
-        logp_t = shifted[np.arange(n), safe_t] - np.log(s[:, 0])  # [N]
-        loss = -logp_t
+        rows = np.arange(n)
+        e = logits - logits.max(axis=1, keepdims=True)  # [N, C], shifted logits
+        picked = e[rows, safe_t]  # [N]
+        mean_shifted = e.mean(axis=1) if label_smoothing else None
+        np.exp(e, out=e)
+        s = e.sum(axis=1)  # [N]
+        log_s = np.log(s)
+        loss = log_s - picked  # -log p[target]
         if label_smoothing:
-            mean_logp = shifted.mean(axis=1) - np.log(s[:, 0])
-            loss = (1 - label_smoothing) * loss - label_smoothing * mean_logp
+            loss = (1 - label_smoothing) * loss + label_smoothing * (log_s - mean_shifted)
         loss = np.where(valid, loss, 0).astype(logits.dtype)
         count = int(valid.sum())
-        e /= s  # softmax, kept for backward
-        ctx.save_for_backward(e, safe_t, valid)
+        ctx.save_for_backward(e, s, safe_t, valid)
         ctx.count, ctx.eps, ctx.reduction = count, label_smoothing, reduction
         if reduction == "none":
             return loss
@@ -174,18 +179,18 @@ class CrossEntropy(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        p, t, valid = ctx.saved_tensors
-        n, c = p.shape
-        g = p.copy()
-        g[np.arange(n), t] -= 1 - ctx.eps
-        if ctx.eps:
-            g -= p.dtype.type(ctx.eps / c)
+        e, s, t, valid = ctx.saved_tensors
+        n, c = e.shape
         if ctx.reduction == "none":
-            scale = grad.reshape(n, 1) * valid[:, None]
+            scale = grad.reshape(n) * valid  # [N]
         else:
             denom = ctx.count if ctx.reduction == "mean" else 1
-            scale = (grad / max(denom, 1)) * valid[:, None]
-        g *= scale.astype(g.dtype)
+            scale = (grad.reshape(()) / max(denom, 1)) * valid
+        scale = scale.astype(e.dtype)
+        g = e * (scale / s)[:, None]  # softmax * scale, in one pass
+        g[np.arange(n), t] -= (1 - ctx.eps) * scale
+        if ctx.eps:
+            g -= (scale * e.dtype.type(ctx.eps / c))[:, None]
         return g, None
 
 
