@@ -28,7 +28,7 @@ def laid_out(draw, shape, dtype=np.float64, lo: float = -3.0, hi: float = 3.0, l
     """An array of ``shape`` whose memory layout is drawn from ``layouts``.
 
     * contiguous: a fresh C-ordered array;
-    * transposed: built in reversed axis order, then ``.transpose()`` (F-ordered view);
+    * transposed: built with its axes in a random order, then permuted back (a strided view);
     * sliced: every other element of a twice-as-long array along each axis (strided view);
     * broadcast: a size-1 axis stretched with ``np.broadcast_to`` (stride 0, read-only) —
       only when the shape has an axis to stretch; otherwise contiguous.
@@ -37,8 +37,10 @@ def laid_out(draw, shape, dtype=np.float64, lo: float = -3.0, hi: float = 3.0, l
     layout = draw(st.sampled_from(layouts))
     els = _elements(lo, hi)
     if layout == "transposed" and len(shape) >= 2:
-        base = draw(hnp.arrays(np.float64, shape[::-1], elements=els))
-        return base.astype(dtype).transpose()
+        perm = draw(st.permutations(range(len(shape))))  # axes of the stored array, in memory order
+        stored = tuple(shape[p] for p in perm)
+        base = draw(hnp.arrays(np.float64, stored, elements=els))
+        return base.astype(dtype).transpose(np.argsort(perm))  # a permuted view with the wanted shape
     if layout == "sliced" and len(shape) >= 1:
         big = tuple(2 * s for s in shape)
         base = draw(hnp.arrays(np.float64, big, elements=els))
