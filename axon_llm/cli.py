@@ -466,14 +466,12 @@ def model_memory(model) -> tuple[int, int]:
         if data is None and not getattr(p, "is_lazy", False):
             data = getattr(p, "data", None)
         nbytes += int(data.nbytes) if isinstance(data, np.ndarray) else int(np.prod(p.shape)) * np.dtype(p.dtype).itemsize
-    for mod in model.modules():                               # quantised layers keep packed buffers
-        for attr in ("qweight", "packed", "blocks", "weight_packed"):
-            buf = getattr(mod, attr, None)
-            if isinstance(buf, np.ndarray):
-                nbytes += int(buf.nbytes)
-        n_out, n_in = getattr(mod, "out_features", None), getattr(mod, "in_features", None)
-        if getattr(mod, "is_quantized", False) and n_out and n_in:
-            count += int(n_out) * int(n_in)
+    for mod in model.modules():                               # quantised layers keep packed blocks
+        q = getattr(mod, "qweight", None)
+        if q is not None and hasattr(q, "nbytes") and id(q) not in seen:
+            seen.add(id(q))
+            count += int(np.prod(q.shape))
+            nbytes += int(q.nbytes)
     return count, nbytes
 
 

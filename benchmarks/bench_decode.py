@@ -1,0 +1,126 @@
+"""How fast does SmolLM2-135M-Instruct (GGUF Q4_1) prefill and decode, against transformers and llama.cpp?
+
+Greedy decoding of 128 new tokens after a short prompt, and one 500-token prefill, with
+axon-llm (quantised weights kept quantised, fused Numba kernels), with transformers
+(float32, the same GGUF dequantised by ``from_pretrained(..., gguf_file=...)``, torch on
+``--threads`` threads) and with llama-cpp-python (the same GGUF, ``n_threads=--threads``)
+when each is importable. Prints tokens/s and the ratios axon / peer (>1 = axon faster),
+and axon's peak resident memory against the issue's budget (GGUF size x 1.5 + 200 MB).
+
+    python benchmarks/bench_decode.py [--new-tokens 128] [--prefill 500] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_axon(gguf: Path, prompt_ids, prefill_ids, new_tokens):
+    import axon
+    import axon_llm
+
+    model = axon_llm.from_pretrained(gguf)
+    with axon.no_grad():                                   # warm-up: JIT compilation, caches
+        model.generate(np.array([prompt_ids]), max_new_tokens=4)
+        cache = model.new_cache(1, len(prefill_ids) + 1)
+        t0 = time.perf_counter()
+        model(np.array([prefill_ids]), cache=cache)
+        prefill = len(prefill_ids) / (time.perf_counter() - t0)
+    steps = []
+    t0 = time.perf_counter()
+    out = model.generate(np.array([prompt_ids]), max_new_tokens=new_tokens,
+                         streamer=lambda ids: steps.append(time.perf_counter()))
+    n = out.shape[1] - len(prompt_ids)
+    decode = (n - 1) / (steps[-1] - steps[0]) if n > 1 else float("nan")
+    return prefill, decode, n
+
+
+def bench_transformers(gguf: Path, prompt_ids, prefill_ids, new_tokens, threads):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32)
+    model.eval()
+    with torch.no_grad():
+        model.generate(torch.tensor([prompt_ids]), max_new_tokens=4, do_sample=False)
+        t0 = time.perf_counter()
+        model(torch.tensor([prefill_ids]))
+        prefill = len(prefill_ids) / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                             do_sample=False)
+        dt = time.perf_counter() - t0
+    n = out.shape[1] - len(prompt_ids)
+    return prefill, n / dt, n
+
+
+def bench_llama_cpp(gguf: Path, prompt_ids, prefill_ids, new_tokens, threads):
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=threads, verbose=False)
+    llm.eval(prefill_ids[:8])
+    llm.reset()
+    t0 = time.perf_counter()
+    llm.eval(prefill_ids)
+    prefill = len(prefill_ids) / (time.perf_counter() - t0)
+    llm.reset()
+    llm.eval(prompt_ids)
+    t0 = time.perf_counter()
+    for _ in range(new_tokens):
+        tok = llm.sample(temp=0.0)
+        llm.eval([tok])
+    return prefill, new_tokens / (time.perf_counter() - t0), new_tokens
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--prefill", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    from axon_llm.hub import resolve_model_path
+    from axon_llm.tokenizer import HFTokenizer
+
+    gguf = Path(resolve_model_path("smollm2-135m-instruct"))
+    tok = HFTokenizer.from_pretrained(gguf)
+    prompt_ids = tok.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=True)
+    rng = np.random.default_rng(0)
+    prefill_ids = [int(x) for x in rng.integers(100, tok.vocab_size, size=args.prefill)]
+
+    rows = {}
+    a_pre, a_dec, n = bench_axon(gguf, prompt_ids, prefill_ids, args.new_tokens)
+    rss = peak_rss_mb()
+    rows["axon-llm"] = (a_pre, a_dec, n)
+    for name, fn in (("transformers fp32", bench_transformers), ("llama.cpp", bench_llama_cpp)):
+        try:
+            rows[name] = fn(gguf, prompt_ids, prefill_ids, args.new_tokens, args.threads)
+        except ImportError as e:
+            print(f"{name}: not installed ({e.name}); skipped")
+    print(f"SmolLM2-135M-Instruct Q4_1 ({gguf.stat().st_size / 2**20:.0f} MB), {args.threads} threads, "
+          f"prefill {args.prefill} tokens, greedy decode {args.new_tokens} tokens")
+    print(f"{'engine':20s} {'prefill tok/s':>14s} {'decode tok/s':>13s}   axon/peer (prefill, decode)")
+    for name, (pre, dec, n) in rows.items():
+        ratio = "" if name == "axon-llm" else f"   {a_pre / pre:.2f}x, {a_dec / dec:.2f}x"
+        print(f"{name:20s} {pre:14.1f} {dec:13.1f}{ratio}")
+    budget = gguf.stat().st_size / 2**20 * 1.5 + 200
+    print(f"axon-llm peak RSS (before loading any peer): {rss:.0f} MB; budget GGUF x 1.5 + 200 MB = {budget:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
