@@ -231,18 +231,25 @@ class Conv1d(Function):
         if lout <= 0:
             raise ValueError(f"conv1d: input length {length} too short for kernel {k} with dilation {dilation}")
         cout_g = cout // groups
+        span = stride * (lout - 1) + 1
+        ctx.save_for_backward(x, w)
+        ctx.cfg = (stride, dilation, groups, lout)
+        if cin_g == 1 and cout_g == 1:  # depthwise (Mamba): a weighted sum of K shifted copies
+            y = np.zeros((bsz, cout, lout), dtype=np.result_type(x, w))
+            for j in range(k):
+                y += w[None, :, 0, j, None] * x[..., j * dilation : j * dilation + span : stride]  # [B, C, Lout]
+            if b is not None:
+                y += b[:, None]
+            return y
         xg = x.reshape(bsz, groups, cin_g, length)  # [B, G, Cin/G, L]
         wg = w.reshape(groups, cout_g, cin_g, k)  # [G, Cout/G, Cin/G, K]
         y = np.zeros((bsz, groups, cout_g, lout), dtype=np.result_type(x, w))
-        span = stride * (lout - 1) + 1
         for j in range(k):
             xs = xg[..., j * dilation : j * dilation + span : stride]  # [B, G, Cin/G, Lout]
             y += np.matmul(wg[None, :, :, :, j], xs)  # [1, G, Cout/G, Cin/G] @ [B, G, Cin/G, Lout]
         y = y.reshape(bsz, cout, lout)
         if b is not None:
             y += b[:, None]
-        ctx.save_for_backward(x, w)
-        ctx.cfg = (stride, dilation, groups, lout)
         return y
 
     @staticmethod
@@ -252,10 +259,21 @@ class Conv1d(Function):
         bsz, cin, length = x.shape
         cout, cin_g, k = w.shape
         cout_g = cout // groups
+        span = stride * (lout - 1) + 1
+        gb = grad.sum(axis=(0, 2)) if ctx.needs_input_grad[2] else None
+        if cin_g == 1 and cout_g == 1:  # depthwise
+            gx = np.zeros_like(x) if ctx.needs_input_grad[0] else None
+            gw = np.zeros_like(w) if ctx.needs_input_grad[1] else None
+            for j in range(k):
+                sl = slice(j * dilation, j * dilation + span, stride)
+                if gw is not None:
+                    gw[:, 0, j] = np.einsum("bct,bct->c", grad, x[..., sl])
+                if gx is not None:
+                    gx[..., sl] += w[None, :, 0, j, None] * grad
+            return gx, gw, gb
         xg = x.reshape(bsz, groups, cin_g, length)
         wg = w.reshape(groups, cout_g, cin_g, k)
         gg = grad.reshape(bsz, groups, cout_g, lout)  # [B, G, Cout/G, Lout]
-        span = stride * (lout - 1) + 1
         gx = np.zeros_like(xg) if ctx.needs_input_grad[0] else None
         gw = np.zeros_like(wg) if ctx.needs_input_grad[1] else None
         for j in range(k):
@@ -264,7 +282,6 @@ class Conv1d(Function):
                 gw[..., j] = np.matmul(gg, np.swapaxes(xg[..., sl], -1, -2)).sum(axis=0)
             if gx is not None:  # x[b,i,t*s+j*d] += sum_o w[o,i,j] g[b,o,t]
                 gx[..., sl] += np.matmul(np.swapaxes(wg[..., j], -1, -2)[None], gg)
-        gb = grad.sum(axis=(0, 2)) if ctx.needs_input_grad[2] else None
         return (
             gx.reshape(x.shape) if gx is not None else None,
             gw.reshape(w.shape) if gw is not None else None,

@@ -342,11 +342,12 @@ def ref_conv1d(x, w, b, stride, padding, dilation, groups):
 
 
 @FAST
-@given(groups=st.sampled_from([1, 2]), stride=st.integers(1, 2), padding=st.integers(0, 2), dilation=st.integers(1, 2),
+@given(groups=st.sampled_from([1, 2, 4]), stride=st.integers(1, 2), padding=st.integers(0, 2), dilation=st.integers(1, 2),
        k=st.integers(1, 3), seed=st.integers(0, 100))
 def test_conv1d_matches_definition(groups, stride, padding, dilation, k, seed):
     r = np.random.default_rng(seed)
-    x, w, b = r.standard_normal((2, 4, 7)), r.standard_normal((6, 4 // groups, k)), r.standard_normal(6)
+    cout = 4 if groups == 4 else 6  # groups == 4 with 4 channels is depthwise
+    x, w, b = r.standard_normal((2, 4, 7)), r.standard_normal((cout, 4 // groups, k)), r.standard_normal(cout)
     args = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     assert_close(F.conv1d(axon.Tensor(x), axon.Tensor(w), axon.Tensor(b), **args), ref_conv1d(x, w, b, **args), rtol=1e-10, atol=1e-10)
     gradcheck(lambda x, w, b: F.conv1d(x, w, b, **args), [axon.Tensor(x), axon.Tensor(w), axon.Tensor(b)])
