@@ -114,6 +114,8 @@ def flash_attention_ref(q, k, v, causal=False, window=None, scale=None, block_q=
     dtype = result_float_dtype(q, k, v)
     b, h, tq, d = q.shape
     hkv, tk = k.shape[1], k.shape[2]
+    if tk == 0:  # then Tq == 0 too: nothing to attend
+        return np.zeros(q.shape, dtype), np.zeros(q.shape[:3], dtype)
     qg = q.astype(dtype, copy=False).reshape(b, hkv, h // hkv, tq, d)  # [B, Hkv, G, Tq, D]
     k = k.astype(dtype, copy=False)
     v = v.astype(dtype, copy=False)
@@ -139,6 +141,8 @@ def flash_attention_backward_ref(q, k, v, out, lse, dout, causal=False, window=N
     b, h, tq, d = q.shape
     hkv, tk = k.shape[1], k.shape[2]
     g = h // hkv
+    if tk == 0:
+        return np.zeros(q.shape, dtype), np.zeros(k.shape, dtype), np.zeros(v.shape, dtype)
     cast = lambda x: x.astype(dtype, copy=False)  # noqa: E731
     qg = cast(q).reshape(b, hkv, g, tq, d)  # [B, Hkv, G, Tq, D]
     og = cast(out).reshape(b, hkv, g, tq, d)
@@ -434,9 +438,7 @@ def flash_attention_nb(q, k, v, causal=False, window=None, scale=None, block_q=6
     qc, kc, vc = (np.ascontiguousarray(x, dtype=dtype) for x in (q, k, v))
     out = np.empty(q.shape, dtype)  # [B, H, Tq, D]
     lse = np.empty(q.shape[:3], dtype)  # [B, H, Tq]
-    if q.size == 0 or k.shape[2] == 0:
-        out.fill(np.nan)  # softmax over zero keys is undefined, as in the reference
-        lse.fill(-np.inf)
+    if q.size == 0:  # also covers Tk == 0 (then Tq == 0)
         return out, lse
     _flash_forward_kernel(qc, kc, vc, causal, window or 0, scale, int(block_q), int(block_kv), out, lse)
     return out, lse

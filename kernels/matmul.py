@@ -89,13 +89,14 @@ def matmul_nb(a, b):
     dtype = result_float_dtype(a, b)
     m, k = a.shape[-2:]
     n = b.shape[-1]
-    a3 = np.ascontiguousarray(a.astype(dtype, copy=False)).reshape(-1, m, k)  # [Ba, M, K]
-    b3 = np.ascontiguousarray(b.astype(dtype, copy=False)).reshape(-1, k, n)  # [Bb, K, N]
+    if not (m and n and k) or 0 in batch:
+        return np.zeros((*batch, m, n), dtype)
+    a3 = np.ascontiguousarray(a.astype(dtype, copy=False)).reshape(-1, m, k)  # [..., M, K] -> [Ba, M, K]
+    b3 = np.ascontiguousarray(b.astype(dtype, copy=False)).reshape(-1, k, n)  # [..., K, N] -> [Bb, K, N]
     a_index = np.broadcast_to(np.arange(a3.shape[0]).reshape(a.shape[:-2]), batch).ravel()
     b_index = np.broadcast_to(np.arange(b3.shape[0]).reshape(b.shape[:-2]), batch).ravel()
     c = np.zeros((a_index.size, m, n), dtype)  # [Bt, M, N]
-    if c.size and k:
-        _matmul_kernel(a3, b3, a_index.astype(np.int64), b_index.astype(np.int64), c)
+    _matmul_kernel(a3, b3, a_index.astype(np.int64), b_index.astype(np.int64), c)
     return c.reshape(*batch, m, n)
 
 

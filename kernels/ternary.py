@@ -190,7 +190,7 @@ def ternary_matmul_nb(x, packed, scale, in_features):
     q, a = quantize_activations(x)
     lead = x.shape[:-1]
     n_out, groups = packed.shape
-    q2 = q.reshape(-1, in_features)  # [..., in] -> [T, in]
+    q2 = q.reshape(int(np.prod(lead, dtype=np.int64)), in_features)  # [..., in] -> [T, in]
     padded = np.zeros((q2.shape[0], 4 * groups), np.int16)  # [T, 4G]
     padded[:, :in_features] = q2
     acc = np.empty((q2.shape[0], n_out), np.int32)  # [T, out]
