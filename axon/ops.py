@@ -553,14 +553,17 @@ class CumSum(Function):
 # ---------------------------------------------------------------------------- softmax
 
 
+_LOWEST = {np.dtype(t).char: np.finfo(t).min for t in (np.float16, np.float32, np.float64)}
+
+
 def softmax_array(a: np.ndarray, axis: int) -> np.ndarray:
     """Stable softmax; a row that is entirely -inf gives zeros (not NaN)."""
-    m = np.max(a, axis=axis, keepdims=True)
-    m[m == -np.inf] = 0
+    m = a.max(axis=axis, keepdims=True)
+    np.maximum(m, _LOWEST[a.dtype.char], out=m)  # an all -inf row: exp(-inf - finite) = 0
     e = np.subtract(a, m)
     np.exp(e, out=e)
-    s = np.sum(e, axis=axis, keepdims=True)
-    s[s == 0] = 1
+    s = e.sum(axis=axis, keepdims=True)  # >= 1 unless the row was all -inf (then 0)
+    np.maximum(s, 1, out=s)
     e /= s
     return e
 
@@ -645,7 +648,10 @@ class Reshape(Function):
 class Permute(Function):
     @staticmethod
     def forward(ctx, a, *, dims):
-        ctx.inverse = tuple(np.argsort(dims))
+        inverse = [0] * len(dims)
+        for i, d in enumerate(dims):
+            inverse[d] = i
+        ctx.inverse = inverse
         return a.transpose(dims)
 
     @staticmethod

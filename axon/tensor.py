@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections import namedtuple
 
+import math
+
 import numpy as np
 
 __all__ = ["Tensor", "tensor", "as_tensor"]
@@ -174,7 +176,7 @@ class Tensor:
         return shape[_norm_dim(dim, len(shape))]
 
     def numel(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        return math.prod(self.shape)
 
     def is_floating_point(self) -> bool:
         return self.dtype.kind == "f"
@@ -681,13 +683,11 @@ class Tensor:
 
     # ------------------------------------------------------------------ shape
     def reshape(self, *shape):
-        shape = _shape_arg(shape)
+        if len(shape) == 1 and isinstance(shape[0], (list, tuple)):
+            shape = tuple(shape[0])
         if shape == self.shape:
             return self
-        n = self.numel()
-        if shape.count(-1) > 1 or (-1 not in shape and int(np.prod(shape, dtype=np.int64)) != n):
-            raise ValueError(f"shape {shape} is invalid for input of shape {tuple(self.shape)} ({n} elements)")
-        return _ops.Reshape.apply(self, shape=shape)
+        return _ops.Reshape.apply(self, shape=shape)  # a bad shape: one ValueError naming both
 
     view = reshape
 
@@ -721,13 +721,15 @@ class Tensor:
         return self.reshape(self.shape[:d] + (1,) + self.shape[d:])
 
     def permute(self, *dims):
-        dims = _shape_arg(dims)
-        if len(dims) != self.ndim:
+        if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
+            dims = tuple(dims[0])
+        n = self.ndim
+        if len(dims) != n:
             raise ValueError(f"permute(): {len(dims)} dims given for a tensor of shape {tuple(self.shape)}")
-        dims = tuple(_norm_dim(d, self.ndim) for d in dims)
-        if sorted(dims) != list(range(self.ndim)):
+        dims = tuple(d + n if -n <= d < 0 else d for d in dims)
+        if sorted(dims) != list(range(n)):
             raise ValueError(f"permute(): {dims} is not a permutation of the dims of shape {tuple(self.shape)}")
-        if dims == tuple(range(self.ndim)):
+        if dims == tuple(range(n)):
             return self
         return _ops.Permute.apply(self, dims=dims)
 
@@ -940,20 +942,18 @@ def matmul(a, b) -> Tensor:
     """``a @ b`` with NumPy's batch broadcasting; 1-d operands are promoted like torch/NumPy."""
     a = a if isinstance(a, Tensor) else Tensor(a)
     b = b if isinstance(b, Tensor) else Tensor(b)
-    if a.ndim == 0 or b.ndim == 0:
-        raise ValueError(f"matmul: both arguments need at least 1 dim, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
-    if a.ndim == 1 and b.ndim == 1:
+    sa, sb = a.shape, b.shape
+    if len(sa) >= 2 and len(sb) >= 2:
+        if sa[-1] != sb[-2]:
+            raise ValueError(f"matmul: shapes {tuple(sa)} and {tuple(sb)} are not aligned ({sa[-1]} != {sb[-2]})")
+        return _ops.MatMul.apply(a, b)
+    if not sa or not sb:
+        raise ValueError(f"matmul: both arguments need at least 1 dim, got shapes {tuple(sa)} and {tuple(sb)}")
+    if len(sa) == 1 and len(sb) == 1:
         return (a.unsqueeze(0) @ b.unsqueeze(1)).reshape(())
-    if a.ndim == 1:
+    if len(sa) == 1:
         return (a.unsqueeze(0) @ b).squeeze(-2)
-    if b.ndim == 1:
-        return (a @ b.unsqueeze(1)).squeeze(-1)
-    if a.shape[-1] != b.shape[-2]:
-        raise ValueError(
-            f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} are not aligned "
-            f"({a.shape[-1]} != {b.shape[-2]})"
-        )
-    return _ops.MatMul.apply(a, b)
+    return (a @ b.unsqueeze(1)).squeeze(-1)
 
 
 def where(condition, input, other) -> Tensor:
