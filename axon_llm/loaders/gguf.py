@@ -323,6 +323,20 @@ class GGUFFile:
         rows = info.n_elements // info.shape[-1]
         return GGUFQuantTensor(info.type_name, buf.reshape(rows, info.nbytes // rows), info.shape)
 
+    def release(self, name: str) -> None:
+        """Tell the kernel a tensor's pages are no longer needed (after it was repacked or copied),
+        so a loaded model does not keep the whole file resident. Views stay valid: the pages are
+        read back from the file if touched again."""
+        info = self.tensors[name]
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        if advice is None or self._map.closed:
+            return
+        start = info.offset - info.offset % mmap.PAGESIZE
+        try:
+            self._map.madvise(advice, start, info.offset + info.nbytes - start)
+        except (OSError, ValueError):   # not supported here: only memory use is affected
+            pass
+
     def close(self) -> None:
         """Release the memory map (arrays still referencing it stay valid until dropped)."""
         try:
@@ -491,6 +505,13 @@ class GGUFModel:
     metadata: dict
     tensor_infos: dict[str, GGUFTensorInfo]
     tensors: dict[str, Any] = field(repr=False)
+    gguf_names: dict[str, str] = field(default_factory=dict, repr=False)   # HF name -> GGUF name
+    file: GGUFFile | None = field(default=None, repr=False)
+
+    def release(self, hf_name: str) -> None:
+        """Drop the file pages behind one tensor (see :meth:`GGUFFile.release`)."""
+        if self.file is not None and hf_name in self.gguf_names:
+            self.file.release(self.gguf_names[hf_name])
 
 
 def load_gguf(path: str | os.PathLike) -> GGUFModel:
@@ -507,8 +528,10 @@ def load_gguf(path: str | os.PathLike) -> GGUFModel:
     cfg = llama_config_from_metadata(g.metadata, g.tensors, g.path)
     heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     tensors: dict[str, Any] = {}
+    names: dict[str, str] = {}
     for name, info in g.tensors.items():
         key = hf_name(name)
+        names[key] = name
         data = g.tensor_data(name)
         if isinstance(data, np.ndarray):
             data = np.array(data, dtype=np.float32)   # owned float32 copy (norms, small tensors)
@@ -519,7 +542,7 @@ def load_gguf(path: str | os.PathLike) -> GGUFModel:
             else:
                 data = unpermute_qk_rows(data, n_perm)
         tensors[key] = data
-    return GGUFModel(g.path, arch, cfg, g.metadata, dict(g.tensors), tensors)
+    return GGUFModel(g.path, arch, cfg, g.metadata, dict(g.tensors), tensors, names, g)
 
 
 __all__ = [
@@ -571,6 +594,7 @@ def build_from_gguf(path: str | os.PathLike, **kwargs):
         if tuple(t.shape) != want:
             raise ModelFormatError(f"{gm.path}: tensor {name!r} has shape {list(t.shape)}, the config implies {list(want)}")
         qm = pack(t.type_name, t.raw, t.shape)
+        gm.release(name)   # the packed copy is all we keep: let the file's pages go
         if module_name == "model.embed_tokens":
             packed_embedding = qm
             setattr(parent, attr, QuantizedEmbedding(qm))
