@@ -114,10 +114,9 @@ class _Rows:
         self.model, self.mask, self.cache = model, mask, cache
 
     def forward(self, new_ids: np.ndarray) -> np.ndarray:
-        """Feed ``new_ids [B, t]`` through the cache; the last position's logits ``[B, V]`` (float32)."""
+        """Feed ``new_ids [B, t]`` through the cache; the last position's logits ``[B, V]`` (the model's dtype)."""
         logits = self.model(new_ids, attention_mask=self.mask, cache=self.cache)   # [B, t, V]
-        last = logits.numpy()[:, -1] if hasattr(logits, "numpy") else np.asarray(logits)[:, -1]
-        return np.asarray(last, dtype=np.float32)
+        return np.array(logits.numpy()[:, -1] if hasattr(logits, "numpy") else np.asarray(logits)[:, -1])
 
     def append_mask(self) -> None:
         if self.mask is not None:
