@@ -295,6 +295,9 @@ def backward(root, gradient=None, retain_graph: bool = False) -> None:
             if not retain_graph:
                 ctx.release()
             continue
+        kept = ctx.__dict__.get("retained")  # set by Tensor.retain_grad()
+        if kept is not None and kept() is not None:
+            _accumulate_leaf(kept(), grad, fresh=False)
         in_grads = ctx.fn.backward(ctx, grad)
         if not isinstance(in_grads, tuple):
             in_grads = (in_grads,)

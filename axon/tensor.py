@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import namedtuple
 
 import math
+import weakref
 
 import numpy as np
 
@@ -256,6 +257,11 @@ class Tensor:
     def backward(self, gradient=None, retain_graph: bool = False) -> None:
         """Accumulate gradients of this tensor into ``.grad`` of every leaf that requires grad."""
         _autograd.backward(self, gradient, retain_graph=retain_graph)
+
+    def retain_grad(self) -> None:
+        """Also store the gradient of this non-leaf tensor in ``.grad`` during backward."""
+        if self._ctx is not None:
+            self._ctx.retained = weakref.ref(self)
 
     def detach(self) -> "Tensor":
         """The same data, cut from the graph."""

@@ -194,3 +194,12 @@ def test_grad_dtype_matches_parameter_dtype_in_mixed_precision():
     x = axon.tensor(np.ones(3))  # float64
     (w * x).sum().backward()
     assert w.grad.dtype == np.float32
+
+
+def test_retain_grad_on_an_intermediate():
+    x = axon.tensor([1.0, 2.0], requires_grad=True)
+    h = x * 3
+    h.retain_grad()
+    (h * h).sum().backward()
+    assert_close(h.grad, np.array([6.0, 12.0], np.float32))
+    assert_close(x.grad, np.array([18.0, 36.0], np.float32))
