@@ -209,15 +209,14 @@ def _attention_mask(tq: int, tk: int, is_causal: bool, window):
     """Bool [Tq, Tk] of allowed (query, key) pairs, or None when everything is allowed.
 
     Queries are the LAST ``tq`` of the ``tk`` positions (bottom-right alignment): query i sits
-    at position p = tk - tq + i and sees keys j with j <= p (causal) and j > p - window.
+    at position p = tk - tq + i and sees keys j with j <= p (causal), and with a window W
+    only p - W < j <= p (a window implies causal).
     """
     if not is_causal and window is None:
         return None
     pos_q = np.arange(tk - tq, tk)[:, None]  # [Tq, 1]
     pos_k = np.arange(tk)[None, :]  # [1, Tk]
-    allowed = np.ones((tq, tk), dtype=bool)
-    if is_causal:
-        allowed &= pos_k <= pos_q
+    allowed = pos_k <= pos_q  # [Tq, Tk]; a window is causal too
     if window is not None:
         allowed &= pos_k > pos_q - int(window)
     return allowed
@@ -233,8 +232,8 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
     or float (added to the scores), broadcastable to [B, H, Tq, Tk]. ``scale`` defaults to
     D**-0.5. Extensions: ``is_causal`` aligns bottom-right (the queries are the last Tq key
     positions — what decoding against a KV cache needs; the same as torch when Tq == Tk), and
-    ``window=W`` lets the query at position p see keys j with p - W < j <= p. A query row with
-    no allowed key gives zeros (not NaN).
+    ``window=W`` lets the query at position p see keys j with p - W < j <= p (causal implied).
+    A query row with no allowed key gives zeros (not NaN).
     """
     q, k, v = _t(query), _t(key), _t(value)
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:

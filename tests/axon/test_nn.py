@@ -377,7 +377,7 @@ def ref_attention(q, k, v, mask=None, causal=False, window=None, scale=None):
     s = q @ k.transpose(0, 1, 3, 2) * (d**-0.5 if scale is None else scale)
     allowed = np.ones((tq, tk), bool)
     pos = np.arange(tk - tq, tk)[:, None]
-    if causal:
+    if causal or window is not None:  # a window W: p - W < j <= p
         allowed &= np.arange(tk)[None] <= pos
     if window is not None:
         allowed &= np.arange(tk)[None] > pos - window
