@@ -60,10 +60,12 @@ def arange(start, end=None, step=1, dtype=None, requires_grad: bool = False) -> 
 
 
 def linspace(start, end, steps: int, dtype=None) -> Tensor:
+    """``steps`` evenly spaced values from ``start`` to ``end`` inclusive (float32 by default)."""
     return Tensor(np.linspace(start, end, steps).astype(_float(dtype)))
 
 
 def eye(n: int, m=None, dtype=None) -> Tensor:
+    """Identity matrix [n, m] (float32 by default)."""
     return Tensor(np.eye(n, m, dtype=_float(dtype)))
 
 
@@ -86,26 +88,32 @@ def randint(low, high=None, size=(), dtype=np.int64) -> Tensor:
 
 
 def zeros_like(t, dtype=None, requires_grad: bool = False) -> Tensor:
+    """Zeros with ``t``'s shape (and dtype unless given)."""
     return Tensor(np.zeros(t.shape, dtype=t.dtype if dtype is None else dtype), requires_grad=requires_grad)
 
 
 def ones_like(t, dtype=None, requires_grad: bool = False) -> Tensor:
+    """Ones with ``t``'s shape (and dtype unless given)."""
     return Tensor(np.ones(t.shape, dtype=t.dtype if dtype is None else dtype), requires_grad=requires_grad)
 
 
 def empty_like(t, dtype=None, requires_grad: bool = False) -> Tensor:
+    """Like :func:`zeros_like`."""
     return zeros_like(t, dtype, requires_grad)
 
 
 def full_like(t, fill_value, dtype=None, requires_grad: bool = False) -> Tensor:
+    """``fill_value`` with ``t``'s shape (and dtype unless given)."""
     return Tensor(np.full(t.shape, fill_value, dtype=t.dtype if dtype is None else dtype), requires_grad=requires_grad)
 
 
 def randn_like(t, dtype=None, requires_grad: bool = False) -> Tensor:
+    """Standard-normal samples with ``t``'s shape."""
     return randn(*t.shape, dtype=t.dtype if dtype is None else dtype, requires_grad=requires_grad)
 
 
 def rand_like(t, dtype=None, requires_grad: bool = False) -> Tensor:
+    """U[0, 1) samples with ``t``'s shape."""
     return rand(*t.shape, dtype=t.dtype if dtype is None else dtype, requires_grad=requires_grad)
 
 
@@ -160,8 +168,10 @@ def one_hot(index, num_classes: int = -1) -> Tensor:
 
 
 def tril(t: Tensor, diagonal: int = 0) -> Tensor:
+    """Functional :meth:`Tensor.tril`."""
     return t.tril(diagonal)
 
 
 def triu(t: Tensor, diagonal: int = 0) -> Tensor:
+    """Functional :meth:`Tensor.triu`."""
     return t.triu(diagonal)

@@ -151,18 +151,22 @@ class Tensor:
 
     @property
     def is_leaf(self) -> bool:
+        """True for tensors not produced by a recorded op (their ``.grad`` is filled by backward)."""
         return self._ctx is None
 
     @property
     def shape(self) -> tuple:
+        """The shape as a tuple of ints."""
         return self.data.shape
 
     @property
     def dtype(self) -> np.dtype:
+        """The NumPy dtype (compare with ``axon.float32`` etc.)."""
         return self.data.dtype
 
     @property
     def ndim(self) -> int:
+        """Number of dimensions."""
         return len(self.shape)
 
     def dim(self) -> int:
@@ -177,13 +181,16 @@ class Tensor:
         return shape[_norm_dim(dim, len(shape))]
 
     def numel(self) -> int:
+        """Number of elements."""
         return math.prod(self.shape)
 
     def is_floating_point(self) -> bool:
+        """True for float16/32/64 tensors."""
         return self.dtype.kind == "f"
 
     @property
     def device(self) -> str:
+        """Always ``"cpu"`` (kept for torch-style code)."""
         return "cpu"
 
     @property
@@ -208,11 +215,13 @@ class Tensor:
         return arr.copy() if copy else arr
 
     def item(self):
+        """The single element as a Python number."""
         if self.data.size != 1:
             raise ValueError(f"item(): only one-element tensors can be converted to Python scalars, got shape {self.shape}")
         return self.data.reshape(()).item()
 
     def tolist(self):
+        """The data as nested Python lists."""
         return self.data.tolist()
 
     def __float__(self):
@@ -268,6 +277,7 @@ class Tensor:
         return Tensor._make(self.data)
 
     def detach_(self) -> "Tensor":
+        """Cut this tensor from the graph in place; returns self."""
         self._ctx = None
         self._requires_grad = False
         return self
@@ -281,6 +291,7 @@ class Tensor:
         return t
 
     def clone(self) -> "Tensor":
+        """A differentiable copy."""
         return _ops.Clone.apply(self)
 
     def contiguous(self) -> "Tensor":
@@ -310,21 +321,27 @@ class Tensor:
         return self.to(other.dtype)
 
     def float(self) -> "Tensor":
+        """Cast to float32 (a no-op when already float32)."""
         return self.to(np.float32)
 
     def double(self) -> "Tensor":
+        """Cast to float64."""
         return self.to(np.float64)
 
     def half(self) -> "Tensor":
+        """Cast to float16."""
         return self.to(np.float16)
 
     def long(self) -> "Tensor":
+        """Cast to int64 (no gradient)."""
         return self.to(np.int64)
 
     def int(self) -> "Tensor":
+        """Cast to int32 (no gradient)."""
         return self.to(np.int32)
 
     def bool(self) -> "Tensor":
+        """Cast to bool (no gradient)."""
         return self.to(np.bool_)
 
     # ------------------------------------------------------------------ operand helper
@@ -419,21 +436,27 @@ class Tensor:
         return matmul(Tensor(other), self)
 
     def add(self, other, alpha=1):
+        """``self + alpha * other``."""
         return self + (other * alpha if alpha != 1 else other)
 
     def sub(self, other, alpha=1):
+        """``self - alpha * other``."""
         return self - (other * alpha if alpha != 1 else other)
 
     def mul(self, other):
+        """``self * other``."""
         return self * other
 
     def div(self, other):
+        """``self / other`` (true division; integer inputs give float32)."""
         return self / other
 
     def pow(self, exponent):
+        """``self ** exponent``."""
         return self ** exponent
 
     def matmul(self, other):
+        """``self @ other`` (see :func:`axon.matmul`)."""
         return matmul(self, other)
 
     # ------------------------------------------------------------------ comparisons (no grad)
@@ -477,84 +500,110 @@ class Tensor:
         return Tensor._make(np.logical_not(self.data) if self.dtype.kind == "b" else np.invert(self.data))
 
     def logical_not(self):
+        """Elementwise NOT (bool result)."""
         return Tensor._make(np.logical_not(self.data))
 
     def logical_and(self, other):
+        """Elementwise AND (bool result)."""
         return self._compare(other, np.logical_and)
 
     def logical_or(self, other):
+        """Elementwise OR (bool result)."""
         return self._compare(other, np.logical_or)
 
     def isnan(self):
+        """Bool mask of NaNs."""
         return Tensor._make(np.isnan(self.data))
 
     def isinf(self):
+        """Bool mask of infinities."""
         return Tensor._make(np.isinf(self.data))
 
     def isfinite(self):
+        """Bool mask of finite values."""
         return Tensor._make(np.isfinite(self.data))
 
     def any(self, dim=None, keepdim=False):
+        """True where any element (along ``dim``) is non-zero."""
         return Tensor._make(np.asarray(np.any(self.data, axis=_norm_dims(dim, self.ndim), keepdims=keepdim)))
 
     def all(self, dim=None, keepdim=False):
+        """True where all elements (along ``dim``) are non-zero."""
         return Tensor._make(np.asarray(np.all(self.data, axis=_norm_dims(dim, self.ndim), keepdims=keepdim)))
 
     def equal(self, other) -> bool:
+        """True when shapes and all values are equal."""
         o = other.data if isinstance(other, Tensor) else np.asarray(other)
         return self.shape == o.shape and bool(np.array_equal(self.data, o))
 
     def allclose(self, other, rtol=1e-5, atol=1e-8) -> bool:
+        """``np.allclose`` on the data."""
         o = other.data if isinstance(other, Tensor) else np.asarray(other)
         return bool(np.allclose(self.data, o, rtol=rtol, atol=atol))
 
     # ------------------------------------------------------------------ elementwise math
     def exp(self):
+        """Elementwise e**x."""
         return _ops.Exp.apply(self._floated())
 
     def log(self):
+        """Elementwise natural log."""
         return _ops.Log.apply(self._floated())
 
     def sqrt(self):
+        """Elementwise square root."""
         return _ops.Sqrt.apply(self._floated())
 
     def rsqrt(self):
+        """Elementwise 1 / sqrt(x)."""
         return _ops.Rsqrt.apply(self._floated())
 
     def tanh(self):
+        """Elementwise tanh."""
         return _ops.Tanh.apply(self._floated())
 
     def sigmoid(self):
+        """Elementwise logistic function (overflow-free)."""
         return _ops.Sigmoid.apply(self._floated())
 
     def sin(self):
+        """Elementwise sine."""
         return _ops.Sin.apply(self._floated())
 
     def cos(self):
+        """Elementwise cosine."""
         return _ops.Cos.apply(self._floated())
 
     def abs(self):
+        """Elementwise absolute value (gradient sign(x))."""
         return _ops.Abs.apply(self)
 
     def square(self):
+        """Elementwise x * x."""
         return self * self
 
     def reciprocal(self):
+        """Elementwise 1 / x."""
         return 1.0 / self._floated()
 
     def sign(self):
+        """Elementwise sign (no gradient)."""
         return Tensor._make(np.sign(self.data))
 
     def floor(self):
+        """Elementwise floor (no gradient)."""
         return Tensor._make(np.floor(self.data))
 
     def ceil(self):
+        """Elementwise ceil (no gradient)."""
         return Tensor._make(np.ceil(self.data))
 
     def round(self):
+        """Elementwise round-half-to-even (no gradient)."""
         return Tensor._make(np.round(self.data))
 
     def relu(self):
+        """max(x, 0)."""
         return _ops.Relu.apply(self)
 
     def gelu(self, approximate: str = "none"):
@@ -564,12 +613,15 @@ class Tensor:
         return _ops.Gelu.apply(self._floated())
 
     def gelu_tanh(self):
+        """GELU with the tanh approximation."""
         return _ops.GeluTanh.apply(self._floated())
 
     def silu(self):
+        """x * sigmoid(x)."""
         return _ops.Silu.apply(self._floated())
 
     def softplus(self, beta: float = 1.0, threshold: float = 20.0):
+        """log(1 + exp(beta x)) / beta, linear above ``threshold`` (torch's definition)."""
         return _ops.Softplus.apply(self._floated(), beta=beta, threshold=threshold)
 
     def clamp(self, min=None, max=None):
@@ -581,15 +633,19 @@ class Tensor:
     clip = clamp
 
     def clamp_min(self, min):
+        """max(x, min)."""
         return self.clamp(min=min)
 
     def clamp_max(self, max):
+        """min(x, max)."""
         return self.clamp(max=max)
 
     def maximum(self, other):
+        """Elementwise max with broadcasting (ties share the gradient)."""
         return _ops.Maximum.apply(self, self._operand(other))
 
     def minimum(self, other):
+        """Elementwise min with broadcasting (ties share the gradient)."""
         return _ops.Minimum.apply(self, self._operand(other))
 
     def _floated(self):
@@ -597,10 +653,12 @@ class Tensor:
 
     # ------------------------------------------------------------------ reductions
     def sum(self, dim=None, keepdim: bool = False, dtype=None):
+        """Sum over ``dim`` (an int, a tuple, or None for all)."""
         t = self if dtype is None else self.to(dtype)
         return _ops.Sum.apply(t, axes=_norm_dims(dim, t.ndim), keepdim=keepdim)
 
     def mean(self, dim=None, keepdim: bool = False, dtype=None):
+        """Mean over ``dim`` (floating tensors only)."""
         t = self if dtype is None else self.to(dtype)
         if t.dtype.kind != "f":
             raise TypeError(f"mean(): input dtype must be floating, got {t.dtype} (use .float() first)")
@@ -616,6 +674,7 @@ class Tensor:
         return (centered * centered).sum(dim=dim, keepdim=keepdim) / max(n - c, 0)
 
     def std(self, dim=None, unbiased: bool = True, keepdim: bool = False, correction=None):
+        """Standard deviation (see :meth:`var`)."""
         return self.var(dim=dim, unbiased=unbiased, keepdim=keepdim, correction=correction).sqrt()
 
     def _minmax(self, dim, keepdim, largest: bool):
@@ -637,17 +696,21 @@ class Tensor:
         return self._minmax(dim, keepdim, largest=True)
 
     def min(self, dim=None, keepdim: bool = False):
+        """``t.min()`` -> scalar tensor; ``t.min(dim)`` -> (values, indices); ``t.min(other)`` -> elementwise."""
         if isinstance(dim, (Tensor, np.ndarray)):
             return self.minimum(dim)
         return self._minmax(dim, keepdim, largest=False)
 
     def amax(self, dim=None, keepdim: bool = False):
+        """Max over ``dim`` (ties share the gradient evenly)."""
         return _ops.AMax.apply(self, axes=_norm_dims(dim, self.ndim), keepdim=keepdim, largest=True)
 
     def amin(self, dim=None, keepdim: bool = False):
+        """Min over ``dim`` (ties share the gradient evenly)."""
         return _ops.AMax.apply(self, axes=_norm_dims(dim, self.ndim), keepdim=keepdim, largest=False)
 
     def argmax(self, dim=None, keepdim: bool = False):
+        """Index of the max (over all elements, or along ``dim``), int64."""
         if dim is None:
             return Tensor._make(np.asarray(np.argmax(self.data)))
         d = _norm_dim(dim, self.ndim)
@@ -655,6 +718,7 @@ class Tensor:
         return Tensor._make(np.expand_dims(out, d) if keepdim else out)
 
     def argmin(self, dim=None, keepdim: bool = False):
+        """Index of the min (over all elements, or along ``dim``), int64."""
         if dim is None:
             return Tensor._make(np.asarray(np.argmin(self.data)))
         d = _norm_dim(dim, self.ndim)
@@ -662,13 +726,16 @@ class Tensor:
         return Tensor._make(np.expand_dims(out, d) if keepdim else out)
 
     def logsumexp(self, dim, keepdim: bool = False):
+        """Stable log(sum(exp(x))) over ``dim``."""
         self._check_float("logsumexp")
         return _ops.LogSumExp.apply(self, axes=_norm_dims(dim, self.ndim), keepdim=keepdim)
 
     def cumsum(self, dim):
+        """Cumulative sum along ``dim``."""
         return _ops.CumSum.apply(self, axis=_norm_dim(dim, self.ndim))
 
     def prod(self, dim=None, keepdim: bool = False):
+        """Product over ``dim`` (gradient correct with zeros)."""
         return _ops.Prod.apply(self, axes=_norm_dims(dim, self.ndim), keepdim=keepdim)
 
     def norm(self, p=2, dim=None, keepdim: bool = False):
@@ -680,15 +747,18 @@ class Tensor:
         raise ValueError(f"norm(): p={p} not supported (use 1 or 2)")
 
     def softmax(self, dim: int = -1):
+        """Stable softmax along ``dim``."""
         self._check_float("softmax")
         return _ops.Softmax.apply(self, axis=_norm_dim(dim, self.ndim))
 
     def log_softmax(self, dim: int = -1):
+        """Stable log-softmax along ``dim``."""
         self._check_float("log_softmax")
         return _ops.LogSoftmax.apply(self, axis=_norm_dim(dim, self.ndim))
 
     # ------------------------------------------------------------------ shape
     def reshape(self, *shape):
+        """The same data in a new shape (one ``-1`` allowed); a view when possible."""
         if len(shape) == 1 and isinstance(shape[0], (list, tuple)):
             shape = tuple(shape[0])
         if shape == self.shape:
@@ -698,12 +768,15 @@ class Tensor:
     view = reshape
 
     def view_as(self, other):
+        """Reshape to ``other.shape``."""
         return self.reshape(other.shape)
 
     def reshape_as(self, other):
+        """Reshape to ``other.shape``."""
         return self.reshape(other.shape)
 
     def flatten(self, start_dim: int = 0, end_dim: int = -1):
+        """Merge dims ``start_dim..end_dim`` into one."""
         if self.ndim == 0:
             return self.reshape(1)
         s, e = _norm_dim(start_dim, self.ndim), _norm_dim(end_dim, self.ndim)
@@ -711,10 +784,12 @@ class Tensor:
         return self.reshape(shape) if s <= e else self
 
     def unflatten(self, dim: int, sizes):
+        """Split dim ``dim`` into ``sizes``."""
         d = _norm_dim(dim, self.ndim)
         return self.reshape(self.shape[:d] + tuple(sizes) + self.shape[d + 1 :])
 
     def squeeze(self, dim=None):
+        """Drop size-1 dims (all, or the given ``dim``)."""
         if dim is None:
             shape = tuple(s for s in self.shape if s != 1)
         else:
@@ -723,10 +798,12 @@ class Tensor:
         return self.reshape(shape)
 
     def unsqueeze(self, dim: int):
+        """Insert a size-1 dim at ``dim``."""
         d = _norm_dim(dim, self.ndim + 1)
         return self.reshape(self.shape[:d] + (1,) + self.shape[d:])
 
     def permute(self, *dims):
+        """Reorder the dims: ``t.permute(0, 2, 1)``."""
         if len(dims) == 1 and isinstance(dims[0], (list, tuple)):
             dims = tuple(dims[0])
         n = self.ndim
@@ -740,6 +817,7 @@ class Tensor:
         return _ops.Permute.apply(self, dims=dims)
 
     def transpose(self, dim0: int, dim1: int):
+        """Swap two dims."""
         d0, d1 = _norm_dim(dim0, self.ndim), _norm_dim(dim1, self.ndim)
         dims = list(range(self.ndim))
         dims[d0], dims[d1] = dims[d1], dims[d0]
@@ -748,11 +826,13 @@ class Tensor:
     swapaxes = transpose
 
     def t(self):
+        """Transpose a tensor of at most 2 dims."""
         if self.ndim > 2:
             raise ValueError(f"t() expects a tensor with <= 2 dims, got shape {tuple(self.shape)}")
         return self.T
 
     def expand(self, *sizes):
+        """Broadcast size-1 dims to ``sizes`` without copying (``-1`` keeps a dim)."""
         sizes = _shape_arg(sizes)
         extra = len(sizes) - self.ndim
         if extra < 0:
@@ -763,13 +843,16 @@ class Tensor:
         return _ops.Expand.apply(self, shape=shape)
 
     def expand_as(self, other):
+        """``expand`` to ``other.shape``."""
         return self.expand(other.shape)
 
     def repeat(self, *sizes):
+        """Tile the tensor ``sizes`` times along each dim (torch's ``repeat``)."""
         sizes = _shape_arg(sizes)
         return _ops.Repeat.apply(self, reps=sizes)
 
     def repeat_interleave(self, repeats: int, dim=None):
+        """Repeat each element ``repeats`` times along ``dim`` (flattened when dim is None)."""
         if dim is None:
             return self.flatten().repeat_interleave(repeats, 0)
         return _ops.RepeatInterleave.apply(self, repeats=int(repeats), axis=_norm_dim(dim, self.ndim))
@@ -792,27 +875,34 @@ class Tensor:
         return tuple(out)
 
     def chunk(self, chunks: int, dim: int = 0):
+        """Split into ``chunks`` nearly equal pieces along ``dim``."""
         n = self.shape[_norm_dim(dim, self.ndim)]
         return self.split(-(-n // chunks), dim)
 
     def narrow(self, dim: int, start: int, length: int):
+        """The slice ``start:start+length`` of dim ``dim``."""
         d = _norm_dim(dim, self.ndim)
         return self[(slice(None),) * d + (slice(start, start + length),)]
 
     def unbind(self, dim: int = 0):
+        """The slices along ``dim``, as a tuple."""
         d = _norm_dim(dim, self.ndim)
         return tuple(self[(slice(None),) * d + (i,)] for i in range(self.shape[d]))
 
     def tril(self, diagonal: int = 0):
+        """Lower triangle of the last two dims (above ``diagonal`` zeroed)."""
         return _ops.Tril.apply(self, k=diagonal, upper=False)
 
     def triu(self, diagonal: int = 0):
+        """Upper triangle of the last two dims (below ``diagonal`` zeroed)."""
         return _ops.Tril.apply(self, k=diagonal, upper=True)
 
     def flip(self, dims):
+        """Reverse the order along ``dims``."""
         return _ops.Flip.apply(self, axes=_norm_dims(dims, self.ndim))
 
     def roll(self, shifts, dims):
+        """Rotate elements by ``shifts`` along ``dims`` (NumPy's ``roll``)."""
         return _ops.Roll.apply(self, shifts=shifts, axes=dims)
 
     # ------------------------------------------------------------------ indexing
@@ -830,18 +920,21 @@ class Tensor:
         self.data[key] = value.data if isinstance(value, Tensor) else value
 
     def gather(self, dim: int, index):
+        """``out[..., i, ...] = self[..., index[..., i, ...], ...]`` along ``dim`` (torch's gather)."""
         idx = index.data if isinstance(index, Tensor) else np.asarray(index)
         if idx.dtype.kind not in "iu":
             raise TypeError(f"gather(): index must be an integer tensor, got {idx.dtype}")
         return _ops.Gather.apply(self, idx, axis=_norm_dim(dim, self.ndim))
 
     def index_select(self, dim: int, index):
+        """The entries at integer ``index`` along ``dim``."""
         idx = index.data if isinstance(index, Tensor) else np.asarray(index)
         if idx.dtype.kind not in "iu":
             raise TypeError(f"index_select(): index must be an integer tensor, got {idx.dtype}")
         return _ops.IndexSelect.apply(self, idx, axis=_norm_dim(dim, self.ndim))
 
     def scatter_add(self, dim: int, index, src):
+        """A copy of self with ``src`` added at ``index`` along ``dim``."""
         idx = index.data if isinstance(index, Tensor) else np.asarray(index)
         return _ops.ScatterAdd.apply(self, idx, self._operand(src), axis=_norm_dim(dim, self.ndim))
 
@@ -855,6 +948,7 @@ class Tensor:
         return _ops.MaskedFill.apply(self, m, value=value)
 
     def where(self, condition, other):
+        """``self`` where ``condition`` else ``other``."""
         return where(condition, self, other)
 
     def topk(self, k: int, dim: int = -1, largest: bool = True, sorted: bool = True):
@@ -874,12 +968,14 @@ class Tensor:
         return ValuesIndices(self.gather(d, idx), Tensor._make(idx))
 
     def sort(self, dim: int = -1, descending: bool = False):
+        """Sorted values and their indices along ``dim`` (stable)."""
         d = _norm_dim(dim, self.ndim)
         key = -self.data if descending else self.data
         idx = np.argsort(key, axis=d, kind="stable").astype(np.int64)
         return ValuesIndices(self.gather(d, idx), Tensor._make(idx))
 
     def argsort(self, dim: int = -1, descending: bool = False):
+        """Indices that sort along ``dim``."""
         return self.sort(dim, descending).indices
 
     # ------------------------------------------------------------------ in-place (no graph)
@@ -888,37 +984,44 @@ class Tensor:
             raise RuntimeError(f"{name}(): in-place op on a tensor that requires grad; wrap it in axon.no_grad()")
 
     def zero_(self):
+        """Fill with zeros in place (outside the graph)."""
         self._inplace_ok("zero_")
         self.data[...] = 0
         return self
 
     def fill_(self, value):
+        """Fill with ``value`` in place (outside the graph)."""
         self._inplace_ok("fill_")
         self.data[...] = value
         return self
 
     def copy_(self, src):
+        """Copy ``src`` into self in place (outside the graph)."""
         self._inplace_ok("copy_")
         self.data[...] = src.data if isinstance(src, Tensor) else src
         return self
 
     def add_(self, other, alpha=1):
+        """``self += alpha * other`` in place (outside the graph)."""
         self._inplace_ok("add_")
         o = other.data if isinstance(other, Tensor) else other
         self.data[...] += o * alpha if alpha != 1 else o
         return self
 
     def mul_(self, other):
+        """``self *= other`` in place (outside the graph)."""
         self._inplace_ok("mul_")
         self.data[...] *= other.data if isinstance(other, Tensor) else other
         return self
 
     def normal_(self, mean=0.0, std=1.0):
+        """Fill with N(mean, std^2) samples in place (outside the graph)."""
         self._inplace_ok("normal_")
         self.data[...] = _random.get_rng().normal(mean, std, size=self.shape)
         return self
 
     def uniform_(self, a=0.0, b=1.0):
+        """Fill with U(a, b) samples in place (outside the graph)."""
         self._inplace_ok("uniform_")
         self.data[...] = _random.get_rng().uniform(a, b, size=self.shape)
         return self

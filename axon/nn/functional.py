@@ -75,6 +75,7 @@ def softmax(input: Tensor, dim: int = -1) -> Tensor:
 
 
 def log_softmax(input: Tensor, dim: int = -1) -> Tensor:
+    """Stable log-softmax along ``dim``."""
     return _t(input).log_softmax(dim)
 
 
@@ -89,27 +90,33 @@ def gelu_tanh(input: Tensor) -> Tensor:
 
 
 def silu(input: Tensor) -> Tensor:
+    """x * sigmoid(x) (a fused node)."""
     return _t(input).silu()
 
 
 def relu(input: Tensor) -> Tensor:
+    """max(x, 0)."""
     return _t(input).relu()
 
 
 def leaky_relu(input: Tensor, negative_slope: float = 0.01) -> Tensor:
+    """x where x > 0 else ``negative_slope`` * x."""
     x = _t(input)
     return ops.Where.apply(x.data > 0, x, x * negative_slope)
 
 
 def sigmoid(input: Tensor) -> Tensor:
+    """1 / (1 + exp(-x))."""
     return _t(input).sigmoid()
 
 
 def tanh(input: Tensor) -> Tensor:
+    """Elementwise tanh."""
     return _t(input).tanh()
 
 
 def softplus(input: Tensor, beta: float = 1.0, threshold: float = 20.0) -> Tensor:
+    """log(1 + exp(beta x)) / beta, linear above ``threshold``."""
     return _t(input).softplus(beta=beta, threshold=threshold)
 
 

@@ -79,36 +79,43 @@ def uniform_(tensor, a: float = 0.0, b: float = 1.0):
 
 
 def constant_(tensor, val: float):
+    """Fill with ``val``."""
     def fill(arr, rng):
         arr[...] = val
     return _apply(tensor, fill)
 
 
 def zeros_(tensor):
+    """Fill with 0."""
     return constant_(tensor, 0.0)
 
 
 def ones_(tensor):
+    """Fill with 1."""
     return constant_(tensor, 1.0)
 
 
 def xavier_uniform_(tensor, gain: float = 1.0):
+    """U(-b, b) with b = gain * sqrt(6 / (fan_in + fan_out)) (Glorot & Bengio)."""
     fan_in, fan_out = calculate_fan_in_and_fan_out(tensor)
     bound = gain * math.sqrt(6.0 / (fan_in + fan_out))
     return uniform_(tensor, -bound, bound)
 
 
 def xavier_normal_(tensor, gain: float = 1.0):
+    """N(0, std^2) with std = gain * sqrt(2 / (fan_in + fan_out))."""
     fan_in, fan_out = calculate_fan_in_and_fan_out(tensor)
     return normal_(tensor, 0.0, gain * math.sqrt(2.0 / (fan_in + fan_out)))
 
 
 def kaiming_uniform_(tensor, a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu"):
+    """U(-b, b) with b = gain * sqrt(3 / fan) (He et al.; torch's Linear default uses a=sqrt(5))."""
     fan = calculate_fan_in_and_fan_out(tensor)[0 if mode == "fan_in" else 1]
     bound = _gain(nonlinearity, a) * math.sqrt(3.0 / fan)
     return uniform_(tensor, -bound, bound)
 
 
 def kaiming_normal_(tensor, a: float = 0.0, mode: str = "fan_in", nonlinearity: str = "leaky_relu"):
+    """N(0, std^2) with std = gain / sqrt(fan)."""
     fan = calculate_fan_in_and_fan_out(tensor)[0 if mode == "fan_in" else 1]
     return normal_(tensor, 0.0, _gain(nonlinearity, a) / math.sqrt(fan))

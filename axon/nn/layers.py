@@ -218,15 +218,18 @@ class ModuleList(Module):
             self.append(m)
 
     def append(self, module: Module) -> "ModuleList":
+        """Add ``module`` at the end."""
         self.add_module(str(len(self._modules)), module)
         return self
 
     def extend(self, modules) -> "ModuleList":
+        """Append every module of ``modules``."""
         for m in modules:
             self.append(m)
         return self
 
     def insert(self, index: int, module: Module) -> None:
+        """Insert ``module`` before position ``index``."""
         mods = list(self._modules.values())
         mods.insert(index, module)
         self._modules.clear()
@@ -277,12 +280,15 @@ class ModuleDict(Module):
         return iter(self._modules)
 
     def keys(self):
+        """The names."""
         return self._modules.keys()
 
     def values(self):
+        """The modules."""
         return self._modules.values()
 
     def items(self):
+        """(name, module) pairs."""
         return self._modules.items()
 
 
@@ -316,5 +322,6 @@ class Sequential(Module):
         return iter(self._modules.values())
 
     def append(self, module: Module) -> "Sequential":
+        """Add ``module`` at the end."""
         self.add_module(str(len(self._modules)), module)
         return self

@@ -103,6 +103,7 @@ class Module:
             self._non_persistent.add(name)
 
     def add_module(self, name: str, module) -> None:
+        """Register ``module`` (or None) as a child named ``name``."""
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"add_module({name!r}): expected a Module, got {type(module).__name__}")
         self._modules[name] = module
@@ -110,17 +111,20 @@ class Module:
     register_module = add_module
 
     def get_submodule(self, target: str) -> "Module":
+        """The descendant at the dotted path ``target`` ("" is self)."""
         mod = self
         for part in target.split(".") if target else []:
             mod = getattr(mod, part)
         return mod
 
     def get_parameter(self, target: str) -> Parameter:
+        """The parameter at the dotted path ``target``."""
         mod_path, _, name = target.rpartition(".")
         return getattr(self.get_submodule(mod_path), name)
 
     # -------------------------------------------------------------- calling
     def forward(self, *args, **kwargs):
+        """The computation; subclasses override it and callers use ``module(...)``."""
         raise NotImplementedError(f"{type(self).__name__} has no forward()")
 
     def __call__(self, *args, **kwargs):
@@ -142,10 +146,12 @@ class Module:
             stack.extend(reversed(children))
 
     def modules(self) -> Iterator:
+        """Self and every descendant (each once)."""
         for _, m in self.named_modules():
             yield m
 
     def named_children(self) -> Iterator:
+        """(name, module) for the direct children."""
         seen = set()
         for name, m in self._modules.items():
             if m is not None and id(m) not in seen:
@@ -153,6 +159,7 @@ class Module:
                 yield name, m
 
     def children(self) -> Iterator:
+        """The direct children."""
         for _, m in self.named_children():
             yield m
 
@@ -171,10 +178,12 @@ class Module:
                 yield (f"{mname}.{pname}" if mname else pname), p
 
     def parameters(self, recurse: bool = True) -> Iterator:
+        """Every parameter (tied ones once)."""
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
     def named_buffers(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True) -> Iterator:
+        """(dotted name, tensor) for every registered buffer."""
         seen = set()
         mods = self.named_modules(prefix=prefix) if recurse else [(prefix, self)]
         for mname, mod in mods:
@@ -185,6 +194,7 @@ class Module:
                 yield (f"{mname}.{bname}" if mname else bname), b
 
     def buffers(self, recurse: bool = True) -> Iterator:
+        """Every registered buffer."""
         for _, b in self.named_buffers(recurse=recurse):
             yield b
 
@@ -194,19 +204,23 @@ class Module:
 
     # -------------------------------------------------------------- modes, grads, dtype
     def train(self, mode: bool = True) -> "Module":
+        """Set training mode on self and all descendants (dropout active)."""
         for m in self.modules():
             object.__setattr__(m, "training", bool(mode))
         return self
 
     def eval(self) -> "Module":
+        """Set evaluation mode (dropout off); returns self."""
         return self.train(False)
 
     def requires_grad_(self, requires_grad: bool = True) -> "Module":
+        """Turn gradient tracking of every parameter on or off."""
         for p in self.parameters():
             p.requires_grad = requires_grad
         return self
 
     def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear every parameter's ``.grad`` (or zero it with ``set_to_none=False``)."""
         for p in self.parameters():
             if set_to_none or p.grad is None:
                 p.grad = None
@@ -246,12 +260,15 @@ class Module:
         return self
 
     def float(self) -> "Module":
+        """Cast floating parameters and buffers to float32."""
         return self.to(np.float32)
 
     def double(self) -> "Module":
+        """Cast floating parameters and buffers to float64."""
         return self.to(np.float64)
 
     def half(self) -> "Module":
+        """Cast floating parameters and buffers to float16."""
         return self.to(np.float16)
 
     # -------------------------------------------------------------- state dict

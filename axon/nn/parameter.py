@@ -61,6 +61,7 @@ class Parameter(Tensor):
     # -------------------------------------------------------------- laziness
     @property
     def is_materialized(self) -> bool:
+        """True once the array exists."""
         return self._data is not None
 
     def materialize(self) -> "Parameter":
@@ -80,12 +81,14 @@ class Parameter(Tensor):
 
     @property
     def data(self) -> np.ndarray:
+        """The array, allocated and initialised on first access."""
         if self._data is None:
             self.materialize()
         return self._data
 
     @data.setter
     def data(self, value) -> None:
+        """The array, allocated and initialised on first access."""
         arr = _to_array(value)
         self._data = arr
         self._shape = arr.shape
@@ -93,10 +96,12 @@ class Parameter(Tensor):
 
     @property
     def shape(self) -> tuple:
+        """The shape (never allocates)."""
         return self._shape if self._data is None else self._data.shape
 
     @property
     def dtype(self) -> np.dtype:
+        """The dtype (never allocates)."""
         return self._dtype if self._data is None else self._data.dtype
 
     def cast_(self, dtype) -> "Parameter":

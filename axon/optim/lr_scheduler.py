@@ -25,18 +25,22 @@ class LRScheduler:
         raise NotImplementedError
 
     def step(self) -> None:
+        """The multiplier of the base learning rate at ``step``."""
         self.last_epoch += 1
         f = self.factor(self.last_epoch)
         for g, base in zip(self.optimizer.param_groups, self.base_lrs):
             g["lr"] = base * f
 
     def get_last_lr(self) -> list:
+        """The current learning rate of each group."""
         return [g["lr"] for g in self.optimizer.param_groups]
 
     def state_dict(self) -> dict:
+        """{"last_epoch", "base_lrs"}."""
         return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs)}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the position saved by :meth:`state_dict` and set the lrs."""
         self.base_lrs = list(state["base_lrs"])
         self.last_epoch = state["last_epoch"] - 1
         self.step()
@@ -50,6 +54,7 @@ class LambdaLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def factor(self, step: int) -> float:
+        """The multiplier of the base learning rate at ``step``."""
         return float(self.lr_lambda(step))
 
 
@@ -63,6 +68,7 @@ class StepLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def factor(self, step: int) -> float:
+        """The multiplier of the base learning rate at ``step``."""
         return self.gamma ** (step // self.step_size)
 
 
@@ -78,6 +84,7 @@ class WarmupCosineLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def factor(self, step: int) -> float:
+        """The multiplier of the base learning rate at ``step``."""
         if step < self.warmup_steps:
             return step / max(1, self.warmup_steps)
         progress = min(1.0, (step - self.warmup_steps) / max(1, self.total_steps - self.warmup_steps))

@@ -60,6 +60,7 @@ class Optimizer:
         raise NotImplementedError
 
     def _params_with_grad(self, group):
+        """Apply one update to every parameter that has a gradient."""
         for p in group["params"]:
             if p.grad is not None:
                 yield p, p.data, p.grad.data, self.state.setdefault(id(p), {})
@@ -124,6 +125,7 @@ class SGD(Optimizer):
 
     @no_grad()
     def step(self) -> None:
+        """Apply one update to every parameter that has a gradient."""
         for group in self.param_groups:
             lr, mom, damp, wd = group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
             for p, data, grad, state in self._params_with_grad(group):
@@ -155,6 +157,7 @@ class Adam(Optimizer):
 
     @no_grad()
     def step(self) -> None:
+        """Apply one update to every parameter that has a gradient."""
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p, data, grad, state in self._params_with_grad(group):
