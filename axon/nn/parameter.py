@@ -88,7 +88,7 @@ class Parameter(Tensor):
 
     @data.setter
     def data(self, value) -> None:
-        """The array, allocated and initialised on first access."""
+        """Replace the array (the parameter's shape and dtype follow it)."""
         arr = _to_array(value)
         self._data = arr
         self._shape = arr.shape
