@@ -569,9 +569,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc) if not isinstance(exc, KeyError) or isinstance(exc, LLMError) else str(exc.args[0] if exc.args else exc)
-    if isinstance(exc, FileNotFoundError) and exc.filename and exc.strerror is not None:
+    """The exception's message on one line (KeyError without its quotes, OSError with its file)."""
+    if isinstance(exc, FileNotFoundError) and exc.filename and exc.strerror:
         text = f"{exc.strerror}: {exc.filename}"
+    elif isinstance(exc, KeyError) and not isinstance(exc, LLMError) and exc.args:
+        text = str(exc.args[0])
+    else:
+        text = str(exc)
     return " ".join(text.split()) or type(exc).__name__
 
 

@@ -35,7 +35,7 @@ class ByteTokenizer:
         self.with_specials = with_specials
         self.pad_token_id = 256 if with_specials else None
         self.mask_token_id = 257 if with_specials else None
-        self.eos_token_id = None
+        self.bos_token_id = self.eos_token_id = None
 
     @property
     def vocab_size(self) -> int:
@@ -91,8 +91,8 @@ class _HFTrainingTokenizer:
         self.source = source
         self.tok = HFTokenizer.from_pretrained(source)
         self.vocab_size = int(getattr(self.tok, "vocab_size", 0) or len(self.tok))
-        self.pad_token_id = getattr(self.tok, "pad_token_id", None)
-        self.eos_token_id = getattr(self.tok, "eos_token_id", None)
+        st = self.tok.special_tokens
+        self.pad_token_id, self.bos_token_id, self.eos_token_id = st.pad_token_id, st.bos_token_id, st.eos_token_id
         self.mask_token_id = getattr(self.tok, "mask_token_id", None)
         if self.mask_token_id is None and hasattr(self.tok, "token_to_id"):
             for name in ("[MASK]", "<mask>"):

@@ -106,21 +106,23 @@ def _with_fields(config, **changes):
     return dataclasses.replace(config, **{k: v for k, v in changes.items() if k in names})
 
 
-def build_config(arch: str, preset: str, vocab_size: int, seq_len: int):
-    """The preset's config with the tokenizer's vocabulary and a context of at least ``seq_len``."""
+def build_config(arch: str, preset: str, tokenizer, seq_len: int):
+    """The preset's config with the tokenizer's vocabulary and special ids, and a context of
+    at least ``seq_len``."""
     presets = list_presets(arch)
     if preset not in presets:
         raise ConfigError(f"unknown preset {preset!r} for --arch {arch}; known: {', '.join(sorted(presets))}")
     config = presets[preset]()
-    changes = {"vocab_size": vocab_size}
+    changes = {"vocab_size": tokenizer.vocab_size}
     for name in _CONTEXT_FIELDS:
         current = getattr(config, name, None)
         if isinstance(current, int) and current < seq_len:
             changes[name] = seq_len
-    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):   # ids must stay inside the new vocabulary
-        v = getattr(config, name, None)
-        if isinstance(v, int) and v >= vocab_size:
-            changes[name] = None if name != "pad_token_id" or arch != "bert" else 0
+    # the preset's special ids mean nothing for this tokenizer: take the tokenizer's (None for bytes)
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        changes[name] = getattr(tokenizer, name, None)
+    if arch == "bert" and changes["pad_token_id"] is None:
+        changes["pad_token_id"] = 0                                    # BERT's embedding needs a padding row
     return _with_fields(config, **changes)
 
 
@@ -362,7 +364,7 @@ class Trainer:
         elif a.init:
             self.model = self._init_from_pretrained(a.init)
         else:
-            config = build_config(a.arch, a.preset, self.tokenizer.vocab_size, a.seq_len)
+            config = build_config(a.arch, a.preset, self.tokenizer, a.seq_len)
             self.model = build_model(a.arch, config)
         ctx = context_length(self.model.config)
         if ctx is not None and ctx < a.seq_len:
