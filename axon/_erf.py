@@ -16,15 +16,27 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import vectorize
 
 __all__ = ["erf", "erf_exact", "erf_float32"]
 
+_compiled = {}
 
-@vectorize(["float32(float32)", "float64(float64)"], cache=True)
-def erf_exact(x):  # pragma: no cover - compiled
-    """The error function, elementwise, via libm (correctly rounded in float64)."""
-    return math.erf(x)
+
+def erf_exact(x: np.ndarray) -> np.ndarray:
+    """The error function, elementwise, via libm (correctly rounded in float64).
+
+    The Numba ufunc is built on first use, so ``import axon`` does not pay for importing Numba.
+    """
+    fn = _compiled.get("erf")
+    if fn is None:
+        from numba import vectorize
+
+        @vectorize(["float32(float32)", "float64(float64)"], cache=True)
+        def _erf(v):  # pragma: no cover - compiled
+            return math.erf(v)
+
+        fn = _compiled["erf"] = _erf
+    return fn(x)
 
 
 _P = 0.3275911
