@@ -49,6 +49,8 @@ def embedding(input, weight: Tensor, padding_idx: int | None = None) -> Tensor:
     ids = input.data if isinstance(input, Tensor) else np.asarray(input)
     if ids.dtype.kind not in "iu":
         raise TypeError(f"embedding: ids must be an integer tensor, got dtype {ids.dtype}")
+    if weight.ndim != 2:
+        raise ValueError(f"embedding: weight must be 2-d [num_embeddings, dim], got shape {tuple(weight.shape)}")
     return _fused.Embedding.apply(ids, weight, padding_idx=padding_idx)
 
 

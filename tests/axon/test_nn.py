@@ -269,6 +269,8 @@ def test_embedding_values_grads_and_padding_idx():
         F.embedding(np.array([7]), axon.Tensor(w))
     with pytest.raises(TypeError):
         F.embedding(np.array([1.0]), axon.Tensor(w))
+    with pytest.raises(ValueError, match=r"2-d.*\(7,\)"):
+        F.embedding(np.array([1]), axon.Tensor(w[:, 0]))
     emb = nn.Embedding(5, 2, padding_idx=0).materialize()
     assert not emb.weight.data[0].any()
 
