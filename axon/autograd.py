@@ -301,6 +301,8 @@ def backward(root, gradient=None, retain_graph: bool = False) -> None:
         in_grads = ctx.fn.backward(ctx, grad)
         if not isinstance(in_grads, tuple):
             in_grads = (in_grads,)
+        if len(in_grads) != len(ctx.inputs):
+            raise AssertionError(f"{ctx.fn.__name__}.backward returned {len(in_grads)} gradients for {len(ctx.inputs)} inputs")
         for parent, g in zip(ctx.inputs, in_grads):
             if parent is None or g is None:
                 continue
