@@ -155,49 +155,95 @@ def ternary_matmul_ref(x, packed, scale, in_features):
     return acc.astype(np.float32) / (a * s)
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _ternary_acc_kernel(q, packed, acc):
-    # q [T, 4G] int16 (quarters of the activations, zero-padded); packed [out, G] uint8; acc [T, out] int32
-    # sum_k q_k (code_k - 1) = sum_k q_k code_k - sum(q): the kernel returns the first sum.
+@njit(cache=True, nogil=True, error_model="numpy")
+def _quantize_tokens(x, q, a_out, q_sum):
+    # x [T, in] float32 -> q [T, 4G] int16 (zero-padded), a_out [T] float32, q_sum [T] int32.
+    # The same float32 operations as `quantize_activations` (np.rint rounds half to even).
+    n_tok, n_in = x.shape
+    for t in range(n_tok):
+        row = x[t]
+        absmax = np.float32(0.0)
+        finite = True
+        for i in range(n_in):
+            v = abs(row[i])
+            if v > absmax:
+                absmax = v
+            if not v < np.inf:  # NaN or Inf
+                finite = False
+        if not finite:  # the token's outputs become NaN (a = NaN, q = 0)
+            a_out[t] = np.nan
+            q_sum[t] = 0
+            continue
+        a = np.float32(127.0) / max(absmax, np.float32(1e-5))
+        total = 0
+        for i in range(n_in):
+            r = min(max(np.rint(row[i] * a), np.float32(-128.0)), np.float32(127.0))
+            q[t, i] = np.int16(r)
+            total += np.int32(r)
+        a_out[t] = a
+        q_sum[t] = total
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _ternary_rows(q, packed, acc, o0, o1):
+    # acc[t, o] = sum_k q_k code_k for output rows o0..o1-1 and every token (see _ternary_kernel).
+    # Kept apart from the float rescale and outside the prange body: mixed with them, LLVM
+    # vectorised this loop nest worse (2x slower, measured).
+    groups = packed.shape[1]
+    two, four, six, three = np.int16(2), np.int16(4), np.int16(6), np.int16(3)
+    for tok in range(q.shape[0]):
+        q0 = q[tok, 0:groups]
+        q1 = q[tok, groups:2 * groups]
+        q2 = q[tok, 2 * groups:3 * groups]
+        q3 = q[tok, 3 * groups:4 * groups]
+        for o in range(o0, o1):
+            row = packed[o]
+            total = np.int32(0)
+            for j in range(groups):
+                p = np.int16(row[j])
+                part = np.int16(q0[j] * (p & three) + q1[j] * ((p >> two) & three)
+                                + q2[j] * ((p >> four) & three) + q3[j] * ((p >> six) & three))
+                total += np.int32(part)
+            acc[tok, o] = total
+
+
+@njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+def _ternary_kernel(q, q_sum, a, scale, packed, acc, y):
+    # q [T, 4G] int16 (quarters of the activations, zero-padded); packed [out, G] uint8;
+    # acc [T, out] int32 scratch; y [T, out] float32.
+    # sum_k q_k (code_k - 1) = sum_k q_k code_k - sum(q); then y = that / (a s) in float32.
     # The four products of one byte fit int16 (|sum| <= 4 * 128 * 3), so the inner loop runs on
     # 16-bit lanes (twice as many per vector as int32) and widens once per byte.
     n_tok = q.shape[0]
-    n_out, groups = packed.shape
+    n_out = packed.shape[0]
     tasks = (n_out + _ROWS - 1) // _ROWS
-    two, four, six, three = np.int16(2), np.int16(4), np.int16(6), np.int16(3)
-    for task in prange(tasks):
+    for task in prange(tasks):  # one task per block of rows: their packed bytes stay in cache across tokens
         o0 = task * _ROWS
         o1 = min(n_out, o0 + _ROWS)
+        _ternary_rows(q, packed, acc, o0, o1)
         for tok in range(n_tok):
-            q0 = q[tok, 0:groups]
-            q1 = q[tok, groups:2 * groups]
-            q2 = q[tok, 2 * groups:3 * groups]
-            q3 = q[tok, 3 * groups:4 * groups]
+            denom = a[tok] * scale
             for o in range(o0, o1):
-                row = packed[o]
-                total = np.int32(0)
-                for j in range(groups):
-                    p = np.int16(row[j])
-                    part = np.int16(q0[j] * (p & three) + q1[j] * ((p >> two) & three)
-                                    + q2[j] * ((p >> four) & three) + q3[j] * ((p >> six) & three))
-                    total += np.int32(part)
-                acc[tok, o] = total
+                y[tok, o] = np.float32(acc[tok, o] - q_sum[tok]) / denom
 
 
 def ternary_matmul_nb(x, packed, scale, in_features):
-    """Numba int8 x ternary matmul (always runs the `@njit` kernel); same contract as the reference."""
+    """Numba int8 x ternary matmul (always runs the `@njit` kernels); same contract as the reference."""
     x, packed, s = _check_matmul_args(x, packed, scale, in_features)
-    q, a = quantize_activations(x)
     lead = x.shape[:-1]
     n_out, groups = packed.shape
-    q2 = q.reshape(int(np.prod(lead, dtype=np.int64)), in_features)  # [..., in] -> [T, in]
-    padded = np.zeros((q2.shape[0], 4 * groups), np.int16)  # [T, 4G]
-    padded[:, :in_features] = q2
-    acc = np.empty((q2.shape[0], n_out), np.int32)  # [T, out]
-    if acc.size:
-        _ternary_acc_kernel(padded, np.ascontiguousarray(packed), acc)
-    acc -= padded.sum(axis=1, dtype=np.int32)[:, None]  # codes are t + 1
-    return acc.reshape(*lead, n_out).astype(np.float32) / (a * s)  # [T, out] -> [..., out]
+    n_tok = int(np.prod(lead, dtype=np.int64))
+    x2 = np.ascontiguousarray(x.reshape(n_tok, in_features), dtype=np.float32)  # [..., in] -> [T, in]
+    q = np.zeros((n_tok, 4 * groups), np.int16)  # [T, 4G]
+    a = np.empty(n_tok, np.float32)
+    q_sum = np.empty(n_tok, np.int32)
+    acc = np.empty((n_tok, n_out), np.int32)  # [T, out] integer sums
+    y = np.empty((n_tok, n_out), np.float32)  # [T, out]
+    if n_tok:
+        _quantize_tokens(x2, q, a, q_sum)
+        if n_out:
+            _ternary_kernel(q, q_sum, a, np.float32(s), np.ascontiguousarray(packed), acc, y)
+    return y.reshape(*lead, n_out)  # [T, out] -> [..., out]
 
 
 def ternary_matmul(x, packed, scale, in_features):
