@@ -32,8 +32,10 @@ matrix into tiles of R output rows whose innermost axis is the row::
     q8 kind (Q8_0, Q6_K):        qs [tiles, G, B, R] int8    scale [tiles, G, R] float32
         group g has B weights (B = 32 for Q8_0, 16 for Q6_K): w[r, Bg + j] = scale * qs[.., g, j, r]
 
-so the inner loop runs across R rows with one broadcast x value (SIMD lanes = rows, nibbles
-widened through int32). Q4_0 is stored as offset = -8 * scale and Q4_K as scale = d * sc,
+so the inner loop runs across R rows with one broadcast x value (SIMD lanes = rows). The
+nibbles are split in float32 -- ``hi = floor(byte / 16)``, ``lo = byte - 16 hi``, both exact --
+because Numba types integer ``&`` / ``>>`` as int64, whose conversion to float LLVM leaves
+scalar: the float form vectorises and reads Q4_1 ~1.6x faster on one core. Q4_0 is stored as offset = -8 * scale and Q4_K as scale = d * sc,
 offset = -(dmin * mn): every stored value is exactly the float32 the definition computes, so
 `unpack(pack(raw))` equals `dequantize_ref(raw)` bit for bit.
 """
@@ -337,8 +339,9 @@ def _matvec_q4(qs, scale, offset, x, y):
                 xl = x[g * 32 + j]
                 xh = x[g * 32 + 16 + j]
                 for r in range(rr):                          # SIMD across rows
-                    b = np.int32(qs[t, g, j, r])
-                    tmp[r] += np.float32(b & 15) * xl + np.float32(b >> 4) * xh
+                    v = np.float32(qs[t, g, j, r])                   # byte 0..255, exact
+                    hi = np.floor(v * np.float32(0.0625))            # high nibble, exact
+                    tmp[r] += (v - np.float32(16.0) * hi) * xl + hi * xh
             xs = xsum[g]
             for r in range(rr):
                 acc[r] += scale[t, g, r] * tmp[r] + offset[t, g, r] * xs
@@ -355,10 +358,14 @@ def _matvec_q8(qs, scale, x, y):
         for g in range(groups):
             for r in range(rr):
                 tmp[r] = 0.0
-            for j in range(bsz):
-                xv = x[g * bsz + j]
+            for j in range(0, bsz, 4):                       # 4 weights per update of tmp: ~1.3x faster
+                x0 = x[g * bsz + j]
+                x1 = x[g * bsz + j + 1]
+                x2 = x[g * bsz + j + 2]
+                x3 = x[g * bsz + j + 3]
                 for r in range(rr):                          # SIMD across rows
-                    tmp[r] += np.float32(np.int32(qs[t, g, j, r])) * xv
+                    tmp[r] += ((np.float32(qs[t, g, j, r]) * x0 + np.float32(qs[t, g, j + 1, r]) * x1)
+                               + (np.float32(qs[t, g, j + 2, r]) * x2 + np.float32(qs[t, g, j + 3, r]) * x3))
             for r in range(rr):
                 acc[r] += scale[t, g, r] * tmp[r]
         for r in range(rr):
@@ -376,9 +383,10 @@ def _matmul_q4(qs, scale, offset, x, y):
         for g in range(groups):
             for j in range(16):
                 for r in range(rr):
-                    b = np.int32(qs[t, g, j, r])
-                    wq[j, r] = scale[t, g, r] * np.float32(b & 15) + offset[t, g, r]
-                    wq[j + 16, r] = scale[t, g, r] * np.float32(b >> 4) + offset[t, g, r]
+                    v = np.float32(qs[t, g, j, r])
+                    hi = np.floor(v * np.float32(0.0625))
+                    wq[j, r] = scale[t, g, r] * (v - np.float32(16.0) * hi) + offset[t, g, r]
+                    wq[j + 16, r] = scale[t, g, r] * hi + offset[t, g, r]
             for i in range(ntok):
                 for j in range(32):
                     xv = x[i, g * 32 + j]
@@ -399,7 +407,7 @@ def _matmul_q8(qs, scale, x, y):
         for g in range(groups):
             for j in range(bsz):
                 for r in range(rr):
-                    wq[j, r] = scale[t, g, r] * np.float32(np.int32(qs[t, g, j, r]))
+                    wq[j, r] = scale[t, g, r] * np.float32(qs[t, g, j, r])
             for i in range(ntok):
                 for j in range(bsz):
                     xv = x[i, g * bsz + j]
@@ -420,9 +428,10 @@ def _unpack_q4(qs, scale, offset, t0, t1, out):
                 s = scale[t, g, r]
                 m = offset[t, g, r]
                 for j in range(16):
-                    b = np.int32(qs[t, g, j, r])
-                    out[row, g * 32 + j] = s * np.float32(b & 15) + m
-                    out[row, g * 32 + 16 + j] = s * np.float32(b >> 4) + m
+                    v = np.float32(qs[t, g, j, r])
+                    hi = np.floor(v * np.float32(0.0625))
+                    out[row, g * 32 + j] = s * (v - np.float32(16.0) * hi) + m
+                    out[row, g * 32 + 16 + j] = s * hi + m
 
 
 def _unpack_q8(qs, scale, t0, t1, out):
@@ -434,7 +443,7 @@ def _unpack_q8(qs, scale, t0, t1, out):
             for g in range(groups):
                 s = scale[t, g, r]
                 for j in range(bsz):
-                    out[row, g * bsz + j] = s * np.float32(np.int32(qs[t, g, j, r]))
+                    out[row, g * bsz + j] = s * np.float32(qs[t, g, j, r])
 
 
 # Each kernel is compiled twice: multi-threaded for big matrices, single-threaded for small ones,
@@ -464,9 +473,10 @@ def _rows_q4_nb(qs, scale, offset, ids, out):
             s = scale[t, g, r]
             m = offset[t, g, r]
             for j in range(16):
-                b = np.int32(qs[t, g, j, r])
-                out[k, g * 32 + j] = s * np.float32(b & 15) + m
-                out[k, g * 32 + 16 + j] = s * np.float32(b >> 4) + m
+                v = np.float32(qs[t, g, j, r])
+                hi = np.floor(v * np.float32(0.0625))
+                out[k, g * 32 + j] = s * (v - np.float32(16.0) * hi) + m
+                out[k, g * 32 + 16 + j] = s * hi + m
 
 
 @njit(cache=True, nogil=True)
@@ -479,7 +489,7 @@ def _rows_q8_nb(qs, scale, ids, out):
         for g in range(groups):
             s = scale[t, g, r]
             for j in range(bsz):
-                out[k, g * bsz + j] = s * np.float32(np.int32(qs[t, g, j, r]))
+                out[k, g * bsz + j] = s * np.float32(qs[t, g, j, r])
 
 
 # ------------------------------------------------------------------------------------------------
