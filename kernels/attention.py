@@ -440,7 +440,7 @@ def flash_attention_nb(q, k, v, causal=False, window=None, scale=None, block_q=6
     lse = np.empty(q.shape[:3], dtype)  # [B, H, Tq]
     if q.size == 0:  # also covers Tk == 0 (then Tq == 0)
         return out, lse
-    _flash_forward_kernel(qc, kc, vc, causal, window or 0, scale, int(block_q), int(block_kv), out, lse)
+    _flash_forward_kernel(qc, kc, vc, causal, window or 0, dtype.type(scale), int(block_q), int(block_kv), out, lse)
     return out, lse
 
 
@@ -456,7 +456,7 @@ def flash_attention_backward_nb(q, k, v, out, lse, dout, causal=False, window=No
     dv = np.zeros(v.shape, dtype)
     if q.size == 0 or k.size == 0:
         return dq, dk, dv
-    args = (qc, kc, vc, dc, lc, delta, causal, window or 0, scale, int(block_q), int(block_kv))
+    args = (qc, kc, vc, dc, lc, delta, causal, window or 0, dtype.type(scale), int(block_q), int(block_kv))  # scale in the data dtype: float32 math stays float32
     _flash_backward_dkdv_kernel(*args, dk, dv)
     _flash_backward_dq_kernel(*args, dq)
     return dq, dk, dv
