@@ -513,6 +513,10 @@ def cmd_bench(args) -> int:
         raise InputError(f"--prompt-tokens + --new-tokens = {args.prompt_tokens + args.new_tokens} exceeds the context {ctx}")
     rng = np.random.default_rng(0)
     ids = rng.integers(min(100, vocab - 1), vocab, size=(1, args.prompt_tokens))
+    with axon.no_grad():                                                 # warm-up: JIT compilation
+        warm = model.new_cache(1, 9)
+        model(ids[:, :8], cache=warm)                                  # prefill path
+        model(ids[:, :1], cache=warm)                                  # decode path
     best_prefill, best_decode = 0.0, 0.0
     for _ in range(args.repeats):
         cache = model.new_cache(1, args.prompt_tokens + args.new_tokens)
