@@ -273,3 +273,40 @@ def test_gguf_sentencepiece_kind_without_bos(tmp_path):
 def test_stream_decoder_alias():
     from axon_llm.tokenizer import IncrementalDecoder
     assert IncrementalDecoder is StreamDecoder
+
+
+def _write_bpe_gguf(path: Path, pre: str):
+    """A tiny byte-level ('gpt2') GGUF vocabulary: the 256 byte symbols, two merges, one control token."""
+    import gguf
+    from axon_llm.tokenizer import _bytes_to_unicode
+    symbols = [_bytes_to_unicode()[b] for b in range(256)]
+    tokens = symbols + ["he", "hel", "<|end|>"]
+    types = [1] * 258 + [3]
+    w = gguf.GGUFWriter(str(path), "llama")
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre(pre)
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(["h e", "he l"])
+    w.add_eos_token_id(258)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return tokens
+
+
+@pytest.mark.parametrize("pre", ["gpt-2", "smollm", "llama-bpe", "qwen2", "something-new"])
+def test_gguf_byte_level_kind(tmp_path, pre):
+    path = tmp_path / "bpe.gguf"
+    tokens = _write_bpe_gguf(path, pre)
+    tok = HFTokenizer.from_pretrained(path)
+    text = "hello 12 héllo\n<|end|>"
+    ids = tok.encode(text)
+    assert ids[:3] == [256 + 1, ord("l"), ord("o")]           # "hel" + "l" + "o"
+    assert ids[-1] == 258 and tok.special_tokens.eos_token_ids == [258]
+    assert tok.decode(ids) == text
+    assert tok.decode(ids, skip_special_tokens=True) == text[:-len("<|end|>")]
+    assert "".join(_stream(tok, ids)) == text
+    digits = tok.encode("12", add_special_tokens=False)
+    assert [tokens[i] for i in digits] == ["1", "2"]
