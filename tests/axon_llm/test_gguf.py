@@ -133,8 +133,9 @@ def permute_like_llama_cpp(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_tiny_llama(path: Path, rng, q_type: str = "Q8_0") -> dict[str, np.ndarray]:
-    """A 1-layer llama GGUF (hidden 64, 4 heads, 2 kv heads). Returns the HF float32 weights."""
+def write_tiny_llama(path: Path, rng, q_type: str = "Q8_0", untied: bool = False) -> dict[str, np.ndarray]:
+    """A 1-layer llama GGUF (hidden 64, 4 heads, 2 kv heads); with ``untied`` an ``output.weight``
+    is written and ``token_embd`` stays F32. Returns (HF float32 weights, expected loaded weights)."""
     from gguf.quants import dequantize, quantize
     hidden, heads, kv, ffn, vocab = 64, 4, 2, 96, 40
     T = gguf.GGMLQuantizationType
@@ -161,7 +162,10 @@ def write_tiny_llama(path: Path, rng, q_type: str = "Q8_0") -> dict[str, np.ndar
     w.add_rope_freq_base(50000.0)
     w.add_layer_norm_rms_eps(1e-6)
     w.add_vocab_size(vocab)
-    gg = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
+    if untied:
+        hf["lm_head.weight"] = rng.standard_normal((vocab, hidden)).astype(np.float32)
+    gg = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
+          "lm_head.weight": "output.weight"}
     expected = {}
     for name, arr in hf.items():
         gname = gg.get(name) or next(f"blk.0.{k}.weight" for k in
@@ -172,7 +176,7 @@ def write_tiny_llama(path: Path, rng, q_type: str = "Q8_0") -> dict[str, np.ndar
             stored = permute_like_llama_cpp(arr, heads)
         elif "attn_k" in gname:
             stored = permute_like_llama_cpp(arr, kv)
-        if arr.ndim == 1:
+        if arr.ndim == 1 or (untied and gname == "token_embd.weight"):
             w.add_tensor(gname, stored)
             expected[name] = arr
         elif "ffn_up" in gname:   # one F16 tensor
@@ -422,3 +426,19 @@ def test_dequantize_model_keeps_ties(tmp_path):
     with axon.no_grad():
         after = m(ids).numpy()
     np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4)
+
+
+def test_untied_gguf_with_float_embedding(tmp_path):
+    import axon
+    from axon_llm.auto import from_pretrained
+    from axon_llm.quantized import QuantizedLinear
+    path = tmp_path / "untied.gguf"
+    hf, expected = write_tiny_llama(path, np.random.default_rng(3), "Q8_0", untied=True)
+    m = from_pretrained(path)
+    assert m.config.tie_word_embeddings is False
+    assert isinstance(m.lm_head, QuantizedLinear)
+    np.testing.assert_array_equal(m.model.embed_tokens.weight.numpy(), hf["model.embed_tokens.weight"])
+    np.testing.assert_array_equal(m.lm_head.dequantize().weight.numpy(),
+                                  expected["lm_head.weight"])
+    with axon.no_grad():
+        assert m(np.array([[1, 2, 3]])).shape == (1, 3, 40)
