@@ -42,8 +42,7 @@ def test_readme_opens_with_the_two_commands():
     assert "axon-llm generate" in bash[0] and "pip install -e ." in bash[0]
     assert "pip install -e \".[test]\"" in bash[1] and "pytest" in bash[1]
     ci = (README.parent / ".ci" / "run").read_text()
-    assert bash[1].strip().replace("pip install", "python -m pip install").replace(" && python -m pytest", "") \
-        in ci.replace("python -m pytest", "").replace(" && ", " && ").strip() or bash[1].strip().split(" && ")[-1] in ci
+    assert bash[1].strip() in ci.splitlines(), ".ci/run must run the README's test command as written"
 
 
 def _cli_commands() -> list[tuple[str, str | None]]:
