@@ -574,16 +574,16 @@ def build_from_gguf(path: str | os.PathLike, **kwargs):
 
     gm = load_gguf(path)
     config = LLaMAConfig.from_dict(gm.config)
-    model = LLaMAForCausalLM(config)
-    dense: dict[str, np.ndarray] = {}
+    model = LLaMAForCausalLM(config)                       # lazy parameters: nothing allocated yet
+    quantised = {n: t for n, t in gm.tensors.items() if isinstance(t, GGUFQuantTensor)}
+    # the bias of a quantised layer travels with its QuantizedLinear, not through load_state
+    biases = {n[: -len(".weight")] + ".bias" for n in quantised}
+    dense = {n: t for n, t in gm.tensors.items() if n not in quantised and n not in biases}
     packed_embedding = None
-    for name, t in gm.tensors.items():
-        if not isinstance(t, GGUFQuantTensor):
-            dense[name] = t
-            continue
-        module_name = name[: -len(".weight")] if name.endswith(".weight") else None
-        if module_name is None:
+    for name, t in quantised.items():
+        if not name.endswith(".weight"):
             raise UnsupportedError(f"{gm.path}: quantised tensor {name!r} is not a weight matrix")
+        module_name = name[: -len(".weight")]
         parent_name, _, attr = module_name.rpartition(".")
         try:
             parent = model.get_submodule(parent_name) if parent_name else model
@@ -599,20 +599,13 @@ def build_from_gguf(path: str | os.PathLike, **kwargs):
             packed_embedding = qm
             setattr(parent, attr, QuantizedEmbedding(qm))
         else:
-            bias = dense.pop(f"{module_name}.bias", None) if f"{module_name}.bias" in dense else \
-                gm.tensors.get(f"{module_name}.bias")
+            bias = gm.tensors.get(f"{module_name}.bias")
+            if isinstance(bias, GGUFQuantTensor):
+                raise UnsupportedError(f"{gm.path}: quantised bias {module_name}.bias is not supported")
             setattr(parent, attr, QuantizedLinear(qm, bias))
     if config.tie_word_embeddings and packed_embedding is not None:
         model.lm_head = QuantizedLinear(packed_embedding)   # same blocks as the embedding: no copy
         model.tied_keys = ()
-    # biases of quantised layers were consumed above
-    for name in [n for n in dense if n.endswith(".bias")]:
-        owner = name[: -len(".bias")]
-        try:
-            if isinstance(model.get_submodule(owner), QuantizedLinear):
-                del dense[name]
-        except (AttributeError, KeyError, ValueError):
-            pass
     load_state(model, dense)
     model.eval()
     model.gguf_metadata = gm.metadata
