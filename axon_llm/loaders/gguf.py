@@ -576,9 +576,7 @@ def build_from_gguf(path: str | os.PathLike, **kwargs):
     config = LLaMAConfig.from_dict(gm.config)
     model = LLaMAForCausalLM(config)                       # lazy parameters: nothing allocated yet
     quantised = {n: t for n, t in gm.tensors.items() if isinstance(t, GGUFQuantTensor)}
-    # the bias of a quantised layer travels with its QuantizedLinear, not through load_state
-    biases = {n[: -len(".weight")] + ".bias" for n in quantised}
-    dense = {n: t for n, t in gm.tensors.items() if n not in quantised and n not in biases}
+    dense = {n: t for n, t in gm.tensors.items() if n not in quantised}   # incl. biases of quantised layers
     packed_embedding = None
     for name, t in quantised.items():
         if not name.endswith(".weight"):

@@ -133,7 +133,8 @@ def permute_like_llama_cpp(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def write_tiny_llama(path: Path, rng, q_type: str = "Q8_0", untied: bool = False) -> dict[str, np.ndarray]:
+def write_tiny_llama(path: Path, rng, q_type: str = "Q8_0", untied: bool = False,
+                     biases: bool = False) -> dict[str, np.ndarray]:
     """A 1-layer llama GGUF (hidden 64, 4 heads, 2 kv heads); with ``untied`` an ``output.weight``
     is written and ``token_embd`` stays F32. Returns (HF float32 weights, expected loaded weights)."""
     from gguf.quants import dequantize, quantize
@@ -164,13 +165,17 @@ def write_tiny_llama(path: Path, rng, q_type: str = "Q8_0", untied: bool = False
     w.add_vocab_size(vocab)
     if untied:
         hf["lm_head.weight"] = rng.standard_normal((vocab, hidden)).astype(np.float32)
+    if biases:   # Q/K/V biases (attention_bias=True); llama.cpp permutes the Q/K ones like the rows
+        for p, n in (("q", hidden), ("k", hidden // 2), ("v", hidden // 2)):
+            hf[f"model.layers.0.self_attn.{p}_proj.bias"] = rng.standard_normal(n).astype(np.float32)
     gg = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
           "lm_head.weight": "output.weight"}
     expected = {}
     for name, arr in hf.items():
-        gname = gg.get(name) or next(f"blk.0.{k}.weight" for k in
+        suffix = name.rpartition(".")[2]
+        gname = gg.get(name) or next(f"blk.0.{k}.{suffix}" for k in
                                      ("attn_norm", "ffn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
-                                      "ffn_gate", "ffn_up", "ffn_down") if hf_name(f"blk.0.{k}.weight") == name)
+                                      "ffn_gate", "ffn_up", "ffn_down") if hf_name(f"blk.0.{k}.{suffix}") == name)
         stored = arr
         if "attn_q" in gname:
             stored = permute_like_llama_cpp(arr, heads)
@@ -442,3 +447,18 @@ def test_untied_gguf_with_float_embedding(tmp_path):
                                   expected["lm_head.weight"])
     with axon.no_grad():
         assert m(np.array([[1, 2, 3]])).shape == (1, 3, 40)
+
+
+def test_attention_biases_are_unpermuted_with_their_rows(tmp_path):
+    import axon
+    from axon_llm.auto import from_pretrained
+    path = tmp_path / "bias.gguf"
+    hf, expected = write_tiny_llama(path, np.random.default_rng(5), "Q8_0", biases=True)
+    m = from_pretrained(path)
+    assert m.config.attention_bias is True
+    attn = m.model.layers[0].self_attn
+    for p in ("q", "k", "v"):
+        np.testing.assert_array_equal(getattr(attn, f"{p}_proj").bias.numpy(),
+                                      hf[f"model.layers.0.self_attn.{p}_proj.bias"])
+    with axon.no_grad():
+        assert np.isfinite(m(np.array([[1, 2, 3]])).numpy()).all()
