@@ -169,10 +169,12 @@ class QuantMatrix:
 
     @property
     def out_features(self) -> int:
+        """Rows of W (outputs)."""
         return self.shape[0]
 
     @property
     def in_features(self) -> int:
+        """Columns of W (inputs)."""
         return self.shape[1]
 
     @property

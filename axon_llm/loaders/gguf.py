@@ -89,6 +89,7 @@ class GGUFTensorInfo:
 
     @property
     def n_elements(self) -> int:
+        """Number of (logical, dequantised) elements."""
         n = 1
         for d in self.shape:
             n *= d
