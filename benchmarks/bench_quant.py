@@ -67,13 +67,15 @@ def main() -> None:
         for rows, cols in [(1536, 576), (4096, 4096)]:
             w = pack(qtype, random_raw(qtype, rows, cols), (rows, cols))
             dense = dequantize(w)
-            for ntok in (4, 16, 128):
+            for ntok in (4, 12, 16, 128):
                 x = rng.standard_normal((ntok, cols)).astype(np.float32)
                 rep = max(3, args.repeat * 100_000 // (rows * cols * ntok) + 3)
                 tq = best(lambda: quant_matmul(w, x), rep)
                 td = best(lambda: x @ dense.T, rep)
-                print(f"{qtype:5} {rows:>5}x{cols:<5} T={ntok:<4} quant {tq * 1e3:8.3f} ms  fp32 sgemm "
-                      f"{td * 1e3:8.3f} ms  ratio fp32/quant {td / tq:5.2f}x")
+                tv = best(lambda: [quant_matvec(w, row) for row in x], rep)
+                print(f"{qtype:5} {rows:>5}x{cols:<5} T={ntok:<4} quant_matmul {tq * 1e3:8.3f} ms  "
+                      f"T x quant_matvec {tv * 1e3:8.3f} ms  fp32 sgemm {td * 1e3:8.3f} ms  "
+                      f"ratio fp32/quant {td / tq:5.2f}x")
 
     load_memory()
 

@@ -52,6 +52,7 @@ TILE_ROWS = 64                      # R: rows per tile (4 AVX-512 / 8 AVX2 float
 QUANT_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
 BLOCK = {"Q8_0": (32, 34), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q4_K": (256, 144), "Q6_K": (256, 210)}
 PARALLEL_MIN_BYTES = 1 << 20       # below ~1 MB of weights per call, one thread is faster
+MATVEC_LOOP_MAX_TOKENS = 8          # up to this many tokens, matmul runs the matvec kernel per token
 FUSED_MATMUL_MAX_TOKENS = 16        # above this, matmul dequantises row chunks and calls BLAS
 _CHUNK_FLOATS = 1 << 21             # 8 MB of float32 per dequantised chunk (bounds peak memory)
 
@@ -390,10 +391,13 @@ def _matmul_q4(qs, scale, offset, x, y):
                     wq[j, r] = scale[t, g, r] * (v - np.float32(16.0) * hi) + offset[t, g, r]
                     wq[j + 16, r] = scale[t, g, r] * hi + offset[t, g, r]
             for i in range(ntok):
-                for j in range(32):
-                    xv = x[i, g * 32 + j]
+                for j in range(0, 32, 4):                    # 4 weights per update of acc
+                    x0 = x[i, g * 32 + j]
+                    x1 = x[i, g * 32 + j + 1]
+                    x2 = x[i, g * 32 + j + 2]
+                    x3 = x[i, g * 32 + j + 3]
                     for r in range(rr):
-                        acc[i, r] += wq[j, r] * xv
+                        acc[i, r] += (wq[j, r] * x0 + wq[j + 1, r] * x1) + (wq[j + 2, r] * x2 + wq[j + 3, r] * x3)
         for i in range(ntok):
             for r in range(rr):
                 y[i, t * rr + r] = acc[i, r]
@@ -411,10 +415,13 @@ def _matmul_q8(qs, scale, x, y):
                 for r in range(rr):
                     wq[j, r] = scale[t, g, r] * np.float32(qs[t, g, j, r])
             for i in range(ntok):
-                for j in range(bsz):
-                    xv = x[i, g * bsz + j]
+                for j in range(0, bsz, 4):                   # 4 weights per update of acc
+                    x0 = x[i, g * bsz + j]
+                    x1 = x[i, g * bsz + j + 1]
+                    x2 = x[i, g * bsz + j + 2]
+                    x3 = x[i, g * bsz + j + 3]
                     for r in range(rr):
-                        acc[i, r] += wq[j, r] * xv
+                        acc[i, r] += (wq[j, r] * x0 + wq[j + 1, r] * x1) + (wq[j + 2, r] * x2 + wq[j + 3, r] * x3)
         for i in range(ntok):
             for r in range(rr):
                 y[i, t * rr + r] = acc[i, r]
@@ -548,14 +555,17 @@ def quant_matvec(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
 def quant_matmul(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
     """y = x @ dequantize(W).T: x [T, in] float -> float32 [T, out].
 
-    Up to FUSED_MATMUL_MAX_TOKENS tokens a fused kernel dequantises each group once for all
-    tokens; longer inputs (prefill) dequantise 8 MB row chunks and use BLAS sgemm, which is
+    Up to MATVEC_LOOP_MAX_TOKENS tokens the matvec kernel runs once per token (it beats any
+    fused form there); up to FUSED_MATMUL_MAX_TOKENS a fused kernel dequantises each group once
+    for all tokens; longer inputs (prefill) dequantise 8 MB row chunks and use BLAS sgemm, which is
     compute-bound there and faster than any loop written here.
     """
     if not _jit_enabled():
         return quant_matmul_ref(w, x)
     x = _as_x(w, x, 2, "quant_matmul")
     ntok = x.shape[0]
+    if ntok <= MATVEC_LOOP_MAX_TOKENS:   # a few tokens: the matvec kernel per token is fastest
+        return np.stack([quant_matvec(w, row) for row in x])                   # [T, out]
     if ntok > FUSED_MATMUL_MAX_TOKENS:
         y = np.empty((ntok, w.out_features), np.float32)
         for r0, r1 in _row_chunks(w):
