@@ -1,7 +1,8 @@
 """Autograd Functions over the `kernels` package.
 
 * :class:`FlashAttention` — tiled attention forward and backward (`kernels.flash_attention`);
-  ``F.scaled_dot_product_attention`` dispatches here when there is no mask and no dropout.
+  ``F.scaled_dot_product_attention`` dispatches here when there is no mask and no dropout and
+  the score matrix is big enough for tiling to pay (`can_use_flash`).
 * :class:`SelectiveScan` — Mamba's selective scan (`kernels.selective_scan` and its backward).
 * :class:`TernaryLinear` — BitNet b1.58 ``act_quant(x) @ weight_quant(W).T + b`` with the
   straight-through estimator: the forward uses the quantised values, the backward treats
@@ -66,18 +67,27 @@ def flash_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, windo
     return FlashAttention.apply(q, k, v, causal=causal, window=window, scale=scale, block_q=block_q, block_kv=block_kv)
 
 
-def can_use_flash(q: Tensor, k: Tensor, v: Tensor, mask, dropout_p: float, is_causal: bool, window) -> bool:
-    """True when `scaled_dot_product_attention` means exactly what the flash kernel computes.
+# Below this many scores per head (Tq * Tk) the dense composite is faster: decoding one token
+# against a cache (Tq = 1) or attention over a few dozen positions costs less as two BLAS calls
+# than as a parallel tiled kernel. Measured (docs/kernels.md): at Tq = Tk = 128 the composite
+# wins (forward 0.8 vs 1.1 ms, forward + backward 3 vs 16 ms), at 256 flash wins (3.7 vs 52 ms,
+# 27 vs 324 ms), and from there on the gap and the composite's T x T memory only grow.
+FLASH_MIN_SCORES = 1 << 15
 
-    No mask, no dropout, a window only together with causal (the kernel's window is causal),
-    at least one key, Tq <= Tk (the queries are the last Tq positions), one float dtype.
+
+def can_use_flash(q: Tensor, k: Tensor, v: Tensor, mask, dropout_p: float, is_causal: bool, window) -> bool:
+    """True when `scaled_dot_product_attention` should run the flash kernel.
+
+    It must mean exactly what the kernel computes — no mask, no dropout, a window only together
+    with causal (the kernel's window is causal), at least one key, Tq <= Tk (the queries are the
+    last Tq positions), one float dtype — and be big enough to pay off (`FLASH_MIN_SCORES`).
     """
     if mask is not None or dropout_p > 0.0:
         return False
     if window is not None and not is_causal:
         return False
     tq, tk = q.shape[2], k.shape[2]
-    if tk == 0 or tq > tk:
+    if tk == 0 or tq > tk or tq * tk < FLASH_MIN_SCORES:
         return False
     return q.dtype in (np.float32, np.float64) and q.dtype == k.dtype == v.dtype
 

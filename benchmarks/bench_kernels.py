@@ -12,6 +12,9 @@ One run prints, for each kernel, our time, the named peer's time and the ratio (
   with 16x less weight memory;
 * Numba matmul 1024^3 float32: >= 0.5x BLAS sgemm.
 
+It also times `F.scaled_dot_product_attention`'s two paths (flash kernel vs the dense composite)
+at decode and prefill sizes: the measured crossover is `axon.kernel_ops.FLASH_MIN_SCORES`.
+
 Peak memory is the process's peak resident set (Linux VmHWM, reset through
 /proc/self/clear_refs just before the call) minus the resident set before it, minus the
 outputs. Times are the best of `--repeat` calls after a warm-up call. `--jit-cost` also times
@@ -162,6 +165,31 @@ def bench_matmul(smoke, repeat):
     row("matmul float32", f"{n}^3", ours, "BLAS sgemm", peer, ">= 0.5x", 0.5)
 
 
+def bench_sdpa_dispatch(smoke, repeat):
+    """Where flash beats the dense composite inside F.scaled_dot_product_attention (sets FLASH_MIN_SCORES)."""
+    import axon
+    from axon import kernel_ops
+    from axon.nn.functional import _sdpa_reference
+
+    rng = np.random.default_rng(0)
+    h, hkv, d = 8, 2, 64
+    sizes = [(1, 64), (16, 64)] if smoke else [(1, 512), (16, 512), (128, 128), (256, 256), (512, 512)]
+    print(f"F.scaled_dot_product_attention, causal, H={h} Hkv={hkv} D={d}: flash (axon.kernel_ops) vs the dense "
+          f"composite (_sdpa_reference); ratio composite / flash, > 1 means flash is faster "
+          f"(dispatch threshold Tq*Tk >= {kernel_ops.FLASH_MIN_SCORES})")
+    for tq, tk in sizes:
+        q = axon.tensor(rng.standard_normal((1, h, tq, d)).astype(np.float32), requires_grad=True)
+        k, v = (axon.tensor(rng.standard_normal((1, hkv, tk, d)).astype(np.float32), requires_grad=True) for _ in range(2))
+        flash = lambda: kernel_ops.flash_sdpa(q, k, v, is_causal=True)  # noqa: E731
+        dense = lambda: _sdpa_reference(q, k, v, None, 0.0, True, d ** -0.5, None)  # noqa: E731
+        with axon.no_grad():
+            tf, td = best(flash, repeat * 2), best(dense, repeat * 2)
+        gf = best(lambda: flash().sum().backward(), repeat)
+        gd = best(lambda: dense().sum().backward(), repeat)
+        print(f"  Tq={tq:4} Tk={tk:4}: forward flash {tf * 1e3:8.3f} ms, composite {td * 1e3:8.3f} ms, ratio {td / tf:6.2f}x | "
+              f"forward+backward flash {gf * 1e3:8.2f} ms, composite {gd * 1e3:8.2f} ms, ratio {gd / gf:6.2f}x")
+
+
 JIT_SNIPPET = """
 import time
 t0 = time.perf_counter()
@@ -219,6 +247,7 @@ def main(argv=None):
     bench_scan(args.smoke, repeat)
     bench_ternary(args.smoke, repeat)
     bench_matmul(args.smoke, repeat)
+    bench_sdpa_dispatch(args.smoke, repeat)
     print()
     print(f"| {'kernel':28} | {'size':22} | {'ours':>9} | {'peer':28} | {'peer time':>9} | {'peer/ours':>9} | goal    | met |")
     print(f"|{'-' * 30}|{'-' * 24}|{'-' * 11}|{'-' * 30}|{'-' * 11}|{'-' * 11}|---------|-----|")

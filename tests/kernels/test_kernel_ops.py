@@ -60,17 +60,29 @@ def test_flash_attention_gradcheck(causal, window, tq):
 
 def test_sdpa_dispatches_to_flash_only_without_mask_and_dropout():
     rng = np.random.default_rng(0)
-    q = axon.tensor(rng.standard_normal((1, 4, 6, 8)).astype(np.float32), requires_grad=True)
-    k = axon.tensor(rng.standard_normal((1, 2, 9, 8)).astype(np.float32), requires_grad=True)
-    v = axon.tensor(rng.standard_normal((1, 2, 9, 8)).astype(np.float32), requires_grad=True)
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, window=4)
+    tq, tk = 160, 224  # Tq * Tk >= FLASH_MIN_SCORES
+    assert tq * tk >= kernel_ops.FLASH_MIN_SCORES
+    q = axon.tensor(rng.standard_normal((1, 4, tq, 8)).astype(np.float32), requires_grad=True)
+    k = axon.tensor(rng.standard_normal((1, 2, tk, 8)).astype(np.float32), requires_grad=True)
+    v = axon.tensor(rng.standard_normal((1, 2, tk, 8)).astype(np.float32), requires_grad=True)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, window=40)
     assert out._ctx.fn is kernel_ops.FlashAttention
-    want = _sdpa_reference(q, k, v, None, 0.0, True, 8 ** -0.5, 4)
+    want = _sdpa_reference(q, k, v, None, 0.0, True, 8 ** -0.5, 40)
     np.testing.assert_allclose(out.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
-    mask = np.ones((6, 9), dtype=bool)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    (out * axon.tensor(dout)).sum().backward()
+    got = [t.grad.numpy() for t in (q, k, v)]
+    ref_in = [axon.tensor(t.numpy(), requires_grad=True) for t in (q, k, v)]
+    (_sdpa_reference(*ref_in, None, 0.0, True, 8 ** -0.5, 40) * axon.tensor(dout)).sum().backward()
+    for g, t in zip(got, ref_in):
+        np.testing.assert_allclose(g, t.grad.numpy(), rtol=1e-4, atol=1e-5)
+    mask = np.ones((tq, tk), dtype=bool)
     assert F.scaled_dot_product_attention(q, k, v, attn_mask=mask)._ctx.fn is not kernel_ops.FlashAttention
     assert F.scaled_dot_product_attention(q, k, v, window=4)._ctx.fn is not kernel_ops.FlashAttention  # non-causal window
     assert F.scaled_dot_product_attention(q, k, v, dropout_p=0.5)._ctx.fn is not kernel_ops.FlashAttention
+    # one query against a cache: the dense composite is faster, and means the same
+    step = F.scaled_dot_product_attention(q[:, :, -1:], k, v, is_causal=True)
+    assert step._ctx.fn is not kernel_ops.FlashAttention
 
 
 # ---------------------------------------------------------------------------------- selective scan
