@@ -68,10 +68,11 @@ def flash_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, windo
 
 
 # Below this many scores per head (Tq * Tk) the dense composite is faster: decoding one token
-# against a cache (Tq = 1) or attention over a few dozen positions costs less as two BLAS calls
-# than as a parallel tiled kernel. Measured (docs/kernels.md): at Tq = Tk = 128 the composite
-# wins (forward 0.8 vs 1.1 ms, forward + backward 3 vs 16 ms), at 256 flash wins (3.7 vs 52 ms,
-# 27 vs 324 ms), and from there on the gap and the composite's T x T memory only grow.
+# against a cache (Tq = 1) or attention over a hundred positions costs less as two BLAS calls
+# than as a parallel tiled kernel. benchmarks/bench_kernels.py measures both paths (table in
+# docs/kernels.md): on one thread the composite wins at Tq = 1 (0.07 vs 0.12 ms forward) and at
+# Tq = Tk = 128 (forward), the two are even at 256 and flash wins 2.5x at 512, where the
+# composite's T x T score matrices also start to cost real memory.
 FLASH_MIN_SCORES = 1 << 15
 
 
