@@ -227,6 +227,20 @@ def _ternary_kernel(q, q_sum, a, scale, packed, acc, y):
                 y[tok, o] = np.float32(acc[tok, o] - q_sum[tok]) / denom
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _ternary_kernel_serial(q, q_sum, a, scale, packed, acc, y):
+    # `_ternary_kernel` on one thread, for small products where starting threads costs more
+    n_out = packed.shape[0]
+    _ternary_rows(q, packed, acc, 0, n_out)
+    for tok in range(q.shape[0]):
+        denom = a[tok] * scale
+        for o in range(n_out):
+            y[tok, o] = np.float32(acc[tok, o] - q_sum[tok]) / denom
+
+
+_PARALLEL_MIN_BYTES = 1 << 18  # tokens x packed bytes below which one thread is faster (~20 us of work)
+
+
 def ternary_matmul_nb(x, packed, scale, in_features):
     """Numba int8 x ternary matmul (always runs the `@njit` kernels); same contract as the reference."""
     x, packed, s = _check_matmul_args(x, packed, scale, in_features)
@@ -242,7 +256,8 @@ def ternary_matmul_nb(x, packed, scale, in_features):
     if n_tok:
         _quantize_tokens(x2, q, a, q_sum)
         if n_out:
-            _ternary_kernel(q, q_sum, a, np.float32(s), np.ascontiguousarray(packed), acc, y)
+            kernel = _ternary_kernel if n_tok * packed.size >= _PARALLEL_MIN_BYTES else _ternary_kernel_serial
+            kernel(q, q_sum, a, np.float32(s), np.ascontiguousarray(packed), acc, y)
     return y.reshape(*lead, n_out)  # [T, out] -> [..., out]
 
 

@@ -94,3 +94,18 @@ def test_bad_inputs_raise_clear_errors():
         kernels.ternary_matmul(np.zeros((1, 8), np.float32), packed.astype(np.int8), scale, 8)
     with pytest.raises(ValueError, match="only -1, 0 and 1"):
         kernels.ternary_pack(np.array([[2, 0]]))
+
+
+def test_parallel_path_equals_reference():
+    """Products of >= 2^18 packed bytes run the parallel kernel (smaller ones the serial one)."""
+    from kernels._jit import jit_disabled
+    from kernels.ternary import _PARALLEL_MIN_BYTES
+
+    if jit_disabled():
+        pytest.skip("same loop nest as the serial path, which the other tests cover; too slow as plain Python")
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((520, 2050)).astype(np.float32)
+    packed, scale = kernels.ternary_quantize(w)
+    assert packed.size >= _PARALLEL_MIN_BYTES
+    x = rng.standard_normal((3, 2050)).astype(np.float32)
+    np.testing.assert_array_equal(ternary_matmul_nb(x, packed, scale, 2050), kernels.ternary_matmul_ref(x, packed, scale, 2050))
