@@ -26,6 +26,7 @@ from axon_llm.models.ssm import SSMBlock, SSMConfig, SSMForCausalLM
 from axon_llm.models.trident import TridentConfig, TridentModel
 from axon_llm.ternary import TernaryLinear
 from axon_llm.sampling import GenerationConfig, TextGenerator
-from axon_llm.tokenizer import HFTokenizer, SpecialTokens
+from axon_llm.quantized import QuantizedLinear
+from axon_llm.tokenizer import HFTokenizer, SpecialTokens, StreamDecoder
 
 __version__ = "0.1.0"
