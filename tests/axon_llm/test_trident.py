@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import axon
+import kernels
 from axon_llm import CheckpointError, ConfigError, UnsupportedError
 from axon_llm.auto import from_pretrained
 from axon_llm.models.trident import TridentConfig, TridentModel
@@ -41,12 +42,18 @@ def test_logits_match_transformers(fixtures_dir, name):
     """How close, and why not closer.
 
     The quantisers are the same float32 operations as transformers' (``round`` half-to-even of
-    ``x * a`` and ``W * s``), so the integer codes agree whenever the float inputs to a quantiser
-    agree. They differ only by float rounding of the matmuls before it (~1e-7 relative); that can
-    move ``x * a`` across a .5 rounding boundary, changing one int8 code by 1 at that token and
-    so its logits by ~|W| max|x| / 127 -- a local jump, not a drift. So the test asks that at least
-    95% of token positions agree to the float tolerance 1e-4 * max|logit| (on this fixture all of
-    them do: measured max difference 2.4e-6), and that greedy decoding is identical
+    ``x * a`` and ``W * s``): given the same input, the int8 codes are identical
+    (test_trained_checkpoint_quantises_like_transformers). The inputs differ only by float
+    rounding of the sums before a quantiser (a few ulps); where ``x * a`` lies within that of a
+    .5 boundary (or exactly on it: such ties are reached), one int8 code differs by 1. That is not
+    a local jump: the changed output feeds the residual stream, attention (later positions) and
+    later quantisers, so one flipped code becomes ~100 and a few positions move by ~1e-2. How
+    often depends on the number of codes, i.e. tokens, not on training: on this fixture, 2 x 12
+    tokens, every position agrees (measured max difference 2.4e-6); on 8 x 64 random tokens 25
+    of 512 positions exceed the tolerance (max 0.08), and so do trained checkpoints on long
+    inputs -- test_trained_checkpoint_differs_only_by_boundary_flips shows that substituting the
+    few flipped codes removes the whole difference. So this test asks that at least 95% of
+    positions agree to 1e-4 * max|logit| (all do here), and greedy decoding is identical
     (test_greedy_generation_matches_transformers).
     """
     model, exp = _load(fixtures_dir, name)
@@ -282,3 +289,104 @@ def test_bad_configs_are_rejected():
         TridentConfig(hidden_size=66, num_attention_heads=4, num_key_value_heads=2)
     with pytest.raises(UnsupportedError, match="relu2"):
         TridentConfig(hidden_act="silu")
+
+
+# ------------------------------------------------------------------ a trained checkpoint (tests/fixtures/make_trident_trained.py)
+# The tiny preset trained 60 steps by `axon-llm train` (axon's AdamW, loss 3.25 -> 1.69), saved by
+# save_pretrained and run by transformers' BitNetForCausalLM (online quantisation, float32, eager).
+# The reported symptom ("trained checkpoints differ by up to 0.2, fixtures match to 1e-6") is
+# the number of tokens compared, not training: on its 4 x 32 `long_ids` our plain forward is off
+# at 5 of 128 positions by up to 8e-3 (tolerance 9e-4), and the whole difference is ONE activation
+# code at a .5 rounding boundary and what it propagates to (the three tests below).
+TRAINED = "trident_trained"
+
+
+@pytest.fixture(scope="module")
+def trained(fixtures_dir):
+    path = fixtures_dir / "hf" / TRAINED
+    return from_pretrained(path), np.load(path / "expected.npz")
+
+
+def _names(exp, prefix):
+    return [k[len(prefix):] for k in exp.files if k.startswith(prefix)]
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_trained_checkpoint_logits_match_transformers(trained, packed):
+    """Every position within 1e-4 x max(1, max|logit|) of transformers, training and packed paths.
+
+    The input (``input_ids``) was drawn so that every activation value ``x * a`` transformers
+    rounds is at least 6.5e-4 from a .5 boundary, 8.5x the largest difference between the two
+    frameworks' ``x * a`` on it (7.6e-5, float32 summation order in RMSNorm / attention /
+    mean|W|): no code can flip, so any gap here is a real disagreement (config, scales,
+    quantiser semantics), not a rounding-boundary accident. Measured: 1.9e-6.
+    """
+    model, exp = trained
+    assert isinstance(model, TridentModel) and not any(m.is_packed for _, m in model.ternary_layers())
+    try:
+        out = logits_np(model.pack() if packed else model, exp["input_ids"])
+    finally:
+        model.unpack()
+    ref = exp["logits"]
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
+
+
+def test_trained_checkpoint_quantises_like_transformers(trained):
+    """Layer by layer on transformers' own inputs: identical int8 activation codes, identical
+    ternary weights (a flipped weight code would move the output by ~max|x|/s = 1e-2), and the
+    same output to float32 rounding (measured <= 7e-7; the weight scale 1/mean|W| differs from
+    torch's by 1-2 ulp, <= 1.6e-7 relative, in about half the layers: the mean's summation order)."""
+    model, exp = trained
+    layers = dict(model.ternary_layers())
+    names = _names(exp, "in/")
+    assert sorted(names) == sorted(layers) and len(names) == 14
+    for name in names:
+        layer, x, want = layers[name], exp[f"in/{name}"], exp[f"out/{name}"]
+        codes, _ = kernels.quantize_activations(x)
+        np.testing.assert_array_equal(codes, exp[f"layer_codes/{name}"], err_msg=name)
+        _, s = kernels.ternary_codes(layer.weight.numpy())
+        assert abs(s - exp[f"weight_scale/{name}"].item()) <= 1e-6 * s, name
+        tol = 1e-4 * max(1.0, float(np.abs(want).max()))
+        for form in ("unpack", "pack"):
+            getattr(layer, form)()
+            with axon.no_grad():
+                got = layer(axon.tensor(x)).numpy()
+            layer.unpack()
+            np.testing.assert_allclose(got, want, rtol=0, atol=tol, err_msg=f"{name} ({form}ed)")
+
+
+def test_trained_checkpoint_differs_only_by_boundary_flips(trained, monkeypatch):
+    """On ``long_ids`` (drawn so that our plain forward does flip codes), give every TernaryLinear
+    transformers' int8 activation codes where ours differ, everything else ours: the logits then
+    agree everywhere within 1e-4 x scale (measured 3.3e-6, against 8e-3 without), and each code we
+    had to replace was ours within 1e-3 of a .5 boundary and off by exactly one.
+
+    When the fixture was made that was a single code: layer 0 o_proj, where transformers' x * a is
+    exactly -59.5 (a tie, rounded half-to-even to -60) and ours is -59.499996 (one ulp away, the
+    float32 summation order of RMSNorm/attention) -> -59. Left alone it becomes 131 differing codes
+    of 163,840 downstream. So the gap is rounding-boundary flips and their propagation (residual
+    stream, attention, later quantisers), nothing systematic. (Whether the flip happens on another
+    machine depends on its float summation order, so the test asserts the substitution, not a count.)
+    """
+    model, exp = trained
+    names = {id(m): n for n, m in model.ternary_layers()}
+    replaced = []
+
+    def forward_with_reference_codes(self, x):
+        ours, a = kernels.quantize_activations(x.numpy())              # int8 [B, T, in], [B, T, 1]
+        ref = exp[f"codes/{names[id(self)]}"]
+        differ = ours != ref
+        if differ.any():
+            xa = x.numpy()[differ] * np.broadcast_to(a, x.shape)[differ]
+            replaced.append((np.abs(ours[differ].astype(int) - ref[differ]),
+                             np.abs(np.abs(xa - np.floor(xa)) - 0.5)))
+        t, s = kernels.ternary_codes(self.weight.numpy())
+        y = (ref.astype(np.float32) / a) @ (t.astype(np.float32) / np.float32(s)).T   # [B, T, out]
+        return axon.tensor(y.astype(np.float32))
+
+    monkeypatch.setattr(TernaryLinear, "forward", forward_with_reference_codes)
+    out = logits_np(model, exp["long_ids"])
+    ref = exp["long_logits"]
+    np.testing.assert_allclose(out, ref, rtol=0, atol=1e-4 * max(1.0, float(np.abs(ref).max())))
+    for step, margin in replaced:
+        assert (step == 1).all() and (margin < 1e-3).all(), (step, margin)
