@@ -3,14 +3,20 @@
 The class is picked from ``config.json`` ``architectures[0]`` (else ``model_type``) through
 :data:`ARCHITECTURES`; a ``.gguf`` file goes to ``axon_llm.loaders.gguf.build_from_gguf``; any
 other string is looked up in the model registry (``axon_llm.hub``), which yields one of the two.
+
+Causal LMs get their ``generation_config`` as transformers does: the EOS / pad ids of the config,
+overridden by the folder's ``generation_config.json`` when there is one; for GGUF, the file's
+EOS id (plus its end-of-turn ids, which llama.cpp stops at too).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from axon_llm.config import CONFIG_CLASSES, read_config_json
-from axon_llm.errors import ModelFormatError, ModelNotFoundError, UnsupportedError
+from axon_llm.errors import GenerationError, ModelFormatError, ModelNotFoundError, UnsupportedError
 
 __all__ = ["from_pretrained", "ARCHITECTURES", "model_class_for"]
 
@@ -52,13 +58,46 @@ def model_class_for(config: dict):
         raise UnsupportedError(f"architecture {arch} is not available in this build ({e})") from None
 
 
+def _with_folder_generation_config(model, folder: Path):
+    """Give a causal LM the settings of the folder's ``generation_config.json`` (transformers
+    reads it over the defaults config.json implies); other models are returned as they are."""
+    from axon_llm.generation import generation_config_from_dict
+    from axon_llm.loaders.safetensors import read_generation_config_json
+    from axon_llm.sampling import GenerationConfig
+
+    base = getattr(model, "generation_config", None)
+    if not isinstance(base, GenerationConfig):
+        return model
+    data = read_generation_config_json(folder)
+    if data is not None:
+        try:
+            model.generation_config = generation_config_from_dict(data, base)
+        except GenerationError as e:
+            raise ModelFormatError(f"{folder / 'generation_config.json'}: {e}") from None
+    return model
+
+
+def _with_gguf_generation_config(model):
+    """A GGUF model's EOS ids: ``tokenizer.ggml.eos_token_id`` (already in its config, as
+    transformers reads it) plus the end-of-turn ids llama.cpp also stops at (``eot_token_id``,
+    ``eom_token_id``) when the file lists them."""
+    md = getattr(model, "gguf_metadata", None) or {}
+    cfg = model.generation_config
+    extra = [int(md[k]) for k in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
+             if isinstance(md.get(k), (int, np.integer)) and not isinstance(md.get(k), bool)]
+    extra = [e for e in extra if e not in cfg.eos_token_ids]
+    if extra:
+        model.generation_config = cfg.with_eos_tokens(cfg.eos_token_ids + tuple(extra))
+    return model
+
+
 def _load_hf_folder(folder: Path):
     from axon_llm.loaders.safetensors import HFLoader, load_state
 
     loader = HFLoader(folder)
     cls, arch = model_class_for(loader.config)
     if hasattr(cls, "from_hf"):                         # models with their own loading (SSM, Trident)
-        return cls.from_hf(folder)
+        return _with_folder_generation_config(cls.from_hf(folder), folder)
     model_type = loader.config.get("model_type") or ""
     config_cls = getattr(cls, "config_class_for", None)
     config_cls = config_cls(loader.config) if config_cls else CONFIG_CLASSES.get(model_type, cls.config_class)
@@ -66,7 +105,7 @@ def _load_hf_folder(folder: Path):
     model = cls(config)
     load_state(model, loader.tensors(), strict=False)   # unused tensors: a warning, as in transformers
     model.eval()
-    return model
+    return _with_folder_generation_config(model, folder)
 
 
 def from_pretrained(src: str | Path, **kwargs):
@@ -81,7 +120,7 @@ def from_pretrained(src: str | Path, **kwargs):
             from axon_llm.loaders.gguf import build_from_gguf
         except ImportError as e:
             raise UnsupportedError(f"GGUF loading is not available ({e})") from None
-        return build_from_gguf(path, **kwargs)
+        return _with_gguf_generation_config(build_from_gguf(path, **kwargs))
     if path.is_file() and path.name in ("config.json", "model.safetensors", "model.safetensors.index.json"):
         path = path.parent
     if path.is_dir():

@@ -23,7 +23,7 @@ import axon.nn.functional as F
 from axon_llm.attention import AttentionContext, MultiHeadAttention
 from axon_llm.cache import KVCache
 from axon_llm.embeddings import PositionalEmbedding, TokenEmbedding, as_token_ids
-from axon_llm.errors import ConfigError
+from axon_llm.errors import ConfigError, GenerationError
 
 __all__ = ["activation", "GatedMLP", "MLP", "TransformerBlock", "TransformerEncoder", "TransformerDecoder",
            "CausalLM"]
@@ -161,18 +161,42 @@ class CausalLM(nn.Module):
         """State-dict keys that alias another parameter (not written to checkpoints)."""
         return tuple(self.tied_keys)
 
+    @property
+    def generation_config(self):
+        """The model's default :class:`~axon_llm.sampling.GenerationConfig`, as transformers'
+        ``model.generation_config``: greedy, 24 new tokens, EOS / pad ids from ``config`` — or
+        what was assigned (``from_pretrained`` assigns the folder's ``generation_config.json``).
+        ``generate`` uses it unless given a ``generation_config`` or ``eos_token_id``."""
+        cfg = self.__dict__.get("_generation_config")
+        if cfg is not None:
+            return cfg
+        from axon_llm.generation import generation_config_from_model_config
+
+        return generation_config_from_model_config(getattr(self, "config", None))
+
+    @generation_config.setter
+    def generation_config(self, value) -> None:
+        from axon_llm.sampling import GenerationConfig
+
+        if value is not None and not isinstance(value, GenerationConfig):
+            raise GenerationError(f"generation_config must be a GenerationConfig (or None for the config's defaults), "
+                            f"got {type(value).__name__}")
+        self.__dict__["_generation_config"] = value
+
     def generate(self, input_ids, max_new_tokens: int | None = None, do_sample: bool | None = None,
                  **kwargs) -> np.ndarray:
         """Continue ``input_ids [B, T]``; returns int64 ``[B, T + new]`` (see ``axon_llm.generation.generate``).
 
-        ``max_new_tokens`` / ``do_sample`` default to 24 / False, or to ``generation_config``'s values.
+        Unset settings come from :attr:`generation_config` (greedy, 24 new tokens, stopping at the
+        model's EOS); ``eos_token_id=None`` switches EOS off.
         """
         from axon_llm.generation import generate
 
         return generate(self, input_ids, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs)
 
     def save_pretrained(self, directory):
-        """Write ``config.json`` + ``model.safetensors`` that transformers (and ``from_pretrained``) load."""
+        """Write ``config.json`` + ``model.safetensors`` that transformers (and ``from_pretrained``) load,
+        plus ``generation_config.json`` when :attr:`generation_config` is not just the config's defaults."""
         from axon_llm.loaders.safetensors import save_pretrained
 
         return save_pretrained(self, directory)

@@ -23,6 +23,8 @@ reordered so row ``i`` continues the beam it extends (:func:`reorder_cache`).
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 import axon
@@ -31,9 +33,18 @@ from axon_llm.embeddings import as_token_ids
 from axon_llm.errors import GenerationError, InputError
 from axon_llm.sampling import BeamSearch, GenerationConfig, TextGenerator, log_softmax, process_logits
 
-__all__ = ["generate", "select_next_token", "resolve_generation_config", "reorder_cache"]
+__all__ = ["generate", "select_next_token", "resolve_generation_config", "reorder_cache",
+           "generation_config_from_model_config", "generation_config_from_dict", "generation_config_to_dict",
+           "model_generation_config"]
 
 DEFAULT_MAX_NEW_TOKENS = 24
+#: transformers' ``GenerationConfig.top_k`` default; applies when a generation_config.json samples
+TRANSFORMERS_DEFAULT_TOP_K = 50
+#: "not given" for ``generate(eos_token_id=...)``: an explicit None means "no EOS"
+_UNSET = object()
+#: generation_config.json keys read here (transformers' names; the rest, e.g. max_length, is ignored)
+_HF_SAMPLING_KEYS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+                     "max_new_tokens", "num_beams", "length_penalty", "early_stopping", "stop_strings")
 
 
 def select_next_token(logits: np.ndarray, do_sample: bool = False, *, temperature: float = 1.0,
@@ -73,6 +84,105 @@ def resolve_generation_config(generation_config: GenerationConfig | None = None,
         return GenerationConfig(**{**cfg.__dict__, **changes})
     except TypeError as e:   # an unknown keyword
         raise GenerationError(f"unknown generation setting: {e}") from None
+
+
+def _eos_ids(value) -> tuple[int, ...]:
+    """An ``eos_token_id`` as HF writes it (None, an int or a list) -> a tuple of ids."""
+    if value is None:
+        return ()
+    return tuple(int(e) for e in np.atleast_1d(np.asarray(value, dtype=np.int64)).tolist())
+
+
+def generation_config_from_model_config(config) -> GenerationConfig:
+    """The default settings of a model, as transformers' ``GenerationConfig.from_model_config``:
+    greedy, ``max_new_tokens=24``, EOS / pad ids from the model config (``eos_token_id`` may
+    be an int or a list). A config without them (or no config) gives no EOS."""
+    eos = getattr(config, "eos_token_id", None) if config is not None else None
+    pad = getattr(config, "pad_token_id", None) if config is not None else None
+    try:
+        return GenerationConfig(max_new_tokens=DEFAULT_MAX_NEW_TOKENS, do_sample=False, eos_token_ids=_eos_ids(eos),
+                                pad_token_id=None if pad is None else int(pad))
+    except (GenerationError, TypeError, ValueError) as e:
+        raise GenerationError(f"the model config's eos_token_id={eos!r} / pad_token_id={pad!r} "
+                              f"cannot be used for generation: {e}") from None
+
+
+def generation_config_from_dict(d: dict, base: GenerationConfig | None = None) -> GenerationConfig:
+    """``base`` (default: greedy, 24 new tokens) overridden by a ``generation_config.json`` dict.
+
+    Read as transformers does: ``eos_token_id`` (int, list or null), ``pad_token_id`` and the
+    sampling defaults ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``min_p``,
+    ``repetition_penalty``, ``max_new_tokens``, ``num_beams``, ``length_penalty``,
+    ``early_stopping``, ``stop_strings``. A key that is absent leaves ``base`` as it is, except
+    that sampling without a ``top_k`` uses transformers' default 50 and ``do_sample`` absent
+    means greedy; ``top_k: 0`` means no top-k (transformers' convention). ``bos_token_id`` and
+    transformers-only keys (``max_length``, ``transformers_version`` ...) play no part in decoding
+    here and are ignored. A bad value raises :class:`GenerationError` naming the key.
+    """
+    if not isinstance(d, dict):
+        raise GenerationError(f"generation_config.json must hold a JSON object, got {type(d).__name__}")
+    cfg = base if base is not None else GenerationConfig(max_new_tokens=DEFAULT_MAX_NEW_TOKENS, do_sample=False)
+    changes: dict = {}
+    try:
+        if "eos_token_id" in d:
+            changes["eos_token_ids"] = _eos_ids(d["eos_token_id"])
+        if "pad_token_id" in d:
+            changes["pad_token_id"] = None if d["pad_token_id"] is None else int(d["pad_token_id"])
+    except (TypeError, ValueError, OverflowError):
+        raise GenerationError(f"generation_config.json: eos_token_id={d.get('eos_token_id')!r} / "
+                              f"pad_token_id={d.get('pad_token_id')!r} are not token ids") from None
+    for key in _HF_SAMPLING_KEYS:
+        if key in d and d[key] is not None:
+            changes[key] = d[key]
+    changes.setdefault("do_sample", False)
+    if changes["do_sample"] and "top_k" not in changes:
+        changes["top_k"] = TRANSFORMERS_DEFAULT_TOP_K
+    if changes.get("top_k") == 0:
+        changes["top_k"] = None
+    if isinstance(changes.get("stop_strings"), str):
+        changes["stop_strings"] = (changes["stop_strings"],)
+    try:
+        return GenerationConfig(**{**cfg.__dict__, **changes})
+    except GenerationError as e:
+        raise GenerationError(f"generation_config.json: {e}") from None
+
+
+def generation_config_to_dict(cfg: GenerationConfig, model_config=None) -> dict:
+    """The ``generation_config.json`` for ``cfg``: ``{}`` when ``cfg`` is what ``model_config``
+    implies anyway (then no file is needed), else the token ids plus every setting that differs
+    from transformers' defaults, so that :func:`generation_config_from_dict` over the model
+    config's defaults gives ``cfg`` back (``seed`` is not a transformers setting and is not kept)."""
+    implied = generation_config_from_model_config(model_config)
+    if dataclasses.replace(cfg, seed=None) == implied:
+        return {}
+    eos = cfg.eos_token_ids
+    out: dict = {"bos_token_id": getattr(model_config, "bos_token_id", None),
+                 "eos_token_id": None if not eos else eos[0] if len(eos) == 1 else list(eos),
+                 "pad_token_id": cfg.pad_token_id}
+    out = {k: v for k, v in out.items() if v is not None or k == "eos_token_id"}
+    if cfg.do_sample:
+        out["do_sample"] = True
+    if cfg.max_new_tokens != DEFAULT_MAX_NEW_TOKENS:
+        out["max_new_tokens"] = cfg.max_new_tokens
+    defaults = {"temperature": 1.0, "top_p": None, "min_p": None, "repetition_penalty": 1.0, "num_beams": 1,
+                "length_penalty": 1.0, "early_stopping": False, "stop_strings": ()}
+    for key, default in defaults.items():
+        value = getattr(cfg, key)
+        if value != default:
+            out[key] = list(value) if isinstance(value, tuple) else value
+    if cfg.do_sample and cfg.top_k != TRANSFORMERS_DEFAULT_TOP_K:
+        out["top_k"] = 0 if cfg.top_k is None else cfg.top_k     # absent would mean transformers' 50
+    elif not cfg.do_sample and cfg.top_k is not None:
+        out["top_k"] = cfg.top_k
+    return out
+
+
+def model_generation_config(model) -> GenerationConfig:
+    """``model.generation_config`` when the model has one, else the defaults its config implies."""
+    cfg = getattr(model, "generation_config", None)
+    if isinstance(cfg, GenerationConfig):
+        return cfg
+    return generation_config_from_model_config(getattr(model, "config", None))
 
 
 def reorder_cache(cache, index: np.ndarray) -> None:
@@ -138,7 +248,7 @@ def _end_stream(streamer) -> None:
 
 
 def generate(model, input_ids, max_new_tokens: int | None = None, do_sample: bool | None = None, attention_mask=None,
-             eos_token_id: int | list[int] | None = None, pad_token_id: int | None = None, *,
+             eos_token_id: int | list[int] | None = _UNSET, pad_token_id: int | None = None, *,
              generation_config: GenerationConfig | None = None, temperature: float | None = None,
              top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
              repetition_penalty: float | None = None, num_beams: int | None = None,
@@ -146,8 +256,10 @@ def generate(model, input_ids, max_new_tokens: int | None = None, do_sample: boo
              seed: int | None = None, stop_strings=None, tokenizer=None, streamer=None, cache=None) -> np.ndarray:
     """Continue ``input_ids [B, T]`` by up to ``max_new_tokens``; returns int64 ``[B, T + n]``.
 
-    Settings come from ``generation_config`` (default: greedy, ``max_new_tokens=24``) with any
-    keyword given here written over it. ``attention_mask [B, T]`` marks real tokens of
+    Settings come from ``generation_config`` (default: ``model.generation_config`` — greedy,
+    ``max_new_tokens=24`` and the model's EOS / pad ids, as transformers) with any keyword given
+    here written over it. ``eos_token_id=None`` given explicitly switches EOS off (rows then
+    always run ``max_new_tokens``). ``attention_mask [B, T]`` marks real tokens of
     left-padded prompts. A row that produced one of the EOS ids — or whose new text contains a
     stop string (needs ``tokenizer``) — is finished: it gets the pad id (default: the first EOS
     id) from then on, and the loop stops once every row is finished. ``seed`` makes sampling
@@ -159,8 +271,12 @@ def generate(model, input_ids, max_new_tokens: int | None = None, do_sample: boo
     keeps its cache between turns this way); it must have room for the new tokens.
     ``num_beams > 1`` runs transformers' beam search (no streamer, no external cache).
     """
+    base = model_generation_config(model) if generation_config is None else generation_config
+    if eos_token_id is None and isinstance(base, GenerationConfig):
+        base = base.with_eos_tokens(())                               # explicit None: no EOS
     cfg = resolve_generation_config(
-        generation_config, max_new_tokens=max_new_tokens, do_sample=do_sample, eos_token_id=eos_token_id,
+        base, max_new_tokens=max_new_tokens, do_sample=do_sample,
+        eos_token_id=None if eos_token_id is _UNSET else eos_token_id,
         pad_token_id=pad_token_id, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
         repetition_penalty=repetition_penalty, num_beams=num_beams, length_penalty=length_penalty,
         early_stopping=early_stopping, seed=seed, stop_strings=stop_strings)

@@ -40,6 +40,7 @@ from axon_llm.errors import CheckpointError, ModelFormatError, UnsupportedError
 __all__ = [
     "read_safetensors", "write_safetensors", "SafetensorsFile", "HFLoader", "map_hf_to_axonml",
     "map_axonml_to_hf", "load_state", "load_llama_from_hf", "load_mistral_from_hf", "save_pretrained",
+    "read_generation_config_json",
 ]
 
 _DTYPES = {
@@ -330,8 +331,25 @@ def load_mistral_from_hf(path: str | Path):
     return _load_folder(path, {"MistralForCausalLM"})
 
 
+def read_generation_config_json(folder: str | Path) -> dict | None:
+    """The ``generation_config.json`` of a HF folder as a dict, or None when the folder has none
+    (``ModelFormatError`` when it is not a JSON object)."""
+    path = Path(folder) / "generation_config.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFormatError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ModelFormatError(f"{path}: must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
 def save_pretrained(model, directory: str | Path) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` (float32) that transformers loads back."""
+    """Write ``config.json`` + ``model.safetensors`` (float32) that transformers loads back, and
+    ``generation_config.json`` when ``model.generation_config`` differs from what ``config.json``
+    implies (as transformers writes the model's generation settings beside its weights)."""
     if not hasattr(getattr(model, "config", None), "to_dict"):
         raise UnsupportedError(f"{type(model).__name__} has no HuggingFace config to save")
     directory = Path(directory)
@@ -348,4 +366,21 @@ def save_pretrained(model, directory: str | Path) -> Path:
     state = map_axonml_to_hf(state, model)
     (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     write_safetensors(directory / "model.safetensors", state, {"format": "pt"})
+    gen_path = directory / "generation_config.json"
+    generation = _generation_config_dict(model)
+    if generation:
+        gen_path.write_text(json.dumps(generation, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    else:
+        gen_path.unlink(missing_ok=True)      # a stale file from an earlier save would override config.json
     return directory
+
+
+def _generation_config_dict(model) -> dict:
+    """What ``generation_config.json`` must say for ``model`` (``{}``: nothing beyond config.json)."""
+    from axon_llm.generation import generation_config_to_dict
+    from axon_llm.sampling import GenerationConfig
+
+    cfg = getattr(model, "generation_config", None)
+    if not isinstance(cfg, GenerationConfig):
+        return {}
+    return generation_config_to_dict(cfg, model.config)

@@ -56,7 +56,7 @@ def test_gradcheck_float64():
 def test_generate_shapes_and_tied_head():
     model = LLaMAForCausalLM(micro(tie_word_embeddings=True))
     assert model.lm_head.weight is model.model.embed_tokens.weight
-    out = model.generate(np.array([[1, 2, 3]]), max_new_tokens=4)
+    out = model.generate(np.array([[1, 2, 3]]), max_new_tokens=4, eos_token_id=None)   # no early stop at EOS
     assert out.shape == (1, 7) and out.dtype == np.int64
     np.testing.assert_array_equal(out[:, :3], [[1, 2, 3]])
 
