@@ -292,7 +292,8 @@ def test_bad_configs_are_rejected():
         TridentConfig(hidden_act="silu")
 
 
-# ------------------------------------------------------------------ a trained checkpoint (tests/fixtures/make_trident_trained.py)
+# ------------------------------------------------------------------ a trained checkpoint
+# (made by tests/fixtures/make_trident_trained.py)
 # The tiny preset trained 60 steps by `axon-llm train` (axon's AdamW, loss 3.25 -> 1.69), saved by
 # save_pretrained and run by transformers' BitNetForCausalLM (online quantisation, float32, eager).
 # The reported symptom ("trained checkpoints differ by up to 0.2, fixtures match to 1e-6") is
@@ -320,7 +321,7 @@ def test_trained_checkpoint_logits_match_transformers(trained, packed):
     rounds is at least 6.5e-4 from a .5 boundary, 8.5x the largest difference between the two
     frameworks' ``x * a`` on it (7.6e-5, float32 summation order in RMSNorm / attention /
     mean|W|): no code can flip, so any gap here is a real disagreement (config, scales,
-    quantiser semantics), not a rounding-boundary accident. Measured: 1.9e-6.
+    quantiser semantics), not a rounding-boundary accident. Measured: 2.9e-6 (max|logit| 7.6).
     """
     model, exp = trained
     assert isinstance(model, TridentModel) and not any(m.is_packed for _, m in model.ternary_layers())
@@ -335,8 +336,8 @@ def test_trained_checkpoint_logits_match_transformers(trained, packed):
 def test_trained_checkpoint_quantises_like_transformers(trained):
     """Layer by layer on transformers' own inputs: identical int8 activation codes, identical
     ternary weights (a flipped weight code would move the output by ~max|x|/s = 1e-2), and the
-    same output to float32 rounding (measured <= 7e-7; the weight scale 1/mean|W| differs from
-    torch's by 1-2 ulp, <= 1.6e-7 relative, in about half the layers: the mean's summation order)."""
+    same output to float32 rounding (measured <= 9.6e-7; the weight scale 1/mean|W| differs from
+    torch's by 1-2 ulp, <= 1.8e-7 relative, in about half the layers: the mean's summation order)."""
     model, exp = trained
     layers = dict(model.ternary_layers())
     names = _names(exp, "in/")
