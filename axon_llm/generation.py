@@ -159,7 +159,8 @@ def generation_config_to_dict(cfg: GenerationConfig, model_config=None) -> dict:
     out: dict = {"bos_token_id": getattr(model_config, "bos_token_id", None),
                  "eos_token_id": None if not eos else eos[0] if len(eos) == 1 else list(eos),
                  "pad_token_id": cfg.pad_token_id}
-    out = {k: v for k, v in out.items() if v is not None or k == "eos_token_id"}
+    if out["bos_token_id"] is None:             # eos / pad stay even when null: null overrides config.json
+        del out["bos_token_id"]
     if cfg.do_sample:
         out["do_sample"] = True
     if cfg.max_new_tokens != DEFAULT_MAX_NEW_TOKENS:
