@@ -24,6 +24,7 @@ reordered so row ``i`` continues the beam it extends (:func:`reorder_cache`).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 
@@ -117,7 +118,9 @@ def generation_config_from_dict(d: dict, base: GenerationConfig | None = None) -
     that sampling without a ``top_k`` uses transformers' default 50 and ``do_sample`` absent
     means greedy; ``top_k: 0`` means no top-k (transformers' convention). ``bos_token_id`` and
     transformers-only keys (``max_length``, ``transformers_version`` ...) play no part in decoding
-    here and are ignored. A bad value raises :class:`GenerationError` naming the key.
+    here and are ignored. Token ids that are not ids raise :class:`GenerationError`; sampling
+    settings that cannot be used here (``temperature: -1``, beam search with sampling) are
+    dropped with a warning that names them, so the model still loads.
     """
     if not isinstance(d, dict):
         raise GenerationError(f"generation_config.json must hold a JSON object, got {type(d).__name__}")
@@ -131,20 +134,27 @@ def generation_config_from_dict(d: dict, base: GenerationConfig | None = None) -
     except (TypeError, ValueError, OverflowError):
         raise GenerationError(f"generation_config.json: eos_token_id={d.get('eos_token_id')!r} / "
                               f"pad_token_id={d.get('pad_token_id')!r} are not token ids") from None
-    for key in _HF_SAMPLING_KEYS:
-        if key in d and d[key] is not None:
-            changes[key] = d[key]
-    changes.setdefault("do_sample", False)
-    if changes["do_sample"] and "top_k" not in changes:
-        changes["top_k"] = TRANSFORMERS_DEFAULT_TOP_K
-    if changes.get("top_k") == 0:
-        changes["top_k"] = None
-    if isinstance(changes.get("stop_strings"), str):
-        changes["stop_strings"] = (changes["stop_strings"],)
     try:
-        return GenerationConfig(**{**cfg.__dict__, **changes})
+        cfg = GenerationConfig(**{**cfg.__dict__, **changes})
     except GenerationError as e:
         raise GenerationError(f"generation_config.json: {e}") from None
+    sampling = {key: d[key] for key in _HF_SAMPLING_KEYS if key in d and d[key] is not None}
+    sampling.setdefault("do_sample", False)
+    if sampling["do_sample"] and "top_k" not in sampling:
+        sampling["top_k"] = TRANSFORMERS_DEFAULT_TOP_K
+    if sampling.get("top_k") == 0:
+        sampling["top_k"] = None
+    if isinstance(sampling.get("stop_strings"), str):
+        sampling["stop_strings"] = (sampling["stop_strings"],)
+    try:
+        if not isinstance(sampling["do_sample"], bool):
+            raise GenerationError(f"do_sample must be true or false, got {sampling['do_sample']!r}")
+        return GenerationConfig(**{**cfg.__dict__, **sampling})
+    except GenerationError as e:
+        # transformers loads such a file and fails only when generating; here the model loads,
+        # keeps the file's token ids, and says which sampling default it cannot use
+        warnings.warn(f"generation_config.json: {e}; its sampling settings are ignored", stacklevel=2)
+        return cfg
 
 
 def generation_config_to_dict(cfg: GenerationConfig, model_config=None) -> dict:

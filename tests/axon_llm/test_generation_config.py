@@ -166,8 +166,8 @@ def test_generation_config_json_on_models_with_their_own_loader(fixtures_dir, tm
 
 
 @pytest.mark.parametrize("content, word", [("{not json", "JSON"), ("[2]", "object"),
-                                           ('{"temperature": -1}', "temperature"),
-                                           ('{"eos_token_id": "x"}', "eos_token_id")])
+                                           ('{"eos_token_id": "x"}', "eos_token_id"),
+                                           ('{"pad_token_id": -3}', "pad_token_id")])
 def test_bad_generation_config_json_names_the_file(fixtures_dir, tmp_path, content, word):
     from axon_llm.auto import from_pretrained
     from axon_llm.errors import ModelFormatError
@@ -177,6 +177,21 @@ def test_bad_generation_config_json_names_the_file(fixtures_dir, tmp_path, conte
     with pytest.raises(ModelFormatError, match=word) as info:
         from_pretrained(folder)
     assert "generation_config.json" in str(info.value)
+
+
+@pytest.mark.parametrize("sampling, word", [({"temperature": -1}, "temperature"),
+                                            ({"do_sample": True, "num_beams": 4}, "beam"),
+                                            ({"do_sample": "yes"}, "do_sample")])
+def test_unusable_sampling_defaults_warn_and_keep_the_token_ids(fixtures_dir, tmp_path, sampling, word):
+    import json
+
+    from axon_llm.auto import from_pretrained
+
+    folder = _copy_case(fixtures_dir, "llama", tmp_path)
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 7], **sampling}))
+    with pytest.warns(UserWarning, match=word):
+        cfg = from_pretrained(folder).generation_config
+    assert cfg.eos_token_ids == (2, 7) and cfg.is_greedy and cfg.num_beams == 1
 
 
 def test_save_pretrained_writes_generation_config_json_only_when_needed(tmp_path):
