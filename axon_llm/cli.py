@@ -213,6 +213,7 @@ def eos_token_ids(tokenizer, model) -> list[int]:
     add(getattr(special, "eos_token_ids", None))
     add(getattr(special, "eos_token_id", None))
     add(getattr(getattr(model, "config", None), "eos_token_id", None))
+    add(getattr(getattr(model, "generation_config", None), "eos_token_ids", None))   # generation_config.json
     return ids
 
 
