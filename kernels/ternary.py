@@ -121,7 +121,9 @@ def quantize_activations(x):
     x = x.astype(np.float32, copy=False)
     absmax = np.abs(x).max(axis=-1, keepdims=True) if x.shape[-1] else np.zeros(x.shape[:-1] + (1,), np.float32)
     bad = ~np.isfinite(absmax)  # [..., 1]
-    a = np.float32(127.0) / np.maximum(np.where(bad, np.float32(1.0), absmax), np.float32(1e-5))
+    # 127 * (1 / m), two float32 roundings: torch evaluates transformers' `127 / m` as m.reciprocal() * 127,
+    # and 127 / m rounded once differs from it in the last bit for ~1/4 of tokens (moving codes at ties)
+    a = np.float32(127.0) * (np.float32(1.0) / np.maximum(np.where(bad, np.float32(1.0), absmax), np.float32(1e-5)))
     q = np.clip(np.round(x * a), -128, 127)
     q = np.where(bad, np.float32(0.0), q).astype(np.int8)
     return q, np.where(bad, np.float32(np.nan), a).astype(np.float32)
@@ -174,7 +176,7 @@ def _quantize_tokens(x, q, a_out, q_sum):
             a_out[t] = np.nan
             q_sum[t] = 0
             continue
-        a = np.float32(127.0) / max(absmax, np.float32(1e-5))
+        a = np.float32(127.0) * (np.float32(1.0) / max(absmax, np.float32(1e-5)))  # as torch: see quantize_activations
         total = 0
         for i in range(n_in):
             r = min(max(np.rint(row[i] * a), np.float32(-128.0)), np.float32(127.0))

@@ -178,7 +178,7 @@ def _b158(x, w):
     """The recipe written out (architectures.md): dequantised int8 activations and ternary weights."""
     s = np.float32(1) / np.maximum(np.abs(w).mean(dtype=np.float32), np.float32(1e-5))
     wq = np.clip(np.round(w * s), -1, 1) / s
-    a = np.float32(127) / np.maximum(np.abs(x).max(axis=-1, keepdims=True), np.float32(1e-5))
+    a = np.float32(127) * (np.float32(1) / np.maximum(np.abs(x).max(axis=-1, keepdims=True), np.float32(1e-5)))
     xq = np.clip(np.round(x * a), -128, 127) / a
     return xq, wq
 

@@ -21,7 +21,7 @@ def weight_quant(w):
 
 def act_quant(x):
     x = x.astype(np.float32)
-    a = np.float32(127) / np.maximum(np.abs(x).max(-1, keepdims=True), np.float32(1e-5))
+    a = np.float32(127) * (np.float32(1) / np.maximum(np.abs(x).max(-1, keepdims=True), np.float32(1e-5)))  # torch's 127/m
     return np.clip(np.round(x * a), -128, 127) / a
 
 
