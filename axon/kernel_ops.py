@@ -68,12 +68,12 @@ def flash_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, windo
 
 
 # Below this many scores per head (Tq * Tk) the dense composite is faster: decoding one token
-# against a cache (Tq = 1) or attention over a hundred positions costs less as two BLAS calls
-# than as a parallel tiled kernel. benchmarks/bench_kernels.py measures both paths (table in
-# docs/kernels.md): on one thread the composite wins at Tq = 1 (0.07 vs 0.12 ms forward) and at
-# Tq = Tk = 128 (forward), the two are even at 256 and flash wins 2.5x at 512, where the
-# composite's T x T score matrices also start to cost real memory.
-FLASH_MIN_SCORES = 1 << 15
+# against a cache (Tq = 1) or attention over a few hundred positions costs less as two BLAS
+# calls than as the tiled kernel. benchmarks/bench_kernels.py times both paths (tables in
+# docs/kernels.md): the composite wins at Tq = 1 and Tq = Tk = 128, the two are close at 256,
+# flash wins forward + backward at 512 in every run (1.1-5x) and from there on the gap and the
+# composite's T x T score matrices only grow.
+FLASH_MIN_SCORES = 1 << 17
 
 
 def can_use_flash(q: Tensor, k: Tensor, v: Tensor, mask, dropout_p: float, is_causal: bool, window) -> bool:

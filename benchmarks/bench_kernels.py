@@ -233,6 +233,7 @@ def main(argv=None):
     ap.add_argument("--jit-cost", action="store_true", help="also time cold/warm JIT in fresh processes")
     ap.add_argument("--threads", type=int, default=None, help="Numba threads (default: all; BLAS keeps its own setting)")
     args = ap.parse_args(argv)
+    import kernels  # noqa: F401  (first: it sets OMP_WAIT_POLICY before Numba's OpenMP threads start)
     import numba
 
     if args.threads is not None:

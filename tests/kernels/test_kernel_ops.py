@@ -60,20 +60,20 @@ def test_flash_attention_gradcheck(causal, window, tq):
 
 def test_sdpa_dispatches_to_flash_only_without_mask_and_dropout():
     rng = np.random.default_rng(0)
-    tq, tk = 160, 224  # Tq * Tk >= FLASH_MIN_SCORES
+    tq, tk = 320, 448  # Tq * Tk >= FLASH_MIN_SCORES
     assert tq * tk >= kernel_ops.FLASH_MIN_SCORES
     q = axon.tensor(rng.standard_normal((1, 4, tq, 8)).astype(np.float32), requires_grad=True)
     k = axon.tensor(rng.standard_normal((1, 2, tk, 8)).astype(np.float32), requires_grad=True)
     v = axon.tensor(rng.standard_normal((1, 2, tk, 8)).astype(np.float32), requires_grad=True)
-    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, window=40)
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=True, window=80)
     assert out._ctx.fn is kernel_ops.FlashAttention
-    want = _sdpa_reference(q, k, v, None, 0.0, True, 8 ** -0.5, 40)
+    want = _sdpa_reference(q, k, v, None, 0.0, True, 8 ** -0.5, 80)
     np.testing.assert_allclose(out.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
     dout = rng.standard_normal(out.shape).astype(np.float32)
     (out * axon.tensor(dout)).sum().backward()
     got = [t.grad.numpy() for t in (q, k, v)]
     ref_in = [axon.tensor(t.numpy(), requires_grad=True) for t in (q, k, v)]
-    (_sdpa_reference(*ref_in, None, 0.0, True, 8 ** -0.5, 40) * axon.tensor(dout)).sum().backward()
+    (_sdpa_reference(*ref_in, None, 0.0, True, 8 ** -0.5, 80) * axon.tensor(dout)).sum().backward()
     for g, t in zip(got, ref_in):
         np.testing.assert_allclose(g, t.grad.numpy(), rtol=1e-4, atol=1e-5)
     mask = np.ones((tq, tk), dtype=bool)
