@@ -8,7 +8,10 @@ The b1.58 recipe (Ma et al. 2024; transformers' ``AutoBitLinear``)::
                 xq = clip(round(x a), -128, 127) / a
     y = xq @ Wq^T (+ bias)
 
-``round`` is round-half-to-even (``np.round``, as ``torch.round``).
+``round`` is round-half-to-even (``np.round``, as ``torch.round``), and ``a`` is evaluated as torch
+evaluates transformers' ``127 / max|x|`` -- ``(1 / max|x|) * 127``, two float32 roundings -- so
+that the codes are bit-identical to transformers' for the same input, exact .5 ties included
+(``kernels.quantize_activations``; docs/models/trident.md).
 
 Training (``TernaryLinear`` with its float ``weight``): both quantisers are applied in the
 forward pass and their gradient is the identity (straight-through estimator), so the float
