@@ -79,13 +79,11 @@ FLASH_MIN_SCORES = 1 << 17
 def can_use_flash(q: Tensor, k: Tensor, v: Tensor, mask, dropout_p: float, is_causal: bool, window) -> bool:
     """True when `scaled_dot_product_attention` should run the flash kernel.
 
-    It must mean exactly what the kernel computes — no mask, no dropout, a window only together
-    with causal (the kernel's window is causal), at least one key, Tq <= Tk (the queries are the
-    last Tq positions), one float dtype — and be big enough to pay off (`FLASH_MIN_SCORES`).
+    It must mean exactly what the kernel computes — no mask, no dropout, at least one key,
+    Tq <= Tk (the queries are the last Tq positions), one float dtype; a window is causal in
+    both — and be big enough to pay off (`FLASH_MIN_SCORES`).
     """
     if mask is not None or dropout_p > 0.0:
-        return False
-    if window is not None and not is_causal:
         return False
     tq, tk = q.shape[2], k.shape[2]
     if tk == 0 or tq > tk or tq * tk < FLASH_MIN_SCORES:

@@ -5,7 +5,8 @@ all in float32:
 
     weights      s = 1 / max(mean|W|, 1e-5)                 one scale per tensor
                  t = clip(round(W s), -1, 1)                 ternary codes, W ~ t / s
-    activations  a = 127 / max(max|x|, 1e-5)                 one scale per token (last axis)
+    activations  a = 127 / max(max|x|, 1e-5)                 one scale per token (last axis),
+                                                             evaluated as 127 * (1 / m) like torch
                  q = clip(round(x a), -128, 127)             int8, x ~ q / a
     output       y = (q @ t^T) / (a s)                       integer accumulation, one rescale
 

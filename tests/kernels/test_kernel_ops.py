@@ -78,7 +78,9 @@ def test_sdpa_dispatches_to_flash_only_without_mask_and_dropout():
         np.testing.assert_allclose(g, t.grad.numpy(), rtol=1e-4, atol=1e-5)
     mask = np.ones((tq, tk), dtype=bool)
     assert F.scaled_dot_product_attention(q, k, v, attn_mask=mask)._ctx.fn is not kernel_ops.FlashAttention
-    assert F.scaled_dot_product_attention(q, k, v, window=4)._ctx.fn is not kernel_ops.FlashAttention  # non-causal window
+    windowed = F.scaled_dot_product_attention(q, k, v, window=80)  # a window implies causal in both
+    assert windowed._ctx.fn is kernel_ops.FlashAttention
+    np.testing.assert_allclose(windowed.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
     assert F.scaled_dot_product_attention(q, k, v, dropout_p=0.5)._ctx.fn is not kernel_ops.FlashAttention
     # one query against a cache: the dense composite is faster, and means the same
     step = F.scaled_dot_product_attention(q[:, :, -1:], k, v, is_causal=True)
