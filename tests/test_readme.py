@@ -45,27 +45,31 @@ def test_readme_opens_with_the_two_commands():
     assert bash[1].strip() in ci.splitlines(), ".ci/run must run the README's test command as written"
 
 
-def _cli_commands() -> list[tuple[str, str | None]]:
-    """(command, expected stdout text or None) for every axon-llm command in the bash blocks."""
+def _cli_commands() -> list[tuple[str, str | None, str | None]]:
+    """(command, its stdin or None, expected stdout text or None) for every axon-llm command in the bash blocks."""
     found = []
     for body in _blocks("bash"):
         lines = body.strip().splitlines()
         for i, line in enumerate(lines):
             cmd = line.split("&&")[-1].strip()
+            stdin = None
+            if cmd.startswith("echo ") and "| axon-llm" in cmd:           # echo "TEXT" | axon-llm ...
+                piped, cmd = (part.strip() for part in cmd.split("|", 1))
+                stdin = shlex.split(piped)[1] + "\n"
             if not cmd.startswith("axon-llm"):
                 continue
             nxt = lines[i + 1].strip() if i + 1 < len(lines) else ""
             expect = nxt[1:].strip() if nxt.startswith("#") else None
-            found.append((cmd, expect))
+            found.append((cmd, stdin, expect))
     return found
 
 
 @pytest.mark.realmodel
-@pytest.mark.parametrize("command, expect", _cli_commands(), ids=lambda c: str(c)[:60])
-def test_readme_cli_command(command, expect):
+@pytest.mark.parametrize("command, stdin, expect", _cli_commands(), ids=lambda c: str(c)[:60])
+def test_readme_cli_command(command, stdin, expect):
     argv = shlex.split(command)
     proc = subprocess.run([sys.executable, "-m", "axon_llm", *argv[1:]], capture_output=True, text=True,
-                          timeout=600, stdin=subprocess.DEVNULL)
+                          timeout=600, input=stdin if stdin is not None else "")
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
     if expect is not None:
