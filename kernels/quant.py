@@ -42,6 +42,7 @@ offset = -(dmin * mn): every stored value is exactly the float32 the definition 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numba
@@ -455,6 +456,35 @@ def _unpack_q8(qs, scale, t0, t1, out):
                     out[row, g * bsz + j] = s * np.float32(qs[t, g, j, r])
 
 
+def _dense_q4(qs, scale, offset, t0, t1, out):
+    """Tiles [t0, t1) of the q4 layout -> out float32 [in, (t1-t0)*R], i.e. W[rows].T, written in
+    runs of R contiguous floats (reads and writes both run along rows, so the loop vectorises)."""
+    _, groups, _, rr = qs.shape
+    for t in prange(t0, t1):
+        c = (t - t0) * rr
+        for g in range(groups):
+            for j in range(16):
+                lo = out[g * 32 + j, c:c + rr]
+                hi = out[g * 32 + 16 + j, c:c + rr]
+                for r in range(rr):
+                    v = np.float32(qs[t, g, j, r])
+                    h = np.floor(v * np.float32(0.0625))
+                    lo[r] = scale[t, g, r] * (v - np.float32(16.0) * h) + offset[t, g, r]
+                    hi[r] = scale[t, g, r] * h + offset[t, g, r]
+
+
+def _dense_q8(qs, scale, t0, t1, out):
+    """Tiles [t0, t1) of the q8 layout -> out float32 [in, (t1-t0)*R] (see _dense_q4)."""
+    _, groups, bsz, rr = qs.shape
+    for t in prange(t0, t1):
+        c = (t - t0) * rr
+        for g in range(groups):
+            for j in range(bsz):
+                o = out[g * bsz + j, c:c + rr]
+                for r in range(rr):
+                    o[r] = scale[t, g, r] * np.float32(qs[t, g, j, r])
+
+
 # Each kernel is compiled twice: multi-threaded for big matrices, single-threaded for small ones,
 # where waking the thread pool costs more than it saves (and stalls badly on a busy machine).
 _matvec_q4_nb = njit(cache=True, parallel=True, nogil=True)(_matvec_q4)
@@ -469,6 +499,10 @@ _unpack_q4_nb = njit(cache=True, parallel=True, nogil=True)(_unpack_q4)
 _unpack_q4_serial_nb = njit(cache=True, nogil=True)(_unpack_q4)
 _unpack_q8_nb = njit(cache=True, parallel=True, nogil=True)(_unpack_q8)
 _unpack_q8_serial_nb = njit(cache=True, nogil=True)(_unpack_q8)
+_dense_q4_nb = njit(cache=True, parallel=True, nogil=True)(_dense_q4)
+_dense_q4_serial_nb = njit(cache=True, nogil=True)(_dense_q4)
+_dense_q8_nb = njit(cache=True, parallel=True, nogil=True)(_dense_q8)
+_dense_q8_serial_nb = njit(cache=True, nogil=True)(_dense_q8)
 
 
 @njit(cache=True, nogil=True)
@@ -552,13 +586,46 @@ def quant_matvec(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
     return y[:w.out_features]
 
 
+_scratch = threading.local()
+
+
+def _scratch_floats(n: int) -> np.ndarray:
+    """A float32 buffer of ``n`` elements reused across calls (one per thread): dequantised
+    chunks land here, so a prefill does not allocate (and page-fault) megabytes per matmul."""
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf.size < n:
+        buf = np.empty(n, np.float32)
+        _scratch.buf = buf
+    return buf[:n]
+
+
+def _dense_matmul(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
+    """x @ W.T for many tokens: dequantise tile chunks (<= 8 MB, the same chunks as the
+    reference) as W.T into a reused buffer, then one BLAS sgemm per chunk (compute-bound)."""
+    ntok, cols = x.shape
+    y = np.empty((ntok, w.out_features), np.float32)
+    for t0, t1 in _tile_chunks(w):
+        r0, r1 = t0 * TILE_ROWS, min(t1 * TILE_ROWS, w.out_features)
+        n = (t1 - t0) * TILE_ROWS
+        dense = _scratch_floats(cols * n).reshape(cols, n)                     # [in, chunk rows]
+        if w.kind == "q4":
+            _kernel("dense_q4", dense.nbytes)(w.qs, w.scale, w.offset, t0, t1, dense)
+        else:
+            _kernel("dense_q8", dense.nbytes)(w.qs, w.scale, t0, t1, dense)
+        if r0 == 0 and r1 == w.out_features and n == r1:
+            return np.matmul(x, dense, out=y)                                  # [T, in] @ [in, out]
+        np.matmul(x, dense[:, :r1 - r0], out=y[:, r0:r1])                      # [T, in] @ [in, rows]
+    return y
+
+
 def quant_matmul(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
     """y = x @ dequantize(W).T: x [T, in] float -> float32 [T, out].
 
     Up to MATVEC_LOOP_MAX_TOKENS tokens the matvec kernel runs once per token (it beats any
     fused form there); up to FUSED_MATMUL_MAX_TOKENS a fused kernel dequantises each group once
-    for all tokens; longer inputs (prefill) dequantise 8 MB row chunks and use BLAS sgemm, which is
-    compute-bound there and faster than any loop written here.
+    for all tokens; longer inputs (prefill) dequantise W.T in chunks of at most 8 MB into a
+    reused buffer and call BLAS sgemm per chunk, which is compute-bound there and faster than
+    any loop written here (:func:`_dense_matmul`).
     """
     if not _jit_enabled():
         return quant_matmul_ref(w, x)
@@ -567,10 +634,7 @@ def quant_matmul(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
     if ntok <= MATVEC_LOOP_MAX_TOKENS:   # a few tokens: the matvec kernel per token is fastest
         return np.stack([quant_matvec(w, row) for row in x])                   # [T, out]
     if ntok > FUSED_MATMUL_MAX_TOKENS:
-        y = np.empty((ntok, w.out_features), np.float32)
-        for r0, r1 in _row_chunks(w):
-            y[:, r0:r1] = x @ unpack(w, r0, r1).T                             # [T, in] @ [in, rows]
-        return y
+        return _dense_matmul(w, x)
     y = np.empty((ntok, w.qs.shape[0] * TILE_ROWS), np.float32)
     work = w.nbytes * ntok
     if w.kind == "q4":

@@ -127,15 +127,36 @@ def test_raw_numba_functions_on_small_inputs(qtype, variant):
     y = np.empty(w.qs.shape[0] * TILE_ROWS, np.float32)
     ym = np.empty((2, w.qs.shape[0] * TILE_ROWS), np.float32)
     out = np.empty((w.qs.shape[0] * TILE_ROWS, cols), np.float32)
-    fn = {name: getattr(quant, f"_{name}_{w.kind}{variant}") for name in ("matvec", "matmul", "unpack")}
+    out_t = np.empty((cols, TILE_ROWS), np.float32)
+    fn = {name: getattr(quant, f"_{name}_{w.kind}{variant}") for name in ("matvec", "matmul", "unpack", "dense")}
     extra = (w.offset,) if w.kind == "q4" else ()
     fn["matvec"](w.qs, w.scale, *extra, x[0], y)
     fn["matmul"](w.qs, w.scale, *extra, x, ym)
     fn["unpack"](w.qs, w.scale, *extra, 0, w.qs.shape[0], out)
+    fn["dense"](w.qs, w.scale, *extra, 1, 2, out_t)                  # the second tile, transposed
     dense = unpack_ref(w)
     np.testing.assert_array_equal(out[:rows], dense)
+    np.testing.assert_array_equal(out_t, quant.dense_tiles_ref(w, 1, 2)[0])
     np.testing.assert_allclose(y[:rows], dense @ x[0], rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(ym[:, :rows], x @ dense.T, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0"])
+def test_prefill_matmul_over_several_chunks_equals_reference(qtype, monkeypatch):
+    """The prefill path dequantises W.T chunk by chunk into one reused buffer; with chunks of
+    two tiles, a 3-tile matrix (last tile partly padding) takes two chunks of different sizes."""
+    monkeypatch.setattr(quant, "_CHUNK_FLOATS", 2 * TILE_ROWS * 256)
+    rows, cols = 2 * TILE_ROWS + 7, 256
+    w = pack(qtype, random_raw(qtype, rows, cols, 5), (rows, cols))
+    x = np.random.default_rng(5).standard_normal((quant.FUSED_MATMUL_MAX_TOKENS + 3, cols)).astype(np.float32)
+    dense = np.abs(unpack_ref(w)).astype(np.float64)
+    bound = np.stack([_tol(dense, np.abs(xi).astype(np.float64)) for xi in x])
+    for _ in range(2):                                   # the second call reuses the scratch buffer
+        y = quant_matmul(w, x)
+        assert y.shape == (x.shape[0], rows) and y.dtype == np.float32 and y.flags.c_contiguous
+        assert np.all(np.abs(y - quant_matmul_ref(w, x)) <= bound)
+    small = pack(qtype, random_raw(qtype, 5, cols, 6), (5, cols))      # one chunk, smaller than the buffer
+    np.testing.assert_allclose(quant_matmul(small, x), x @ unpack_ref(small).T, rtol=1e-4, atol=1e-4)
 
 
 def test_bad_inputs_raise_clear_errors():
