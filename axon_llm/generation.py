@@ -24,6 +24,7 @@ reordered so row ``i`` continues the beam it extends (:func:`reorder_cache`).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import warnings
 
 import numpy as np
@@ -233,10 +234,16 @@ class _Rows:
 
     def __init__(self, model, ids: np.ndarray, mask: np.ndarray | None, cache):
         self.model, self.mask, self.cache = model, mask, cache
+        forward = getattr(model, "forward", None)
+        try:       # models that can skip the LM head for all but the last position (transformers' logits_to_keep)
+            self.keep_last = callable(forward) and "logits_to_keep" in inspect.signature(forward).parameters
+        except (TypeError, ValueError):
+            self.keep_last = False
 
     def forward(self, new_ids: np.ndarray) -> np.ndarray:
         """Feed ``new_ids [B, t]`` through the cache; the last position's logits ``[B, V]`` (the model's dtype)."""
-        logits = self.model(new_ids, attention_mask=self.mask, cache=self.cache)   # [B, t, V]
+        extra = {"logits_to_keep": 1} if self.keep_last else {}
+        logits = self.model(new_ids, attention_mask=self.mask, cache=self.cache, **extra)   # [B, t or 1, V]
         return np.array(logits.numpy()[:, -1] if hasattr(logits, "numpy") else np.asarray(logits)[:, -1])
 
     def append_mask(self) -> None:

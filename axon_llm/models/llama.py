@@ -99,14 +99,21 @@ class LLaMAForCausalLM(CausalLM):
             self.lm_head.weight = self.model.embed_tokens.weight
             self.tied_keys = ("lm_head.weight",)
 
-    def run(self, input_ids, attention_mask=None, cache=None):
+    def run(self, input_ids, attention_mask=None, cache=None, logits_to_keep: int = 0):
         """``(logits [B, T, V], ctx)``: the forward pass plus its AttentionContext (router logits ...)."""
         ids = self.token_ids(input_ids)
         ctx = AttentionContext.build(ids.shape[0], ids.shape[1], attention_mask, cache)
         h = self.model(ids, ctx)                                            # [B, T, d]
         ctx.finish()
-        return self.lm_head(h), ctx                                         # [B, T, V]
+        if logits_to_keep:
+            h = h[:, -int(logits_to_keep):]                                 # [B, T, d] -> [B, n, d]
+        return self.lm_head(h), ctx                                         # [B, T or n, V]
 
-    def forward(self, input_ids, attention_mask=None, cache=None):
-        """ids ``[B, T]`` -> logits ``[B, T, V]``; advances ``cache`` by ``T`` when given."""
-        return self.run(input_ids, attention_mask, cache)[0]
+    def forward(self, input_ids, attention_mask=None, cache=None, logits_to_keep: int = 0):
+        """ids ``[B, T]`` -> logits ``[B, T, V]``; advances ``cache`` by ``T`` when given.
+
+        ``logits_to_keep=n > 0`` computes the logits of the last ``n`` positions only, ``[B, n, V]``
+        (transformers' ``logits_to_keep``): generation's prefill needs just the last one, and the
+        LM head over the whole vocabulary is a fifth of a small model's prefill work.
+        """
+        return self.run(input_ids, attention_mask, cache, logits_to_keep)[0]

@@ -61,6 +61,20 @@ def test_generate_shapes_and_tied_head():
     np.testing.assert_array_equal(out[:, :3], [[1, 2, 3]])
 
 
+def test_logits_to_keep_gives_the_last_positions_and_generate_uses_it():
+    model = LLaMAForCausalLM(micro()).eval()
+    ids = np.random.default_rng(2).integers(0, 50, (2, 6))
+    full = model(ids).numpy()                                               # [2, 6, 50]
+    # equal up to float32 rounding: BLAS may sum in another order for a different number of rows
+    np.testing.assert_allclose(model(ids, logits_to_keep=1).numpy(), full[:, -1:], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model(ids, logits_to_keep=3).numpy(), full[:, -3:], rtol=1e-5, atol=1e-6)
+    seen = []
+    head = model.lm_head.forward
+    model.lm_head.forward = lambda h: seen.append(tuple(h.shape)) or head(h)
+    model.generate(ids, max_new_tokens=2, eos_token_id=None)
+    assert seen == [(2, 1, 16), (2, 1, 16)]                                 # prefill: last position only
+
+
 def test_input_ids_as_tensor_list_or_1d():
     model = LLaMAForCausalLM(micro()).eval()
     ids = np.array([[1, 2, 3]])
