@@ -167,10 +167,12 @@ class Function:
 
     @staticmethod
     def forward(ctx, *args, **kwargs):  # pragma: no cover - interface
+        """Compute the output array from the input arrays; save what backward needs on ``ctx``."""
         raise NotImplementedError
 
     @staticmethod
     def backward(ctx, grad):  # pragma: no cover - interface
+        """Map ``grad`` (the output's shape) to one gradient array (or None) per positional input."""
         raise NotImplementedError
 
     @classmethod

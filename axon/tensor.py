@@ -24,6 +24,7 @@ _FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64
 _SUPPORTED_KINDS = "fiub"
 
 ValuesIndices = namedtuple("ValuesIndices", ["values", "indices"])
+ValuesIndices.__doc__ = """(values, indices) returned by ``max(dim)``, ``min(dim)``, ``topk``, ``sort``: two tensors of the same shape."""
 
 
 def _to_array(data, dtype=None) -> np.ndarray:
@@ -468,21 +469,27 @@ class Tensor:
             raise ValueError(f"cannot compare shapes {self.shape} and {np.shape(o)}: {err}") from None
 
     def __eq__(self, other):
+        """Elementwise ``self == other`` (broadcast) -> bool tensor; also ``t.eq(other)``."""
         return self._compare(other, np.equal)
 
     def __ne__(self, other):
+        """Elementwise ``self != other`` (broadcast) -> bool tensor; also ``t.ne(other)``."""
         return self._compare(other, np.not_equal)
 
     def __lt__(self, other):
+        """Elementwise ``self < other`` (broadcast) -> bool tensor; also ``t.lt(other)``."""
         return self._compare(other, np.less)
 
     def __le__(self, other):
+        """Elementwise ``self <= other`` (broadcast) -> bool tensor; also ``t.le(other)``."""
         return self._compare(other, np.less_equal)
 
     def __gt__(self, other):
+        """Elementwise ``self > other`` (broadcast) -> bool tensor; also ``t.gt(other)``."""
         return self._compare(other, np.greater)
 
     def __ge__(self, other):
+        """Elementwise ``self >= other`` (broadcast) -> bool tensor; also ``t.ge(other)``."""
         return self._compare(other, np.greater_equal)
 
     eq, ne, lt, le, gt, ge = __eq__, __ne__, __lt__, __le__, __gt__, __ge__

@@ -306,6 +306,7 @@ class BertConfig(ModelConfig):
                                    "supported: absolute")
 
     def to_dict(self) -> dict[str, Any]:
+        """The config.json dict, with id2label / label2id written out as transformers does."""
         out = super().to_dict()
         labels = self.id2label
         out["id2label"] = {str(k): v for k, v in labels.items()}
@@ -413,6 +414,7 @@ class LLaMAConfig(ModelConfig):
         return int(self.head_dim * self.partial_rotary_factor)
 
     def to_dict(self) -> dict[str, Any]:
+        """The config.json dict; ``partial_rotary_factor`` is left out when it is 1.0."""
         out = super().to_dict()
         if self.partial_rotary_factor == 1.0:
             out.pop("partial_rotary_factor")
@@ -505,6 +507,7 @@ class MistralConfig(LLaMAConfig):
         return self.num_local_experts is not None
 
     def to_dict(self) -> dict[str, Any]:
+        """The config.json dict: model_type "mixtral" with the MoE keys when ``is_moe``, else Mistral's without them."""
         out = super().to_dict()
         if self.is_moe:
             out["model_type"], out["architectures"] = "mixtral", ["MixtralForCausalLM"]
@@ -676,6 +679,7 @@ class Phi3Config(PhiConfig):
     pad_token_id: int | None = 32000
 
     def to_dict(self) -> dict[str, Any]:
+        """The config.json dict, without the Phi-1/2 keys Phi-3 does not have (layer_norm_eps, qk_layernorm)."""
         out = super().to_dict()
         for k in ("layer_norm_eps", "qk_layernorm"):
             out.pop(k)

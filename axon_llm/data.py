@@ -183,6 +183,7 @@ class TokenDataset:
 
     @property
     def window(self) -> int:
+        """Tokens cut per example: ``seq_len + 1`` for causal LM (inputs and shifted labels), ``seq_len`` for MLM."""
         return self.seq_len + (0 if self.mlm else 1)
 
     def _make(self, windows: np.ndarray, rng: np.random.Generator) -> Batch:

@@ -86,18 +86,23 @@ class SingleProcess(World):
     rank, size = 0, 1
 
     def broadcast_arrays(self, arrays):
+        """Nothing to do: this process is rank 0."""
         return None
 
     def allreduce_sum_(self, arrays):
+        """Nothing to do: the sum over one rank is the array itself."""
         return None
 
     def allreduce_scalar(self, value: float) -> float:
+        """``value`` as a float (the sum over one rank)."""
         return float(value)
 
     def broadcast_object(self, obj):
+        """``obj`` itself."""
         return obj
 
     def barrier(self) -> None:
+        """Nothing to wait for."""
         return None
 
 
@@ -133,6 +138,7 @@ class MPIWorld(World):
         return buf[:n]
 
     def broadcast_arrays(self, arrays):
+        """Overwrite every array in place with rank 0's values (one ``Bcast`` of a fused buffer)."""
         if not arrays:
             return
         buf = self._buffer(arrays)
@@ -145,6 +151,7 @@ class MPIWorld(World):
             a[...] = v
 
     def allreduce_sum_(self, arrays):
+        """Replace every array in place by its sum over the ranks (one ``Allreduce`` of a fused buffer)."""
         if not arrays:
             return
         buf = self._buffer(arrays)                                     # [sum of sizes]
@@ -156,15 +163,19 @@ class MPIWorld(World):
             a[...] = v
 
     def allreduce_scalar(self, value: float) -> float:
+        """Sum of a float over the ranks."""
         return float(self.comm.allreduce(float(value), op=self.MPI.SUM))
 
     def broadcast_object(self, obj):
+        """Rank 0's ``obj`` (pickled) on every rank."""
         return self.comm.bcast(obj, root=0)
 
     def barrier(self) -> None:
+        """Wait for every rank."""
         self.comm.Barrier()
 
     def abort(self, code: int = 1) -> None:
+        """Flush stdout/stderr and stop every rank with ``MPI_Abort(code)``."""
         sys.stdout.flush()
         sys.stderr.flush()
         self.comm.Abort(code)

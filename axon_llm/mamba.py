@@ -60,6 +60,7 @@ class MambaState:
 
     @property
     def nbytes(self) -> int:
+        """Bytes held by the two state arrays."""
         return self.conv_state.nbytes + self.ssm_state.nbytes
 
 

@@ -101,6 +101,7 @@ class QuantizedLinear(nn.Module):
         return lin
 
     def extra_repr(self) -> str:
+        """Sizes, quantisation type, bias and bytes of the packed blocks, shown by ``repr(module)``."""
         return (f"in_features={self.in_features}, out_features={self.out_features}, qtype={self.qtype}, "
                 f"bias={self.bias is not None}, bytes={self.qweight.nbytes}")
 
@@ -132,6 +133,7 @@ class QuantizedEmbedding(nn.Module):
         return emb
 
     def extra_repr(self) -> str:
+        """Sizes, quantisation type and bytes of the packed blocks, shown by ``repr(module)``."""
         return f"{self.num_embeddings}, {self.embedding_dim}, qtype={self.qtype}, bytes={self.qweight.nbytes}"
 
 

@@ -108,6 +108,7 @@ class TernaryLinear(nn.Module):
 
     @property
     def is_packed(self) -> bool:
+        """True after :meth:`pack` (forward then runs the 2-bit integer kernel)."""
         return self.packed is not None
 
     def pack(self) -> "TernaryLinear":
@@ -152,5 +153,6 @@ class TernaryLinear(nn.Module):
         return kernel_ops.ternary_linear(x, self.weight, self.bias)   # quantise both, STE backward
 
     def extra_repr(self) -> str:
+        """The layer's sizes, bias and packed state, shown by ``repr(module)``."""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, packed={self.is_packed}")

@@ -324,6 +324,7 @@ class Trainer:
 
     # -- setup ------------------------------------------------------------------------------
     def setup(self) -> None:
+        """Validate the arguments, read the text, build (or resume) the model, optimizer and schedule."""
         a = self.args
         a.validate()
         out = Path(a.out)

@@ -49,9 +49,11 @@ class Linear(Module):
             self.register_parameter("bias", None)
 
     def forward(self, x):
+        """[*, in_features] -> [*, out_features]."""
         return F.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
+        """The constructor arguments, shown by ``repr(module)``."""
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
 
 
@@ -73,9 +75,11 @@ class Embedding(Module):
         self.weight = Parameter.lazy((num_embeddings, embedding_dim), fill, dtype)
 
     def forward(self, ids):
+        """Integer ids [*] -> rows of ``weight`` [*, embedding_dim]."""
         return F.embedding(ids, self.weight, self.padding_idx)
 
     def extra_repr(self) -> str:
+        """The constructor arguments, shown by ``repr(module)``."""
         pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
         return f"{self.num_embeddings}, {self.embedding_dim}{pad}"
 
@@ -95,9 +99,11 @@ class LayerNorm(Module):
                 self.register_parameter(name, None)
 
     def forward(self, x):
+        """[*, *normalized_shape] -> same shape, normalised over the trailing dims."""
         return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
 
     def extra_repr(self) -> str:
+        """The constructor arguments, shown by ``repr(module)``."""
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.weight is not None}"
 
 
@@ -113,9 +119,11 @@ class RMSNorm(Module):
             self.register_parameter("weight", None)
 
     def forward(self, x):
+        """[*, dim] -> same shape, divided by the RMS of the last dim and scaled by ``weight``."""
         return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
 
     def extra_repr(self) -> str:
+        """The constructor arguments, shown by ``repr(module)``."""
         return f"{self.normalized_shape}, eps={self.eps}"
 
 
@@ -129,9 +137,11 @@ class Dropout(Module):
         self.p = p
 
     def forward(self, x):
+        """Zero each element with probability ``p`` and scale the rest by 1/(1-p) while training; same shape."""
         return F.dropout(x, self.p, self.training)
 
     def extra_repr(self) -> str:
+        """The constructor arguments, shown by ``repr(module)``."""
         return f"p={self.p}"
 
 
@@ -152,9 +162,11 @@ class Conv1d(Module):
             self.register_parameter("bias", None)
 
     def forward(self, x):
+        """[B, in_channels, L] -> [B, out_channels, L_out]."""
         return F.conv1d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
+        """The constructor arguments, shown by ``repr(module)``."""
         s = f"{self.in_channels}, {self.out_channels}, kernel_size=({self.kernel_size},), stride=({self.stride},)"
         if self.padding:
             s += f", padding={self.padding!r}" if isinstance(self.padding, str) else f", padding=({self.padding},)"
@@ -168,12 +180,16 @@ class Conv1d(Module):
 
 
 class Identity(Module):
+    """Returns its input unchanged (a placeholder where a layer is optional)."""
+
     def forward(self, x):
+        """Return ``x`` itself."""
         return x
 
 
 def _activation(name: str, fn, doc: str):
     def forward(self, x):
+        """Apply the activation elementwise; output shape = input shape."""
         return fn(x)
 
     return type(name, (Module,), {"forward": forward, "__doc__": doc})
@@ -188,9 +204,11 @@ class GELU(Module):
         self.approximate = approximate
 
     def forward(self, x):
+        """Apply GELU elementwise; output shape = input shape."""
         return F.gelu(x, approximate=self.approximate)
 
     def extra_repr(self) -> str:
+        """The constructor arguments, shown by ``repr(module)``."""
         return f"approximate={self.approximate!r}" if self.approximate != "none" else ""
 
 
@@ -201,11 +219,14 @@ Sigmoid = _activation("Sigmoid", F.sigmoid, "1 / (1 + exp(-x)).")
 
 
 class Softmax(Module):
+    """Softmax along ``dim`` (default the last)."""
+
     def __init__(self, dim: int = -1):
         super().__init__()
         self.dim = dim
 
     def forward(self, x):
+        """Probabilities along ``self.dim``; output shape = input shape."""
         return F.softmax(x, self.dim)
 
 
@@ -305,6 +326,7 @@ class Sequential(Module):
                 self.add_module(str(i), m)
 
     def forward(self, x):
+        """Feed ``x`` through each module in order and return the last output."""
         for m in self._modules.values():
             x = m(x)
         return x

@@ -22,10 +22,11 @@ class LRScheduler:
         self.step()
 
     def factor(self, step: int) -> float:  # pragma: no cover - interface
+        """The multiplier of the base learning rate at ``step``."""
         raise NotImplementedError
 
     def step(self) -> None:
-        """The multiplier of the base learning rate at ``step``."""
+        """Advance one step and set each group's lr to ``base_lr * factor(last_epoch)``."""
         self.last_epoch += 1
         f = self.factor(self.last_epoch)
         for g, base in zip(self.optimizer.param_groups, self.base_lrs):

@@ -57,10 +57,11 @@ class Optimizer:
                     p.grad.data[...] = 0
 
     def step(self) -> None:  # pragma: no cover - interface
+        """Apply one update to every parameter that has a gradient."""
         raise NotImplementedError
 
     def _params_with_grad(self, group):
-        """Apply one update to every parameter that has a gradient."""
+        """Yield (param, its array, its gradient array, its state dict) for each param of ``group`` with a grad."""
         for p in group["params"]:
             if p.grad is not None:
                 yield p, p.data, p.grad.data, self.state.setdefault(id(p), {})

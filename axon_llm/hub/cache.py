@@ -125,14 +125,17 @@ class RepoCache:
 
     @property
     def folder(self) -> Path:
+        """``<root>/models--<owner>--<name>``, huggingface_hub's folder name for the repo."""
         return self.root / ("models--" + self.repo_id.replace("/", "--"))
 
     @property
     def blobs(self) -> Path:
+        """``<folder>/blobs``: file contents, named by their sha256."""
         return self.folder / "blobs"
 
     @property
     def locks(self) -> Path:
+        """``<folder>/.locks``: one lock file per (revision, filename) being downloaded."""
         return self.folder / ".locks"
 
     def key(self, revision: str, filename: str) -> str:
@@ -140,6 +143,7 @@ class RepoCache:
         return hashlib.sha256(f"{revision}\n{filename}".encode()).hexdigest()[:24]
 
     def lock_path(self, revision: str, filename: str) -> Path:
+        """The lock file that serialises downloads of (revision, filename)."""
         return self.locks / f"{self.key(revision, filename)}.lock"
 
     def temp_path(self, revision: str, filename: str) -> Path:
@@ -192,9 +196,11 @@ class RepoCache:
         marker.touch()
 
     def known_absent(self, folder_name: str, filename: str) -> bool:
+        """True when :meth:`mark_absent` recorded a 404 for this file of this snapshot."""
         return self._absence_marker(folder_name, filename).exists()
 
     def snapshot_path(self, folder_name: str, filename: str) -> Path:
+        """``<folder>/snapshots/<folder_name>/<filename>`` (the filename validated first)."""
         return self.folder / "snapshots" / folder_name / validate_filename(filename)
 
     def store_blob(self, tmp: Path, sha256: str) -> Path:

@@ -62,6 +62,7 @@ class LocalPackage:
 
     @property
     def install_command(self) -> str:
+        """The pip command that installs the package (``pip install --no-deps <pip>``)."""
         return f"pip install --no-deps {self.pip}"
 
 

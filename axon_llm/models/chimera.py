@@ -121,6 +121,7 @@ class ChimeraConfig(ModelConfig):
 
     @property
     def head_dim(self) -> int:
+        """Width of one attention head: hidden_size // num_attention_heads."""
         return self.hidden_size // self.num_attention_heads
 
     def num_parameters(self) -> int:

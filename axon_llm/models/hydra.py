@@ -89,6 +89,7 @@ class HydraConfig(ModelConfig):
 
     @property
     def head_dim(self) -> int:
+        """Width of one attention head: hidden_size // num_attention_heads."""
         return self.hidden_size // self.num_attention_heads
 
     @property
@@ -168,6 +169,7 @@ class WindowKVCache:
 
     @property
     def nbytes(self) -> int:
+        """Bytes held by the ring buffers (keys, values, mask)."""
         return self.k.nbytes + self.v.nbytes + self.mask.nbytes
 
 
@@ -251,6 +253,7 @@ class HydraCache:
 
     @property
     def seen(self) -> int:
+        """Tokens consumed so far (the same in every layer)."""
         return self.layers[0].seen if self.layers else 0
 
     def __len__(self) -> int:
@@ -258,6 +261,7 @@ class HydraCache:
 
     @property
     def nbytes(self) -> int:
+        """Bytes held by every layer's state."""
         return sum(s.nbytes for s in self.layers)
 
 

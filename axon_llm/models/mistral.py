@@ -29,11 +29,13 @@ class MistralDecoderLayer(LLaMADecoderLayer):
     """LLaMA's layer with a sliding window, and for Mixtral a sparse-MoE feed-forward."""
 
     def make_attention(self, config: MistralConfig, layer_idx, rotary) -> MultiHeadAttention:
+        """LLaMA's attention with ``sliding_window = config.sliding_window``."""
         attn = super().make_attention(config, layer_idx, rotary)
         attn.sliding_window = config.sliding_window          # diff vs LLaMA: sliding window
         return attn
 
     def make_feed_forward(self, config: MistralConfig) -> None:
+        """LLaMA's ``mlp`` for Mistral; a ``SparseMoE`` named ``block_sparse_moe`` for Mixtral."""
         if not config.is_moe:
             return super().make_feed_forward(config)
         # diff vs LLaMA (Mixtral): sparse MoE instead of the MLP, HF name block_sparse_moe
@@ -41,6 +43,7 @@ class MistralDecoderLayer(LLaMADecoderLayer):
                                           config.num_local_experts, config.num_experts_per_tok)
 
     def feed_forward(self, h, ctx: AttentionContext):
+        """``[B, T, d] -> [B, T, d]``; Mixtral also appends its router logits ``[B*T, E]`` to ``ctx.router_logits``."""
         if not hasattr(self, "block_sparse_moe"):
             return super().feed_forward(h, ctx)
         y, router_logits = self.block_sparse_moe(h)

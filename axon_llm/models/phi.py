@@ -48,6 +48,7 @@ class PhiAttention(MultiHeadAttention):
             self.k_layernorm = nn.LayerNorm(config.head_dim, eps=config.layer_norm_eps)
 
     def project_qkv(self, x):
+        """``x [B, T, d]`` -> ``q [B, H, T, Dh]``, ``k, v [B, Hkv, T, Dh]``, q and k LayerNormed per head if ``qk_layernorm``."""
         q, k, v = super().project_qkv(x)
         if self.qk_layernorm:
             q, k = self.q_layernorm(q), self.k_layernorm(k)
@@ -81,10 +82,12 @@ class Phi3Attention(MultiHeadAttention):
                          sliding_window=config.sliding_window, dropout=config.attention_dropout)
 
     def make_projections(self, hidden_size: int, bias: bool) -> None:
+        """One fused ``qkv_proj``: [d] -> [(H + 2 Hkv) Dh], q rows first, then k, then v."""
         out = (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
         self.qkv_proj = nn.Linear(hidden_size, out, bias=bias)
 
     def project_qkv(self, x):
+        """``x [B, T, d]`` -> ``q [B, H, T, Dh]``, ``k, v [B, Hkv, T, Dh]``, split from the fused projection."""
         qkv = self.qkv_proj(x)                                  # [B, T, (H + 2 Hkv) Dh]
         q_end = self.num_heads * self.head_dim
         k_end = q_end + self.num_kv_heads * self.head_dim
@@ -120,9 +123,11 @@ class Phi3DecoderLayer(LLaMADecoderLayer):
         self.resid_mlp_dropout = nn.Dropout(config.resid_pdrop)
 
     def make_attention(self, config, layer_idx, rotary):
+        """Phi-3's attention with the fused ``qkv_proj``."""
         return Phi3Attention(config, layer_idx, rotary)
 
     def make_feed_forward(self, config) -> None:
+        """Phi-3's MLP with the fused ``gate_up_proj``, HF name ``mlp``."""
         self.mlp = Phi3MLP(config)
 
     def forward(self, x, ctx: AttentionContext):

@@ -129,17 +129,20 @@ class SSMCache:
 
     @property
     def seen(self) -> int:
+        """Tokens consumed so far (the same in every layer)."""
         return self.layers[0].seen if self.layers else 0
 
     def __len__(self) -> int:
         return self.seen
 
     def reset(self) -> None:
+        """Zero every layer's state (back to before the first token)."""
         for s in self.layers:
             s.reset()
 
     @property
     def nbytes(self) -> int:
+        """Bytes held by every layer's state."""
         return sum(s.nbytes for s in self.layers)
 
 

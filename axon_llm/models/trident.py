@@ -116,6 +116,7 @@ class TridentConfig(ModelConfig):
 
     @property
     def head_dim(self) -> int:
+        """Width of one attention head: hidden_size // num_attention_heads."""
         return self.hidden_size // self.num_attention_heads
 
     def to_dict(self) -> dict[str, Any]:
@@ -203,6 +204,7 @@ class BitNetAttention(MultiHeadAttention):
         self.attn_sub_norm = nn.RMSNorm(H * Dh, eps=config.rms_norm_eps)
 
     def make_projections(self, hidden_size: int, bias: bool) -> None:
+        """Ternary ``q_proj`` [d] -> [H Dh], ``k_proj`` and ``v_proj`` [d] -> [Hkv Dh], no biases."""
         H, Hkv, Dh, std = self.num_heads, self.num_kv_heads, self.head_dim, self._init_std
         self.q_proj = TernaryLinear(hidden_size, H * Dh, init_std=std)
         self.k_proj = TernaryLinear(hidden_size, Hkv * Dh, init_std=std)
