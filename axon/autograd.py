@@ -121,6 +121,7 @@ class Context:
 
     @property
     def saved_tensors(self) -> tuple:
+        """The arrays given to :meth:`save_for_backward`; RuntimeError once the node was released."""
         if self.released:
             raise RuntimeError(
                 "Trying to backward through the graph a second time: its saved arrays were "
