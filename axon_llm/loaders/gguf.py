@@ -607,5 +607,8 @@ def build_from_gguf(path: str | os.PathLike, **kwargs):
         model.tied_keys = ()
     load_state(model, dense)
     model.eval()
-    model.gguf_metadata = gm.metadata
+    # scalars and short lists only: the vocabulary arrays (tokens, merges, scores: ~100k Python
+    # objects, ~10 MB) belong to the tokenizer, which reads them from the file itself
+    model.gguf_metadata = {k: v for k, v in gm.metadata.items() if not (hasattr(v, "__len__") and
+                                                                          not isinstance(v, str) and len(v) > 1024)}
     return model
