@@ -24,7 +24,6 @@ import numpy as np
 import axon
 import axon.nn as nn
 import axon.nn.functional as F
-from axon.ops import softmax_array
 
 from axon_llm.cache import KVCache
 from axon_llm.errors import InputError
@@ -166,11 +165,24 @@ def attend_inference(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool, 
             hidden = k_pos > q_pos
             if window is not None:
                 hidden |= k_pos <= q_pos - window
-            if hidden.any():
-                scores[..., hidden] = -np.inf
-        p = softmax_array(scores, -1)
-        np.matmul(p, vv[:, :, :, k0:k1], out=out[:, :, :, i0:i1])          # [B, Hkv, G, bq, Dh]
+            cols = np.flatnonzero(hidden.any(axis=0))
+            if cols.size:                                                  # only the columns with hidden keys
+                c0, c1 = cols[0], cols[-1] + 1
+                scores[..., c0:c1] += np.where(hidden[:, c0:c1], -np.inf, 0).astype(scores.dtype)
+        _softmax_inplace(scores)                                           # scores -> probabilities
+        np.matmul(scores, vv[:, :, :, k0:k1], out=out[:, :, :, i0:i1])     # [B, Hkv, G, bq, Dh]
     return out.reshape(b, h, t, d)
+
+
+def _softmax_inplace(a: np.ndarray) -> None:
+    """``axon.ops.softmax_array(a, -1)`` written into ``a`` (no temporary of a's size)."""
+    m = a.max(axis=-1, keepdims=True)
+    np.maximum(m, np.finfo(a.dtype).min, out=m)       # an all -inf row gives zeros, as softmax_array
+    a -= m
+    np.exp(a, out=a)
+    s = a.sum(axis=-1, keepdims=True)
+    np.maximum(s, 1, out=s)
+    a /= s
 
 
 def _inference(*tensors) -> bool:
