@@ -10,9 +10,11 @@ and axon's peak resident memory against the issue's budget (GGUF size x 1.5 + 20
 "Prefill" is what generation's first step does in every engine: one forward over the prompt
 into an empty KV cache that returns the next-token logits only (transformers' generate passes
 ``logits_to_keep=1``, llama.cpp computes the last logits only, axon's generate passes
-``logits_to_keep=1``). Best of ``--repeat`` runs per engine (the machine is shared).
+``logits_to_keep=1``). ``--all-logits`` instead makes every engine compute the logits of all
+prompt positions (a scoring forward, and what this script measured before). Best of
+``--repeat`` runs per engine (the machine is shared).
 
-    python benchmarks/bench_decode.py [--new-tokens 128] [--prefill 500] [--threads 2]
+    python benchmarks/bench_decode.py [--new-tokens 128] [--prefill 500] [--threads 2] [--all-logits]
 """
 
 from __future__ import annotations
@@ -44,14 +46,14 @@ def best_rate(n: int, fn, repeat: int) -> float:
     return n / min(times)
 
 
-def bench_axon(gguf: Path, prompt_ids, prefill_ids, new_tokens, repeat):
+def bench_axon(gguf: Path, prompt_ids, prefill_ids, new_tokens, repeat, keep):
     import axon
     import axon_llm
 
     model = axon_llm.from_pretrained(gguf)
     with axon.no_grad():                                   # warm-up: JIT compilation, caches
         model.generate(np.array([prompt_ids]), max_new_tokens=4)
-        prefill = best_rate(len(prefill_ids), lambda: model(np.array([prefill_ids]), logits_to_keep=1,
+        prefill = best_rate(len(prefill_ids), lambda: model(np.array([prefill_ids]), logits_to_keep=keep,
                                                             cache=model.new_cache(1, len(prefill_ids) + 1)), repeat)
     steps = []
     t0 = time.perf_counter()
@@ -62,7 +64,7 @@ def bench_axon(gguf: Path, prompt_ids, prefill_ids, new_tokens, repeat):
     return prefill, decode, n
 
 
-def bench_transformers(gguf: Path, prompt_ids, prefill_ids, new_tokens, threads, repeat):
+def bench_transformers(gguf: Path, prompt_ids, prefill_ids, new_tokens, threads, repeat, keep):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -71,7 +73,7 @@ def bench_transformers(gguf: Path, prompt_ids, prefill_ids, new_tokens, threads,
     model.eval()
     with torch.no_grad():
         model.generate(torch.tensor([prompt_ids]), max_new_tokens=4, do_sample=False)
-        prefill = best_rate(len(prefill_ids), lambda: model(torch.tensor([prefill_ids]), logits_to_keep=1,
+        prefill = best_rate(len(prefill_ids), lambda: model(torch.tensor([prefill_ids]), logits_to_keep=keep,
                                                             use_cache=True), repeat)
         t0 = time.perf_counter()
         out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
@@ -81,10 +83,10 @@ def bench_transformers(gguf: Path, prompt_ids, prefill_ids, new_tokens, threads,
     return prefill, n / dt, n
 
 
-def bench_llama_cpp(gguf: Path, prompt_ids, prefill_ids, new_tokens, threads, repeat):
+def bench_llama_cpp(gguf: Path, prompt_ids, prefill_ids, new_tokens, threads, repeat, keep):
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=threads, verbose=False)
+    llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=threads, verbose=False, logits_all=keep == 0)
     llm.eval(prefill_ids[:8])
     llm.reset()
 
@@ -108,6 +110,7 @@ def main():
     ap.add_argument("--prefill", type=int, default=500)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3, help="prefill runs per engine (the best is reported)")
+    ap.add_argument("--all-logits", action="store_true", help="prefill computes the logits of every position")
     args = ap.parse_args()
 
     from axon_llm.hub import resolve_model_path
@@ -120,16 +123,18 @@ def main():
     prefill_ids = [int(x) for x in rng.integers(100, tok.vocab_size, size=args.prefill)]
 
     rows = {}
-    a_pre, a_dec, n = bench_axon(gguf, prompt_ids, prefill_ids, args.new_tokens, args.repeat)
+    keep = 0 if args.all_logits else 1                     # logits_to_keep: 0 = all positions
+    a_pre, a_dec, n = bench_axon(gguf, prompt_ids, prefill_ids, args.new_tokens, args.repeat, keep)
     rss = peak_rss_mb()
     rows["axon-llm"] = (a_pre, a_dec, n)
     for name, fn in (("transformers fp32", bench_transformers), ("llama.cpp", bench_llama_cpp)):
         try:
-            rows[name] = fn(gguf, prompt_ids, prefill_ids, args.new_tokens, args.threads, args.repeat)
+            rows[name] = fn(gguf, prompt_ids, prefill_ids, args.new_tokens, args.threads, args.repeat, keep)
         except ImportError as e:
             print(f"{name}: not installed ({e.name}); skipped")
     print(f"SmolLM2-135M-Instruct Q4_1 ({gguf.stat().st_size / 2**20:.0f} MB), {args.threads} threads, "
-          f"prefill {args.prefill} tokens, greedy decode {args.new_tokens} tokens")
+          f"prefill {args.prefill} tokens ({'logits of every position' if keep == 0 else 'next-token logits'}), "
+          f"greedy decode {args.new_tokens} tokens")
     print(f"{'engine':20s} {'prefill tok/s':>14s} {'decode tok/s':>13s}   axon/peer (prefill, decode)")
     for name, (pre, dec, n) in rows.items():
         ratio = "" if name == "axon-llm" else f"   {a_pre / pre:.2f}x, {a_dec / dec:.2f}x"
