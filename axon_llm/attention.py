@@ -254,6 +254,8 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x, ctx: AttentionContext):
         """``x [B, T, d]`` -> ``[B, T, d]``; reads and writes this layer's cache slot when ``ctx.cache``."""
         q, k, v = self.project_qkv(x)
+        if ctx.key_mask is None and (self.dropout == 0.0 or not self.training) and _inference(q, k, v):
+            return self._forward_inference(q, k, v, ctx)
         if self.rotary is not None:
             cos, sin = ctx.rope(self.rotary)
             q, k = apply_rotary_pos_emb(q, cos, sin), apply_rotary_pos_emb(k, cos, sin)
@@ -262,3 +264,37 @@ class MultiHeadAttention(nn.Module):
         out = attend(q, k, v, ctx, causal=self.causal, window=self.sliding_window,
                      dropout_p=self.dropout if self.training else 0.0)      # [B, H, T, Dh]
         return getattr(self, self.out_name)(merge_heads(out))              # [B, T, d]
+
+    def _forward_inference(self, q, k, v, ctx: AttentionContext):
+        """``forward`` without autograd and without padding: the same operations on arrays
+        (RoPE, cache write, :func:`attend_inference`), no graph nodes per step."""
+        q, k, v = q.data, k.data, v.data                                   # [B, H|Hkv, T, Dh]
+        if self.rotary is not None:
+            cos, sin = ctx.rope(self.rotary)
+            q, k = _rotate_inference(q, cos, sin), _rotate_inference(k, cos, sin)
+        if ctx.cache is not None:
+            kt, vt = ctx.cache.layers[self.layer_idx].update(axon.as_tensor(k), axon.as_tensor(v), ctx.start)
+            k, v = kt.data, vt.data                                        # [B, Hkv, S, Dh]
+        t, s = q.shape[2], k.shape[2]
+        window = self.sliding_window
+        if window is not None and s > window + t - 1:                      # drop keys no query can see
+            k, v = k[:, :, s - (window + t - 1):], v[:, :, s - (window + t - 1):]
+        out = attend_inference(q, k, v, self.causal and k.shape[2] > 1, window, None)   # [B, H, T, Dh]
+        b, h, t, d = out.shape
+        merged = np.ascontiguousarray(out.transpose(0, 2, 1, 3)).reshape(b, t, h * d)  # [B, T, H*Dh]
+        return getattr(self, self.out_name)(axon.as_tensor(merged))       # [B, T, d]
+
+
+def _rotate_inference(x: np.ndarray, cos, sin) -> np.ndarray:
+    """:func:`~axon_llm.rope.apply_rotary_pos_emb` on arrays (the same operations, so the same
+    rounding): the first ``cos.shape[-1]`` channels of ``x [B, H, T, Dh]`` rotated, the rest kept."""
+    cos = np.asarray(cos, dtype=x.dtype)
+    sin = np.asarray(sin, dtype=x.dtype)
+    d = cos.shape[-1]
+    half = d // 2
+    xr = x[..., :d]
+    rotated = np.concatenate([-xr[..., half:], xr[..., :half]], axis=-1)   # rotate_half
+    out = xr * cos + rotated * sin
+    if d == x.shape[-1]:
+        return out
+    return np.concatenate([out, x[..., d:]], axis=-1)                      # [B, H, T, Dh]

@@ -39,3 +39,29 @@ def test_attend_uses_autograd_only_when_a_gradient_is_wanted():
         fast = attend(q, k, v, None, causal=True)
     assert not fast.requires_grad
     np.testing.assert_allclose(fast.numpy(), out.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rotary_dim, window", [(8, None), (4, None), (8, 3)])   # full / partial RoPE, window
+def test_multi_head_attention_inference_path_equals_the_autograd_path(rotary_dim, window):
+    """MultiHeadAttention under no_grad (arrays, no graph) gives what the autograd path gives,
+    over a prefill and then single-token steps through a KV cache."""
+    from axon_llm.attention import AttentionContext, MultiHeadAttention
+    from axon_llm.cache import KVCache
+    from axon_llm.rope import RotaryEmbedding
+
+    rotary = RotaryEmbedding(rotary_dim, 64)
+    mha = MultiHeadAttention(16, 4, 2, 8, layer_idx=0, rotary=rotary, sliding_window=window).eval()
+    x = np.random.default_rng(7).standard_normal((2, 9, 16)).astype(np.float32)
+    results = []
+    for grad in (True, False):
+        cache = KVCache(1, 2, 16, 2, 8)
+        outs = []
+        with axon.set_grad_enabled(grad):
+            for lo, hi in ((0, 6), (6, 7), (7, 8), (8, 9)):
+                ctx = AttentionContext.build(2, hi - lo, None, cache)
+                out = mha(axon.tensor(x[:, lo:hi]), ctx)
+                ctx.finish()
+                assert out.requires_grad == grad
+                outs.append(out.detach().numpy())
+        results.append(np.concatenate(outs, axis=1))
+    np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-6)
