@@ -253,9 +253,16 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x, ctx: AttentionContext):
         """``x [B, T, d]`` -> ``[B, T, d]``; reads and writes this layer's cache slot when ``ctx.cache``."""
+        if ctx.key_mask is None and (self.dropout == 0.0 or not self.training) and type(self).project_qkv is \
+                MultiHeadAttention.project_qkv and not axon.is_grad_enabled():
+            b, t, _ = x.shape                                              # the projections, split on arrays
+            q = self.q_proj(x).data.reshape(b, t, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+            k = self.k_proj(x).data.reshape(b, t, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+            v = self.v_proj(x).data.reshape(b, t, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+            return self._forward_inference(q, k, v, ctx)                  # [B, H|Hkv, T, Dh] views
         q, k, v = self.project_qkv(x)
         if ctx.key_mask is None and (self.dropout == 0.0 or not self.training) and _inference(q, k, v):
-            return self._forward_inference(q, k, v, ctx)
+            return self._forward_inference(q.data, k.data, v.data, ctx)
         if self.rotary is not None:
             cos, sin = ctx.rope(self.rotary)
             q, k = apply_rotary_pos_emb(q, cos, sin), apply_rotary_pos_emb(k, cos, sin)
@@ -267,8 +274,8 @@ class MultiHeadAttention(nn.Module):
 
     def _forward_inference(self, q, k, v, ctx: AttentionContext):
         """``forward`` without autograd and without padding: the same operations on arrays
-        (RoPE, cache write, :func:`attend_inference`), no graph nodes per step."""
-        q, k, v = q.data, k.data, v.data                                   # [B, H|Hkv, T, Dh]
+        (RoPE, cache write, :func:`attend_inference`), no graph nodes per step.
+        ``q [B, H, T, Dh]``, ``k, v [B, Hkv, T, Dh]`` arrays."""
         if self.rotary is not None:
             cos, sin = ctx.rope(self.rotary)
             q, k = _rotate_inference(q, cos, sin), _rotate_inference(k, cos, sin)

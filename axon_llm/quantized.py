@@ -35,8 +35,9 @@ class _QuantLinearFn(Function):
         lead = x.shape[:-1]
         x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)   # [..., in] -> [N, in]
         y = quant_matvec(w, x2[0])[None] if x2.shape[0] == 1 else quant_matmul(w, x2)   # [N, out]
-        ctx.w = w
-        ctx.x_dtype = x.dtype
+        if ctx is not None:
+            ctx.w = w
+            ctx.x_dtype = x.dtype
         return y.reshape(lead + (w.out_features,))                                  # -> [..., out]
 
     @staticmethod
@@ -89,7 +90,10 @@ class QuantizedLinear(nn.Module):
             raise InputError(f"QuantizedLinear expects [..., {self.in_features}], got shape {tuple(x.shape)}")
         if x.dtype.kind != "f":
             raise InputError(f"QuantizedLinear expects floating-point input, got {x.dtype}")
-        y = _QuantLinearFn.apply(x, w=self.qweight)                              # [..., out]
+        if x.requires_grad and axon.is_grad_enabled():
+            y = _QuantLinearFn.apply(x, w=self.qweight)                          # [..., out]
+        else:                                    # inference: no graph node (decode calls this ~200x a token)
+            y = axon.as_tensor(_QuantLinearFn.forward(None, x.data, w=self.qweight))
         return y + self.bias if self.bias is not None else y
 
     def dequantize(self) -> nn.Linear:
