@@ -129,7 +129,7 @@ def _dense_mask(key_mask: np.ndarray | None, b: int, t: int, s: int, causal: boo
     return mask[:, None]                                                   # [B, 1, T, S]
 
 
-INFERENCE_QUERY_BLOCK = 128      # queries per score block in inference attention (bounds its memory)
+INFERENCE_QUERY_BLOCK = 64       # queries per score block in inference attention (64 measured faster than 128)
 
 
 def attend_inference(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool, window: int | None,

@@ -59,7 +59,23 @@ class GatedMLP(nn.Module):
 
     def forward(self, x):
         """``[B, T, d] -> [B, T, d]``."""
+        if self.act is F.silu and not axon.is_grad_enabled():
+            return self.down_proj(axon.as_tensor(self._silu_gate_inference(x)))
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+    def _silu_gate_inference(self, x) -> np.ndarray:
+        """``silu(gate_proj x) * up_proj x`` without autograd, in place: the same operations as
+        ``F.silu`` (``a * (0.5 (1 + tanh(a / 2)))``), two ``[B, T, inter]`` arrays alive at a
+        time instead of three (a 500-token prefill's largest activations)."""
+        a = self.gate_proj(x).data                                         # [B, T, inter]
+        s = np.multiply(a, a.dtype.type(0.5))
+        np.tanh(s, out=s)
+        s += 1
+        s *= 0.5
+        s *= a                                                             # silu(a)
+        del a
+        s *= self.up_proj(x).data
+        return s
 
 
 class MLP(nn.Module):

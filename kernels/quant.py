@@ -55,7 +55,7 @@ BLOCK = {"Q8_0": (32, 34), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q4_K": (256, 144
 PARALLEL_MIN_BYTES = 1 << 20       # below ~1 MB of weights per call, one thread is faster
 MATVEC_LOOP_MAX_TOKENS = 8          # up to this many tokens, matmul runs the matvec kernel per token
 FUSED_MATMUL_MAX_TOKENS = 16        # above this, matmul dequantises row chunks and calls BLAS
-_CHUNK_FLOATS = 1 << 21             # 8 MB of float32 per dequantised chunk (bounds peak memory)
+_CHUNK_FLOATS = 1 << 18             # 1 MB of float32 per dequantised chunk (bounds peak memory; as fast as 8 MB)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -260,7 +260,7 @@ def unpack_ref(w: QuantMatrix, row_start: int = 0, row_stop: int | None = None) 
 
 
 def _tile_chunks(w: QuantMatrix):
-    """Ranges of tiles holding about 8 MB of float32 each (bounds the references' memory)."""
+    """Ranges of tiles holding about _CHUNK_FLOATS float32 each, at least one tile (bounds memory)."""
     step = max(1, _CHUNK_FLOATS // max(w.in_features * TILE_ROWS, 1))
     for t0 in range(0, w.qs.shape[0], step):
         yield t0, min(t0 + step, w.qs.shape[0])
@@ -600,7 +600,7 @@ def _scratch_floats(n: int) -> np.ndarray:
 
 
 def _dense_matmul(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
-    """x @ W.T for many tokens: dequantise tile chunks (<= 8 MB, the same chunks as the
+    """x @ W.T for many tokens: dequantise tile chunks (~1 MB, the same chunks as the
     reference) as W.T into a reused buffer, then one BLAS sgemm per chunk (compute-bound)."""
     ntok, cols = x.shape
     y = np.empty((ntok, w.out_features), np.float32)
@@ -623,7 +623,7 @@ def quant_matmul(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
 
     Up to MATVEC_LOOP_MAX_TOKENS tokens the matvec kernel runs once per token (it beats any
     fused form there); up to FUSED_MATMUL_MAX_TOKENS a fused kernel dequantises each group once
-    for all tokens; longer inputs (prefill) dequantise W.T in chunks of at most 8 MB into a
+    for all tokens; longer inputs (prefill) dequantise W.T in chunks of about 1 MB into a
     reused buffer and call BLAS sgemm per chunk, which is compute-bound there and faster than
     any loop written here (:func:`_dense_matmul`).
     """

@@ -65,3 +65,15 @@ def test_multi_head_attention_inference_path_equals_the_autograd_path(rotary_dim
                 outs.append(out.detach().numpy())
         results.append(np.concatenate(outs, axis=1))
     np.testing.assert_allclose(results[1], results[0], rtol=1e-5, atol=1e-6)
+
+
+def test_gated_mlp_inference_path_is_bitwise_the_autograd_path():
+    from axon_llm.blocks import GatedMLP
+
+    mlp = GatedMLP(16, 24, "silu")
+    x = axon.tensor(np.random.default_rng(3).standard_normal((2, 5, 16)).astype(np.float32) * 4)
+    with_grad = mlp(x)
+    assert with_grad.requires_grad
+    with axon.no_grad():
+        fast = mlp(x)
+    np.testing.assert_array_equal(fast.numpy(), with_grad.detach().numpy())
