@@ -140,7 +140,8 @@ def main():
         ratio = "" if name == "axon-llm" else f"   {a_pre / pre:.2f}x, {a_dec / dec:.2f}x"
         print(f"{name:20s} {pre:14.1f} {dec:13.1f}{ratio}")
     budget = gguf.stat().st_size / 2**20 * 1.5 + 200
-    print(f"axon-llm peak RSS (before loading any peer): {rss:.0f} MB; budget GGUF x 1.5 + 200 MB = {budget:.0f} MB")
+    print(f"axon-llm peak RSS (before loading any peer): {rss:.1f} MB; budget GGUF x 1.5 + 200 MB = {budget:.1f} MB "
+          f"(ratio {rss / budget:.3f}, {'within' if rss <= budget else 'OVER'} budget)")
 
 
 if __name__ == "__main__":
