@@ -301,7 +301,9 @@ def _rotate_inference(x: np.ndarray, cos, sin) -> np.ndarray:
     half = d // 2
     xr = x[..., :d]
     rotated = np.concatenate([-xr[..., half:], xr[..., :half]], axis=-1)   # rotate_half
-    out = xr * cos + rotated * sin
+    rotated *= sin
+    out = xr * cos
+    out += rotated                                                         # x cos + rotate_half(x) sin
     if d == x.shape[-1]:
         return out
     return np.concatenate([out, x[..., d:]], axis=-1)                      # [B, H, T, Dh]

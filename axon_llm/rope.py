@@ -120,7 +120,9 @@ class RotaryEmbedding:
             return cos[:, None], sin[:, None]                                  # [B, 1, T, dim]
         needed = int(position_ids.max()) + 1 if position_ids.size else 0
         if self._cos is None or self._cos.shape[0] < needed:
-            n = max(needed, self.max_position_embeddings, 2 * (0 if self._cos is None else self._cos.shape[0]))
+            # grown by doubling from what is needed, not max_position_embeddings up front (8192
+            # positions x 2 tables are 4 MB for SmolLM2); every entry depends on its position only
+            n = max(needed, 256, 2 * (0 if self._cos is None else self._cos.shape[0]))
             self._cos, self._sin = self._tables(self.inv_freq(), np.arange(n))  # [N, dim]
         return self._cos[position_ids][:, None], self._sin[position_ids][:, None]  # [B, 1, T, dim]
 

@@ -15,6 +15,7 @@ prompt positions (a scoring forward, and what this script measured before). Best
 ``--repeat`` runs per engine (the machine is shared).
 
     python benchmarks/bench_decode.py [--new-tokens 128] [--prefill 500] [--threads 2] [--all-logits]
+    python benchmarks/bench_decode.py --profile      # where axon's time goes (cProfile), no peers
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ PROMPT = "Write a short story about a lighthouse keeper who finds a message in a
 
 
 def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (2^20 bytes; ru_maxrss is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -62,6 +64,30 @@ def bench_axon(gguf: Path, prompt_ids, prefill_ids, new_tokens, repeat, keep):
     n = out.shape[1] - len(prompt_ids)
     decode = (n - 1) / (steps[-1] - steps[0]) if n > 1 else float("nan")
     return prefill, decode, n
+
+
+def profile_axon(gguf: Path, prompt_ids, prefill_ids, new_tokens, keep, top: int = 14) -> None:
+    """cProfile of one axon prefill and one greedy generation (after a warm-up), by own time."""
+    import cProfile
+    import pstats
+
+    import axon
+    import axon_llm
+
+    model = axon_llm.from_pretrained(gguf)
+    with axon.no_grad():
+        model.generate(np.array([prompt_ids]), max_new_tokens=4)
+        for what, fn in (
+                (f"prefill of {len(prefill_ids)} tokens",
+                 lambda: model(np.array([prefill_ids]), logits_to_keep=keep, cache=model.new_cache(1, len(prefill_ids) + 1))),
+                (f"greedy generation of {new_tokens} tokens",
+                 lambda: model.generate(np.array([prompt_ids]), max_new_tokens=new_tokens, eos_token_id=None))):
+            prof = cProfile.Profile()
+            prof.enable()
+            fn()
+            prof.disable()
+            print(f"--- axon-llm {what}")
+            pstats.Stats(prof).sort_stats("tottime").print_stats(top)
 
 
 def bench_transformers(gguf: Path, prompt_ids, prefill_ids, new_tokens, threads, repeat, keep):
@@ -111,6 +137,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3, help="prefill runs per engine (the best is reported)")
     ap.add_argument("--all-logits", action="store_true", help="prefill computes the logits of every position")
+    ap.add_argument("--profile", action="store_true", help="only profile axon's prefill and decode (cProfile)")
     args = ap.parse_args()
 
     from axon_llm.hub import resolve_model_path
@@ -124,6 +151,8 @@ def main():
 
     rows = {}
     keep = 0 if args.all_logits else 1                     # logits_to_keep: 0 = all positions
+    if args.profile:
+        return profile_axon(gguf, prompt_ids, prefill_ids, args.new_tokens, keep)
     a_pre, a_dec, n = bench_axon(gguf, prompt_ids, prefill_ids, args.new_tokens, args.repeat, keep)
     rss = peak_rss_mb()
     rows["axon-llm"] = (a_pre, a_dec, n)
@@ -142,6 +171,9 @@ def main():
     budget = gguf.stat().st_size / 2**20 * 1.5 + 200
     print(f"axon-llm peak RSS (before loading any peer): {rss:.1f} MB; budget GGUF x 1.5 + 200 MB = {budget:.1f} MB "
           f"(ratio {rss / budget:.3f}, {'within' if rss <= budget else 'OVER'} budget)")
+    rss_b, budget_b = rss * 2**20 / 1e6, gguf.stat().st_size / 1e6 * 1.5 + 200   # MB = 10^6 bytes (stricter)
+    print(f"  in decimal MB: peak {rss_b:.1f} MB; budget {budget_b:.1f} MB (ratio {rss_b / budget_b:.3f}, "
+          f"{'within' if rss_b <= budget_b else 'OVER'} budget)")
 
 
 if __name__ == "__main__":

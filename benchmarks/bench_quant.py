@@ -62,12 +62,12 @@ def main() -> None:
             print(f"{qtype:5} {rows:>6}x{cols:<5} | {tq * 1e6:9.1f} {w.nbytes / tq / 1e9:6.1f} | "
                   f"{td * 1e6:12.1f} {dense.nbytes / td / 1e9:6.1f} | {td / tq:5.2f}x")
 
-    print("\nmatmul (T tokens), Q4_1 / Q8_0 4096x4096 and 1536x576 vs fp32 sgemm on the dequantised matrix")
+    print("\nmatmul (T tokens), Q4_1 / Q8_0 vs fp32 sgemm on the dequantised matrix (T=500: a SmolLM2 prefill)")
     for qtype in ("Q4_1", "Q8_0"):
-        for rows, cols in [(1536, 576), (4096, 4096)]:
+        for rows, cols in [(1536, 576), (576, 1536), (4096, 4096)]:
             w = pack(qtype, random_raw(qtype, rows, cols), (rows, cols))
             dense = dequantize(w)
-            for ntok in (4, 12, 16, 128):
+            for ntok in (4, 12, 16, 128, 500):
                 x = rng.standard_normal((ntok, cols)).astype(np.float32)
                 rep = max(3, args.repeat * 100_000 // (rows * cols * ntok) + 3)
                 tq = best(lambda: quant_matmul(w, x), rep)
