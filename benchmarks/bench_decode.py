@@ -33,6 +33,15 @@ import numpy as np
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
 
+def rss_stage(stages: list, name: str) -> None:
+    """Record current and peak RSS (MiB, from /proc/self/status) after a stage of axon's run."""
+    try:
+        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    except OSError:
+        return
+    stages.append((name, int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024))
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MiB (2^20 bytes; ru_maxrss is in KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -48,21 +57,25 @@ def best_rate(n: int, fn, repeat: int) -> float:
     return n / min(times)
 
 
-def bench_axon(gguf: Path, prompt_ids, prefill_ids, new_tokens, repeat, keep):
+def bench_axon(gguf: Path, prompt_ids, prefill_ids, new_tokens, repeat, keep, stages):
     import axon
     import axon_llm
 
     model = axon_llm.from_pretrained(gguf)
+    rss_stage(stages, "model loaded")
     with axon.no_grad():                                   # warm-up: JIT compilation, caches
         model.generate(np.array([prompt_ids]), max_new_tokens=4)
+        rss_stage(stages, "warm-up generate")
         prefill = best_rate(len(prefill_ids), lambda: model(np.array([prefill_ids]), logits_to_keep=keep,
                                                             cache=model.new_cache(1, len(prefill_ids) + 1)), repeat)
+        rss_stage(stages, f"{len(prefill_ids)}-token prefills")
     steps = []
     t0 = time.perf_counter()
     out = model.generate(np.array([prompt_ids]), max_new_tokens=new_tokens,
                          streamer=lambda ids: steps.append(time.perf_counter()))
     n = out.shape[1] - len(prompt_ids)
     decode = (n - 1) / (steps[-1] - steps[0]) if n > 1 else float("nan")
+    rss_stage(stages, "greedy generation")
     return prefill, decode, n
 
 
@@ -143,8 +156,11 @@ def main():
     from axon_llm.hub import resolve_model_path
     from axon_llm.tokenizer import HFTokenizer
 
+    stages = []
+    rss_stage(stages, "imports")
     gguf = Path(resolve_model_path("smollm2-135m-instruct"))
     tok = HFTokenizer.from_pretrained(gguf)
+    rss_stage(stages, "tokenizer")
     prompt_ids = tok.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=True)
     rng = np.random.default_rng(0)
     prefill_ids = [int(x) for x in rng.integers(100, tok.vocab_size, size=args.prefill)]
@@ -153,7 +169,7 @@ def main():
     keep = 0 if args.all_logits else 1                     # logits_to_keep: 0 = all positions
     if args.profile:
         return profile_axon(gguf, prompt_ids, prefill_ids, args.new_tokens, keep)
-    a_pre, a_dec, n = bench_axon(gguf, prompt_ids, prefill_ids, args.new_tokens, args.repeat, keep)
+    a_pre, a_dec, n = bench_axon(gguf, prompt_ids, prefill_ids, args.new_tokens, args.repeat, keep, stages)
     rss = peak_rss_mb()
     rows["axon-llm"] = (a_pre, a_dec, n)
     for name, fn in (("transformers fp32", bench_transformers), ("llama.cpp", bench_llama_cpp)):
@@ -171,6 +187,8 @@ def main():
     budget = gguf.stat().st_size / 2**20 * 1.5 + 200
     print(f"axon-llm peak RSS (before loading any peer): {rss:.1f} MB; budget GGUF x 1.5 + 200 MB = {budget:.1f} MB "
           f"(ratio {rss / budget:.3f}, {'within' if rss <= budget else 'OVER'} budget)")
+    print("  axon-llm RSS by stage (MiB, current / peak so far): "
+          + "; ".join(f"{name} {cur:.0f} / {peak:.0f}" for name, cur, peak in stages))
     rss_b, budget_b = rss * 2**20 / 1e6, gguf.stat().st_size / 1e6 * 1.5 + 200   # MB = 10^6 bytes (stricter)
     print(f"  in decimal MB: peak {rss_b:.1f} MB; budget {budget_b:.1f} MB (ratio {rss_b / budget_b:.3f}, "
           f"{'within' if rss_b <= budget_b else 'OVER'} budget)")
