@@ -31,10 +31,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
-
-import requests
-import urllib3
 
 from axon_llm.errors import (
     ChecksumError, DownloadError, GatedModelError, HubError, ModelNotFoundError, OfflineError,
@@ -45,6 +43,9 @@ from axon_llm.hub.names import (
 )
 from axon_llm.hub.registry import PretrainedLLM, get_model
 
+if TYPE_CHECKING:
+    import requests
+
 __all__ = [
     "DownloadSettings", "download_file", "download_llm_weights", "resolve_local", "resolve_model_path",
     "hub_endpoint", "hub_offline",
@@ -52,8 +53,16 @@ __all__ = [
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-_TRANSIENT = (requests.RequestException, urllib3.exceptions.HTTPError)
-_FATAL = (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema)
+
+
+def _network_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(fatal, transient) exception types of ``requests``. It is imported here, on the first
+    download, not with the package: loading a model from disk never pays its ~14 MB."""
+    import requests
+    import urllib3
+
+    fatal = (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema, requests.exceptions.MissingSchema)
+    return fatal, (requests.RequestException, urllib3.exceptions.HTTPError)
 
 
 @dataclass(frozen=True)
@@ -314,6 +323,8 @@ def _attempt(session: requests.Session, url: str, headers: dict, part: _PartialF
                 raise ChecksumError(f"{expected.what}: the server sent more than the expected "
                                     f"{expected.size} bytes")
     if expected.size is not None and part.written < expected.size:
+        import requests
+
         raise requests.ConnectionError(f"connection closed after {part.written} of {expected.size} bytes")
     return None
 
@@ -321,8 +332,10 @@ def _attempt(session: requests.Session, url: str, headers: dict, part: _PartialF
 def _fetch(url: str, dest: Path, *, what: str, sha256: str | None, size: int | None,
            settings: DownloadSettings) -> _Fetched:
     """Stream ``url`` into ``dest`` with resume and retries, then verify size and sha256."""
+    import requests
     from tqdm import tqdm
 
+    fatal_errors, transient_errors = _network_errors()
     headers = {"Accept-Encoding": "identity", "User-Agent": "axon-llm"}
     token = _hub_token()
     if token:
@@ -341,10 +354,10 @@ def _fetch(url: str, dest: Path, *, what: str, sha256: str | None, size: int | N
             before = part.written
             try:
                 retry = _attempt(session, url, headers, part, expected, settings)
-            except _FATAL as exc:        # a malformed endpoint URL: retrying cannot help
+            except fatal_errors as exc:        # a malformed endpoint URL: retrying cannot help
                 raise DownloadError(f"could not download {what}: bad URL {url!r} ({exc}); "
                                     "check AXON_HUB_ENDPOINT") from exc
-            except _TRANSIENT as exc:    # cut connection, read timeout, refused connection
+            except transient_errors as exc:    # cut connection, read timeout, refused connection
                 retry = (f"{type(exc).__name__}: {exc}", None)
                 if part.written > before:    # it made progress: resume from there at once
                     failures, last_error = 0, retry[0]
