@@ -3,11 +3,11 @@
     c = matmul(a, b)    # [..., M, K] @ [..., K, N] -> [..., M, N], batch dims broadcast
 
 The Numba kernel is a cache-blocked loop nest (row blocks of A in parallel, K and N blocked so
-the touched rows of B and C stay in cache) whose innermost loop is an axpy over a slice of a
-row of C, four rows of B at a time, which LLVM vectorises (with two rows of C in the same loop
-it did not: too many possible aliases to check). It does not pack panels or keep a register
-tile like an optimised BLAS, so BLAS stays faster on large dense float32 products (see
-docs/kernels.md for the measured ratio); `axon` calls BLAS for those.
+the packed block of B stays in L2) whose innermost loop updates four rows of C from four rows
+of B (16 FMAs per 4 loads of B), over 1-D buffers with compile-time row strides so LLVM can
+vectorise it with a single alias check (with separate row views it gave up and emitted
+scalar code). It keeps no register tile like an optimised BLAS, so BLAS stays faster on large
+dense float32 products (see docs/kernels.md for the measured ratio); `axon` calls BLAS for those.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from ._jit import CONTRACT, float_array, jit_disabled, result_float_dtype
 
 __all__ = ["matmul", "matmul_ref", "matmul_nb"]
 
-_MC, _KC, _NC = 32, 256, 512  # rows of A per task, K block, N block (a C row slice + 4 B row slices fit L1)
+_MC, _KC, _NC = 64, 256, 512  # rows of A per task, K block, N block (the packed B block stays in L2)
+_MR = 4  # rows of C updated together by the inner loop
 
 
 def _validate(a, b):
@@ -56,31 +57,70 @@ def _matmul_kernel(a, b, a_index, b_index, c):
         at = a[a_index[t]]
         bt = b[b_index[t]]
         ct = c[t]
+        # 1-D buffers with compile-time row strides: LLVM sees every B row (and every C row) of the
+        # inner loop as one object at constant offsets, so one alias check covers them all
+        bp = np.empty(_KC * _NC, c.dtype)  # packed [KC, NC] block of B
+        tile = np.empty(_MR * _NC, c.dtype)  # _MR rows of C, [MR, NC]
         for j0 in range(0, n, _NC):
             j1 = min(n, j0 + _NC)
             width = j1 - j0
             for k0 in range(0, k_total, _KC):
                 k1 = min(k_total, k0 + _KC)
-                for i in range(i0, i1):
-                    # one row of C (a contiguous slice: LLVM vectorises the axpy with a simple alias check)
-                    c_row = ct[i, j0:j1]
-                    a_row = at[i]
-                    k = k0
-                    while k + 3 < k1:  # four rows of B per pass over the C row
-                        b0 = bt[k, j0:j1]
-                        b1 = bt[k + 1, j0:j1]
-                        b2 = bt[k + 2, j0:j1]
-                        b3 = bt[k + 3, j0:j1]
-                        x0, x1, x2, x3 = a_row[k], a_row[k + 1], a_row[k + 2], a_row[k + 3]
+                for kk in range(k1 - k0):
+                    for j in range(width):
+                        bp[kk * _NC + j] = bt[k0 + kk, j0 + j]
+                for i in range(i0, i1, _MR):
+                    rows = min(_MR, i1 - i)
+                    for r in range(rows):
                         for j in range(width):
-                            c_row[j] += x0 * b0[j] + x1 * b1[j] + x2 * b2[j] + x3 * b3[j]
-                        k += 4
-                    while k < k1:
-                        bk = bt[k, j0:j1]
-                        x0 = a_row[k]
+                            tile[r * _NC + j] = ct[i + r, j0 + j]
+                    r1 = i + 1 if rows > 1 else i  # rows past the end repeat row i (computed, never stored)
+                    r2 = i + 2 if rows > 2 else i
+                    r3 = i + 3 if rows > 3 else i
+                    kk = 0
+                    while kk + 3 < k1 - k0:
+                        k = k0 + kk
+                        x00 = at[i, k]; x01 = at[i, k + 1]; x02 = at[i, k + 2]; x03 = at[i, k + 3]
+                        x10 = at[r1, k]
+                        x11 = at[r1, k + 1]
+                        x12 = at[r1, k + 2]
+                        x13 = at[r1, k + 3]
+                        x20 = at[r2, k]
+                        x21 = at[r2, k + 1]
+                        x22 = at[r2, k + 2]
+                        x23 = at[r2, k + 3]
+                        x30 = at[r3, k]
+                        x31 = at[r3, k + 1]
+                        x32 = at[r3, k + 2]
+                        x33 = at[r3, k + 3]
+                        o = kk * _NC
+                        for j in range(width):  # 4 rows of C x 4 rows of B per pass: 16 FMAs per 4 B loads
+                            b0 = bp[o + j]
+                            b1 = bp[o + _NC + j]
+                            b2 = bp[o + 2 * _NC + j]
+                            b3 = bp[o + 3 * _NC + j]
+                            tile[j] += x00 * b0 + x01 * b1 + x02 * b2 + x03 * b3
+                            tile[_NC + j] += x10 * b0 + x11 * b1 + x12 * b2 + x13 * b3
+                            tile[2 * _NC + j] += x20 * b0 + x21 * b1 + x22 * b2 + x23 * b3
+                            tile[3 * _NC + j] += x30 * b0 + x31 * b1 + x32 * b2 + x33 * b3
+                        kk += 4
+                    while kk < k1 - k0:
+                        k = k0 + kk
+                        x0 = at[i, k]
+                        x1 = at[r1, k]
+                        x2 = at[r2, k]
+                        x3 = at[r3, k]
+                        o = kk * _NC
                         for j in range(width):
-                            c_row[j] += x0 * bk[j]
-                        k += 1
+                            b0 = bp[o + j]
+                            tile[j] += x0 * b0
+                            tile[_NC + j] += x1 * b0
+                            tile[2 * _NC + j] += x2 * b0
+                            tile[3 * _NC + j] += x3 * b0
+                        kk += 1
+                    for r in range(rows):
+                        for j in range(width):
+                            ct[i + r, j0 + j] = tile[r * _NC + j]
 
 
 def matmul_nb(a, b):
