@@ -29,7 +29,7 @@ def test_public_name_equals_reference(args):
 
 
 def test_blocks_and_odd_sizes():
-    """Sizes that cross every tile boundary (32 rows, 256 K, 512 N) and a K that is not a multiple of 4."""
+    """Sizes that cross every tile boundary (64 rows, 256 K, 512 N), leave 3 rows for the 4-row loop, and a K not a multiple of 4."""
     if jit_disabled():
         pytest.skip("covered by the hypothesis test at small sizes; this size is too slow as plain Python")
     rng = np.random.default_rng(0)
