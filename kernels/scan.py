@@ -46,6 +46,15 @@ _STEPS = 16  # time steps per input read: 16 float32 = one 64-byte cache line pe
 # --------------------------------------------------------------------------------------------
 
 
+def _per_channel(name: str, x, d: int):
+    """An optional per-channel vector (``D``, ``delta_bias``): None, or a float array checked to be ``[d]``."""
+    if x is None:
+        return None
+    x = float_array(name, x, ndim=1)
+    if x.shape != (d,):
+        raise ValueError(f"{name} must be [d] = ({d},), got {x.shape}")
+    return x
+
 def _validate(u, delta, A, B, C, D, z, delta_bias, extra=()):
     u = float_array("u", u, ndim=3)
     b, d, l = u.shape
@@ -61,14 +70,8 @@ def _validate(u, delta, A, B, C, D, z, delta_bias, extra=()):
     for name, x in (("B", B), ("C", C)):
         if x.shape != (b, n, l):
             raise ValueError(f"{name} must be [b, n, l] = {(b, n, l)}, got {x.shape}")
-    if D is not None:
-        D = float_array("D", D, ndim=1)
-        if D.shape != (d,):
-            raise ValueError(f"D must be [d] = ({d},), got {D.shape}")
-    if delta_bias is not None:
-        delta_bias = float_array("delta_bias", delta_bias, ndim=1)
-        if delta_bias.shape != (d,):
-            raise ValueError(f"delta_bias must be [d] = ({d},), got {delta_bias.shape}")
+    D = _per_channel("D", D, d)
+    delta_bias = _per_channel("delta_bias", delta_bias, d)
     if z is not None:
         z = float_array("z", z, ndim=3)
         if z.shape != u.shape:
@@ -197,14 +200,8 @@ def _validate_step(state, u, delta, A, B, C, D, z, delta_bias):
     for name, x, shape in (("u", u, (b, d)), ("delta", delta, (b, d)), ("A", A, (d, n)), ("B", B, (b, n)), ("C", C, (b, n))):
         if x.shape != shape:
             raise ValueError(f"{name} must have shape {shape} (state is [b, d, n] = {state.shape}), got {x.shape}")
-    if D is not None:
-        D = float_array("D", D, ndim=1)
-        if D.shape != (d,):
-            raise ValueError(f"D must be [d] = ({d},), got {D.shape}")
-    if delta_bias is not None:
-        delta_bias = float_array("delta_bias", delta_bias, ndim=1)
-        if delta_bias.shape != (d,):
-            raise ValueError(f"delta_bias must be [d] = ({d},), got {delta_bias.shape}")
+    D = _per_channel("D", D, d)
+    delta_bias = _per_channel("delta_bias", delta_bias, d)
     if z is not None:
         z = float_array("z", z, ndim=2)
         if z.shape != (b, d):
