@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
+
 from axon_llm.errors import ConfigError, ModelFormatError, UnsupportedError
 
 #: rope_scaling types implemented by axon_llm.rope
@@ -86,9 +88,10 @@ def _check_rope(rope_scaling: dict | None) -> None:
 
 
 def _positive(cfg: Any, *names: str) -> None:
+    """Raise ``ConfigError`` unless every named field of ``cfg`` is an integer >= 1 (NumPy ints count, bools don't)."""
     for name in names:
         value = getattr(cfg, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"{type(cfg).__name__}.{name} must be a positive integer, got {value!r}")
 
 

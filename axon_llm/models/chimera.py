@@ -40,7 +40,7 @@ from axon import nn
 from axon_llm.attention import AttentionContext, MultiHeadAttention, attend, merge_heads
 from axon_llm.blocks import CausalLM
 from axon_llm.cache import KVCache
-from axon_llm.config import ModelConfig, normalize_rope
+from axon_llm.config import ModelConfig, _positive, normalize_rope
 from axon_llm.embeddings import as_token_ids
 from axon_llm.errors import ConfigError, InputError, UnsupportedError
 from axon_llm.moe import SparseMoE, load_balancing_loss
@@ -93,12 +93,9 @@ class ChimeraConfig(ModelConfig):
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        for f in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+        _positive(self, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                   "num_key_value_heads", "num_local_experts", "num_experts_per_tok", "intermediate_size",
-                  "max_position_embeddings"):
-            v = getattr(self, f)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"ChimeraConfig.{f} must be a positive integer, got {v!r}")
+                  "max_position_embeddings")
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(f"ChimeraConfig: hidden_size ({self.hidden_size}) must be divisible by "
                               f"num_attention_heads ({self.num_attention_heads})")

@@ -27,7 +27,7 @@ import axon
 from axon import nn
 from axon_llm.attention import AttentionContext, MultiHeadAttention, attend, merge_heads
 from axon_llm.blocks import CausalLM, GatedMLP
-from axon_llm.config import ModelConfig
+from axon_llm.config import ModelConfig, _positive
 from axon_llm.embeddings import as_token_ids
 from axon_llm.errors import ConfigError, InputError
 from axon_llm.mamba import MambaMixer, MambaState
@@ -68,12 +68,9 @@ class HydraConfig(ModelConfig):
             self.num_key_value_heads = self.num_attention_heads
         if self.time_step_rank in (None, "auto"):
             self.time_step_rank = math.ceil(self.hidden_size / 16)
-        for f in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+        _positive(self, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
                   "num_key_value_heads", "state_size", "intermediate_size", "expand", "conv_kernel",
-                  "time_step_rank"):
-            v = getattr(self, f)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"HydraConfig.{f} must be a positive integer, got {v!r}")
+                  "time_step_rank")
         if not isinstance(self.sliding_window, (int, np.integer)) or isinstance(self.sliding_window, bool) \
                 or self.sliding_window < 1:
             raise ConfigError(f"HydraConfig.sliding_window must be an integer >= 1 (the window counts the "

@@ -22,7 +22,7 @@ import numpy as np
 import axon
 from axon import nn
 from axon_llm.blocks import CausalLM
-from axon_llm.config import ModelConfig
+from axon_llm.config import ModelConfig, _positive
 from axon_llm.embeddings import as_token_ids
 from axon_llm.errors import ConfigError, InputError
 from axon_llm.mamba import MambaMixer, MambaState
@@ -70,11 +70,8 @@ class SSMConfig(ModelConfig):
             self.intermediate_size = int(self.expand * self.hidden_size)
         if self.time_step_rank in (None, "auto"):
             self.time_step_rank = math.ceil(self.hidden_size / 16)
-        for name in ("vocab_size", "hidden_size", "state_size", "num_hidden_layers", "conv_kernel",
-                     "intermediate_size", "time_step_rank"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ConfigError(f"SSMConfig.{name} must be a positive integer, got {v!r}")
+        _positive(self, "vocab_size", "hidden_size", "state_size", "num_hidden_layers", "conv_kernel",
+                  "intermediate_size", "time_step_rank")
         if self.hidden_act != "silu":
             raise ConfigError(f"SSMConfig.hidden_act: only 'silu' (Mamba's activation) is supported, got {self.hidden_act!r}")
         if not self.layer_norm_epsilon > 0:

@@ -27,7 +27,7 @@ from axon import nn
 from axon_llm.attention import AttentionContext, MultiHeadAttention, attend, merge_heads
 from axon_llm.blocks import CausalLM
 from axon_llm.cache import KVCache
-from axon_llm.config import ModelConfig, normalize_rope
+from axon_llm.config import ModelConfig, _positive, normalize_rope
 from axon_llm.embeddings import as_token_ids
 from axon_llm.errors import CheckpointError, ConfigError, UnsupportedError
 from axon_llm.rope import RotaryEmbedding, apply_rotary_pos_emb
@@ -39,11 +39,8 @@ TERNARY_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_
 
 
 def _check_heads(cfg, name: str) -> None:
-    for f in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-              "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
-        v = getattr(cfg, f)
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-            raise ConfigError(f"{name}.{f} must be a positive integer, got {v!r}")
+    _positive(cfg, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+              "num_attention_heads", "num_key_value_heads", "max_position_embeddings")
     if cfg.hidden_size % cfg.num_attention_heads:
         raise ConfigError(f"{name}: hidden_size ({cfg.hidden_size}) must be divisible by "
                           f"num_attention_heads ({cfg.num_attention_heads})")
