@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-import kernels
+import axon_kernels as kernels
 
 from .autograd import Function
 from .tensor import Tensor

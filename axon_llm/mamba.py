@@ -32,7 +32,7 @@ import numpy as np
 
 import axon
 import axon.nn.functional as F
-import kernels
+import axon_kernels as kernels
 from axon import kernel_ops, nn
 
 __all__ = ["MambaMixer", "MambaState", "causal_depthwise_conv1d"]

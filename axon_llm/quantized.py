@@ -19,7 +19,7 @@ import numpy as np
 import axon
 import axon.nn as nn
 from axon.autograd import Function
-from kernels.quant import QuantMatrix, dequantize, pack, quant_matmul, quant_matvec, quant_rows, unpack
+from axon_kernels.quant import QuantMatrix, dequantize, pack, quant_matmul, quant_matvec, quant_rows, unpack
 
 from axon_llm.embeddings import as_token_ids
 from axon_llm.errors import InputError

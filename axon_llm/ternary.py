@@ -36,7 +36,7 @@ import math
 import numpy as np
 
 import axon
-import kernels
+import axon_kernels as kernels
 from axon import kernel_ops, nn
 from axon_llm.errors import CheckpointError, InputError, UnsupportedError
 

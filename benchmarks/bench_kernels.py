@@ -87,7 +87,7 @@ def naive_attention(q, k, v, causal):
 
 
 def bench_attention(smoke, repeat):
-    import kernels
+    import axon_kernels as kernels
 
     rng = np.random.default_rng(0)
     h, d = (2, 16) if smoke else (8, 64)
@@ -121,7 +121,7 @@ def bench_attention(smoke, repeat):
 
 
 def bench_scan(smoke, repeat):
-    import kernels
+    import axon_kernels as kernels
 
     rng = np.random.default_rng(0)
     b, d, l, n = (1, 32, 64, 4) if smoke else (1, 256, 512, 16)
@@ -138,7 +138,7 @@ def bench_scan(smoke, repeat):
 
 
 def bench_ternary(smoke, repeat):
-    import kernels
+    import axon_kernels as kernels
 
     rng = np.random.default_rng(0)
     n = 256 if smoke else 4096
@@ -154,7 +154,7 @@ def bench_ternary(smoke, repeat):
 
 
 def bench_matmul(smoke, repeat):
-    import kernels
+    import axon_kernels as kernels
 
     rng = np.random.default_rng(0)
     n = 128 if smoke else 1024
@@ -193,12 +193,13 @@ def bench_sdpa_dispatch(smoke, repeat):
 JIT_SNIPPET = """
 import time
 t0 = time.perf_counter()
-import axon_llm, kernels
+import axon_llm
+import axon_kernels as kernels
 import numpy as np
-from kernels.attention import flash_attention_nb, flash_attention_backward_nb
-from kernels.scan import selective_scan_nb, selective_scan_backward_nb, selective_scan_step_nb
-from kernels.ternary import ternary_matmul_nb
-from kernels.matmul import matmul_nb
+from axon_kernels.attention import flash_attention_nb, flash_attention_backward_nb
+from axon_kernels.scan import selective_scan_nb, selective_scan_backward_nb, selective_scan_step_nb
+from axon_kernels.ternary import ternary_matmul_nb
+from axon_kernels.matmul import matmul_nb
 f = np.ones((1, 2, 4, 8), np.float32)
 o, l = flash_attention_nb(f, f, f, causal=True)
 flash_attention_backward_nb(f, f, f, o, l, f, causal=True)
@@ -233,7 +234,7 @@ def main(argv=None):
     ap.add_argument("--jit-cost", action="store_true", help="also time cold/warm JIT in fresh processes")
     ap.add_argument("--threads", type=int, default=None, help="Numba threads (default: all; BLAS keeps its own setting)")
     args = ap.parse_args(argv)
-    import kernels  # noqa: F401  (first: it sets OMP_WAIT_POLICY before Numba's OpenMP threads start)
+    import axon_kernels as kernels  # noqa: F401  (first: it sets OMP_WAIT_POLICY before Numba's OpenMP threads start)
     import numba
 
     if args.threads is not None:

@@ -25,7 +25,7 @@ def main() -> None:
     import numba
     import numpy as np
 
-    from kernels.quant import BLOCK, dequantize, pack, quant_matmul, quant_matvec
+    from axon_kernels.quant import BLOCK, dequantize, pack, quant_matmul, quant_matvec
 
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     rng = np.random.default_rng(0)

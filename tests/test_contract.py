@@ -12,7 +12,7 @@ import pytest
 import axon
 import axon.nn.functional as F
 import axon_llm
-import kernels
+import axon_kernels as kernels
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

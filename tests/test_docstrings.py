@@ -45,10 +45,10 @@ import types
 
 ROOTS = (
     "axon", "axon.nn", "axon.nn.functional", "axon.optim", "axon.testing",
-    "kernels", "kernels.testing",
+    "axon_kernels", "axon_kernels.testing",
 )
 WALKED_PACKAGES = ("axon_llm",)
-OUR_PACKAGES = ("axon", "kernels", "axon_llm")
+OUR_PACKAGES = ("axon", "axon_kernels", "axon_llm")
 
 
 def _top(modname: str | None) -> str:

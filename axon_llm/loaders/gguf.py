@@ -110,7 +110,7 @@ class GGUFQuantTensor:
 
     def dequantize(self) -> np.ndarray:
         """The tensor as float32 (``kernels.quant.dequantize_ref``)."""
-        from kernels.quant import dequantize_ref
+        from axon_kernels.quant import dequantize_ref
         return dequantize_ref(self.type_name, self.raw, self.shape)
 
 
@@ -566,7 +566,7 @@ def build_from_gguf(path: str | os.PathLike, **kwargs):
     """
     if kwargs:
         raise UnsupportedError(f"build_from_gguf takes no options, got {sorted(kwargs)}")
-    from kernels.quant import pack
+    from axon_kernels.quant import pack
 
     from axon_llm.config import LLaMAConfig
     from axon_llm.loaders.safetensors import load_state

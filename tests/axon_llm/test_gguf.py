@@ -365,7 +365,7 @@ def test_smollm2_greedy_is_token_identical(smol_model, case):
 # ---------------------------------------------------------------------------------------------
 
 def _random_blocks(qtype: str, rows: int, cols: int, seed: int = 0) -> np.ndarray:
-    from kernels.quant import BLOCK
+    from axon_kernels.quant import BLOCK
     rng = np.random.default_rng(seed)
     elems, nbytes = BLOCK[qtype]
     raw = rng.integers(0, 256, size=(rows * cols // elems, nbytes), dtype=np.uint8)
@@ -402,7 +402,7 @@ def test_quantized_layer_errors():
     import axon
     from axon_llm.errors import InputError
     from axon_llm.quantized import QuantizedEmbedding, QuantizedLinear
-    from kernels.quant import pack
+    from axon_kernels.quant import pack
     qm = pack("Q8_0", _random_blocks("Q8_0", 10, 32), (10, 32))
     with pytest.raises(InputError, match=r"\[\.\.\., 32\]"):
         QuantizedLinear(qm)(axon.randn(2, 31))

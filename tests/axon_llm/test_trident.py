@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import axon
-import kernels
+import axon_kernels as kernels
 from axon_llm import CheckpointError, ConfigError, UnsupportedError
 from axon_llm.auto import from_pretrained
 from axon_llm.models.trident import TridentConfig, TridentModel

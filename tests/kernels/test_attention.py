@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-import kernels
-from kernels._jit import jit_disabled
-from kernels.attention import flash_attention_backward_nb, flash_attention_nb
-from kernels.testing import attention_inputs, check_kernel
+import axon_kernels as kernels
+from axon_kernels._jit import jit_disabled
+from axon_kernels.attention import flash_attention_backward_nb, flash_attention_nb
+from axon_kernels.testing import attention_inputs, check_kernel
 
 SMALL = dict(max_len=10, max_dim=6, max_heads=2, max_block=8) if jit_disabled() else {}
 EXAMPLES = 10 if jit_disabled() else 40

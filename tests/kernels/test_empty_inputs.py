@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import kernels
-from kernels.attention import flash_attention_backward_nb, flash_attention_nb
-from kernels.matmul import matmul_nb
-from kernels.scan import selective_scan_backward_nb, selective_scan_nb
-from kernels.ternary import ternary_matmul_nb
+import axon_kernels as kernels
+from axon_kernels.attention import flash_attention_backward_nb, flash_attention_nb
+from axon_kernels.matmul import matmul_nb
+from axon_kernels.scan import selective_scan_backward_nb, selective_scan_nb
+from axon_kernels.ternary import ternary_matmul_nb
 
 
 @pytest.mark.parametrize("fwd,bwd", [(flash_attention_nb, flash_attention_backward_nb),

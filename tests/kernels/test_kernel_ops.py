@@ -10,12 +10,12 @@ from hypothesis import given, settings
 
 import axon
 import axon.nn.functional as F
-import kernels
+import axon_kernels as kernels
 from axon import kernel_ops
 from axon.nn.functional import _sdpa_reference
 from axon.testing import gradcheck
-from kernels._jit import jit_disabled
-from kernels.testing import attention_inputs, scan_inputs
+from axon_kernels._jit import jit_disabled
+from axon_kernels.testing import attention_inputs, scan_inputs
 
 EXAMPLES = 8 if jit_disabled() else 20
 

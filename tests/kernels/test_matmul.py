@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-import kernels
-from kernels._jit import jit_disabled
-from kernels.matmul import matmul_nb
-from kernels.testing import check_kernel, matmul_inputs
+import axon_kernels as kernels
+from axon_kernels._jit import jit_disabled
+from axon_kernels.matmul import matmul_nb
+from axon_kernels.testing import check_kernel, matmul_inputs
 
 SMALL = dict(max_side=5, max_batch_dims=1) if jit_disabled() else dict(max_side=40)
 

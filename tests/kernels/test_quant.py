@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import quant
-from kernels.quant import (
+from axon_kernels import quant
+from axon_kernels.quant import (
     BLOCK, QUANT_TYPES, TILE_ROWS, dequantize, dequantize_ref, pack, quant_matmul, quant_matmul_ref,
     quant_matvec, quant_matvec_ref, quant_rows, quant_rows_ref, unpack, unpack_ref,
 )

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-import kernels
-from kernels._jit import jit_disabled
-from kernels.scan import selective_scan_backward_nb, selective_scan_nb, selective_scan_step_nb
-from kernels.testing import scan_inputs, check_kernel
+import axon_kernels as kernels
+from axon_kernels._jit import jit_disabled
+from axon_kernels.scan import selective_scan_backward_nb, selective_scan_nb, selective_scan_step_nb
+from axon_kernels.testing import scan_inputs, check_kernel
 
 SMALL = dict(max_len=5, max_channels=9, max_state=3) if jit_disabled() else {}
 EXAMPLES = 10 if jit_disabled() else 40

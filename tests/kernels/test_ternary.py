@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-import kernels
-from kernels.ternary import ternary_matmul_nb
-from kernels.testing import check_kernel, ternary_inputs
+import axon_kernels as kernels
+from axon_kernels.ternary import ternary_matmul_nb
+from axon_kernels.testing import check_kernel, ternary_inputs
 
 
 def weight_quant(w):
@@ -98,8 +98,8 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_parallel_path_equals_reference():
     """Products of >= 2^18 packed bytes run the parallel kernel (smaller ones the serial one)."""
-    from kernels._jit import jit_disabled
-    from kernels.ternary import _PARALLEL_MIN_BYTES
+    from axon_kernels._jit import jit_disabled
+    from axon_kernels.ternary import _PARALLEL_MIN_BYTES
 
     if jit_disabled():
         pytest.skip("same loop nest as the serial path, which the other tests cover; too slow as plain Python")

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import kernels
-from kernels.testing import LAYOUTS, arrays, check_kernel, default_tolerance, matmul_inputs
+import axon_kernels as kernels
+from axon_kernels.testing import LAYOUTS, arrays, check_kernel, default_tolerance, matmul_inputs
 
 
 @settings(max_examples=30, deadline=None)

@@ -7,15 +7,15 @@ quant (GGUF blocks). `kernels.testing` holds hypothesis strategies and `check_ke
 testing any kernel against its reference. See docs/kernels.md.
 """
 
-from kernels.attention import (
+from axon_kernels.attention import (
     FlashAttentionConfig,
     flash_attention,
     flash_attention_backward,
     flash_attention_backward_ref,
     flash_attention_ref,
 )
-from kernels.matmul import matmul, matmul_ref
-from kernels.scan import (
+from axon_kernels.matmul import matmul, matmul_ref
+from axon_kernels.scan import (
     selective_scan,
     selective_scan_backward,
     selective_scan_backward_ref,
@@ -23,7 +23,7 @@ from kernels.scan import (
     selective_scan_step,
     selective_scan_step_ref,
 )
-from kernels.ternary import (
+from axon_kernels.ternary import (
     quantize_activations,
     ternary_codes,
     ternary_matmul,
@@ -58,4 +58,4 @@ __all__ = [
     "ternary_unpack",
 ]
 
-from kernels.quant import QuantMatrix, dequantize_ref, quant_matmul, quant_matmul_ref, quant_matvec, quant_matvec_ref, quant_rows, quant_rows_ref  # noqa: E402,F401
+from axon_kernels.quant import QuantMatrix, dequantize_ref, quant_matmul, quant_matmul_ref, quant_matvec, quant_matvec_ref, quant_rows, quant_rows_ref  # noqa: E402,F401

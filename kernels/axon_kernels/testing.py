@@ -12,8 +12,8 @@ Array contents come from a NumPy generator seeded by hypothesis (fast for the fe
 arrays attention needs; hypothesis still shrinks shapes and options). Usage::
 
     from hypothesis import given, settings
-    from kernels.testing import attention_inputs, check_kernel
-    import kernels
+    from axon_kernels.testing import attention_inputs, check_kernel
+    import axon_kernels as kernels
 
     @settings(max_examples=20, deadline=None)
     @given(attention_inputs())
