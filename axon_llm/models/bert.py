@@ -326,8 +326,8 @@ class BertForMaskedLM(PretrainedModel):
 
     def __init__(self, config: BertConfig | None = None):
         super().__init__()
+        self.config = config = self.checked_config(config)
         self.bert = BertModel(config, add_pooling_layer=False)
-        self.config = self.bert.config
         self.cls = _MLMHead(self.config, self.bert.embeddings.word_embeddings)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
@@ -358,10 +358,11 @@ class BertForSequenceClassification(PretrainedModel):
         """``num_labels`` (as the crate's ``BertForSequenceClassification::new(config, num_labels)``)
         overrides ``config.num_labels`` and resets its default label names."""
         super().__init__()
+        config = self.checked_config(config)
         if num_labels is not None:
-            config = dataclasses.replace(config or BertConfig(), num_labels=num_labels, id2label=None)
+            config = dataclasses.replace(config, num_labels=num_labels, id2label=None)
+        self.config = config
         self.bert = BertModel(config, add_pooling_layer=True)
-        self.config = self.bert.config
         p = self.config.classifier_dropout
         self.dropout = nn.Dropout(self.config.hidden_dropout_prob if p is None else p)
         self.classifier = nn.Linear(self.config.hidden_size, self.config.num_labels)
