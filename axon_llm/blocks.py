@@ -29,7 +29,7 @@ from axon_llm.cache import KVCache
 from axon_llm.embeddings import PositionalEmbedding, TokenEmbedding, as_token_ids
 from axon_llm.errors import ConfigError, GenerationError
 
-__all__ = ["activation", "GatedMLP", "MLP", "TransformerBlock", "TransformerEncoder", "TransformerDecoder",
+__all__ = ["activation", "normal_embedding", "GatedMLP", "MLP", "TransformerBlock", "TransformerEncoder", "TransformerDecoder",
            "DecoderConfig", "DecoderStack", "PretrainedModel", "CausalLM"]
 
 _ACTIVATIONS = {
@@ -80,6 +80,14 @@ class GatedMLP(nn.Module):
         del a
         s *= self.up_proj(x).data
         return s
+
+
+def normal_embedding(config) -> nn.Embedding:
+    """A ``[vocab_size, hidden_size]`` token table ~ N(0, ``config.initializer_range``) (the
+    from-scratch init of the families that initialise themselves: SSM, Hydra, Chimera, Trident)."""
+    table = nn.Embedding(config.vocab_size, config.hidden_size)
+    nn.init.normal_(table.weight, std=config.initializer_range)
+    return table
 
 
 class MLP(nn.Module):

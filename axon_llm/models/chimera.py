@@ -38,9 +38,10 @@ import axon
 import axon.nn.functional as F
 from axon import nn
 from axon_llm.attention import AttentionContext, MultiHeadAttention, attend, merge_heads
-from axon_llm.blocks import CausalLM
+from axon_llm.blocks import CausalLM, normal_embedding
 from axon_llm.config import ModelConfig, check_heads, check_positive, normalize_rope
 from axon_llm.errors import ConfigError, InputError, UnsupportedError
+from axon_llm.models.llama import LLaMAModel
 from axon_llm.moe import SparseMoE, load_balancing_loss
 from axon_llm.rope import RotaryEmbedding, apply_rotary_pos_emb
 
@@ -226,23 +227,19 @@ class ChimeraBlock(nn.Module):
         return x + y
 
 
-class ChimeraBackbone(nn.Module):
-    """``model.*``: embed_tokens -> layers -> norm (RoPE over half a head: each Q/K half is rotated)."""
+class ChimeraBackbone(LLaMAModel):
+    """``model.*``: embed_tokens -> layers -> norm, built as LLaMA's."""
 
-    def __init__(self, config: ChimeraConfig):
-        super().__init__()
-        rotary = RotaryEmbedding(config.head_dim // 2, config.max_position_embeddings, config.rope_theta)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        nn.init.normal_(self.embed_tokens.weight, std=config.initializer_range)
-        self.layers = nn.ModuleList([ChimeraBlock(config, i, rotary) for i in range(config.num_hidden_layers)])
-        self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+    # diff vs LLaMA: Chimera's blocks, RoPE over half a head (each Q/K half is rotated), N(0, std) embeddings
+    layer_class = ChimeraBlock
 
-    def forward(self, ids: np.ndarray, ctx: AttentionContext) -> axon.Tensor:
-        """[B, T] ids -> [B, T, d] hidden states (final norm applied)."""
-        h = self.embed_tokens(ids)                            # [B, T] -> [B, T, d]
-        for layer in self.layers:
-            h = layer(h, ctx)
-        return self.norm(h)
+    def make_embedding(self, config: ChimeraConfig) -> nn.Embedding:
+        """``[V, d]`` ~ N(0, initializer_range)."""
+        return normal_embedding(config)
+
+    def make_rotary(self, config: ChimeraConfig) -> RotaryEmbedding:
+        """Plain RoPE over ``head_dim / 2`` channels (one half-head)."""
+        return RotaryEmbedding(config.head_dim // 2, config.max_position_embeddings, config.rope_theta)
 
 
 class ChimeraForCausalLM(CausalLM):

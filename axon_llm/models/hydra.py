@@ -26,7 +26,7 @@ import numpy as np
 import axon
 from axon import nn
 from axon_llm.attention import AttentionContext, MultiHeadAttention, attend, merge_heads
-from axon_llm.blocks import CausalLM, GatedMLP
+from axon_llm.blocks import CausalLM, GatedMLP, normal_embedding
 from axon_llm.config import ModelConfig, check_heads, check_positive, check_window
 from axon_llm.errors import ConfigError, InputError
 from axon_llm.mamba import MambaMixer, MambaState
@@ -218,8 +218,7 @@ class HydraBackbone(nn.Module):
 
     def __init__(self, config: HydraConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        nn.init.normal_(self.embed_tokens.weight, std=config.initializer_range)
+        self.embed_tokens = normal_embedding(config)
         self.layers = nn.ModuleList([HydraBlock(config, i) for i in range(config.num_hidden_layers)])
         self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 

@@ -170,17 +170,29 @@ class LLaMADecoderLayer(nn.Module):
 
 
 class LLaMAModel(nn.Module):
-    """HF ``LlamaModel``: ``embed_tokens``, ``layers``, ``norm`` (the body without the LM head)."""
+    """HF ``LlamaModel``: ``embed_tokens``, ``layers``, ``norm`` (the body without the LM head).
+
+    The decoder families built like it (Mistral, Chimera, Trident) subclass it and change
+    ``layer_class`` and, where they differ, :meth:`make_embedding` / :meth:`make_rotary`.
+    """
 
     layer_class = LLaMADecoderLayer
 
     def __init__(self, config: LLaMAConfig):
         super().__init__()
-        self.embed_tokens = TokenEmbedding(config.vocab_size, config.hidden_size)
-        self.rotary_emb = RotaryEmbedding.from_config(config)   # tables only, no parameters
+        self.embed_tokens = self.make_embedding(config)
+        self.rotary_emb = self.make_rotary(config)              # tables only, no parameters
         self.layers = nn.ModuleList([self.layer_class(config, i, self.rotary_emb)
                                      for i in range(config.num_hidden_layers)])
         self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def make_embedding(self, config) -> nn.Embedding:
+        """The token table ``[V, d]`` (initialised with the rest of the model when materialised)."""
+        return TokenEmbedding(config.vocab_size, config.hidden_size)
+
+    def make_rotary(self, config) -> RotaryEmbedding:
+        """RoPE over ``config.rotary_dim`` channels, with the config's theta and scaling."""
+        return RotaryEmbedding.from_config(config)
 
     def forward(self, ids, ctx: AttentionContext):
         """int64 ids ``[B, T]`` -> final hidden states ``[B, T, d]``."""

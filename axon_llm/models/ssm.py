@@ -21,7 +21,7 @@ import numpy as np
 
 import axon
 from axon import nn
-from axon_llm.blocks import CausalLM
+from axon_llm.blocks import CausalLM, normal_embedding
 from axon_llm.config import ModelConfig, check_positive
 from axon_llm.errors import ConfigError, InputError
 from axon_llm.mamba import MambaMixer, MambaState
@@ -166,8 +166,7 @@ class SSMModel(nn.Module):
 
     def __init__(self, config: SSMConfig):
         super().__init__()
-        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        nn.init.normal_(self.embeddings.weight, std=config.initializer_range)   # HF's init (tied head)
+        self.embeddings = normal_embedding(config)          # HF's init (tied head)
         self.layers = nn.ModuleList([SSMBlock(config, i) for i in range(config.num_hidden_layers)])
         self.norm_f = nn.RMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
 

@@ -25,9 +25,10 @@ import axon
 import axon.nn.functional as F
 from axon import nn
 from axon_llm.attention import AttentionContext, MultiHeadAttention, attend, merge_heads
-from axon_llm.blocks import CausalLM
+from axon_llm.blocks import CausalLM, normal_embedding
 from axon_llm.config import ModelConfig, check_heads, check_positive, normalize_rope
 from axon_llm.errors import CheckpointError, ConfigError, UnsupportedError
+from axon_llm.models.llama import LLaMAModel
 from axon_llm.rope import RotaryEmbedding, apply_rotary_pos_emb
 from axon_llm.ternary import TernaryLinear, latent_weight, unpack_hf_ternary
 
@@ -241,24 +242,19 @@ class BitNetDecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class TridentBackbone(nn.Module):
-    """``model.*`` of BitNetForCausalLM: embed_tokens -> layers -> norm."""
+class TridentBackbone(LLaMAModel):
+    """``model.*`` of BitNetForCausalLM: embed_tokens -> layers -> norm, built as LLaMA's."""
 
-    def __init__(self, config: TridentConfig):
-        super().__init__()
-        rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        nn.init.normal_(self.embed_tokens.weight, std=config.initializer_range)
-        self.layers = nn.ModuleList([BitNetDecoderLayer(config, i, rotary)
-                                     for i in range(config.num_hidden_layers)])
-        self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+    # diff vs LLaMA: BitNet's layers, plain RoPE over the whole head, N(0, std) embeddings
+    layer_class = BitNetDecoderLayer
 
-    def forward(self, ids: np.ndarray, ctx: AttentionContext) -> axon.Tensor:
-        """[B, T] ids -> [B, T, d] hidden states (final norm applied)."""
-        h = self.embed_tokens(ids)                                        # [B, T] -> [B, T, d]
-        for layer in self.layers:
-            h = layer(h, ctx)
-        return self.norm(h)
+    def make_embedding(self, config: TridentConfig) -> nn.Embedding:
+        """``[V, d]`` ~ N(0, initializer_range)."""
+        return normal_embedding(config)
+
+    def make_rotary(self, config: TridentConfig) -> RotaryEmbedding:
+        """Plain RoPE over the whole head."""
+        return RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
 
 
 class TridentForCausalLM(CausalLM):
