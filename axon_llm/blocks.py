@@ -172,6 +172,7 @@ class PretrainedModel(nn.Module):
     * ``train_name`` — its ``axon-llm train --arch`` name (``None``: not trainable from the CLI);
     * ``hf_init`` — True when a from-scratch model takes transformers' ``_init_weights``
       (other families initialise themselves with their own recipes);
+    * ``default_pad_token_id`` — the pad id training sets when the tokenizer has none;
     * ``tied_keys`` — state-dict keys aliasing another parameter, skipped by ``save_pretrained``.
     """
 
@@ -180,12 +181,21 @@ class PretrainedModel(nn.Module):
     architectures: dict[str, str] = {}
     train_name: str | None = None
     hf_init: bool = False
+    #: the pad id a from-scratch training config needs when the tokenizer has none (BERT's padding row)
+    default_pad_token_id: int | None = None
     #: state-dict keys that alias another parameter (tied weights): not written to checkpoints
     tied_keys: tuple[str, ...] = ()
 
     def tied_weights(self) -> tuple[str, ...]:
         """State-dict keys that alias another parameter (not written to checkpoints, filled on load)."""
         return tuple(self.tied_keys)
+
+    @property
+    def hf_architecture(self) -> str:
+        """The HF architecture this model is saved as: the one of ``architectures`` whose model_type
+        is the config's (``MixtralForCausalLM`` for an MoE ``MistralConfig``, ``Phi3ForCausalLM`` ...)."""
+        model_type = self.config.to_dict()["model_type"]
+        return next(a for a, t in self.architectures.items() if t == model_type)
 
     def save_pretrained(self, directory):
         """Write ``config.json`` + ``model.safetensors`` that transformers (and ``from_pretrained``) load,
@@ -252,13 +262,6 @@ class CausalLM(PretrainedModel):
         """Make ``lm_head.weight`` the input embedding's Parameter (one tensor, two state-dict keys)."""
         self.lm_head.weight = self.get_submodule(self.embedding_path).weight
         self.tied_keys = ("lm_head.weight",)
-
-    @property
-    def hf_architecture(self) -> str:
-        """The HF architecture this model is saved as: the one of ``architectures`` whose model_type
-        is the config's (``MixtralForCausalLM`` for an MoE ``MistralConfig``, ``Phi3ForCausalLM`` ...)."""
-        model_type = self.config.to_dict()["model_type"]
-        return next(a for a, t in self.architectures.items() if t == model_type)
 
     def token_ids(self, input_ids) -> np.ndarray:
         """Validated int64 ``[B, T]`` ids (``InputError`` outside ``[0, vocab)``)."""

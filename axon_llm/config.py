@@ -8,7 +8,7 @@ Each family's config sits beside its model (``LLaMAConfig`` in ``models/llama.py
   ``config.json`` (unknown keys are kept in ``extra`` rather than rejected);
 * rejects a configuration that cannot work when it is built (``ConfigError``), through the one
   copy of each check here (:func:`check_positive`, :func:`check_heads`, :func:`check_window`,
-  :func:`check_activation`, :func:`check_rope`);
+  :func:`check_rotary`, :func:`check_eps`, :func:`check_activation`, :func:`check_rope`);
 * has the Rust crate's presets as classmethods (``LLaMAConfig.llama3_8b()``);
 * counts its parameters with ``num_parameters()`` by arithmetic alone, no allocation.
 
@@ -139,6 +139,30 @@ def check_window(cfg: Any, name: str = "sliding_window", *, optional: bool = Tru
                           f"query's own position), got {value!r}")
 
 
+def check_rotary(cfg: Any) -> None:
+    """The RoPE rules of every config with rotary positions (``ConfigError`` naming the class):
+    ``partial_rotary_factor`` (when the config has one) in ``(0, 1]``, the rotated width
+    ``rotary_dim`` (when it has one) even and positive, ``rope_theta`` a positive float (set
+    to ``float(rope_theta)``)."""
+    name = type(cfg).__name__
+    factor = getattr(cfg, "partial_rotary_factor", 1.0)
+    if not 0.0 < factor <= 1.0:
+        raise ConfigError(f"{name}.partial_rotary_factor must be in (0, 1], got {factor}")
+    dim = getattr(cfg, "rotary_dim", 2)
+    if dim % 2 or dim < 1:
+        raise ConfigError(f"{name}: the rotary dimension ({dim}) must be even and positive")
+    cfg.rope_theta = float(cfg.rope_theta)
+    if not cfg.rope_theta > 0:
+        raise ConfigError(f"{name}.rope_theta must be > 0, got {cfg.rope_theta}")
+
+
+def check_eps(cfg: Any, name: str) -> None:
+    """``ConfigError`` unless the norm epsilon field ``name`` is a number > 0."""
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not value > 0:
+        raise ConfigError(f"{type(cfg).__name__}.{name} must be > 0, got {value!r}")
+
+
 @dataclass
 class ModelConfig:
     """Shared behaviour: building from a config.json dict and writing one back."""
@@ -212,7 +236,6 @@ def read_config_json(source: str | Path) -> dict[str, Any]:
     return d
 
 
-
 def prepare_rope(d: dict[str, Any], default_theta: float = 10000.0) -> dict[str, Any]:
     """A ``_prepare`` hook: ``d`` with its RoPE keys (either style) rewritten as ``rope_theta``,
     ``rope_scaling`` and, when given, ``partial_rotary_factor``."""
@@ -225,8 +248,8 @@ def prepare_rope(d: dict[str, Any], default_theta: float = 10000.0) -> dict[str,
     return d
 
 
-
 __all__ = [
     "ModelConfig", "SUPPORTED_ROPE_TYPES", "SUPPORTED_ACTIVATIONS", "normalize_rope", "prepare_rope",
-    "read_config_json", "check_positive", "check_heads", "check_window", "check_activation", "check_rope",
+    "read_config_json", "check_positive", "check_heads", "check_window", "check_rotary", "check_eps",
+    "check_activation", "check_rope",
 ]

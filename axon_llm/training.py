@@ -112,8 +112,8 @@ def build_config(arch: str, preset: str, tokenizer, seq_len: int):
     # the preset's special ids mean nothing for this tokenizer: take the tokenizer's (None for bytes)
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         changes[name] = getattr(tokenizer, name, None)
-    if arch == "bert" and changes["pad_token_id"] is None:
-        changes["pad_token_id"] = 0                                    # BERT's embedding needs a padding row
+    if changes["pad_token_id"] is None:                               # e.g. BERT's embedding needs a padding row
+        changes["pad_token_id"] = ARCHITECTURES[arch].default_pad_token_id
     return _with_fields(config, **changes)
 
 

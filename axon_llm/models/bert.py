@@ -37,7 +37,6 @@ __all__ = ["BertConfig", "BertSelfAttention", "BertAttention", "BertLayer", "Ber
            "Bert", "BertForMaskedLM", "BertForSequenceClassification"]
 
 
-
 @dataclass
 class BertConfig(ModelConfig):
     """BERT (HF ``BertConfig`` field names). ``num_labels`` sizes the classification head."""
@@ -75,7 +74,7 @@ class BertConfig(ModelConfig):
 
     def __post_init__(self) -> None:
         check_positive(self, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                  "intermediate_size", "max_position_embeddings", "type_vocab_size", "num_labels")
+                       "intermediate_size", "max_position_embeddings", "type_vocab_size", "num_labels")
         check_heads(self)
         check_activation(self, "hidden_act")
         if self.id2label is None:
@@ -248,7 +247,6 @@ class BertModel(PretrainedModel):
     """
 
     config_class = BertConfig
-    hf_architecture = "BertModel"
     architectures = {"BertModel": "bert"}
     hf_init = True
 
@@ -318,9 +316,9 @@ class BertForMaskedLM(PretrainedModel):
     """HF ``BertForMaskedLM``: ``bert`` (no pooler) + ``cls.predictions`` (decoder tied to the embeddings)."""
 
     config_class = BertConfig
-    hf_architecture = "BertForMaskedLM"
     architectures = {"BertForMaskedLM": "bert"}
     train_name = "bert"
+    default_pad_token_id = 0                               # the embedding's padding row
     hf_init = True
     tied_keys = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 
@@ -350,7 +348,6 @@ class BertForSequenceClassification(PretrainedModel):
     """HF ``BertForSequenceClassification``: ``bert`` (with pooler) + ``dropout`` + ``classifier``."""
 
     config_class = BertConfig
-    hf_architecture = "BertForSequenceClassification"
     architectures = {"BertForSequenceClassification": "bert"}
     hf_init = True
 

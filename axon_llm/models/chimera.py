@@ -39,7 +39,7 @@ import axon.nn.functional as F
 from axon import nn
 from axon_llm.attention import AttentionContext, MultiHeadAttention, attend, merge_heads
 from axon_llm.blocks import CausalLM, normal_embedding
-from axon_llm.config import ModelConfig, check_heads, check_positive, normalize_rope
+from axon_llm.config import ModelConfig, check_eps, check_heads, check_positive, check_rotary, prepare_rope
 from axon_llm.errors import ConfigError, InputError, UnsupportedError
 from axon_llm.models.llama import LLaMAModel
 from axon_llm.moe import SparseMoE, load_balancing_loss
@@ -81,13 +81,9 @@ class ChimeraConfig(ModelConfig):
 
     @classmethod
     def _prepare(cls, d: dict[str, Any]) -> dict[str, Any]:
-        d = dict(d)
-        theta, scaling, _ = normalize_rope(d, cls.rope_theta)
-        if scaling is not None:
+        d = prepare_rope(d, cls.rope_theta)
+        if d.pop("rope_scaling") is not None:
             raise UnsupportedError("ChimeraConfig: rope_scaling is not supported")
-        d.pop("rope_parameters", None)
-        d.pop("rope_scaling", None)
-        d["rope_theta"] = theta
         return d
 
     def __post_init__(self) -> None:
@@ -105,11 +101,8 @@ class ChimeraConfig(ModelConfig):
         if self.num_experts_per_tok > self.num_local_experts:
             raise ConfigError(f"ChimeraConfig: num_experts_per_tok (top_k = {self.num_experts_per_tok}) cannot "
                               f"exceed num_local_experts ({self.num_local_experts})")
-        if not self.rms_norm_eps > 0:
-            raise ConfigError(f"ChimeraConfig.rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
-        self.rope_theta = float(self.rope_theta)
-        if not self.rope_theta > 0:
-            raise ConfigError(f"ChimeraConfig.rope_theta must be > 0, got {self.rope_theta}")
+        check_eps(self, "rms_norm_eps")
+        check_rotary(self)
 
     @property
     def head_dim(self) -> int:

@@ -27,8 +27,8 @@ import axon
 from axon import nn
 from axon_llm.attention import AttentionContext, MultiHeadAttention, attend, merge_heads
 from axon_llm.blocks import CausalLM, GatedMLP, normal_embedding
-from axon_llm.config import ModelConfig, check_heads, check_positive, check_window
-from axon_llm.errors import ConfigError, InputError
+from axon_llm.config import ModelConfig, check_eps, check_heads, check_positive, check_window
+from axon_llm.errors import InputError
 from axon_llm.mamba import MambaMixer, MambaState
 from axon_llm.models.ssm import StateContext
 
@@ -73,8 +73,7 @@ class HydraConfig(ModelConfig):
                        "time_step_rank")
         check_window(self, optional=False)                   # every odd layer attends over the window
         check_heads(self)
-        if not self.rms_norm_eps > 0:
-            raise ConfigError(f"HydraConfig.rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
+        check_eps(self, "rms_norm_eps")
 
     @property
     def head_dim(self) -> int:

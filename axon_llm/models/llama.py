@@ -22,14 +22,12 @@ import axon.nn as nn
 from axon_llm.attention import AttentionContext, MultiHeadAttention
 from axon_llm.blocks import CausalLM, GatedMLP
 from axon_llm.config import (
-    ModelConfig, check_activation, check_heads, check_positive, check_rope, prepare_rope,
+    ModelConfig, check_activation, check_heads, check_positive, check_rope, check_rotary, prepare_rope,
 )
 from axon_llm.embeddings import TokenEmbedding
-from axon_llm.errors import ConfigError
 from axon_llm.rope import RotaryEmbedding
 
 __all__ = ["LLaMAConfig", "LLaMADecoderLayer", "LLaMAModel", "LLaMAForCausalLM"]
-
 
 
 @dataclass
@@ -69,18 +67,12 @@ class LLaMAConfig(ModelConfig):
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         check_positive(self, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                  "num_attention_heads", "num_key_value_heads", "max_position_embeddings")
+                       "num_attention_heads", "num_key_value_heads", "max_position_embeddings")
         check_heads(self, head_dim_given=self.head_dim is not None)
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
         check_positive(self, "head_dim")
-        if not 0.0 < self.partial_rotary_factor <= 1.0:
-            raise ConfigError(f"partial_rotary_factor must be in (0, 1], got {self.partial_rotary_factor}")
-        if self.rotary_dim % 2:
-            raise ConfigError(f"the rotary dimension ({self.rotary_dim}) must be even")
-        self.rope_theta = float(self.rope_theta)
-        if self.rope_theta <= 0:
-            raise ConfigError(f"rope_theta must be positive, got {self.rope_theta}")
+        check_rotary(self)
         check_rope(self.rope_scaling)
         check_activation(self, "hidden_act")
 

@@ -29,7 +29,6 @@ from axon_llm.moe import SparseMoE
 __all__ = ["MistralConfig", "MistralDecoderLayer", "MistralModel", "MistralForCausalLM"]
 
 
-
 @dataclass
 class MistralConfig(LLaMAConfig):
     """Mistral (HF ``MistralConfig``); with ``num_local_experts`` set it is Mixtral (``MixtralConfig``)."""

@@ -27,16 +27,15 @@ import axon.nn as nn
 from axon_llm.attention import AttentionContext, MultiHeadAttention, split_heads
 from axon_llm.blocks import MLP, CausalLM, activation
 from axon_llm.config import (
-    ModelConfig, check_activation, check_heads, check_positive, check_rope, check_window, prepare_rope,
+    ModelConfig, check_activation, check_heads, check_positive, check_rope, check_rotary, check_window,
+    prepare_rope,
 )
 from axon_llm.embeddings import TokenEmbedding
-from axon_llm.errors import ConfigError
 from axon_llm.models.llama import LLaMADecoderLayer
 from axon_llm.rope import RotaryEmbedding
 
 __all__ = ["PhiConfig", "Phi3Config", "PhiAttention", "PhiDecoderLayer", "Phi3Attention", "Phi3MLP",
            "Phi3DecoderLayer", "PhiModel", "PhiForCausalLM"]
-
 
 
 @dataclass
@@ -77,14 +76,10 @@ class PhiConfig(ModelConfig):
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
         check_positive(self, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                  "num_attention_heads", "num_key_value_heads", "max_position_embeddings")
+                       "num_attention_heads", "num_key_value_heads", "max_position_embeddings")
         check_heads(self)
-        if not 0.0 < self.partial_rotary_factor <= 1.0:
-            raise ConfigError(f"partial_rotary_factor must be in (0, 1], got {self.partial_rotary_factor}")
-        if self.rotary_dim % 2 or self.rotary_dim == 0:
-            raise ConfigError(f"the rotary dimension ({self.rotary_dim}) must be even and positive")
+        check_rotary(self)
         check_window(self)
-        self.rope_theta = float(self.rope_theta)
         check_rope(self.rope_scaling)
         check_activation(self, "hidden_act")
 

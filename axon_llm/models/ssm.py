@@ -22,7 +22,7 @@ import numpy as np
 import axon
 from axon import nn
 from axon_llm.blocks import CausalLM, normal_embedding
-from axon_llm.config import ModelConfig, check_positive
+from axon_llm.config import ModelConfig, check_eps, check_positive
 from axon_llm.errors import ConfigError, InputError
 from axon_llm.mamba import MambaMixer, MambaState
 
@@ -73,8 +73,7 @@ class SSMConfig(ModelConfig):
                   "intermediate_size", "time_step_rank")
         if self.hidden_act != "silu":
             raise ConfigError(f"SSMConfig.hidden_act: only 'silu' (Mamba's activation) is supported, got {self.hidden_act!r}")
-        if not self.layer_norm_epsilon > 0:
-            raise ConfigError(f"SSMConfig.layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon!r}")
+        check_eps(self, "layer_norm_epsilon")
 
     @classmethod
     def from_d_model(cls, d_model: int, vocab_size: int, num_layers: int = 4) -> "SSMConfig":

@@ -26,7 +26,7 @@ import axon.nn.functional as F
 from axon import nn
 from axon_llm.attention import AttentionContext, MultiHeadAttention, attend, merge_heads
 from axon_llm.blocks import CausalLM, normal_embedding
-from axon_llm.config import ModelConfig, check_heads, check_positive, normalize_rope
+from axon_llm.config import ModelConfig, check_eps, check_heads, check_positive, check_rotary, prepare_rope
 from axon_llm.errors import CheckpointError, ConfigError, UnsupportedError
 from axon_llm.models.llama import LLaMAModel
 from axon_llm.rope import RotaryEmbedding, apply_rotary_pos_emb
@@ -69,11 +69,7 @@ class TridentConfig(ModelConfig):
 
     @classmethod
     def _prepare(cls, d: dict[str, Any]) -> dict[str, Any]:
-        d = dict(d)
-        theta, scaling, _ = normalize_rope(d, cls.rope_theta)
-        d.pop("rope_parameters", None)
-        d["rope_theta"], d["rope_scaling"] = theta, scaling
-        return d
+        return prepare_rope(d, cls.rope_theta)
 
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:
@@ -87,9 +83,8 @@ class TridentConfig(ModelConfig):
             raise UnsupportedError(f"TridentConfig.hidden_act={self.hidden_act!r}: BitNet b1.58 uses 'relu2'")
         if self.attention_bias:
             raise UnsupportedError("TridentConfig.attention_bias=True: BitNet b1.58 has no biases")
-        if not self.rms_norm_eps > 0:
-            raise ConfigError(f"TridentConfig.rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
-        self.rope_theta = float(self.rope_theta)
+        check_eps(self, "rms_norm_eps")
+        check_rotary(self)
         if self.rope_scaling is not None:
             raise UnsupportedError("TridentConfig: rope_scaling is not supported (BitNet uses plain RoPE)")
         q = self.quantization_config

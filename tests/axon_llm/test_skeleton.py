@@ -207,3 +207,48 @@ def test_every_model_rejects_a_config_of_another_family(cls):
     other = SSMConfig.tiny() if cls is not SSMForCausalLM else LLaMAConfig.tiny()
     with pytest.raises(ConfigError, match=f"{cls.__name__} needs a {cls.config_class.__name__}"):
         cls(other)
+
+
+ROTARY = {
+    "llama": lambda **kw: LLaMAConfig.tiny().replace(**kw),
+    "mistral": lambda **kw: MistralConfig.tiny().replace(**kw),
+    "phi": lambda **kw: PhiConfig.tiny().replace(**kw),
+    "phi3": lambda **kw: Phi3Config.tiny().replace(**kw),
+    "chimera": lambda **kw: ChimeraConfig.tiny().replace(**kw),
+    "trident": lambda **kw: TridentConfig.tiny().replace(**kw),
+}
+
+
+@pytest.mark.parametrize("family", sorted(ROTARY))
+def test_every_rope_theta_must_be_positive(family):
+    assert isinstance(ROTARY[family](rope_theta=500).rope_theta, float)
+    for theta in (0, -1.0):
+        with pytest.raises(ConfigError, match="rope_theta"):
+            ROTARY[family](rope_theta=theta)
+
+
+@pytest.mark.parametrize("family", ["llama", "phi", "phi3"])
+def test_every_partial_rotary_factor_is_checked_alike(family):
+    for factor in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="partial_rotary_factor"):
+            ROTARY[family](partial_rotary_factor=factor)
+    with pytest.raises(ConfigError, match="rotary dimension"):
+        ROTARY[family](partial_rotary_factor=0.01)                  # rotates 0 channels of a 64-wide head
+
+
+@pytest.mark.parametrize("config, field", [
+    (lambda v: SSMConfig.tiny().replace(layer_norm_epsilon=v), "layer_norm_epsilon"),
+    (lambda v: HydraConfig.tiny().replace(rms_norm_eps=v), "rms_norm_eps"),
+    (lambda v: ChimeraConfig.tiny().replace(rms_norm_eps=v), "rms_norm_eps"),
+    (lambda v: TridentConfig.tiny().replace(rms_norm_eps=v), "rms_norm_eps"),
+])
+def test_every_norm_epsilon_must_be_positive(config, field):
+    assert getattr(config(1e-6), field) == 1e-6
+    for bad in (0.0, -1e-5, True, "1e-5"):
+        with pytest.raises(ConfigError, match=field):
+            config(bad)
+
+
+def test_training_pads_with_the_models_declared_pad_id():
+    assert TRAINABLE["bert"].default_pad_token_id == 0
+    assert all(cls.default_pad_token_id is None for name, cls in TRAINABLE.items() if name != "bert")
