@@ -10,10 +10,11 @@ The rule for an edge from module M (every `import` / `from ... import` anywhere 
   imported), else M -> `a.b` (the name is an attribute of `a.b`, e.g. a class).
 - Relative imports are resolved against M's package first (`from .x import y` in `p/q.py` is
   `from p.x import y`; in `p/__init__.py` it is also `from p.x import y`).
-- Importing `a.b.c` also runs the `__init__` of `a` and `a.b`; that implicit edge is NOT counted,
-  since every submodule would otherwise "import" its own package and `__init__` re-exporting its
-  submodules would be a cycle by construction. A package `__init__` is a facade on top of its
-  package.
+- Importing `a.b.c` also runs the `__init__` of `a` and `a.b` first. That implicit edge counts, but
+  only for what each `__init__` imports from OUTSIDE its own package: the node `a.b.__init__` holds
+  those edges, and every module under `a.b` points to it. (An `__init__` re-exporting its own
+  submodules is a facade on top of its package, not a cycle.) So `loaders/__init__.py` importing
+  `axon_llm.auto` would make every loader depend on `auto`.
 - An explicit import OF a package `__init__` is counted (`from axon_llm.hub import register` is an
   edge to `axon_llm.hub`, i.e. to everything that facade imports). So a submodule that imports
   from its own package's facade (`from axon import Tensor` inside `axon/ops.py`) is reported as a
@@ -86,14 +87,29 @@ def module_imports(name: str, path: Path, is_package: bool, modules) -> set[str]
 
 
 def import_graph(package_dirs: dict[str, Path]) -> dict[str, set[str]]:
-    """Module name -> the set of our modules it imports, for every module of the given packages."""
+    """Module name -> the set of our modules it imports, for every module of the given packages,
+    plus one node ``pkg.__init__`` per package: what that ``__init__`` imports from outside ``pkg``,
+    which every module under ``pkg`` depends on (Python runs the ``__init__`` first)."""
     modules = discover_modules(package_dirs)
-    return {name: module_imports(name, path, is_pkg, modules) for name, (path, is_pkg) in modules.items()}
+    graph = {name: module_imports(name, path, is_pkg, modules) for name, (path, is_pkg) in modules.items()}
+    packages = [name for name, (_, is_pkg) in modules.items() if is_pkg]
+    for pkg in packages:
+        graph[f"{pkg}.__init__"] = {t for t in graph[pkg] if t != pkg and not t.startswith(pkg + ".")}
+    for name in modules:
+        parts = name.split(".")
+        for n in range(1, len(parts)):
+            graph[name].add(".".join(parts[:n]) + ".__init__")
+    return graph
 
 
 def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
-    """One concrete cycle [a, b, ..., a] per strongly connected component that has one (Tarjan's
-    algorithm, iterative), sorted so the report is deterministic; [] when the graph is acyclic."""
+    """One concrete cycle [a, b, ..., a] per strongly connected component that has one, sorted so
+    the report is deterministic; [] when the graph is acyclic."""
+    return sorted((_cycle_in(scc, graph) for scc in cyclic_components(graph)), key=lambda c: c[0])
+
+
+def cyclic_components(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The strongly connected components that contain a cycle (Tarjan's algorithm, iterative)."""
     index, low, on_stack, stack, sccs, counter = {}, {}, set(), [], [], [0]
     for root in sorted(graph):
         if root in index:
@@ -123,7 +139,7 @@ def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
                             break
                     if len(scc) > 1 or node in graph.get(node, ()):
                         sccs.append(scc)
-    return sorted((_cycle_in(scc, graph) for scc in sccs), key=lambda c: c[0])
+    return sccs
 
 
 def _cycle_in(scc: set[str], graph) -> list[str]:
@@ -149,9 +165,10 @@ def _cycle_in(scc: set[str], graph) -> list[str]:
 def test_no_import_cycles():
     graph = import_graph(PACKAGE_DIRS)
     assert len(graph) > 50 and "axon.tensor" in graph and "axon_llm.generation" in graph
-    cycles = find_cycles(graph)
-    assert not cycles, "import cycles (counting imports inside functions):\n" + "\n".join(
-        " -> ".join(c) for c in cycles)
+    tangles = sorted(cyclic_components(graph), key=min)
+    assert not tangles, "import cycles (counting imports inside functions; see the module docstring):\n" + "\n".join(
+        " -> ".join(_cycle_in(scc, graph)) + f"\n    (all modules in this tangle: {', '.join(sorted(scc))})"
+        for scc in tangles)
 
 
 # --- the cycle finder itself, on the three cycles this test was written to catch ---------------
@@ -198,6 +215,20 @@ def test_edges_follow_the_documented_rule(tmp_path):
     (pkg / "sub" / "b.py").write_text("import numpy\nfrom ..a import A\nfrom p import A as B\n")
     (pkg / "c.py").write_text("def g():\n    import p.sub.b\n    from p.sub import b, missing\n")
     graph = import_graph({"p": pkg})
-    assert graph == {"p": {"p.a"}, "p.a": {"p.sub.b"}, "p.sub": set(),
-                     "p.sub.b": {"p.a", "p"}, "p.c": {"p.sub.b", "p.sub"}}
+    assert graph == {"p": {"p.a"}, "p.a": {"p.sub.b", "p.__init__"}, "p.sub": {"p.__init__"},
+                     "p.sub.b": {"p.a", "p", "p.__init__", "p.sub.__init__"}, "p.c": {"p.sub.b", "p.sub", "p.__init__"},
+                     "p.__init__": set(), "p.sub.__init__": set()}
     assert find_cycles(graph) == [["p", "p.a", "p.sub.b", "p"]]
+
+
+def test_a_package_init_importing_from_outside_is_a_dependency_of_its_modules(tmp_path):
+    """`loaders/__init__.py` re-exporting from `auto` while `auto` uses a loader is a cycle."""
+    top = tmp_path / "top"
+    (top / "loaders").mkdir(parents=True)
+    (top / "__init__.py").write_text("")
+    (top / "auto.py").write_text("def load():\n    from top.loaders.st import read\n")
+    (top / "loaders" / "__init__.py").write_text("from top.auto import load\nfrom top.loaders.st import read\n")
+    (top / "loaders" / "st.py").write_text("def read():\n    pass\n")
+    graph = import_graph({"top": top})
+    assert graph["top.loaders.__init__"] == {"top.auto"}
+    assert find_cycles(graph) == [["top.auto", "top.loaders.st", "top.loaders.__init__", "top.auto"]]
