@@ -37,6 +37,8 @@ def embed_texts(model, tokenizer, texts: list[str]) -> np.ndarray:
     """Sentence vectors [N, H] of ``texts``: each text encoded alone, right-padded into one batch,
     run through ``model`` (it must return hidden states ``[N, T, H]``, e.g. ``BertModel``), then
     :func:`mean_pool_normalize`. :class:`InputError` for a text longer than the model's context."""
+    if isinstance(texts, str) or not texts:
+        raise InputError("embed_texts needs a non-empty list of texts")
     rows = [list(tokenizer.encode(t)) for t in texts]
     ctx = max_context(model)
     for t, r in zip(texts, rows):
@@ -48,8 +50,13 @@ def embed_texts(model, tokenizer, texts: list[str]) -> np.ndarray:
     mask = np.zeros((len(rows), width), dtype=np.int64)
     for i, r in enumerate(rows):                              # right padding, as sentence-transformers
         ids[i, :len(r)], mask[i, :len(r)] = r, 1
-    with axon.no_grad():
-        hidden = model(ids, attention_mask=mask)              # [N, T, H]
+    was_training = getattr(model, "training", False)
+    model.eval()                                              # no dropout, as generate
+    try:
+        with axon.no_grad():
+            hidden = model(ids, attention_mask=mask)          # [N, T, H]
+    finally:
+        model.train(was_training)
     hidden = np.asarray(hidden.numpy() if hasattr(hidden, "numpy") else hidden, dtype=np.float64)
     if hidden.ndim != 3:
         raise InputError(f"{type(model).__name__} does not return hidden states [B, T, H]; "

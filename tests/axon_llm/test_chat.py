@@ -88,12 +88,15 @@ def test_embed_texts_pools_a_backbone_over_real_tokens():
 
     axon.manual_seed(0)
     bert = Bert(BertConfig(vocab_size=256, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                           intermediate_size=32, max_position_embeddings=32)).eval()
+                           intermediate_size=32, max_position_embeddings=32))
     tok = ByteTokenizer()
     vecs = embed_texts(bert, tok, ["ab", "abcd"])
     assert vecs.shape == (2, 16)
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, rtol=1e-12)
-    alone = embed_texts(bert, tok, ["ab"])                 # padding does not change a row
+    assert bert.training                                   # embedding runs in eval mode and restores it
+    alone = embed_texts(bert, tok, ["ab"])                 # padding does not change a row (nor dropout)
     np.testing.assert_allclose(vecs[0], alone[0], atol=1e-6)
     with pytest.raises(InputError, match="exceeds"):
         embed_texts(bert, tok, ["x" * 40])
+    with pytest.raises(InputError, match="non-empty list"):
+        embed_texts(bert, tok, [])
