@@ -204,16 +204,24 @@ def test_cycle_finder_accepts_a_dag_and_reports_self_loops():
     assert [c[0] for c in find_cycles({"a": {"b"}, "b": {"a"}, "x": {"y"}, "y": {"x"}})] == ["a", "x"]
 
 
+def _write_package(root: Path, files: dict[str, str]) -> Path:
+    """Write ``{relative path: source}`` under ``root``; returns ``root``."""
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    return root
+
+
 def test_edges_follow_the_documented_rule(tmp_path):
     """Function-level and relative imports count; `from pkg import mod` points at the submodule,
-    `from pkg import Class` at the package facade; the implicit parent-package edge does not."""
-    pkg = tmp_path / "p"
-    (pkg / "sub").mkdir(parents=True)
-    (pkg / "__init__.py").write_text("from p.a import A\n")
-    (pkg / "a.py").write_text("class A:\n    def f(self):\n        from .sub import b\n        return b\n")
-    (pkg / "sub" / "__init__.py").write_text("")
-    (pkg / "sub" / "b.py").write_text("import numpy\nfrom ..a import A\nfrom p import A as B\n")
-    (pkg / "c.py").write_text("def g():\n    import p.sub.b\n    from p.sub import b, missing\n")
+    `from pkg import Class` at the package facade; the implicit edge to a parent package carries
+    only what its `__init__` imports from outside it (nothing here)."""
+    pkg = _write_package(tmp_path / "p", {
+        "__init__.py": "from p.a import A\n",
+        "a.py": "class A:\n    def f(self):\n        from .sub import b\n        return b\n",
+        "sub/__init__.py": "",
+        "sub/b.py": "import numpy\nfrom ..a import A\nfrom p import A as B\n",
+        "c.py": "def g():\n    import p.sub.b\n    from p.sub import b, missing\n"})
     graph = import_graph({"p": pkg})
     assert graph == {"p": {"p.a"}, "p.a": {"p.sub.b", "p.__init__"}, "p.sub": {"p.__init__"},
                      "p.sub.b": {"p.a", "p", "p.__init__", "p.sub.__init__"}, "p.c": {"p.sub.b", "p.sub", "p.__init__"},
@@ -223,12 +231,11 @@ def test_edges_follow_the_documented_rule(tmp_path):
 
 def test_a_package_init_importing_from_outside_is_a_dependency_of_its_modules(tmp_path):
     """`loaders/__init__.py` re-exporting from `auto` while `auto` uses a loader is a cycle."""
-    top = tmp_path / "top"
-    (top / "loaders").mkdir(parents=True)
-    (top / "__init__.py").write_text("")
-    (top / "auto.py").write_text("def load():\n    from top.loaders.st import read\n")
-    (top / "loaders" / "__init__.py").write_text("from top.auto import load\nfrom top.loaders.st import read\n")
-    (top / "loaders" / "st.py").write_text("def read():\n    pass\n")
+    top = _write_package(tmp_path / "top", {
+        "__init__.py": "",
+        "auto.py": "def load():\n    from top.loaders.st import read\n",
+        "loaders/__init__.py": "from top.auto import load\nfrom top.loaders.st import read\n",
+        "loaders/st.py": "def read():\n    pass\n"})
     graph = import_graph({"top": top})
     assert graph["top.loaders.__init__"] == {"top.auto"}
     assert find_cycles(graph) == [["top.auto", "top.loaders.st", "top.loaders.__init__", "top.auto"]]
