@@ -1,6 +1,6 @@
 """The Rust crate's API, kept so code written against it reads the same here.
 
-Two pieces, each a thin layer over the library's own API:
+Where each piece of that API lives, and why:
 
 * :class:`CrateBuilders` — the crate's ``GenerationConfig`` constructors (``greedy()``,
   ``sampling(t)``, ``top_k_sampling(k, t)``, ``nucleus_sampling(p, t)``, ``beam_search(n)``)
@@ -12,10 +12,14 @@ Two pieces, each a thin layer over the library's own API:
   ``model.generation_config.with_max_tokens(8)`` working on every config the library makes.
 * ``load_llama_from_hf`` / ``load_mistral_from_hf`` — the crate's loaders, which are
   ``axon_llm.from_pretrained`` plus a check of the class. They live in ``axon_llm.auto`` beside
-  ``from_pretrained`` (also exported from ``axon_llm.loaders``): this module sits *below*
+  ``from_pretrained``, not here: this module sits *below*
   ``generation_config`` (whose class inherits the mixin), and models sit above that, so a loader
   wrapper here would close an import cycle (compat -> auto -> models -> generation_config ->
   compat).
+* ``TextGenerator``'s per-step methods (``apply_temperature``, ``apply_top_k``, ...,
+  ``get_next_token``) stay on the class in ``axon_llm.sampling``: each is a one-line call of a
+  processor defined there, and a mixin here would have to import ``sampling``, which sits above
+  ``generation_config`` and so above this module.
 
 Every builder returns a new config (configs are frozen); the dataclass validates it on creation.
 """
