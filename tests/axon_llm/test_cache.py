@@ -8,7 +8,7 @@ import pytest
 import axon
 from axon_llm import InputError
 from axon_llm.cache import KVCache, LayerKVCache
-from axon_llm.config import GPT2Config, LLaMAConfig
+from axon_llm.models import GPT2Config, LLaMAConfig
 from axon_llm.models import GPT2LMHead, LLaMAForCausalLM
 
 

@@ -118,7 +118,7 @@ def test_forward_with_loss_averages_the_layers(tiny):
     ids = np.random.default_rng(0).integers(0, tiny.config.vocab_size, (2, 9))
     with axon.no_grad():
         logits, lb = tiny.forward_with_loss(ids, ids)
-        _, router_logits, _ = tiny._run(ids)
+        _, router_logits = tiny.forward_with_router_logits(ids)
         per_layer = [load_balancing_loss(r, tiny.config.num_experts_per_tok).item() for r in router_logits]
         np.testing.assert_allclose(logits.numpy(), tiny(ids).numpy(), rtol=0, atol=1e-6)
     assert len(per_layer) == tiny.config.num_hidden_layers

@@ -7,7 +7,7 @@ import pytest
 
 import axon.nn.functional as F
 from axon_llm import InputError
-from axon_llm.config import GPT2Config
+from axon_llm.models import GPT2Config
 from axon_llm.models import GPT2LMHead
 from axon_llm.models.gpt2 import CONV1D_WEIGHTS
 

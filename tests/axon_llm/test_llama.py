@@ -8,7 +8,7 @@ import pytest
 import axon
 import axon.nn.functional as F
 from axon_llm import InputError
-from axon_llm.config import LLaMAConfig
+from axon_llm.models import LLaMAConfig
 from axon_llm.models import LLaMAForCausalLM
 
 from tests.axon_llm.hf_parity import (

@@ -7,7 +7,7 @@ import pytest
 
 import axon
 import axon.nn.functional as F
-from axon_llm.config import MistralConfig
+from axon_llm.models import MistralConfig
 from axon_llm.models import MistralForCausalLM
 from axon_llm.moe import load_balancing_loss
 

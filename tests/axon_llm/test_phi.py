@@ -7,7 +7,7 @@ import pytest
 
 import axon.nn.functional as F
 from axon_llm import ConfigError
-from axon_llm.config import Phi3Config, PhiConfig
+from axon_llm.models import Phi3Config, PhiConfig
 from axon_llm.models import PhiForCausalLM
 
 from tests.axon_llm.hf_parity import (

@@ -68,7 +68,10 @@ def test_state_dict_names_are_transformers_names(fixtures_dir):
     from axon_llm.loaders.safetensors import HFLoader
 
     model, _ = _load(fixtures_dir, "mamba")
-    assert set(model.state_dict()) == set(HFLoader(fixtures_dir / "hf" / "mamba").keys())
+    # the tied head is one Parameter under two keys, as in transformers' state_dict; the file stores it once
+    assert set(model.state_dict()) == set(HFLoader(fixtures_dir / "hf" / "mamba").keys()) | {"lm_head.weight"}
+    assert model.tied_weights() == ("lm_head.weight",)
+    assert model.lm_head.weight is model.backbone.embeddings.weight
 
 
 def test_save_pretrained_round_trip(fixtures_dir, tmp_path):
