@@ -16,7 +16,7 @@ from axon_llm.models.chimera import ChimeraConfig, ChimeraModel, DifferentialAtt
 from axon_llm.moe import load_balancing_loss
 from axon_llm.rope import RotaryEmbedding
 
-from tests.axon_llm.family_checks import (
+from tests.axon_llm.model_checks import (
     check_cache_matches_full, check_causal, check_every_parameter_gets_gradient, check_gradients_by_central_differences, check_learns, logits_np,
 )
 

@@ -11,7 +11,7 @@ from axon_llm.models import MistralConfig
 from axon_llm.models import MistralForCausalLM
 from axon_llm.moe import load_balancing_loss
 
-from tests.axon_llm.hf_parity import (
+from tests.axon_llm.model_checks import (
     check_cached_equals_uncached, check_causal_parity, check_gradcheck, check_left_padding, check_trains,
     load_case, logits_np,
 )

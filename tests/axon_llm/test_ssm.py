@@ -16,7 +16,7 @@ from axon_llm.auto import from_pretrained
 from axon_llm.mamba import MambaMixer
 from axon_llm.models.ssm import SSMConfig, SSMForCausalLM
 
-from tests.axon_llm.family_checks import (
+from tests.axon_llm.model_checks import (
     check_cache_matches_full, check_causal, check_every_parameter_gets_gradient, check_gradients_by_central_differences, check_learns, logits_np,
     next_token_loss,
 )
