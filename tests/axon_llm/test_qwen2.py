@@ -9,7 +9,7 @@ import pytest
 from axon_llm import ConfigError
 from axon_llm.models import Qwen2Config, Qwen2ForCausalLM
 
-from tests.axon_llm.hf_parity import (
+from tests.axon_llm.model_checks import (
     check_cached_equals_uncached, check_causal_parity, check_left_padding, check_trains, load_case,
 )
 
