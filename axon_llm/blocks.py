@@ -240,12 +240,14 @@ class TransformerDecoder(CausalLM):
         self.norm = nn.LayerNorm(d_model, eps=eps)
         self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
 
-    def forward(self, input_ids, attention_mask=None, cache=None):
-        """ids ``[B, T]`` -> logits ``[B, T, V]``."""
+    def forward(self, input_ids, attention_mask=None, cache=None, logits_to_keep: int = 0):
+        """ids ``[B, T]`` -> logits ``[B, T, V]`` (the last ``logits_to_keep`` only when > 0)."""
         ids = self.token_ids(input_ids)
         ctx = AttentionContext.build(ids.shape[0], ids.shape[1], attention_mask, cache)
         x = self.embed_tokens(ids) + self.positions(ctx.positions)           # [B, T, d]
         for layer in self.layers:
             x = layer(x, ctx)
         ctx.finish()
+        if logits_to_keep:
+            x = x[:, -int(logits_to_keep):]                                 # [B, T, d] -> [B, n, d]
         return self.lm_head(self.norm(x))                                   # [B, T, V]

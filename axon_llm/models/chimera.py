@@ -197,7 +197,7 @@ class DifferentialAttention(MultiHeadAttention):
         k = axon.cat([apply_rotary_pos_emb(k[..., :half], cos, sin),
                       apply_rotary_pos_emb(k[..., half:], cos, sin)], dim=-1)
         if ctx.cache is not None:
-            k, v = ctx.cache.layers[self.layer_idx].update(k, v, ctx.start)  # [B, Hkv, S, Dh]
+            k, v = ctx.cache.update(self.layer_idx, k, v)  # [B, Hkv, S, Dh]
         # A_i V with Q_i, K_i of width Dh/2 and V of width Dh: pad Q_i, K_i with zeros to Dh
         # (the scores Q_i K_i^T are unchanged; the scale is given explicitly) so one attention
         # call of the usual shape computes each half.
@@ -259,7 +259,7 @@ class ChimeraModel(CausalLM):
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(
             config.hidden_size, config.vocab_size, bias=False)
 
-    def _run(self, input_ids, attention_mask=None, cache: KVCache | None = None):
+    def _run(self, input_ids, attention_mask=None, cache: KVCache | None = None, logits_to_keep: int = 0):
         ids = as_token_ids(input_ids, self.config.vocab_size)
         ctx = AttentionContext.build(ids.shape[0], ids.shape[1], attention_mask, cache)
         h = self.model.embed_tokens(ids)                      # [B, T] -> [B, T, d]
@@ -269,12 +269,16 @@ class ChimeraModel(CausalLM):
             router_logits.append(rl)                          # [B*T, E] per layer
         ctx.finish()
         h = self.model.norm(h)
+        if logits_to_keep:
+            h = h[:, -int(logits_to_keep):]                                 # [B, T, d] -> [B, n, d]
         logits = h @ self.model.embed_tokens.weight.T if self.lm_head is None else self.lm_head(h)
         return logits, router_logits, ctx                     # logits [B, T, V]
 
-    def forward(self, input_ids, attention_mask=None, cache: KVCache | None = None) -> axon.Tensor:
-        """[B, T] token ids -> [B, T, V] logits; with a cache the tokens continue its sequence."""
-        return self._run(input_ids, attention_mask, cache)[0]
+    def forward(self, input_ids, attention_mask=None, cache: KVCache | None = None,
+                logits_to_keep: int = 0) -> axon.Tensor:
+        """[B, T] token ids -> [B, T, V] logits (the last ``logits_to_keep`` only when > 0);
+        with a cache the tokens continue its sequence."""
+        return self._run(input_ids, attention_mask, cache, logits_to_keep)[0]
 
     def forward_with_loss(self, ids, labels=None):
         """``(logits [B, T, V], lb_loss)``: the load-balancing loss averaged over layers.

@@ -81,7 +81,7 @@ class GPT2Attention(nn.Module):
         k = split_heads(qkv[..., d:2 * d], self.num_heads, self.head_dim)
         v = split_heads(qkv[..., 2 * d:], self.num_heads, self.head_dim)
         if ctx.cache is not None:
-            k, v = ctx.cache.layers[self.layer_idx].update(k, v, ctx.start)  # [B, H, S, Dh]
+            k, v = ctx.cache.update(self.layer_idx, k, v)  # [B, H, S, Dh]
         out = attend(q, k, v, ctx, causal=True, scale=self.scale,
                      dropout_p=self.attn_pdrop if self.training else 0.0)   # [B, H, T, Dh]
         return self.resid_dropout(self.c_proj(merge_heads(out)))
@@ -159,13 +159,16 @@ class GPT2LMHead(CausalLM):
         """``(n_layer, n_head, head_dim)``."""
         return self.config.n_layer, self.config.n_head, self.config.n_embd // self.config.n_head
 
-    def forward(self, input_ids, attention_mask=None, cache=None):
-        """ids ``[B, T]`` -> logits ``[B, T, V]``; positions past ``n_positions`` are an ``InputError``."""
+    def forward(self, input_ids, attention_mask=None, cache=None, logits_to_keep: int = 0):
+        """ids ``[B, T]`` -> logits ``[B, T, V]`` (the last ``logits_to_keep`` only when > 0);
+        positions past ``n_positions`` are an ``InputError``."""
         ids = self.token_ids(input_ids)
         ctx = AttentionContext.build(ids.shape[0], ids.shape[1], attention_mask, cache)
         check_positions(ctx.positions, self.config.n_positions)
         h = self.transformer(ids, ctx)                                      # [B, T, d]
         ctx.finish()
+        if logits_to_keep:
+            h = h[:, -int(logits_to_keep):]                                 # [B, T, d] -> [B, n, d]
         return self.lm_head(h)                                              # [B, T, V]
 
     def generate(self, input_ids, max_new_tokens: int | None = None, do_sample: bool | None = None,

@@ -183,10 +183,13 @@ class PhiForCausalLM(CausalLM):
         """``PhiForCausalLM`` or ``Phi3ForCausalLM``."""
         return self.config.architecture
 
-    def forward(self, input_ids, attention_mask=None, cache=None):
-        """ids ``[B, T]`` -> logits ``[B, T, V]``; advances ``cache`` by ``T`` when given."""
+    def forward(self, input_ids, attention_mask=None, cache=None, logits_to_keep: int = 0):
+        """ids ``[B, T]`` -> logits ``[B, T, V]`` (the last ``logits_to_keep`` only when > 0);
+        advances ``cache`` by ``T`` when given."""
         ids = self.token_ids(input_ids)
         ctx = AttentionContext.build(ids.shape[0], ids.shape[1], attention_mask, cache)
         h = self.model(ids, ctx)                                # [B, T, d]
         ctx.finish()
+        if logits_to_keep:
+            h = h[:, -int(logits_to_keep):]                                 # [B, T, d] -> [B, n, d]
         return self.lm_head(h)                                  # [B, T, V]

@@ -25,6 +25,7 @@ from axon_llm.blocks import CausalLM
 from axon_llm.config import ModelConfig, _positive
 from axon_llm.embeddings import as_token_ids
 from axon_llm.errors import ConfigError, InputError
+from axon_llm.cache import LayerStateCache
 from axon_llm.mamba import MambaMixer, MambaState
 
 __all__ = ["SSMConfig", "SSMBlock", "SSMModel", "SSMForCausalLM", "SSMCache"]
@@ -109,7 +110,7 @@ class SSMConfig(ModelConfig):
         return V * d + self.num_hidden_layers * block + d + head
 
 
-class SSMCache:
+class SSMCache(LayerStateCache):
     """Per-layer streaming state (conv state [B, di, k-1] + SSM state [B, di, n]) of an SSM model.
 
     ``seen`` is the number of tokens consumed; feeding T tokens advances it by T.
@@ -123,24 +124,6 @@ class SSMCache:
         self.max_length = max_length
         self.layers = [MambaState(batch_size, config.intermediate_size, config.state_size,
                                   config.conv_kernel, dtype) for _ in range(config.num_hidden_layers)]
-
-    @property
-    def seen(self) -> int:
-        """Tokens consumed so far (the same in every layer)."""
-        return self.layers[0].seen if self.layers else 0
-
-    def __len__(self) -> int:
-        return self.seen
-
-    def reset(self) -> None:
-        """Zero every layer's state (back to before the first token)."""
-        for s in self.layers:
-            s.reset()
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by every layer's state."""
-        return sum(s.nbytes for s in self.layers)
 
 
 class SSMBlock(nn.Module):
@@ -241,13 +224,17 @@ class SSMForCausalLM(CausalLM):
         """A fresh streaming state for ``batch_size`` sequences (size independent of max_length)."""
         return SSMCache(self.config, batch_size, max_length, dtype=self.backbone.embeddings.weight.dtype)
 
-    def forward(self, input_ids, attention_mask=None, cache: SSMCache | None = None) -> axon.Tensor:
-        """[B, T] token ids -> [B, T, V] logits. With a cache the tokens continue its sequence."""
+    def forward(self, input_ids, attention_mask=None, cache: SSMCache | None = None,
+                logits_to_keep: int = 0) -> axon.Tensor:
+        """[B, T] token ids -> [B, T, V] logits (the last ``logits_to_keep`` only when > 0).
+        With a cache the tokens continue its sequence."""
         ids = as_token_ids(input_ids, self.config.vocab_size)
         mask = check_attention_mask(attention_mask, ids)
         if cache is not None and cache.batch_size != ids.shape[0]:
             raise InputError(f"cache was made for batch {cache.batch_size}, input has batch {ids.shape[0]}")
         h = self.backbone(ids, mask, cache)                  # [B, T, d]
+        if logits_to_keep:
+            h = h[:, -int(logits_to_keep):]                                 # [B, T, d] -> [B, n, d]
         if self.lm_head is None:
             return h @ self.backbone.embeddings.weight.T     # [B, T, d] @ [d, V] -> [B, T, V]
         return self.lm_head(h)

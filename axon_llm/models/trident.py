@@ -213,7 +213,7 @@ class BitNetAttention(MultiHeadAttention):
         cos, sin = ctx.rope(self.rotary)
         q, k = apply_rotary_pos_emb(q, cos, sin), apply_rotary_pos_emb(k, cos, sin)
         if ctx.cache is not None:
-            k, v = ctx.cache.layers[self.layer_idx].update(k, v, ctx.start)  # [B, Hkv, S, Dh]
+            k, v = ctx.cache.update(self.layer_idx, k, v)  # [B, Hkv, S, Dh]
         out = attend(q, k, v, ctx, causal=True)                          # [B, H, T, Dh]
         return self.o_proj(self.attn_sub_norm(merge_heads(out)))         # [B, T, H*Dh] -> [B, T, d]
 
@@ -306,8 +306,10 @@ class TridentModel(CausalLM):
         dense = sum(4 * m.in_features * m.out_features for _, m in self.ternary_layers())
         return packed, dense
 
-    def forward(self, input_ids, attention_mask=None, cache: KVCache | None = None) -> axon.Tensor:
-        """[B, T] token ids -> [B, T, V] logits; with a cache the tokens continue its sequence."""
+    def forward(self, input_ids, attention_mask=None, cache: KVCache | None = None,
+                logits_to_keep: int = 0) -> axon.Tensor:
+        """[B, T] token ids -> [B, T, V] logits (the last ``logits_to_keep`` only when > 0);
+        with a cache the tokens continue its sequence."""
         ids = as_token_ids(input_ids, self.config.vocab_size)
         ctx = AttentionContext.build(ids.shape[0], ids.shape[1], attention_mask, cache)
         h = self.model.embed_tokens(ids)                                  # [B, T] -> [B, T, d]
@@ -315,6 +317,8 @@ class TridentModel(CausalLM):
             h = layer(h, ctx)
         ctx.finish()
         h = self.model.norm(h)
+        if logits_to_keep:
+            h = h[:, -int(logits_to_keep):]                                 # [B, T, d] -> [B, n, d]
         if self.lm_head is None:
             return h @ self.model.embed_tokens.weight.T                   # [B, T, d] -> [B, T, V]
         return self.lm_head(h)
