@@ -1,18 +1,24 @@
-"""Scaled dot-product attention, FlashAttention-2 style: tiled, online softmax, O(T) memory.
+"""Scaled dot-product attention: the one visibility rule, FlashAttention-2 (tiled, online
+softmax, O(T) memory, with backward) and a query-blocked BLAS kernel (no backward).
 
 Glossary
     B batch, H query heads, Hkv key/value heads (H % Hkv == 0, G = H // Hkv queries share a
     K/V head), Tq queries, Tk keys (Tq <= Tk: the queries are the LAST Tq positions, so query i
     sits at position p_i = Tk - Tq + i), D head dim, W sliding window, bq / bkv tile sizes.
 
-    visible(i, j) = (not causal or j <= p_i) and (window is None or p_i - W < j <= p_i)
+    visible(b, i, j) = (not causal and W is None or j <= p_i) and (W is None or j > p_i - W)
+                       and key_mask[b, j]                        -- `visible_mask`, the one rule
     S = scale * Q K^T (masked to -inf where not visible), P = softmax(S), out = P V,
-    lse = logsumexp(S) per query row (natural log).
+    lse = logsumexp(S) per query row (natural log); a row that sees no key gives zeros.
 
 `flash_attention_ref` materialises S (the definition). `flash_attention_nb` never does: each
 task owns one (batch, head, query tile), walks the key tiles that tile can see, and keeps a
 running max m, a running denominator l and an unnormalised output (the online softmax, see
-docs/kernels.md). The backward recomputes P tile by tile from the saved lse.
+docs/kernels.md). The backward recomputes P tile by tile from the saved lse. Its per-element
+predicate `_masked` and block range `_kv_range` are the rule inlined (tests prove them equal).
+
+`blas_attention` (reference `blas_attention_ref`) is what inference runs: per block of queries,
+two BLAS products over only the keys the block can see, and an in-place softmax.
 """
 
 from __future__ import annotations
