@@ -258,7 +258,8 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
             key_mask = None
 
     wants_grad = is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    if not wants_grad and mask is None and dropout_p == 0.0 and tq <= tk and q.dtype.kind == "f":
+    floats = all(t.dtype in (np.float32, np.float64) for t in (q, k, v))
+    if not wants_grad and mask is None and dropout_p == 0.0 and tq <= tk and floats:
         return Tensor(kernels.blas_attention(q.data, k.data, v.data, bool(is_causal), window, scale, key_mask))
     if key_mask is None and kernel_ops.can_use_flash(q, k, v, mask, dropout_p, is_causal, window):
         return kernel_ops.flash_sdpa(q, k, v, is_causal=is_causal, window=window, scale=scale)

@@ -207,7 +207,10 @@ class WindowAttention(MultiHeadAttention):
         key_mask = mask
         if cache is not None:
             new_mask = mask if mask is not None else np.ones((B_, T), np.float32)
-            k, v, key_mask = cache.update(k.data, v.data, new_mask)       # [B, Hkv, P+T, Dh], [B, P+T]
+            k_all, v_all, key_mask = cache.update(k.data, v.data, new_mask)   # [B, Hkv, P+T, Dh], [B, P+T]
+            past = k_all.shape[2] - T                                     # the new keys keep their gradient
+            k = axon.cat([axon.as_tensor(k_all[:, :, :past]), k], dim=2)  # -> [B, Hkv, P+T, Dh]
+            v = axon.cat([axon.as_tensor(v_all[:, :, :past]), v], dim=2)
         km = None if key_mask is None or key_mask.all() else key_mask > 0   # [B, S] True = real token
         ctx = AttentionContext(positions=None, key_mask=km, cache=None, start=0, new_mask=None)
         o = attend(q, k, v, ctx, causal=True, window=self.sliding_window)  # [B, H, T, Dh]
