@@ -185,7 +185,7 @@ class DifferentialAttention(MultiHeadAttention):
         k = axon.cat([apply_rotary_pos_emb(k[..., :half], cos, sin),
                       apply_rotary_pos_emb(k[..., half:], cos, sin)], dim=-1)
         if ctx.cache is not None:
-            k, v = ctx.cache.layers[self.layer_idx].update(k, v, ctx.start)  # [B, Hkv, S, Dh]
+            k, v = ctx.cache.update(self.layer_idx, k, v)  # [B, Hkv, S, Dh]
         # A_i V with Q_i, K_i of width Dh/2 and V of width Dh: pad Q_i, K_i with zeros to Dh
         # (the scores Q_i K_i^T are unchanged; the scale is given explicitly) so one attention
         # call of the usual shape computes each half.

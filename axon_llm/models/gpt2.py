@@ -161,7 +161,7 @@ class GPT2Attention(nn.Module):
         k = split_heads(qkv[..., d:2 * d], self.num_heads, self.head_dim)
         v = split_heads(qkv[..., 2 * d:], self.num_heads, self.head_dim)
         if ctx.cache is not None:
-            k, v = ctx.cache.layers[self.layer_idx].update(k, v, ctx.start)  # [B, H, S, Dh]
+            k, v = ctx.cache.update(self.layer_idx, k, v)  # [B, H, S, Dh]
         out = attend(q, k, v, ctx, causal=True, scale=self.scale,
                      dropout_p=self.attn_pdrop if self.training else 0.0)   # [B, H, T, Dh]
         return self.resid_dropout(self.c_proj(merge_heads(out)))

@@ -29,6 +29,7 @@ from axon_llm.attention import AttentionContext, MultiHeadAttention, attend, mer
 from axon_llm.blocks import CausalLM, GatedMLP, normal_embedding
 from axon_llm.config import ModelConfig, check_eps, check_heads, check_positive, check_window
 from axon_llm.errors import InputError
+from axon_llm.cache import Cache, LayerStateCache, reorder_rows
 from axon_llm.mamba import MambaMixer, MambaState
 from axon_llm.models.ssm import StateContext
 
@@ -126,12 +127,14 @@ class HydraConfig(ModelConfig):
         return cls._preset(1000, 64, 4, 4, 8, 256, 64)
 
 
-class WindowKVCache:
+class WindowKVCache(Cache):
     """A ``W``-long ring of keys/values (and their padding mask) for one window-attention layer.
 
     Position ``p`` lives in slot ``p % W``; only the last ``W`` positions are ever needed,
-    because a query at ``p`` sees keys ``p - W < j <= p``.
+    because a query at ``p`` sees keys ``p - W < j <= p``. Fixed size: ``max_length`` is None.
     """
+
+    max_length = None
 
     def __init__(self, batch_size: int, num_kv_heads: int, window: int, head_dim: int, dtype=np.float32):
         self.window = window
@@ -140,20 +143,38 @@ class WindowKVCache:
         self.mask = np.ones((batch_size, window), dtype=np.float32)
         self.seen = 0
 
+    def __len__(self) -> int:
+        return self.seen
+
     def recent(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The cached keys, values, mask of the last min(seen, W) positions, oldest first."""
         W, n = self.window, min(self.seen, self.window)
         order = [(self.seen - n + j) % W for j in range(n)]
         return self.k[:, :, order], self.v[:, :, order], self.mask[:, order]
 
-    def store(self, k: np.ndarray, v: np.ndarray, mask: np.ndarray) -> None:
-        """Write the new positions' k, v [B, Hkv, T, Dh] and mask [B, T] into their slots."""
+    def update(self, k: np.ndarray, v: np.ndarray, mask: np.ndarray):
+        """Store the new positions' k, v [B, Hkv, T, Dh] and mask [B, T]; return the keys, values
+        and mask attention reads, ``[B, Hkv, P+T, Dh]`` and ``[B, P+T]`` (P = the cached ones)."""
+        pk, pv, pm = self.recent()                                        # [B, Hkv, P, Dh], [B, P]
         T = k.shape[2]
         first = max(0, T - self.window)                  # older ones would be overwritten anyway
         for t in range(first, T):
             slot = (self.seen + t) % self.window
             self.k[:, :, slot], self.v[:, :, slot], self.mask[:, slot] = k[:, :, t], v[:, :, t], mask[:, t]
         self.seen += T
+        return (np.concatenate([pk, k], axis=2), np.concatenate([pv, v], axis=2),
+                np.concatenate([pm, mask], axis=1))
+
+    def reorder(self, index) -> None:
+        """Row ``i`` becomes row ``index[i]`` (beam search), in place."""
+        reorder_rows(index, self.k, self.v, self.mask)
+
+    def reset(self) -> None:
+        """Forget everything."""
+        self.k[...] = 0
+        self.v[...] = 0
+        self.mask[...] = 1
+        self.seen = 0
 
     @property
     def nbytes(self) -> int:
@@ -177,11 +198,10 @@ class WindowAttention(MultiHeadAttention):
         key_mask = mask
         if cache is not None:
             new_mask = mask if mask is not None else np.ones((B_, T), np.float32)
-            pk, pv, pm = cache.recent()                                   # [B, Hkv, P, Dh], [B, P]
-            cache.store(k.data, v.data, new_mask)
-            k = axon.cat([axon.tensor(pk), k], dim=2)                     # -> [B, Hkv, P+T, Dh]
-            v = axon.cat([axon.tensor(pv), v], dim=2)
-            key_mask = np.concatenate([pm, new_mask], axis=1)             # [B, P+T]
+            k_all, v_all, key_mask = cache.update(k.data, v.data, new_mask)   # [B, Hkv, P+T, Dh], [B, P+T]
+            past = k_all.shape[2] - T                                     # the new keys keep their gradient
+            k = axon.cat([axon.as_tensor(k_all[:, :, :past]), k], dim=2)  # -> [B, Hkv, P+T, Dh]
+            v = axon.cat([axon.as_tensor(v_all[:, :, :past]), v], dim=2)
         km = None if key_mask is None or key_mask.all() else key_mask > 0   # [B, S] True = real token
         ctx = AttentionContext(positions=None, key_mask=km, cache=None, start=0, new_mask=None)
         o = attend(q, k, v, ctx, causal=True, window=self.sliding_window)  # [B, H, T, Dh]
@@ -229,7 +249,7 @@ class HydraBackbone(nn.Module):
         return self.norm(h)
 
 
-class HydraCache:
+class HydraCache(LayerStateCache):
     """Streaming state of a Hydra model: MambaState (even layers) or WindowKVCache (odd layers).
 
     Its size is fixed (independent of ``max_length``): SSM states plus ``W`` keys/values a layer.
@@ -244,19 +264,6 @@ class HydraCache:
             if config.is_mamba_layer(i) else
             WindowKVCache(batch_size, config.num_key_value_heads, config.sliding_window, config.head_dim, dtype)
             for i in range(config.num_hidden_layers)]
-
-    @property
-    def seen(self) -> int:
-        """Tokens consumed so far (the same in every layer)."""
-        return self.layers[0].seen if self.layers else 0
-
-    def __len__(self) -> int:
-        return self.seen
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by every layer's state."""
-        return sum(s.nbytes for s in self.layers)
 
 
 class HydraForCausalLM(CausalLM):

@@ -24,6 +24,7 @@ from axon import nn
 from axon_llm.blocks import CausalLM, normal_embedding
 from axon_llm.config import ModelConfig, check_eps, check_positive
 from axon_llm.errors import ConfigError, InputError
+from axon_llm.cache import LayerStateCache
 from axon_llm.mamba import MambaMixer, MambaState
 
 __all__ = ["SSMConfig", "SSMBlock", "SSMModel", "SSMForCausalLM", "SSMCache", "StateContext"]
@@ -107,7 +108,7 @@ class SSMConfig(ModelConfig):
         return V * d + self.num_hidden_layers * block + d + head
 
 
-class SSMCache:
+class SSMCache(LayerStateCache):
     """Per-layer streaming state (conv state [B, di, k-1] + SSM state [B, di, n]) of an SSM model.
 
     ``seen`` is the number of tokens consumed; feeding T tokens advances it by T.
@@ -121,24 +122,6 @@ class SSMCache:
         self.max_length = max_length
         self.layers = [MambaState(batch_size, config.intermediate_size, config.state_size,
                                   config.conv_kernel, dtype) for _ in range(config.num_hidden_layers)]
-
-    @property
-    def seen(self) -> int:
-        """Tokens consumed so far (the same in every layer)."""
-        return self.layers[0].seen if self.layers else 0
-
-    def __len__(self) -> int:
-        return self.seen
-
-    def reset(self) -> None:
-        """Zero every layer's state (back to before the first token)."""
-        for s in self.layers:
-            s.reset()
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by every layer's state."""
-        return sum(s.nbytes for s in self.layers)
 
 
 class SSMBlock(nn.Module):

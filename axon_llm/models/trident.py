@@ -199,7 +199,7 @@ class BitNetAttention(MultiHeadAttention):
         cos, sin = ctx.rope(self.rotary)
         q, k = apply_rotary_pos_emb(q, cos, sin), apply_rotary_pos_emb(k, cos, sin)
         if ctx.cache is not None:
-            k, v = ctx.cache.layers[self.layer_idx].update(k, v, ctx.start)  # [B, Hkv, S, Dh]
+            k, v = ctx.cache.update(self.layer_idx, k, v)  # [B, Hkv, S, Dh]
         out = attend(q, k, v, ctx, causal=True)                          # [B, H, T, Dh]
         return self.o_proj(self.attn_sub_norm(merge_heads(out)))         # [B, T, H*Dh] -> [B, T, d]
 
