@@ -13,7 +13,7 @@ import axon_kernels as kernels
 from axon_kernels._jit import jit_disabled
 from axon_llm.attention import AttentionContext, MultiHeadAttention, attend
 from axon_llm.cache import KVCache
-from axon_llm.config import BertConfig, GPT2Config, Phi3Config, PhiConfig
+from axon_llm.models import BertConfig, GPT2Config, Phi3Config, PhiConfig
 from axon_llm.models.bert import BertSelfAttention
 from axon_llm.models.chimera import ChimeraConfig, DifferentialAttention
 from axon_llm.models.gpt2 import GPT2Attention

@@ -86,7 +86,7 @@ def adam_step_bound(t: int, betas=BETAS) -> float:
 def reduction_terms() -> int:
     """``K = N + d + V + T``: terms on the longest float32 reduction chain of one gradient element
     (``d`` is llama tiny's widest inner product, its MLP width; ``V`` the byte tokenizer's ids)."""
-    from axon_llm.config import LLaMAConfig
+    from axon_llm.models import LLaMAConfig
     from axon_llm.training import load_training_tokenizer
 
     cfg = LLaMAConfig.tiny()
