@@ -16,7 +16,9 @@ differences from LLaMA are each marked ``# diff vs LLaMA:``; attribute names are
 (``model.layers.0.self_attn.q_norm.weight`` ...).
 
 GGUF files store the norms as ``1 + weight`` (llama.cpp multiplies by the stored weight); the
-GGUF loader subtracts the 1 back (see ``axon_llm.loaders.gguf``).
+GGUF loader subtracts the 1 back (``GGUFArchitecture.norm_offset`` in ``axon_llm.loaders.gguf``).
+GGUF files carry no chat template for Gemma; the tokenizer falls back on Gemma's format
+(``axon_llm.tokenizer.BUILTIN_CHAT_TEMPLATES``).
 """
 
 from __future__ import annotations
@@ -34,32 +36,14 @@ import axon.nn.functional as F
 from axon_llm.attention import AttentionContext, MultiHeadAttention
 from axon_llm.blocks import GatedMLP
 from axon_llm.config import check_rope, check_window
-from axon_llm.embeddings import TokenEmbedding
 from axon_llm.errors import ConfigError, UnsupportedError
 from axon_llm.models.llama import LLaMAConfig, LLaMADecoderLayer, LLaMAForCausalLM, LLaMAModel
 from axon_llm.rope import RotaryEmbedding
 
 __all__ = ["Gemma3Config", "GemmaRMSNorm", "Gemma3Attention", "Gemma3DecoderLayer", "Gemma3Model",
-           "Gemma3ForCausalLM", "GEMMA_CHAT_TEMPLATE"]
+           "Gemma3ForCausalLM"]
 
 LAYER_TYPES = ("full_attention", "sliding_attention")
-
-#: Gemma's chat format (the template of google/gemma-3-*-it), for GGUF files that carry none:
-#: a system message is folded into the first user turn; the assistant role is called "model".
-GEMMA_CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{%- if messages[0]['role'] == 'system' -%}"
-    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
-    "{%- set loop_messages = messages[1:] -%}"
-    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
-    "{%- for message in loop_messages -%}"
-    "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
-    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') + message['content'] | trim"
-    " + '<end_of_turn>\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
-)
-
 
 @dataclass
 class Gemma3Config(LLaMAConfig):
@@ -191,15 +175,6 @@ class GemmaRMSNorm(nn.RMSNorm):
         return F.rms_norm(x, self.normalized_shape, self.weight + 1.0, self.eps)   # diff vs LLaMA: (1 + w)
 
 
-class ScaledEmbedding(TokenEmbedding):
-    """Token embedding times ``sqrt(hidden_size)`` (rounded to the weight's dtype, as transformers does)."""
-
-    def forward(self, input_ids):
-        """ids ``[B, T]`` -> ``[B, T, d]``."""
-        x = super().forward(input_ids)                                       # [B, T] -> [B, T, d]
-        return x * axon.tensor(np.asarray(math.sqrt(self.weight.shape[1]), dtype=x.dtype))
-
-
 class Gemma3Attention(MultiHeadAttention):
     """LLaMA attention with QK-norm (``q_norm``, ``k_norm`` over each head, before RoPE) and the
     scores scaled by ``query_pre_attn_scalar ** -0.5`` instead of ``head_dim ** -0.5``."""
@@ -244,11 +219,15 @@ class Gemma3Model(LLaMAModel):
 
     def __init__(self, config: Gemma3Config):
         super().__init__(config)
+        self.config_hidden_size = config.hidden_size
         self.norm = GemmaRMSNorm(config.hidden_size, config.rms_norm_eps)   # diff vs LLaMA: (1 + w) norm
 
-    def make_embedding(self, config) -> nn.Embedding:
-        """The token table ``[V, d]``, scaled by ``sqrt(d)`` on the way in."""
-        return ScaledEmbedding(config.vocab_size, config.hidden_size)      # diff vs LLaMA: * sqrt(d)
+    def embed(self, ids):
+        """ids ``[B, T]`` -> ``[B, T, d]``: the table's rows times ``sqrt(d)`` (rounded to the
+        embedding's dtype first, as transformers does)."""
+        x = super().embed(ids)                                               # [B, T] -> [B, T, d]
+        scale = np.asarray(math.sqrt(self.config_hidden_size), dtype=x.dtype)
+        return x * axon.tensor(scale)                                        # diff vs LLaMA: * sqrt(d)
 
     def make_rotary(self, config) -> dict:
         """One RoPE table per layer type: global layers use ``rope_theta`` (and its scaling), local
