@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..autograd import Function
-from ..ops import softmax_array
+from ..ops import _sigmoid, softmax_array
 
 # ------------------------------------------------------------------------------ linear
 
@@ -105,6 +105,46 @@ class RMSNorm(Function):
             gx = gxhat - xhat * m
             gx *= rstd  # rstd (g - xhat mean(g xhat))
         return gx, gw
+
+
+# ------------------------------------------------------------------------------ SwiGLU
+
+
+class SwiGLU(Function):
+    """silu(gate) * up (LLaMA's gated MLP activation) as one node.
+
+    The composite (a SiLU node, then a product node) keeps gate, sigmoid(gate), silu(gate) and
+    up alive and makes four [N, inter] temporaries in its backward; this saves gate, up and
+    sigmoid(gate) and computes both gradients in place:
+    d/dgate = grad up s (1 + gate (1 - s)), d/dup = grad gate s, with s = sigmoid(gate).
+    """
+
+    @staticmethod
+    def forward(ctx, gate, up):
+        if gate.shape != up.shape:
+            raise ValueError(f"swiglu: gate shape {gate.shape} and up shape {up.shape} differ")
+        s = _sigmoid(gate)  # [..., inter]
+        y = gate * s
+        y *= up
+        ctx.save_for_backward(gate, up, s)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate, up, s = ctx.saved_tensors
+        gu = None
+        if ctx.needs_input_grad[1]:
+            gu = gate * s
+            gu *= grad
+        gg = None
+        if ctx.needs_input_grad[0]:
+            gg = 1 - s
+            gg *= gate
+            gg += 1
+            gg *= s
+            gg *= up
+            gg *= grad
+        return gg, gu
 
 
 # ------------------------------------------------------------------------------ embedding
@@ -290,4 +330,4 @@ class Conv1d(Function):
         )
 
 
-__all__ = ["Linear", "LayerNorm", "RMSNorm", "Embedding", "CrossEntropy", "Dropout", "Conv1d", "softmax_array"]
+__all__ = ["Linear", "LayerNorm", "RMSNorm", "SwiGLU", "Embedding", "CrossEntropy", "Dropout", "Conv1d", "softmax_array"]

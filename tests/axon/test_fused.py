@@ -1,7 +1,7 @@
 """Each fused op of ``axon.nn._fused`` equals its composite built from autograd primitives.
 
-For every one of the seven ops (Linear, LayerNorm, RMSNorm, Embedding, CrossEntropy, Dropout,
-Conv1d), in float64:
+For every one of the eight ops (Linear, LayerNorm, RMSNorm, SwiGLU, Embedding, CrossEntropy,
+Dropout, Conv1d), in float64:
 
 * forward: the fused node's output equals the composite's;
 * backward: the hand-written gradients of ``sum(out * W)`` (``W`` fixed random weights, so
@@ -112,6 +112,25 @@ def test_rms_norm(affine):
         return _fused.RMSNorm.apply(x, w, eps=eps)
 
     check_against_composite(fused, composite, *((randn(2, 3, 5),) + ((randn(5),) if affine else ())))
+
+
+# ------------------------------------------------------------------------------ SwiGLU
+def test_swiglu():
+    def composite(g, u):
+        return g / (1 + (-g).exp()) * u                                   # silu(g) * u from primitives
+
+    def fused(g, u):
+        return _fused.SwiGLU.apply(g, u)
+
+    g = randn(2, 3, 7) * 4                                                # both tails of the sigmoid
+    check_against_composite(fused, composite, g, randn(2, 3, 7))
+
+
+def test_swiglu_rejects_mismatched_shapes():
+    import axon.nn.functional as F
+
+    with pytest.raises(ValueError, match="gate shape"):
+        F.swiglu(axon.Tensor(np.zeros((2, 3))), axon.Tensor(np.zeros((2, 4))))
 
 
 # ------------------------------------------------------------------------------ embedding
