@@ -172,21 +172,24 @@ def bench_sdpa_dispatch(smoke, repeat):
     from axon.nn.functional import _sdpa_reference
 
     rng = np.random.default_rng(0)
-    h, hkv, d = 8, 2, 64
-    sizes = [(1, 64), (16, 64)] if smoke else [(1, 512), (16, 512), (128, 128), (256, 256), (512, 512)]
-    print(f"F.scaled_dot_product_attention, causal, H={h} Hkv={hkv} D={d}: flash (axon.kernel_ops) vs the dense "
+    d = 64
+    sizes = [(1, 1, 64), (1, 16, 64)] if smoke else [(1, 1, 512), (1, 16, 512), (1, 128, 128), (1, 256, 256),
+                                                       (1, 512, 512), (8, 32, 32), (8, 64, 64), (8, 128, 128)]
+    print(f"F.scaled_dot_product_attention, causal, D={d} (H=8/Hkv=2 at batch 1, H=4/Hkv=2 at batch 8 as in "
+          f"benchmarks/bench_train.py): flash (axon.kernel_ops) vs the dense "
           f"composite (_sdpa_reference); ratio composite / flash, > 1 means flash is faster "
           f"(dispatch threshold Tq*Tk >= {kernel_ops.FLASH_MIN_SCORES})")
-    for tq, tk in sizes:
-        q = axon.tensor(rng.standard_normal((1, h, tq, d)).astype(np.float32), requires_grad=True)
-        k, v = (axon.tensor(rng.standard_normal((1, hkv, tk, d)).astype(np.float32), requires_grad=True) for _ in range(2))
+    for bsz, tq, tk in sizes:
+        h, hkv = (8, 2) if bsz == 1 else (4, 2)
+        q = axon.tensor(rng.standard_normal((bsz, h, tq, d)).astype(np.float32), requires_grad=True)
+        k, v = (axon.tensor(rng.standard_normal((bsz, hkv, tk, d)).astype(np.float32), requires_grad=True) for _ in range(2))
         flash = lambda: kernel_ops.flash_sdpa(q, k, v, is_causal=True)  # noqa: E731
         dense = lambda: _sdpa_reference(q, k, v, None, 0.0, True, d ** -0.5, None)  # noqa: E731
         with axon.no_grad():
             tf, td = best(flash, repeat * 2), best(dense, repeat * 2)
         gf = best(lambda: flash().sum().backward(), repeat)
         gd = best(lambda: dense().sum().backward(), repeat)
-        print(f"  Tq={tq:4} Tk={tk:4}: forward flash {tf * 1e3:8.3f} ms, composite {td * 1e3:8.3f} ms, ratio {td / tf:6.2f}x | "
+        print(f"  B={bsz} Tq={tq:4} Tk={tk:4}: forward flash {tf * 1e3:8.3f} ms, composite {td * 1e3:8.3f} ms, ratio {td / tf:6.2f}x | "
               f"forward+backward flash {gf * 1e3:8.2f} ms, composite {gd * 1e3:8.2f} ms, ratio {gd / gf:6.2f}x")
 
 
