@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from axon_kernels.cross_entropy import cross_entropy_grad, cross_entropy_rows
+
 from ..autograd import Function
 from ..ops import _sigmoid, softmax_array
 
@@ -185,9 +187,11 @@ class Embedding(Function):
 class CrossEntropy(Function):
     """Mean (or sum / none) of -log softmax(logits)[target], with ignore_index and label smoothing.
 
-    Four passes forward (max, subtract, exp, sum) and one backward: the unnormalised
-    ``exp(x - max)`` and its row sums are saved, and the division by the sum is folded into
-    the backward's scaling.
+    Forward: one kernel pass per row gives logsumexp, the target's logit and the row mean
+    (``axon_kernels.cross_entropy.cross_entropy_rows``), so no [N, C] array is made; the logits
+    and the [N] logsumexp are saved. Backward: one pass writes the gradient
+    ``scale * (softmax - (1 - eps) onehot - eps / C)`` (``cross_entropy_grad``), the only
+    [N, C] array of the op.
     """
 
     @staticmethod
@@ -197,19 +201,13 @@ class CrossEntropy(Function):
         safe_t = np.where(valid, target, 0)
         if valid.any() and (safe_t.min() < 0 or safe_t.max() >= c):
             raise IndexError(f"cross_entropy: targets must be in [0, {c}) or ignore_index={ignore_index}")
-        rows = np.arange(n)
-        e = logits - logits.max(axis=1, keepdims=True)  # [N, C], shifted logits
-        picked = e[rows, safe_t]  # [N]
-        mean_shifted = e.mean(axis=1) if label_smoothing else None
-        np.exp(e, out=e)
-        s = e.sum(axis=1)  # [N]
-        log_s = np.log(s)
-        loss = log_s - picked  # -log p[target]
+        lse, picked, mean = cross_entropy_rows(logits, safe_t)  # [N] each
+        loss = lse - picked  # -log p[target]
         if label_smoothing:
-            loss = (1 - label_smoothing) * loss + label_smoothing * (log_s - mean_shifted)
+            loss = (1 - label_smoothing) * loss + label_smoothing * (lse - mean)
         loss = np.where(valid, loss, 0).astype(logits.dtype)
         count = int(valid.sum())
-        ctx.save_for_backward(e, s, safe_t, valid)
+        ctx.save_for_backward(logits, lse, safe_t, valid)
         ctx.count, ctx.eps, ctx.reduction = count, label_smoothing, reduction
         if reduction == "none":
             return loss
@@ -220,19 +218,14 @@ class CrossEntropy(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        e, s, t, valid = ctx.saved_tensors
-        n, c = e.shape
+        logits, lse, t, valid = ctx.saved_tensors
+        n = logits.shape[0]
         if ctx.reduction == "none":
             scale = grad.reshape(n) * valid  # [N]
         else:
             denom = ctx.count if ctx.reduction == "mean" else 1
             scale = (grad.reshape(()) / max(denom, 1)) * valid
-        scale = scale.astype(e.dtype)
-        g = e * (scale / s)[:, None]  # softmax * scale, in one pass
-        g[np.arange(n), t] -= (1 - ctx.eps) * scale
-        if ctx.eps:
-            g -= (scale * e.dtype.type(ctx.eps / c))[:, None]
-        return g, None
+        return cross_entropy_grad(logits, lse, t, scale.astype(logits.dtype), ctx.eps), None
 
 
 # ------------------------------------------------------------------------------ dropout
