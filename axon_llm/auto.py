@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from axon_llm.config import CONFIG_CLASSES, read_config_json
-from axon_llm.errors import GenerationError, ModelFormatError, ModelNotFoundError, UnsupportedError
+from axon_llm.errors import ConfigError, GenerationError, ModelFormatError, ModelNotFoundError, UnsupportedError
+from axon_llm.limits import check_memory
 
 __all__ = ["from_pretrained", "ARCHITECTURES", "model_class_for"]
 
@@ -47,7 +48,11 @@ def model_class_for(config: dict):
     import importlib
 
     archs = config.get("architectures") or []
-    arch = archs[0] if archs else _MODEL_TYPES.get(config.get("model_type", ""))
+    model_type = config.get("model_type", "")
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs) or not isinstance(model_type, str):
+        raise ModelFormatError(f"config.json: architectures must be a list of strings and model_type a string, "
+                               f"got {str(archs)[:40]} / {str(model_type)[:40]}")
+    arch = archs[0] if archs else _MODEL_TYPES.get(model_type)
     if arch not in ARCHITECTURES:
         what = arch or f"model_type {config.get('model_type')!r}"
         raise UnsupportedError(f"unsupported architecture {what}; supported: {', '.join(sorted(ARCHITECTURES))}")
@@ -91,6 +96,23 @@ def _with_gguf_generation_config(model):
     return model
 
 
+def check_config_against_file(config, stored_elements: int, where: str) -> None:
+    """Before a model is built: the parameters its config declares must be (about) what the file
+    stores, and fit in memory as float32. A config.json claiming a million layers over a 1 MB
+    checkpoint fails here, not after allocating."""
+    count = getattr(config, "num_parameters", None)
+    if count is None:
+        return
+    try:
+        n = int(count())
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        return
+    if n > 2 * stored_elements + (1 << 20):
+        raise ModelFormatError(f"{where}: the config declares {n:,} parameters but the checkpoint stores only "
+                               f"{stored_elements:,} values")
+    check_memory(4 * n, f"{where} ({n:,} parameters as float32)", "use a smaller model", ConfigError)
+
+
 def _load_hf_folder(folder: Path):
     from axon_llm.loaders.safetensors import HFLoader, load_state
 
@@ -102,6 +124,7 @@ def _load_hf_folder(folder: Path):
     config_cls = getattr(cls, "config_class_for", None)
     config_cls = config_cls(loader.config) if config_cls else CONFIG_CLASSES.get(model_type, cls.config_class)
     config = config_cls.from_dict(loader.config)
+    check_config_against_file(config, loader.num_elements(), str(folder))
     model = cls(config)
     load_state(model, loader.tensors(), strict=False)   # unused tensors: a warning, as in transformers
     model.eval()

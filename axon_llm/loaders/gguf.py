@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from axon_llm.errors import ModelFormatError, UnsupportedError
+from axon_llm.limits import CEILINGS, check_count, check_disjoint, check_float
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -295,6 +296,7 @@ class GGUFFile:
                                        f"(truncated or corrupt)")
             tensors[name] = GGUFTensorInfo(name, type_name, type_id, tuple(int(d) for d in reversed(ne)),
                                            start, nbytes)
+        check_disjoint(((t.offset, t.offset + t.nbytes, t.name) for t in tensors.values()), self.path)
         self.tensors = tensors
 
     # -- access ---------------------------------------------------------------------------------
@@ -362,34 +364,34 @@ def read_gguf_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 # -- llama architecture: config and tensor names --------------------------------------------------
 
-def _md_int(md: dict, key: str, path: str, default: Any = None) -> Any:
+def _md_int(md: dict, key: str, path: str, default: Any = None, ceiling: str = "token_id") -> Any:
+    """An integer metadata value in ``[0, CEILINGS[ceiling]]`` (a constant per-layer array counts as one)."""
     v = md.get(key, default)
     if v is None:
         raise ModelFormatError(f"{path}: GGUF metadata lacks {key}")
-    if isinstance(v, np.ndarray) and v.size and key.endswith(("head_count", "head_count_kv", "feed_forward_length")):
+    if isinstance(v, np.ndarray) and v.size and v.ndim == 1 and np.issubdtype(v.dtype, np.integer) \
+            and key.endswith(("head_count", "head_count_kv", "feed_forward_length")):
         if np.any(v != v.flat[0]):
-            raise UnsupportedError(f"{path}: {key} varies per layer ({v.tolist()}); not supported")
+            raise UnsupportedError(f"{path}: {key} varies per layer ({v[:8].tolist()}...); not supported")
         v = v.flat[0]
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-        raise ModelFormatError(f"{path}: GGUF metadata {key} must be a non-negative integer, got {v!r}")
-    return int(v)
+    return check_count(v, f"{path}: GGUF metadata {key}", lo=0, hi=CEILINGS[ceiling])
 
 
-def _md_float(md: dict, key: str, path: str, default: float | None = None) -> float:
+def _md_float(md: dict, key: str, path: str, default: float | None = None, *, lo: float | None = None,
+              hi: float | None = None) -> float:
+    """A finite float metadata value in ``(lo, hi]``."""
     v = md.get(key, default)
     if v is None:
         raise ModelFormatError(f"{path}: GGUF metadata lacks {key}")
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
-        raise ModelFormatError(f"{path}: GGUF metadata {key} must be a number, got {v!r}")
-    return float(v)
+    return check_float(v, f"{path}: GGUF metadata {key}", lo=lo, hi=hi, lo_open=True)
 
 
 def llama_config_from_metadata(md: dict, tensors: dict[str, GGUFTensorInfo], path: str = "<gguf>") -> dict:
     """HF ``LlamaConfig`` field names from ``llama.*`` metadata (a plain dict)."""
     a = "llama"
-    hidden = _md_int(md, f"{a}.embedding_length", path)
-    heads = _md_int(md, f"{a}.attention.head_count", path)
-    kv_heads = _md_int(md, f"{a}.attention.head_count_kv", path, heads)
+    hidden = _md_int(md, f"{a}.embedding_length", path, ceiling="hidden")
+    heads = _md_int(md, f"{a}.attention.head_count", path, ceiling="heads")
+    kv_heads = _md_int(md, f"{a}.attention.head_count_kv", path, heads, ceiling="heads")
     if heads == 0 or kv_heads == 0 or heads % kv_heads:
         raise ModelFormatError(f"{path}: head_count={heads} must be a positive multiple of head_count_kv={kv_heads}")
     vocab = md.get(f"{a}.vocab_size")
@@ -399,35 +401,38 @@ def llama_config_from_metadata(md: dict, tensors: dict[str, GGUFTensorInfo], pat
             vocab = len(tokens)
         elif "token_embd.weight" in tensors:
             vocab = tensors["token_embd.weight"].shape[0]
-    vocab = _md_int({"v": vocab}, "v", path) if vocab is not None else None
     if vocab is None:
         raise ModelFormatError(f"{path}: cannot tell the vocabulary size (no llama.vocab_size, tokens or token_embd)")
-    head_dim = md.get(f"{a}.attention.key_length", hidden // heads if heads else 0)
+    vocab = _md_int({f"{a}.vocab_size": vocab}, f"{a}.vocab_size", path, ceiling="vocab")
+    head_dim = _md_int(md, f"{a}.attention.key_length", path, hidden // heads, ceiling="head_dim")
     cfg: dict[str, Any] = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
         "vocab_size": vocab,
         "hidden_size": hidden,
-        "intermediate_size": _md_int(md, f"{a}.feed_forward_length", path),
-        "num_hidden_layers": _md_int(md, f"{a}.block_count", path),
+        "intermediate_size": _md_int(md, f"{a}.feed_forward_length", path, ceiling="intermediate"),
+        "num_hidden_layers": _md_int(md, f"{a}.block_count", path, ceiling="layers"),
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
-        "head_dim": int(head_dim),
+        "head_dim": head_dim,
         # GGUF stores eps as float32; the shortest decimal that rounds to it is the intended value
-        "rms_norm_eps": float(str(np.float32(_md_float(md, f"{a}.attention.layer_norm_rms_epsilon", path, 1e-5)))),
-        "rope_theta": _md_float(md, f"{a}.rope.freq_base", path, 10000.0),
-        "max_position_embeddings": _md_int(md, f"{a}.context_length", path, 2048),
+        "rms_norm_eps": float(str(np.float32(_md_float(md, f"{a}.attention.layer_norm_rms_epsilon", path, 1e-5,
+                                                       lo=0.0, hi=1.0)))),
+        "rope_theta": _md_float(md, f"{a}.rope.freq_base", path, 10000.0, lo=0.0, hi=1e15),
+        "max_position_embeddings": _md_int(md, f"{a}.context_length", path, 2048, ceiling="positions"),
         "tie_word_embeddings": "output.weight" not in tensors,
         "attention_bias": "blk.0.attn_q.bias" in tensors,
         "mlp_bias": "blk.0.ffn_up.bias" in tensors,
     }
     rot = md.get(f"{a}.rope.dimension_count")
-    if rot is not None and int(rot) != cfg["head_dim"]:
+    if rot is not None and _md_int(md, f"{a}.rope.dimension_count", path, ceiling="head_dim") != cfg["head_dim"]:
         raise UnsupportedError(f"{path}: partial rotary (rope.dimension_count={rot}, head_dim={cfg['head_dim']}) "
                                "is not supported for GGUF llama")
     scaling = md.get(f"{a}.rope.scaling.type")
+    if scaling is not None and not isinstance(scaling, str):
+        raise ModelFormatError(f"{path}: GGUF metadata {a}.rope.scaling.type must be a string, got {str(scaling)[:40]}")
     if scaling not in (None, "none"):
-        factor = _md_float(md, f"{a}.rope.scaling.factor", path)
+        factor = _md_float(md, f"{a}.rope.scaling.factor", path, lo=0.0, hi=1e6)
         if scaling != "linear":
             raise UnsupportedError(f"{path}: rope scaling type {scaling!r} in GGUF is not supported (only linear)")
         cfg["rope_scaling"] = {"rope_type": "linear", "factor": factor}
@@ -575,6 +580,12 @@ def build_from_gguf(path: str | os.PathLike, **kwargs):
 
     gm = load_gguf(path)
     config = LLaMAConfig.from_dict(gm.config)
+    blocks = {int(m.group(1)) for m in map(_BLOCK_RE.match, gm.tensor_infos) if m}
+    if blocks != set(range(config.num_hidden_layers)):
+        raise ModelFormatError(f"{gm.path}: block_count is {config.num_hidden_layers} but the file has tensors for "
+                               f"{len(blocks)} blocks" + (f" (up to blk.{max(blocks)})" if blocks else ""))
+    from axon_llm.auto import check_config_against_file
+    check_config_against_file(config, sum(t.n_elements for t in gm.tensor_infos.values()), gm.path)
     model = LLaMAForCausalLM(config)                       # lazy parameters: nothing allocated yet
     quantised = {n: t for n, t in gm.tensors.items() if isinstance(t, GGUFQuantTensor)}
     dense = {n: t for n, t in gm.tensors.items() if n not in quantised}   # incl. biases of quantised layers
@@ -589,7 +600,10 @@ def build_from_gguf(path: str | os.PathLike, **kwargs):
             old = getattr(parent, attr)
         except (AttributeError, KeyError, ValueError):
             raise ModelFormatError(f"{gm.path}: tensor {name!r} has no place in LLaMAForCausalLM") from None
-        want = tuple(old.weight.shape)
+        want = tuple(getattr(getattr(old, "weight", None), "shape", ()))
+        if len(t.shape) != 2 or len(want) != 2:
+            raise ModelFormatError(f"{gm.path}: tensor {name!r} is quantised ({t.type_name}) but is not a weight "
+                                   f"matrix (shape {list(t.shape)}); only linear and embedding weights may be")
         if tuple(t.shape) != want:
             raise ModelFormatError(f"{gm.path}: tensor {name!r} has shape {list(t.shape)}, the config implies {list(want)}")
         qm = pack(t.type_name, t.raw, t.shape)
