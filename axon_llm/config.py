@@ -65,7 +65,8 @@ def normalize_rope(d: dict[str, Any], default_theta: float = 10000.0) -> tuple[f
             raise UnsupportedError(
                 f"rope_scaling type {rope_type!r} is not supported; supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
         scaling = None if rope_type == "default" else {"rope_type": rope_type, **scaling}
-    return float(default_theta if theta is None else theta), scaling, partial
+    theta = default_theta if theta is None else check_float(theta, "rope_theta", lo=0.0, lo_open=True, error=ConfigError)
+    return float(theta), scaling, partial
 
 
 def _check_rope(rope_scaling: dict | None) -> None:

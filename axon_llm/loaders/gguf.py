@@ -560,6 +560,24 @@ __all__ = [
 
 # -- building a model -----------------------------------------------------------------------------
 
+#: byte ranges of the float16 scales inside one block, per quantised type
+_SCALE_BYTES = {"Q8_0": (0, 2), "Q4_0": (0, 2), "Q4_1": (0, 4), "Q5_0": (0, 2), "Q5_1": (0, 4),
+                "Q4_K": (0, 4), "Q5_K": (0, 4), "Q6_K": (208, 210), "Q2_K": (80, 84), "Q3_K": (108, 110)}
+
+
+def _check_scales(path: str, name: str, t: GGUFQuantTensor) -> None:
+    """A quantised tensor whose block scales are NaN/inf (bytes of another type, or corruption)
+    would make every output NaN: :class:`ModelFormatError` naming it."""
+    span = _SCALE_BYTES.get(t.type_name)
+    if span is None:
+        return
+    block_bytes = GGML_TYPES[next(i for i, v in GGML_TYPES.items() if v[0] == t.type_name)][2]
+    blocks = t.raw.reshape(-1, block_bytes)
+    scales = np.ascontiguousarray(blocks[:, span[0]:span[1]]).view("<f2")
+    if not np.isfinite(scales).all():
+        raise ModelFormatError(f"{path}: quantised tensor {name!r} ({t.type_name}) has NaN/inf block scales")
+
+
 def build_from_gguf(path: str | os.PathLike, **kwargs):
     """A ready ``LLaMAForCausalLM`` from a llama GGUF file, quantised weights kept quantised.
 
@@ -606,6 +624,7 @@ def build_from_gguf(path: str | os.PathLike, **kwargs):
                                    f"matrix (shape {list(t.shape)}); only linear and embedding weights may be")
         if tuple(t.shape) != want:
             raise ModelFormatError(f"{gm.path}: tensor {name!r} has shape {list(t.shape)}, the config implies {list(want)}")
+        _check_scales(gm.path, name, t)
         qm = pack(t.type_name, t.raw, t.shape)
         gm.release(name)   # the packed copy is all we keep: let the file's pages go
         if module_name == "model.embed_tokens":

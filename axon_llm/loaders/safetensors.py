@@ -342,6 +342,9 @@ def load_state(model, tensors: Mapping[str, Any], *, strict: bool = True):
         # e.g. bert-base-uncased (BertForMaskedLM) also stores the pooler and the NSP head
         warnings.warn(f"ignored {len(unexpected)} checkpoint tensor(s) the model does not use: {shown}", stacklevel=3)
     usable = {k: np.asarray(v, dtype=np.float32) for k, v in mapped.items() if k in params}
+    for k, arr in usable.items():   # a NaN/inf weight (or bytes read with the wrong dtype) poisons every output
+        if not np.isfinite(arr).all():
+            raise CheckpointError(f"tensor {k} holds {int((~np.isfinite(arr)).sum())} NaN/inf value(s)")
     result = model.load_state_dict(usable, strict=False)
     return result._replace(unexpected_keys=unexpected)
 
