@@ -65,7 +65,7 @@ def normalize_rope(d: dict[str, Any], default_theta: float = 10000.0) -> tuple[f
             raise UnsupportedError(
                 f"rope_scaling type {rope_type!r} is not supported; supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
         scaling = None if rope_type == "default" else {"rope_type": rope_type, **scaling}
-    theta = default_theta if theta is None else check_float(theta, "rope_theta", lo=0.0, lo_open=True, error=ConfigError)
+    theta = default_theta if theta is None else check_float(theta, "rope_theta", lo=1.0, hi=1e15, error=ConfigError)
     return float(theta), scaling, partial
 
 
@@ -122,7 +122,7 @@ _INT_CEILINGS: dict[str, str] = {
 }
 #: float fields by name: (low, high, low excluded)
 _FLOAT_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
-    "rope_theta": (0.0, 1e15, True), "partial_rotary_factor": (0.0, 1.0, True),
+    "rope_theta": (1.0, 1e15, False),                # below 1 the inverse frequencies overflow "partial_rotary_factor": (0.0, 1.0, True),
     "initializer_range": (0.0, None, False), "time_step_scale": (0.0, None, True),
 }
 

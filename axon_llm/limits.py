@@ -119,9 +119,32 @@ def read_json_text(text: str | bytes, what: str, *, error: type[LLMError] = Mode
     if not _depth_ok(text, max_depth):
         raise error(f"{what} nests arrays/objects more than {max_depth} deep")
     try:
-        return json.loads(text)
+        doc = json.loads(text)
     except (json.JSONDecodeError, RecursionError, ValueError) as e:
         raise error(f"{what} is not valid JSON: {e}") from None
+    if _SURROGATE_ESCAPE.search(text) and not _valid_unicode(doc):
+        raise error(f"{what} holds a string with a lone surrogate (\\ud800-\\udfff escape): not valid Unicode")
+    return doc
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _valid_unicode(doc: Any) -> bool:
+    """True when every string (key or value) of a parsed JSON document encodes to UTF-8 (an iterative walk)."""
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(node, dict):
+            stack += list(node.keys()) + list(node.values())
+        elif isinstance(node, list):
+            stack += node
+    return True
 
 
 def read_json_file(path: str | os.PathLike, *, error: type[LLMError] = ModelFormatError,

@@ -383,7 +383,7 @@ def _md_float(md: dict, key: str, path: str, default: float | None = None, *, lo
     v = md.get(key, default)
     if v is None:
         raise ModelFormatError(f"{path}: GGUF metadata lacks {key}")
-    return check_float(v, f"{path}: GGUF metadata {key}", lo=lo, hi=hi, lo_open=True)
+    return check_float(v, f"{path}: GGUF metadata {key}", lo=lo, hi=hi, lo_open=lo == 0.0)
 
 
 def llama_config_from_metadata(md: dict, tensors: dict[str, GGUFTensorInfo], path: str = "<gguf>") -> dict:
@@ -418,7 +418,7 @@ def llama_config_from_metadata(md: dict, tensors: dict[str, GGUFTensorInfo], pat
         # GGUF stores eps as float32; the shortest decimal that rounds to it is the intended value
         "rms_norm_eps": float(str(np.float32(_md_float(md, f"{a}.attention.layer_norm_rms_epsilon", path, 1e-5,
                                                        lo=0.0, hi=1.0)))),
-        "rope_theta": _md_float(md, f"{a}.rope.freq_base", path, 10000.0, lo=0.0, hi=1e15),
+        "rope_theta": _md_float(md, f"{a}.rope.freq_base", path, 10000.0, lo=1.0, hi=1e15),
         "max_position_embeddings": _md_int(md, f"{a}.context_length", path, 2048, ceiling="positions"),
         "tie_word_embeddings": "output.weight" not in tensors,
         "attention_bias": "blk.0.attn_q.bias" in tensors,

@@ -98,7 +98,7 @@ def test_config_declaring_more_than_the_checkpoint_holds(hf_folder, tmp_path, ch
 @pytest.mark.parametrize("key,value", [
     ("llama.attention.layer_norm_rms_epsilon", math.inf), ("llama.attention.layer_norm_rms_epsilon", math.nan),
     ("llama.attention.layer_norm_rms_epsilon", -1e-5), ("llama.rope.freq_base", math.inf),
-    ("llama.rope.freq_base", math.nan), ("llama.rope.freq_base", 0.0),
+    ("llama.rope.freq_base", math.nan), ("llama.rope.freq_base", 0.0), ("llama.rope.freq_base", 1e-45),
 ])
 def test_gguf_floats_must_be_finite_and_in_range(tmp_path, key, value):
     path = gguf_with(tmp_path, {key: (12, value)})
