@@ -32,6 +32,15 @@ def assert_nothing_kept(tmp_path):
     assert scan_cache() == []
 
 
+def fails_within(seconds: float, match: str, settings: DownloadSettings, tmp_path) -> None:
+    """config.json fails with ``match`` in under ``seconds`` and leaves nothing in the cache."""
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError, match=match):
+        download_file(REPO, "config.json", settings=settings)
+    assert time.monotonic() - t0 < seconds
+    assert_nothing_kept(tmp_path)
+
+
 # -- size caps on unpinned files ------------------------------------------------------------------
 
 @pytest.mark.parametrize("route", [
@@ -92,23 +101,13 @@ def test_empty_body_is_refused(hub, tmp_path, route):
 ])
 def test_trickling_server_hits_the_total_deadline(hub, tmp_path, route):
     hub.add(REPO, "config.json", route)
-    settings = dataclasses.replace(FAST, total_timeout=1.0, min_speed=1e9)
-    t0 = time.monotonic()
-    with pytest.raises(DownloadError, match="deadline"):
-        download_file(REPO, "config.json", settings=settings)
-    assert time.monotonic() - t0 < 4.0
-    assert_nothing_kept(tmp_path)
+    fails_within(4.0, "deadline", dataclasses.replace(FAST, total_timeout=1.0, min_speed=1e9), tmp_path)
 
 
 @pytest.mark.parametrize("retry_after,statuses", [("2", [503] * 5), ("1", [429] * 5), ("3", [503, 429, 503])])
 def test_total_retry_after_is_capped(hub, tmp_path, retry_after, statuses):
     hub.add(REPO, "config.json", Route(b"{}", fail_first=list(statuses), retry_after=retry_after))
-    settings = dataclasses.replace(FAST, max_retries=10, max_total_wait=2.5)
-    t0 = time.monotonic()
-    with pytest.raises(DownloadError, match="max_total_wait"):
-        download_file(REPO, "config.json", settings=settings)
-    assert time.monotonic() - t0 < 3.5
-    assert_nothing_kept(tmp_path)
+    fails_within(3.5, "max_total_wait", dataclasses.replace(FAST, max_retries=10, max_total_wait=2.5), tmp_path)
 
 
 def test_retry_after_within_the_caps_still_succeeds(hub, tmp_path):
