@@ -119,6 +119,9 @@ def _load_hf_folder(folder: Path):
     loader = HFLoader(folder)
     cls, arch = model_class_for(loader.config)
     if hasattr(cls, "from_hf"):                         # models with their own loading (SSM, Trident)
+        own = getattr(cls, "config_class", None)
+        if own is not None:                             # the same checks before they build anything
+            check_config_against_file(own.from_dict(loader.config), loader.num_elements(), str(folder))
         return _with_folder_generation_config(cls.from_hf(folder), folder)
     model_type = loader.config.get("model_type") or ""
     config_cls = getattr(cls, "config_class_for", None)
