@@ -43,6 +43,9 @@ GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4           # GGML_MAX_DIMS
 MAX_ARRAY_NESTING = 4  # arrays of arrays of ...: real files use none; a bound stops recursion bombs
+MAX_TENSORS = 1 << 20           # real files: at most a few thousand
+MAX_KV = 1 << 16                # real files: a few dozen metadata pairs
+MAX_OBJECT_ARRAY = 1 << 23      # strings or arrays in one array (a vocabulary or merges: at most ~10**6)
 
 # GGUF metadata value types: id -> (name, struct format or None for variable-size kinds)
 _VALUE_TYPES: dict[int, tuple[str, str | None]] = {
@@ -157,9 +160,12 @@ class _Cursor:
                 raise self.fail(f"{what} is not valid UTF-8") from None
             return raw.decode("utf-8", errors="replace")
 
-    def count(self, what: str, min_item_bytes: int) -> int:
-        """A u64 element count, rejected unless that many items could fit in the rest of the file."""
+    def count(self, what: str, min_item_bytes: int, ceiling: int | None = None) -> int:
+        """A u64 element count, rejected unless that many items could fit in the rest of the file
+        (and, with ``ceiling``, unless it is at most that: Python objects cost more than their bytes)."""
         n = self.u64(what)
+        if ceiling is not None and n > ceiling:
+            raise self.fail(f"{what} declares {n} entries, more than the {ceiling} this reader accepts")
         left = self.size - self.pos
         if n > left // max(min_item_bytes, 1):
             raise self.fail(f"{what} declares {n} entries but only {left} bytes remain "
@@ -189,7 +195,8 @@ def _read_value(cur: _Cursor, vtype: int, what: str, depth: int = 0) -> Any:
     etype = cur.u32(f"element type of {what}")
     if etype not in _VALUE_TYPES:
         raise cur.fail(f"{what} has unknown array element type {etype}")
-    n = cur.count(f"array {what}", _min_value_bytes(etype))
+    n = cur.count(f"array {what}", _min_value_bytes(etype),
+                  None if etype in _NUMPY_OF_VALUE_TYPE else MAX_OBJECT_ARRAY)
     if etype in _NUMPY_OF_VALUE_TYPE:  # fixed-size elements: one vectorised read
         dt = np.dtype(_NUMPY_OF_VALUE_TYPE[etype])
         cur.need(n * dt.itemsize, what)
@@ -241,8 +248,8 @@ class GGUFFile:
                 raise UnsupportedError(f"{self.path}: big-endian GGUF files are not supported")
             raise ModelFormatError(f"{self.path}: unsupported GGUF version {version} (this reader knows 2 and 3)")
         self.version = version
-        n_tensors = cur.count("tensor_count", 8 + 4 + 4 + 8)   # name length, n_dims, type, offset
-        n_kv = cur.count("kv_count", 8 + 4 + 1)                 # key length, type, smallest value
+        n_tensors = cur.count("tensor_count", 8 + 4 + 4 + 8, MAX_TENSORS)   # name length, n_dims, type, offset
+        n_kv = cur.count("kv_count", 8 + 4 + 1, MAX_KV)                      # key length, type, smallest value
 
         metadata: dict[str, Any] = {}
         for i in range(n_kv):

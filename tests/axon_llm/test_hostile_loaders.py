@@ -259,3 +259,13 @@ def test_the_valid_inputs_still_load(hf_folder, tmp_path):
     _forward_is_finite(from_pretrained(hf_folder))
     _forward_is_finite(from_pretrained(tiny_gguf(tmp_path / "ok.gguf")))
     assert load_gguf(tmp_path / "ok.gguf").config["num_hidden_layers"] == 2
+
+
+@pytest.mark.parametrize("n_tensors,n_kv,array_count", [(2**21, 0, 0), (0, 2**17, 0), (0, 1, 2**24), (0, 1, 2**40)])
+def test_gguf_counts_of_python_objects_have_a_ceiling(tmp_path, n_tensors, n_kv, array_count):
+    head = b"GGUF" + struct.pack("<IQQ", 3, n_tensors, n_kv)
+    if array_count:    # one key holding an array of `array_count` strings, in a file of a few bytes
+        head += struct.pack("<Q", 1) + b"k" + struct.pack("<IIQ", _ARRAY, _STRING, array_count)
+    path = tmp_path / "c.gguf"
+    path.write_bytes(head + bytes(64))
+    fails_fast(lambda: GGUFFile(path), ModelFormatError, match="entries", seconds=1.0)
