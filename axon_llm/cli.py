@@ -588,6 +588,13 @@ def cmd_bench(args) -> int:
     ctx = max_context(model)
     if ctx is not None and args.prompt_tokens + args.new_tokens > ctx:
         raise InputError(f"--prompt-tokens + --new-tokens = {args.prompt_tokens + args.new_tokens} exceeds the context {ctx}")
+    from axon_llm.generation import check_generation_budget
+    from axon_llm.sampling import GenerationConfig
+
+    try:
+        check_generation_budget(model, 1, args.prompt_tokens, GenerationConfig(max_new_tokens=args.new_tokens))
+    except GenerationError as e:
+        raise InputError(f"--prompt-tokens / --new-tokens: {e}") from None
     rng = np.random.default_rng(0)
     ids = rng.integers(min(100, vocab - 1), vocab, size=(1, args.prompt_tokens))
     with axon.no_grad():                                                 # warm-up: JIT compilation
