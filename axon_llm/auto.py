@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from axon_llm.config import CONFIG_CLASSES, read_config_json
-from axon_llm.errors import ConfigError, GenerationError, ModelFormatError, ModelNotFoundError, UnsupportedError
-from axon_llm.limits import check_memory
+from axon_llm.errors import GenerationError, ModelFormatError, ModelNotFoundError, UnsupportedError
+from axon_llm.limits import check_config_against_file
 
 __all__ = ["from_pretrained", "ARCHITECTURES", "model_class_for"]
 
@@ -94,23 +94,6 @@ def _with_gguf_generation_config(model):
     if extra:
         model.generation_config = cfg.with_eos_tokens(cfg.eos_token_ids + tuple(extra))
     return model
-
-
-def check_config_against_file(config, stored_elements: int, where: str) -> None:
-    """Before a model is built: the parameters its config declares must be (about) what the file
-    stores, and fit in memory as float32. A config.json claiming a million layers over a 1 MB
-    checkpoint fails here, not after allocating."""
-    count = getattr(config, "num_parameters", None)
-    if count is None:
-        return
-    try:
-        n = int(count())
-    except (TypeError, ValueError, OverflowError, AttributeError):
-        return
-    if n > 2 * stored_elements + (1 << 20):
-        raise ModelFormatError(f"{where}: the config declares {n:,} parameters but the checkpoint stores only "
-                               f"{stored_elements:,} values")
-    check_memory(4 * n, f"{where} ({n:,} parameters as float32)", "use a smaller model", ConfigError)
 
 
 def _load_hf_folder(folder: Path):

@@ -26,7 +26,7 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable
 
-from axon_llm.errors import LLMError, ModelFormatError
+from axon_llm.errors import ConfigError, LLMError, ModelFormatError
 
 #: the largest value of a count that any real model has, with a wide margin; a file that declares more is rejected
 CEILINGS: dict[str, int] = {
@@ -250,6 +250,23 @@ def _gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
+def check_config_against_file(config, stored_elements: int, where: str) -> None:
+    """Before a model is built: the parameters its config declares must be (about) what the file
+    stores, and fit in memory as float32. A config.json claiming a million layers over a 1 MB
+    checkpoint fails here, not after allocating."""
+    count = getattr(config, "num_parameters", None)
+    if count is None:
+        return
+    try:
+        n = int(count())
+    except (TypeError, ValueError, OverflowError, AttributeError):
+        return
+    if n > 2 * stored_elements + (1 << 20):
+        raise ModelFormatError(f"{where}: the config declares {n:,} parameters but the checkpoint stores only "
+                               f"{stored_elements:,} values")
+    check_memory(4 * n, f"{where} ({n:,} parameters as float32)", "use a smaller model", ConfigError)
+
+
 def guard(fn: Callable[[], Any], what: str, error: type[LLMError]) -> Any:
     """Run ``fn``; a library error passes through, any other exception becomes ``error`` naming
     ``what`` (for third-party builders, e.g. the ``tokenizers`` library, whose errors are plain)."""
@@ -265,5 +282,6 @@ def guard(fn: Callable[[], Any], what: str, error: type[LLMError]) -> Any:
 
 __all__ = [
     "CEILINGS", "MAX_JSON_DEPTH", "check_count", "check_float", "read_json_text", "read_json_file",
-    "read_text_file", "inside_folder", "check_disjoint", "available_memory", "check_memory", "guard",
+    "read_text_file", "inside_folder", "check_disjoint", "available_memory", "check_memory",
+    "check_config_against_file", "guard",
 ]

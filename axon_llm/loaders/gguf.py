@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from axon_llm.errors import ModelFormatError, UnsupportedError
-from axon_llm.limits import CEILINGS, check_count, check_disjoint, check_float
+from axon_llm.limits import CEILINGS, check_config_against_file, check_count, check_disjoint, check_float
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
@@ -609,7 +609,6 @@ def build_from_gguf(path: str | os.PathLike, **kwargs):
     if blocks != set(range(config.num_hidden_layers)):
         raise ModelFormatError(f"{gm.path}: block_count is {config.num_hidden_layers} but the file has tensors for "
                                f"{len(blocks)} blocks" + (f" (up to blk.{max(blocks)})" if blocks else ""))
-    from axon_llm.auto import check_config_against_file
     check_config_against_file(config, sum(t.n_elements for t in gm.tensor_infos.values()), gm.path)
     model = LLaMAForCausalLM(config)                       # lazy parameters: nothing allocated yet
     quantised = {n: t for n, t in gm.tensors.items() if isinstance(t, GGUFQuantTensor)}
