@@ -424,7 +424,7 @@ def cmd_bench(args) -> int:
     if ctx is not None and args.prompt_tokens + args.new_tokens > ctx:
         raise InputError(f"--prompt-tokens + --new-tokens = {args.prompt_tokens + args.new_tokens} exceeds the context {ctx}")
     from axon_llm.generation import check_generation_budget
-    from axon_llm.sampling import GenerationConfig
+    from axon_llm.generation_config import GenerationConfig
 
     try:
         check_generation_budget(model, 1, args.prompt_tokens, GenerationConfig(max_new_tokens=args.new_tokens))
