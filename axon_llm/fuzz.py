@@ -256,7 +256,9 @@ class Worker:
         self.proc = subprocess.Popen([sys.executable, "-m", "axon_llm.fuzz", "--worker", str(self.memory_mb)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      env=env, text=True, bufsize=1)
-        self._ask("ping", "", self.seconds * 4)   # imports (and JIT warm-up) happen here, not in an example
+        ready = self._ask("ping", "", max(self.seconds * 4, 300.0))   # imports and JIT warm-up, not in an example
+        if ready["status"] != "ok":
+            raise FuzzFailure(f"the fuzz worker did not start: {ready['detail']}")
 
     def _ask(self, kind: str, path: str, seconds: float) -> dict:
         assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
