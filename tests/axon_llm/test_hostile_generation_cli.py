@@ -12,7 +12,7 @@ import pytest
 
 from axon_llm.auto import from_pretrained
 from axon_llm.cli import main
-from axon_llm.config import BertConfig, GPT2Config
+from axon_llm.models import BertConfig, GPT2Config
 from axon_llm.errors import GenerationError, InputError
 from axon_llm.fuzz import tiny_gguf
 from axon_llm.generation import generate

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from axon_llm.auto import from_pretrained
-from axon_llm.config import BertConfig, GPT2Config, LLaMAConfig, MistralConfig, read_config_json
+from axon_llm.config import read_config_json
+from axon_llm.models import BertConfig, GPT2Config, LLaMAConfig, MistralConfig
 from axon_llm.errors import ConfigError, LLMError, ModelFormatError, UnsupportedError
 from axon_llm.fuzz import _STRING, _ARRAY, tiny_gguf_parts, tiny_hf_folder, write_gguf
 from axon_llm.limits import check_disjoint, inside_folder, read_json_text
