@@ -176,12 +176,15 @@ def check_field(owner: str, name: str, annotation: Any, value: Any) -> None:
         return
     if isinstance(value, dict) and "dict" in kinds:
         return
-    if isinstance(value, list) and "list[int]" in kinds:
-        if len(value) > 1024:
+    if isinstance(value, list) and kinds & {"list[int]", "list[str]", "list"}:
+        if len(value) > CEILINGS["layers"] * 4:
             raise ConfigError(f"{what} lists {len(value)} values")
         for i, v in enumerate(value):
-            check_count(v, f"{what}[{i}]", lo=-1 if name.endswith("token_id") else 0,
-                        hi=CEILINGS["token_id"], error=ConfigError)
+            if "list[int]" in kinds:
+                check_count(v, f"{what}[{i}]", lo=-1 if name.endswith("token_id") else 0,
+                            hi=CEILINGS["token_id"], error=ConfigError)
+            elif "list[str]" in kinds and (not isinstance(v, str) or len(v) > 4096):
+                raise ConfigError(f"{what}[{i}] must be a string, got {type(v).__name__}")
         return
     raise ConfigError(f"{what} must be {' or '.join(sorted(kinds - {'None'}))}, got "
                       f"{type(value).__name__} {str(value)[:40]!r}")

