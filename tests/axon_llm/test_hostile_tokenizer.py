@@ -132,12 +132,11 @@ def test_decode_of_malformed_ids(tok, ids):
 
 @pytest.mark.parametrize("template,match", [
     ("{{ (9 ** 99999999) % 7 }}", "bits"), ("{{ 2 ** (10 ** 6) }}", "bits"), ("{{ (2 ** 4000) * (2 ** 4000) }}", "bits"),
-    # a busy machine may reach the time limit before the step limit: either bound ends it
-    ("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}", "loop steps|longer than"),
+    ("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}", "loop steps"),
     ("{% for i in range(10**9) %}{% endfor %}", "range"), ("{{ range(10**12)|list }}", "range"),
     ("{{ 'a' * 10**9 }}", "size"), ("{{ [1] * 10**9 }}", "size"), ("{{ 'a'|center(10**9) }}", "2\\*\\*20"),
     ("{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}", "items"),
-    ("{% for i in range(5000) %}{{ 'x' * 5000 }}{% endfor %}", "output exceeds|longer than"),
+    ("{% for i in range(5000) %}{{ 'x' * 5000 }}{% endfor %}", "output exceeds"),
     ("{% for m in messages %}{% for a in messages %}{% for b in messages %}{% for c in messages %}"
      "{% for d in messages %}{% for e in messages %}{% endfor %}{% endfor %}{% endfor %}{% endfor %}{% endfor %}"
      "{% endfor %}", "longer than"),
@@ -146,10 +145,11 @@ def test_decode_of_malformed_ids(tok, ids):
 ])
 def test_templates_that_run_forever_or_grow_without_bound(template, match):
     messages = MESSAGES * 30
+    timed = match == "longer than"     # the time limit itself: short; the other limits get room on a busy machine
     t0 = time.monotonic()
     with pytest.raises(TokenizerError, match=match):
-        render_template(template, messages=messages, max_seconds=1.0)
-    assert time.monotonic() - t0 < 8.0
+        render_template(template, messages=messages, max_seconds=1.0 if timed else 30.0)
+    assert time.monotonic() - t0 < (8.0 if timed else 35.0)
 
 
 def test_template_limits_leave_normal_templates_alone(tok):
