@@ -67,8 +67,9 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
     26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56),
     30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
 }
-SUPPORTED_TENSOR_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
-QUANTIZED_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
+QUANTIZED_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL",
+                   "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K")     # = axon_kernels.quant_formats.QUANT_TYPES
+SUPPORTED_TENSOR_TYPES = ("F32", "F16", "BF16") + QUANTIZED_TYPES
 
 
 @dataclass(frozen=True)
@@ -308,7 +309,8 @@ class GGUFFile:
 
     def tensor_data(self, name: str) -> np.ndarray | GGUFQuantTensor:
         """A tensor's stored data without copying: F32 as float32, F16 as float16 (NumPy
-        shapes), quantised types as :class:`GGUFQuantTensor` (``raw`` ``[rows, row_bytes]``).
+        shapes), BF16 widened to float32 (a copy), quantised types as :class:`GGUFQuantTensor`
+        (``raw`` ``[rows, row_bytes]``).
         Unsupported types raise :class:`UnsupportedError` naming the type."""
         if name not in self.tensors:
             raise ModelFormatError(f"{self.path}: no tensor named {name!r}")
@@ -321,6 +323,8 @@ class GGUFFile:
             return buf.view("<f4").reshape(info.shape)
         if info.type_name == "F16":
             return buf.view("<f2").reshape(info.shape)
+        if info.type_name == "BF16":       # bfloat16 = the top 16 bits of a float32
+            return (buf.view("<u2").astype(np.uint32) << 16).view(np.float32).reshape(info.shape)
         rows = info.n_elements // info.shape[-1]
         return GGUFQuantTensor(info.type_name, buf.reshape(rows, info.nbytes // rows), info.shape)
 
@@ -519,7 +523,7 @@ def load_gguf(path: str | os.PathLike) -> GGUFModel:
     """Read a llama-architecture GGUF file: checked header, HF config, HF-named tensors.
 
     Quantised tensors stay quantised (raw blocks, zero-copy except for the Q/K row
-    un-permutation); F16 is widened to float32. Raises :class:`ModelFormatError` for a
+    un-permutation); F16 and BF16 are widened to float32. Raises :class:`ModelFormatError` for a
     corrupt file and :class:`UnsupportedError` for another architecture or tensor type.
     """
     g = GGUFFile(path)
