@@ -476,6 +476,23 @@ def hf_name(gguf_name: str) -> str:
     raise UnsupportedError(f"GGUF tensor {gguf_name!r} has no LLaMA counterpart (MoE or another architecture?)")
 
 
+_HF_BLOCK_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def gguf_tensor_name(hf: str) -> str:
+    """The inverse of :func:`hf_name`: ``model.layers.3.mlp.up_proj.weight`` -> ``blk.3.ffn_up.weight``."""
+    m = _HF_BLOCK_RE.match(hf)
+    if m:
+        for g, h in _BLOCK_NAMES.items():
+            if h == m.group(2):
+                return f"blk.{m.group(1)}.{g}.{m.group(3)}"
+    base, _, suffix = hf.rpartition(".")
+    for g, h in _GLOBAL_NAMES.items():
+        if h == base and suffix in ("weight", "bias"):
+            return f"{g}.{suffix}"
+    raise UnsupportedError(f"tensor {hf!r} has no GGUF llama name")
+
+
 def unpermute_qk_rows(x: np.ndarray, n_head: int) -> np.ndarray:
     """Undo llama.cpp's ``permute`` of Q/K rows (convert_hf_to_gguf.py, LlamaModel.permute).
 
@@ -493,6 +510,19 @@ def unpermute_qk_rows(x: np.ndarray, n_head: int) -> np.ndarray:
         x.reshape(n_head, half, 2, *x.shape[1:])   # [rows, ...] -> [n_head, d/2, 2, ...]
         .swapaxes(1, 2)                             # -> [n_head, 2, d/2, ...]
         .reshape(x.shape))                          # -> [rows, ...] in rotate_half order
+
+
+def permute_qk_rows(x: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's ``permute`` of HF Q/K rows (what its converter writes): the inverse of
+    :func:`unpermute_qk_rows` -- rows viewed as ``[n_head, 2, d/2]``, the last two axes swapped."""
+    rows = x.shape[0]
+    if n_head <= 0 or rows % (2 * n_head):
+        raise ModelFormatError(f"cannot permute {rows} Q/K rows over {n_head} heads")
+    half = rows // n_head // 2
+    return np.ascontiguousarray(
+        x.reshape(n_head, 2, half, *x.shape[1:])    # [rows, ...] -> [n_head, 2, d/2, ...]
+        .swapaxes(1, 2)                             # -> [n_head, d/2, 2, ...]
+        .reshape(x.shape))                          # -> [rows, ...] in GGML's interleaved order
 
 
 @dataclass
@@ -552,7 +582,7 @@ def load_gguf(path: str | os.PathLike) -> GGUFModel:
 
 __all__ = [
     "GGUFFile", "GGUFTensorInfo", "GGUFQuantTensor", "GGUFModel", "load_gguf", "read_gguf_metadata",
-    "llama_config_from_metadata", "hf_name", "unpermute_qk_rows", "build_from_gguf", "GGML_TYPES",
+    "llama_config_from_metadata", "hf_name", "gguf_tensor_name", "unpermute_qk_rows", "permute_qk_rows", "build_from_gguf", "GGML_TYPES",
     "SUPPORTED_TENSOR_TYPES", "QUANTIZED_TYPES",
 ]
 

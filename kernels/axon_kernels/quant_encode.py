@@ -23,9 +23,11 @@ there is one step of the stored sub-block grid.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
+from numba import njit
 
-from axon_kernels.quant_formats import BLOCK, IQ4_NL_VALUES, k_scales  # noqa: F401  (IQ4_NL: read-only)
+from axon_kernels.quant_formats import BLOCK, k_scales
 
 WRITE_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
 _F = np.float32
@@ -63,9 +65,9 @@ def _absmax_signed(b: np.ndarray) -> np.ndarray:
 
 
 def _round_half_away(v: np.ndarray) -> np.ndarray:
-    a = np.abs(v)
-    f = np.floor(a)
-    return np.sign(v) * (f + np.floor(_F(2) * (a - f)))
+    """Round to nearest, ties away from zero (GGML's roundf): rint, except that exact .5 ties move outwards."""
+    t = np.trunc(v)
+    return np.where(np.abs(v - t) == _F(0.5), t + np.sign(v), np.rint(v))   # v - t is exact
 
 
 # ------------------------------------------------------------------------------------------------
@@ -106,30 +108,41 @@ def _nearest(v: np.ndarray) -> np.ndarray:
     return np.rint(v).astype(np.int32)
 
 
-def _scale_min_search(x, w, nmax, rmin, rdelta, nstep):
-    """make_qkx2_quants (squared error) on every sub-block at once.
+def _seq_sum(a: np.ndarray) -> np.ndarray:
+    """Row sums of ``a [N, n]`` added left to right in float32, as C's loops do (not NumPy's pairwise order)."""
+    s = a[:, 0].copy()
+    for i in range(1, a.shape[1]):
+        s += a[:, i]
+    return s
+
+
+def scale_min_search_ref(x, w, nmax: int, rmin: float, rdelta: float, nstep: int):
+    """make_qkx2_quants (squared error) on every sub-block at once (NumPy; the definition).
 
     x, w ``[N, n]`` float32 -> (scale [N], min [N] >= 0, L [N, n] int32 in 0..nmax) such that
     ``x ~ scale * L - min``: start from the min/max grid, then try ``nstep + 1`` grids of
     ``nmax + rmin + rdelta * is`` steps over [min, max], fitting scale and min by weighted least
-    squares for each, and keep the one with the smallest weighted squared error."""
+    squares for each, and keep the one with the smallest weighted squared error. Sums run left
+    to right in float32, as in C, so :func:`scale_min_search` (Numba) gives the same bits."""
+    x = np.ascontiguousarray(x, np.float32)
+    w = np.ascontiguousarray(w, np.float32)
     mn = np.minimum(x.min(axis=1), _F(0))
     mx = x.max(axis=1)
     flat = mx == mn
     span = np.where(flat, _F(1), mx - mn)
-    sum_w = w.sum(axis=1)
-    sum_x = (w * x).sum(axis=1)
+    sum_w = _seq_sum(w)
+    sum_x = _seq_sum(w * x)
     iscale = _F(nmax) / span
     scale = _F(1) / iscale
     L = np.clip(_nearest(iscale[:, None] * (x - mn[:, None])), 0, nmax)
     diff = scale[:, None] * L.astype(np.float32) + mn[:, None] - x
-    best = (w * diff * diff).sum(axis=1)
+    best = _seq_sum(w * diff * diff)
     with np.errstate(divide="ignore", invalid="ignore"):
         for step in range(nstep + 1):
             iscale = (_F(rmin) + _F(rdelta) * _F(step) + _F(nmax)) / span
             la = np.clip(_nearest(iscale[:, None] * (x - mn[:, None])), 0, nmax).astype(np.float32)
             wl = w * la
-            sum_l, sum_l2, sum_xl = wl.sum(axis=1), (wl * la).sum(axis=1), (wl * x).sum(axis=1)
+            sum_l, sum_l2, sum_xl = _seq_sum(wl), _seq_sum(wl * la), _seq_sum(wl * x)
             D = sum_w * sum_l2 - sum_l * sum_l
             this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
             this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
@@ -137,14 +150,92 @@ def _scale_min_search(x, w, nmax, rmin, rdelta, nstep):
             this_min = np.where(pos, _F(0), this_min)
             this_scale = np.where(pos, sum_xl / sum_l2, this_scale)
             diff = this_scale[:, None] * la + this_min[:, None] - x
-            err = (w * diff * diff).sum(axis=1)
-            better = (D > 0) & (err < best)
+            err = _seq_sum(w * diff * diff)
+            better = (D > 0) & (err < best) & ~flat
             L = np.where(better[:, None], la.astype(np.int32), L)
             best = np.where(better, err, best)
             scale = np.where(better, this_scale, scale)
             mn = np.where(better, this_min, mn)
     L = np.where(flat[:, None], 0, L)
-    return np.where(flat, _F(0), scale).astype(np.float32), (-mn).astype(np.float32), L
+    return np.where(flat, _F(0), scale).astype(np.float32), (-mn).astype(np.float32), L.astype(np.int32)
+
+
+@njit(cache=True, nogil=True)
+def _scale_min_search_nb(x, w, nmax, rmin, rdelta, nstep, scale_out, min_out, L):
+    """scale_min_search_ref, one sub-block at a time (the C loop; float32 throughout)."""
+    n = x.shape[1]
+    fmax = np.float32(nmax)
+    la = np.empty(n, np.float32)
+    for r in range(x.shape[0]):
+        mn = x[r, 0]
+        mx = x[r, 0]
+        sum_w = w[r, 0]
+        sum_x = w[r, 0] * x[r, 0]
+        for i in range(1, n):
+            mn = min(mn, x[r, i])
+            mx = max(mx, x[r, i])
+            sum_w += w[r, i]
+            sum_x += w[r, i] * x[r, i]
+        mn = min(mn, np.float32(0.0))
+        if mx == mn:
+            for i in range(n):
+                L[r, i] = 0
+            scale_out[r] = 0.0
+            min_out[r] = -mn
+            continue
+        span = mx - mn
+        iscale = fmax / span
+        scale = np.float32(1.0) / iscale
+        best = np.float32(0.0)
+        for i in range(n):
+            li = min(max(np.rint(iscale * (x[r, i] - mn)), np.float32(0.0)), fmax)
+            L[r, i] = np.int32(li)
+            diff = scale * li + mn - x[r, i]
+            best += w[r, i] * diff * diff
+        for step in range(nstep + 1):
+            iscale = (rmin + rdelta * np.float32(step) + fmax) / span
+            sum_l = np.float32(0.0)
+            sum_l2 = np.float32(0.0)
+            sum_xl = np.float32(0.0)
+            for i in range(n):
+                li = min(max(np.rint(iscale * (x[r, i] - mn)), np.float32(0.0)), fmax)
+                la[i] = li
+                wl = w[r, i] * li
+                sum_l += wl
+                sum_l2 += wl * li
+                sum_xl += wl * x[r, i]
+            D = sum_w * sum_l2 - sum_l * sum_l
+            if D > 0:
+                this_scale = (sum_w * sum_xl - sum_x * sum_l) / D
+                this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D
+                if this_min > 0:
+                    this_min = np.float32(0.0)
+                    this_scale = sum_xl / sum_l2
+                err = np.float32(0.0)
+                for i in range(n):
+                    diff = this_scale * la[i] + this_min - x[r, i]
+                    err += w[r, i] * diff * diff
+                if err < best:
+                    for i in range(n):
+                        L[r, i] = np.int32(la[i])
+                    best = err
+                    scale = this_scale
+                    mn = this_min
+        scale_out[r] = scale
+        min_out[r] = -mn
+
+
+def scale_min_search(x, w, nmax: int, rmin: float, rdelta: float, nstep: int):
+    """:func:`scale_min_search_ref` compiled (Numba; ~25x faster); the reference when the JIT is off."""
+    if numba.config.DISABLE_JIT:
+        return scale_min_search_ref(x, w, nmax, rmin, rdelta, nstep)
+    x = np.ascontiguousarray(x, np.float32)
+    w = np.ascontiguousarray(w, np.float32)
+    scale = np.empty(x.shape[0], np.float32)
+    the_min = np.empty(x.shape[0], np.float32)
+    L = np.empty(x.shape, np.int32)
+    _scale_min_search_nb(x, w, int(nmax), _F(rmin), _F(rdelta), int(nstep), scale, the_min, L)
+    return scale, the_min, L
 
 
 def _pack_k_scales(ls: np.ndarray, lm: np.ndarray) -> np.ndarray:
@@ -162,9 +253,9 @@ def _k_scale_min(x, nmax, rmin, rdelta, nstep):
     12 scale bytes, L [n, 8, 32] in 0..nmax)."""
     n = x.shape[0]
     sub = x.reshape(n * 8, 32)
-    av = np.sqrt((sub * sub).sum(axis=1) / _F(32))
+    av = np.sqrt(_seq_sum(sub * sub) / _F(32))
     w = av[:, None] + np.abs(sub)
-    scales, mins, L = _scale_min_search(sub, w, nmax, rmin, rdelta, nstep)
+    scales, mins, L = scale_min_search(sub, w, nmax, rmin, rdelta, nstep)
     scales, mins = scales.reshape(n, 8), mins.reshape(n, 8)
     max_scale = np.maximum(scales.max(axis=1), _F(0))
     max_min = np.maximum(mins.max(axis=1), _F(0))
@@ -296,4 +387,4 @@ def quantize(qtype: str, x: np.ndarray, chunk_blocks: int = 1 << 16) -> np.ndarr
     return out.reshape(lead + (x.shape[-1] // elems * nbytes,))
 
 
-__all__ = ["WRITE_TYPES", "quantize"]
+__all__ = ["WRITE_TYPES", "quantize", "scale_min_search", "scale_min_search_ref"]

@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from axon_kernels.quant_encode import WRITE_TYPES, quantize
+from axon_kernels.quant_encode import WRITE_TYPES, quantize, scale_min_search, scale_min_search_ref
 from axon_kernels.quant_formats import check_raw, decode_blocks, dequantize_ref
 
 gguf_quants = pytest.importorskip("gguf.quants")
@@ -111,6 +111,26 @@ def test_k_quants_rms_error_on_gaussian_weights_is_within_the_derived_bound(qtyp
         lower = {"Q5_K": "Q4_K", "Q6_K": "Q5_K"}[qtype]
         w_low = dequantize_ref(lower, quantize(lower, x), x.shape)
         assert rel < np.sqrt(np.mean((w_low - x) ** 2) / np.mean(x ** 2))
+
+
+@pytest.mark.parametrize("nmax, rmin, rdelta, nstep, n", [(15, -1.0, 0.1, 20, 32), (31, -0.5, 0.1, 15, 32),
+                                                         (3, -0.5, 0.1, 15, 16)])
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_scale_min_search_kernel_equals_its_reference_bit_for_bit(nmax, rmin, rdelta, nstep, n, seed):
+    """The Numba search and the NumPy definition do the same float32 operations in the same
+    order (sums left to right), so scales, mins and levels agree exactly, ties included."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((300, n)).astype(np.float32) * rng.uniform(1e-4, 10, (300, 1)).astype(np.float32)
+    x[0] = 0.0                                             # a flat sub-block
+    x[1] = np.abs(x[1])                                    # all positive: min clamps to 0
+    x[2, ::2] = x[2, 0]                                    # repeated values
+    w = (np.sqrt(np.mean(x * x, axis=1, keepdims=True)) + np.abs(x)).astype(np.float32)
+    got = scale_min_search(x, w, nmax, rmin, rdelta, nstep)
+    want = scale_min_search_ref(x, w, nmax, rmin, rdelta, nstep)
+    for g, r in zip(got, want):
+        np.testing.assert_array_equal(g, r)
+    assert got[2].min() >= 0 and got[2].max() <= nmax and np.all(got[1] >= 0)
 
 
 def test_k_quants_of_zeros_and_constants():
