@@ -28,7 +28,8 @@ nibbles are split in float32 -- ``hi = floor(byte / 16)``, ``lo = byte - 16 hi``
 because Numba types integer ``&`` / ``>>`` as int64, whose conversion to float LLVM leaves
 scalar: the float form vectorises and reads Q4_1 ~1.6x faster on one core. Every stored value
 is exactly the float32 the definition computes (`quant_formats.decode_blocks`), so
-`unpack(pack(raw))` equals `dequantize_ref(raw)` bit for bit. Types of 5, 3 or 2 bits, and
+`unpack(pack(raw))` equals `dequantize_ref(raw)` exactly (Q4_0 is stored as ``d q' - 8 d`` with
+``q' = q + 8`` to share the nibble layout: equal values, though a zero may lose its sign). Types of 5, 3 or 2 bits, and
 IQ4_NL's table values, take one int8 per weight: simple and exact, at the cost of memory
 (Q5_K grows from 5.5 to 9 bits per weight, Q2_K from 2.6 to 12).
 """
@@ -115,6 +116,9 @@ def pack(qtype: str, raw: np.ndarray, shape) -> QuantMatrix:
     scale = _tile(sc.reshape(rows, g), rows)
     offset = None if off is None else _tile(off.reshape(rows, g), rows)
     if qtype in NIBBLE_TYPES:                                              # [rows, G, 32] -> [rows, G, 16] bytes
+        if qtype == "Q4_0":          # d (q - 8) as d q' - 8 d with q' = q + 8 in 0..15: the same value for
+            q = (q + 8).astype(np.uint8)                 # finite d (only the sign of a zero can differ)
+            offset = _tile(np.float32(-8.0) * sc.reshape(rows, g), rows)
         qs = (q[:, :, :16] | (q[:, :, 16:] << 4)).astype(np.uint8)
         return QuantMatrix(qtype, "q4", shape, 32, _tile(qs, rows), scale, offset)
     return QuantMatrix(qtype, "q8", shape, size, _tile(q.astype(np.int8), rows), scale, offset)

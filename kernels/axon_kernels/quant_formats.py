@@ -42,10 +42,8 @@ Bit positions inside the 256-weight super-blocks:
     (low nibble for k < 2, high for k >= 2) and 2 high bits from bits 2k of ``qh[32 h + l]``.
 
 The decomposition is exact: every scale and offset is the float32 the format's own formula
-computes, and ``scale * q + offset`` equals gguf-py's ``gguf.quants.dequantize`` bit for bit
-(tested on random blocks). Q4_0 is decoded as ``q`` in 0..15 with offset ``-8 d`` rather than
-``q - 8``: ``d q - 8 d`` is exactly ``d (q - 8)`` for finite d (every term fits in float32's
-24-bit significand), and it lets Q4_0 share the nibble layout of Q4_1 and Q4_K.
+computes, and ``scale * q + offset`` equals gguf-py's ``gguf.quants.dequantize`` bit for bit,
+signs of zeros included (tested on random blocks and random finite scale bits).
 """
 
 from __future__ import annotations
@@ -152,7 +150,7 @@ def decode_blocks(qtype: str, b: np.ndarray):
         sc = f16(b[:, 0:2])
         q = nibbles(b[:, 4:20] if qtype == "Q4_1" else b[:, 2:18])
         if qtype == "Q4_0":
-            off = np.float32(-8.0) * sc
+            q = q.astype(np.int8) - np.int8(8)
         elif qtype == "Q4_1":
             off = f16(b[:, 2:4])
         else:
