@@ -121,8 +121,9 @@ def scale_min_search_ref(x, w, nmax: int, rmin: float, rdelta: float, nstep: int
 
     x, w ``[N, n]`` float32 -> (scale [N], min [N] >= 0, L [N, n] int32 in 0..nmax) such that
     ``x ~ scale * L - min``: start from the min/max grid, then try ``nstep + 1`` grids of
-    ``nmax + rmin + rdelta * is`` steps over [min, max], fitting scale and min by weighted least
-    squares for each, and keep the one with the smallest weighted squared error. Sums run left
+    ``nmax + rmin + rdelta * is`` steps over [min, max] (min: the best fit so far, as in C), fitting
+    scale and min by weighted least squares for each, and keep the one with the smallest weighted
+    squared error. Sums run left
     to right in float32, as in C, so :func:`scale_min_search` (Numba) gives the same bits."""
     x = np.ascontiguousarray(x, np.float32)
     w = np.ascontiguousarray(w, np.float32)
@@ -138,7 +139,8 @@ def scale_min_search_ref(x, w, nmax: int, rmin: float, rdelta: float, nstep: int
     diff = scale[:, None] * L.astype(np.float32) + mn[:, None] - x
     best = _seq_sum(w * diff * diff)
     with np.errstate(divide="ignore", invalid="ignore"):
-        for step in range(nstep + 1):
+        for step in range(nstep + 1):            # C divides by (max - min) with min as updated so far
+            span = np.where(flat, _F(1), mx - mn)
             iscale = (_F(rmin) + _F(rdelta) * _F(step) + _F(nmax)) / span
             la = np.clip(_nearest(iscale[:, None] * (x - mn[:, None])), 0, nmax).astype(np.float32)
             wl = w * la
@@ -193,7 +195,7 @@ def _scale_min_search_nb(x, w, nmax, rmin, rdelta, nstep, scale_out, min_out, L)
             diff = scale * li + mn - x[r, i]
             best += w[r, i] * diff * diff
         for step in range(nstep + 1):
-            iscale = (rmin + rdelta * np.float32(step) + fmax) / span
+            iscale = (rmin + rdelta * np.float32(step) + fmax) / (mx - mn)     # min as updated so far
             sum_l = np.float32(0.0)
             sum_l2 = np.float32(0.0)
             sum_xl = np.float32(0.0)
@@ -302,7 +304,7 @@ def _signed_scale_search(x, nmax):
 
     def fit(iscale):
         l = np.clip(_nearest(iscale[:, None] * x), -nmax, nmax - 1).astype(np.float32)
-        return l, (w * x * l).sum(axis=1), (w * l * l).sum(axis=1)
+        return l, _seq_sum(w * x * l), _seq_sum(w * l * l)               # left to right, as in C
 
     with np.errstate(divide="ignore", invalid="ignore"):
         L, sumlx, suml2 = fit(_F(-nmax) / big)

@@ -133,6 +133,18 @@ def test_scale_min_search_kernel_equals_its_reference_bit_for_bit(nmax, rmin, rd
     assert got[2].min() >= 0 and got[2].max() <= nmax and np.all(got[1] >= 0)
 
 
+@pytest.mark.parametrize("qtype", K_TYPES)
+def test_k_quants_equal_llama_cpps_bytes(qtype, fixtures_dir):
+    """Rows of SmolLM2 that llama.cpp's llama_model_quantize wrote as this type (recorded by the
+    dev-only tests/fixtures/make_gguf_types.py): axon writes the same bytes from the same F16 rows."""
+    path = fixtures_dir / "gguf_types" / "llama_cpp.npz"
+    if not path.exists():
+        pytest.skip("no llama.cpp recording (run tests/fixtures/make_gguf_types.py with llama-cpp-python)")
+    rec = np.load(path)
+    src = rec[f"kquant_{qtype}_src"].astype(np.float32)
+    np.testing.assert_array_equal(quantize(qtype, src), rec[f"kquant_{qtype}"])
+
+
 def test_k_quants_of_zeros_and_constants():
     for qtype in K_TYPES:
         z = np.zeros((2, 256), np.float32)
