@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,9 @@ def converted(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("quant, main_type, fallback", [("Q8_0", "Q8_0", None), ("Q4_K", "Q4_K", "Q5_0")])
 def test_quantised_smollm2_loads_in_gguf_py_and_decodes_like_the_source(smol, converted, quant, main_type, fallback):
+    if quant == "Q4_K" and os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0"):
+        pytest.skip("the NumPy reference K-quant search takes ~2 min on SmolLM2's 26M Q4_K weights; "
+                    "test_quant_encode.py checks the kernel equals it bit for bit")
     model, tok, ids, want = smol
     out = converted(quant)
     reader = gguf.GGUFReader(str(out))
