@@ -6,6 +6,7 @@
     axon-llm info smollm2-135m-instruct
     axon-llm bench --model smollm2-135m-instruct
     axon-llm train --arch llama --preset tiny --data notes.txt --tokenizer byte --steps 200 --out run/
+    axon-llm convert smollm2-135m-instruct smol-q8.gguf --quant Q8_0   (or a train checkpoint, or OUT/ folder)
     axon-llm list | download NAME | cache ls | cache rm NAME      (from axon_llm.hub.cli)
 
 Only the generated text goes to stdout; logs, progress and timings go to stderr. Every
@@ -173,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "run under `mpiexec -n K` for data parallelism.")
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)
+
+    _add_convert_parser(sub)
 
     try:
         from axon_llm.hub.cli import add_subcommands
@@ -460,6 +463,34 @@ def cmd_train(args) -> int:
     from axon_llm.training import run_from_args
 
     return run_from_args(args)
+
+
+# ----------------------------------------------------------------------------------------
+# convert (axon_llm/convert.py)
+# ----------------------------------------------------------------------------------------
+def _add_convert_parser(sub) -> None:
+    from axon_llm.convert import QUANT_CHOICES
+
+    p = sub.add_parser("convert", help="write a model as a GGUF file (llama.cpp, Ollama) or an HF folder",
+                       description="Convert SRC (registry name, HF folder, train checkpoint or .gguf) into OUT: "
+                                   "a .gguf file, or a folder of safetensors + config + tokenizer. Without "
+                                   "--quant every tensor keeps its source type.")
+    p.add_argument("src", metavar="SRC", help="registry name, HF folder or .gguf file")
+    p.add_argument("out", metavar="OUT", help="a .gguf file, or a folder (HF layout)")
+    p.add_argument("--quant", type=str.upper, choices=QUANT_CHOICES, default=None, metavar="TYPE",
+                   help=f"quantise the 2-D weights to TYPE ({', '.join(QUANT_CHOICES)}); .gguf output only")
+    p.set_defaults(func=cmd_convert)
+
+
+def cmd_convert(args) -> int:
+    """``axon-llm convert SRC OUT [--quant TYPE]``: see axon_llm/convert.py."""
+    from axon_llm.convert import convert
+
+    t0 = time.perf_counter()
+    out = convert(args.src, args.out, quant=args.quant)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() else out.stat().st_size
+    log(f"wrote {out} ({_human_bytes(size)}) in {time.perf_counter() - t0:.1f} s")
+    return 0
 
 
 # ----------------------------------------------------------------------------------------

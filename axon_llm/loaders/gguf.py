@@ -71,8 +71,9 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
     26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56),
     30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
 }
-SUPPORTED_TENSOR_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
-QUANTIZED_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
+QUANTIZED_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL",
+                   "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K")     # = axon_kernels.quant_formats.QUANT_TYPES
+SUPPORTED_TENSOR_TYPES = ("F32", "F16", "BF16") + QUANTIZED_TYPES
 
 
 @dataclass(frozen=True)
@@ -317,7 +318,8 @@ class GGUFFile:
 
     def tensor_data(self, name: str) -> np.ndarray | GGUFQuantTensor:
         """A tensor's stored data without copying: F32 as float32, F16 as float16 (NumPy
-        shapes), quantised types as :class:`GGUFQuantTensor` (``raw`` ``[rows, row_bytes]``).
+        shapes), BF16 widened to float32 (a copy), quantised types as :class:`GGUFQuantTensor`
+        (``raw`` ``[rows, row_bytes]``).
         Unsupported types raise :class:`UnsupportedError` naming the type."""
         if name not in self.tensors:
             raise ModelFormatError(f"{self.path}: no tensor named {name!r}")
@@ -330,6 +332,8 @@ class GGUFFile:
             return buf.view("<f4").reshape(info.shape)
         if info.type_name == "F16":
             return buf.view("<f2").reshape(info.shape)
+        if info.type_name == "BF16":       # bfloat16 = the top 16 bits of a float32
+            return (buf.view("<u2").astype(np.uint32) << 16).view(np.float32).reshape(info.shape)
         rows = info.n_elements // info.shape[-1]
         return GGUFQuantTensor(info.type_name, buf.reshape(rows, info.nbytes // rows), info.shape)
 
@@ -581,6 +585,23 @@ def hf_name(gguf_name: str, architecture: str = "llama") -> str:
     raise UnsupportedError(f"GGUF tensor {gguf_name!r} has no {architecture} counterpart (MoE or another architecture?)")
 
 
+_HF_BLOCK_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def gguf_tensor_name(hf: str, architecture: str = "llama") -> str:
+    """The inverse of :func:`hf_name`: ``model.layers.3.mlp.up_proj.weight`` -> ``blk.3.ffn_up.weight``."""
+    m = _HF_BLOCK_RE.match(hf)
+    if m:
+        for g, h in GGUF_ARCHITECTURES[architecture].block_names.items():
+            if h == m.group(2):
+                return f"blk.{m.group(1)}.{g}.{m.group(3)}"
+    base, _, suffix = hf.rpartition(".")
+    for g, h in _GLOBAL_NAMES.items():
+        if h == base and suffix in ("weight", "bias"):
+            return f"{g}.{suffix}"
+    raise UnsupportedError(f"tensor {hf!r} has no GGUF {architecture} name")
+
+
 def unpermute_qk_rows(x: np.ndarray, n_head: int) -> np.ndarray:
     """Undo llama.cpp's ``permute`` of Q/K rows (convert_hf_to_gguf.py, LlamaModel.permute).
 
@@ -598,6 +619,19 @@ def unpermute_qk_rows(x: np.ndarray, n_head: int) -> np.ndarray:
         x.reshape(n_head, half, 2, *x.shape[1:])   # [rows, ...] -> [n_head, d/2, 2, ...]
         .swapaxes(1, 2)                             # -> [n_head, 2, d/2, ...]
         .reshape(x.shape))                          # -> [rows, ...] in rotate_half order
+
+
+def permute_qk_rows(x: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's ``permute`` of HF Q/K rows (what its converter writes): the inverse of
+    :func:`unpermute_qk_rows` -- rows viewed as ``[n_head, 2, d/2]``, the last two axes swapped."""
+    rows = x.shape[0]
+    if n_head <= 0 or rows % (2 * n_head):
+        raise ModelFormatError(f"cannot permute {rows} Q/K rows over {n_head} heads")
+    half = rows // n_head // 2
+    return np.ascontiguousarray(
+        x.reshape(n_head, 2, half, *x.shape[1:])    # [rows, ...] -> [n_head, 2, d/2, ...]
+        .swapaxes(1, 2)                             # -> [n_head, d/2, 2, ...]
+        .reshape(x.shape))                          # -> [rows, ...] in GGML's interleaved order
 
 
 @dataclass
@@ -629,8 +663,8 @@ def load_gguf(path: str | os.PathLike) -> GGUFModel:
     HF config, HF-named tensors.
 
     Quantised tensors stay quantised (raw blocks, zero-copy except for the Q/K row
-    un-permutation of ``llama``); F16 is widened to float32; Gemma's ``1 + w`` norms get their 1
-    back off. Raises :class:`ModelFormatError` for a corrupt file and :class:`UnsupportedError`
+    un-permutation of ``llama``); F16 and BF16 are widened to float32; Gemma's ``1 + w`` norms get
+    their 1 back off. Raises :class:`ModelFormatError` for a corrupt file and :class:`UnsupportedError`
     for another architecture or tensor type.
     """
     g = GGUFFile(path)
@@ -664,8 +698,8 @@ def load_gguf(path: str | os.PathLike) -> GGUFModel:
 
 __all__ = [
     "GGUFFile", "GGUFTensorInfo", "GGUFQuantTensor", "GGUFModel", "load_gguf", "read_gguf_metadata",
-    "config_from_metadata", "llama3_scaling_from_rope_freqs", "hf_name", "unpermute_qk_rows", "GGUFArchitecture",
-    "GGUF_ARCHITECTURES", "gguf_architecture", "build_from_gguf", "GGML_TYPES",
+    "config_from_metadata", "llama3_scaling_from_rope_freqs", "hf_name", "gguf_tensor_name", "unpermute_qk_rows",
+    "permute_qk_rows", "GGUFArchitecture", "GGUF_ARCHITECTURES", "gguf_architecture", "build_from_gguf", "GGML_TYPES",
     "SUPPORTED_TENSOR_TYPES", "QUANTIZED_TYPES",
 ]
 
