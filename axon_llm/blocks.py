@@ -210,6 +210,12 @@ class CausalLM(nn.Module):
 
         return generate(self, input_ids, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs)
 
+    def merge_adapter(self):
+        """Fold a LoRA adapter into the weights (see :func:`axon_llm.lora.merge_adapter`); returns ``self``."""
+        from axon_llm.lora import merge_adapter
+
+        return merge_adapter(self)
+
     def save_pretrained(self, directory):
         """Write ``config.json`` + ``model.safetensors`` that transformers (and ``from_pretrained``) load,
         plus ``generation_config.json`` when :attr:`generation_config` is not just the config's defaults."""
