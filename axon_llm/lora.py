@@ -80,7 +80,7 @@ class LoraConfig:
         """``ConfigError`` naming the field for a rank < 1, a negative alpha, a dropout outside [0, 1)
         or an empty target list."""
         if isinstance(self.r, bool) or not isinstance(self.r, (int, np.integer)) or self.r < 1:
-            raise ConfigError(f"LoRA rank r must be an integer >= 1, got {self.r!r}")
+            raise ConfigError(f"LoRA r (the rank) must be an integer >= 1, got {self.r!r}")
         if isinstance(self.lora_alpha, bool) or not isinstance(self.lora_alpha, (int, float)) \
                 or not math.isfinite(self.lora_alpha) or self.lora_alpha <= 0:
             raise ConfigError(f"LoRA lora_alpha must be a positive number, got {self.lora_alpha!r}")
