@@ -244,7 +244,8 @@ def _select_targets(model: nn.Module, config: LoraConfig) -> list[str]:
                                   "not a linear layer")
             if n not in chosen:
                 chosen.append(n)
-    return chosen
+    order = {n: i for i, (n, _) in enumerate(names)}
+    return sorted(chosen, key=order.__getitem__)                         # module order
 
 
 def _shared_weights(model: nn.Module) -> set[int]:
