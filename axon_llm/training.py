@@ -196,6 +196,7 @@ class TrainArgs:
     lora_alpha: float | None = None
     lora_dropout: float = 0.0
     lora_targets: str = "all-linear"
+    gradient_checkpointing: bool = False     # recompute each layer's activations in backward
 
     def validate(self) -> None:
         """``InputError`` for values no run can use (the parser checks types, this the relations)."""
@@ -289,6 +290,9 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     lora.add_argument("--lora-dropout", type=finite, default=0.0, metavar="P", help="dropout on the adapter input")
     lora.add_argument("--lora-targets", default="all-linear", metavar="NAMES",
                       help="comma-separated layer names (q_proj,k_proj,...) or all-linear (the default)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="keep only each layer's input and recompute its activations in backward (less memory, "
+                        "about a third more compute)")
 
 
 def run_from_args(ns: argparse.Namespace) -> int:
@@ -421,6 +425,10 @@ class Trainer:
         if self.model.config.vocab_size < self.tokenizer.vocab_size:
             raise InputError(f"the tokenizer has {self.tokenizer.vocab_size} ids but the model only "
                              f"{self.model.config.vocab_size}")
+        if a.gradient_checkpointing:
+            from axon_llm.checkpointing import checkpoint_layers
+
+            checkpoint_layers(self.model)
         self.model.train()
         self.params = list(self.model.parameters())
         if a.lora is not None:                     # only the adapter trains (and is all-reduced, saved)

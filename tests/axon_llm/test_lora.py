@@ -422,3 +422,17 @@ def test_train_lora_needs_init(tmp_path, capsys):
     assert main(["train", "--arch", "llama", "--preset", "tiny", "--lora", "4", "--data", str(tmp_path / "t.txt"),
                  "--out", str(tmp_path / "o")]) != 0
     assert "--lora trains adapters over a pretrained model: give --init MODEL" in capsys.readouterr().err
+
+
+def test_gradient_checkpointing_gives_the_same_run(tmp_path, capsys):
+    """--gradient-checkpointing recomputes each layer in backward: the same losses (float noise only)
+    and an adapter that loads in the plain model (the wrapper keeps the names)."""
+    assert _train(tmp_path, "--lora", "4", out="plain") == 0
+    plain = _losses(capsys.readouterr().out)
+    assert _train(tmp_path, "--lora", "4", "--gradient-checkpointing", out="ckpt") == 0
+    ckpt = _losses(capsys.readouterr().out)
+    np.testing.assert_allclose(ckpt, plain, rtol=1e-5)
+    a, b = axon.load(tmp_path / "plain" / ADAPTER_WEIGHTS), axon.load(tmp_path / "ckpt" / ADAPTER_WEIGHTS)
+    assert set(a) == set(b)
+    for k in a:
+        assert rel_err(b[k], a[k]) < 1e-4, k
