@@ -162,7 +162,7 @@ class LoraLinear(nn.Module):
         object.__setattr__(self, "base_layer", base)      # not a sub-module: its names are ours
         self.in_features, self.out_features = base.in_features, base.out_features
         self.r, self.lora_alpha, self.use_rslora = int(r), float(lora_alpha), bool(use_rslora)
-        self.scaling = self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r)
+        self.scaling = LoraConfig(r=self.r, lora_alpha=self.lora_alpha, use_rslora=self.use_rslora).scaling
         if isinstance(base, QuantizedLinear):
             self.qweight = base.qweight
             dtype = np.float32
