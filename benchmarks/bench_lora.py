@@ -15,7 +15,7 @@ tests/fixtures/lora/capital_chats.jsonl (20 short chats about a made-up capital)
 
     python benchmarks/bench_lora.py [--steps 3] [--batch-size 2] [--repeats 1] [--no-peft] [--demo]
 
-``--demo`` trains 30 steps (batch 4, lr 2e-3), prints the first and last losses, then asks the
+``--demo`` trains 30 steps (batch 2, lr 2e-3, as in docs/training.md), prints the first and last losses, then asks the
 tuned model, through ``axon-llm chat --adapter``, a question of the data.
 """
 
@@ -93,7 +93,7 @@ from axon_llm.data import ChatDataset, load_training_tokenizer
 torch.set_num_threads(int(sys.argv[5]))
 path = sys.argv[1]
 model = AutoModelForCausalLM.from_pretrained(str(path.rsplit('/', 1)[0]), gguf_file=path.rsplit('/', 1)[1],
-                                             torch_dtype=torch.float32)
+                                             dtype=torch.float32)
 model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", task_type="CAUSAL_LM"))
 model.train()
 tok = load_training_tokenizer(path)
@@ -127,9 +127,9 @@ def median_step(r: dict) -> float:
 
 
 def demo(tmp: Path) -> None:
-    r = train_child(tmp, "demo", 30, 4, 8, True)
+    r = train_child(tmp, "demo", 30, 2, 8, True)
     first, last = r["losses"][0], r["losses"][-1]
-    print(f"demo: 30 steps, batch 4: loss {first:.3f} -> {last:.3f} ({100 * (1 - last / first):.0f}% lower), "
+    print(f"demo: 30 steps, batch 2: loss {first:.3f} -> {last:.3f} ({100 * (1 - last / first):.0f}% lower), "
           f"peak RSS {r['peak_mb']:.0f} MB, median step {median_step(r):.1f}s")
     res = subprocess.run([sys.executable, "-m", "axon_llm", "chat", "--model", str(gguf_path()), "--adapter",
                           str(tmp / "demo"), "--max-new-tokens", "24"], input=QUESTION + "\n", capture_output=True,
