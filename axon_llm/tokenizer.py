@@ -444,6 +444,26 @@ def _derive_merges(tokens: list[str], scores) -> list[tuple[str, str]]:
     return [(c[5], c[6]) for c in cands]
 
 
+#: chat formats for GGUF files that carry no ``tokenizer.chat_template``, by ``general.architecture``
+#: (llama.cpp recognises these formats itself). Gemma: a system message is folded into the first
+#: user turn, and the assistant's role is called "model" (google/gemma-3-*-it's template).
+BUILTIN_CHAT_TEMPLATES = {
+    "gemma3": (
+        "{{ bos_token }}"
+        "{%- if messages[0]['role'] == 'system' -%}"
+        "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+        "{%- set loop_messages = messages[1:] -%}"
+        "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}{%- endif -%}"
+        "{%- for message in loop_messages -%}"
+        "{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+        "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '')"
+        " + message['content'] | trim + '<end_of_turn>\n' }}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+    ),
+}
+
+
 def _from_gguf(path: Path) -> _Source:
     from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
     from tokenizers.models import BPE
@@ -548,9 +568,12 @@ def _from_gguf(path: Path) -> _Source:
         pair = single + ["$B" if t == "$A" else t for t in single]
         sp = [(special[f"{k}_token"], ids[f"{k}_token_id"]) for k in ("bos", "eos") if special[f"{k}_token"] in single]
         tok.post_processor = processors.TemplateProcessing(single=single, pair=pair, special_tokens=sp)
+    arch = md.get("general.architecture")
     template = md.get("tokenizer.chat_template")
-    ctx = md.get("llama.context_length")
-    return _Source(tok, special, template if isinstance(template, str) else None, "right",
+    if not isinstance(template, str):                 # llama.cpp falls back on the architecture's format
+        template = BUILTIN_CHAT_TEMPLATES.get(arch)
+    ctx = md.get(f"{arch}.context_length")
+    return _Source(tok, special, template, "right",
                    int(ctx) if isinstance(ctx, (int, np.integer)) and ctx > 0 else None)
 
 

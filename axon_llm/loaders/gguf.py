@@ -384,9 +384,65 @@ def _md_float(md: dict, key: str, path: str, default: float | None = None) -> fl
     return float(v)
 
 
-def llama_config_from_metadata(md: dict, tensors: dict[str, GGUFTensorInfo], path: str = "<gguf>") -> dict:
-    """HF ``LlamaConfig`` field names from ``llama.*`` metadata (a plain dict)."""
-    a = "llama"
+@dataclass(frozen=True)
+class GGUFArchitecture:
+    """How one GGUF ``general.architecture`` maps onto a model class here.
+
+    ``prefix`` is the metadata key prefix (``llama.embedding_length`` ...); ``block_names`` maps a
+    GGUF block tensor (``blk.N.<name>``) to its HF submodule under ``model.layers.N``;
+    ``permute_qk`` says whether llama.cpp's converter permuted the Q/K rows (only for ``llama``);
+    ``norm_offset`` is added to every ``*norm.weight`` (Gemma's GGUF stores ``1 + w``, so -1).
+    """
+
+    hf_architecture: str
+    model_type: str
+    block_names: dict
+    permute_qk: bool = False
+    norm_offset: float = 0.0
+
+
+_LLAMA_BLOCK_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+#: GGUF general.architecture -> its mapping; other architectures raise UnsupportedError naming them
+GGUF_ARCHITECTURES: dict[str, GGUFArchitecture] = {
+    "llama": GGUFArchitecture("LlamaForCausalLM", "llama", _LLAMA_BLOCK_NAMES, permute_qk=True),
+    "qwen2": GGUFArchitecture("Qwen2ForCausalLM", "qwen2", _LLAMA_BLOCK_NAMES),
+    "gemma3": GGUFArchitecture("Gemma3ForCausalLM", "gemma3_text", {
+        **_LLAMA_BLOCK_NAMES,
+        "ffn_norm": "pre_feedforward_layernorm",          # diff vs llama: four norms per layer
+        "post_attention_norm": "post_attention_layernorm",
+        "post_ffw_norm": "post_feedforward_layernorm",
+        "attn_q_norm": "self_attn.q_norm",
+        "attn_k_norm": "self_attn.k_norm",
+    }, norm_offset=-1.0),
+}
+
+
+def gguf_architecture(md: dict, path: str = "<gguf>") -> tuple[str, GGUFArchitecture]:
+    """``(name, mapping)`` of the file's ``general.architecture`` (``UnsupportedError`` naming it)."""
+    arch = md.get("general.architecture")
+    if not isinstance(arch, str):
+        raise ModelFormatError(f"{path}: metadata has no general.architecture string")
+    if arch not in GGUF_ARCHITECTURES:
+        raise UnsupportedError(f"{path}: GGUF architecture {arch!r} is not supported "
+                               f"(supported: {', '.join(sorted(GGUF_ARCHITECTURES))})")
+    return arch, GGUF_ARCHITECTURES[arch]
+
+
+def config_from_metadata(md: dict, tensors: dict[str, GGUFTensorInfo], path: str = "<gguf>",
+                         rope_freqs: np.ndarray | None = None) -> dict:
+    """The HF config dict (transformers' field names) of a GGUF file, from its ``<arch>.*`` metadata
+    (and, for Llama 3.x files, the values of their ``rope_freqs`` tensor)."""
+    a, spec = gguf_architecture(md, path)
     hidden = _md_int(md, f"{a}.embedding_length", path)
     heads = _md_int(md, f"{a}.attention.head_count", path)
     kv_heads = _md_int(md, f"{a}.attention.head_count_kv", path, heads)
@@ -401,30 +457,31 @@ def llama_config_from_metadata(md: dict, tensors: dict[str, GGUFTensorInfo], pat
             vocab = tensors["token_embd.weight"].shape[0]
     vocab = _md_int({"v": vocab}, "v", path) if vocab is not None else None
     if vocab is None:
-        raise ModelFormatError(f"{path}: cannot tell the vocabulary size (no llama.vocab_size, tokens or token_embd)")
-    head_dim = md.get(f"{a}.attention.key_length", hidden // heads if heads else 0)
+        raise ModelFormatError(f"{path}: cannot tell the vocabulary size (no {a}.vocab_size, tokens or token_embd)")
+    head_dim = _md_int(md, f"{a}.attention.key_length", path, hidden // heads if heads else 0)
     cfg: dict[str, Any] = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [spec.hf_architecture],
+        "model_type": spec.model_type,
         "vocab_size": vocab,
         "hidden_size": hidden,
         "intermediate_size": _md_int(md, f"{a}.feed_forward_length", path),
         "num_hidden_layers": _md_int(md, f"{a}.block_count", path),
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
-        "head_dim": int(head_dim),
+        "head_dim": head_dim,
         # GGUF stores eps as float32; the shortest decimal that rounds to it is the intended value
         "rms_norm_eps": float(str(np.float32(_md_float(md, f"{a}.attention.layer_norm_rms_epsilon", path, 1e-5)))),
         "rope_theta": _md_float(md, f"{a}.rope.freq_base", path, 10000.0),
         "max_position_embeddings": _md_int(md, f"{a}.context_length", path, 2048),
         "tie_word_embeddings": "output.weight" not in tensors,
-        "attention_bias": "blk.0.attn_q.bias" in tensors,
-        "mlp_bias": "blk.0.ffn_up.bias" in tensors,
     }
+    if a == "llama":
+        cfg["attention_bias"] = "blk.0.attn_q.bias" in tensors
+        cfg["mlp_bias"] = "blk.0.ffn_up.bias" in tensors
     rot = md.get(f"{a}.rope.dimension_count")
     if rot is not None and int(rot) != cfg["head_dim"]:
         raise UnsupportedError(f"{path}: partial rotary (rope.dimension_count={rot}, head_dim={cfg['head_dim']}) "
-                               "is not supported for GGUF llama")
+                               f"is not supported for GGUF {a}")
     scaling = md.get(f"{a}.rope.scaling.type")
     if scaling not in (None, "none"):
         factor = _md_float(md, f"{a}.rope.scaling.factor", path)
@@ -432,7 +489,18 @@ def llama_config_from_metadata(md: dict, tensors: dict[str, GGUFTensorInfo], pat
             raise UnsupportedError(f"{path}: rope scaling type {scaling!r} in GGUF is not supported (only linear)")
         cfg["rope_scaling"] = {"rope_type": "linear", "factor": factor}
     if "rope_freqs.weight" in tensors:
-        raise UnsupportedError(f"{path}: llama3-style rope_freqs tensors are not supported for GGUF llama")
+        if rope_freqs is None:
+            raise UnsupportedError(f"{path}: llama3-style rope_freqs: pass the tensor's values (load_gguf does)")
+        cfg["rope_scaling"] = llama3_scaling_from_rope_freqs(rope_freqs, head_dim, cfg["rope_theta"], path)
+    if a == "gemma3":
+        # llama.cpp's gemma3 hyper-parameters that the file does not carry: every 6th layer global,
+        # local layers with RoPE base 1e4, scores scaled by 1/sqrt(head_dim) (1/sqrt(d/H) for 27B)
+        cfg["sliding_window"] = _md_int(md, f"{a}.attention.sliding_window", path)
+        cfg["sliding_window_pattern"] = 6
+        cfg["rope_local_base_freq"] = 10000.0
+        cfg["query_pre_attn_scalar"] = hidden // heads if cfg["num_hidden_layers"] == 62 else head_dim
+        cap = md.get(f"{a}.final_logit_softcapping")
+        cfg["final_logit_softcapping"] = None if cap is None else _md_float(md, f"{a}.final_logit_softcapping", path)
     for hf, key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
                     ("pad_token_id", "padding_token_id")):
         v = md.get(f"tokenizer.ggml.{key}")
@@ -441,35 +509,64 @@ def llama_config_from_metadata(md: dict, tensors: dict[str, GGUFTensorInfo], pat
     return cfg
 
 
+def llama3_scaling_from_rope_freqs(factors, head_dim: int, theta: float, path: str = "<gguf>") -> dict | None:
+    """transformers' ``rope_scaling`` (``rope_type: llama3``) that gives a GGUF ``rope_freqs`` tensor.
+
+    llama.cpp's converter stores, per rotary frequency ``i``, the divisor ``r_i`` of its inverse
+    frequency (``inv_i / r_i`` is what rotates): 1 for short wavelengths, ``factor`` for long ones,
+    and in between ``1 / ((1 - s) / factor + s)`` with ``s = (old / wavelen - low) / (high - low)``,
+    linear in ``1 / wavelen``. So ``factor = max r``, and a line through the in-between points gives
+    ``low / old`` and ``high / old``; ``low_freq_factor = 1`` (every Llama 3.x) fixes the scale. The
+    result is checked by recomputing the divisors with transformers' formula
+    (:func:`axon_llm.rope.compute_inv_freq`); a tensor it cannot reproduce is ``UnsupportedError``.
+    """
+    from axon_llm.rope import compute_inv_freq
+
+    r = np.asarray(factors, dtype=np.float64).reshape(-1)
+    inv = np.asarray(compute_inv_freq(head_dim, theta), dtype=np.float64)
+    if r.shape != inv.shape or not np.all(np.isfinite(r)) or np.any(r <= 0):
+        raise ModelFormatError(f"{path}: rope_freqs must hold {inv.size} positive finite values, got {r.shape}")
+    if np.allclose(r, 1.0, rtol=1e-6):
+        return None
+    factor = float(r.max())
+    wavelen = 2 * np.pi / inv
+    middle = (r > 1 + 1e-4) & (r < factor * (1 - 1e-4))
+    candidates = []
+    if middle.sum() >= 2:
+        s = (1 / r[middle] - 1 / factor) / (1 - 1 / factor)          # in (0, 1)
+        slope, offset = np.polyfit(1 / wavelen[middle], s, 1)           # s = slope / wavelen + offset
+        if slope > 0 and offset < 0:
+            old = -slope / offset                                       # low = 1
+            candidates.append((1.0, 1.0 + old / slope, old))
+    candidates.append((1.0, 4.0, 8192.0))                               # Llama 3.1 / 3.2
+    for low, high, old in candidates:
+        scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": float(low),
+                   "high_freq_factor": float(round(high, 6)), "original_max_position_embeddings": int(round(old))}
+        scaled = np.asarray(compute_inv_freq(head_dim, theta, scaling), dtype=np.float64)
+        if np.allclose(inv / scaled, r, rtol=1e-4):
+            return scaling
+    raise UnsupportedError(f"{path}: the rope_freqs tensor matches no llama3 RoPE scaling (factors {r.tolist()})")
+
+
 _GLOBAL_NAMES = {
     "token_embd": "model.embed_tokens",
     "output_norm": "model.norm",
     "output": "lm_head",
 }
-_BLOCK_NAMES = {
-    "attn_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
 _BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
 
 
-def hf_name(gguf_name: str) -> str:
-    """The HuggingFace LLaMA name of a GGUF llama tensor (``blk.3.ffn_up.weight`` ->
+def hf_name(gguf_name: str, architecture: str = "llama") -> str:
+    """The HuggingFace name of a GGUF tensor (``blk.3.ffn_up.weight`` ->
     ``model.layers.3.mlp.up_proj.weight``). Unknown names raise :class:`UnsupportedError`."""
+    block_names = GGUF_ARCHITECTURES[architecture].block_names
     m = _BLOCK_RE.match(gguf_name)
-    if m and m.group(2) in _BLOCK_NAMES:
-        return f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}.{m.group(3)}"
+    if m and m.group(2) in block_names:
+        return f"model.layers.{m.group(1)}.{block_names[m.group(2)]}.{m.group(3)}"
     base, _, suffix = gguf_name.rpartition(".")
     if base in _GLOBAL_NAMES and suffix in ("weight", "bias"):
         return f"{_GLOBAL_NAMES[base]}.{suffix}"
-    raise UnsupportedError(f"GGUF tensor {gguf_name!r} has no LLaMA counterpart (MoE or another architecture?)")
+    raise UnsupportedError(f"GGUF tensor {gguf_name!r} has no {architecture} counterpart (MoE or another architecture?)")
 
 
 def unpermute_qk_rows(x: np.ndarray, n_head: int) -> np.ndarray:
@@ -516,27 +613,34 @@ class GGUFModel:
 
 
 def load_gguf(path: str | os.PathLike) -> GGUFModel:
-    """Read a llama-architecture GGUF file: checked header, HF config, HF-named tensors.
+    """Read a GGUF file of a supported architecture (:data:`GGUF_ARCHITECTURES`): checked header,
+    HF config, HF-named tensors.
 
     Quantised tensors stay quantised (raw blocks, zero-copy except for the Q/K row
-    un-permutation); F16 is widened to float32. Raises :class:`ModelFormatError` for a
-    corrupt file and :class:`UnsupportedError` for another architecture or tensor type.
+    un-permutation of ``llama``); F16 is widened to float32; Gemma's ``1 + w`` norms get their 1
+    back off. Raises :class:`ModelFormatError` for a corrupt file and :class:`UnsupportedError`
+    for another architecture or tensor type.
     """
     g = GGUFFile(path)
-    arch = g.architecture
-    if arch != "llama":
-        raise UnsupportedError(f"{g.path}: GGUF architecture {arch!r} is not supported (only 'llama')")
-    cfg = llama_config_from_metadata(g.metadata, g.tensors, g.path)
+    arch, spec = gguf_architecture(g.metadata, g.path)
+    freqs = g.tensor_data("rope_freqs.weight") if "rope_freqs.weight" in g.tensors else None
+    cfg = config_from_metadata(g.metadata, g.tensors, g.path, rope_freqs=freqs)
     heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     tensors: dict[str, Any] = {}
     names: dict[str, str] = {}
     for name, info in g.tensors.items():
-        key = hf_name(name)
+        if name == "rope_freqs.weight":          # read into cfg["rope_scaling"] above
+            continue
+        key = hf_name(name, arch)
         names[key] = name
         data = g.tensor_data(name)
         if isinstance(data, np.ndarray):
             data = np.array(data, dtype=np.float32)   # owned float32 copy (norms, small tensors)
-        n_perm = heads if ".attn_q." in name else kv_heads if ".attn_k." in name else 0
+            if spec.norm_offset and name.endswith("norm.weight"):
+                data += np.float32(spec.norm_offset)
+        n_perm = 0
+        if spec.permute_qk:
+            n_perm = heads if ".attn_q." in name else kv_heads if ".attn_k." in name else 0
         if n_perm:
             if isinstance(data, GGUFQuantTensor):
                 data = GGUFQuantTensor(data.type_name, unpermute_qk_rows(data.raw, n_perm), data.shape)
@@ -548,7 +652,8 @@ def load_gguf(path: str | os.PathLike) -> GGUFModel:
 
 __all__ = [
     "GGUFFile", "GGUFTensorInfo", "GGUFQuantTensor", "GGUFModel", "load_gguf", "read_gguf_metadata",
-    "llama_config_from_metadata", "hf_name", "unpermute_qk_rows", "build_from_gguf", "GGML_TYPES",
+    "config_from_metadata", "llama3_scaling_from_rope_freqs", "hf_name", "unpermute_qk_rows", "GGUFArchitecture",
+    "GGUF_ARCHITECTURES", "gguf_architecture", "build_from_gguf", "GGML_TYPES",
     "SUPPORTED_TENSOR_TYPES", "QUANTIZED_TYPES",
 ]
 
@@ -556,7 +661,8 @@ __all__ = [
 # -- building a model -----------------------------------------------------------------------------
 
 def build_from_gguf(path: str | os.PathLike, **kwargs):
-    """A ready ``LLaMAForCausalLM`` from a llama GGUF file, quantised weights kept quantised.
+    """A ready model (``LLaMAForCausalLM``, ``Qwen2ForCausalLM``, ``Gemma3ForCausalLM``) from a GGUF
+    file, quantised weights kept quantised.
 
     Every quantised linear weight becomes a :class:`axon_llm.quantized.QuantizedLinear` (repacked
     once, here, for the fused kernels); a quantised ``token_embd`` becomes a
@@ -569,12 +675,13 @@ def build_from_gguf(path: str | os.PathLike, **kwargs):
     from axon_kernels.quant import pack
 
     from axon_llm.loaders.safetensors import load_state
-    from axon_llm.models.llama import LLaMAConfig, LLaMAForCausalLM
+    from axon_llm.models import ARCHITECTURES
     from axon_llm.quantized import QuantizedEmbedding, QuantizedLinear
 
     gm = load_gguf(path)
-    config = LLaMAConfig.from_dict(gm.config)
-    model = LLaMAForCausalLM(config)                       # lazy parameters: nothing allocated yet
+    model_class = ARCHITECTURES[gm.config["architectures"][0]]
+    config = model_class.config_class.from_dict(gm.config)
+    model = model_class(config)                            # lazy parameters: nothing allocated yet
     quantised = {n: t for n, t in gm.tensors.items() if isinstance(t, GGUFQuantTensor)}
     dense = {n: t for n, t in gm.tensors.items() if n not in quantised}   # incl. biases of quantised layers
     packed_embedding = None
@@ -587,7 +694,7 @@ def build_from_gguf(path: str | os.PathLike, **kwargs):
             parent = model.get_submodule(parent_name) if parent_name else model
             old = getattr(parent, attr)
         except (AttributeError, KeyError, ValueError):
-            raise ModelFormatError(f"{gm.path}: tensor {name!r} has no place in LLaMAForCausalLM") from None
+            raise ModelFormatError(f"{gm.path}: tensor {name!r} has no place in {model_class.__name__}") from None
         want = tuple(old.weight.shape)
         if tuple(t.shape) != want:
             raise ModelFormatError(f"{gm.path}: tensor {name!r} has shape {list(t.shape)}, the config implies {list(want)}")
