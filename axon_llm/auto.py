@@ -103,12 +103,18 @@ def _load_hf_folder(folder: Path):
     return _with_folder_generation_config(model, folder)
 
 
-def from_pretrained(src: str | Path, **kwargs):
+def from_pretrained(src: str | Path, adapter: str | Path | None = None, **kwargs):
     """Build a model with its weights from ``src``.
 
     ``src`` is a HF-layout folder (``config.json`` + ``*.safetensors``, sharded or not), a
-    ``.gguf`` file, or a registry name (see ``axon_llm.list_models()``).
+    ``.gguf`` file, or a registry name (see ``axon_llm.list_models()``). ``adapter`` is a LoRA
+    adapter folder in PEFT's format (``adapter_config.json`` + ``adapter_model.safetensors``),
+    applied over the loaded weights (see axon_llm/lora.py).
     """
+    if adapter is not None:
+        from axon_llm.lora import load_adapter
+
+        return load_adapter(from_pretrained(src, **kwargs), adapter)
     path = Path(src)
     if path.is_file() and path.suffix == ".gguf":
         try:

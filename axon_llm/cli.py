@@ -123,6 +123,11 @@ def _add_sampling_arguments(p: argparse.ArgumentParser, default_max_new: int) ->
                    help="print tokens as they are generated (default: on)")
 
 
+def _add_adapter_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--adapter", default=None, metavar="DIR",
+                   help="a LoRA adapter folder (PEFT format, or `axon-llm train --lora` output) to apply")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole ``axon-llm`` argument parser (hub commands included)."""
     parser = _Parser(prog=PROG, description="Run, inspect, benchmark and train LLMs on axon (NumPy + Numba).")
@@ -138,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True, help="the text to continue ('-' reads it from stdin)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template as a user turn")
     p.add_argument("--system", default=None, help="system message (with --chat)")
+    _add_adapter_argument(p)
     _add_sampling_arguments(p, 128)
     p.set_defaults(func=cmd_generate)
 
@@ -146,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "/exit or end of input (Ctrl-D) quits, /reset starts over.")
     p.add_argument("--model", default=DEFAULT_CHAT_MODEL, help=f"default {DEFAULT_CHAT_MODEL}")
     p.add_argument("--system", default=None, help="system message")
+    _add_adapter_argument(p)
     _add_sampling_arguments(p, 256)
     p.set_defaults(func=cmd_chat)
 
@@ -194,13 +201,14 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def load_model(src: str):
-    """``axon_llm.from_pretrained(src)`` with a line on stderr."""
+def load_model(src: str, adapter: str | None = None):
+    """``axon_llm.from_pretrained(src, adapter=adapter)`` with a line on stderr."""
     from axon_llm.auto import from_pretrained
 
     t0 = time.perf_counter()
-    model = from_pretrained(src)
-    log(f"loaded {src} ({type(model).__name__}) in {time.perf_counter() - t0:.1f}s")
+    model = from_pretrained(src, adapter=adapter)
+    with_adapter = f" with the adapter {adapter}" if adapter else ""
+    log(f"loaded {src} ({type(model).__name__}){with_adapter} in {time.perf_counter() - t0:.1f}s")
     return model
 
 
@@ -273,7 +281,7 @@ def cmd_generate(args) -> int:
     prompt = read_text_input(args.prompt, "--prompt")
     if args.system is not None:
         read_text_input(args.system, "--system")
-    model = load_model(args.model)
+    model = load_model(args.model, args.adapter)
     require_kind(model, args.model, "generate", ("causal LM",))
     tok = load_tokenizer(args.model)
     if args.chat:
@@ -308,7 +316,7 @@ def cmd_chat(args) -> int:
     """``axon-llm chat``: read a message per line from stdin, answer on stdout."""
     if args.system is not None:
         read_text_input(args.system, "--system")
-    model = load_model(args.model)
+    model = load_model(args.model, args.adapter)
     require_kind(model, args.model, "chat", ("causal LM",))
     tok = load_tokenizer(args.model)
     session = ChatSession(model, tok, generation_config(args, tok, model), system=args.system)
