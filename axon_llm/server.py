@@ -191,8 +191,10 @@ class ServerApp:
         stops = [stop] if isinstance(stop, str) else list(stop or [])
         if len(stops) > MAX_STOP_STRINGS or any(not isinstance(s, str) or not s for s in stops):
             raise _bad(f"'stop' must be a non-empty string or a list of at most {MAX_STOP_STRINGS} of them", "stop")
+        ignore_eos = _field(body, "ignore_eos", "bool", False)          # vLLM's extension (benchmarks)
         cfg = GenerationConfig(max_new_tokens=max_tokens, do_sample=temperature > 0, temperature=temperature,
-                               top_p=None if top_p >= 1.0 else top_p, seed=seed, eos_token_ids=self.eos,
+                               top_p=None if top_p >= 1.0 else top_p, seed=seed,
+                               eos_token_ids=() if ignore_eos else self.eos,
                                frequency_penalty=freq, presence_penalty=pres)
         constraint = None
         schema = schema_from_response_format(_field(body, "response_format", "dict", None))
