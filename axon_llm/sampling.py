@@ -275,6 +275,18 @@ def log_softmax(logits) -> np.ndarray:
     return out.astype(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32)
 
 
+def _id_rows(token_ids, arr: np.ndarray, was_1d: bool, what: str) -> list[np.ndarray]:
+    """One int64 id array per logit row of ``arr [B, V]``, ids outside ``[0, V)`` dropped."""
+    rows = [token_ids] if was_1d else list(token_ids)
+    if len(rows) != arr.shape[0]:
+        raise GenerationError(f"{what} got {len(rows)} id rows for {arr.shape[0]} logit rows")
+    out = []
+    for ids in rows:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        out.append(ids[(ids >= 0) & (ids < arr.shape[1])])
+    return out
+
+
 def apply_repetition_penalty(logits, seen_token_ids, penalty: float) -> np.ndarray:
     """Penalise tokens already seen: positive logits are divided, negative ones multiplied.
 
@@ -285,13 +297,8 @@ def apply_repetition_penalty(logits, seen_token_ids, penalty: float) -> np.ndarr
     arr, was_1d = _as_2d(logits)
     if penalty == 1.0:
         return _back(arr, was_1d)
-    rows = [seen_token_ids] if was_1d else list(seen_token_ids)
-    if len(rows) != arr.shape[0]:
-        raise GenerationError(f"repetition penalty got {len(rows)} id rows for {arr.shape[0]} logit rows")
-    V = arr.shape[1]
-    for b, ids in enumerate(rows):
-        ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
-        ids = ids[(ids >= 0) & (ids < V)]
+    for b, ids in enumerate(_id_rows(seen_token_ids, arr, was_1d, "repetition penalty")):
+        ids = np.unique(ids)
         score = arr[b, ids]
         arr[b, ids] = np.where(score < 0, score * penalty, score / penalty)
     return _back(arr, was_1d)
@@ -307,13 +314,9 @@ def apply_frequency_presence_penalty(logits, generated_token_ids, frequency: flo
     arr, was_1d = _as_2d(logits)
     if frequency == 0.0 and presence == 0.0:
         return _back(arr, was_1d)
-    rows = [generated_token_ids] if was_1d else list(generated_token_ids)
-    if len(rows) != arr.shape[0]:
-        raise GenerationError(f"frequency/presence penalty got {len(rows)} id rows for {arr.shape[0]} logit rows")
     V = arr.shape[1]
-    for b, ids in enumerate(rows):
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        counts = np.bincount(ids[(ids >= 0) & (ids < V)], minlength=V)[:V]            # [V]
+    for b, ids in enumerate(_id_rows(generated_token_ids, arr, was_1d, "frequency/presence penalty")):
+        counts = np.bincount(ids, minlength=V)[:V]                                       # [V]
         arr[b] -= (counts * frequency + (counts > 0) * presence).astype(arr.dtype)
     return _back(arr, was_1d)
 

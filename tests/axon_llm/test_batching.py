@@ -8,6 +8,7 @@ import pytest
 
 from axon_llm.batching import BatchScheduler, SequenceRequest
 from axon_llm.errors import GenerationError, InputError
+from tests.axon_llm.test_generation_config import _tiny_llama as tiny_llama
 from axon_llm.sampling import (
     GenerationConfig, LogprobsRecorder, apply_frequency_presence_penalty, process_logits, token_logprobs,
 )
@@ -47,18 +48,8 @@ def test_token_logprobs_are_log_softmax_of_the_chosen_and_the_top_tokens():
     np.testing.assert_allclose(lp.top_logprobs, [[3.0 - z, 3.0 - z]], rtol=1e-6)
 
 
-def _tiny_llama(**kw):
-    import axon
-    from axon_llm.config import LLaMAConfig
-    from axon_llm.models.llama import LLaMAForCausalLM
-
-    axon.manual_seed(0)
-    cfg = dict(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-               num_key_value_heads=1, max_position_embeddings=96)
-    model = LLaMAForCausalLM(LLaMAConfig(**{**cfg, **kw})).eval()
-    for p in model.parameters():                  # sharper logits: greedy paths far from ties
-        p.data *= 3.0
-    return model
+def _tiny_llama():
+    return tiny_llama(num_hidden_layers=2, max_position_embeddings=96)
 
 
 def test_generate_records_logprobs_and_applies_penalties():
