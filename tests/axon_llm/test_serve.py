@@ -247,3 +247,14 @@ def test_the_serve_benchmark_runs_in_its_smoke_size(capsys):
     assert bench.main(["--smoke"]) == 0
     out = capsys.readouterr().out
     assert "2 client(s):" in out and "tokens/s aggregate" in out
+
+
+def test_serve_command_line_errors_are_one_line(capsys):
+    from axon_llm.cli import main
+
+    assert main(["serve", "--port", "70000"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--port" in err[0] and "Traceback" not in err[0]
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--max-batch", "0"])
+    assert e.value.code == 2
