@@ -5,6 +5,10 @@ Three pieces, each small enough to read in one sitting:
 * :class:`Function` — one subclass per primitive (see ``axon/ops.py``). ``forward(ctx, *arrays)``
   and ``backward(ctx, grad)`` work on plain NumPy arrays; :meth:`Function.apply` wraps the
   arrays in and out of :class:`~axon.Tensor` and records the node when a gradient is needed.
+* :class:`TensorBase` — the slots of a tensor the engine reads (array, flag, grad, node).
+  ``axon.Tensor`` subclasses it; the engine never names ``Tensor`` itself (a result is made by
+  the ``_make`` of a tensor input), so this module sits below ``ops.py`` and ``tensor.py`` in
+  the import graph: grad mode and graph nodes, then the ops, then the Tensor's methods.
 * :class:`Context` — what a node remembers between forward and backward
   (``ctx.save_for_backward`` is a no-op when no gradient is needed).
 * :func:`backward` — an iterative topological sort of the graph followed by one pass in
@@ -22,6 +26,7 @@ import functools
 import numpy as np
 
 __all__ = [
+    "TensorBase",
     "Function",
     "Context",
     "backward",
@@ -94,6 +99,21 @@ class enable_grad(_GradModeGuard):
     """Re-enable graph recording inside a ``no_grad`` block."""
 
     _mode = True
+
+
+class TensorBase:
+    """The part of a tensor the autograd engine sees: ``_data`` (an ndarray), ``_requires_grad``,
+    ``grad`` and ``_ctx`` (the :class:`Context` that produced it, None for leaves).
+
+    :class:`axon.Tensor` subclasses it and implements ``_make(arr)``, the unchecked constructor
+    :meth:`Function.apply` and :func:`backward` call on a tensor input to wrap a result array.
+    """
+
+    __slots__ = ("_data", "_requires_grad", "grad", "_ctx", "__weakref__")
+
+    @classmethod
+    def _make(cls, arr: np.ndarray):  # pragma: no cover - interface
+        raise NotImplementedError
 
 
 class Context:
@@ -182,8 +202,10 @@ class Function:
         raw = []
         inputs = []  # parent Tensors that need a gradient, None elsewhere
         any_needs = False
+        first = None  # the first tensor argument: its _make wraps the result
         for a in args:
-            if isinstance(a, Tensor):
+            if isinstance(a, TensorBase):
+                first = a if first is None else first
                 raw.append(a.data)
                 if a._requires_grad:
                     inputs.append(a)
@@ -192,13 +214,15 @@ class Function:
             else:
                 raw.append(a)
             inputs.append(None)
+        if first is None:
+            raise TypeError(f"{cls.__name__}.apply: at least one argument must be an axon.Tensor")
         recording = any_needs and _GradMode.enabled
         ctx = Context(tuple([i is not None for i in inputs]), recording)
         try:
             out = cls.forward(ctx, *raw, **kwargs)
         except (ValueError, TypeError, IndexError) as err:
             raise _reraise(cls.__name__, raw, err) from None
-        result = Tensor._make(out)
+        result = first._make(out)
         if recording and result.data.dtype.kind == "f":
             ctx.fn = cls
             ctx.inputs = inputs  # the edges of the graph
@@ -261,7 +285,7 @@ def _topological_order(root_ctx: Context) -> list:
 def _accumulate_leaf(leaf, grad: np.ndarray, fresh: bool) -> None:
     """Add ``grad`` into ``leaf.grad`` (an axon.Tensor), copying unless we own ``grad``."""
     if leaf.grad is None:
-        leaf.grad = Tensor._make(grad if fresh else np.array(grad, copy=True))
+        leaf.grad = leaf._make(grad if fresh else np.array(grad, copy=True))
     else:
         acc = leaf.grad.data
         np.add(acc, grad, out=acc)
@@ -281,7 +305,7 @@ def backward(root, gradient=None, retain_graph: bool = False) -> None:
             )
         seed = np.ones(root.shape, dtype=root.dtype)
     else:
-        seed = np.asarray(gradient.data if isinstance(gradient, Tensor) else gradient, dtype=root.dtype)
+        seed = np.asarray(gradient.data if isinstance(gradient, TensorBase) else gradient, dtype=root.dtype)
         if seed.shape != tuple(root.shape):
             raise ValueError(f"backward(): gradient shape {seed.shape} does not match tensor shape {tuple(root.shape)}")
 
@@ -339,5 +363,3 @@ def backward(root, gradient=None, retain_graph: bool = False) -> None:
         if not retain_graph:
             ctx.release()
 
-
-from .tensor import Tensor  # noqa: E402  (tensor.py imports this module first)

@@ -18,6 +18,11 @@ import weakref
 
 import numpy as np
 
+from . import autograd as _autograd
+from . import ops as _ops
+from . import random as _random
+from .autograd import TensorBase
+
 __all__ = ["Tensor", "tensor", "as_tensor"]
 
 _FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
@@ -95,10 +100,10 @@ def _convert_index(key):
     return tuple(out), basic
 
 
-class Tensor:
+class Tensor(TensorBase):
     """A NumPy array with reverse-mode autograd and PyTorch's method names."""
 
-    __slots__ = ("_data", "_requires_grad", "grad", "_ctx", "__weakref__")
+    __slots__ = ()  # _data, _requires_grad, grad, _ctx: see axon.autograd.TensorBase
     __array_priority__ = 1000  # ndarray <op> Tensor -> Tensor.__rop__
 
     def __init__(self, data, requires_grad: bool = False, dtype=None):
@@ -1084,8 +1089,3 @@ def where(condition, input, other) -> Tensor:
     else:
         input = other._operand(input)
     return _ops.Where.apply(cond, input, other)
-
-
-from . import autograd as _autograd  # noqa: E402
-from . import ops as _ops  # noqa: E402
-from . import random as _random  # noqa: E402

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from axon_llm.config import CONFIG_CLASSES, read_config_json
-from axon_llm.errors import GenerationError, ModelFormatError, ModelNotFoundError, UnsupportedError
+from axon_llm.errors import CheckpointError, GenerationError, ModelFormatError, ModelNotFoundError, UnsupportedError
 
-__all__ = ["from_pretrained", "ARCHITECTURES", "model_class_for"]
+__all__ = ["from_pretrained", "ARCHITECTURES", "model_class_for", "load_llama_from_hf", "load_mistral_from_hf"]
 
 #: HF architecture name -> (module, class) here
 ARCHITECTURES: dict[str, tuple[str, str]] = {
@@ -139,3 +139,20 @@ def from_pretrained(src: str | Path, **kwargs):
     except ImportError:
         raise ModelNotFoundError(f"{src!r} is not a folder or file, and the model registry is unavailable") from None
     return from_pretrained(resolve_model_path(str(src)), **kwargs)
+
+
+def _load_folder(path: str | Path, expected: set[str]):
+    model = from_pretrained(path)
+    if type(model).__name__ not in expected:
+        raise CheckpointError(f"{path} holds a {type(model).__name__}, expected one of {sorted(expected)}")
+    return model
+
+
+def load_llama_from_hf(path: str | Path):
+    """A ``LLaMAForCausalLM`` from a HF LlamaForCausalLM folder (the Rust crate's loader; see axon_llm/compat.py)."""
+    return _load_folder(path, {"LLaMAForCausalLM"})
+
+
+def load_mistral_from_hf(path: str | Path):
+    """A ``MistralForCausalLM`` (Mistral or Mixtral) from a HF folder."""
+    return _load_folder(path, {"MistralForCausalLM"})

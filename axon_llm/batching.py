@@ -35,7 +35,8 @@ import axon
 from axon_llm.cache import KVCache, LayerKVCache
 from axon_llm.errors import InputError
 from axon_llm.generation import mask_logits
-from axon_llm.sampling import GenerationConfig, TextGenerator, token_logprobs
+from axon_llm.generation_config import GenerationConfig
+from axon_llm.sampling import TextGenerator, token_logprobs
 
 __all__ = ["SequenceRequest", "BatchScheduler"]
 

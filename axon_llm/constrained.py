@@ -501,17 +501,23 @@ def is_done(state: tuple) -> bool:
 # ------------------------------------------------------------------------------------------------
 # the vocabulary
 # ------------------------------------------------------------------------------------------------
+def _byte_level_inverse() -> dict[str, int]:
+    """Byte-level BPE's character -> byte table (GPT-2's: printable bytes stand for themselves,
+    the other 68 bytes, in order, for the characters U+0100 onwards)."""
+    printable = [*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)]
+    others = [b for b in range(256) if b not in printable]
+    return {**{chr(b): b for b in printable}, **{chr(256 + i): b for i, b in enumerate(others)}}
+
+
 def token_bytes(tokenizer) -> list[bytes | None]:
     """The bytes each token id writes (None for special / added tokens, which JSON never uses)."""
-    from axon_llm.tokenizer import _bytes_to_unicode
-
     backend = getattr(tokenizer, "backend", None)
     n = tokenizer.vocab_size
     special = set()
     if backend is not None:
         special = set(backend.get_added_tokens_decoder().keys())
     decoder = type(getattr(backend, "decoder", None)).__name__
-    inverse = {ch: b for b, ch in _bytes_to_unicode().items()}
+    inverse = _byte_level_inverse()
     out: list[bytes | None] = []
     for tid in range(n):
         if tid in special:

@@ -12,10 +12,11 @@ Batches of different prompt lengths are *left*-padded with an ``attention_mask``
 token), the layout transformers uses: every row's next token then sits in the last column.
 The mask is extended with ones as tokens are appended; the model derives positions from it.
 
-What to generate is a :class:`~axon_llm.sampling.GenerationConfig` (greedy, sampling with
+What to generate is a :class:`~axon_llm.generation_config.GenerationConfig` (greedy, sampling with
 temperature / top-k / top-p / min-p, repetition penalty, EOS ids, stop strings, beam search);
 how the next token is picked lives in axon_llm/sampling.py (``TextGenerator`` for greedy and
-sampling, ``BeamSearch`` for beams). This file only runs the model.
+sampling, ``BeamSearch`` for beams); the settings and their generation_config.json I/O live in
+axon_llm/generation_config.py (re-exported here). This file only runs the model.
 
 Beam search keeps ``B * num_beams`` rows in the cache; after each step the rows are
 reordered so row ``i`` continues the beam it extends (:func:`reorder_cache`).
@@ -23,9 +24,7 @@ reordered so row ``i`` continues the beam it extends (:func:`reorder_cache`).
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
-import warnings
 
 import numpy as np
 
@@ -33,20 +32,18 @@ import axon
 
 from axon_llm.embeddings import as_token_ids
 from axon_llm.errors import GenerationError, InputError
-from axon_llm.sampling import BeamSearch, GenerationConfig, TextGenerator, log_softmax, process_logits
+from axon_llm.generation_config import (
+    GenerationConfig, generation_config_from_dict, generation_config_from_model_config,
+    generation_config_to_dict, model_generation_config, resolve_generation_config,
+)
+from axon_llm.sampling import BeamSearch, TextGenerator, log_softmax, process_logits
 
 __all__ = ["generate", "select_next_token", "resolve_generation_config", "reorder_cache",
            "generation_config_from_model_config", "generation_config_from_dict", "generation_config_to_dict",
            "model_generation_config", "mask_logits"]
 
-DEFAULT_MAX_NEW_TOKENS = 24
-#: transformers' ``GenerationConfig.top_k`` default; applies when a generation_config.json samples
-TRANSFORMERS_DEFAULT_TOP_K = 50
 #: "not given" for ``generate(eos_token_id=...)``: an explicit None means "no EOS"
 _UNSET = object()
-#: generation_config.json keys read here (transformers' names; the rest, e.g. max_length, is ignored)
-_HF_SAMPLING_KEYS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
-                     "max_new_tokens", "num_beams", "length_penalty", "early_stopping", "stop_strings")
 
 
 def select_next_token(logits: np.ndarray, do_sample: bool = False, *, temperature: float = 1.0,
@@ -62,139 +59,6 @@ def select_next_token(logits: np.ndarray, do_sample: bool = False, *, temperatur
     if rng is not None:
         gen.rng = rng
     return gen.next_tokens(np.asarray(logits))
-
-
-def resolve_generation_config(generation_config: GenerationConfig | None = None, **overrides) -> GenerationConfig:
-    """The config a call means: ``generation_config`` (default: greedy, 24 new tokens) with every
-    keyword that is not None written over it (as transformers' ``generate(**kwargs)``).
-
-    ``eos_token_id`` (an int or a list) becomes ``eos_token_ids``; ``stop_strings`` may be one string.
-    """
-    if generation_config is None:
-        cfg = GenerationConfig(max_new_tokens=DEFAULT_MAX_NEW_TOKENS, do_sample=False)
-    elif isinstance(generation_config, GenerationConfig):
-        cfg = generation_config
-    else:
-        raise GenerationError(f"generation_config must be a GenerationConfig, got {type(generation_config).__name__}")
-    changes = {k: v for k, v in overrides.items() if v is not None}
-    if "eos_token_id" in changes:
-        eos = changes.pop("eos_token_id")
-        changes["eos_token_ids"] = tuple(int(e) for e in np.atleast_1d(eos).tolist())
-    if isinstance(changes.get("stop_strings"), str):
-        changes["stop_strings"] = (changes["stop_strings"],)
-    try:
-        return GenerationConfig(**{**cfg.__dict__, **changes})
-    except TypeError as e:   # an unknown keyword
-        raise GenerationError(f"unknown generation setting: {e}") from None
-
-
-def _eos_ids(value) -> tuple[int, ...]:
-    """An ``eos_token_id`` as HF writes it (None, an int or a list) -> a tuple of ids."""
-    if value is None:
-        return ()
-    return tuple(int(e) for e in np.atleast_1d(np.asarray(value, dtype=np.int64)).tolist())
-
-
-def generation_config_from_model_config(config) -> GenerationConfig:
-    """The default settings of a model, as transformers' ``GenerationConfig.from_model_config``:
-    greedy, ``max_new_tokens=24``, EOS / pad ids from the model config (``eos_token_id`` may
-    be an int or a list). A config without them (or no config) gives no EOS."""
-    eos = getattr(config, "eos_token_id", None) if config is not None else None
-    pad = getattr(config, "pad_token_id", None) if config is not None else None
-    try:
-        return GenerationConfig(max_new_tokens=DEFAULT_MAX_NEW_TOKENS, do_sample=False, eos_token_ids=_eos_ids(eos),
-                                pad_token_id=None if pad is None else int(pad))
-    except (GenerationError, TypeError, ValueError) as e:
-        raise GenerationError(f"the model config's eos_token_id={eos!r} / pad_token_id={pad!r} "
-                              f"cannot be used for generation: {e}") from None
-
-
-def generation_config_from_dict(d: dict, base: GenerationConfig | None = None) -> GenerationConfig:
-    """``base`` (default: greedy, 24 new tokens) overridden by a ``generation_config.json`` dict.
-
-    Read as transformers does: ``eos_token_id`` (int, list or null), ``pad_token_id`` and the
-    sampling defaults ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``min_p``,
-    ``repetition_penalty``, ``max_new_tokens``, ``num_beams``, ``length_penalty``,
-    ``early_stopping``, ``stop_strings``. A key that is absent leaves ``base`` as it is, except
-    that sampling without a ``top_k`` uses transformers' default 50 and ``do_sample`` absent
-    means greedy; ``top_k: 0`` means no top-k (transformers' convention). ``bos_token_id`` and
-    transformers-only keys (``max_length``, ``transformers_version`` ...) play no part in decoding
-    here and are ignored. Token ids that are not ids raise :class:`GenerationError`; sampling
-    settings that cannot be used here (``temperature: -1``, beam search with sampling) are
-    dropped with a warning that names them, so the model still loads.
-    """
-    if not isinstance(d, dict):
-        raise GenerationError(f"generation_config.json must hold a JSON object, got {type(d).__name__}")
-    cfg = base if base is not None else GenerationConfig(max_new_tokens=DEFAULT_MAX_NEW_TOKENS, do_sample=False)
-    changes: dict = {}
-    try:
-        if "eos_token_id" in d:
-            changes["eos_token_ids"] = _eos_ids(d["eos_token_id"])
-        if "pad_token_id" in d:
-            changes["pad_token_id"] = None if d["pad_token_id"] is None else int(d["pad_token_id"])
-    except (TypeError, ValueError, OverflowError):
-        raise GenerationError(f"generation_config.json: eos_token_id={d.get('eos_token_id')!r} / "
-                              f"pad_token_id={d.get('pad_token_id')!r} are not token ids") from None
-    try:
-        cfg = GenerationConfig(**{**cfg.__dict__, **changes})
-    except GenerationError as e:
-        raise GenerationError(f"generation_config.json: {e}") from None
-    sampling = {key: d[key] for key in _HF_SAMPLING_KEYS if key in d and d[key] is not None}
-    sampling.setdefault("do_sample", False)
-    if sampling["do_sample"] and "top_k" not in sampling:
-        sampling["top_k"] = TRANSFORMERS_DEFAULT_TOP_K
-    if sampling.get("top_k") == 0:
-        sampling["top_k"] = None
-    if isinstance(sampling.get("stop_strings"), str):
-        sampling["stop_strings"] = (sampling["stop_strings"],)
-    try:
-        if not isinstance(sampling["do_sample"], bool):
-            raise GenerationError(f"do_sample must be true or false, got {sampling['do_sample']!r}")
-        return GenerationConfig(**{**cfg.__dict__, **sampling})
-    except GenerationError as e:
-        # transformers loads such a file and fails only when generating; here the model loads,
-        # keeps the file's token ids, and says which sampling default it cannot use
-        warnings.warn(f"generation_config.json: {e}; its sampling settings are ignored", stacklevel=2)
-        return cfg
-
-
-def generation_config_to_dict(cfg: GenerationConfig, model_config=None) -> dict:
-    """The ``generation_config.json`` for ``cfg``: ``{}`` when ``cfg`` is what ``model_config``
-    implies anyway (then no file is needed), else the token ids plus every setting that differs
-    from transformers' defaults, so that :func:`generation_config_from_dict` over the model
-    config's defaults gives ``cfg`` back (``seed`` is not a transformers setting and is not kept)."""
-    implied = generation_config_from_model_config(model_config)
-    if dataclasses.replace(cfg, seed=None) == implied:
-        return {}
-    eos = cfg.eos_token_ids
-    out: dict = {"bos_token_id": getattr(model_config, "bos_token_id", None),
-                 "eos_token_id": None if not eos else eos[0] if len(eos) == 1 else list(eos),
-                 "pad_token_id": cfg.pad_token_id}
-    if out["bos_token_id"] is None:             # eos / pad stay even when null: null overrides config.json
-        del out["bos_token_id"]
-    if cfg.do_sample:
-        out["do_sample"] = True
-    if cfg.max_new_tokens != DEFAULT_MAX_NEW_TOKENS:
-        out["max_new_tokens"] = cfg.max_new_tokens
-    defaults = {"temperature": 1.0, "top_p": None, "min_p": None, "repetition_penalty": 1.0, "num_beams": 1,
-                "length_penalty": 1.0, "early_stopping": False, "stop_strings": ()}
-    for key, default in defaults.items():
-        value = getattr(cfg, key)
-        if value != default:
-            out[key] = list(value) if isinstance(value, tuple) else value
-    if cfg.do_sample and cfg.top_k != TRANSFORMERS_DEFAULT_TOP_K:
-        out["top_k"] = 0 if cfg.top_k is None else cfg.top_k     # absent would mean transformers' 50
-    elif not cfg.do_sample and cfg.top_k is not None:
-        out["top_k"] = cfg.top_k
-    return out
-
-
-def model_generation_config(model) -> GenerationConfig:
-    """``model.generation_config`` when the model has one, else the defaults its config implies."""
-    cfg = getattr(model, "generation_config", None)
-    if isinstance(cfg, GenerationConfig):
-        return cfg
-    return generation_config_from_model_config(getattr(model, "config", None))
 
 
 def reorder_cache(cache, index: np.ndarray) -> None:

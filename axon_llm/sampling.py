@@ -1,4 +1,7 @@
-"""Choosing the next token: generation settings, logits processors, sampling and beam search.
+"""Choosing the next token: logits processors, sampling and beam search.
+
+The settings they read are a :class:`~axon_llm.generation_config.GenerationConfig` (its own
+module, with the generation_config.json I/O); it is re-exported here.
 
 Everything here works on NumPy logits and token ids, with no model in sight, so each
 rule can be read and tested on its own. The one ``generate`` loop (generation.py) feeds
@@ -20,223 +23,17 @@ ranked by ``score / generated_length ** length_penalty``).
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
 from axon_llm.errors import GenerationError
+from axon_llm.generation_config import GenerationConfig
 
 # transformers masks impossible beams with this score; keeping the same constant keeps
 # the tie-breaking between masked candidates identical.
 _MASKED = -1.0e9
-
-
-# ----------------------------------------------------------------------------------------
-# Settings
-# ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GenerationConfig:
-    """How to pick tokens: greedy, sampling (temperature / top-k / top-p / min-p) or beam search.
-
-    The constructors and ``with_*`` builders mirror the Rust crate's ``GenerationConfig``
-    (``GenerationConfig.top_k_sampling(40, 0.8).with_max_tokens(64)``); each builder returns
-    a new config, and every config is validated when it is made, so a bad value raises
-    :class:`GenerationError` where it was written rather than deep inside the loop.
-
-    ``temperature == 0`` means greedy even when ``do_sample`` is set (llama.cpp's habit).
-    ``eos_token_ids`` is a list: generation of a row stops at the first of any of them.
-    ``stop_strings`` need a tokenizer to decode with (see ``generate(..., tokenizer=...)``).
-    """
-
-    max_new_tokens: int = 50
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    repetition_penalty: float = 1.0
-    eos_token_ids: tuple[int, ...] = ()
-    pad_token_id: int | None = None
-    do_sample: bool = True
-    num_beams: int = 1
-    length_penalty: float = 1.0
-    early_stopping: bool | str = False
-    seed: int | None = None
-    stop_strings: tuple[str, ...] = ()
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-
-    def __post_init__(self):
-        # lists are accepted for convenience and stored as tuples so the config stays hashable
-        eos = self.eos_token_ids
-        if isinstance(eos, (int, np.integer)):
-            eos = (eos,)
-        object.__setattr__(self, "eos_token_ids", tuple(int(e) for e in (eos or ())))
-        stops = self.stop_strings
-        if isinstance(stops, str):
-            stops = (stops,)
-        object.__setattr__(self, "stop_strings", tuple(stops or ()))
-        self.validate()
-
-    # -- the crate's constructors ---------------------------------------------------------
-    @classmethod
-    def greedy(cls) -> "GenerationConfig":
-        """Always the most likely token."""
-        return cls(do_sample=False)
-
-    @classmethod
-    def sampling(cls, temperature: float) -> "GenerationConfig":
-        """Sample from ``softmax(logits / temperature)``."""
-        return cls(do_sample=True, temperature=temperature)
-
-    @classmethod
-    def top_k_sampling(cls, k: int, temperature: float) -> "GenerationConfig":
-        """Sample among the ``k`` most likely tokens."""
-        return cls(do_sample=True, temperature=temperature, top_k=k)
-
-    @classmethod
-    def nucleus_sampling(cls, p: float, temperature: float) -> "GenerationConfig":
-        """Sample among the smallest set of tokens whose probability mass reaches ``p``."""
-        return cls(do_sample=True, temperature=temperature, top_p=p)
-
-    @classmethod
-    def beam_search(cls, num_beams: int) -> "GenerationConfig":
-        """Keep the ``num_beams`` best partial sequences by total log-probability."""
-        return cls(do_sample=False, num_beams=num_beams)
-
-    # -- builders (each returns a new, validated config) ----------------------------------
-    def _with(self, **changes) -> "GenerationConfig":
-        return dataclasses.replace(self, **changes)
-
-    def with_max_tokens(self, max_new_tokens: int) -> "GenerationConfig":
-        """Set the number of new tokens to generate at most."""
-        return self._with(max_new_tokens=max_new_tokens)
-
-    def with_temperature(self, temperature: float) -> "GenerationConfig":
-        """Set the softmax temperature (0 = greedy)."""
-        return self._with(temperature=temperature)
-
-    def with_top_k(self, k: int | None) -> "GenerationConfig":
-        """Keep only the ``k`` most likely tokens before sampling (None = off)."""
-        return self._with(top_k=k)
-
-    def with_top_p(self, p: float | None) -> "GenerationConfig":
-        """Nucleus filtering with mass ``p`` (None = off)."""
-        return self._with(top_p=p)
-
-    def with_min_p(self, p: float | None) -> "GenerationConfig":
-        """Drop tokens less likely than ``p`` times the most likely one (None = off)."""
-        return self._with(min_p=p)
-
-    def with_repetition_penalty(self, penalty: float) -> "GenerationConfig":
-        """Penalise every token already in the sequence (1.0 = off)."""
-        return self._with(repetition_penalty=penalty)
-
-    def with_eos_token(self, eos_token_id: int) -> "GenerationConfig":
-        """Add one more end-of-sequence id (the crate's builder appends, so does this one)."""
-        return self._with(eos_token_ids=self.eos_token_ids + (int(eos_token_id),))
-
-    def with_eos_tokens(self, eos_token_ids: Iterable[int]) -> "GenerationConfig":
-        """Replace the list of end-of-sequence ids."""
-        return self._with(eos_token_ids=tuple(int(e) for e in eos_token_ids))
-
-    def with_pad_token(self, pad_token_id: int | None) -> "GenerationConfig":
-        """Id written after a row has finished (defaults to the first EOS id, else 0)."""
-        return self._with(pad_token_id=pad_token_id)
-
-    def with_seed(self, seed: int | None) -> "GenerationConfig":
-        """Seed of the sampling RNG: the same seed gives the same tokens."""
-        return self._with(seed=seed)
-
-    def with_stop_strings(self, stop_strings: Iterable[str]) -> "GenerationConfig":
-        """Stop a row once its decoded new text contains any of these strings."""
-        return self._with(stop_strings=tuple(stop_strings))
-
-    def with_penalties(self, frequency_penalty: float = 0.0, presence_penalty: float = 0.0) -> "GenerationConfig":
-        """OpenAI's penalties on the generated tokens: ``logit -= count * frequency + (count > 0) * presence``."""
-        return self._with(frequency_penalty=frequency_penalty, presence_penalty=presence_penalty)
-
-    def with_num_beams(self, num_beams: int) -> "GenerationConfig":
-        """Set the number of beams (1 = no beam search)."""
-        return self._with(num_beams=num_beams)
-
-    def with_length_penalty(self, length_penalty: float) -> "GenerationConfig":
-        """Beam search ranks finished hypotheses by ``score / length ** length_penalty``."""
-        return self._with(length_penalty=length_penalty)
-
-    def with_early_stopping(self, early_stopping: bool) -> "GenerationConfig":
-        """Beam search stops as soon as ``num_beams`` hypotheses have finished."""
-        return self._with(early_stopping=early_stopping)
-
-    def with_do_sample(self, do_sample: bool) -> "GenerationConfig":
-        """Switch between sampling and greedy / plain beam search."""
-        return self._with(do_sample=do_sample)
-
-    # -- checks ---------------------------------------------------------------------------
-    @property
-    def is_greedy(self) -> bool:
-        """True when the next token is always the argmax (no randomness)."""
-        return not self.do_sample or self.temperature == 0.0
-
-    def validate(self) -> None:
-        """Raise :class:`GenerationError` naming the first setting that cannot work."""
-
-        def bad(msg):
-            raise GenerationError(f"invalid generation setting: {msg}")
-
-        def is_int(v):
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-        def is_num(v):
-            return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-
-        if not is_int(self.max_new_tokens) or self.max_new_tokens < 0:
-            bad(f"max_new_tokens must be an integer >= 0, got {self.max_new_tokens!r}")
-        if not is_num(self.temperature) or not math.isfinite(self.temperature) or self.temperature < 0:
-            bad(f"temperature must be a finite number >= 0, got {self.temperature!r}")
-        if self.top_k is not None and (not is_int(self.top_k) or self.top_k < 1):
-            bad(f"top_k must be an integer >= 1 (or None), got {self.top_k!r}")
-        if self.top_p is not None and (not is_num(self.top_p) or not 0.0 < self.top_p <= 1.0):
-            bad(f"top_p must be in (0, 1] (or None), got {self.top_p!r}")
-        if self.min_p is not None and (not is_num(self.min_p) or not 0.0 <= self.min_p <= 1.0):
-            bad(f"min_p must be in [0, 1] (or None), got {self.min_p!r}")
-        if (not is_num(self.repetition_penalty) or not math.isfinite(self.repetition_penalty)
-                or self.repetition_penalty <= 0):
-            bad(f"repetition_penalty must be a finite number > 0, got {self.repetition_penalty!r}")
-        if any(e < 0 for e in self.eos_token_ids):
-            bad(f"eos_token_ids must be >= 0, got {list(self.eos_token_ids)}")
-        if self.pad_token_id is not None and (not is_int(self.pad_token_id) or self.pad_token_id < 0):
-            bad(f"pad_token_id must be an integer >= 0 (or None), got {self.pad_token_id!r}")
-        if not is_int(self.num_beams) or self.num_beams < 1:
-            bad(f"num_beams must be an integer >= 1, got {self.num_beams!r}")
-        if self.num_beams > 1 and self.do_sample:
-            bad("beam search with sampling is not supported: use do_sample=False with num_beams > 1")
-        if not is_num(self.length_penalty) or not math.isfinite(self.length_penalty):
-            bad(f"length_penalty must be a finite number, got {self.length_penalty!r}")
-        if self.early_stopping not in (True, False, "never"):
-            bad(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
-        if self.seed is not None and not is_int(self.seed):
-            bad(f"seed must be an integer (or None), got {self.seed!r}")
-        if any(not isinstance(s, str) or s == "" for s in self.stop_strings):
-            bad(f"stop_strings must be non-empty strings, got {list(self.stop_strings)}")
-        for name in ("frequency_penalty", "presence_penalty"):
-            v = getattr(self, name)
-            if not is_num(v) or not -2.0 <= v <= 2.0:      # OpenAI's range
-                bad(f"{name} must be a number in [-2, 2], got {v!r}")
-
-    @property
-    def has_openai_penalties(self) -> bool:
-        """True when a frequency or presence penalty is set (they need the generated ids)."""
-        return self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
-
-    @property
-    def fill_token_id(self) -> int:
-        """The id that pads rows after they finish: pad, else first EOS, else 0."""
-        if self.pad_token_id is not None:
-            return self.pad_token_id
-        return self.eos_token_ids[0] if self.eos_token_ids else 0
 
 
 # ----------------------------------------------------------------------------------------

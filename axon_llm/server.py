@@ -28,8 +28,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 from axon_llm.batching import BatchScheduler, SequenceRequest
+from axon_llm.chat import eos_token_ids, max_context
 from axon_llm.errors import LLMError
-from axon_llm.sampling import GenerationConfig
+from axon_llm.generation_config import GenerationConfig
+from axon_llm.pooling import embed_texts
 
 __all__ = ["APIError", "ServerApp", "make_server", "serve"]
 
@@ -122,8 +124,6 @@ class ServerApp:
     def __init__(self, model, tokenizer, model_name: str, embed_model=None, embed_tokenizer=None,
                  embed_name: str | None = None, api_key: str | None = None, max_batch: int = 8,
                  timeout_s: float = DEFAULT_TIMEOUT_S, max_body: int = MAX_BODY_BYTES, log=None):
-        from axon_llm.cli import eos_token_ids, max_context
-
         self.model, self.tokenizer, self.model_name = model, tokenizer, model_name
         self.embed_model, self.embed_tokenizer, self.embed_name = embed_model, embed_tokenizer, embed_name
         self.api_key, self.timeout_s, self.max_body = api_key, timeout_s, max_body
@@ -254,8 +254,6 @@ class ServerApp:
 
     def embeddings(self, body: dict) -> dict:
         """``POST /v1/embeddings``: mean-pooled, L2-normalised vectors (as ``axon-llm embed``)."""
-        from axon_llm.cli import embed_texts
-
         if self.embed_model is None:
             raise APIError(404, "this server has no embedding model", "model_not_found")
         name = self._check_model(body, [self.embed_name])

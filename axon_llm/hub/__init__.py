@@ -7,9 +7,9 @@
     >>> hub.download_llm_weights("gpt2")                     # folder: config.json, model.safetensors, ...
     >>> hub.download_file("openai-community/gpt2", "config.json")
 
-Modules: ``registry`` (PretrainedLLM and the lookup functions), ``models`` (the built-in
-entries), ``download`` (download_file / download_llm_weights), ``cache`` (the on-disk
-layout), ``names`` (validation against path traversal), ``cli`` (``axon-llm download|list|cache``).
+Modules: ``entry`` (PretrainedLLM, HubFile, LocalPackage), ``models`` (the built-in entries),
+``registry`` (the lookup functions and user registrations), ``download`` (download_file /
+download_llm_weights), ``cache`` (the on-disk layout), ``names`` (validation against path traversal), ``cli`` (``axon-llm download|list|cache``).
 See docs/hub.md.
 """
 

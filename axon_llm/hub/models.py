@@ -20,7 +20,7 @@ break downloads that are fine.
 
 from __future__ import annotations
 
-from axon_llm.hub.registry import HubFile, LocalPackage, PretrainedLLM
+from axon_llm.hub.entry import HubFile, LocalPackage, PretrainedLLM
 
 __all__ = ["BUILTIN_MODELS"]
 

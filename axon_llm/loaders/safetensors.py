@@ -31,15 +31,16 @@ import re
 import struct
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
 from axon_llm.errors import CheckpointError, ModelFormatError, UnsupportedError
+from axon_llm.generation_config import GenerationConfig, generation_config_to_dict
 
 __all__ = [
     "read_safetensors", "write_safetensors", "SafetensorsFile", "HFLoader", "map_hf_to_axonml",
-    "map_axonml_to_hf", "load_state", "load_llama_from_hf", "load_mistral_from_hf", "save_pretrained",
+    "map_axonml_to_hf", "load_state", "save_pretrained",
     "read_generation_config_json",
 ]
 
@@ -312,25 +313,6 @@ def load_state(model, tensors: Mapping[str, Any], *, strict: bool = True):
     return result._replace(unexpected_keys=unexpected)
 
 
-def _load_folder(path: str | Path, expected: Iterable[str] | None = None):
-    from axon_llm.auto import from_pretrained
-
-    model = from_pretrained(path)
-    if expected is not None and type(model).__name__ not in expected:
-        raise CheckpointError(f"{path} holds a {type(model).__name__}, expected one of {sorted(expected)}")
-    return model
-
-
-def load_llama_from_hf(path: str | Path):
-    """A ``LLaMAForCausalLM`` from a HF LlamaForCausalLM folder."""
-    return _load_folder(path, {"LLaMAForCausalLM"})
-
-
-def load_mistral_from_hf(path: str | Path):
-    """A ``MistralForCausalLM`` (Mistral or Mixtral) from a HF folder."""
-    return _load_folder(path, {"MistralForCausalLM"})
-
-
 def read_generation_config_json(folder: str | Path) -> dict | None:
     """The ``generation_config.json`` of a HF folder as a dict, or None when the folder has none
     (``ModelFormatError`` when it is not a JSON object)."""
@@ -377,9 +359,6 @@ def save_pretrained(model, directory: str | Path) -> Path:
 
 def _generation_config_dict(model) -> dict:
     """What ``generation_config.json`` must say for ``model`` (``{}``: nothing beyond config.json)."""
-    from axon_llm.generation import generation_config_to_dict
-    from axon_llm.sampling import GenerationConfig
-
     cfg = getattr(model, "generation_config", None)
     if not isinstance(cfg, GenerationConfig):
         return {}

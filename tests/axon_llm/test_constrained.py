@@ -145,3 +145,10 @@ def test_refs_into_defs_are_inlined():
               "additionalProperties": False, "$defs": {"P": {"type": "integer"}}}
     assert can_finish(_state(schema, b'{"p":12}'))
     assert _state(schema, b'{"p":"') is None
+
+
+def test_byte_level_inverse_undoes_the_tokenizers_byte_table():
+    from axon_llm.constrained import _byte_level_inverse
+    from axon_llm.tokenizer import _bytes_to_unicode
+
+    assert _byte_level_inverse() == {ch: b for b, ch in _bytes_to_unicode().items()}

@@ -12,9 +12,8 @@ import pytest
 import axon
 from axon_llm import CheckpointError, LLMError, ModelFormatError, UnsupportedError
 from axon_llm.auto import from_pretrained
-from axon_llm.loaders import (
-    HFLoader, load_llama_from_hf, load_mistral_from_hf, read_safetensors, write_safetensors,
-)
+from axon_llm.auto import load_llama_from_hf, load_mistral_from_hf
+from axon_llm.loaders import HFLoader, read_safetensors, write_safetensors
 
 from tests.axon_llm.hf_parity import HF, logits_np
 
