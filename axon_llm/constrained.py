@@ -21,8 +21,9 @@ token, ``advance(token)`` moves on. Termination: a token is allowed only if the 
 still be closed within the remaining token budget (``min_completion(next state) <= remaining -
 1``; every byte has a one-byte token, checked when the index is built), so a constrained
 generation of ``max_new_tokens`` always ends in a complete, valid document; EOS is allowed
-only when the document is complete. Whitespace: one optional space after ``:``, ``,`` and
-``[`` (as models write it), none elsewhere. Object keys may not contain ``"``, ``\\`` or
+only when the document is complete. Whitespace: one optional space before a value (after
+``:``, ``,``, ``[`` or at the start) and before a key after ``,`` (as models write it), none
+elsewhere. Object keys may not contain ``"``, ``\\`` or
 control characters.
 
 Reference: :func:`allowed_tokens_ref` (every token fed byte by byte, no trie, no cache).
