@@ -239,11 +239,12 @@ def test_a_request_past_the_server_deadline_is_cut(server, client):
 
 
 def test_the_serve_benchmark_runs_in_its_smoke_size(capsys):
-    import importlib.machinery
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_serve.py"
-    bench = importlib.machinery.SourceFileLoader("bench_serve", str(path)).load_module()
+    spec = importlib.util.spec_from_file_location("bench_serve", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
     assert bench.main(["--smoke"]) == 0
     out = capsys.readouterr().out
     assert "2 client(s):" in out and "tokens/s aggregate" in out
