@@ -1,8 +1,9 @@
 """Autograd Functions over the `kernels` package.
 
 * :class:`FlashAttention` — tiled attention forward and backward (`kernels.flash_attention`);
-  ``F.scaled_dot_product_attention`` dispatches here when there is no mask and no dropout and
-  the score matrix is big enough for tiling to pay (`can_use_flash`).
+  ``F.scaled_dot_product_attention`` dispatches here when a gradient is wanted, there is no mask
+  and no dropout, and the score matrix is big enough for tiling to pay (`can_use_flash`); with no
+  gradient wanted it runs `kernels.blas_attention` instead (no autograd node).
 * :class:`SelectiveScan` — Mamba's selective scan (`kernels.selective_scan` and its backward).
 * :class:`TernaryLinear` — BitNet b1.58 ``act_quant(x) @ weight_quant(W).T + b`` with the
   straight-through estimator: the forward uses the quantised values, the backward treats

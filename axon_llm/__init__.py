@@ -15,15 +15,14 @@ from axon_llm.hub import (
 )
 from axon_llm.auto import from_pretrained
 from axon_llm.cache import KVCache, LayerKVCache
-from axon_llm.config import BertConfig, GPT2Config, LLaMAConfig, MistralConfig, Phi3Config, PhiConfig
 from axon_llm.models import (
-    GPT2, Bert, BertForMaskedLM, BertForSequenceClassification, GPT2LMHead, LLaMAForCausalLM,
-    LLaMAModel, MistralForCausalLM, MistralModel, PhiForCausalLM, PhiModel,
+    GPT2, Bert, BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel, ChimeraConfig,
+    ChimeraForCausalLM, ChimeraModel, GPT2Config, GPT2ForCausalLM, GPT2LMHead, GPT2Model, HydraConfig,
+    HydraForCausalLM, HydraModel, LLaMAConfig, LLaMAForCausalLM, LLaMAModel, MistralConfig, MistralForCausalLM,
+    MistralModel, Phi3Config, PhiConfig, PhiForCausalLM, PhiModel, SSMConfig, SSMForCausalLM, TridentConfig,
+    TridentForCausalLM, TridentModel,
 )
-from axon_llm.models.chimera import ChimeraConfig, ChimeraModel
-from axon_llm.models.hydra import HydraConfig, HydraModel
-from axon_llm.models.ssm import SSMBlock, SSMConfig, SSMForCausalLM
-from axon_llm.models.trident import TridentConfig, TridentModel
+from axon_llm.models.ssm import SSMBlock
 from axon_llm.ternary import TernaryLinear
 from axon_llm.sampling import GenerationConfig, TextGenerator
 from axon_llm.quantized import QuantizedLinear

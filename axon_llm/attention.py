@@ -5,7 +5,7 @@ Glossary: ``B`` batch, ``T`` new tokens (queries), ``S`` keys attended (cache + 
 heads, ``Hkv`` key/value heads (``H % Hkv == 0``; GQA shares each K/V head among ``H / Hkv``
 query heads without copying), ``Dh`` head dim, ``W`` sliding window.
 
-The core is ``F.scaled_dot_product_attention`` (flash kernel when the kernels land). Its
+The core is ``F.scaled_dot_product_attention``, which picks the kernel. Its
 ``is_causal`` is bottom-right aligned — the ``T`` queries are the *last* ``T`` of the ``S``
 positions — so the same call serves a full forward (``T == S``) and cached decoding
 (``T < S``). ``window=W`` lets query ``p`` see keys ``p - W < j <= p``; because it is stated on
@@ -98,123 +98,38 @@ class AttentionContext:
             self.cache.advance(self.new_mask)
 
 
+def _no_graph(x) -> bool:
+    """True when no autograd node would be recorded for ``x`` (no_grad, or x needs no gradient)."""
+    return not (axon.is_grad_enabled() and x.requires_grad)
+
+
 def split_heads(x, num_heads: int, head_dim: int):
-    """``[B, T, H * Dh] -> [B, H, T, Dh]``."""
+    """``[B, T, H * Dh] -> [B, H, T, Dh]`` (a view; on the array when no graph is recorded)."""
     b, t, _ = x.shape
+    if _no_graph(x):        # the same view without two autograd nodes: decoding pays per op
+        return axon.as_tensor(x.data.reshape(b, t, num_heads, head_dim).transpose(0, 2, 1, 3))
     return x.reshape(b, t, num_heads, head_dim).transpose(1, 2)
 
 
 def merge_heads(x):
-    """``[B, H, T, Dh] -> [B, T, H * Dh]``."""
+    """``[B, H, T, Dh] -> [B, T, H * Dh]`` (on the array when no graph is recorded)."""
     b, h, t, d = x.shape
+    if _no_graph(x):
+        return axon.as_tensor(np.ascontiguousarray(x.data.transpose(0, 2, 1, 3)).reshape(b, t, h * d))
     return x.transpose(1, 2).reshape(b, t, h * d)
-
-
-def _dense_mask(key_mask: np.ndarray | None, b: int, t: int, s: int, causal: bool, window: int | None) -> np.ndarray:
-    """Boolean ``[B, 1, T, S]`` mask (True = attend) for the general case (padding present)."""
-    q_pos = np.arange(s - t, s)[:, None]                                   # [T, 1] slot of each query
-    k_pos = np.arange(s)[None, :]                                          # [1, S]
-    allowed = np.ones((t, s), dtype=bool)
-    if causal:
-        allowed &= k_pos <= q_pos
-    if window is not None:
-        allowed &= k_pos > q_pos - window
-    mask = np.broadcast_to(allowed, (b, t, s)).copy()                      # [B, T, S]
-    if key_mask is not None:
-        mask &= key_mask[:, None, :]
-    # a query that may see nothing (a padding slot) attends to everything instead: its output is
-    # never used, but it must stay finite so it cannot poison later layers (transformers does the same)
-    empty = ~mask.any(axis=-1, keepdims=True)
-    mask |= empty
-    return mask[:, None]                                                   # [B, 1, T, S]
-
-
-INFERENCE_QUERY_BLOCK = 64       # queries per score block in inference attention (64 measured faster than 128)
-
-
-def attend_inference(q: np.ndarray, k: np.ndarray, v: np.ndarray, causal: bool, window: int | None,
-                     scale: float | None) -> np.ndarray:
-    """Attention without autograd for inference, on arrays: ``q [B, H, T, Dh]``, ``k, v [B, Hkv, S, Dh]``
-    -> ``[B, H, T, Dh]``, the same function as ``F.scaled_dot_product_attention`` (bottom-right
-    causal, ``window``, GQA without copies) with no padding mask.
-
-    Blocks of ``INFERENCE_QUERY_BLOCK`` queries: scores for the keys the block can see only (a
-    causal block skips the keys after its last query), two BLAS calls and a softmax per block;
-    nothing is recorded for backward. Faster than both the autograd composite (no graph, no
-    full ``T x S`` masks) and the tiled kernel (whose inner products are not BLAS) in prefill,
-    and cheaper per decoding step.
-    """
-    b, h, t, d = q.shape
-    hkv, s = k.shape[1], k.shape[2]
-    g = h // hkv
-    scale = d ** -0.5 if scale is None else scale
-    qg = q.reshape(b, hkv, g, t, d)                                        # [B, Hkv, G, T, Dh]
-    kt = k.transpose(0, 1, 3, 2)[:, :, None]                               # [B, Hkv, 1, Dh, S]
-    vv = v[:, :, None]                                                     # [B, Hkv, 1, S, Dh]
-    out = np.empty((b, hkv, g, t, d), np.result_type(q.dtype, k.dtype, v.dtype))
-    for i0 in range(0, t, INFERENCE_QUERY_BLOCK):
-        i1 = min(i0 + INFERENCE_QUERY_BLOCK, t)
-        first_pos, last_pos = s - t + i0, s - t + i1 - 1                   # slots of the block's queries
-        k0 = max(0, first_pos - window + 1) if window is not None else 0
-        k1 = last_pos + 1 if causal or window is not None else s
-        scores = np.matmul(qg[:, :, :, i0:i1], kt[..., k0:k1])             # [B, Hkv, G, bq, keys]
-        scores *= scores.dtype.type(scale)
-        if causal or window is not None:
-            q_pos = np.arange(first_pos, last_pos + 1)[:, None]            # [bq, 1]
-            k_pos = np.arange(k0, k1)[None, :]                             # [1, keys]
-            hidden = k_pos > q_pos
-            if window is not None:
-                hidden |= k_pos <= q_pos - window
-            cols = np.flatnonzero(hidden.any(axis=0))
-            if cols.size:                                                  # only the columns with hidden keys
-                c0, c1 = cols[0], cols[-1] + 1
-                scores[..., c0:c1] += np.where(hidden[:, c0:c1], -np.inf, 0).astype(scores.dtype)
-        _softmax_inplace(scores)                                           # scores -> probabilities
-        np.matmul(scores, vv[:, :, :, k0:k1], out=out[:, :, :, i0:i1])     # [B, Hkv, G, bq, Dh]
-    return out.reshape(b, h, t, d)
-
-
-def _softmax_inplace(a: np.ndarray) -> None:
-    """``axon.ops.softmax_array(a, -1)`` written into ``a`` (no temporary of a's size)."""
-    m = a.max(axis=-1, keepdims=True)
-    np.maximum(m, np.finfo(a.dtype).min, out=m)       # an all -inf row gives zeros, as softmax_array
-    a -= m
-    np.exp(a, out=a)
-    s = a.sum(axis=-1, keepdims=True)
-    np.maximum(s, 1, out=s)
-    a /= s
-
-
-def _inference(*tensors) -> bool:
-    return not axon.is_grad_enabled() or not any(x.requires_grad for x in tensors)
 
 
 def attend(q, k, v, ctx: AttentionContext | None, *, causal: bool, window: int | None = None,
            scale: float | None = None, dropout_p: float = 0.0):
-    """Scaled dot-product attention of ``q [B, H, T, Dh]`` over ``k, v [B, Hkv, S, Dh]``.
+    """Scaled dot-product attention of ``q [B, H, T, Dh]`` over ``k, v [B, Hkv, S, Dh]`` -> ``[B, H, T, Dh]``.
 
-    Picks the fast path (``is_causal`` / ``window`` inside the kernel) when there is no padding,
-    and an explicit boolean mask otherwise. Keys older than the window are not even passed.
-    Returns ``[B, H, T, Dh]``.
+    ``F.scaled_dot_product_attention`` with this call's padding (``ctx.key_mask``) as its
+    ``key_mask``: it applies the one visibility rule (``axon_kernels.visible_mask``) and picks
+    the kernel (BLAS without a gradient, flash or the composite with one).
     """
-    b, h, t, _ = q.shape
-    s = k.shape[2]
-    key_mask = None if ctx is None else ctx.key_mask
-    if window is not None and s > window + t - 1:                          # drop keys no query can see
-        first = s - (window + t - 1)
-        k, v = k[:, :, first:], v[:, :, first:]                            # [B, Hkv, W + T - 1, Dh]
-        key_mask = None if key_mask is None else key_mask[:, first:]
-        s = k.shape[2]
-    gqa = k.shape[1] != h
-    if key_mask is None and dropout_p == 0.0 and _inference(q, k, v):
-        out = attend_inference(q.data, k.data, v.data, causal and s > 1, window, scale)
-        return axon.as_tensor(out)                                         # [B, H, T, Dh]
-    if key_mask is None:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal and s > 1,
-                                              scale=scale, enable_gqa=gqa, window=window)
-    mask = axon.tensor(_dense_mask(key_mask, b, t, s, causal, window))
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale,
-                                          enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=causal, scale=scale,
+                                          enable_gqa=k.shape[1] != q.shape[1], window=window,
+                                          key_mask=None if ctx is None else ctx.key_mask)
 
 
 class MultiHeadAttention(nn.Module):
@@ -253,57 +168,12 @@ class MultiHeadAttention(nn.Module):
 
     def forward(self, x, ctx: AttentionContext):
         """``x [B, T, d]`` -> ``[B, T, d]``; reads and writes this layer's cache slot when ``ctx.cache``."""
-        if ctx.key_mask is None and (self.dropout == 0.0 or not self.training) and type(self).project_qkv is \
-                MultiHeadAttention.project_qkv and not axon.is_grad_enabled():
-            b, t, _ = x.shape                                              # the projections, split on arrays
-            q = self.q_proj(x).data.reshape(b, t, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-            k = self.k_proj(x).data.reshape(b, t, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
-            v = self.v_proj(x).data.reshape(b, t, self.num_kv_heads, self.head_dim).transpose(0, 2, 1, 3)
-            return self._forward_inference(q, k, v, ctx)                  # [B, H|Hkv, T, Dh] views
-        q, k, v = self.project_qkv(x)
-        if ctx.key_mask is None and (self.dropout == 0.0 or not self.training) and _inference(q, k, v):
-            return self._forward_inference(q.data, k.data, v.data, ctx)
+        q, k, v = self.project_qkv(x)                                      # [B, H|Hkv, T, Dh]
         if self.rotary is not None:
             cos, sin = ctx.rope(self.rotary)
             q, k = apply_rotary_pos_emb(q, cos, sin), apply_rotary_pos_emb(k, cos, sin)
         if ctx.cache is not None:
-            k, v = ctx.cache.layers[self.layer_idx].update(k, v, ctx.start)  # [B, Hkv, S, Dh]
+            k, v = ctx.cache.update(self.layer_idx, k, v)                  # views [B, Hkv, S, Dh]
         out = attend(q, k, v, ctx, causal=self.causal, window=self.sliding_window,
                      dropout_p=self.dropout if self.training else 0.0)      # [B, H, T, Dh]
         return getattr(self, self.out_name)(merge_heads(out))              # [B, T, d]
-
-    def _forward_inference(self, q, k, v, ctx: AttentionContext):
-        """``forward`` without autograd and without padding: the same operations on arrays
-        (RoPE, cache write, :func:`attend_inference`), no graph nodes per step.
-        ``q [B, H, T, Dh]``, ``k, v [B, Hkv, T, Dh]`` arrays."""
-        if self.rotary is not None:
-            cos, sin = ctx.rope(self.rotary)
-            q, k = _rotate_inference(q, cos, sin), _rotate_inference(k, cos, sin)
-        if ctx.cache is not None:
-            kt, vt = ctx.cache.layers[self.layer_idx].update(axon.as_tensor(k), axon.as_tensor(v), ctx.start)
-            k, v = kt.data, vt.data                                        # [B, Hkv, S, Dh]
-        t, s = q.shape[2], k.shape[2]
-        window = self.sliding_window
-        if window is not None and s > window + t - 1:                      # drop keys no query can see
-            k, v = k[:, :, s - (window + t - 1):], v[:, :, s - (window + t - 1):]
-        out = attend_inference(q, k, v, self.causal and k.shape[2] > 1, window, None)   # [B, H, T, Dh]
-        b, h, t, d = out.shape
-        merged = np.ascontiguousarray(out.transpose(0, 2, 1, 3)).reshape(b, t, h * d)  # [B, T, H*Dh]
-        return getattr(self, self.out_name)(axon.as_tensor(merged))       # [B, T, d]
-
-
-def _rotate_inference(x: np.ndarray, cos, sin) -> np.ndarray:
-    """:func:`~axon_llm.rope.apply_rotary_pos_emb` on arrays (the same operations, so the same
-    rounding): the first ``cos.shape[-1]`` channels of ``x [B, H, T, Dh]`` rotated, the rest kept."""
-    cos = np.asarray(cos, dtype=x.dtype)
-    sin = np.asarray(sin, dtype=x.dtype)
-    d = cos.shape[-1]
-    half = d // 2
-    xr = x[..., :d]
-    rotated = np.concatenate([-xr[..., half:], xr[..., :half]], axis=-1)   # rotate_half
-    rotated *= sin
-    out = xr * cos
-    out += rotated                                                         # x cos + rotate_half(x) sin
-    if d == x.shape[-1]:
-        return out
-    return np.concatenate([out, x[..., d:]], axis=-1)                      # [B, H, T, Dh]

@@ -1,7 +1,8 @@
 """``from_pretrained``: one entry point for HF folders, GGUF files and registry names.
 
-The class is picked from ``config.json`` ``architectures[0]`` (else ``model_type``) through
-:data:`ARCHITECTURES`; a ``.gguf`` file goes to ``axon_llm.loaders.gguf.build_from_gguf``; any
+The class is picked from ``config.json`` ``architectures[0]`` (else ``model_type``) through the
+architecture table :data:`axon_llm.models.ARCHITECTURES`, derived from the model classes; a
+``.gguf`` file goes to ``axon_llm.loaders.gguf.build_from_gguf``; any
 other string is looked up in the model registry (``axon_llm.hub``), which yields one of the two.
 
 Causal LMs get their ``generation_config`` as transformers does: the EOS / pad ids of the config,
@@ -15,47 +16,35 @@ from pathlib import Path
 
 import numpy as np
 
-from axon_llm.config import CONFIG_CLASSES, read_config_json
 from axon_llm.errors import CheckpointError, GenerationError, ModelFormatError, ModelNotFoundError, UnsupportedError
 
-__all__ = ["from_pretrained", "ARCHITECTURES", "model_class_for", "load_llama_from_hf", "load_mistral_from_hf"]
-
-#: HF architecture name -> (module, class) here
-ARCHITECTURES: dict[str, tuple[str, str]] = {
-    "GPT2LMHeadModel": ("axon_llm.models.gpt2", "GPT2LMHead"),
-    "BertModel": ("axon_llm.models.bert", "Bert"),
-    "BertForMaskedLM": ("axon_llm.models.bert", "BertForMaskedLM"),
-    "BertForSequenceClassification": ("axon_llm.models.bert", "BertForSequenceClassification"),
-    "LlamaForCausalLM": ("axon_llm.models.llama", "LLaMAForCausalLM"),
-    "MistralForCausalLM": ("axon_llm.models.mistral", "MistralForCausalLM"),
-    "MixtralForCausalLM": ("axon_llm.models.mistral", "MistralForCausalLM"),
-    "PhiForCausalLM": ("axon_llm.models.phi", "PhiForCausalLM"),
-    "Phi3ForCausalLM": ("axon_llm.models.phi", "PhiForCausalLM"),
-    "MambaForCausalLM": ("axon_llm.models.ssm", "SSMForCausalLM"),
-    "BitNetForCausalLM": ("axon_llm.models.trident", "TridentModel"),
-    "HydraModel": ("axon_llm.models.hydra", "HydraModel"),          # no HF class: our own save_pretrained
-    "ChimeraModel": ("axon_llm.models.chimera", "ChimeraModel"),    # no HF class: our own save_pretrained
-}
-#: config.json model_type -> the architecture used when ``architectures`` is absent
-_MODEL_TYPES = {"gpt2": "GPT2LMHeadModel", "bert": "BertModel", "llama": "LlamaForCausalLM",
-                "mistral": "MistralForCausalLM", "mixtral": "MixtralForCausalLM", "phi": "PhiForCausalLM",
-                "phi3": "Phi3ForCausalLM", "mamba": "MambaForCausalLM", "bitnet": "BitNetForCausalLM"}
+__all__ = ["from_pretrained", "model_class_for", "config_class_for", "load_llama_from_hf", "load_mistral_from_hf"]
 
 
 def model_class_for(config: dict):
-    """The axon_llm class for a config.json dict (``UnsupportedError`` lists the supported ones)."""
-    import importlib
+    """``(model class, HF architecture)`` for a config.json dict, from the one architecture table
+    :data:`axon_llm.models.ARCHITECTURES` (``UnsupportedError`` lists the supported ones)."""
+    from axon_llm.models import ARCHITECTURES, MODEL_TYPES
 
     archs = config.get("architectures") or []
-    arch = archs[0] if archs else _MODEL_TYPES.get(config.get("model_type", ""))
+    arch = archs[0] if archs else MODEL_TYPES.get(config.get("model_type", ""))
     if arch not in ARCHITECTURES:
         what = arch or f"model_type {config.get('model_type')!r}"
         raise UnsupportedError(f"unsupported architecture {what}; supported: {', '.join(sorted(ARCHITECTURES))}")
-    module, name = ARCHITECTURES[arch]
-    try:
-        return getattr(importlib.import_module(module), name), arch
-    except (ImportError, AttributeError) as e:
-        raise UnsupportedError(f"architecture {arch} is not available in this build ({e})") from None
+    return ARCHITECTURES[arch], arch
+
+
+def config_class_for(cls, config: dict):
+    """The config class of ``cls`` that reads this config.json dict: the one for its ``model_type``
+    (``Phi3Config`` for ``phi3``), else the architecture's (``MistralConfig`` for ``mixtral``)."""
+    from axon_llm.models import CONFIG_CLASSES
+
+    candidates = cls.accepted_configs()
+    by_type = CONFIG_CLASSES.get(config.get("model_type") or "")
+    if by_type in candidates:
+        return by_type
+    arch_type = cls.architectures.get((config.get("architectures") or [""])[0])
+    return next((c for c in candidates if c.model_type == arch_type), cls.config_class)
 
 
 def _with_folder_generation_config(model, folder: Path):
@@ -95,13 +84,10 @@ def _load_hf_folder(folder: Path):
     from axon_llm.loaders.safetensors import HFLoader, load_state
 
     loader = HFLoader(folder)
-    cls, arch = model_class_for(loader.config)
+    cls, _ = model_class_for(loader.config)
     if hasattr(cls, "from_hf"):                         # models with their own loading (SSM, Trident)
         return _with_folder_generation_config(cls.from_hf(folder), folder)
-    model_type = loader.config.get("model_type") or ""
-    config_cls = getattr(cls, "config_class_for", None)
-    config_cls = config_cls(loader.config) if config_cls else CONFIG_CLASSES.get(model_type, cls.config_class)
-    config = config_cls.from_dict(loader.config)
+    config = config_class_for(cls, loader.config).from_dict(loader.config)
     model = cls(config)
     load_state(model, loader.tensors(), strict=False)   # unused tensors: a warning, as in transformers
     model.eval()

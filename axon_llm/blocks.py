@@ -5,14 +5,18 @@
 * :class:`TransformerBlock` / :class:`TransformerEncoder` / :class:`TransformerDecoder` — generic
   pre- or post-norm blocks and stacks for building new models from parts (the HF-parity models
   use their own HF-named blocks, which are made of the same pieces);
-* :class:`CausalLM` — what every causal LM here shares: input checks, ``new_cache``,
-  ``generate``, ``save_pretrained``, tied-weight bookkeeping.
+* :class:`PretrainedModel` — the protocol every HF-named model class declares (config classes,
+  HF architectures, training name), from which the architecture table is derived;
+* :class:`CausalLM` — THE causal-LM skeleton: default config, type check, per-call context,
+  backbone, final norm, LM head (tied one way), ``new_cache``, ``generate``, ``save_pretrained``.
 
-A causal LM implements ``forward(input_ids, attention_mask=None, cache=None) -> logits [B, T, V]``
-and the small hooks ``cache_shape()``; the rest comes from :class:`CausalLM`.
+A model file gives :class:`CausalLM` its config class and backbone and overrides only the hooks
+where it differs (each marked ``# diff vs LLaMA:``).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -25,8 +29,8 @@ from axon_llm.cache import KVCache
 from axon_llm.embeddings import PositionalEmbedding, TokenEmbedding, as_token_ids
 from axon_llm.errors import ConfigError, GenerationError
 
-__all__ = ["activation", "GatedMLP", "MLP", "TransformerBlock", "TransformerEncoder", "TransformerDecoder",
-           "CausalLM"]
+__all__ = ["activation", "normal_embedding", "GatedMLP", "MLP", "TransformerBlock", "TransformerEncoder", "TransformerDecoder",
+           "DecoderConfig", "DecoderStack", "PretrainedModel", "CausalLM"]
 
 _ACTIVATIONS = {
     "gelu": F.gelu,                      # exact (erf)
@@ -76,6 +80,14 @@ class GatedMLP(nn.Module):
         del a
         s *= self.up_proj(x).data
         return s
+
+
+def normal_embedding(config) -> nn.Embedding:
+    """A ``[vocab_size, hidden_size]`` token table ~ N(0, ``config.initializer_range``) (the
+    from-scratch init of the families that initialise themselves: SSM, Hydra, Chimera, Trident)."""
+    table = nn.Embedding(config.vocab_size, config.hidden_size)
+    nn.init.normal_(table.weight, std=config.initializer_range)
+    return table
 
 
 class MLP(nn.Module):
@@ -148,19 +160,142 @@ class TransformerEncoder(nn.Module):
         return x
 
 
-class CausalLM(nn.Module):
-    """Shared behaviour of every causal LM; subclasses set ``config`` and implement ``forward``.
+class PretrainedModel(nn.Module):
+    """What every model class with a HF counterpart declares, and the one config check they share.
 
-    Subclasses provide ``cache_shape() -> (num_layers, num_kv_heads, head_dim)``; models with
-    tied weights list the tied keys in ``tied_keys`` (not stored in checkpoints).
+    The class attributes are the protocol the architecture table (``axon_llm.models.ARCHITECTURES``),
+    ``from_pretrained`` and ``axon-llm train`` read; no caller looks at a model's type or name:
+
+    * ``config_class`` — the default config (built when none is given); ``config_classes`` every
+      config class the model accepts (Phi: ``PhiConfig`` and ``Phi3Config``), all subclasses of it;
+    * ``architectures`` — ``{HF architecture name: config.json model_type}`` the class implements;
+    * ``train_name`` — its ``axon-llm train --arch`` name (``None``: not trainable from the CLI);
+    * ``hf_init`` — True when a from-scratch model takes transformers' ``_init_weights``
+      (other families initialise themselves with their own recipes);
+    * ``default_pad_token_id`` — the pad id training sets when the tokenizer has none;
+    * ``tied_keys`` — state-dict keys aliasing another parameter, skipped by ``save_pretrained``.
     """
 
+    config_class: type | None = None
+    config_classes: tuple[type, ...] = ()
+    architectures: dict[str, str] = {}
+    train_name: str | None = None
+    hf_init: bool = False
+    #: the pad id a from-scratch training config needs when the tokenizer has none (BERT's padding row)
+    default_pad_token_id: int | None = None
+    #: state-dict keys that alias another parameter (tied weights): not written to checkpoints
     tied_keys: tuple[str, ...] = ()
-    hf_architecture: str | None = None
+
+    def tied_weights(self) -> tuple[str, ...]:
+        """State-dict keys that alias another parameter (not written to checkpoints, filled on load)."""
+        return tuple(self.tied_keys)
+
+    @property
+    def hf_architecture(self) -> str:
+        """The HF architecture this model is saved as: the one of ``architectures`` whose model_type
+        is the config's (``MixtralForCausalLM`` for an MoE ``MistralConfig``, ``Phi3ForCausalLM`` ...)."""
+        model_type = self.config.to_dict()["model_type"]
+        return next(a for a, t in self.architectures.items() if t == model_type)
+
+    def save_pretrained(self, directory):
+        """Write ``config.json`` + ``model.safetensors`` that transformers (and ``from_pretrained``) load,
+        plus, for a causal LM, ``generation_config.json`` when its generation settings are not just
+        the config's defaults."""
+        from axon_llm.loaders.safetensors import save_pretrained
+
+        return save_pretrained(self, directory)
+
+    @classmethod
+    def accepted_configs(cls) -> tuple[type, ...]:
+        """Every config class this model is built from (``config_classes``, else ``(config_class,)``)."""
+        return cls.config_classes or (cls.config_class,)
+
+    def checked_config(self, config):
+        """``config``, or the default ``config_class()`` for ``None``; ``ConfigError`` for another type."""
+        config = self.config_class() if config is None else config
+        if not isinstance(config, self.config_class):
+            names = " or ".join(c.__name__ for c in self.accepted_configs())
+            raise ConfigError(f"{type(self).__name__} needs a {names}, got {type(config).__name__}")
+        return config
+
+    def forward_with_aux_loss(self, input_ids):
+        """``(logits, aux_loss)`` for training: the model's output and its weighted auxiliary loss
+        (a scalar Tensor, e.g. an MoE's load balancing), or ``None`` when it has none."""
+        return self(input_ids), None
+
+
+class CausalLM(PretrainedModel):
+    """THE skeleton of every causal LM: default config, type check, per-call context, backbone, head.
+
+    ::
+
+        ids  = token_ids(input_ids)                     # validated int64 [B, T]
+        ctx  = context(ids, attention_mask, cache)      # positions, masks, cache slot, router logits
+        h    = <backbone_name>(ids, ctx)                # embeddings -> layers -> final norm, [B, T, d]
+        ctx.finish()                                    # advance the cache
+        logits = lm_head(h)                             # [B, T, V]
+
+    A model file sets ``config_class``, ``backbone_class`` (built as ``backbone_class(config)``
+    under HF's prefix ``backbone_name``) and ``embedding_path`` (the input embedding, for tying),
+    and overrides a hook only where it differs (a config with ``lm_head_bias = True`` gets a head bias; ``context`` for the state-space models, GPT-2's position check). ``forward(input_ids, attention_mask=None, cache=None) -> logits [B, T, V]``.
+
+    Weight tying is done one way, :meth:`tie_weights`: ``lm_head.weight`` *is* the embedding's
+    Parameter. This is transformers' own mechanism, so the state dict has both keys as in
+    transformers, ``save_pretrained`` stores the embedding once (``tied_keys`` are skipped) and
+    loading fills both; and ``lm_head`` stays a Linear for every model, so the LM-head paths
+    (``logits_to_keep``, GGUF's quantised head) need no ``lm_head is None`` branch.
+    """
+
+    backbone_class: type | None = None
+    backbone_name: str = "model"
+    embedding_path: str = "model.embed_tokens"
+
+    def __init__(self, config=None):
+        super().__init__()
+        self.config = config = self.checked_config(config)
+        setattr(self, self.backbone_name, self.backbone_class(config))
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=getattr(config, "lm_head_bias", False))
+        if getattr(config, "tie_word_embeddings", False):
+            self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """Make ``lm_head.weight`` the input embedding's Parameter (one tensor, two state-dict keys)."""
+        self.lm_head.weight = self.get_submodule(self.embedding_path).weight
+        self.tied_keys = ("lm_head.weight",)
 
     def token_ids(self, input_ids) -> np.ndarray:
         """Validated int64 ``[B, T]`` ids (``InputError`` outside ``[0, vocab)``)."""
         return as_token_ids(input_ids, self.config.vocab_size)
+
+    def context(self, ids: np.ndarray, attention_mask=None, cache=None):
+        """The context every layer of this call shares (an :class:`AttentionContext`: positions,
+        padding mask, cache slot, router logits)."""
+        return AttentionContext.build(ids.shape[0], ids.shape[1], attention_mask, cache)
+
+    def run(self, input_ids, attention_mask=None, cache=None, logits_to_keep: int = 0):
+        """``(logits [B, T, V], ctx)``: the forward pass plus its context (router logits ...)."""
+        ids = self.token_ids(input_ids)
+        ctx = self.context(ids, attention_mask, cache)
+        h = getattr(self, self.backbone_name)(ids, ctx)                    # [B, T, d], final norm applied
+        ctx.finish()
+        if logits_to_keep:
+            h = h[:, -int(logits_to_keep):]                                 # [B, T, d] -> [B, n, d]
+        return self.lm_head(h), ctx                                         # [B, T or n, V]
+
+    def forward(self, input_ids, attention_mask=None, cache=None, logits_to_keep: int = 0):
+        """ids ``[B, T]`` -> logits ``[B, T, V]``; advances ``cache`` by ``T`` when given.
+
+        ``logits_to_keep=n > 0`` computes the logits of the last ``n`` positions only, ``[B, n, V]``
+        (transformers' ``logits_to_keep``): generation's prefill needs just the last one, and the
+        LM head over the whole vocabulary is a fifth of a small model's prefill work.
+        """
+        return self.run(input_ids, attention_mask, cache, logits_to_keep)[0]
+
+    def forward_with_router_logits(self, input_ids, attention_mask=None, cache=None):
+        """``(logits [B, T, V], router_logits)``: one ``[B*T, E]`` Tensor per MoE layer, in layer
+        order (empty for a dense model). MoE layers append theirs to ``ctx.router_logits``."""
+        logits, ctx = self.run(input_ids, attention_mask, cache)
+        return logits, list(ctx.router_logits)
 
     def cache_shape(self) -> tuple[int, int, int]:
         """``(num_layers, num_kv_heads, head_dim)`` of the KV cache."""
@@ -172,10 +307,6 @@ class CausalLM(nn.Module):
         layers, kv, hd = self.cache_shape()
         dtype = next(iter(self.parameters())).dtype
         return KVCache(layers, batch_size, max_length, kv, hd, dtype=dtype)
-
-    def tied_weights(self) -> tuple[str, ...]:
-        """State-dict keys that alias another parameter (not written to checkpoints)."""
-        return tuple(self.tied_keys)
 
     @property
     def generation_config(self):
@@ -210,42 +341,66 @@ class CausalLM(nn.Module):
 
         return generate(self, input_ids, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs)
 
-    def save_pretrained(self, directory):
-        """Write ``config.json`` + ``model.safetensors`` that transformers (and ``from_pretrained``) load,
-        plus ``generation_config.json`` when :attr:`generation_config` is not just the config's defaults."""
-        from axon_llm.loaders.safetensors import save_pretrained
 
-        return save_pretrained(self, directory)
+@dataclass
+class DecoderConfig:
+    """Sizes of a :class:`TransformerDecoder` (not a HF config: this model has no HF counterpart)."""
+
+    vocab_size: int
+    hidden_size: int
+    num_attention_heads: int
+    num_hidden_layers: int
+    intermediate_size: int
+    max_len: int = 2048
+    act: str = "gelu"
+    eps: float = 1e-5
+    dropout: float = 0.0
+    tie_word_embeddings: bool = False
+
+    @property
+    def num_key_value_heads(self) -> int:
+        """No GQA: one kv head per query head."""
+        return self.num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        """hidden_size // num_attention_heads."""
+        return self.hidden_size // self.num_attention_heads
+
+
+class DecoderStack(nn.Module):
+    """The backbone of :class:`TransformerDecoder`: token + sinusoidal embeddings, pre-norm blocks, final norm."""
+
+    def __init__(self, config: DecoderConfig):
+        super().__init__()
+        c = config
+        self.embed_tokens = TokenEmbedding(c.vocab_size, c.hidden_size)
+        self.positions = PositionalEmbedding(c.hidden_size, c.max_len)
+        self.layers = nn.ModuleList([
+            TransformerBlock(c.hidden_size, c.num_attention_heads, c.intermediate_size, layer_idx=i, causal=True,
+                             pre_norm=True, act=c.act, eps=c.eps, dropout=c.dropout)
+            for i in range(c.num_hidden_layers)])
+        self.norm = nn.LayerNorm(c.hidden_size, eps=c.eps)
+
+    def forward(self, ids: np.ndarray, ctx: AttentionContext):
+        """int64 ids ``[B, T]`` -> final hidden states ``[B, T, d]``."""
+        x = self.embed_tokens(ids) + self.positions(ctx.positions)           # [B, T, d]
+        for layer in self.layers:
+            x = layer(x, ctx)
+        return self.norm(x)
 
 
 class TransformerDecoder(CausalLM):
-    """A small generic decoder-only LM from the parts above (sinusoidal or rotary positions).
+    """A small generic decoder-only LM from the parts above (sinusoidal positions), on the skeleton.
 
     ``TransformerDecoder(vocab_size, d_model, num_heads, num_layers, d_ff)``; call protocol as
     every causal LM: ``logits = model(ids, attention_mask=None, cache=None)``.
     """
 
+    config_class = DecoderConfig
+    backbone_class = DecoderStack
+
     def __init__(self, vocab_size: int, d_model: int, num_heads: int, num_layers: int, d_ff: int, *,
                  max_len: int = 2048, act: str = "gelu", eps: float = 1e-5, dropout: float = 0.0):
-        super().__init__()
-        from types import SimpleNamespace
-
-        self.config = SimpleNamespace(vocab_size=vocab_size, num_hidden_layers=num_layers,
-                                      num_key_value_heads=num_heads, head_dim=d_model // num_heads)
-        self.embed_tokens = TokenEmbedding(vocab_size, d_model)
-        self.positions = PositionalEmbedding(d_model, max_len)
-        self.layers = nn.ModuleList([
-            TransformerBlock(d_model, num_heads, d_ff, layer_idx=i, causal=True, pre_norm=True, act=act, eps=eps,
-                             dropout=dropout) for i in range(num_layers)])
-        self.norm = nn.LayerNorm(d_model, eps=eps)
-        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
-
-    def forward(self, input_ids, attention_mask=None, cache=None):
-        """ids ``[B, T]`` -> logits ``[B, T, V]``."""
-        ids = self.token_ids(input_ids)
-        ctx = AttentionContext.build(ids.shape[0], ids.shape[1], attention_mask, cache)
-        x = self.embed_tokens(ids) + self.positions(ctx.positions)           # [B, T, d]
-        for layer in self.layers:
-            x = layer(x, ctx)
-        ctx.finish()
-        return self.lm_head(self.norm(x))                                   # [B, T, V]
+        super().__init__(DecoderConfig(vocab_size, d_model, num_heads, num_layers, d_ff, max_len=max_len, act=act,
+                                       eps=eps, dropout=dropout))

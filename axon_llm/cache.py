@@ -18,31 +18,71 @@ import numpy as np
 
 from axon_llm.errors import InputError
 
-__all__ = ["LayerKVCache", "KVCache"]
+__all__ = ["Cache", "LayerKVCache", "KVCache", "LayerStateCache", "reorder_rows"]
 
 
-class LayerKVCache:
+class Cache:
+    """The interface every cache here has: KV caches, SSM states and hybrids of both.
+
+    * ``update(...)`` stores what one call computed and returns what the layer reads next
+      (K/V: views of the preallocated buffers, never a copy of the prefix);
+    * ``reorder(index)`` makes row ``i`` a copy of row ``index[i]`` in place (beam search);
+    * ``len(cache)`` is the number of tokens consumed;
+    * ``max_length`` is how many tokens it can hold (``None``: unbounded, a fixed-size state).
+
+    A model-level cache updates layer ``i`` as ``cache.update(i, ...)``.
+    """
+
+    max_length: int | None = None
+
+    def update(self, *args, **kwargs):
+        """Store one call's new state and return what attention / the scan reads (see subclasses)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement update")
+
+    def reorder(self, index) -> None:
+        """Row ``i`` becomes a copy of row ``index[i]`` (int array [B]), in place."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement reorder")
+
+    def __len__(self) -> int:
+        raise NotImplementedError(f"{type(self).__name__} does not implement __len__")
+
+
+def reorder_rows(index, *arrays: np.ndarray) -> None:
+    """``a[:] = a[index]`` along the batch axis for each array (in place: views and buffers stay valid)."""
+    index = np.asarray(index, dtype=np.int64)
+    for a in arrays:
+        a[...] = a[index]
+
+
+class LayerKVCache(Cache):
     """K and V of one attention layer: two preallocated arrays ``[B, Hkv, L, D]``."""
 
     def __init__(self, batch_size: int, max_length: int, num_kv_heads: int, head_dim: int,
                  dtype=np.float32):
         self.k = np.zeros((batch_size, num_kv_heads, max_length, head_dim), dtype=dtype)
         self.v = np.zeros_like(self.k)
+        self.length = 0
 
     @property
     def max_length(self) -> int:
         """Number of slots."""
         return self.k.shape[2]
 
-    def update(self, k, v, start: int):
-        """Write new keys/values ``[B, Hkv, T, D]`` at slots ``start..start+T`` and return all so far.
+    def __len__(self) -> int:
+        return self.length
 
-        Returns ``(k_all, v_all)`` as axon Tensors ``[B, Hkv, start+T, D]``. When the new keys carry
-        a gradient (training through a cache), the result is ``cat(cached, new)`` so the gradient
-        reaches the new keys; otherwise it is a zero-copy view of the buffers.
+    def update(self, k, v, start: int | None = None):
+        """Write new keys/values ``[B, Hkv, T, D]`` at slots ``start..start+T`` (default: after
+        the last update) and return all so far, ``(k_all, v_all)`` ``[B, Hkv, start+T, D]``.
+
+        Without a gradient these are axon Tensors over views of the buffers (only the T new
+        rows are copied in; the prefix is never copied). When the new keys carry a gradient
+        (training through a cache) the result is ``cat(cached view, new)``, so the gradient
+        reaches the new keys.
         """
         import axon
 
+        start = self.length if start is None else start
         t = k.shape[2]
         end = start + t
         if end > self.max_length:
@@ -52,13 +92,18 @@ class LayerKVCache:
             self.k, self.v = self.k.astype(k.dtype), self.v.astype(k.dtype)
         self.k[:, :, start:end] = k.data
         self.v[:, :, start:end] = v.data
+        self.length = end
         if k.requires_grad or v.requires_grad:
-            past_k, past_v = axon.tensor(self.k[:, :, :start]), axon.tensor(self.v[:, :, :start])
+            past_k, past_v = axon.as_tensor(self.k[:, :, :start]), axon.as_tensor(self.v[:, :, :start])
             return axon.cat([past_k, k], dim=2), axon.cat([past_v, v], dim=2)   # [B, Hkv, start+T, D]
-        return axon.tensor(self.k[:, :, :end]), axon.tensor(self.v[:, :, :end])
+        return axon.as_tensor(self.k[:, :, :end]), axon.as_tensor(self.v[:, :, :end])   # views, no copy
+
+    def reorder(self, index) -> None:
+        """Row ``i`` becomes row ``index[i]`` (beam search), in place."""
+        reorder_rows(index, self.k, self.v)
 
 
-class KVCache:
+class KVCache(Cache):
     """The whole model's cache: one :class:`LayerKVCache` per attention layer plus bookkeeping.
 
     ``length`` slots are filled; ``key_mask[b, j]`` says whether slot ``j`` of row ``b`` holds a
@@ -82,11 +127,24 @@ class KVCache:
     def __getitem__(self, i: int) -> LayerKVCache:
         return self.layers[i]
 
+    def update(self, layer_idx: int, k, v):
+        """Layer ``layer_idx``'s new K/V ``[B, Hkv, T, D]`` written after the ``len(self)`` filled
+        slots; returns views ``[B, Hkv, len + T, D]`` (:meth:`LayerKVCache.update`)."""
+        return self.layers[layer_idx].update(k, v, self.length)
+
+    def reorder(self, index) -> None:
+        """Row ``i`` becomes row ``index[i]`` in every layer and in the bookkeeping (beam search)."""
+        for layer in self.layers:
+            layer.reorder(index)
+        reorder_rows(index, self.key_mask, self.seen)
+
     def reset(self) -> None:
         """Forget everything (the buffers are reused)."""
         self.length = 0
         self.key_mask[:] = True
         self.seen[:] = 0
+        for layer in self.layers:
+            layer.length = 0
 
     def advance(self, new_mask: np.ndarray) -> None:
         """Record ``T`` fed tokens (``new_mask [B, T]``, 1 = real token) after every layer wrote them."""
@@ -94,3 +152,41 @@ class KVCache:
         self.key_mask[:, self.length:self.length + t] = new_mask.astype(bool)
         self.seen += new_mask.sum(axis=1).astype(np.int64)
         self.length += t
+
+
+class LayerStateCache(Cache):
+    """A model's cache made of one fixed-size state per layer (SSM states, window rings, hybrids).
+
+    Subclasses fill ``layers`` (each a :class:`Cache` whose ``len`` is the tokens it consumed),
+    ``batch_size`` and ``max_length``; everything else is delegated layer by layer.
+    """
+
+    layers: list
+    batch_size: int
+
+    @property
+    def seen(self) -> int:
+        """Tokens consumed so far (the same in every layer)."""
+        return len(self.layers[0]) if self.layers else 0
+
+    def __len__(self) -> int:
+        return self.seen
+
+    def update(self, layer_idx: int, *args):
+        """Layer ``layer_idx``'s ``update(*args)`` (what it returns is what that layer reads)."""
+        return self.layers[layer_idx].update(*args)
+
+    def reorder(self, index) -> None:
+        """Row ``i`` becomes row ``index[i]`` in every layer (beam search), in place."""
+        for layer in self.layers:
+            layer.reorder(index)
+
+    def reset(self) -> None:
+        """Every layer back to its state before the first token."""
+        for layer in self.layers:
+            layer.reset()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by every layer's state."""
+        return sum(layer.nbytes for layer in self.layers)

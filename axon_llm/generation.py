@@ -19,12 +19,10 @@ sampling, ``BeamSearch`` for beams); the settings and their generation_config.js
 axon_llm/generation_config.py (re-exported here). This file only runs the model.
 
 Beam search keeps ``B * num_beams`` rows in the cache; after each step the rows are
-reordered so row ``i`` continues the beam it extends (:func:`reorder_cache`).
+reordered so row ``i`` continues the beam it extends (``cache.reorder``, see axon_llm/cache.py).
 """
 
 from __future__ import annotations
-
-import inspect
 
 import numpy as np
 
@@ -38,7 +36,7 @@ from axon_llm.generation_config import (
 )
 from axon_llm.sampling import BeamSearch, TextGenerator, log_softmax, process_logits
 
-__all__ = ["generate", "select_next_token", "resolve_generation_config", "reorder_cache",
+__all__ = ["generate", "select_next_token", "resolve_generation_config",
            "generation_config_from_model_config", "generation_config_from_dict", "generation_config_to_dict",
            "model_generation_config", "mask_logits"]
 
@@ -61,53 +59,16 @@ def select_next_token(logits: np.ndarray, do_sample: bool = False, *, temperatur
     return gen.next_tokens(np.asarray(logits))
 
 
-def reorder_cache(cache, index: np.ndarray) -> None:
-    """Make row ``i`` of ``cache`` a copy of row ``index[i]``, in place (beam search).
-
-    Every cache here keeps its per-row state in NumPy arrays whose first axis is the batch
-    (K/V ``[B, Hkv, L, D]``, key masks ``[B, L]``, SSM states ``[B, d, n]`` ...), so the
-    reorder is one fancy-index per such array, found by walking the cache's attributes.
-    """
-    batch = cache.batch_size
-    index = np.asarray(index, dtype=np.int64)
-    if np.array_equal(index, np.arange(batch)):
-        return
-    seen: set[int] = set()
-
-    def visit(obj):
-        if id(obj) in seen:
-            return
-        seen.add(id(obj))
-        items = obj.items() if isinstance(obj, dict) else (
-            enumerate(obj) if isinstance(obj, list) else vars(obj).items() if hasattr(obj, "__dict__") else ())
-        for key, value in list(items):
-            if isinstance(value, np.ndarray):
-                if value.ndim >= 1 and value.shape[0] == batch:
-                    if isinstance(obj, (dict, list)):
-                        obj[key] = value[index]
-                    else:
-                        setattr(obj, key, value[index])
-            elif isinstance(value, (list, dict)) or (hasattr(value, "__dict__") and not isinstance(value, type)):
-                visit(value)
-
-    visit(cache)
-
-
 class _Rows:
     """The state of one generation call shared by both loops: the model, its cache, the mask."""
 
     def __init__(self, model, ids: np.ndarray, mask: np.ndarray | None, cache):
         self.model, self.mask, self.cache = model, mask, cache
-        forward = getattr(model, "forward", None)
-        try:       # models that can skip the LM head for all but the last position (transformers' logits_to_keep)
-            self.keep_last = callable(forward) and "logits_to_keep" in inspect.signature(forward).parameters
-        except (TypeError, ValueError):
-            self.keep_last = False
 
     def forward(self, new_ids: np.ndarray) -> np.ndarray:
         """Feed ``new_ids [B, t]`` through the cache; the last position's logits ``[B, V]`` (the model's dtype)."""
-        extra = {"logits_to_keep": 1} if self.keep_last else {}
-        logits = self.model(new_ids, attention_mask=self.mask, cache=self.cache, **extra)   # [B, t or 1, V]
+        # every causal LM takes logits_to_keep (transformers' name): the LM head runs on the last position only
+        logits = self.model(new_ids, attention_mask=self.mask, cache=self.cache, logits_to_keep=1)   # [B, 1, V]
         return np.array(logits.numpy()[:, -1] if hasattr(logits, "numpy") else np.asarray(logits)[:, -1])
 
     def append_mask(self) -> None:
@@ -300,7 +261,7 @@ def _beam_search(model, ids, mask, cfg: GenerationConfig) -> np.ndarray:
         reorder = search.step(log_probs)
         if search.done:
             break
-        reorder_cache(rows.cache, reorder)
+        rows.cache.reorder(reorder)
         rows.append_mask()
         logits = rows.forward(search.running_ids()[:, -1:])           # decode: [B*N, 1] -> [B*N, V]
     return search.finalize()

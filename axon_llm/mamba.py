@@ -34,23 +34,47 @@ import axon
 import axon.nn.functional as F
 import axon_kernels as kernels
 from axon import kernel_ops, nn
+from axon_llm.cache import Cache, reorder_rows
 
 __all__ = ["MambaMixer", "MambaState", "causal_depthwise_conv1d"]
 
 
-class MambaState:
+class MambaState(Cache):
     """Streaming state of one Mamba mixer: ``conv_state`` [B, di, k-1] and ``ssm_state`` [B, di, n].
 
     ``conv_state`` holds the last ``k - 1`` inputs of the depthwise convolution (zeros before
     the first token, which is exactly the causal zero padding of the full forward);
-    ``ssm_state`` is ``h`` after the last token fed.
+    ``ssm_state`` is ``h`` after the last token fed. Its size does not grow with the tokens fed
+    (``max_length`` is None). See :class:`axon_llm.cache.Cache` for the interface.
     """
+
+    max_length = None
 
     def __init__(self, batch_size: int, intermediate_size: int, state_size: int, conv_kernel: int,
                  dtype=np.float32):
         self.conv_state = np.zeros((batch_size, intermediate_size, conv_kernel - 1), dtype=dtype)
         self.ssm_state = np.zeros((batch_size, intermediate_size, state_size), dtype=dtype)
         self.seen = 0  # tokens consumed so far
+
+    def __len__(self) -> int:
+        return self.seen
+
+    def update(self, conv_input: np.ndarray, ssm_state: np.ndarray | None = None):
+        """Record ``T`` fed tokens: their conv inputs ``[B, di, T]`` (the last ``k - 1`` are kept)
+        and ``h`` after the last one (``None``: ``ssm_state`` was already stepped in place).
+        Returns ``(conv_state, ssm_state)``."""
+        k1 = self.conv_state.shape[2]
+        if k1:
+            xs = np.concatenate([self.conv_state, conv_input.astype(self.conv_state.dtype, copy=False)], axis=2)  # [B, di, k-1+T]
+            self.conv_state[...] = xs[:, :, xs.shape[2] - k1:]                                               # [B, di, k-1]
+        if ssm_state is not None:
+            self.ssm_state[...] = ssm_state
+        self.seen += conv_input.shape[2]
+        return self.conv_state, self.ssm_state
+
+    def reorder(self, index) -> None:
+        """Row ``i`` becomes row ``index[i]`` (beam search), in place."""
+        reorder_rows(index, self.conv_state, self.ssm_state)
 
     def reset(self) -> None:
         """Forget everything (back to the state before the first token)."""
@@ -177,15 +201,15 @@ class MambaMixer(nn.Module):
 
     def _scan_with_state(self, state: MambaState, u, delta, A, Bm, Cm, z, x) -> np.ndarray:
         """The recurrence from ``state`` (inference): updates ``state`` in place, returns y [B, di, T]."""
-        k, dtype = self.conv_kernel, state.ssm_state.dtype
+        dtype = state.ssm_state.dtype
         u_, dl, A_, B_, C_, z_ = (np.asarray(t.data, dtype=dtype) for t in (u, delta, A, Bm, Cm, z))
         D_ = np.asarray(self.D.data, dtype=dtype)
         bias = np.asarray(self.dt_proj.bias.data, dtype=dtype)
         T = u_.shape[-1]
+        last = None  # None: selective_scan_step advanced state.ssm_state in place
         if state.seen == 0:
             y, last = kernels.selective_scan(u_, dl, A_, B_, C_, D=D_, z=z_, delta_bias=bias,
                                              delta_softplus=True, return_last_state=True)
-            state.ssm_state[...] = last
         else:
             ys = []
             for t in range(T):
@@ -193,8 +217,5 @@ class MambaMixer(nn.Module):
                     state.ssm_state, u_[:, :, t], dl[:, :, t], A_, B_[:, :, t], C_[:, :, t],
                     D=D_, z=z_[:, :, t], delta_bias=bias, delta_softplus=True))  # [B, di]
             y = np.stack(ys, axis=-1)                                           # [B, di, T]
-        # keep the last k-1 conv inputs for the next call
-        xs = np.concatenate([state.conv_state, np.asarray(x.data, dtype=dtype)], axis=2)  # [B, di, k-1+T]
-        state.conv_state[...] = xs[:, :, xs.shape[2] - (k - 1):]                         # [B, di, k-1]
-        state.seen += T
+        state.update(np.asarray(x.data, dtype=dtype), last)       # keeps the last k-1 conv inputs
         return y

@@ -31,6 +31,7 @@ import math
 
 import numpy as np
 
+from axon.autograd import Function
 from axon_llm.errors import ConfigError
 
 __all__ = ["RotaryEmbedding", "compute_inv_freq", "rotate_half", "apply_rotary_pos_emb"]
@@ -135,17 +136,45 @@ def rotate_half(x):
     return axon.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
+def _rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """``x cos + rotate_half(x) sin`` on the first ``cos.shape[-1]`` channels of ``x``, on arrays."""
+    d = cos.shape[-1]
+    half = d // 2
+    xr = x[..., :d]
+    rotated = np.concatenate([-xr[..., half:], xr[..., :half]], axis=-1)   # rotate_half
+    rotated *= sin
+    out = xr * cos
+    out += rotated                                                         # x cos + rotate_half(x) sin
+    if d == x.shape[-1]:
+        return out
+    return np.concatenate([out, x[..., d:]], axis=-1)                      # [B, H, T, Dh]
+
+
+class RotaryFn(Function):
+    """One autograd node: ``y = R(theta) x`` per channel pair; ``dx = R(-theta) dy`` (a rotation's
+    transpose is the rotation back), so the backward is the forward with ``-sin``.
+    ``rotate_half`` is the composite reference (tests/axon_llm/test_rope.py compares them)."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        """``x [B, H, T, Dh]`` rotated by ``cos, sin [B, 1, T, D]`` arrays."""
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad):
+        """The inverse rotation of ``grad``; no gradient for the tables."""
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad, cos, -sin), None, None
+
+
 def apply_rotary_pos_emb(x, cos, sin):
     """Rotate the first ``cos.shape[-1]`` channels of ``x [B, H, T, Dh]``; the rest pass through.
 
     ``cos, sin``: ``[B, 1, T, D]`` arrays or tensors with ``D <= Dh`` (partial rotary for Phi).
+    One autograd node (``x cos + rotate_half(x) sin`` on arrays, backward by the inverse
+    rotation), so decoding pays for one op per call instead of eight.
     """
-    import axon
-
-    cos = axon.tensor(cos, dtype=x.dtype) if not isinstance(cos, axon.Tensor) else cos
-    sin = axon.tensor(sin, dtype=x.dtype) if not isinstance(sin, axon.Tensor) else sin
-    d = cos.shape[-1]
-    if d == x.shape[-1]:
-        return x * cos + rotate_half(x) * sin
-    x_rot, x_pass = x[..., :d], x[..., d:]                                     # [B, H, T, D], [B, H, T, Dh-D]
-    return axon.cat([x_rot * cos + rotate_half(x_rot) * sin, x_pass], dim=-1)  # [B, H, T, Dh]
+    cos = np.asarray(cos.data if hasattr(cos, "data") else cos, dtype=x.dtype)
+    sin = np.asarray(sin.data if hasattr(sin, "data") else sin, dtype=x.dtype)
+    return RotaryFn.apply(x, cos, sin)                                        # [B, H, T, Dh]

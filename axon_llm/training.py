@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import inspect
 import json
 import math
@@ -48,6 +47,7 @@ import axon.nn.functional as F
 from axon_llm.data import Batch, TokenDataset, load_training_tokenizer, read_text, shard_rows
 from axon_llm.distributed import SingleProcess, World, get_world
 from axon_llm.errors import CheckpointError, ConfigError, InputError, LLMError
+from axon_llm.models import TRAINABLE
 
 __all__ = ["ARCHITECTURES", "TrainArgs", "Trainer", "TrainingError", "build_model", "list_presets",
            "add_train_arguments", "run_from_args", "train"]
@@ -57,18 +57,9 @@ class TrainingError(LLMError, RuntimeError):
     """The run cannot go on (NaN loss, an existing output folder, a mismatched checkpoint)."""
 
 
-#: --arch -> (config module, config class names (first is the default), model module, model class)
-ARCHITECTURES: dict[str, tuple[str, tuple[str, ...], str, str]] = {
-    "gpt2": ("axon_llm.config", ("GPT2Config",), "axon_llm.models.gpt2", "GPT2LMHead"),
-    "bert": ("axon_llm.config", ("BertConfig",), "axon_llm.models.bert", "BertForMaskedLM"),
-    "llama": ("axon_llm.config", ("LLaMAConfig",), "axon_llm.models.llama", "LLaMAForCausalLM"),
-    "mistral": ("axon_llm.config", ("MistralConfig",), "axon_llm.models.mistral", "MistralForCausalLM"),
-    "phi": ("axon_llm.config", ("PhiConfig", "Phi3Config"), "axon_llm.models.phi", "PhiForCausalLM"),
-    "ssm": ("axon_llm.models.ssm", ("SSMConfig",), "axon_llm.models.ssm", "SSMForCausalLM"),
-    "hydra": ("axon_llm.models.hydra", ("HydraConfig",), "axon_llm.models.hydra", "HydraModel"),
-    "chimera": ("axon_llm.models.chimera", ("ChimeraConfig",), "axon_llm.models.chimera", "ChimeraModel"),
-    "trident": ("axon_llm.models.trident", ("TridentConfig",), "axon_llm.models.trident", "TridentModel"),
-}
+#: --arch name -> model class: the architecture table's trainable classes (each declares its
+#: ``train_name``), in the table's order
+ARCHITECTURES: dict[str, type] = TRAINABLE
 _CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_seq_len", "context_length")
 _NOT_PRESETS = {"from_dict", "from_json", "from_pretrained", "from_hf", "from_gguf", "from_d_model"}
 
@@ -77,11 +68,11 @@ _NOT_PRESETS = {"from_dict", "from_json", "from_pretrained", "from_hf", "from_gg
 # models
 # ----------------------------------------------------------------------------------------
 def _arch_classes(arch: str):
+    """``(config classes, model class)`` of a ``--arch`` name (the first config class is the default)."""
     if arch not in ARCHITECTURES:
         raise ConfigError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-    cfg_mod, cfg_names, model_mod, model_name = ARCHITECTURES[arch]
-    cm = importlib.import_module(cfg_mod)
-    return [getattr(cm, n) for n in cfg_names], getattr(importlib.import_module(model_mod), model_name)
+    model_cls = ARCHITECTURES[arch]
+    return list(model_cls.accepted_configs()), model_cls
 
 
 def list_presets(arch: str) -> dict[str, object]:
@@ -121,15 +112,9 @@ def build_config(arch: str, preset: str, tokenizer, seq_len: int):
     # the preset's special ids mean nothing for this tokenizer: take the tokenizer's (None for bytes)
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
         changes[name] = getattr(tokenizer, name, None)
-    if arch == "bert" and changes["pad_token_id"] is None:
-        changes["pad_token_id"] = 0                                    # BERT's embedding needs a padding row
+    if changes["pad_token_id"] is None:                               # e.g. BERT's embedding needs a padding row
+        changes["pad_token_id"] = ARCHITECTURES[arch].default_pad_token_id
     return _with_fields(config, **changes)
-
-
-#: families whose from-scratch init is transformers' ``_init_weights``: every matrix (Linear,
-#: Conv1D, Embedding) ~ N(0, initializer_range), every bias 0, norms 1. The other families
-#: (SSM, Hydra, Chimera, Trident) initialise themselves with their own recipes.
-_HF_INIT_ARCHS = ("gpt2", "bert", "llama", "mistral", "phi")
 
 
 def hf_init_(model, std: float) -> None:
@@ -148,7 +133,7 @@ def build_model(arch: str, config):
     _, model_cls = _arch_classes(arch)
     model = model_cls(config)
     model.materialize()
-    if arch in _HF_INIT_ARCHS:
+    if model_cls.hf_init:          # transformers' _init_weights; the other families have their own recipes
         hf_init_(model, float(getattr(config, "initializer_range", 0.02)))
     return model
 
@@ -439,16 +424,12 @@ class Trainer:
         """This micro-batch's share of the global mean loss (summed token losses / global targets)."""
         model = self.model
         ids, labels = batch.input_ids, batch.labels
-        if self.args.arch == "chimera":
-            logits, lb = model.forward_with_loss(ids)
-        else:
-            logits, lb = model(ids), None
+        logits, aux = model.forward_with_aux_loss(ids)                      # aux: e.g. Chimera's load balancing
         V = logits.shape[-1]
         ce = F.cross_entropy(logits.reshape(-1, V), labels.reshape(-1), ignore_index=-100, reduction="sum")
         loss = ce * (1.0 / global_targets)                                   # scalar
-        if lb is not None:   # Chimera's load-balancing loss, weighted by the share of rows this micro-batch has
-            share = ids.shape[0] / self.args.batch_size
-            loss = loss + lb * (self.model.config.router_aux_loss_coef * share)
+        if aux is not None:   # weighted by the share of rows this micro-batch has
+            loss = loss + aux * (ids.shape[0] / self.args.batch_size)
         return loss
 
     def train_step(self, step: int) -> float:
@@ -621,10 +602,9 @@ class Trainer:
 def dequantized_gguf(path):
     """A float32 ``LLaMAForCausalLM`` from a GGUF file: every quantised tensor dequantised once
     (``GGUFQuantTensor.dequantize``), so the model can be fine-tuned."""
-    from axon_llm.config import LLaMAConfig
     from axon_llm.loaders.gguf import GGUFQuantTensor, load_gguf
     from axon_llm.loaders.safetensors import load_state
-    from axon_llm.models.llama import LLaMAForCausalLM
+    from axon_llm.models.llama import LLaMAConfig, LLaMAForCausalLM
 
     gm = load_gguf(path)
     model = LLaMAForCausalLM(LLaMAConfig.from_dict(gm.config))

@@ -32,7 +32,7 @@ BATCH, LENGTH, LR, WD = 8, 128, 1e-3, 0.01
 def axon_steps(ids, labels, steps):
     import axon
     import axon.nn.functional as F
-    from axon_llm.config import LLaMAConfig
+    from axon_llm.models import LLaMAConfig
     from axon_llm.models.llama import LLaMAForCausalLM
 
     axon.manual_seed(0)
@@ -93,7 +93,7 @@ def main():
 
     # the initial weights both runs start from
     import axon
-    from axon_llm.config import LLaMAConfig
+    from axon_llm.models import LLaMAConfig
     from axon_llm.models.llama import LLaMAForCausalLM
 
     axon.manual_seed(0)

@@ -1,8 +1,9 @@
 """Fused Functions behind ``axon.nn.functional``: one node each, with a hand-written backward.
 
-Each of these could be written as a composite of primitives (and ``tests/axon`` checks them
-against such composites); fusing saves the graph bookkeeping and the intermediate arrays,
-which is what keeps a training step close to the BLAS time (benchmarks/bench_autograd.py).
+Each of these could be written as a composite of primitives, and ``tests/axon/test_fused.py``
+checks each one against such a composite, forward and backward. Fusing saves the graph
+bookkeeping and the intermediate arrays, which is what keeps a training step close to the BLAS
+time (benchmarks/bench_autograd.py).
 """
 
 from __future__ import annotations

@@ -2,14 +2,17 @@
 
 The hot ops (linear, layer_norm, rms_norm, softmax, log_softmax, cross_entropy, gelu, silu,
 embedding, dropout, conv1d) are single fused nodes (``_fused.py`` / ``ops.py``);
-``scaled_dot_product_attention`` is a readable composite reference.
+``scaled_dot_product_attention`` picks a kernel (BLAS without a gradient, flash with one) or
+its readable composite reference.
 """
 
 from __future__ import annotations
 
+import axon_kernels as kernels
 import numpy as np
 
-from .. import ops
+from .. import kernel_ops, ops
+from ..autograd import is_grad_enabled
 from ..creation import one_hot, pad
 from ..random import get_rng
 from ..tensor import Tensor
@@ -214,35 +217,25 @@ def conv1d(input: Tensor, weight: Tensor, bias=None, stride: int = 1, padding=0,
     return _fused.Conv1d.apply(x, weight, bias, stride=int(stride), dilation=int(dilation), groups=int(groups))
 
 
-def _attention_mask(tq: int, tk: int, is_causal: bool, window):
-    """Bool [Tq, Tk] of allowed (query, key) pairs, or None when everything is allowed.
-
-    Queries are the LAST ``tq`` of the ``tk`` positions (bottom-right alignment): query i sits
-    at position p = tk - tq + i and sees keys j with j <= p (causal), and with a window W
-    only p - W < j <= p (a window implies causal).
-    """
-    if not is_causal and window is None:
-        return None
-    pos_q = np.arange(tk - tq, tk)[:, None]  # [Tq, 1]
-    pos_k = np.arange(tk)[None, :]  # [1, Tk]
-    allowed = pos_k <= pos_q  # [Tq, Tk]; a window is causal too
-    if window is not None:
-        allowed &= pos_k > pos_q - int(window)
-    return allowed
-
-
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn_mask=None,
                                  dropout_p: float = 0.0, is_causal: bool = False, scale=None,
-                                 enable_gqa: bool = False, window=None) -> Tensor:
-    """softmax(q k^T * scale + mask) v, torch's semantics plus two documented extensions.
+                                 enable_gqa: bool = False, window=None, key_mask=None) -> Tensor:
+    """softmax(q k^T * scale + mask) v, torch's semantics plus three documented extensions.
 
     q [B, H, Tq, D]; k, v [B, Hkv, Tk, D] (GQA when H != Hkv: query head h uses kv head
     h // (H / Hkv), i.e. torch's ``repeat_interleave``). ``attn_mask``: bool (True = attend)
     or float (added to the scores), broadcastable to [B, H, Tq, Tk]. ``scale`` defaults to
     D**-0.5. Extensions: ``is_causal`` aligns bottom-right (the queries are the last Tq key
-    positions — what decoding against a KV cache needs; the same as torch when Tq == Tk), and
-    ``window=W`` lets the query at position p see keys j with p - W < j <= p (causal implied).
-    A query row with no allowed key gives zeros (not NaN).
+    positions — what decoding against a KV cache needs; the same as torch when Tq == Tk),
+    ``window=W`` lets the query at position p see keys j with p - W < j <= p (causal implied),
+    and ``key_mask`` bool [B, Tk] hides padding keys (False). Which key a query sees is
+    ``axon_kernels.visible_mask`` in every path. A query row with no allowed key gives zeros.
+
+    The path: with no gradient wanted (``no_grad``, or no input requiring grad), no ``attn_mask``
+    and no dropout, the query-blocked BLAS kernel ``axon_kernels.blas_attention``; when a
+    gradient is wanted and there is no mask and no dropout, the flash kernel with its backward
+    once the score matrix is big enough (``axon.kernel_ops.can_use_flash``); otherwise the
+    differentiable composite below (the definition).
     """
     q, k, v = _t(query), _t(key), _t(value)
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
@@ -257,18 +250,24 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor, attn
         raise ValueError(f"scaled_dot_product_attention: causal/window attention needs Tq <= Tk, got Tq={tq}, Tk={tk}")
     scale = d ** -0.5 if scale is None else float(scale)
     mask = attn_mask.data if isinstance(attn_mask, Tensor) else attn_mask
+    if key_mask is not None:
+        key_mask = np.asarray(key_mask.data if isinstance(key_mask, Tensor) else key_mask)
+        if key_mask.dtype != np.bool_ or key_mask.shape != (b, tk):
+            raise ValueError(f"scaled_dot_product_attention: key_mask must be bool [B={b}, Tk={tk}], got {key_mask.dtype} {key_mask.shape}")
+        if key_mask.all():
+            key_mask = None
 
-    # fast path: no mask, no dropout -> the tiled flash kernel, forward and backward (axon/kernel_ops.py).
-    # The reference below is the definition.
-    from .. import kernel_ops  # imported here: kernel_ops pulls in the kernels package
-
-    if kernel_ops.can_use_flash(q, k, v, mask, dropout_p, is_causal, window):
+    wants_grad = is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    floats = all(t.dtype in (np.float32, np.float64) for t in (q, k, v))
+    if not wants_grad and mask is None and dropout_p == 0.0 and tq <= tk and floats:
+        return Tensor(kernels.blas_attention(q.data, k.data, v.data, bool(is_causal), window, scale, key_mask))
+    if key_mask is None and kernel_ops.can_use_flash(q, k, v, mask, dropout_p, is_causal, window):
         return kernel_ops.flash_sdpa(q, k, v, is_causal=is_causal, window=window, scale=scale)
-    return _sdpa_reference(q, k, v, mask, dropout_p, is_causal, scale, window)
+    return _sdpa_reference(q, k, v, mask, dropout_p, is_causal, scale, window, key_mask)
 
 
 def _sdpa_reference(q: Tensor, k: Tensor, v: Tensor, mask, dropout_p: float, is_causal: bool, scale: float,
-                    window) -> Tensor:
+                    window, key_mask=None) -> Tensor:
     """The composite definition of attention (differentiable through the primitives)."""
     b, h, tq, d = q.shape
     hkv, tk = k.shape[1], k.shape[2]
@@ -276,7 +275,9 @@ def _sdpa_reference(q: Tensor, k: Tensor, v: Tensor, mask, dropout_p: float, is_
     qg = q.reshape(b, hkv, g * tq, d)  # [B, H, Tq, D] -> [B, Hkv, G*Tq, D]  (head h = kv * G + group)
     scores = (qg @ k.transpose(-2, -1)) * scale  # [B, Hkv, G*Tq, Tk]
     scores = scores.reshape(b, h, tq, tk)  # [B, H, Tq, Tk]
-    allowed = _attention_mask(tq, tk, is_causal, window)
+    allowed = None
+    if is_causal or window is not None or key_mask is not None:
+        allowed = kernels.visible_mask(tq, tk, is_causal, window, key_mask)  # [Tq, Tk] or [B, 1, Tq, Tk]
     if mask is not None:
         mask = np.asarray(mask)
         if mask.dtype == np.bool_:

@@ -568,9 +568,8 @@ def build_from_gguf(path: str | os.PathLike, **kwargs):
         raise UnsupportedError(f"build_from_gguf takes no options, got {sorted(kwargs)}")
     from axon_kernels.quant import pack
 
-    from axon_llm.config import LLaMAConfig
     from axon_llm.loaders.safetensors import load_state
-    from axon_llm.models.llama import LLaMAForCausalLM
+    from axon_llm.models.llama import LLaMAConfig, LLaMAForCausalLM
     from axon_llm.quantized import QuantizedEmbedding, QuantizedLinear
 
     gm = load_gguf(path)

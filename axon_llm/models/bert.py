@@ -18,6 +18,8 @@ Attention is bidirectional; ``attention_mask`` (1 = token, 0 = padding) hides pa
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -26,13 +28,94 @@ import axon.nn as nn
 import axon.nn.functional as F
 
 from axon_llm.attention import AttentionContext, attend, merge_heads, split_heads
-from axon_llm.blocks import activation
-from axon_llm.config import BertConfig
+from axon_llm.blocks import PretrainedModel, activation
+from axon_llm.config import ModelConfig, check_activation, check_heads, check_positive
 from axon_llm.embeddings import BertEmbedding, as_token_ids
-from axon_llm.errors import ConfigError, InputError
+from axon_llm.errors import ConfigError, InputError, UnsupportedError
 
-__all__ = ["BertConfig", "BertSelfAttention", "BertAttention", "BertLayer", "BertEncoder", "BertPooler", "Bert",
-           "BertForMaskedLM", "BertForSequenceClassification"]
+__all__ = ["BertConfig", "BertSelfAttention", "BertAttention", "BertLayer", "BertEncoder", "BertPooler", "BertModel",
+           "Bert", "BertForMaskedLM", "BertForSequenceClassification"]
+
+
+@dataclass
+class BertConfig(ModelConfig):
+    """BERT (HF ``BertConfig`` field names). ``num_labels`` sizes the classification head."""
+
+    model_type: ClassVar[str] = "bert"
+    architecture: ClassVar[str] = "BertModel"
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int | None = 0
+    position_embedding_type: str = "absolute"
+    classifier_dropout: float | None = None
+    num_labels: int = 2
+    id2label: dict | None = None
+    problem_type: str | None = None
+
+    @classmethod
+    def _prepare(cls, d):
+        d = dict(d)
+        if "id2label" in d and isinstance(d["id2label"], dict):
+            d["id2label"] = {int(k): v for k, v in d["id2label"].items()}
+            d.setdefault("num_labels", len(d["id2label"]))
+        d.pop("label2id", None)
+        return d
+
+    def __post_init__(self) -> None:
+        check_positive(self, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                       "intermediate_size", "max_position_embeddings", "type_vocab_size", "num_labels")
+        check_heads(self)
+        check_activation(self, "hidden_act")
+        if self.id2label is None:
+            self.id2label = {i: f"LABEL_{i}" for i in range(self.num_labels)}
+        elif len(self.id2label) != self.num_labels:
+            raise ConfigError(f"num_labels ({self.num_labels}) differs from the {len(self.id2label)} entries of id2label")
+        if self.position_embedding_type != "absolute":
+            raise UnsupportedError(f"position_embedding_type {self.position_embedding_type!r} is not supported; "
+                                   "supported: absolute")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config.json dict, with id2label / label2id written out as transformers does."""
+        out = super().to_dict()
+        labels = self.id2label
+        out["id2label"] = {str(k): v for k, v in labels.items()}
+        out["label2id"] = {v: int(k) for k, v in labels.items()}
+        out.pop("num_labels")
+        return out
+
+    def num_parameters(self) -> int:
+        """Parameter count of BertModel with its pooler (the published 110M / 335M)."""
+        d, f = self.hidden_size, self.intermediate_size
+        emb = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * d + 2 * d
+        per_layer = 4 * (d * d + d) + 2 * 2 * d + (d * f + f) + (f * d + d)
+        return emb + self.num_hidden_layers * per_layer + d * d + d
+
+    @classmethod
+    def tiny(cls) -> "BertConfig":
+        """vocab 1000, d 128, 2 layers, 2 heads, ffn 256, 128 positions."""
+        return cls(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+                   intermediate_size=256, max_position_embeddings=128)
+
+    @classmethod
+    def base(cls) -> "BertConfig":
+        """bert-base-uncased, 110M."""
+        return cls()
+
+    @classmethod
+    def large(cls) -> "BertConfig":
+        """bert-large-uncased, 335M."""
+        return cls(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
 
 
 class BertSelfAttention(nn.Module):
@@ -155,21 +238,21 @@ def _mask_context(ids: np.ndarray, attention_mask) -> AttentionContext:
     return AttentionContext.build(ids.shape[0], ids.shape[1], attention_mask)
 
 
-class Bert(nn.Module):
+class BertModel(PretrainedModel):
     """HF ``BertModel``: ``embeddings``, ``encoder``, and (``add_pooling_layer``) ``pooler``.
 
     ``m(input_ids, attention_mask=None, token_type_ids=None)`` -> last hidden state ``[B, T, d]``.
+    (The encoder side of the skeleton: the same config protocol as :class:`~axon_llm.blocks.CausalLM`,
+    no LM head; ``Bert`` is the same class.)
     """
 
     config_class = BertConfig
-    hf_architecture = "BertModel"
+    architectures = {"BertModel": "bert"}
+    hf_init = True
 
     def __init__(self, config: BertConfig | None = None, add_pooling_layer: bool = True):
         super().__init__()
-        config = BertConfig() if config is None else config
-        if not isinstance(config, BertConfig):
-            raise ConfigError(f"Bert needs a BertConfig, got {type(config).__name__}")
-        self.config = config
+        self.config = config = self.checked_config(config)
         self.embeddings = BertEmbedding(config.vocab_size, config.hidden_size, config.max_position_embeddings,
                                         config.type_vocab_size, config.layer_norm_eps, config.hidden_dropout_prob,
                                         config.pad_token_id)
@@ -187,15 +270,9 @@ class Bert(nn.Module):
         """Last hidden state ``[B, T, d]``."""
         return self.forward_with_pooler(input_ids, attention_mask, token_type_ids)[0]
 
-    def tied_weights(self) -> tuple[str, ...]:
-        """No tied parameters."""
-        return ()
 
-    def save_pretrained(self, directory):
-        """Write ``config.json`` + ``model.safetensors`` that transformers loads back."""
-        from axon_llm.loaders.safetensors import save_pretrained
-
-        return save_pretrained(self, directory)
+#: the contract's name of HF's BertModel: the same class
+Bert = BertModel
 
 
 class _PredictionTransform(nn.Module):
@@ -235,17 +312,20 @@ class _MLMHead(nn.Module):
         return self.predictions(x)
 
 
-class BertForMaskedLM(nn.Module):
+class BertForMaskedLM(PretrainedModel):
     """HF ``BertForMaskedLM``: ``bert`` (no pooler) + ``cls.predictions`` (decoder tied to the embeddings)."""
 
     config_class = BertConfig
-    hf_architecture = "BertForMaskedLM"
+    architectures = {"BertForMaskedLM": "bert"}
+    train_name = "bert"
+    default_pad_token_id = 0                               # the embedding's padding row
+    hf_init = True
     tied_keys = ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
 
     def __init__(self, config: BertConfig | None = None):
         super().__init__()
-        self.bert = Bert(config, add_pooling_layer=False)
-        self.config = self.bert.config
+        self.config = config = self.checked_config(config)
+        self.bert = BertModel(config, add_pooling_layer=False)
         self.cls = _MLMHead(self.config, self.bert.embeddings.word_embeddings)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
@@ -262,27 +342,24 @@ class BertForMaskedLM(nn.Module):
         loss = F.cross_entropy(logits.reshape(-1, v), labels.reshape(-1), ignore_index=-100)
         return logits, loss
 
-    def tied_weights(self) -> tuple[str, ...]:
-        """The decoder weight and bias alias the embeddings and ``cls.predictions.bias``."""
-        return self.tied_keys
-
-    save_pretrained = Bert.save_pretrained
 
 
-class BertForSequenceClassification(nn.Module):
+class BertForSequenceClassification(PretrainedModel):
     """HF ``BertForSequenceClassification``: ``bert`` (with pooler) + ``dropout`` + ``classifier``."""
 
     config_class = BertConfig
-    hf_architecture = "BertForSequenceClassification"
+    architectures = {"BertForSequenceClassification": "bert"}
+    hf_init = True
 
     def __init__(self, config: BertConfig | None = None, num_labels: int | None = None):
         """``num_labels`` (as the crate's ``BertForSequenceClassification::new(config, num_labels)``)
         overrides ``config.num_labels`` and resets its default label names."""
         super().__init__()
+        config = self.checked_config(config)
         if num_labels is not None:
-            config = dataclasses.replace(config or BertConfig(), num_labels=num_labels, id2label=None)
-        self.bert = Bert(config, add_pooling_layer=True)
-        self.config = self.bert.config
+            config = dataclasses.replace(config, num_labels=num_labels, id2label=None)
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=True)
         p = self.config.classifier_dropout
         self.dropout = nn.Dropout(self.config.hidden_dropout_prob if p is None else p)
         self.classifier = nn.Linear(self.config.hidden_size, self.config.num_labels)
@@ -308,9 +385,3 @@ class BertForSequenceClassification(nn.Module):
             return logits, F.mse_loss(logits.reshape(-1), axon.tensor(target))
         labels = _labels(labels, logits.shape[:1], logits.shape[-1], allow_ignore=False)
         return logits, F.cross_entropy(logits, labels.reshape(-1))
-
-    def tied_weights(self) -> tuple[str, ...]:
-        """No tied parameters."""
-        return ()
-
-    save_pretrained = Bert.save_pretrained

@@ -22,7 +22,7 @@ call (flash kernel, KV cache, GQA) and the difference is taken on the outputs.
 
 The MoE is :class:`axon_llm.moe.SparseMoE` (shared with Mixtral). ``forward_with_loss`` also
 returns the Switch-Transformer load-balancing loss, averaged over layers; the training loss is
-``CE + router_aux_loss_coef * lb_loss`` (:meth:`ChimeraModel.loss`). The math and the lines that
+``CE + router_aux_loss_coef * lb_loss`` (:meth:`ChimeraForCausalLM.loss`). The math and the lines that
 implement it are in docs/models/chimera.md.
 """
 
@@ -38,15 +38,15 @@ import axon
 import axon.nn.functional as F
 from axon import nn
 from axon_llm.attention import AttentionContext, MultiHeadAttention, attend, merge_heads
-from axon_llm.blocks import CausalLM
-from axon_llm.cache import KVCache
-from axon_llm.config import ModelConfig, _positive, normalize_rope
-from axon_llm.embeddings import as_token_ids
+from axon_llm.blocks import CausalLM, normal_embedding
+from axon_llm.config import ModelConfig, check_eps, check_heads, check_positive, check_rotary, prepare_rope
 from axon_llm.errors import ConfigError, InputError, UnsupportedError
+from axon_llm.models.llama import LLaMAModel
 from axon_llm.moe import SparseMoE, load_balancing_loss
 from axon_llm.rope import RotaryEmbedding, apply_rotary_pos_emb
 
-__all__ = ["ChimeraConfig", "ChimeraModel", "DifferentialAttention", "ChimeraBlock", "lambda_init_fn"]
+__all__ = ["ChimeraConfig", "ChimeraBackbone", "ChimeraForCausalLM", "ChimeraModel", "DifferentialAttention",
+           "ChimeraBlock", "lambda_init_fn"]
 
 
 def lambda_init_fn(layer_idx: int) -> float:
@@ -59,7 +59,7 @@ class ChimeraConfig(ModelConfig):
     """Chimera hyper-parameters (HF-style names) and the crate's presets."""
 
     model_type: ClassVar[str] = "chimera"
-    architecture: ClassVar[str] = "ChimeraModel"
+    architecture: ClassVar[str] = "ChimeraForCausalLM"
 
     vocab_size: int = 32000
     hidden_size: int = 512
@@ -81,40 +81,28 @@ class ChimeraConfig(ModelConfig):
 
     @classmethod
     def _prepare(cls, d: dict[str, Any]) -> dict[str, Any]:
-        d = dict(d)
-        theta, scaling, _ = normalize_rope(d, cls.rope_theta)
-        if scaling is not None:
+        d = prepare_rope(d, cls.rope_theta)
+        if d.pop("rope_scaling") is not None:
             raise UnsupportedError("ChimeraConfig: rope_scaling is not supported")
-        d.pop("rope_parameters", None)
-        d.pop("rope_scaling", None)
-        d["rope_theta"] = theta
         return d
 
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        _positive(self, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                  "num_key_value_heads", "num_local_experts", "num_experts_per_tok", "intermediate_size",
-                  "max_position_embeddings")
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(f"ChimeraConfig: hidden_size ({self.hidden_size}) must be divisible by "
-                              f"num_attention_heads ({self.num_attention_heads})")
+        check_positive(self, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                       "num_key_value_heads", "num_local_experts", "num_experts_per_tok", "intermediate_size",
+                       "max_position_embeddings")
+        check_heads(self)
         if self.head_dim % 4:
             raise ConfigError(
                 f"ChimeraConfig: head_dim ({self.head_dim}) must be a multiple of 4: differential attention "
                 f"splits each head into two halves, and RoPE rotates channel pairs within each half "
                 f"(odd head dims cannot be split at all)")
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ConfigError(f"ChimeraConfig: num_attention_heads ({self.num_attention_heads}) must be "
-                              f"divisible by num_key_value_heads ({self.num_key_value_heads})")
         if self.num_experts_per_tok > self.num_local_experts:
             raise ConfigError(f"ChimeraConfig: num_experts_per_tok (top_k = {self.num_experts_per_tok}) cannot "
                               f"exceed num_local_experts ({self.num_local_experts})")
-        if not self.rms_norm_eps > 0:
-            raise ConfigError(f"ChimeraConfig.rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
-        self.rope_theta = float(self.rope_theta)
-        if not self.rope_theta > 0:
-            raise ConfigError(f"ChimeraConfig.rope_theta must be > 0, got {self.rope_theta}")
+        check_eps(self, "rms_norm_eps")
+        check_rotary(self)
 
     @property
     def head_dim(self) -> int:
@@ -197,7 +185,7 @@ class DifferentialAttention(MultiHeadAttention):
         k = axon.cat([apply_rotary_pos_emb(k[..., :half], cos, sin),
                       apply_rotary_pos_emb(k[..., half:], cos, sin)], dim=-1)
         if ctx.cache is not None:
-            k, v = ctx.cache.layers[self.layer_idx].update(k, v, ctx.start)  # [B, Hkv, S, Dh]
+            k, v = ctx.cache.update(self.layer_idx, k, v)  # [B, Hkv, S, Dh]
         # A_i V with Q_i, K_i of width Dh/2 and V of width Dh: pad Q_i, K_i with zeros to Dh
         # (the scores Q_i K_i^T are unchanged; the scale is given explicitly) so one attention
         # call of the usual shape computes each half.
@@ -225,56 +213,37 @@ class ChimeraBlock(nn.Module):
                                           config.num_local_experts, config.num_experts_per_tok)
 
     def forward(self, x, ctx: AttentionContext):
-        """[B, T, d] -> ([B, T, d], router_logits [B*T, E])."""
+        """[B, T, d] -> [B, T, d]; appends the router logits [B*T, E] to ``ctx.router_logits`` (as Mixtral)."""
         x = x + self.self_attn(self.input_layernorm(x), ctx)
         y, router_logits = self.block_sparse_moe(self.post_attention_layernorm(x))
-        return x + y, router_logits
+        ctx.router_logits.append(router_logits)
+        return x + y
 
 
-class ChimeraBackbone(nn.Module):
-    """``model.*``: embed_tokens -> layers -> norm."""
+class ChimeraBackbone(LLaMAModel):
+    """``model.*``: embed_tokens -> layers -> norm, built as LLaMA's."""
 
-    def __init__(self, config: ChimeraConfig, rotary: RotaryEmbedding):
-        super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        nn.init.normal_(self.embed_tokens.weight, std=config.initializer_range)
-        self.layers = nn.ModuleList([ChimeraBlock(config, i, rotary) for i in range(config.num_hidden_layers)])
-        self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+    # diff vs LLaMA: Chimera's blocks, RoPE over half a head (each Q/K half is rotated), N(0, std) embeddings
+    layer_class = ChimeraBlock
+
+    def make_embedding(self, config: ChimeraConfig) -> nn.Embedding:
+        """``[V, d]`` ~ N(0, initializer_range)."""
+        return normal_embedding(config)
+
+    def make_rotary(self, config: ChimeraConfig) -> RotaryEmbedding:
+        """Plain RoPE over ``head_dim / 2`` channels (one half-head)."""
+        return RotaryEmbedding(config.head_dim // 2, config.max_position_embeddings, config.rope_theta)
 
 
-class ChimeraModel(CausalLM):
+class ChimeraForCausalLM(CausalLM):
     """Chimera causal LM: ``logits = model(input_ids, attention_mask=None, cache=None)``;
     ``logits, lb_loss = model.forward_with_loss(ids, labels)`` for training."""
 
+    # diff vs LLaMA: differential attention + sparse MoE layers, and a load-balancing loss for training
     config_class = ChimeraConfig
-
-    def __init__(self, config: ChimeraConfig | None = None):
-        super().__init__()
-        config = ChimeraConfig() if config is None else config
-        if not isinstance(config, ChimeraConfig):
-            raise ConfigError(f"ChimeraModel needs a ChimeraConfig, got {type(config).__name__}")
-        self.config = config
-        rotary = RotaryEmbedding(config.head_dim // 2, config.max_position_embeddings, config.rope_theta)
-        self.model = ChimeraBackbone(config, rotary)
-        self.lm_head = None if config.tie_word_embeddings else nn.Linear(
-            config.hidden_size, config.vocab_size, bias=False)
-
-    def _run(self, input_ids, attention_mask=None, cache: KVCache | None = None):
-        ids = as_token_ids(input_ids, self.config.vocab_size)
-        ctx = AttentionContext.build(ids.shape[0], ids.shape[1], attention_mask, cache)
-        h = self.model.embed_tokens(ids)                      # [B, T] -> [B, T, d]
-        router_logits = []
-        for layer in self.model.layers:
-            h, rl = layer(h, ctx)
-            router_logits.append(rl)                          # [B*T, E] per layer
-        ctx.finish()
-        h = self.model.norm(h)
-        logits = h @ self.model.embed_tokens.weight.T if self.lm_head is None else self.lm_head(h)
-        return logits, router_logits, ctx                     # logits [B, T, V]
-
-    def forward(self, input_ids, attention_mask=None, cache: KVCache | None = None) -> axon.Tensor:
-        """[B, T] token ids -> [B, T, V] logits; with a cache the tokens continue its sequence."""
-        return self._run(input_ids, attention_mask, cache)[0]
+    backbone_class = ChimeraBackbone
+    architectures = {"ChimeraForCausalLM": "chimera", "ChimeraModel": "chimera"}   # ChimeraModel: older files
+    train_name = "chimera"
 
     def forward_with_loss(self, ids, labels=None):
         """``(logits [B, T, V], lb_loss)``: the load-balancing loss averaged over layers.
@@ -282,7 +251,7 @@ class ChimeraModel(CausalLM):
         ``labels`` ([B, T] next-token targets aligned with ``logits``, ``-100`` = ignore) are
         checked here and used by :meth:`loss`; the balancing statistics count every token.
         """
-        logits, router_logits, _ = self._run(ids)
+        logits, router_logits = self.forward_with_router_logits(ids)
         if labels is not None:
             lab = np.asarray(labels.numpy() if isinstance(labels, axon.Tensor) else labels)
             if lab.shape != tuple(logits.shape[:2]):
@@ -301,3 +270,12 @@ class ChimeraModel(CausalLM):
         V = self.config.vocab_size
         ce = F.cross_entropy(logits.reshape(-1, V), lab.reshape(-1), ignore_index=-100)
         return ce + self.config.router_aux_loss_coef * lb
+
+    def forward_with_aux_loss(self, input_ids):
+        """``(logits, router_aux_loss_coef * lb_loss)``: what training adds to the cross-entropy."""
+        logits, lb = self.forward_with_loss(input_ids)
+        return logits, lb * self.config.router_aux_loss_coef
+
+
+#: the name older code and saved files use: the same class
+ChimeraModel = ChimeraForCausalLM

@@ -26,14 +26,15 @@ import numpy as np
 import axon
 from axon import nn
 from axon_llm.attention import AttentionContext, MultiHeadAttention, attend, merge_heads
-from axon_llm.blocks import CausalLM, GatedMLP
-from axon_llm.config import ModelConfig, _positive
-from axon_llm.embeddings import as_token_ids
-from axon_llm.errors import ConfigError, InputError
+from axon_llm.blocks import CausalLM, GatedMLP, normal_embedding
+from axon_llm.config import ModelConfig, check_eps, check_heads, check_positive, check_window
+from axon_llm.errors import InputError
+from axon_llm.cache import Cache, LayerStateCache, reorder_rows
 from axon_llm.mamba import MambaMixer, MambaState
-from axon_llm.models.ssm import check_attention_mask
+from axon_llm.models.ssm import StateContext
 
-__all__ = ["HydraConfig", "HydraModel", "HydraCache", "WindowKVCache", "WindowAttention"]
+__all__ = ["HydraConfig", "HydraBackbone", "HydraForCausalLM", "HydraModel", "HydraCache", "WindowKVCache",
+           "WindowAttention"]
 
 
 @dataclass
@@ -41,7 +42,7 @@ class HydraConfig(ModelConfig):
     """Hydra hyper-parameters (HF-style names) and the crate's presets."""
 
     model_type: ClassVar[str] = "hydra"
-    architecture: ClassVar[str] = "HydraModel"
+    architecture: ClassVar[str] = "HydraForCausalLM"
 
     vocab_size: int = 32000
     hidden_size: int = 768
@@ -68,21 +69,12 @@ class HydraConfig(ModelConfig):
             self.num_key_value_heads = self.num_attention_heads
         if self.time_step_rank in (None, "auto"):
             self.time_step_rank = math.ceil(self.hidden_size / 16)
-        _positive(self, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                  "num_key_value_heads", "state_size", "intermediate_size", "expand", "conv_kernel",
-                  "time_step_rank")
-        if not isinstance(self.sliding_window, (int, np.integer)) or isinstance(self.sliding_window, bool) \
-                or self.sliding_window < 1:
-            raise ConfigError(f"HydraConfig.sliding_window must be an integer >= 1 (the window counts the "
-                              f"query's own position), got {self.sliding_window!r}")
-        if self.hidden_size % self.num_attention_heads:
-            raise ConfigError(f"HydraConfig: hidden_size ({self.hidden_size}) must be divisible by "
-                              f"num_attention_heads ({self.num_attention_heads})")
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ConfigError(f"HydraConfig: num_attention_heads ({self.num_attention_heads}) must be divisible "
-                              f"by num_key_value_heads ({self.num_key_value_heads})")
-        if not self.rms_norm_eps > 0:
-            raise ConfigError(f"HydraConfig.rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
+        check_positive(self, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                       "num_key_value_heads", "state_size", "intermediate_size", "expand", "conv_kernel",
+                       "time_step_rank")
+        check_window(self, optional=False)                   # every odd layer attends over the window
+        check_heads(self)
+        check_eps(self, "rms_norm_eps")
 
     @property
     def head_dim(self) -> int:
@@ -135,12 +127,14 @@ class HydraConfig(ModelConfig):
         return cls._preset(1000, 64, 4, 4, 8, 256, 64)
 
 
-class WindowKVCache:
+class WindowKVCache(Cache):
     """A ``W``-long ring of keys/values (and their padding mask) for one window-attention layer.
 
     Position ``p`` lives in slot ``p % W``; only the last ``W`` positions are ever needed,
-    because a query at ``p`` sees keys ``p - W < j <= p``.
+    because a query at ``p`` sees keys ``p - W < j <= p``. Fixed size: ``max_length`` is None.
     """
+
+    max_length = None
 
     def __init__(self, batch_size: int, num_kv_heads: int, window: int, head_dim: int, dtype=np.float32):
         self.window = window
@@ -149,20 +143,38 @@ class WindowKVCache:
         self.mask = np.ones((batch_size, window), dtype=np.float32)
         self.seen = 0
 
+    def __len__(self) -> int:
+        return self.seen
+
     def recent(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The cached keys, values, mask of the last min(seen, W) positions, oldest first."""
         W, n = self.window, min(self.seen, self.window)
         order = [(self.seen - n + j) % W for j in range(n)]
         return self.k[:, :, order], self.v[:, :, order], self.mask[:, order]
 
-    def store(self, k: np.ndarray, v: np.ndarray, mask: np.ndarray) -> None:
-        """Write the new positions' k, v [B, Hkv, T, Dh] and mask [B, T] into their slots."""
+    def update(self, k: np.ndarray, v: np.ndarray, mask: np.ndarray):
+        """Store the new positions' k, v [B, Hkv, T, Dh] and mask [B, T]; return the keys, values
+        and mask attention reads, ``[B, Hkv, P+T, Dh]`` and ``[B, P+T]`` (P = the cached ones)."""
+        pk, pv, pm = self.recent()                                        # [B, Hkv, P, Dh], [B, P]
         T = k.shape[2]
         first = max(0, T - self.window)                  # older ones would be overwritten anyway
         for t in range(first, T):
             slot = (self.seen + t) % self.window
             self.k[:, :, slot], self.v[:, :, slot], self.mask[:, slot] = k[:, :, t], v[:, :, t], mask[:, t]
         self.seen += T
+        return (np.concatenate([pk, k], axis=2), np.concatenate([pv, v], axis=2),
+                np.concatenate([pm, mask], axis=1))
+
+    def reorder(self, index) -> None:
+        """Row ``i`` becomes row ``index[i]`` (beam search), in place."""
+        reorder_rows(index, self.k, self.v, self.mask)
+
+    def reset(self) -> None:
+        """Forget everything."""
+        self.k[...] = 0
+        self.v[...] = 0
+        self.mask[...] = 1
+        self.seen = 0
 
     @property
     def nbytes(self) -> int:
@@ -186,11 +198,10 @@ class WindowAttention(MultiHeadAttention):
         key_mask = mask
         if cache is not None:
             new_mask = mask if mask is not None else np.ones((B_, T), np.float32)
-            pk, pv, pm = cache.recent()                                   # [B, Hkv, P, Dh], [B, P]
-            cache.store(k.data, v.data, new_mask)
-            k = axon.cat([axon.tensor(pk), k], dim=2)                     # -> [B, Hkv, P+T, Dh]
-            v = axon.cat([axon.tensor(pv), v], dim=2)
-            key_mask = np.concatenate([pm, new_mask], axis=1)             # [B, P+T]
+            k_all, v_all, key_mask = cache.update(k.data, v.data, new_mask)   # [B, Hkv, P+T, Dh], [B, P+T]
+            past = k_all.shape[2] - T                                     # the new keys keep their gradient
+            k = axon.cat([axon.as_tensor(k_all[:, :, :past]), k], dim=2)  # -> [B, Hkv, P+T, Dh]
+            v = axon.cat([axon.as_tensor(v_all[:, :, :past]), v], dim=2)
         km = None if key_mask is None or key_mask.all() else key_mask > 0   # [B, S] True = real token
         ctx = AttentionContext(positions=None, key_mask=km, cache=None, start=0, new_mask=None)
         o = attend(q, k, v, ctx, causal=True, window=self.sliding_window)  # [B, H, T, Dh]
@@ -226,13 +237,19 @@ class HydraBackbone(nn.Module):
 
     def __init__(self, config: HydraConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        nn.init.normal_(self.embed_tokens.weight, std=config.initializer_range)
+        self.embed_tokens = normal_embedding(config)
         self.layers = nn.ModuleList([HydraBlock(config, i) for i in range(config.num_hidden_layers)])
         self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
+    def forward(self, ids: np.ndarray, ctx: StateContext) -> axon.Tensor:
+        """[B, T] ids -> [B, T, d] hidden states (final norm applied)."""
+        h = self.embed_tokens(ids)                                        # [B, T] -> [B, T, d]
+        for i, layer in enumerate(self.layers):
+            h = layer(h, ctx.state(i), ctx.mask)
+        return self.norm(h)
 
-class HydraCache:
+
+class HydraCache(LayerStateCache):
     """Streaming state of a Hydra model: MambaState (even layers) or WindowKVCache (odd layers).
 
     Its size is fixed (independent of ``max_length``): SSM states plus ``W`` keys/values a layer.
@@ -248,49 +265,24 @@ class HydraCache:
             WindowKVCache(batch_size, config.num_key_value_heads, config.sliding_window, config.head_dim, dtype)
             for i in range(config.num_hidden_layers)]
 
-    @property
-    def seen(self) -> int:
-        """Tokens consumed so far (the same in every layer)."""
-        return self.layers[0].seen if self.layers else 0
 
-    def __len__(self) -> int:
-        return self.seen
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by every layer's state."""
-        return sum(s.nbytes for s in self.layers)
-
-
-class HydraModel(CausalLM):
+class HydraForCausalLM(CausalLM):
     """Hydra causal LM: ``logits = model(input_ids, attention_mask=None, cache=None)``."""
 
+    # diff vs LLaMA: a state context (Mamba states and window rings) instead of the attention context
     config_class = HydraConfig
+    backbone_class = HydraBackbone
+    architectures = {"HydraForCausalLM": "hydra", "HydraModel": "hydra"}   # HydraModel: files saved before the rename
+    train_name = "hydra"
 
-    def __init__(self, config: HydraConfig | None = None):
-        super().__init__()
-        config = HydraConfig() if config is None else config
-        if not isinstance(config, HydraConfig):
-            raise ConfigError(f"HydraModel needs a HydraConfig, got {type(config).__name__}")
-        self.config = config
-        self.model = HydraBackbone(config)
-        self.lm_head = None if config.tie_word_embeddings else nn.Linear(
-            config.hidden_size, config.vocab_size, bias=False)
+    def context(self, ids, attention_mask=None, cache: HydraCache | None = None) -> StateContext:
+        """The padding mask and the per-layer streaming states of this call."""
+        return StateContext.build(ids, attention_mask, cache)
 
     def new_cache(self, batch_size: int, max_length: int | None = None) -> HydraCache:
         """Fixed-size streaming state for ``batch_size`` sequences."""
         return HydraCache(self.config, batch_size, max_length, dtype=self.model.embed_tokens.weight.dtype)
 
-    def forward(self, input_ids, attention_mask=None, cache: HydraCache | None = None) -> axon.Tensor:
-        """[B, T] token ids -> [B, T, V] logits; with a cache the tokens continue its sequence."""
-        ids = as_token_ids(input_ids, self.config.vocab_size)
-        mask = check_attention_mask(attention_mask, ids)
-        if cache is not None and cache.batch_size != ids.shape[0]:
-            raise InputError(f"cache was made for batch {cache.batch_size}, input has batch {ids.shape[0]}")
-        h = self.model.embed_tokens(ids)                                  # [B, T] -> [B, T, d]
-        for i, layer in enumerate(self.model.layers):
-            h = layer(h, None if cache is None else cache.layers[i], mask)
-        h = self.model.norm(h)
-        if self.lm_head is None:
-            return h @ self.model.embed_tokens.weight.T                   # [B, T, d] -> [B, T, V]
-        return self.lm_head(h)
+
+#: the name the contract and older code use: the same class
+HydraModel = HydraForCausalLM

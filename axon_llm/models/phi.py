@@ -19,18 +19,168 @@ Phi-3 — a LLaMA-shaped sequential block (RMSNorm, no biases) with fused projec
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
 import axon.nn as nn
 
 from axon_llm.attention import AttentionContext, MultiHeadAttention, split_heads
 from axon_llm.blocks import MLP, CausalLM, activation
-from axon_llm.config import Phi3Config, PhiConfig
+from axon_llm.config import (
+    ModelConfig, check_activation, check_heads, check_positive, check_rope, check_rotary, check_window,
+    prepare_rope,
+)
 from axon_llm.embeddings import TokenEmbedding
-from axon_llm.errors import ConfigError
 from axon_llm.models.llama import LLaMADecoderLayer
 from axon_llm.rope import RotaryEmbedding
 
 __all__ = ["PhiConfig", "Phi3Config", "PhiAttention", "PhiDecoderLayer", "Phi3Attention", "Phi3MLP",
            "Phi3DecoderLayer", "PhiModel", "PhiForCausalLM"]
+
+
+@dataclass
+class PhiConfig(ModelConfig):
+    """Phi-1/2 (HF ``PhiConfig``): LayerNorm, parallel attention + MLP, partial RoPE, biases."""
+
+    model_type: ClassVar[str] = "phi"
+    architecture: ClassVar[str] = "PhiForCausalLM"
+
+    vocab_size: int = 51200
+    hidden_size: int = 2048
+    intermediate_size: int = 8192
+    num_hidden_layers: int = 24
+    num_attention_heads: int = 32
+    num_key_value_heads: int | None = None
+    resid_pdrop: float = 0.0
+    embd_pdrop: float = 0.0
+    attention_dropout: float = 0.0
+    hidden_act: str = "gelu_new"
+    max_position_embeddings: int = 2048
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = False
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None
+    partial_rotary_factor: float = 0.5
+    qk_layernorm: bool = False
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 2
+    pad_token_id: int | None = None
+    sliding_window: int | None = None
+
+    @classmethod
+    def _prepare(cls, d):
+        return prepare_rope(d, cls.rope_theta)
+
+    def __post_init__(self) -> None:
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        check_positive(self, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                       "num_attention_heads", "num_key_value_heads", "max_position_embeddings")
+        check_heads(self)
+        check_rotary(self)
+        check_window(self)
+        check_rope(self.rope_scaling)
+        check_activation(self, "hidden_act")
+
+    @property
+    def head_dim(self) -> int:
+        """hidden_size // num_attention_heads."""
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def lm_head_bias(self) -> bool:
+        """phi-1/2's lm_head has a bias (Phi-3's does not)."""
+        return True
+
+    @property
+    def rotary_dim(self) -> int:
+        """How many leading channels of each head RoPE rotates."""
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    def num_parameters(self) -> int:
+        """Total parameter count (PhiForCausalLM; its lm_head has a bias)."""
+        d, f, v = self.hidden_size, self.intermediate_size, self.vocab_size
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        attn = (d * q + q) + 2 * (d * kv + kv) + (q * d + d)
+        if self.qk_layernorm:
+            attn += 2 * 2 * self.head_dim
+        per_layer = 2 * d + attn + (d * f + f) + (f * d + d)
+        head = 0 if self.tie_word_embeddings else v * d
+        return v * d + self.num_hidden_layers * per_layer + 2 * d + head + v
+
+    @classmethod
+    def tiny(cls) -> "PhiConfig":
+        """vocab 51200, d 256, ffn 512, 4 layers, 4 heads, partial rotary 0.5."""
+        return cls(vocab_size=51200, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                   num_attention_heads=4, partial_rotary_factor=0.5)
+
+    @classmethod
+    def phi1(cls) -> "PhiConfig":
+        """microsoft/phi-1, 1.42B (partial rotary 0.5)."""
+        return cls(partial_rotary_factor=0.5)
+
+    @classmethod
+    def phi2(cls) -> "PhiConfig":
+        """microsoft/phi-2, 2.78B (partial rotary 0.4)."""
+        return cls(hidden_size=2560, intermediate_size=10240, num_hidden_layers=32, num_attention_heads=32,
+                   partial_rotary_factor=0.4, bos_token_id=50256, eos_token_id=50256)
+
+    @classmethod
+    def phi3_mini(cls) -> "Phi3Config":
+        """microsoft/Phi-3-mini-4k-instruct, 3.82B (vocab 32064)."""
+        return Phi3Config(vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
+                          num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
+                          sliding_window=2047, bos_token_id=1, eos_token_id=32000, pad_token_id=32000)
+
+
+@dataclass
+class Phi3Config(PhiConfig):
+    """Phi-3 (HF ``Phi3Config``): RMSNorm, fused qkv_proj / gate_up_proj, sequential block, no biases."""
+
+    # diff vs Phi: RMSNorm + fused projections + sequential residuals (see models/phi.py)
+    model_type: ClassVar[str] = "phi3"
+    architecture: ClassVar[str] = "Phi3ForCausalLM"
+
+    vocab_size: int = 32064
+    hidden_size: int = 3072
+    intermediate_size: int = 8192
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 4096
+    original_max_position_embeddings: int = 4096
+    rms_norm_eps: float = 1e-5
+    partial_rotary_factor: float = 1.0
+    bos_token_id: int | None = 1
+    eos_token_id: int | list[int] | None = 32000
+    pad_token_id: int | None = 32000
+
+    @property
+    def lm_head_bias(self) -> bool:
+        """Phi-3's lm_head has no bias."""
+        return False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config.json dict, without the Phi-1/2 keys Phi-3 does not have (layer_norm_eps, qk_layernorm)."""
+        out = super().to_dict()
+        for k in ("layer_norm_eps", "qk_layernorm"):
+            out.pop(k)
+        return out
+
+    def num_parameters(self) -> int:
+        """Total parameter count (Phi3ForCausalLM)."""
+        d, f, v = self.hidden_size, self.intermediate_size, self.vocab_size
+        q, kv = self.num_attention_heads * self.head_dim, self.num_key_value_heads * self.head_dim
+        per_layer = 2 * d + d * (q + 2 * kv) + q * d + d * 2 * f + f * d
+        head = 0 if self.tie_word_embeddings else v * d
+        return v * d + self.num_hidden_layers * per_layer + d + head
+
+    @classmethod
+    def tiny(cls) -> "Phi3Config":
+        """A Phi-3 shaped tiny config: vocab 32064, d 256, ffn 512, 4 layers, 4 heads."""
+        return cls(vocab_size=32064, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                   num_attention_heads=4, max_position_embeddings=2048, original_max_position_embeddings=2048)
 
 
 class PhiAttention(MultiHeadAttention):
@@ -164,29 +314,10 @@ class PhiModel(nn.Module):
 class PhiForCausalLM(CausalLM):
     """HF ``PhiForCausalLM`` (``PhiConfig``: lm_head with bias) or ``Phi3ForCausalLM`` (``Phi3Config``)."""
 
+    # diff vs LLaMA: two configs (phi-1/2 and Phi-3), a head bias for phi-1/2 (config.lm_head_bias)
     config_class = PhiConfig
-
-    def __init__(self, config: PhiConfig | None = None):
-        super().__init__()
-        config = PhiConfig() if config is None else config
-        if not isinstance(config, PhiConfig):
-            raise ConfigError(f"PhiForCausalLM needs a PhiConfig or Phi3Config, got {type(config).__name__}")
-        self.config = config
-        self.model = PhiModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=not isinstance(config, Phi3Config))
-        if config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
-            self.tied_keys = ("lm_head.weight",)
-
-    @property
-    def hf_architecture(self) -> str:
-        """``PhiForCausalLM`` or ``Phi3ForCausalLM``."""
-        return self.config.architecture
-
-    def forward(self, input_ids, attention_mask=None, cache=None):
-        """ids ``[B, T]`` -> logits ``[B, T, V]``; advances ``cache`` by ``T`` when given."""
-        ids = self.token_ids(input_ids)
-        ctx = AttentionContext.build(ids.shape[0], ids.shape[1], attention_mask, cache)
-        h = self.model(ids, ctx)                                # [B, T, d]
-        ctx.finish()
-        return self.lm_head(h)                                  # [B, T, V]
+    config_classes = (PhiConfig, Phi3Config)
+    backbone_class = PhiModel
+    architectures = {"PhiForCausalLM": "phi", "Phi3ForCausalLM": "phi3"}
+    train_name = "phi"
+    hf_init = True

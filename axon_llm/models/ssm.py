@@ -14,20 +14,20 @@ The math, and which line implements it, is in docs/models/ssm.md.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
 
 import axon
 from axon import nn
-from axon_llm.blocks import CausalLM
-from axon_llm.config import ModelConfig, _positive
-from axon_llm.embeddings import as_token_ids
+from axon_llm.blocks import CausalLM, normal_embedding
+from axon_llm.config import ModelConfig, check_eps, check_positive
 from axon_llm.errors import ConfigError, InputError
+from axon_llm.cache import LayerStateCache
 from axon_llm.mamba import MambaMixer, MambaState
 
-__all__ = ["SSMConfig", "SSMBlock", "SSMModel", "SSMForCausalLM", "SSMCache"]
+__all__ = ["SSMConfig", "SSMBlock", "SSMModel", "SSMForCausalLM", "SSMCache", "StateContext"]
 
 
 @dataclass
@@ -70,12 +70,11 @@ class SSMConfig(ModelConfig):
             self.intermediate_size = int(self.expand * self.hidden_size)
         if self.time_step_rank in (None, "auto"):
             self.time_step_rank = math.ceil(self.hidden_size / 16)
-        _positive(self, "vocab_size", "hidden_size", "state_size", "num_hidden_layers", "conv_kernel",
+        check_positive(self, "vocab_size", "hidden_size", "state_size", "num_hidden_layers", "conv_kernel",
                   "intermediate_size", "time_step_rank")
         if self.hidden_act != "silu":
             raise ConfigError(f"SSMConfig.hidden_act: only 'silu' (Mamba's activation) is supported, got {self.hidden_act!r}")
-        if not self.layer_norm_epsilon > 0:
-            raise ConfigError(f"SSMConfig.layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon!r}")
+        check_eps(self, "layer_norm_epsilon")
 
     @classmethod
     def from_d_model(cls, d_model: int, vocab_size: int, num_layers: int = 4) -> "SSMConfig":
@@ -109,7 +108,7 @@ class SSMConfig(ModelConfig):
         return V * d + self.num_hidden_layers * block + d + head
 
 
-class SSMCache:
+class SSMCache(LayerStateCache):
     """Per-layer streaming state (conv state [B, di, k-1] + SSM state [B, di, n]) of an SSM model.
 
     ``seen`` is the number of tokens consumed; feeding T tokens advances it by T.
@@ -123,24 +122,6 @@ class SSMCache:
         self.max_length = max_length
         self.layers = [MambaState(batch_size, config.intermediate_size, config.state_size,
                                   config.conv_kernel, dtype) for _ in range(config.num_hidden_layers)]
-
-    @property
-    def seen(self) -> int:
-        """Tokens consumed so far (the same in every layer)."""
-        return self.layers[0].seen if self.layers else 0
-
-    def __len__(self) -> int:
-        return self.seen
-
-    def reset(self) -> None:
-        """Zero every layer's state (back to before the first token)."""
-        for s in self.layers:
-            s.reset()
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by every layer's state."""
-        return sum(s.nbytes for s in self.layers)
 
 
 class SSMBlock(nn.Module):
@@ -167,17 +148,41 @@ class SSMModel(nn.Module):
 
     def __init__(self, config: SSMConfig):
         super().__init__()
-        self.embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        nn.init.normal_(self.embeddings.weight, std=config.initializer_range)   # HF's init (tied head)
+        self.embeddings = normal_embedding(config)          # HF's init (tied head)
         self.layers = nn.ModuleList([SSMBlock(config, i) for i in range(config.num_hidden_layers)])
         self.norm_f = nn.RMSNorm(config.hidden_size, eps=config.layer_norm_epsilon)
 
-    def forward(self, input_ids, attention_mask=None, cache: SSMCache | None = None) -> axon.Tensor:
-        """[B, T] ids -> [B, T, d] hidden states."""
-        h = self.embeddings(input_ids)                      # [B, T] -> [B, T, d]
+    def forward(self, ids: np.ndarray, ctx: "StateContext") -> axon.Tensor:
+        """[B, T] ids -> [B, T, d] hidden states (final norm applied)."""
+        h = self.embeddings(ids)                            # [B, T] -> [B, T, d]
         for i, layer in enumerate(self.layers):
-            h = layer(h, None if cache is None else cache.layers[i], attention_mask)
+            h = layer(h, ctx.state(i), ctx.mask)
         return self.norm_f(h)
+
+
+@dataclass
+class StateContext:
+    """The per-call context of a state-space model (SSM, Hydra), in the skeleton's place of the
+    attention context: the new tokens' padding mask (float 0/1 ``[B, T]`` or ``None``) and the
+    streaming cache whose ``layers[i]`` is layer ``i``'s state (or ``None``: no cache)."""
+
+    mask: np.ndarray | None
+    cache: object | None
+    router_logits: list = field(default_factory=list)
+
+    @classmethod
+    def build(cls, ids: np.ndarray, attention_mask=None, cache=None) -> "StateContext":
+        """Check ``attention_mask`` and the cache's batch against ``ids [B, T]``."""
+        if cache is not None and cache.batch_size != ids.shape[0]:
+            raise InputError(f"cache was made for batch {cache.batch_size}, input has batch {ids.shape[0]}")
+        return cls(check_attention_mask(attention_mask, ids), cache)
+
+    def state(self, i: int):
+        """Layer ``i``'s streaming state, or ``None`` without a cache."""
+        return None if self.cache is None else self.cache.layers[i]
+
+    def finish(self) -> None:
+        """Nothing to do: every layer advanced its own state."""
 
 
 def check_attention_mask(attention_mask, ids: np.ndarray):
@@ -204,20 +209,17 @@ class SSMForCausalLM(CausalLM):
     """Mamba causal LM (HF ``MambaForCausalLM``): ``logits = model(input_ids, attention_mask, cache)``;
     ``model.generate(ids, max_new_tokens)`` streams through the (conv, ssm) state cache."""
 
+    # diff vs LLaMA: HF prefix "backbone", a state context instead of the attention context
     config_class = SSMConfig
-    hf_architecture = "MambaForCausalLM"
+    backbone_class = SSMModel
+    backbone_name = "backbone"
+    embedding_path = "backbone.embeddings"
+    architectures = {"MambaForCausalLM": "mamba"}
+    train_name = "ssm"
 
-    def __init__(self, config: SSMConfig | None = None):
-        super().__init__()
-        config = SSMConfig() if config is None else config
-        if not isinstance(config, SSMConfig):
-            raise ConfigError(f"SSMForCausalLM needs an SSMConfig, got {type(config).__name__}")
-        self.config = config
-        self.backbone = SSMModel(config)
-        if config.tie_word_embeddings:
-            self.lm_head = None  # tied: logits = h @ backbone.embeddings.weight.T
-        else:
-            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+    def context(self, ids, attention_mask=None, cache: SSMCache | None = None) -> StateContext:
+        """The padding mask and the (conv, ssm) state cache of this call."""
+        return StateContext.build(ids, attention_mask, cache)
 
     @classmethod
     def from_hf(cls, folder) -> "SSMForCausalLM":
@@ -231,23 +233,10 @@ class SSMForCausalLM(CausalLM):
         loader = HFLoader(folder)
         model = cls(SSMConfig.from_dict(loader.config))
         tensors = {k.replace("backbone.embedding.", "backbone.embeddings."): v for k, v in loader.tensors().items()}
-        if model.config.tie_word_embeddings:
-            tensors.pop("lm_head.weight", None)
-        load_state(model, tensors, strict=False)          # unused tensors warn, as in transformers
+        load_state(model, tensors, strict=False)          # a stored tied lm_head is skipped; unused tensors warn
         model.eval()
         return model
 
     def new_cache(self, batch_size: int, max_length: int | None = None) -> SSMCache:
         """A fresh streaming state for ``batch_size`` sequences (size independent of max_length)."""
         return SSMCache(self.config, batch_size, max_length, dtype=self.backbone.embeddings.weight.dtype)
-
-    def forward(self, input_ids, attention_mask=None, cache: SSMCache | None = None) -> axon.Tensor:
-        """[B, T] token ids -> [B, T, V] logits. With a cache the tokens continue its sequence."""
-        ids = as_token_ids(input_ids, self.config.vocab_size)
-        mask = check_attention_mask(attention_mask, ids)
-        if cache is not None and cache.batch_size != ids.shape[0]:
-            raise InputError(f"cache was made for batch {cache.batch_size}, input has batch {ids.shape[0]}")
-        h = self.backbone(ids, mask, cache)                  # [B, T, d]
-        if self.lm_head is None:
-            return h @ self.backbone.embeddings.weight.T     # [B, T, d] @ [d, V] -> [B, T, V]
-        return self.lm_head(h)

@@ -25,28 +25,17 @@ import axon
 import axon.nn.functional as F
 from axon import nn
 from axon_llm.attention import AttentionContext, MultiHeadAttention, attend, merge_heads
-from axon_llm.blocks import CausalLM
-from axon_llm.cache import KVCache
-from axon_llm.config import ModelConfig, _positive, normalize_rope
-from axon_llm.embeddings import as_token_ids
+from axon_llm.blocks import CausalLM, normal_embedding
+from axon_llm.config import ModelConfig, check_eps, check_heads, check_positive, check_rotary, prepare_rope
 from axon_llm.errors import CheckpointError, ConfigError, UnsupportedError
+from axon_llm.models.llama import LLaMAModel
 from axon_llm.rope import RotaryEmbedding, apply_rotary_pos_emb
 from axon_llm.ternary import TernaryLinear, latent_weight, unpack_hf_ternary
 
-__all__ = ["TridentConfig", "TridentModel", "BitNetAttention", "BitNetMLP", "BitNetDecoderLayer"]
+__all__ = ["TridentConfig", "TridentBackbone", "TridentForCausalLM", "TridentForCausalLM", "BitNetAttention", "BitNetMLP",
+           "BitNetDecoderLayer"]
 
 TERNARY_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def _check_heads(cfg, name: str) -> None:
-    _positive(cfg, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-              "num_attention_heads", "num_key_value_heads", "max_position_embeddings")
-    if cfg.hidden_size % cfg.num_attention_heads:
-        raise ConfigError(f"{name}: hidden_size ({cfg.hidden_size}) must be divisible by "
-                          f"num_attention_heads ({cfg.num_attention_heads})")
-    if cfg.num_attention_heads % cfg.num_key_value_heads:
-        raise ConfigError(f"{name}: num_attention_heads ({cfg.num_attention_heads}) must be divisible by "
-                          f"num_key_value_heads ({cfg.num_key_value_heads})")
 
 
 @dataclass
@@ -80,25 +69,22 @@ class TridentConfig(ModelConfig):
 
     @classmethod
     def _prepare(cls, d: dict[str, Any]) -> dict[str, Any]:
-        d = dict(d)
-        theta, scaling, _ = normalize_rope(d, cls.rope_theta)
-        d.pop("rope_parameters", None)
-        d["rope_theta"], d["rope_scaling"] = theta, scaling
-        return d
+        return prepare_rope(d, cls.rope_theta)
 
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads
-        _check_heads(self, "TridentConfig")
+        check_positive(self, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                       "num_attention_heads", "num_key_value_heads", "max_position_embeddings")
+        check_heads(self)
         if self.head_dim % 2:
             raise ConfigError(f"TridentConfig: head_dim ({self.head_dim}) must be even for RoPE")
         if self.hidden_act != "relu2":
             raise UnsupportedError(f"TridentConfig.hidden_act={self.hidden_act!r}: BitNet b1.58 uses 'relu2'")
         if self.attention_bias:
             raise UnsupportedError("TridentConfig.attention_bias=True: BitNet b1.58 has no biases")
-        if not self.rms_norm_eps > 0:
-            raise ConfigError(f"TridentConfig.rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
-        self.rope_theta = float(self.rope_theta)
+        check_eps(self, "rms_norm_eps")
+        check_rotary(self)
         if self.rope_scaling is not None:
             raise UnsupportedError("TridentConfig: rope_scaling is not supported (BitNet uses plain RoPE)")
         q = self.quantization_config
@@ -213,7 +199,7 @@ class BitNetAttention(MultiHeadAttention):
         cos, sin = ctx.rope(self.rotary)
         q, k = apply_rotary_pos_emb(q, cos, sin), apply_rotary_pos_emb(k, cos, sin)
         if ctx.cache is not None:
-            k, v = ctx.cache.layers[self.layer_idx].update(k, v, ctx.start)  # [B, Hkv, S, Dh]
+            k, v = ctx.cache.update(self.layer_idx, k, v)  # [B, Hkv, S, Dh]
         out = attend(q, k, v, ctx, causal=True)                          # [B, H, T, Dh]
         return self.o_proj(self.attn_sub_norm(merge_heads(out)))         # [B, T, H*Dh] -> [B, T, d]
 
@@ -251,50 +237,45 @@ class BitNetDecoderLayer(nn.Module):
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
-class BitNetBackbone(nn.Module):
-    """``model.*`` of BitNetForCausalLM: embed_tokens -> layers -> norm."""
+class TridentBackbone(LLaMAModel):
+    """``model.*`` of BitNetForCausalLM: embed_tokens -> layers -> norm, built as LLaMA's."""
 
-    def __init__(self, config: TridentConfig, rotary: RotaryEmbedding):
-        super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        nn.init.normal_(self.embed_tokens.weight, std=config.initializer_range)
-        self.layers = nn.ModuleList([BitNetDecoderLayer(config, i, rotary)
-                                     for i in range(config.num_hidden_layers)])
-        self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+    # diff vs LLaMA: BitNet's layers, plain RoPE over the whole head, N(0, std) embeddings
+    layer_class = BitNetDecoderLayer
+
+    def make_embedding(self, config: TridentConfig) -> nn.Embedding:
+        """``[V, d]`` ~ N(0, initializer_range)."""
+        return normal_embedding(config)
+
+    def make_rotary(self, config: TridentConfig) -> RotaryEmbedding:
+        """Plain RoPE over the whole head."""
+        return RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
 
 
-class TridentModel(CausalLM):
-    """BitNet b1.58 causal LM: ``logits = model(input_ids, attention_mask=None, cache=None)``.
+class TridentForCausalLM(CausalLM):
+    """BitNet b1.58 causal LM (HF ``BitNetForCausalLM``): ``logits = model(input_ids, attention_mask=None, cache=None)``.
 
     ``pack()`` switches every TernaryLinear to the packed int8 x ternary kernel (inference);
     ``unpack()`` back to the straight-through training form.
     """
 
+    # diff vs LLaMA: ternary layers (pack / unpack) and BitNet's own checkpoint format (load_hf_state)
     config_class = TridentConfig
-    hf_architecture = "BitNetForCausalLM"
-
-    def __init__(self, config: TridentConfig | None = None):
-        super().__init__()
-        config = TridentConfig() if config is None else config
-        if not isinstance(config, TridentConfig):
-            raise ConfigError(f"TridentModel needs a TridentConfig, got {type(config).__name__}")
-        self.config = config
-        rotary = RotaryEmbedding(config.head_dim, config.max_position_embeddings, config.rope_theta)
-        self.model = BitNetBackbone(config, rotary)
-        self.lm_head = None if config.tie_word_embeddings else nn.Linear(
-            config.hidden_size, config.vocab_size, bias=False)
+    backbone_class = TridentBackbone
+    architectures = {"BitNetForCausalLM": "bitnet"}
+    train_name = "trident"
 
     def ternary_layers(self) -> list[tuple[str, TernaryLinear]]:
         """(name, layer) for every TernaryLinear, in state-dict order."""
         return [(n, m) for n, m in self.named_modules() if isinstance(m, TernaryLinear)]
 
-    def pack(self) -> "TridentModel":
+    def pack(self) -> "TridentForCausalLM":
         """Quantise every TernaryLinear to 2-bit codes and run them on the integer kernel."""
         for _, m in self.ternary_layers():
             m.pack()
         return self
 
-    def unpack(self) -> "TridentModel":
+    def unpack(self) -> "TridentForCausalLM":
         """Back to the training form (straight-through quantisation of the float weights)."""
         for _, m in self.ternary_layers():
             m.unpack()
@@ -306,21 +287,8 @@ class TridentModel(CausalLM):
         dense = sum(4 * m.in_features * m.out_features for _, m in self.ternary_layers())
         return packed, dense
 
-    def forward(self, input_ids, attention_mask=None, cache: KVCache | None = None) -> axon.Tensor:
-        """[B, T] token ids -> [B, T, V] logits; with a cache the tokens continue its sequence."""
-        ids = as_token_ids(input_ids, self.config.vocab_size)
-        ctx = AttentionContext.build(ids.shape[0], ids.shape[1], attention_mask, cache)
-        h = self.model.embed_tokens(ids)                                  # [B, T] -> [B, T, d]
-        for layer in self.model.layers:
-            h = layer(h, ctx)
-        ctx.finish()
-        h = self.model.norm(h)
-        if self.lm_head is None:
-            return h @ self.model.embed_tokens.weight.T                   # [B, T, d] -> [B, T, V]
-        return self.lm_head(h)
-
     @classmethod
-    def from_hf(cls, folder) -> "TridentModel":
+    def from_hf(cls, folder) -> "TridentForCausalLM":
         """A TridentModel from a transformers BitNetForCausalLM folder (dense or packed weights)."""
         from axon_llm.loaders.safetensors import HFLoader
 
@@ -375,8 +343,10 @@ class TridentModel(CausalLM):
                 raise CheckpointError(f"{skey}: the weight scale must be positive and finite, got {scale_arr[0]}")
             packed[name] = (ternary, s)
             sd[wkey] = latent_weight(ternary, s)                    # training form of the same layer
-        if self.config.tie_word_embeddings:
-            sd.pop("lm_head.weight", None)                          # a tied copy, if the file stores one
-        load_state(self, sd, strict=False)                          # unused tensors warn, as in transformers
+        load_state(self, sd, strict=False)          # a stored tied lm_head is skipped; unused tensors warn
         for name, (ternary, s) in packed.items():
             ternary_layers[name].set_ternary(ternary, s)
+
+
+#: the contract's name (``BitNetForCausalLM -> TridentModel``) and the crate's: the same class
+TridentModel = TridentForCausalLM

@@ -2,17 +2,20 @@
 
 The reference is the definition; the Numba version must agree with it (tests/kernels check
 both, also under NUMBA_DISABLE_JIT=1, when every public name runs its reference). One module
-per family: matmul, attention (flash), scan (Mamba's selective scan), ternary (BitNet b1.58),
+per family: matmul, attention (flash, query-blocked BLAS, the one visibility rule), scan (Mamba's selective scan), ternary (BitNet b1.58),
 quant (GGUF blocks). `kernels.testing` holds hypothesis strategies and `check_kernel` for
 testing any kernel against its reference. See docs/kernels.md.
 """
 
 from axon_kernels.attention import (
     FlashAttentionConfig,
+    blas_attention,
+    blas_attention_ref,
     flash_attention,
     flash_attention_backward,
     flash_attention_backward_ref,
     flash_attention_ref,
+    visible_mask,
 )
 from axon_kernels.matmul import matmul, matmul_ref
 from axon_kernels.scan import (
@@ -36,6 +39,9 @@ from axon_kernels.ternary import (
 
 __all__ = [
     "FlashAttentionConfig",
+    "blas_attention",
+    "blas_attention_ref",
+    "visible_mask",
     "flash_attention",
     "flash_attention_ref",
     "flash_attention_backward",

@@ -1,18 +1,24 @@
-"""Scaled dot-product attention, FlashAttention-2 style: tiled, online softmax, O(T) memory.
+"""Scaled dot-product attention: the one visibility rule, FlashAttention-2 (tiled, online
+softmax, O(T) memory, with backward) and a query-blocked BLAS kernel (no backward).
 
 Glossary
     B batch, H query heads, Hkv key/value heads (H % Hkv == 0, G = H // Hkv queries share a
     K/V head), Tq queries, Tk keys (Tq <= Tk: the queries are the LAST Tq positions, so query i
     sits at position p_i = Tk - Tq + i), D head dim, W sliding window, bq / bkv tile sizes.
 
-    visible(i, j) = (not causal or j <= p_i) and (window is None or p_i - W < j <= p_i)
+    visible(b, i, j) = (not causal and W is None or j <= p_i) and (W is None or j > p_i - W)
+                       and key_mask[b, j]                        -- `visible_mask`, the one rule
     S = scale * Q K^T (masked to -inf where not visible), P = softmax(S), out = P V,
-    lse = logsumexp(S) per query row (natural log).
+    lse = logsumexp(S) per query row (natural log); a row that sees no key gives zeros.
 
 `flash_attention_ref` materialises S (the definition). `flash_attention_nb` never does: each
 task owns one (batch, head, query tile), walks the key tiles that tile can see, and keeps a
 running max m, a running denominator l and an unnormalised output (the online softmax, see
-docs/kernels.md). The backward recomputes P tile by tile from the saved lse.
+docs/kernels.md). The backward recomputes P tile by tile from the saved lse. Its per-element
+predicate `_masked` and block range `_kv_range` are the rule inlined (tests prove them equal).
+
+`blas_attention` (reference `blas_attention_ref`) is what inference runs: per block of queries,
+two BLAS products over only the keys the block can see, and an in-place softmax.
 """
 
 from __future__ import annotations
@@ -33,6 +39,10 @@ __all__ = [
     "flash_attention_backward",
     "flash_attention_backward_ref",
     "flash_attention_backward_nb",
+    "visible_mask",
+    "visible_key_range",
+    "blas_attention",
+    "blas_attention_ref",
 ]
 
 
@@ -85,16 +95,50 @@ def _validate(q, k, v, causal, window, scale, block_q, block_kv):
     return q, k, v, bool(causal), window, float(scale)
 
 
-def _visible(tq, tk, causal, window):
-    """Boolean mask [Tq, Tk]: which keys each query sees."""
+def visible_mask(tq, tk, causal=False, window=None, key_mask=None):
+    """THE visibility rule of every attention path here: which keys each query may see.
+
+    Queries are the last `tq` of `tk` positions (bottom-right aligned), so query i sits at
+    p = tk - tq + i. Key j is visible when all of these hold:
+
+        causal or window:  j <= p                (a window implies causal)
+        window W:          j > p - W             (W keys, the query's own included)
+        key_mask [B, Tk]:  key_mask[b, j]        (False = a padding slot)
+
+    Returns bool [Tq, Tk], or [B, 1, Tq, Tk] with a `key_mask`. A query row that sees no key
+    (a padding query before the first real token) gives zeros in every path, never NaN. The Numba
+    kernels inline the same predicate per element (`_masked`, `_kv_range`); tests prove them equal.
+    """
+    if window is not None:
+        if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
+            raise ValueError(f"window must be a positive int or None, got {window!r}")
     pos = np.arange(tk - tq, tk)[:, None]  # [Tq, 1] query positions
     keys = np.arange(tk)[None, :]  # [1, Tk]
     mask = np.ones((tq, tk), dtype=bool)
     if causal or window is not None:
         mask &= keys <= pos
     if window is not None:
-        mask &= keys > pos - window
+        mask &= keys > pos - int(window)
+    if key_mask is not None:
+        key_mask = np.asarray(key_mask, dtype=bool)
+        if key_mask.ndim != 2 or key_mask.shape[1] != tk:
+            raise ValueError(f"key_mask must be bool [B, Tk={tk}], got shape {key_mask.shape}")
+        mask = mask[None, None] & key_mask[:, None, None, :]  # [B, 1, Tq, Tk]
     return mask
+
+
+def visible_key_range(p_first, p_last, tk, causal, window):
+    """Keys [lo, hi) that queries at positions p_first..p_last may see (before any key mask).
+
+    The block form of `visible_mask` used to skip invisible key blocks; `_kv_range` is its
+    Numba twin (window 0 there means none).
+    """
+    lo, hi = 0, tk
+    if causal or window is not None:
+        hi = p_last + 1
+    if window is not None:
+        lo = max(0, p_first - int(window) + 1)
+    return lo, hi
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,7 +164,7 @@ def flash_attention_ref(q, k, v, causal=False, window=None, scale=None, block_q=
     k = k.astype(dtype, copy=False)
     v = v.astype(dtype, copy=False)
     s = np.einsum("bhgqd,bhkd->bhgqk", qg, k) * dtype.type(scale)  # [B, Hkv, G, Tq, Tk]
-    s = np.where(_visible(tq, tk, causal, window), s, -np.inf)
+    s = np.where(visible_mask(tq, tk, causal, window), s, -np.inf)
     m = s.max(axis=-1, keepdims=True)  # [B, Hkv, G, Tq, 1]
     p = np.exp(s - m)
     denom = p.sum(axis=-1, keepdims=True)
@@ -150,7 +194,7 @@ def flash_attention_backward_ref(q, k, v, out, lse, dout, causal=False, window=N
     lseg = cast(lse).reshape(b, hkv, g, tq, 1)
     k, v = cast(k), cast(v)
     s = np.einsum("bhgqd,bhkd->bhgqk", qg, k) * dtype.type(scale)  # [B, Hkv, G, Tq, Tk]
-    p = np.where(_visible(tq, tk, causal, window), np.exp(s - lseg), 0)
+    p = np.where(visible_mask(tq, tk, causal, window), np.exp(s - lseg), 0)
     dv = np.einsum("bhgqk,bhgqd->bhkd", p, dog)  # [B, Hkv, Tk, D]
     dp = np.einsum("bhgqd,bhkd->bhgqk", dog, v)  # [B, Hkv, G, Tq, Tk]
     delta = (dog * og).sum(axis=-1, keepdims=True)  # [B, Hkv, G, Tq, 1]
@@ -485,3 +529,106 @@ def flash_attention_backward(q, k, v, out, lse, dout, causal=False, window=None,
     if jit_disabled():
         return flash_attention_backward_ref(q, k, v, out, lse, dout, causal, window, scale, block_q, block_kv)
     return flash_attention_backward_nb(q, k, v, out, lse, dout, causal, window, scale, block_q, block_kv)
+
+
+# --------------------------------------------------------------------------------------------
+# query-blocked BLAS attention (no autograd): prefill and decoding
+# --------------------------------------------------------------------------------------------
+#
+# Why a second forward kernel: with no backward to feed, attention is two matrix products and a
+# softmax, and NumPy's BLAS does the products faster than the tiled Numba loops above (whose
+# inner products are not BLAS). Blocking the queries keeps the score block [G, bq, keys] small
+# and lets a causal or windowed block skip the keys none of its queries can see.
+
+BLAS_QUERY_BLOCK = 64  # queries per score block (64 measured faster than 128)
+
+
+def _validate_key_mask(key_mask, b, tk):
+    if key_mask is None:
+        return None
+    key_mask = np.asarray(key_mask)
+    if key_mask.dtype != np.bool_ or key_mask.shape != (b, tk):
+        raise ValueError(f"key_mask must be bool [B={b}, Tk={tk}] (True = a real key), got {key_mask.dtype} {key_mask.shape}")
+    return None if key_mask.all() else key_mask
+
+
+def blas_attention_ref(q, k, v, causal=False, window=None, scale=None, key_mask=None, block_q=BLAS_QUERY_BLOCK):
+    """Reference (the definition): softmax(scale q k^T masked by `visible_mask`) v -> [B, H, Tq, D].
+
+    q [B, H, Tq, D]; k, v [B, Hkv, Tk, D] (GQA: query head h reads K/V head h // (H / Hkv));
+    `key_mask` bool [B, Tk] (True = a real key). A row that sees no key gives zeros.
+    `block_q` is validated and otherwise unused.
+    """
+    q, k, v, causal, window, scale = _validate(q, k, v, causal, window, scale, block_q, 1)
+    b, h, tq, d = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    key_mask = _validate_key_mask(key_mask, b, tk)
+    dtype = result_float_dtype(q, k, v)
+    qg = q.astype(dtype, copy=False).reshape(b, hkv, h // hkv, tq, d)  # [B, Hkv, G, Tq, D]
+    s = np.einsum("bhgqd,bhkd->bhgqk", qg, k.astype(dtype, copy=False)) * dtype.type(scale)  # [B, Hkv, G, Tq, Tk]
+    visible = visible_mask(tq, tk, causal, window, key_mask)  # [Tq, Tk] or [B, 1, Tq, Tk]
+    visible = visible if key_mask is None else visible[:, :, None]  # [B, 1, 1, Tq, Tk]
+    s = np.where(visible, s, -np.inf)
+    m = np.maximum(s.max(axis=-1, keepdims=True, initial=-np.inf), np.finfo(dtype).min)  # finite for empty rows
+    p = np.exp(s - m)
+    denom = np.maximum(p.sum(axis=-1, keepdims=True), np.finfo(dtype).tiny)  # an empty row: 0 / tiny = 0
+    out = np.einsum("bhgqk,bhkd->bhgqd", p / denom, v.astype(dtype, copy=False))  # [B, Hkv, G, Tq, D]
+    return out.reshape(b, h, tq, d).astype(dtype, copy=False)
+
+
+def _softmax_inplace(a):
+    """Row softmax of `a` written into `a` (no temporary of a's size); an all -inf row gives zeros."""
+    m = a.max(axis=-1, keepdims=True)
+    np.maximum(m, np.finfo(a.dtype).min, out=m)
+    a -= m
+    np.exp(a, out=a)
+    s = a.sum(axis=-1, keepdims=True)
+    np.maximum(s, np.finfo(a.dtype).tiny, out=s)
+    a /= s
+
+
+def blas_attention(q, k, v, causal=False, window=None, scale=None, key_mask=None, block_q=BLAS_QUERY_BLOCK):
+    """Attention without autograd, query-blocked over BLAS; same contract as `blas_attention_ref`.
+
+    Per block of `block_q` queries: scores against the keys the block can see only
+    (`visible_key_range`: a causal block skips the keys after its last query, a windowed one
+    those before its first query's window), the `visible_mask` of that block added as -inf where
+    some key is hidden, an in-place softmax, and P V written straight into the output. GQA reads
+    each K/V head once for its G query heads (no repeat). Memory: one [B, H, block_q, keys] block.
+    """
+    q, k, v, causal, window, scale = _validate(q, k, v, causal, window, scale, block_q, 1)
+    b, h, tq, d = q.shape
+    hkv, tk = k.shape[1], k.shape[2]
+    key_mask = _validate_key_mask(key_mask, b, tk)
+    dtype = result_float_dtype(q, k, v)
+    g = h // hkv
+    qg = q.astype(dtype, copy=False).reshape(b, hkv, g, tq, d)  # [B, Hkv, G, Tq, D]
+    kt = k.astype(dtype, copy=False).transpose(0, 1, 3, 2)[:, :, None]  # [B, Hkv, 1, D, Tk]
+    vv = v.astype(dtype, copy=False)[:, :, None]  # [B, Hkv, 1, Tk, D]
+    out = np.empty((b, hkv, g, tq, d), dtype)
+    for i0 in range(0, tq, int(block_q)):
+        i1 = min(i0 + int(block_q), tq)
+        first, last = tk - tq + i0, tk - tq + i1 - 1  # positions of the block's queries
+        k0, k1 = visible_key_range(first, last, tk, causal, window)
+        scores = np.matmul(qg[:, :, :, i0:i1], kt[..., k0:k1])  # [B, Hkv, G, bq, keys]
+        scores *= dtype.type(scale)
+        block_mask = None if key_mask is None else key_mask[:, k0:k1]  # [B, keys]
+        if block_mask is not None and block_mask.all():
+            block_mask = None
+        masked_rows = (causal or window is not None) and i1 - i0 > 1  # one query sees all of [k0, k1)
+        if masked_rows or block_mask is not None:
+            if masked_rows:  # the block's rows of the one rule (k1 = last + 1 here)
+                hidden = ~visible_mask(i1 - i0, k1 - k0, causal, window)  # [bq, keys]
+            else:
+                hidden = np.zeros((i1 - i0, k1 - k0), dtype=bool)
+            if block_mask is not None:
+                hidden = hidden[None] | ~block_mask[:, None, :]  # [B, bq, keys]
+                np.copyto(scores, -np.inf, where=hidden[:, None, None])
+            else:
+                cols = np.flatnonzero(hidden.any(axis=0))
+                if cols.size:  # only the columns holding a hidden key
+                    c0, c1 = cols[0], cols[-1] + 1
+                    scores[..., c0:c1] += np.where(hidden[:, c0:c1], -np.inf, 0).astype(dtype)
+        _softmax_inplace(scores)  # scores -> probabilities
+        np.matmul(scores, vv[:, :, :, k0:k1], out=out[:, :, :, i0:i1])  # [B, Hkv, G, bq, D]
+    return out.reshape(b, h, tq, d)

@@ -1,15 +1,18 @@
-"""Test any kernel against its reference: hypothesis strategies and `check_kernel`.
+"""Test any kernel (or array op) against its reference: hypothesis strategies and `check_kernel`.
 
-A kernel must give its reference's answer whatever the memory layout of its inputs, so every
-array strategy here can hand out the same logical array as
+The one home of the project's array strategies (after minitorch's ``tensor_strategies.py``): a
+kernel or an op must give its reference's answer whatever the memory layout of its inputs, so
+every array strategy here can hand out the same logical array as
 
 * ``contiguous``  a fresh C-ordered array,
-* ``transposed``  built with its axes reversed and then ``.transpose()``-d back (F-ordered view),
+* ``transposed``  built with its axes in another order and then permuted back (2-D: an F-ordered view),
 * ``sliced``      every other element of an array twice as long on each axis (strided view),
 * ``broadcast``   a size-1 axis stretched by ``np.broadcast_to`` (stride 0, read-only).
 
-Array contents come from a NumPy generator seeded by hypothesis (fast for the few-thousand-element
-arrays attention needs; hypothesis still shrinks shapes and options). Usage::
+Array contents come either from a NumPy generator seeded by hypothesis (``values="uniform"``, the
+default: fast for the few-thousand-element arrays attention needs; hypothesis still shrinks
+shapes and options) or element by element from hypothesis (``values="hypothesis"``: slower, but
+shrinks values and reaches 0 and the bounds; what small op tests want). Usage::
 
     from hypothesis import given, settings
     from axon_kernels.testing import attention_inputs, check_kernel
@@ -27,14 +30,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 __all__ = [
     "LAYOUTS",
+    "VALUES",
     "KernelArgs",
     "float_dtypes",
     "layouts",
     "shapes",
     "arrays",
+    "array",
+    "array_and_dim",
+    "broadcastable_pair",
     "matmul_inputs",
     "attention_inputs",
     "scan_inputs",
@@ -73,42 +81,98 @@ def shapes(min_dims: int = 1, max_dims: int = 3, min_side: int = 1, max_side: in
     return st.lists(st.integers(min_side, max_side), min_size=min_dims, max_size=max_dims).map(tuple)
 
 
-def _values(rng: np.random.Generator, shape, lo: float, hi: float) -> np.ndarray:
-    return rng.uniform(lo, hi, size=shape)
+VALUES = ("uniform", "hypothesis")
 
 
 @st.composite
-def arrays(draw, shape, dtype=np.float32, layout: str | None = None, lo: float = -1.0, hi: float = 1.0):
-    """An array of logical `shape` and `dtype` in a drawn (or given) memory layout.
+def arrays(draw, shape, dtype=np.float32, layout: str | None = None, lo: float = -1.0, hi: float = 1.0,
+           layouts: tuple[str, ...] = LAYOUTS, values: str = "uniform"):
+    """An array of logical `shape` and `dtype` in a given `layout` (or one drawn from `layouts`),
+    with contents in [lo, hi] drawn as `values` says ("uniform" or "hypothesis", see above).
 
     A ``broadcast`` layout needs an axis longer than 1; without one the array is contiguous.
     """
     shape = tuple(int(s) for s in shape)
-    layout = draw(layouts()) if layout is None else layout
+    if layout is None:
+        layout = draw(st.sampled_from(tuple(layouts)))
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if values not in VALUES:
+        raise ValueError(f"values must be one of {VALUES}, got {values!r}")
+    if values == "uniform":
+        rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+
+        def fill(stored):                                  # float64 values, cast to dtype at the end
+            return rng.uniform(lo, hi, size=stored)
+    else:
+        elements = st.floats(lo, hi, allow_nan=False, allow_infinity=False, width=64)
+
+        def fill(stored):
+            return draw(hnp.arrays(np.float64, stored, elements=elements))
     if layout == "transposed" and len(shape) >= 2:
-        return _values(rng, shape[::-1], lo, hi).astype(dtype).transpose()
+        # the stored array's axes in another order (not the identity), permuted back to `shape`
+        perm = draw(st.permutations(range(len(shape))).filter(lambda p: list(p) != sorted(p)))
+        stored = tuple(shape[p] for p in perm)
+        return fill(stored).astype(dtype).transpose(np.argsort(perm))
     if layout == "sliced" and len(shape) >= 1:
-        big = _values(rng, tuple(2 * s for s in shape), lo, hi).astype(dtype)
+        big = fill(tuple(2 * s for s in shape)).astype(dtype)
         return big[tuple(slice(None, None, 2) for _ in shape)]
     if layout == "broadcast" and any(s > 1 for s in shape):
         axis = draw(st.sampled_from([i for i, s in enumerate(shape) if s > 1]))
         small = shape[:axis] + (1,) + shape[axis + 1 :]
-        return np.broadcast_to(_values(rng, small, lo, hi).astype(dtype), shape)
-    return _values(rng, shape, lo, hi).astype(dtype)
+        return np.broadcast_to(fill(small).astype(dtype), shape)
+    return fill(shape).astype(dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# arrays of random small shapes, for element-wise / reduction / broadcasting ops
+# (float64 in [-3, 3], values drawn by hypothesis)
+# --------------------------------------------------------------------------------------------
 
 
 @st.composite
-def matmul_inputs(draw, max_side: int = 12, max_batch_dims: int = 2):
-    """`a` [..., M, K] and `b` [..., K, N] with broadcastable batch dims; reduction = K."""
-    dtype = draw(float_dtypes())
+def array(draw, dtype=np.float64, lo: float = -3.0, hi: float = 3.0, min_dims: int = 1, max_dims: int = 3,
+          max_side: int = 4):
+    """An array of a random small shape and a random layout."""
+    shape = draw(shapes(min_dims=min_dims, max_dims=max_dims, max_side=max_side))
+    return draw(arrays(shape, dtype, lo=lo, hi=hi, values="hypothesis"))
+
+
+@st.composite
+def broadcastable_pair(draw, dtype=np.float64, lo: float = -3.0, hi: float = 3.0, max_dims: int = 3):
+    """Two arrays whose shapes broadcast against each other (one may have fewer dims or size-1 axes)."""
+    shape = draw(shapes(min_dims=1, max_dims=max_dims))
+    other = list(shape)
+    for i in range(len(other)):
+        if draw(st.booleans()):
+            other[i] = 1
+    drop = draw(st.integers(0, len(other) - 1))
+    other = tuple(other[drop:])
+    a = draw(arrays(shape, dtype, lo=lo, hi=hi, values="hypothesis"))
+    b = draw(arrays(other, dtype, lo=lo, hi=hi, values="hypothesis"))
+    return (a, b) if draw(st.booleans()) else (b, a)
+
+
+@st.composite
+def array_and_dim(draw, dtype=np.float64, lo: float = -3.0, hi: float = 3.0, max_dims: int = 3):
+    """An array and a valid dim of it (possibly negative)."""
+    a = draw(array(dtype=dtype, lo=lo, hi=hi, max_dims=max_dims))
+    dim = draw(st.integers(-a.ndim, a.ndim - 1))
+    return a, dim
+
+
+@st.composite
+def matmul_inputs(draw, max_side: int = 12, max_batch_dims: int = 2, dtype=None, lo: float = -1.0, hi: float = 1.0,
+                  values: str = "uniform"):
+    """`a` [..., M, K] and `b` [..., K, N] with broadcastable batch dims; reduction = K.
+
+    `dtype` None draws float32 or float64."""
+    dtype = draw(float_dtypes()) if dtype is None else dtype
     m, k, n = (draw(st.integers(1, max_side)) for _ in range(3))
     batch = draw(shapes(0, max_batch_dims, 1, 3))
     batch_b = tuple(s if draw(st.booleans()) else 1 for s in batch)[draw(st.integers(0, len(batch))):]
-    a = draw(arrays(batch + (m, k), dtype))
-    b = draw(arrays(batch_b + (k, n), dtype))
+    a = draw(arrays(batch + (m, k), dtype, lo=lo, hi=hi, values=values))
+    b = draw(arrays(batch_b + (k, n), dtype, lo=lo, hi=hi, values=values))
     return KernelArgs(dict(a=a, b=b), reduction=k)
 
 

@@ -14,7 +14,7 @@ import axon
 import axon.nn as nn
 import axon.nn.functional as F
 from axon.testing import assert_close, gradcheck
-from tests.strategies import laid_out
+from axon_kernels.testing import arrays
 
 FAST = settings(max_examples=20, deadline=None)
 rng = np.random.default_rng(0)
@@ -234,11 +234,11 @@ def test_linear_layer_norm_rms_norm_match_numpy():
 @FAST
 @given(data=st.data())
 def test_fused_ops_gradcheck_on_any_layout(data):
-    x = data.draw(laid_out((2, 3, 4)))
-    w = data.draw(laid_out((5, 4)))
-    b = data.draw(laid_out((5,)))
+    x = data.draw(arrays((2, 3, 4), np.float64, lo=-3.0, hi=3.0, values="hypothesis"))
+    w = data.draw(arrays((5, 4), np.float64, lo=-3.0, hi=3.0, values="hypothesis"))
+    b = data.draw(arrays((5,), np.float64, lo=-3.0, hi=3.0, values="hypothesis"))
     gradcheck(lambda x, w, b: F.linear(x, w, b), [axon.Tensor(x), axon.Tensor(w), axon.Tensor(b)])
-    g = data.draw(laid_out((4,)))
+    g = data.draw(arrays((4,), np.float64, lo=-3.0, hi=3.0, values="hypothesis"))
     gradcheck(lambda x, g, b: F.layer_norm(x, (4,), g, b), [axon.Tensor(x), axon.Tensor(g), axon.Tensor(b[:4])])
     gradcheck(lambda x, g: F.rms_norm(x, (4,), g), [axon.Tensor(x), axon.Tensor(g)])
     gradcheck(lambda x: F.layer_norm(x, (3, 4)), [axon.Tensor(x)])

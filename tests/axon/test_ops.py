@@ -1,6 +1,6 @@
 """Property tests for every differentiable primitive: values against NumPy, gradients against
 float64 central differences, and the same gradients whatever the input's memory layout
-(contiguous, transposed, strided or broadcast — see tests/strategies.py)."""
+(contiguous, transposed, strided or broadcast — see axon_kernels.testing)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 
 import axon
 from axon.testing import assert_close, gradcheck
-from tests.strategies import LAYOUTS, array, array_and_dim, broadcastable_pair, laid_out, matmul_pair, shapes
+from axon_kernels.testing import LAYOUTS, array, array_and_dim, arrays, broadcastable_pair, matmul_inputs, shapes
 
 FAST = settings(max_examples=25, deadline=None)
+OP = dict(dtype=np.float64, lo=-3.0, hi=3.0, values="hypothesis")   # small op tests: shrinkable values
 NO_TIES = tuple(x for x in LAYOUTS if x != "broadcast")  # repeated values make max/sort kinks
 
 _erf = np.vectorize(math.erf)
@@ -185,7 +186,7 @@ def test_sum_mean_over_several_dims(a, dims):
 @given(data=st.data())
 def test_max_min_argmax(data):
     shape = data.draw(shapes())
-    a = data.draw(laid_out(shape, layouts=NO_TIES))
+    a = data.draw(arrays(shape, layouts=NO_TIES, **OP))
     assume(distinct(a))
     d = data.draw(st.integers(-a.ndim, a.ndim - 1))
     check(lambda t: t.max(d).values, lambda x: x.max(axis=d), a)
@@ -220,9 +221,9 @@ def test_softmax_is_stable_for_large_inputs():
 
 
 @FAST
-@given(pair=matmul_pair())
-def test_matmul_batched_broadcast(pair):
-    a, b = pair
+@given(args=matmul_inputs(max_side=4, **OP))
+def test_matmul_batched_broadcast(args):
+    a, b = args.kwargs["a"], args.kwargs["b"]
     check(lambda x, y: x @ y, np.matmul, a, b)
 
 
@@ -230,11 +231,11 @@ def test_matmul_batched_broadcast(pair):
 @given(data=st.data())
 def test_matmul_one_dimensional_operands(data):
     k = data.draw(st.integers(1, 4))
-    v = data.draw(laid_out((k,)))
-    m = data.draw(laid_out((k, 3)))
+    v = data.draw(arrays((k,), **OP))
+    m = data.draw(arrays((k, 3), **OP))
     check(lambda x, y: x @ y, np.matmul, v, m)
     check(lambda x, y: y.T @ x, lambda x, y: y.T @ x, v, m)
-    check(lambda x, y: x @ y, np.matmul, v, data.draw(laid_out((k,))))
+    check(lambda x, y: x @ y, np.matmul, v, data.draw(arrays((k,), **OP)))
 
 
 def test_matmul_shape_mismatch_names_both_shapes():
@@ -272,12 +273,12 @@ def test_unsqueeze_squeeze_expand(a):
 def test_cat_stack_split_chunk(data):
     shape = data.draw(shapes(min_dims=1, max_dims=3))
     d = data.draw(st.integers(-len(shape), len(shape) - 1))
-    a = data.draw(laid_out(shape))
+    a = data.draw(arrays(shape, **OP))
     other = list(shape)
     other[d] = data.draw(st.integers(1, 3))
-    b = data.draw(laid_out(tuple(other)))
+    b = data.draw(arrays(tuple(other), **OP))
     check(lambda x, y: axon.cat([x, y], dim=d), lambda x, y: np.concatenate([x, y], axis=d), a, b)
-    c = data.draw(laid_out(shape))
+    c = data.draw(arrays(shape, **OP))
     check(lambda x, y: axon.stack([x, y], dim=d), lambda x, y: np.stack([x, y], axis=d), a, c)
     n = shape[d]
     check(lambda x: x.split(2, dim=d)[-1], lambda x: np.split(x, range(2, n, 2), axis=d)[-1], a)
@@ -367,7 +368,7 @@ def test_masked_fill(a):
 @given(data=st.data())
 def test_topk_and_sort(data):
     shape = data.draw(shapes(min_dims=1, max_dims=2))
-    a = data.draw(laid_out(shape, layouts=NO_TIES))
+    a = data.draw(arrays(shape, layouts=NO_TIES, **OP))
     assume(distinct(a))
     k = data.draw(st.integers(1, a.shape[-1]))
     check(lambda t: t.topk(k).values, lambda x: -np.sort(-x, axis=-1)[..., :k], a)

@@ -11,7 +11,7 @@ from axon_llm.blocks import TransformerDecoder, TransformerEncoder
 from axon_llm.cache import KVCache
 from axon_llm.rope import RotaryEmbedding
 
-from tests.axon_llm.hf_parity import check_cached_equals_uncached, check_trains
+from tests.axon_llm.model_checks import check_cached_equals_uncached, check_trains
 
 
 def reference(q, k, v, allowed):

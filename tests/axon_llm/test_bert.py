@@ -8,10 +8,10 @@ import pytest
 import axon
 import axon.nn.functional as F
 from axon_llm import InputError
-from axon_llm.config import BertConfig
+from axon_llm.models import BertConfig
 from axon_llm.models import Bert, BertForMaskedLM, BertForSequenceClassification
 
-from tests.axon_llm.hf_parity import check_gradcheck, check_trains, load_case, rel_err
+from tests.axon_llm.model_checks import check_gradcheck, check_trains, load_case, rel_err
 
 CASES = ["bert", "bert_mlm", "bert_cls", "bert_rand0", "bert_rand1"]
 

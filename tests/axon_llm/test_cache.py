@@ -8,7 +8,7 @@ import pytest
 import axon
 from axon_llm import InputError
 from axon_llm.cache import KVCache, LayerKVCache
-from axon_llm.config import GPT2Config, LLaMAConfig
+from axon_llm.models import GPT2Config, LLaMAConfig
 from axon_llm.models import GPT2LMHead, LLaMAForCausalLM
 
 
@@ -67,3 +67,71 @@ def test_misuse_is_an_input_error():
         model(np.ones((1, 4), dtype=np.int64), cache=cache)
     with pytest.raises(InputError):
         KVCache(1, 0, 4, 1, 2)
+
+
+def test_update_returns_views_of_the_buffers_and_never_copies_the_prefix():
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    layer = LayerKVCache(1, 4096, 4, 64)                   # K and V buffers of 4 MiB each
+    prefix = rng.standard_normal((1, 4, 4000, 64)).astype(np.float32)
+    layer.update(axon.tensor(prefix), axon.tensor(prefix), 0)
+    step = axon.tensor(rng.standard_normal((1, 4, 1, 64)).astype(np.float32))
+    tracemalloc.start()
+    k_all, v_all = layer.update(step, step)                 # one decode step after the 4000-token prefix
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < layer.k[:, :, :4000].nbytes // 100        # a copy of the prefix would be 4 MB; no copy is bytes
+    for got, buf in ((k_all, layer.k), (v_all, layer.v)):
+        assert got.shape == (1, 4, 4001, 64) and len(layer) == 4001
+        assert got.data.base is buf and np.shares_memory(got.data, buf)   # a view of the buffer itself
+    np.testing.assert_array_equal(k_all.numpy()[:, :, :4000], prefix)
+    np.testing.assert_array_equal(k_all.numpy()[:, :, 4000:], step.numpy())
+    layer.k[0, 0, 0, 0] = 123.0                             # a write to the buffer shows through the view
+    assert k_all.data[0, 0, 0, 0] == 123.0
+
+
+def test_model_cache_update_returns_views_of_each_layer():
+    model = small_llama()
+    cache = model.new_cache(2, 10)
+    with axon.no_grad():
+        model(np.ones((2, 3), dtype=np.int64), cache=cache)
+        k = axon.tensor(np.ones((2, 2, 1, 4), np.float32))
+        k_all, v_all = cache.update(1, k, k)                # layer 1's next slot (3)
+    assert k_all.shape == (2, 2, 4, 4)
+    assert k_all.data.base is cache.layers[1].k and v_all.data.base is cache.layers[1].v
+
+
+def _caches():
+    from axon_llm.models.hydra import HydraConfig, HydraModel
+    from axon_llm.models.ssm import SSMConfig, SSMForCausalLM
+
+    axon.manual_seed(0)
+    hydra = HydraModel(HydraConfig(vocab_size=30, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                   state_size=4, intermediate_size=32, sliding_window=3)).eval()
+    ssm = SSMForCausalLM(SSMConfig.from_d_model(16, 30, num_layers=2)).eval()
+    return {"kv": small_llama(), "ssm": ssm, "hybrid": hydra}
+
+
+@pytest.mark.parametrize("kind", ["kv", "ssm", "hybrid"])
+def test_every_cache_has_the_small_interface_and_reorders_rows(kind):
+    """update / reorder / len / max_length on KV, SSM state and the SSM + window-KV hybrid:
+    after reorder([1, 1]) both rows continue row 1, exactly as a cache filled with row 1 twice."""
+    from axon_llm.cache import Cache
+
+    model = _caches()[kind]
+    ids = np.random.default_rng(1).integers(0, 30, (2, 5))
+    nxt = np.array([[7], [7]])
+    with axon.no_grad():
+        cache = model.new_cache(2, 8)
+        assert isinstance(cache, Cache) and all(isinstance(layer, Cache) for layer in cache.layers)
+        model(ids, cache=cache)
+        assert len(cache) == 5 and cache.max_length in (8, None)
+        cache.reorder(np.array([1, 1]))
+        got = model(nxt, cache=cache).numpy()
+        want_cache = model.new_cache(2, 8)
+        model(ids[[1, 1]], cache=want_cache)
+        want = model(nxt, cache=want_cache).numpy()
+    assert len(cache) == 6
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got[0], got[1])

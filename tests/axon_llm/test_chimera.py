@@ -16,7 +16,7 @@ from axon_llm.models.chimera import ChimeraConfig, ChimeraModel, DifferentialAtt
 from axon_llm.moe import load_balancing_loss
 from axon_llm.rope import RotaryEmbedding
 
-from tests.axon_llm.family_checks import (
+from tests.axon_llm.model_checks import (
     check_cache_matches_full, check_causal, check_every_parameter_gets_gradient, check_gradients_by_central_differences, check_learns, logits_np,
 )
 
@@ -118,7 +118,7 @@ def test_forward_with_loss_averages_the_layers(tiny):
     ids = np.random.default_rng(0).integers(0, tiny.config.vocab_size, (2, 9))
     with axon.no_grad():
         logits, lb = tiny.forward_with_loss(ids, ids)
-        _, router_logits, _ = tiny._run(ids)
+        _, router_logits = tiny.forward_with_router_logits(ids)
         per_layer = [load_balancing_loss(r, tiny.config.num_experts_per_tok).item() for r in router_logits]
         np.testing.assert_allclose(logits.numpy(), tiny(ids).numpy(), rtol=0, atol=1e-6)
     assert len(per_layer) == tiny.config.num_hidden_layers

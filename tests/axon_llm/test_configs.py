@@ -8,10 +8,10 @@ import tracemalloc
 import pytest
 
 from axon_llm import ConfigError, UnsupportedError
-from axon_llm.config import BertConfig, GPT2Config, LLaMAConfig, MistralConfig, Phi3Config, PhiConfig
+from axon_llm.models import BertConfig, GPT2Config, LLaMAConfig, MistralConfig, Phi3Config, PhiConfig
 from axon_llm.models import LLaMAForCausalLM, MistralForCausalLM
 
-from tests.axon_llm.hf_parity import HF
+from tests.axon_llm.model_checks import HF
 
 # published parameter counts (model cards / transformers num_parameters())
 PUBLISHED = [

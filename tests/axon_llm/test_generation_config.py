@@ -64,7 +64,7 @@ def test_builders_validate_too():
 
 def _tiny_llama(**kw):
     import axon
-    from axon_llm.config import LLaMAConfig
+    from axon_llm.models import LLaMAConfig
     from axon_llm.models.llama import LLaMAForCausalLM
 
     axon.manual_seed(0)

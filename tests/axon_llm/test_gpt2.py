@@ -7,11 +7,11 @@ import pytest
 
 import axon.nn.functional as F
 from axon_llm import InputError
-from axon_llm.config import GPT2Config
+from axon_llm.models import GPT2Config
 from axon_llm.models import GPT2LMHead
 from axon_llm.models.gpt2 import CONV1D_WEIGHTS
 
-from tests.axon_llm.hf_parity import (
+from tests.axon_llm.model_checks import (
     check_cached_equals_uncached, check_causal_parity, check_gradcheck, check_left_padding, check_trains, load_case,
 )
 

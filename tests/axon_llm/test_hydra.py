@@ -11,7 +11,7 @@ from axon_llm import ConfigError
 from axon_llm.mamba import MambaMixer, MambaState
 from axon_llm.models.hydra import HydraConfig, HydraModel, WindowAttention, WindowKVCache
 
-from tests.axon_llm.family_checks import (
+from tests.axon_llm.model_checks import (
     check_cache_matches_full, check_causal, check_every_parameter_gets_gradient, check_gradients_by_central_differences, check_learns, logits_np,
     next_token_loss,
 )

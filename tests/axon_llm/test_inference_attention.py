@@ -1,5 +1,5 @@
-"""attend_inference (the no-autograd attention used by prefill and decoding) against the
-composite definition in axon.nn.functional, and attend's choice between the two."""
+"""axon_kernels.blas_attention (the no-autograd attention used by prefill and decoding) against
+the composite definition in axon.nn.functional, and attend's choice between the two."""
 
 from __future__ import annotations
 
@@ -8,22 +8,21 @@ import pytest
 
 import axon
 import axon.nn.functional as F
-from axon_llm import attention
-from axon_llm.attention import attend, attend_inference
+import axon_kernels as kernels
+from axon_llm.attention import attend
 
 
 @pytest.mark.parametrize("t, s, causal, window", [
     (1, 7, True, None), (5, 5, False, None), (3, 9, False, None), (300, 300, True, None), (40, 300, True, None),
     (200, 200, True, 50), (1, 90, True, 30), (130, 130, True, 7), (2, 2, True, 1),
 ])
-def test_equals_the_sdpa_definition(t, s, causal, window, monkeypatch):
-    monkeypatch.setattr(attention, "INFERENCE_QUERY_BLOCK", 64)     # several query blocks at t >= 130
+def test_equals_the_sdpa_definition(t, s, causal, window):
     rng = np.random.default_rng(t * 1000 + s)
     q = rng.standard_normal((2, 6, t, 16)).astype(np.float32)       # GQA: 6 query heads over 2 K/V heads
     k = rng.standard_normal((2, 2, s, 16)).astype(np.float32)
     v = rng.standard_normal((2, 2, s, 16)).astype(np.float32)
     ref = F._sdpa_reference(axon.tensor(q), axon.tensor(k), axon.tensor(v), None, 0.0, causal, 0.25, window).numpy()
-    got = attend_inference(q, k, v, causal, window, 0.25)
+    got = kernels.blas_attention(q, k, v, causal, window, 0.25, block_q=64)    # several query blocks at t >= 130
     assert got.shape == ref.shape and got.dtype == np.float32
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=2e-6)
 

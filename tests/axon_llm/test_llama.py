@@ -8,10 +8,10 @@ import pytest
 import axon
 import axon.nn.functional as F
 from axon_llm import InputError
-from axon_llm.config import LLaMAConfig
+from axon_llm.models import LLaMAConfig
 from axon_llm.models import LLaMAForCausalLM
 
-from tests.axon_llm.hf_parity import (
+from tests.axon_llm.model_checks import (
     check_cached_equals_uncached, check_causal_parity, check_gradcheck, check_left_padding, check_trains,
 )
 

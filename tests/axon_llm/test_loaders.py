@@ -15,7 +15,7 @@ from axon_llm.auto import from_pretrained
 from axon_llm.auto import load_llama_from_hf, load_mistral_from_hf
 from axon_llm.loaders import HFLoader, read_safetensors, write_safetensors
 
-from tests.axon_llm.hf_parity import HF, logits_np
+from tests.axon_llm.model_checks import HF, logits_np
 
 ROUND_TRIP = ["gpt2", "bert", "bert_mlm", "bert_cls", "llama", "mistral", "mixtral", "phi", "phi3"]
 

@@ -7,13 +7,13 @@ import pytest
 
 import axon
 import axon.nn.functional as F
-from axon_llm.config import MistralConfig
+from axon_llm.models import MistralConfig
 from axon_llm.models import MistralForCausalLM
 from axon_llm.moe import load_balancing_loss
 
-from tests.axon_llm.hf_parity import (
+from tests.axon_llm.model_checks import (
     check_cached_equals_uncached, check_causal_parity, check_gradcheck, check_left_padding, check_trains,
-    load_case, logits_np,
+    load_case, logits_np, rel_err,
 )
 
 CASES = ["mistral", "mistral_rand0", "mistral_rand1", "mixtral"]
@@ -29,6 +29,17 @@ def micro(**kw) -> MistralConfig:
 @pytest.mark.parametrize("case", CASES)
 def test_matches_transformers(case):
     check_causal_parity(case)
+
+
+def test_left_padded_batch_through_the_window_matches_transformers():
+    """A left-padded batch four windows long (W = 3) gives transformers' logits at every real position."""
+    model, e = load_case("mistral_window_padded")
+    assert model.config.sliding_window == 3 and e["input_ids"].shape[1] >= 4 * 3
+    real = e["attention_mask"] == 1
+    assert not real.all()                                       # the batch really is padded
+    got = logits_np(model, e["input_ids"], attention_mask=e["attention_mask"])
+    assert rel_err(got[real], e["logits"][real]) < 1e-4
+    assert np.isfinite(got).all()
 
 
 def test_fixture_generation_runs_past_the_window():

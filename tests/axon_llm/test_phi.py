@@ -7,10 +7,10 @@ import pytest
 
 import axon.nn.functional as F
 from axon_llm import ConfigError
-from axon_llm.config import Phi3Config, PhiConfig
+from axon_llm.models import Phi3Config, PhiConfig
 from axon_llm.models import PhiForCausalLM
 
-from tests.axon_llm.hf_parity import (
+from tests.axon_llm.model_checks import (
     check_cached_equals_uncached, check_causal_parity, check_gradcheck, check_left_padding, check_trains,
 )
 

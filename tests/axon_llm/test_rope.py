@@ -82,3 +82,21 @@ def test_dynamic_tables_follow_the_longest_position_of_the_call():
     short_cos, _ = rope.cos_sin(np.array([[0, 1, 2]]))
     long_cos, _ = rope.cos_sin(np.array([[0, 1, 2, 3, 4, 5, 6, 7]]))
     assert not np.allclose(short_cos[..., :3, :], long_cos[..., :3, :])
+
+
+@pytest.mark.parametrize("rot", [8, 4])                 # full and partial rotary
+def test_apply_rotary_pos_emb_equals_the_rotate_half_composite_and_its_gradient(rot):
+    """apply_rotary_pos_emb is one autograd node; the composite x cos + rotate_half(x) sin is its reference."""
+    rng = np.random.default_rng(rot)
+    x = rng.standard_normal((2, 3, 5, 8))
+    cos, sin = RotaryEmbedding(rot, 32).cos_sin(np.arange(5)[None].repeat(2, 0))
+    fast_x, ref_x = axon.tensor(x, requires_grad=True), axon.tensor(x, requires_grad=True)
+    fast = apply_rotary_pos_emb(fast_x, cos, sin)
+    c, s = axon.tensor(np.asarray(cos, np.float64)), axon.tensor(np.asarray(sin, np.float64))
+    rotated = ref_x[..., :rot] * c + rotate_half(ref_x[..., :rot]) * s
+    ref = axon.cat([rotated, ref_x[..., rot:]], dim=-1) if rot < 8 else rotated
+    np.testing.assert_allclose(fast.detach().numpy(), ref.detach().numpy(), rtol=1e-12, atol=1e-12)
+    w = axon.tensor(rng.standard_normal(x.shape))
+    (fast * w).sum().backward()
+    (ref * w).sum().backward()
+    np.testing.assert_allclose(fast_x.grad.numpy(), ref_x.grad.numpy(), rtol=1e-12, atol=1e-12)

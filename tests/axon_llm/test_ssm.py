@@ -16,7 +16,7 @@ from axon_llm.auto import from_pretrained
 from axon_llm.mamba import MambaMixer
 from axon_llm.models.ssm import SSMConfig, SSMForCausalLM
 
-from tests.axon_llm.family_checks import (
+from tests.axon_llm.model_checks import (
     check_cache_matches_full, check_causal, check_every_parameter_gets_gradient, check_gradients_by_central_differences, check_learns, logits_np,
     next_token_loss,
 )
@@ -68,7 +68,10 @@ def test_state_dict_names_are_transformers_names(fixtures_dir):
     from axon_llm.loaders.safetensors import HFLoader
 
     model, _ = _load(fixtures_dir, "mamba")
-    assert set(model.state_dict()) == set(HFLoader(fixtures_dir / "hf" / "mamba").keys())
+    # the tied head is one Parameter under two keys, as in transformers' state_dict; the file stores it once
+    assert set(model.state_dict()) == set(HFLoader(fixtures_dir / "hf" / "mamba").keys()) | {"lm_head.weight"}
+    assert model.tied_weights() == ("lm_head.weight",)
+    assert model.lm_head.weight is model.backbone.embeddings.weight
 
 
 def test_save_pretrained_round_trip(fixtures_dir, tmp_path):

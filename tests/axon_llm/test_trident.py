@@ -19,7 +19,7 @@ from axon_llm.auto import from_pretrained
 from axon_llm.models.trident import TridentConfig, TridentModel
 from axon_llm.ternary import TernaryLinear, latent_weight, pack_hf_ternary, unpack_hf_ternary
 
-from tests.axon_llm.family_checks import (
+from tests.axon_llm.model_checks import (
     check_cache_matches_full, check_causal, check_every_parameter_gets_gradient, check_learns, logits_np,
     next_token_loss,
 )

@@ -16,24 +16,35 @@ SMALL = dict(max_len=10, max_dim=6, max_heads=2, max_block=8) if jit_disabled() 
 EXAMPLES = 10 if jit_disabled() else 40
 
 
-def _naive(q, k, v, causal, window, scale):
-    """Per head, per query: masked softmax over the keys, written out with no vectorisation tricks."""
+def _naive(q, k, v, causal, window, scale, key_mask=None):
+    """Per head, per query: masked softmax over the keys, written out with no vectorisation tricks.
+
+    The visibility rule spelled out independently of `visible_mask`: the query at position
+    p = Tk - Tq + i sees key j when j <= p (causal, or any window), j > p - W (window W) and
+    key_mask[b, j] (padding). A query that sees no key gives zeros (lse -inf).
+    """
     b, h, tq, d = q.shape
     hkv, tk = k.shape[1], k.shape[2]
     scale = d ** -0.5 if scale is None else scale
     out = np.zeros(q.shape)
-    lse = np.zeros(q.shape[:3])
+    lse = np.full(q.shape[:3], -np.inf)
     for bi in range(b):
         for hi in range(h):
             kh = hi // (h // hkv)
             for i in range(tq):
                 p = tk - tq + i
-                seen = [j for j in range(tk) if (not (causal or window) or j <= p) and (window is None or j > p - window)]
+                seen = [j for j in range(tk) if (not (causal or window) or j <= p) and (window is None or j > p - window)
+                        and (key_mask is None or key_mask[bi, j])]
+                if not seen:
+                    continue
                 s = np.array([q[bi, hi, i] @ k[bi, kh, j] * scale for j in seen])
                 w = np.exp(s - s.max())
                 out[bi, hi, i] = (w[:, None] * v[bi, kh, seen]).sum(0) / w.sum()
                 lse[bi, hi, i] = s.max() + np.log(w.sum())
     return out, lse
+
+
+naive_attention = _naive  # the one reference the visibility tests in tests/axon_llm compare every path to
 
 
 @settings(max_examples=EXAMPLES, deadline=None)
@@ -161,3 +172,77 @@ def test_backward_bad_saved_shapes():
     q = np.zeros((1, 1, 4, 8), np.float32)
     with pytest.raises(ValueError, match="lse must have shape"):
         kernels.flash_attention_backward(q, q, q, q, np.zeros((1, 1, 3), np.float32), q)
+
+
+# ------------------------------------------------------------------ the one visibility rule
+
+
+WINDOWS = (None, 1, 2, 3, 7)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("window", WINDOWS)
+def test_numba_predicates_equal_visible_mask(causal, window):
+    """The Numba kernels inline the rule per element (`_masked`) and per block (`_kv_range`);
+    both equal `visible_mask` / `visible_key_range` for every query/key pair and block."""
+    from axon_kernels.attention import _kv_range, _masked, visible_key_range
+
+    for tk in range(1, 9):
+        for tq in range(1, tk + 1):
+            mask = kernels.visible_mask(tq, tk, causal, window)
+            for i in range(tq):
+                p = tk - tq + i
+                got = [not _masked(j, p, causal, window or 0) for j in range(tk)]
+                assert got == mask[i].tolist(), (tq, tk, i)
+            for i0 in range(tq):
+                for i1 in range(i0 + 1, tq + 1):
+                    p0, p1 = tk - tq + i0, tk - tq + i1 - 1
+                    lo, hi = _kv_range(p0, p1, tk, causal, window or 0)
+                    assert (lo, hi) == visible_key_range(p0, p1, tk, causal, window)
+                    cols = np.flatnonzero(mask[i0:i1].any(axis=0))  # the range is the tight hull of what the block sees
+                    assert (lo, hi) == (cols[0], cols[-1] + 1)
+
+
+def test_visible_mask_window_implies_causal_and_key_mask_adds_padding():
+    # the issue's example: a window without causal still hides later keys (on every path)
+    np.testing.assert_array_equal(kernels.visible_mask(3, 3, False, 2), kernels.visible_mask(3, 3, True, 2))
+    assert kernels.visible_mask(3, 3, False, 2).tolist() == [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
+    km = np.array([[False, True, True], [True, True, True]])
+    got = kernels.visible_mask(2, 3, True, None, km)  # [B, 1, Tq, Tk]; queries at positions 1, 2
+    assert got.shape == (2, 1, 2, 3)
+    assert got[0, 0].tolist() == [[0, 1, 0], [0, 1, 1]] and got[1, 0].tolist() == [[1, 1, 0], [1, 1, 1]]
+    with pytest.raises(ValueError, match="window"):
+        kernels.visible_mask(2, 2, True, 0)
+    with pytest.raises(ValueError, match="key_mask"):
+        kernels.visible_mask(2, 2, True, None, np.ones((1, 3), bool))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.parametrize("pad", [0, 3])
+@pytest.mark.parametrize("tq, tk", [(6, 6), (1, 6), (3, 8)])
+def test_blas_attention_and_its_reference_equal_the_naive_softmax(causal, window, pad, tq, tk):
+    """causal x window x left padding x cache offset (Tq < Tk); GQA; blocks of 2 queries."""
+    rng = np.random.default_rng(tq * 100 + tk + pad)
+    q = rng.standard_normal((2, 4, tq, 5))
+    k, v = rng.standard_normal((2, 2, tk, 5)), rng.standard_normal((2, 2, tk, 5))
+    key_mask = np.ones((2, tk), bool)
+    key_mask[1, :pad] = False  # row 1 left-padded
+    want, _ = _naive(q, k, v, causal, window, 0.3, key_mask)
+    for fn in (kernels.blas_attention, kernels.blas_attention_ref):
+        got = fn(q, k, v, causal, window, 0.3, key_mask, block_q=2)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+        f32 = fn(*(x.astype(np.float32) for x in (q, k, v)), causal, window, 0.3, key_mask, block_q=2)
+        assert f32.dtype == np.float32
+        np.testing.assert_allclose(f32, want, rtol=1e-5, atol=1e-5)
+
+
+def test_blas_attention_bad_key_mask_and_shapes_raise():
+    q = np.zeros((1, 2, 3, 4))
+    k = np.zeros((1, 1, 3, 4))
+    with pytest.raises(ValueError, match="key_mask"):
+        kernels.blas_attention(q, k, k, key_mask=np.ones((1, 2), bool))
+    with pytest.raises(ValueError, match="key_mask"):
+        kernels.blas_attention(q, k, k, key_mask=np.ones((1, 3), np.int64))
+    with pytest.raises(ValueError, match="multiple"):
+        kernels.blas_attention(np.zeros((1, 3, 3, 4)), np.zeros((1, 2, 3, 4)), np.zeros((1, 2, 3, 4)))

@@ -1,4 +1,4 @@
-"""kernels.testing: the strategies really produce every layout, and check_kernel fails on the
+"""axon_kernels.testing: the strategies really produce every layout, and check_kernel fails on the
 mistakes it exists to catch (wrong values, wrong shapes, NaN in the wrong place, mutated inputs)."""
 
 from __future__ import annotations
@@ -9,7 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import axon_kernels as kernels
-from axon_kernels.testing import LAYOUTS, arrays, check_kernel, default_tolerance, matmul_inputs
+from axon_kernels.testing import (
+    LAYOUTS, array_and_dim, arrays, broadcastable_pair, check_kernel, default_tolerance, matmul_inputs,
+)
 
 
 @settings(max_examples=30, deadline=None)
@@ -72,3 +74,31 @@ def test_check_kernel_rejects_a_kernel_that_writes_its_inputs():
 
     with pytest.raises(AssertionError, match="modified an input"):
         check_kernel(sneaky, kernels.matmul_ref, np.ones((2, 2)), np.ones((2, 2)))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.data())
+def test_hypothesis_values_stay_in_bounds_in_the_allowed_layouts(data):
+    shape = data.draw(st.sampled_from([(3,), (2, 3), (2, 3, 2)]))
+    allowed = ("sliced", "transposed")
+    a = data.draw(arrays(shape, np.float64, lo=-0.5, hi=2.0, layouts=allowed, values="hypothesis"))
+    assert a.shape == shape and a.dtype == np.float64
+    assert np.all((a >= -0.5) & (a <= 2.0))
+    assert a.flags.writeable and (len(shape) == 1 or not a.flags.c_contiguous)   # never contiguous / broadcast here
+
+
+@settings(max_examples=30, deadline=None)
+@given(pair=broadcastable_pair(), ad=array_and_dim())
+def test_pairs_broadcast_and_dims_are_valid(pair, ad):
+    np.broadcast_shapes(pair[0].shape, pair[1].shape)
+    a, dim = ad
+    assert -a.ndim <= dim < a.ndim
+
+
+@settings(max_examples=1, deadline=None)
+@given(st.data())
+def test_unknown_layout_or_values_is_a_clear_error(data):
+    with pytest.raises(ValueError, match="layout"):
+        data.draw(arrays((2,), layout="diagonal"))
+    with pytest.raises(ValueError, match="values"):
+        data.draw(arrays((2,), values="normal"))

@@ -1,0 +1,222 @@
+"""Each fused op of ``axon.nn._fused`` equals its composite built from autograd primitives.
+
+For every one of the seven ops (Linear, LayerNorm, RMSNorm, Embedding, CrossEntropy, Dropout,
+Conv1d), in float64:
+
+* forward: the fused node's output equals the composite's;
+* backward: the hand-written gradients of ``sum(out * W)`` (``W`` fixed random weights, so
+  every output element matters) equal the gradients autograd derives through the composite;
+* and the fused node passes float64 central differences (``axon.testing.gradcheck``).
+
+Tolerance ``1e-10`` (relative and absolute): both sides compute the same function in float64
+with different operation orders, so they differ by the float64 unit roundoff ``1.1e-16`` times
+the longest reduction (here < 50 terms) times the values' magnitude (< 100): ~1e-12. A wrong
+formula (a missing term, a wrong sign or scale, a gradient scattered to the wrong row) is
+O(1) off; ``test_the_check_catches_a_wrong_backward`` shows one such mutation fails.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import axon
+from axon.nn import _fused
+from axon.testing import assert_close, gradcheck
+
+TOL = 1e-10
+
+
+def _tensors(arrays):
+    return [axon.Tensor(np.array(a), requires_grad=True) if isinstance(a, np.ndarray) and a.dtype.kind == "f"
+            else a for a in arrays]
+
+
+def check_against_composite(fused, composite, *inputs, numeric: bool = True) -> None:
+    """``fused(*inputs)`` equals ``composite(*inputs)`` in value and in every float input's gradient,
+    and (``numeric``) passes float64 central differences in every float input."""
+    a, b = _tensors(inputs), _tensors(inputs)
+    out_f, out_c = fused(*a), composite(*b)
+    assert out_f.shape == out_c.shape
+    assert_close(out_f, out_c.numpy(), rtol=TOL, atol=TOL)
+    w = axon.Tensor(np.random.default_rng(7).standard_normal(out_f.shape))
+    (out_f * w).sum().backward()
+    (out_c * w).sum().backward()
+    for i, (tf, tc) in enumerate(zip(a, b)):
+        if isinstance(tf, axon.Tensor) and tf.requires_grad:
+            assert tf.grad is not None and tc.grad is not None, f"input {i} got no gradient"
+            assert_close(tf.grad, tc.grad.numpy(), rtol=TOL, atol=TOL)
+    if not numeric:
+        return
+    idx = [i for i, x in enumerate(inputs) if isinstance(x, np.ndarray) and x.dtype.kind == "f"]
+
+    def only(*ts):
+        full = list(inputs)
+        for i, t in zip(idx, ts):
+            full[i] = t
+        return fused(*full)
+
+    gradcheck(only, [axon.Tensor(inputs[i]) for i in idx])
+
+
+rng = np.random.default_rng(0)
+
+
+def randn(*shape):
+    return rng.standard_normal(shape)
+
+
+# ------------------------------------------------------------------------------ linear
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear(bias):
+    def composite(x, w, b=None):
+        y = x @ w.transpose(0, 1)                                         # [..., out]
+        return y + b if b is not None else y
+
+    def fused(x, w, b=None):
+        return _fused.Linear.apply(x, w, b)
+
+    args = (randn(2, 3, 4), randn(5, 4)) + ((randn(5),) if bias else ())
+    check_against_composite(fused, composite, *args)
+
+
+# ------------------------------------------------------------------------------ norms
+@pytest.mark.parametrize("n, affine", [(1, True), (2, True), (1, False)])
+def test_layer_norm(n, affine):
+    eps = 1e-5
+    dims = tuple(range(-n, 0))
+
+    def composite(x, w=None, b=None):
+        mu = x.mean(dims, keepdim=True)
+        var = ((x - mu) * (x - mu)).mean(dims, keepdim=True)
+        y = (x - mu) / (var + eps).sqrt()
+        return y * w + b if w is not None else y
+
+    def fused(x, w=None, b=None):
+        return _fused.LayerNorm.apply(x, w, b, n=n, eps=eps)
+
+    shape = (2, 3, 4)[-n:]
+    args = (randn(2, 3, 4),) + ((randn(*shape), randn(*shape)) if affine else ())
+    check_against_composite(fused, composite, *args)
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_rms_norm(affine):
+    eps = 1e-6
+
+    def composite(x, w=None):
+        y = x / ((x * x).mean(-1, keepdim=True) + eps).sqrt()
+        return y * w if w is not None else y
+
+    def fused(x, w=None):
+        return _fused.RMSNorm.apply(x, w, eps=eps)
+
+    check_against_composite(fused, composite, *((randn(2, 3, 5),) + ((randn(5),) if affine else ())))
+
+
+# ------------------------------------------------------------------------------ embedding
+@pytest.mark.parametrize("padding_idx", [None, 2])
+def test_embedding(padding_idx):
+    ids = np.array([[1, 2, 1, 0], [4, 2, 2, 3]])                          # repeated ids sum their rows
+
+    def composite(ids, w):
+        rows = w[ids]                                                     # [..., D]
+        if padding_idx is None:
+            return rows
+        pad = axon.Tensor((ids == padding_idx)[..., None].astype(np.float64))
+        return rows * (1 - pad) + rows.detach() * pad                     # the padding row gets no gradient
+
+    def fused(ids, w):
+        return _fused.Embedding.apply(ids, w, padding_idx=padding_idx)
+
+    # with padding_idx the padding row's gradient is 0 by definition (torch's), not the derivative
+    check_against_composite(fused, composite, ids, randn(5, 3), numeric=padding_idx is None)
+
+
+# ------------------------------------------------------------------------------ cross-entropy
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy(reduction, smoothing):
+    ignore = -100
+    target = np.array([0, 3, ignore, 1, 3, 2])
+
+    def composite(logits, target):
+        lp = logits.log_softmax(-1)                                       # [N, C]
+        valid = target != ignore
+        safe = np.where(valid, target, 0)
+        nll = -lp[np.arange(len(target)), safe]                           # [N]
+        loss = (1 - smoothing) * nll - smoothing * lp.mean(-1)
+        loss = loss * axon.Tensor(valid.astype(np.float64))
+        if reduction == "none":
+            return loss
+        return loss.sum() / (int(valid.sum()) if reduction == "mean" else 1)
+
+    def fused(logits, target):
+        return _fused.CrossEntropy.apply(logits, target, ignore_index=ignore, label_smoothing=smoothing,
+                                         reduction=reduction)
+
+    check_against_composite(fused, composite, randn(6, 4) * 3, target)
+
+
+# ------------------------------------------------------------------------------ dropout
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.9])
+def test_dropout(p):
+    seed = 11
+
+    def composite(x):
+        keep = np.random.default_rng(seed).random(x.shape, dtype=np.float32) >= p   # the same draw
+        return x * axon.Tensor(keep.astype(np.float64)) / (1 - p)
+
+    def fused(x):
+        return _fused.Dropout.apply(x, p=p, rng=np.random.default_rng(seed))
+
+    check_against_composite(fused, composite, randn(4, 6))
+
+
+# ------------------------------------------------------------------------------ conv1d
+@pytest.mark.parametrize("cin, cout, k, stride, dilation, groups, bias", [
+    (4, 6, 3, 1, 1, 1, True),       # dense
+    (4, 6, 2, 2, 2, 2, True),       # grouped, strided, dilated
+    (5, 5, 4, 1, 1, 5, True),       # depthwise (Mamba's causal conv)
+    (3, 3, 2, 2, 3, 3, False),      # depthwise, strided, dilated, no bias
+])
+def test_conv1d(cin, cout, k, stride, dilation, groups, bias):
+    length = 11
+
+    def composite(x, w, b=None):
+        # y[b, o, t] = sum_{i in o's group, j} w[o, i, j] x[b, i, t*stride + j*dilation] (+ bias[o])
+        lout = (length - dilation * (k - 1) - 1) // stride + 1
+        cin_g, cout_g = cin // groups, cout // groups
+        outs = []
+        for g in range(groups):
+            xg = x[:, g * cin_g:(g + 1) * cin_g]                          # [B, Cin/G, L]
+            wg = w[g * cout_g:(g + 1) * cout_g]                           # [Cout/G, Cin/G, K]
+            yg = None
+            for j in range(k):
+                taps = xg[:, :, j * dilation: j * dilation + stride * (lout - 1) + 1: stride]   # [B, Cin/G, Lout]
+                term = wg[:, :, j] @ taps                                 # [B, Cout/G, Lout]
+                yg = term if yg is None else yg + term
+            outs.append(yg)
+        y = axon.cat(outs, dim=1)                                         # [B, Cout, Lout]
+        return y + b.reshape(cout, 1) if b is not None else y
+
+    def fused(x, w, b=None):
+        return _fused.Conv1d.apply(x, w, b, stride=stride, dilation=dilation, groups=groups)
+
+    args = (randn(2, cin, length), randn(cout, cin // groups, k)) + ((randn(cout),) if bias else ())
+    check_against_composite(fused, composite, *args)
+
+
+# ------------------------------------------------------------------------------ the check itself
+def test_the_check_catches_a_wrong_backward(monkeypatch):
+    """A mutation of one hand-written backward (RMSNorm's weight gradient scaled by 1.001)
+    is caught: the tolerance sits far below a real bug."""
+    real = _fused.RMSNorm.backward
+
+    def wrong(ctx, grad):
+        gx, gw = real(ctx, grad)
+        return gx, gw * 1.001
+
+    monkeypatch.setattr(_fused.RMSNorm, "backward", staticmethod(wrong))
+    with pytest.raises(AssertionError):
+        test_rms_norm(True)
