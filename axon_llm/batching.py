@@ -75,7 +75,7 @@ def _row_view(cache: KVCache, n: int) -> KVCache:
     view.layers = []
     for layer in cache.layers:
         lv = LayerKVCache.__new__(LayerKVCache)
-        lv.k, lv.v = layer.k[:n], layer.v[:n]
+        lv.k, lv.v, lv.length = layer.k[:n], layer.v[:n], cache.length
         view.layers.append(lv)
     view.batch_size, view.max_length, view.length = n, cache.max_length, cache.length
     view.key_mask, view.seen = cache.key_mask[:n], cache.seen[:n]
