@@ -34,7 +34,8 @@ def server():
     lines = []
     app = ServerApp(from_pretrained(CHAT), HFTokenizer.from_pretrained(CHAT), CHAT,
                     from_pretrained(EMBED), HFTokenizer.from_pretrained(EMBED), EMBED,
-                    api_key=KEY, max_batch=8, max_body=64 * 1024, log=lines.append)
+                    api_key=KEY, max_batch=8, max_body=64 * 1024, log=lines.append,
+                    timeout_s=1800.0)          # a slow machine (NUMBA_DISABLE_JIT=1) must not cut answers
     srv = make_server(app, "127.0.0.1", 0)
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -47,7 +48,7 @@ def server():
 
 @pytest.fixture(scope="module")
 def client(server):
-    return openai.OpenAI(base_url=server[1] + "/v1", api_key=KEY, max_retries=0, timeout=300)
+    return openai.OpenAI(base_url=server[1] + "/v1", api_key=KEY, max_retries=0, timeout=1800)
 
 
 def _post(url, path, body, key=KEY, raw=None, headers=None):
@@ -56,7 +57,7 @@ def _post(url, path, body, key=KEY, raw=None, headers=None):
     hdrs = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})}
     req = urllib.request.Request(url + path, data=data, headers=hdrs, method="POST")
     try:
-        with urllib.request.urlopen(req, timeout=300) as r:
+        with urllib.request.urlopen(req, timeout=1800) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
