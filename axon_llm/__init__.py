@@ -20,7 +20,7 @@ from axon_llm.models import (
     ChimeraForCausalLM, ChimeraModel, GPT2Config, GPT2ForCausalLM, GPT2LMHead, GPT2Model, HydraConfig,
     HydraForCausalLM, HydraModel, LLaMAConfig, LLaMAForCausalLM, LLaMAModel, MistralConfig, MistralForCausalLM,
     MistralModel, Phi3Config, PhiConfig, PhiForCausalLM, PhiModel, SSMConfig, SSMForCausalLM, TridentConfig,
-    TridentForCausalLM, TridentModel,
+    TridentForCausalLM, TridentModel, Qwen2Config, Qwen2ForCausalLM, Gemma3Config, Gemma3ForCausalLM,
 )
 from axon_llm.models.ssm import SSMBlock
 from axon_llm.ternary import TernaryLinear

@@ -149,6 +149,7 @@ class MultiHeadAttention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.layer_idx, self.sliding_window, self.causal, self.dropout = layer_idx, sliding_window, causal, dropout
         self.rotary = rotary
+        self.scale: float | None = None                      # score scale; None = head_dim ** -0.5
         self.make_projections(hidden_size, bias)
         setattr(self, self.out_name, nn.Linear(num_heads * head_dim, hidden_size,
                                                bias=bias if out_bias is None else out_bias))
@@ -174,6 +175,6 @@ class MultiHeadAttention(nn.Module):
             q, k = apply_rotary_pos_emb(q, cos, sin), apply_rotary_pos_emb(k, cos, sin)
         if ctx.cache is not None:
             k, v = ctx.cache.update(self.layer_idx, k, v)                  # views [B, Hkv, S, Dh]
-        out = attend(q, k, v, ctx, causal=self.causal, window=self.sliding_window,
+        out = attend(q, k, v, ctx, causal=self.causal, window=self.sliding_window, scale=self.scale,
                      dropout_p=self.dropout if self.training else 0.0)      # [B, H, T, Dh]
         return getattr(self, self.out_name)(merge_heads(out))              # [B, T, d]

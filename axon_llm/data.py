@@ -134,15 +134,24 @@ def load_training_tokenizer(spec: str, *, for_mlm: bool = False):
 
 def read_text(path) -> str:
     """The UTF-8 text of a training file (``InputError`` naming the file when it is missing or unreadable)."""
+    from axon_llm.limits import check_memory
+
     p = Path(path)
     if not p.exists():
         raise InputError(f"training data file not found: {p}")
-    if not p.is_file():
+    if p.is_dir():
         raise InputError(f"training data must be a text file, {p} is a directory")
+    if not p.is_file():
+        raise InputError(f"training data must be a regular text file, {p} is not (a device, FIFO or socket)")
+    size = p.stat().st_size
+    # the text, its str and one int64 token per byte at most are held at once
+    check_memory(size * 14, f"the training data {p} ({size} bytes)", "train on a smaller file", InputError)
     try:
         return p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise InputError(f"training data {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise InputError(f"cannot read the training data {p}: {e.strerror or e}") from None
 
 
 @dataclass

@@ -36,7 +36,7 @@ from axon_llm.generation_config import (
 )
 from axon_llm.sampling import BeamSearch, TextGenerator, log_softmax, process_logits
 
-__all__ = ["generate", "select_next_token", "resolve_generation_config",
+__all__ = ["generate", "check_generation_budget", "model_context", "select_next_token", "resolve_generation_config",
            "generation_config_from_model_config", "generation_config_from_dict", "generation_config_to_dict",
            "model_generation_config", "mask_logits"]
 
@@ -158,6 +158,7 @@ def generate(model, input_ids, max_new_tokens: int | None = None, do_sample: boo
                              f"allows ({constraints[0].min_tokens} tokens)")
     if cfg.max_new_tokens == 0:
         return ids.copy()
+    check_generation_budget(model, b, t, cfg, external_cache=cache is not None)
 
     was_training = getattr(model, "training", False)
     model.eval()
@@ -170,6 +171,46 @@ def generate(model, input_ids, max_new_tokens: int | None = None, do_sample: boo
             return _sample(model, ids, mask, cfg, tokenizer, streamer, cache, constraints, logprobs)
     finally:
         model.train(was_training)
+
+
+def model_context(model) -> int | None:
+    """The model's context length (``max_position_embeddings`` or ``n_positions``), None if it has none."""
+    cfg = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        v = getattr(cfg, name, None)
+        if isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0:
+            return int(v)
+    return None
+
+
+def check_generation_budget(model, batch: int, prompt_len: int, cfg: GenerationConfig, *,
+                            external_cache: bool = False) -> None:
+    """Before anything is allocated: the prompt plus ``max_new_tokens`` must fit the model's context,
+    and the cache, logits and output of ``batch * num_beams`` rows must fit in the memory left.
+    Raises :class:`GenerationError` naming the setting to lower."""
+    from axon_llm.limits import CEILINGS, check_memory
+
+    total = prompt_len + cfg.max_new_tokens
+    ctx = model_context(model)
+    if hasattr(model.config, "rope_theta"):    # RoPE extrapolates (dynamic scaling is made for it): a ceiling only
+        ctx = CEILINGS["positions"]
+    if ctx is not None and total > ctx:
+        raise GenerationError(f"prompt ({prompt_len} tokens) + max_new_tokens ({cfg.max_new_tokens}) = {total} "
+                              f"exceeds the model's context of {ctx} tokens; lower max_new_tokens")
+    rows = batch * cfg.num_beams
+    vocab = int(getattr(model.config, "vocab_size", 0) or 0)
+    need = rows * total * 8 + rows * vocab * 4 * (4 if cfg.num_beams > 1 else 2)   # output ids, logits + temporaries
+    shape = getattr(model, "cache_shape", None)
+    if shape is not None and not external_cache:
+        try:
+            layers, kv, hd = (int(x) for x in shape())
+        except (TypeError, ValueError, AttributeError):   # a model whose state is not a KV cache (SSM)
+            layers = kv = hd = 0
+        need += 2 * layers * rows * total * kv * hd * 4                       # K and V, float32
+
+    what = f"generating {cfg.max_new_tokens} tokens for {batch} row(s)" + \
+        (f" x {cfg.num_beams} beams" if cfg.num_beams > 1 else "")
+    check_memory(need, what, "lower max_new_tokens, num_beams or the batch size", GenerationError)
 
 
 def _sample(model, ids, mask, cfg: GenerationConfig, tokenizer, streamer, cache, constraints=None,

@@ -232,7 +232,7 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=nonneg_int, default=0, help="held-out loss every N steps (0 = off)")
     p.add_argument("--log-every", type=pos_int, default=10, help="print loss every N steps (default 10)")
     p.add_argument("--save-every", type=nonneg_int, default=0, help="checkpoint every N steps (0 = at the end)")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of initialisation and data order (>= 0)")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run saved in DIR")
     p.add_argument("--init", default=None, metavar="MODEL", help="start from a pretrained model (fine-tuning)")
@@ -358,6 +358,7 @@ class Trainer:
         if self.model.config.vocab_size < self.tokenizer.vocab_size:
             raise InputError(f"the tokenizer has {self.tokenizer.vocab_size} ids but the model only "
                              f"{self.model.config.vocab_size}")
+        self._check_budget()
         self.model.train()
         self.params = list(self.model.parameters())
         self.world.broadcast_arrays([p.data for p in self.params])
@@ -366,6 +367,25 @@ class Trainer:
         self.scheduler = axon.optim.WarmupCosineLR(self.optimizer, a.warmup, a.steps, min_lr_ratio=0.1)
         if self.state is not None:
             self._load_training_state(resume)
+
+    def _check_budget(self) -> None:
+        """Before the optimizer and the first batch: optimizer state plus one micro-batch's
+        activations must fit in the memory left (``InputError`` naming --batch-size)."""
+        from axon_llm.limits import check_memory
+
+        a, cfg = self.args, self.model.config
+        rows = a.batch_size // (self.world.size * a.grad_accum)
+        n_params = sum(int(np.prod(p.shape)) for p in self.model.parameters())
+        hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0) or 0)
+        layers = int(getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layer", 0) or 0)
+        heads = int(getattr(cfg, "num_attention_heads", 0) or getattr(cfg, "n_head", 0) or 0)
+        tokens = rows * a.seq_len
+        # logits with their softmax and gradient, ~16 saved [T, d] tensors and two [h, T, T] score
+        # tensors per layer, AdamW's two moments and the gradients
+        need = (tokens * (3 * cfg.vocab_size + 16 * layers * hidden) + 2 * layers * rows * heads * a.seq_len ** 2
+                + 3 * n_params) * 4
+        check_memory(need, f"training with --batch-size {a.batch_size} and --seq-len {a.seq_len}",
+                     "lower --batch-size (or raise --grad-accum) or --seq-len", InputError)
 
     def _load_model(self, directory: Path):
         from axon_llm.auto import from_pretrained

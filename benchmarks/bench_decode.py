@@ -1,197 +1,366 @@
-"""How fast does SmolLM2-135M-Instruct (GGUF Q4_1) prefill and decode, against transformers and llama.cpp?
+"""How fast does SmolLM2-135M-Instruct (GGUF Q4_1) prefill and decode, against llama.cpp and transformers?
 
-Greedy decoding of 128 new tokens after a short prompt, and a 500-token prefill, with
-axon-llm (quantised weights kept quantised, fused Numba kernels), with transformers
-(float32, the same GGUF dequantised by ``from_pretrained(..., gguf_file=...)``, torch on
-``--threads`` threads) and with llama-cpp-python (the same GGUF, ``n_threads=--threads``)
-when each is importable. Prints tokens/s and the ratios axon / peer (>1 = axon faster),
-and axon's peak resident memory against the issue's budget (GGUF size x 1.5 + 200 MB).
+Every engine runs the same GGUF file on ``--threads`` threads, each in its own subprocess (so one
+engine's threads, caches and memory never touch another's), and the engines alternate within
+each of ``--rounds`` rounds: a noisy machine then shows up as spread, not as a bias against one
+engine. Measured per engine and round:
 
-"Prefill" is what generation's first step does in every engine: one forward over the prompt
-into an empty KV cache that returns the next-token logits only (transformers' generate passes
-``logits_to_keep=1``, llama.cpp computes the last logits only, axon's generate passes
-``logits_to_keep=1``). ``--all-logits`` instead makes every engine compute the logits of all
-prompt positions (a scoring forward, and what this script measured before). Best of
-``--repeat`` runs per engine (the machine is shared).
+- ``decode``: greedy decoding of ``--new-tokens`` tokens after a short chat prompt, tokens/s
+  timed from the first new token to the last (prefill excluded);
+- ``prefill``: ``--prefill`` tokens into an empty cache up to the first new token (``generate``
+  with one new token: every engine computes the last position's logits only), tokens/s;
+- ``long``: decode of ``--long-new`` tokens after a ``--long-prompt``-token prompt, timed from
+  the first streamed token to the last;
+- ``loaded``: ``decode`` again while another process keeps one core busy
+  (``python -c "while True: pass"``), and for axon-llm ``--load-prefills`` prefills of 200 tokens
+  under the same load (the worst against their median shows thread stalls).
 
-    python benchmarks/bench_decode.py [--new-tokens 128] [--prefill 500] [--threads 2] [--all-logits]
-    python benchmarks/bench_decode.py --profile      # where axon's time goes (cProfile), no peers
+The peers, as their users run them:
+- llama.cpp through llama-cpp-python, which must be built from source with native CPU flags
+  (``CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python``); ``--llama-python`` names the
+  interpreter of the environment holding that build (default: this one). The script prints the
+  build's version and system info line.
+- transformers (float32, the GGUF dequantised by ``from_pretrained(..., gguf_file=...)``) with its
+  default attention (SDPA).
+
+Prints each figure per round and, for every ratio axon/peer (>1 = axon faster), the min / median /
+max over rounds.
+
+    python benchmarks/bench_decode.py [--rounds 3] [--threads 2] [--llama-python /path/to/venv/bin/python]
+    python benchmarks/bench_decode.py --smoke          # tiny sizes, one round (what the tests run)
+    python benchmarks/bench_decode.py --profile        # where axon's time goes (cProfile), no peers
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import json
+import os
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import numpy as np
-
+ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+ENGINES = ("axon-llm", "llama.cpp", "transformers")
 
 
-def rss_stage(stages: list, name: str) -> None:
-    """Record current and peak RSS (MiB, from /proc/self/status) after a stage of axon's run."""
-    try:
-        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
-    except OSError:
-        return
-    stages.append((name, int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024))
+# ----------------------------------------------------------------------------------------------
+# Workers: one engine, one subprocess. Each answers the same calls and prints one JSON line.
+# ----------------------------------------------------------------------------------------------
+
+class AxonEngine:
+    """axon-llm: quantised weights kept quantised, fused Numba kernels."""
+
+    def __init__(self, gguf: str, threads: int):
+        import numpy as np
+
+        import axon
+        import axon_llm
+
+        self.np, self.axon = np, axon
+        self.model = axon_llm.from_pretrained(gguf)
+        with axon.no_grad():                                   # warm-up: JIT compilation, caches
+            self.model.generate(np.array([[1, 2, 3, 4]]), max_new_tokens=4)
+
+    def prefill(self, ids: list[int]) -> float:
+        """Seconds from the call to the first new token."""
+        t0 = time.perf_counter()
+        with self.axon.no_grad():
+            self.model.generate(self.np.array([ids]), max_new_tokens=1, eos_token_id=None)
+        return time.perf_counter() - t0
+
+    def decode(self, ids: list[int], n: int) -> tuple[int, float]:
+        """(tokens after the first, seconds from the first new token to the last)."""
+        stamps = []
+        with self.axon.no_grad():
+            self.model.generate(self.np.array([ids]), max_new_tokens=n, eos_token_id=None,
+                                streamer=lambda new: stamps.append(time.perf_counter()))
+        return len(stamps) - 1, stamps[-1] - stamps[0]
+
+
+class LlamaCppEngine:
+    """llama.cpp through llama-cpp-python: greedy, one token per ``eval``."""
+
+    def __init__(self, gguf: str, threads: int):
+        from llama_cpp import Llama
+
+        self.llm = Llama(model_path=gguf, n_ctx=2048 + 64, n_threads=threads, n_threads_batch=threads,
+                         n_batch=512, verbose=False)
+        self.llm.eval([1, 2, 3, 4])
+        self.llm.reset()
+
+    def prefill(self, ids: list[int]) -> float:
+        """Seconds to evaluate the prompt and pick the first new token."""
+        self.llm.reset()
+        t0 = time.perf_counter()
+        self.llm.eval(ids)
+        self.llm.sample(temp=0.0)
+        return time.perf_counter() - t0
+
+    def decode(self, ids: list[int], n: int) -> tuple[int, float]:
+        """(tokens after the first, seconds from the first new token to the last)."""
+        self.llm.reset()
+        self.llm.eval(ids)
+        tok = self.llm.sample(temp=0.0)
+        t0 = time.perf_counter()                              # the first new token exists now
+        for _ in range(n - 1):
+            self.llm.eval([tok])
+            tok = self.llm.sample(temp=0.0)
+        return n - 1, time.perf_counter() - t0
+
+
+class TransformersEngine:
+    """transformers fp32 with its default attention (SDPA), torch on ``threads`` threads."""
+
+    def __init__(self, gguf: str, threads: int):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        torch.set_num_threads(threads)
+        self.torch = torch
+        path = Path(gguf)
+        self.model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                          torch_dtype=torch.float32).eval()
+        with torch.no_grad():
+            self.model.generate(torch.tensor([[1, 2, 3, 4]]), max_new_tokens=4, do_sample=False)
+
+    def prefill(self, ids: list[int]) -> float:
+        """Seconds of ``generate`` with one new token."""
+        t0 = time.perf_counter()
+        with self.torch.no_grad():
+            self.model.generate(self.torch.tensor([ids]), max_new_tokens=1, min_new_tokens=1, do_sample=False)
+        return time.perf_counter() - t0
+
+    def decode(self, ids: list[int], n: int) -> tuple[int, float]:
+        """(tokens after the first, seconds from the first new token to the last)."""
+        stamps = []
+
+        class Stamp:                                          # transformers' streamer protocol
+            def put(self, value):
+                stamps.append(time.perf_counter())
+
+            def end(self):
+                pass
+
+        with self.torch.no_grad():
+            self.model.generate(self.torch.tensor([ids]), max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                streamer=Stamp())
+        return len(stamps) - 2, stamps[-1] - stamps[1]        # the first put() is the prompt itself
+
+
+WORKERS = {"axon-llm": AxonEngine, "llama.cpp": LlamaCppEngine, "transformers": TransformersEngine}
+
+
+def build_info(engine: str) -> str:
+    """Which build of the engine runs (version and, for llama.cpp, its CPU feature line)."""
+    if engine == "llama.cpp":
+        import llama_cpp
+
+        info = llama_cpp.llama_print_system_info()
+        info = info.decode() if isinstance(info, bytes) else str(info)
+        return f"llama-cpp-python {llama_cpp.__version__}; {info.strip()}"
+    if engine == "transformers":
+        import torch
+        import transformers
+
+        return f"transformers {transformers.__version__}, torch {torch.__version__}, attention sdpa (default)"
+    import numba
+    import numpy
+
+    return f"numpy {numpy.__version__}, numba {numba.__version__}"
+
+
+def run_worker(args) -> None:
+    """Load one engine and run the measurements named in ``args.plan`` (JSON), printing JSON."""
+    plan = json.loads(args.plan)
+    engine = WORKERS[args.worker](plan["gguf"], args.threads)
+    out = {"build": build_info(args.worker)}
+    for key, (what, ids, n) in plan["calls"].items():
+        if what == "prefill":
+            out[key] = [len(ids) / engine.prefill(ids) for _ in range(n)]    # tokens/s of each run
+        else:
+            tokens, seconds = engine.decode(ids, n)
+            out[key] = tokens / seconds
+    if args.worker == "axon-llm":
+        out["peak_rss_mb"] = peak_rss_mb()
+    print("RESULT " + json.dumps(out), flush=True)
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (2^20 bytes; ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process so far, in MiB (VmHWM from /proc/self/status)."""
+    try:
+        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+        return int(status["VmHWM"].split()[0]) / 1024
+    except (OSError, KeyError):
+        return float("nan")
 
 
-def best_rate(n: int, fn, repeat: int) -> float:
-    """n / the fastest of ``repeat`` timed calls of ``fn``."""
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return n / min(times)
+# ----------------------------------------------------------------------------------------------
+# The orchestrator
+# ----------------------------------------------------------------------------------------------
+
+def worker_python(engine: str, args) -> str:
+    """The interpreter that runs ``engine``: llama.cpp may live in its own (native-built) venv."""
+    return args.llama_python if engine == "llama.cpp" and args.llama_python else sys.executable
 
 
-def bench_axon(gguf: Path, prompt_ids, prefill_ids, new_tokens, repeat, keep, stages):
-    import axon
-    import axon_llm
-
-    model = axon_llm.from_pretrained(gguf)
-    rss_stage(stages, "model loaded")
-    with axon.no_grad():                                   # warm-up: JIT compilation, caches
-        model.generate(np.array([prompt_ids]), max_new_tokens=4)
-        rss_stage(stages, "warm-up generate")
-        prefill = best_rate(len(prefill_ids), lambda: model(np.array([prefill_ids]), logits_to_keep=keep,
-                                                            cache=model.new_cache(1, len(prefill_ids) + 1)), repeat)
-        rss_stage(stages, f"{len(prefill_ids)}-token prefills")
-    steps = []
-    t0 = time.perf_counter()
-    out = model.generate(np.array([prompt_ids]), max_new_tokens=new_tokens,
-                         streamer=lambda ids: steps.append(time.perf_counter()))
-    n = out.shape[1] - len(prompt_ids)
-    decode = (n - 1) / (steps[-1] - steps[0]) if n > 1 else float("nan")
-    rss_stage(stages, "greedy generation")
-    return prefill, decode, n
+def call_worker(engine: str, plan: dict, args) -> dict | None:
+    """Run one engine's worker subprocess; None (with the reason on stderr) when it cannot run."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "kernels"), env.get("PYTHONPATH", "")])
+    cmd = [worker_python(engine, args), str(Path(__file__).resolve()), "--worker", engine,
+           "--threads", str(args.threads), "--plan", json.dumps(plan)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+    print(f"  {engine}: could not run ({tail})", file=sys.stderr)
+    return None
 
 
-def profile_axon(gguf: Path, prompt_ids, prefill_ids, new_tokens, keep, top: int = 14) -> None:
+class BusyCore:
+    """Another program keeping one core busy while the block runs."""
+
+    def __enter__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def spread(values: list[float]) -> str:
+    """``min / median / max`` of a list of ratios."""
+    if not values:
+        return "n/a"
+    return f"{min(values):.2f}x / {statistics.median(values):.2f}x / {max(values):.2f}x"
+
+
+def make_ids(tok, n: int, seed: int) -> list[int]:
+    """``n`` token ids of ordinary text: the lighthouse prompt's tokens repeated (no special tokens)."""
+    import numpy as np
+
+    base = tok.encode(PROMPT + " " + "The keeper climbed the stairs and watched the sea. " * 4)
+    rng = np.random.default_rng(seed)
+    ids = []
+    while len(ids) < n:
+        ids.extend(base[int(rng.integers(0, 5)):])
+    return [int(i) for i in ids[:n]]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--prefill", type=int, default=500)
+    ap.add_argument("--long-prompt", type=int, default=2000)
+    ap.add_argument("--long-new", type=int, default=32)
+    ap.add_argument("--load-prefills", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of " + ", ".join(ENGINES))
+    ap.add_argument("--llama-python", default=os.environ.get("LLAMA_PYTHON"),
+                    help="python of the venv with the native llama-cpp-python build (default: this one)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes and one round (for the tests)")
+    ap.add_argument("--profile", action="store_true", help="only profile axon's prefill and decode (cProfile)")
+    ap.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
+    ap.add_argument("--plan", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return run_worker(args)
+    if args.smoke:
+        args.new_tokens, args.prefill, args.long_prompt, args.long_new = 6, 24, 48, 4
+        args.load_prefills, args.rounds = 2, 1
+
+    sys.path[:0] = [str(ROOT), str(ROOT / "kernels")]
+    from axon_llm.hub import resolve_model_path
+    from axon_llm.tokenizer import HFTokenizer
+
+    gguf = Path(resolve_model_path("smollm2-135m-instruct"))
+    tok = HFTokenizer.from_pretrained(gguf)
+    prompt = [int(i) for i in tok.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=True)]
+    if args.profile:
+        return profile_axon(gguf, prompt, make_ids(tok, args.prefill, 1), args.new_tokens)
+    calls = {"decode": ("decode", prompt, args.new_tokens),
+             "prefill": ("prefill", make_ids(tok, args.prefill, 1), 1),
+             "long": ("decode", make_ids(tok, args.long_prompt, 2), args.long_new)}
+    loaded = {"loaded": ("decode", prompt, args.new_tokens)}
+    engines = [e for e in args.engines.split(",") if e]
+    print(f"SmolLM2-135M-Instruct Q4_1 ({gguf.stat().st_size / 2**20:.0f} MB), {args.threads} threads, "
+          f"{args.rounds} rounds, engines alternating; decode {args.new_tokens} tokens, prefill {args.prefill} "
+          f"tokens, long: {args.long_new} tokens after {args.long_prompt}")
+    results = {e: [] for e in engines}
+    rss = []
+    builds = {}
+    for r in range(args.rounds):
+        order = engines[r % len(engines):] + engines[:r % len(engines)]
+        for engine in order:
+            res = call_worker(engine, {"gguf": str(gguf), "calls": calls}, args)
+            if res is None:
+                continue
+            if "peak_rss_mb" in res:
+                rss.append(res["peak_rss_mb"])
+            with BusyCore():
+                plan = dict(loaded)
+                if engine == "axon-llm":
+                    plan["load_prefills"] = ("prefill", make_ids(tok, 200, 3), args.load_prefills)
+                under = call_worker(engine, {"gguf": str(gguf), "calls": plan}, args)
+            res.update(under or {})
+            builds[engine] = res.pop("build")
+            res.pop("peak_rss_mb", None)
+            res["prefill"] = res["prefill"][0]
+            results[engine].append(res)
+            shown = ", ".join(f"{k} {v:.1f} tok/s" for k, v in res.items() if not isinstance(v, list))
+            print(f"  round {r + 1} {engine:13s} {shown}", flush=True)
+    for engine, info in builds.items():
+        print(f"build {engine}: {info}")
+    if args.llama_python:
+        print(f"  llama.cpp ran from {args.llama_python}")
+    ours = results.get("axon-llm", [])
+    for peer in engines:
+        if peer == "axon-llm" or not results[peer] or not ours:
+            continue
+        print(f"axon-llm / {peer} (min / median / max over rounds, >1 = axon faster):")
+        for key in ("decode", "prefill", "long", "loaded"):
+            ratios = [a[key] / p[key] for a, p in zip(ours, results[peer]) if key in a and key in p]
+            print(f"  {key:8s} {spread(ratios)}")
+    for i, res in enumerate(ours):
+        if "load_prefills" in res:
+            times = [200 / rate for rate in res["load_prefills"]]
+            med = statistics.median(times)
+            print(f"axon-llm 200-token prefills under load, round {i + 1}: median {med:.3f} s, worst {max(times):.3f} s "
+                  f"({max(times) / med:.2f}x the median; goal <= 2x)")
+    if rss:
+        budget = gguf.stat().st_size / 2**20 * 1.5 + 200
+        print(f"axon-llm peak RSS (its own process: load, warm-up, all runs above): max {max(rss):.1f} MiB; budget "
+              f"GGUF x 1.5 + 200 = {budget:.1f} MiB (ratio {max(rss) / budget:.3f}, "
+              f"{'within' if max(rss) <= budget else 'OVER'} budget)")
+    if ours:
+        short = [r["decode"] for r in ours]
+        long = [r["long"] for r in ours]
+        print(f"axon-llm decode after {args.long_prompt} tokens / short-context decode: "
+              f"{spread([b / a for a, b in zip(short, long)])}")
+
+
+def profile_axon(gguf: Path, prompt_ids, prefill_ids, new_tokens, top: int = 14) -> None:
     """cProfile of one axon prefill and one greedy generation (after a warm-up), by own time."""
     import cProfile
     import pstats
 
-    import axon
-    import axon_llm
-
-    model = axon_llm.from_pretrained(gguf)
-    with axon.no_grad():
-        model.generate(np.array([prompt_ids]), max_new_tokens=4)
-        for what, fn in (
-                (f"prefill of {len(prefill_ids)} tokens",
-                 lambda: model(np.array([prefill_ids]), logits_to_keep=keep, cache=model.new_cache(1, len(prefill_ids) + 1))),
-                (f"greedy generation of {new_tokens} tokens",
-                 lambda: model.generate(np.array([prompt_ids]), max_new_tokens=new_tokens, eos_token_id=None))):
-            prof = cProfile.Profile()
-            prof.enable()
-            fn()
-            prof.disable()
-            print(f"--- axon-llm {what}")
-            pstats.Stats(prof).sort_stats("tottime").print_stats(top)
-
-
-def bench_transformers(gguf: Path, prompt_ids, prefill_ids, new_tokens, threads, repeat, keep):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    torch.set_num_threads(threads)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32)
-    model.eval()
-    with torch.no_grad():
-        model.generate(torch.tensor([prompt_ids]), max_new_tokens=4, do_sample=False)
-        prefill = best_rate(len(prefill_ids), lambda: model(torch.tensor([prefill_ids]), logits_to_keep=keep,
-                                                            use_cache=True), repeat)
-        t0 = time.perf_counter()
-        out = model.generate(torch.tensor([prompt_ids]), max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                             do_sample=False)
-        dt = time.perf_counter() - t0
-    n = out.shape[1] - len(prompt_ids)
-    return prefill, n / dt, n
-
-
-def bench_llama_cpp(gguf: Path, prompt_ids, prefill_ids, new_tokens, threads, repeat, keep):
-    from llama_cpp import Llama
-
-    llm = Llama(model_path=str(gguf), n_ctx=2048, n_threads=threads, verbose=False, logits_all=keep == 0)
-    llm.eval(prefill_ids[:8])
-    llm.reset()
-
-    def prefill_once():
-        llm.reset()
-        llm.eval(prefill_ids)
-
-    prefill = best_rate(len(prefill_ids), prefill_once, repeat)
-    llm.reset()
-    llm.eval(prompt_ids)
-    t0 = time.perf_counter()
-    for _ in range(new_tokens):
-        tok = llm.sample(temp=0.0)
-        llm.eval([tok])
-    return prefill, new_tokens / (time.perf_counter() - t0), new_tokens
-
-
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--prefill", type=int, default=500)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=3, help="prefill runs per engine (the best is reported)")
-    ap.add_argument("--all-logits", action="store_true", help="prefill computes the logits of every position")
-    ap.add_argument("--profile", action="store_true", help="only profile axon's prefill and decode (cProfile)")
-    args = ap.parse_args()
-
-    from axon_llm.hub import resolve_model_path
-    from axon_llm.tokenizer import HFTokenizer
-
-    stages = []
-    rss_stage(stages, "imports")
-    gguf = Path(resolve_model_path("smollm2-135m-instruct"))
-    tok = HFTokenizer.from_pretrained(gguf)
-    rss_stage(stages, "tokenizer")
-    prompt_ids = tok.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=True)
-    rng = np.random.default_rng(0)
-    prefill_ids = [int(x) for x in rng.integers(100, tok.vocab_size, size=args.prefill)]
-
-    rows = {}
-    keep = 0 if args.all_logits else 1                     # logits_to_keep: 0 = all positions
-    if args.profile:
-        return profile_axon(gguf, prompt_ids, prefill_ids, args.new_tokens, keep)
-    a_pre, a_dec, n = bench_axon(gguf, prompt_ids, prefill_ids, args.new_tokens, args.repeat, keep, stages)
-    rss = peak_rss_mb()
-    rows["axon-llm"] = (a_pre, a_dec, n)
-    for name, fn in (("transformers fp32", bench_transformers), ("llama.cpp", bench_llama_cpp)):
-        try:
-            rows[name] = fn(gguf, prompt_ids, prefill_ids, args.new_tokens, args.threads, args.repeat, keep)
-        except ImportError as e:
-            print(f"{name}: not installed ({e.name}); skipped")
-    print(f"SmolLM2-135M-Instruct Q4_1 ({gguf.stat().st_size / 2**20:.0f} MB), {args.threads} threads, "
-          f"prefill {args.prefill} tokens ({'logits of every position' if keep == 0 else 'next-token logits'}), "
-          f"greedy decode {args.new_tokens} tokens")
-    print(f"{'engine':20s} {'prefill tok/s':>14s} {'decode tok/s':>13s}   axon/peer (prefill, decode)")
-    for name, (pre, dec, n) in rows.items():
-        ratio = "" if name == "axon-llm" else f"   {a_pre / pre:.2f}x, {a_dec / dec:.2f}x"
-        print(f"{name:20s} {pre:14.1f} {dec:13.1f}{ratio}")
-    budget = gguf.stat().st_size / 2**20 * 1.5 + 200
-    print(f"axon-llm peak RSS (before loading any peer): {rss:.1f} MB; budget GGUF x 1.5 + 200 MB = {budget:.1f} MB "
-          f"(ratio {rss / budget:.3f}, {'within' if rss <= budget else 'OVER'} budget)")
-    print("  axon-llm RSS by stage (MiB, current / peak so far): "
-          + "; ".join(f"{name} {cur:.0f} / {peak:.0f}" for name, cur, peak in stages))
-    rss_b, budget_b = rss * 2**20 / 1e6, gguf.stat().st_size / 1e6 * 1.5 + 200   # MB = 10^6 bytes (stricter)
-    print(f"  in decimal MB: peak {rss_b:.1f} MB; budget {budget_b:.1f} MB (ratio {rss_b / budget_b:.3f}, "
-          f"{'within' if rss_b <= budget_b else 'OVER'} budget)")
+    engine = AxonEngine(str(gguf), 2)
+    for what, fn in ((f"prefill of {len(prefill_ids)} tokens", lambda: engine.prefill(prefill_ids)),
+                     (f"greedy generation of {new_tokens} tokens", lambda: engine.decode(prompt_ids, new_tokens))):
+        prof = cProfile.Profile()
+        prof.enable()
+        fn()
+        prof.disable()
+        print(f"--- axon-llm {what}")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(top)
 
 
 if __name__ == "__main__":

@@ -9,11 +9,13 @@ and are the only copy: ``from_pretrained`` (:mod:`axon_llm.auto`) and ``axon-llm
 
 from axon_llm.models.bert import Bert, BertConfig, BertForMaskedLM, BertForSequenceClassification, BertModel
 from axon_llm.models.chimera import ChimeraBackbone, ChimeraConfig, ChimeraForCausalLM, ChimeraModel
+from axon_llm.models.gemma3 import Gemma3Config, Gemma3ForCausalLM, Gemma3Model
 from axon_llm.models.gpt2 import GPT2, GPT2Config, GPT2ForCausalLM, GPT2LMHead, GPT2Model
 from axon_llm.models.hydra import HydraBackbone, HydraConfig, HydraForCausalLM, HydraModel
 from axon_llm.models.llama import LLaMAConfig, LLaMAForCausalLM, LLaMAModel
 from axon_llm.models.mistral import MistralConfig, MistralForCausalLM, MistralModel
 from axon_llm.models.phi import Phi3Config, PhiConfig, PhiForCausalLM, PhiModel
+from axon_llm.models.qwen2 import Qwen2Config, Qwen2ForCausalLM, Qwen2Model
 from axon_llm.models.ssm import SSMConfig, SSMForCausalLM, SSMModel
 from axon_llm.models.trident import TridentBackbone, TridentConfig, TridentForCausalLM, TridentModel
 
@@ -21,7 +23,7 @@ from axon_llm.models.trident import TridentBackbone, TridentConfig, TridentForCa
 #: (BERT) the first one listed is the default when config.json has no ``architectures``
 MODEL_CLASSES = (
     GPT2LMHead, BertModel, BertForMaskedLM, BertForSequenceClassification, LLaMAForCausalLM, MistralForCausalLM,
-    PhiForCausalLM, SSMForCausalLM, HydraForCausalLM, ChimeraForCausalLM, TridentForCausalLM,
+    PhiForCausalLM, Qwen2ForCausalLM, Gemma3ForCausalLM, SSMForCausalLM, HydraForCausalLM, ChimeraForCausalLM, TridentForCausalLM,
 )
 
 
@@ -53,9 +55,9 @@ del _cls, _arch, _model_type, _config
 __all__ = [
     "MODEL_CLASSES", "ARCHITECTURES", "MODEL_TYPES", "CONFIG_CLASSES", "TRAINABLE",
     "GPT2Config", "BertConfig", "LLaMAConfig", "MistralConfig", "PhiConfig", "Phi3Config", "SSMConfig",
-    "HydraConfig", "ChimeraConfig", "TridentConfig",
+    "HydraConfig", "ChimeraConfig", "TridentConfig", "Qwen2Config", "Gemma3Config",
     "GPT2Model", "GPT2LMHead", "GPT2", "GPT2ForCausalLM", "BertModel", "Bert", "BertForMaskedLM",
     "BertForSequenceClassification", "LLaMAModel", "LLaMAForCausalLM", "MistralModel", "MistralForCausalLM",
-    "PhiModel", "PhiForCausalLM", "SSMModel", "SSMForCausalLM", "HydraBackbone", "HydraForCausalLM", "HydraModel",
+    "PhiModel", "PhiForCausalLM", "Qwen2Model", "Qwen2ForCausalLM", "Gemma3Model", "Gemma3ForCausalLM", "SSMModel", "SSMForCausalLM", "HydraBackbone", "HydraForCausalLM", "HydraModel",
     "ChimeraBackbone", "ChimeraForCausalLM", "ChimeraModel", "TridentBackbone", "TridentForCausalLM", "TridentModel",
 ]

@@ -52,7 +52,7 @@ def test_the_table_covers_the_contract_and_the_config_model_types():
 
 def test_training_reads_the_same_table():
     assert training.ARCHITECTURES is TRAINABLE
-    assert list(TRAINABLE) == ["gpt2", "bert", "llama", "mistral", "phi", "ssm", "hydra", "chimera", "trident"]
+    assert list(TRAINABLE) == ["gpt2", "bert", "llama", "mistral", "phi", "qwen2", "gemma3", "ssm", "hydra", "chimera", "trident"]
     assert all(TRAINABLE[name].train_name == name for name in TRAINABLE)
     assert set(training.list_presets("phi")) >= {"phi1", "phi2", "tiny"}
 
