@@ -174,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=_int_at_most(1000, lo=1), default=1, help="best of this many runs (1..1000, default 1)")
     p.set_defaults(func=cmd_bench)
 
+    _add_serve_command(sub)
+
     from axon_llm.training import add_train_arguments
 
     p = sub.add_parser("train", help="train or fine-tune a model on a text file",
@@ -463,6 +465,55 @@ def cmd_bench(args) -> int:
         best_decode = max(best_decode, args.new_tokens / (t2 - t1))
     print(f"prefill: {best_prefill:.1f} tokens/s ({args.prompt_tokens} tokens)")
     print(f"decode:  {best_decode:.1f} tokens/s ({args.new_tokens} tokens)")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------
+# axon-llm serve (axon_llm/server.py, axon_llm/batching.py, axon_llm/constrained.py)
+# ----------------------------------------------------------------------------------------
+def _add_serve_command(sub) -> None:
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (chat, completions, embeddings)",
+                       description="Serve /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models "
+                                   "and /health with continuous batching; see docs/serve.md.")
+    p.add_argument("--model", default=DEFAULT_CHAT_MODEL, help=f"registry name, HF folder or .gguf (default {DEFAULT_CHAT_MODEL})")
+    p.add_argument("--embedding-model", default=DEFAULT_EMBED_MODEL,
+                   help=f"sentence-embedding model for /v1/embeddings (default {DEFAULT_EMBED_MODEL}; 'none' to skip)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_nonneg_int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: no key)")
+    p.add_argument("--max-batch", type=_positive_int, default=8, help="sequences decoded together (default 8)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="compute threads (default: all cores)")
+    p.add_argument("--timeout", type=_float_in(0.0, 1e6, lo_open=True, name="--timeout"), default=300.0,
+                   help="server-side deadline of one generation in seconds (default 300)")
+    p.set_defaults(func=cmd_serve)
+
+
+def _set_threads(n: int) -> None:
+    import numba
+
+    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(n)
+
+
+def cmd_serve(args) -> int:
+    """``axon-llm serve``: load the models and serve until Ctrl-C."""
+    from axon_llm.server import ServerApp, serve
+
+    if args.port > 65535:
+        raise CLIError(f"--port must be at most 65535, got {args.port}")
+    if args.threads:
+        _set_threads(args.threads)
+    model, tok = load_model(args.model), load_tokenizer(args.model)
+    embed = embed_tok = None
+    if args.embedding_model.lower() != "none":
+        embed, embed_tok = load_model(args.embedding_model), load_tokenizer(args.embedding_model)
+    app = ServerApp(model, tok, args.model, embed, embed_tok, None if embed is None else args.embedding_model,
+                    api_key=args.api_key, max_batch=args.max_batch, timeout_s=args.timeout)
+    serve(app, args.host, args.port)
     return 0
 
 
