@@ -476,6 +476,7 @@ def _add_serve_command(sub) -> None:
                        description="Serve /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models "
                                    "and /health with continuous batching; see docs/serve.md.")
     p.add_argument("--model", default=DEFAULT_CHAT_MODEL, help=f"registry name, HF folder or .gguf (default {DEFAULT_CHAT_MODEL})")
+    _add_adapter_argument(p)
     p.add_argument("--embedding-model", default=DEFAULT_EMBED_MODEL,
                    help=f"sentence-embedding model for /v1/embeddings (default {DEFAULT_EMBED_MODEL}; 'none' to skip)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -507,7 +508,7 @@ def cmd_serve(args) -> int:
         raise CLIError(f"--port must be at most 65535, got {args.port}")
     if args.threads:
         _set_threads(args.threads)
-    model, tok = load_model(args.model), load_tokenizer(args.model)
+    model, tok = load_model(args.model, args.adapter), load_tokenizer(args.model)
     embed = embed_tok = None
     if args.embedding_model.lower() != "none":
         embed, embed_tok = load_model(args.embedding_model), load_tokenizer(args.embedding_model)

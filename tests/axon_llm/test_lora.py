@@ -498,3 +498,11 @@ def test_qlora_over_the_smollm2_gguf_then_chat_with_the_adapter(tmp_path, capsys
     assert main(["chat", "--model", str(gguf), "--adapter", str(out), "--max-new-tokens", "6"]) == 0
     captured = capsys.readouterr()
     assert captured.out.strip() and f"with the adapter {out}" in captured.err
+
+
+def test_generate_chat_and_serve_take_an_adapter():
+    from axon_llm.cli import build_parser
+
+    for command in (["generate", "--prompt", "hi"], ["chat"], ["serve"]):
+        args = build_parser().parse_args([*command, "--adapter", "some/dir"])
+        assert args.adapter == "some/dir", command
