@@ -539,15 +539,16 @@ def _add_convert_parser(sub) -> None:
     p.add_argument("out", metavar="OUT", help="a .gguf file, or a folder (HF layout)")
     p.add_argument("--quant", type=str.upper, choices=QUANT_CHOICES, default=None, metavar="TYPE",
                    help=f"quantise the 2-D weights to TYPE ({', '.join(QUANT_CHOICES)}); .gguf output only")
+    _add_adapter_argument(p)
     p.set_defaults(func=cmd_convert)
 
 
 def cmd_convert(args) -> int:
-    """``axon-llm convert SRC OUT [--quant TYPE]``: see axon_llm/convert.py."""
+    """``axon-llm convert SRC OUT [--quant TYPE] [--adapter DIR]``: see axon_llm/convert.py."""
     from axon_llm.convert import convert
 
     t0 = time.perf_counter()
-    out = convert(args.src, args.out, quant=args.quant)
+    out = convert(args.src, args.out, quant=args.quant, adapter=args.adapter)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() else out.stat().st_size
     log(f"wrote {out} ({_human_bytes(size)}) in {time.perf_counter() - t0:.1f} s")
     return 0
