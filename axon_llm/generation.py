@@ -96,7 +96,8 @@ def generate(model, input_ids, max_new_tokens: int | None = None, do_sample: boo
              top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
              repetition_penalty: float | None = None, num_beams: int | None = None,
              length_penalty: float | None = None, early_stopping: bool | str | None = None,
-             seed: int | None = None, stop_strings=None, tokenizer=None, streamer=None, cache=None) -> np.ndarray:
+             seed: int | None = None, stop_strings=None, tokenizer=None, streamer=None, cache=None,
+             fast_decode: bool = True) -> np.ndarray:
     """Continue ``input_ids [B, T]`` by up to ``max_new_tokens``; returns int64 ``[B, T + n]``.
 
     Settings come from ``generation_config`` (default: ``model.generation_config`` — greedy,
@@ -113,6 +114,10 @@ def generate(model, input_ids, max_new_tokens: int | None = None, do_sample: boo
     holds the first ``len(cache)`` tokens of ``input_ids`` — only the rest is prefilled (a chat
     keeps its cache between turns this way); it must have room for the new tokens.
     ``num_beams > 1`` runs transformers' beam search (no streamer, no external cache).
+
+    ``fast_decode``: decode steps of a single unpadded row of a LLaMA-family model run through
+    :class:`axon_llm.decode.DecodePlan` (raw arrays, fused kernels); ``False`` keeps them on the
+    module forward (the plan's reference). Other models and batches always use the modules.
     """
     base = model_generation_config(model) if generation_config is None else generation_config
     if eos_token_id is None and isinstance(base, GenerationConfig):
@@ -146,12 +151,12 @@ def generate(model, input_ids, max_new_tokens: int | None = None, do_sample: boo
                 if streamer is not None or cache is not None:
                     raise GenerationError("beam search supports neither a streamer nor an external cache")
                 return _beam_search(model, ids, mask, cfg)
-            return _sample(model, ids, mask, cfg, tokenizer, streamer, cache)
+            return _sample(model, ids, mask, cfg, tokenizer, streamer, cache, fast_decode)
     finally:
         model.train(was_training)
 
 
-def _sample(model, ids, mask, cfg: GenerationConfig, tokenizer, streamer, cache) -> np.ndarray:
+def _sample(model, ids, mask, cfg: GenerationConfig, tokenizer, streamer, cache, fast_decode: bool = True) -> np.ndarray:
     """Greedy or sampled decoding of every row at once."""
     b, t = ids.shape
     if cache is None:
@@ -174,6 +179,7 @@ def _sample(model, ids, mask, cfg: GenerationConfig, tokenizer, streamer, cache)
     out[:, :t] = ids
     n = t
     logits = rows.forward(ids[:, start:])                             # prefill: [B, V]
+    plan = _fast_plan(model, mask, cache) if fast_decode and cfg.max_new_tokens > 1 else None
     try:
         for step in range(cfg.max_new_tokens):
             nxt = gen.next_tokens(logits, out[:, :n] if cfg.repetition_penalty != 1.0 else None)   # [B]
@@ -188,10 +194,23 @@ def _sample(model, ids, mask, cfg: GenerationConfig, tokenizer, streamer, cache)
             if finished.all() or step + 1 == cfg.max_new_tokens:
                 break
             rows.append_mask()
-            logits = rows.forward(nxt[:, None])                       # decode: [B, 1] -> [B, V]
+            if plan is not None:
+                logits = plan.step(int(nxt[0]))[None]                 # decode, fast path: [1, V]
+            else:
+                logits = rows.forward(nxt[:, None])                   # decode: [B, 1] -> [B, V]
     finally:
         _end_stream(streamer)
     return out[:, :n]
+
+
+def _fast_plan(model, mask, cache):
+    """The model's :class:`~axon_llm.decode.DecodePlan` for this unpadded single-row cache, or
+    None (padding, batches, families it does not cover, ``model.fast_decode = False``)."""
+    if mask is not None or not getattr(model, "fast_decode", True):
+        return None
+    from axon_llm.decode import decode_plan
+
+    return decode_plan(model, cache)
 
 
 def _hit_stop_strings(tokenizer, new_ids: np.ndarray, stops, finished: np.ndarray) -> np.ndarray:
