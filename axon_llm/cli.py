@@ -99,6 +99,11 @@ def _add_sampling_arguments(p: argparse.ArgumentParser, default_max_new: int) ->
                    help="print tokens as they are generated (default: on)")
 
 
+def _add_threads_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="threads for the kernels and BLAS (default: one per core)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole ``axon-llm`` argument parser (hub commands included)."""
     parser = _Parser(prog=PROG, description="Run, inspect, benchmark and train LLMs on axon (NumPy + Numba).")
@@ -115,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template as a user turn")
     p.add_argument("--system", default=None, help="system message (with --chat)")
     _add_sampling_arguments(p, 128)
+    _add_threads_argument(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("chat", help="interactive multi-turn chat",
@@ -123,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_CHAT_MODEL, help=f"default {DEFAULT_CHAT_MODEL}")
     p.add_argument("--system", default=None, help="system message")
     _add_sampling_arguments(p, 256)
+    _add_threads_argument(p)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("embed", help="sentence embeddings (mean-pooled, L2-normalised)")
@@ -130,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="+", metavar="TEXT")
     p.add_argument("--similarity", action="store_true", help="print the cosine similarity matrix instead")
     p.add_argument("--precision", type=_nonneg_int, default=6, help="decimals printed (default 6)")
+    _add_threads_argument(p)
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("info", help="a model's configuration, parameter count and memory")
@@ -141,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-tokens", type=_positive_int, default=128, help="prefill length (default 128)")
     p.add_argument("--new-tokens", type=_positive_int, default=64, help="decode steps (default 64)")
     p.add_argument("--repeats", type=_positive_int, default=1, help="best of this many runs (default 1)")
+    _add_threads_argument(p)
     p.set_defaults(func=cmd_bench)
 
     from axon_llm.training import add_train_arguments
@@ -149,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train one of the nine architectures on a text file; "
                                    "run under `mpiexec -n K` for data parallelism.")
     add_train_arguments(p)
+    _add_threads_argument(p)
     p.set_defaults(func=cmd_train)
 
     try:
@@ -385,6 +395,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "threads", None):
+            from axon_kernels._jit import set_threads
+
+            used = set_threads(args.threads)
+            if used < args.threads:
+                log(f"note: {used} threads (Numba started with {used}; set NUMBA_NUM_THREADS to allow more)")
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
