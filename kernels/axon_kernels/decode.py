@@ -23,7 +23,7 @@ from axon_kernels._jit import fast_exp, jit_disabled
 from axon_kernels import quant
 
 __all__ = ["rms_norm_into", "rms_norm_into_ref", "rope_attend", "rope_attend_ref", "silu_mul", "silu_mul_ref",
-           "matvec_into", "ATTEND_PARALLEL_MIN"]
+           "matvec_into", "ATTEND_PARALLEL_MIN", "compiled_on_disk", "warm_up"]
 
 #: below this many key reads x head dims per step (slots x H x D), one thread attends all heads
 ATTEND_PARALLEL_MIN = 1 << 16
@@ -244,3 +244,39 @@ def matvec_into(weight):
         out[:] = quant.quant_matvec(w, x)
 
     return generic, out
+
+
+# ------------------------------------------------------------------------------------------------
+# First run: is the on-disk cache cold, and compiling before timing
+# ------------------------------------------------------------------------------------------------
+
+def compiled_on_disk() -> bool:
+    """True when Numba's on-disk cache holds the decode kernels (False: the first run compiles
+    them, which takes seconds). Under ``NUMBA_DISABLE_JIT=1`` nothing is compiled: True."""
+    if jit_disabled():
+        return True
+    import os
+
+    for disp in (_rms_norm_into_nb, _rope_attend_serial_nb, _silu_mul_nb, quant._matvec_q4_serial_nb):
+        cache = getattr(disp, "_cache", None)
+        try:
+            index = os.path.join(cache._cache_path, cache._index_name)
+        except AttributeError:
+            return True                                  # a Numba without this layout: do not guess
+        if not os.path.exists(index):
+            return False
+    return True
+
+
+def warm_up() -> None:
+    """Compile (or load from the disk cache) the serial decode kernels for float32 vectors and a
+    float32 cache: what the first decode steps of a short prompt call."""
+    if jit_disabled():
+        return
+    q, k, v = np.zeros((2, 4), np.float32), np.zeros((1, 4), np.float32), np.zeros((1, 4), np.float32)
+    kc, vc = np.zeros((1, 2, 4), np.float32), np.zeros((1, 2, 4), np.float32)
+    cs = np.ones(4, np.float32)
+    _rope_attend_serial_nb(q, k, v, kc, vc, 0, 0, cs, cs, 1.0, np.empty_like(q), _NO_TABLE, True)
+    x = np.ones(4, np.float32)
+    _rms_norm_into_nb(x, x, 1e-6, np.empty_like(x))
+    _silu_mul_nb(x.copy(), x)

@@ -1,0 +1,42 @@
+"""The first run: a cold kernel cache is announced on stderr and compiled before the clock starts."""
+
+from __future__ import annotations
+
+import pytest
+
+import axon_kernels.decode as dec
+from axon_llm.cli import main
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A one-step checkpoint with a byte tokenizer (the CLI needs a tokenizer)."""
+    from axon_llm.training import TrainArgs, train
+
+    tmp = tmp_path_factory.mktemp("first_run")
+    data = tmp / "t.txt"
+    data.write_text("the cat sat on the mat. " * 30, encoding="utf-8")
+    train(TrainArgs(arch="ssm", preset="tiny", data=str(data), out=str(tmp / "ck"), steps=1, batch_size=2,
+                    seq_len=16, progress=False))
+    return str(tmp / "ck")
+
+
+def test_cold_cache_is_announced_and_compiled_first(checkpoint, monkeypatch, capsys):
+    warmed = []
+    monkeypatch.setattr(dec, "compiled_on_disk", lambda: False)
+    monkeypatch.setattr(dec, "warm_up", lambda: warmed.append(1))
+    assert main(["generate", "--model", checkpoint, "--prompt", "the", "--max-new-tokens", "4", "--no-stream"]) == 0
+    err = capsys.readouterr().err
+    assert "compiling kernels for the first run" in err and warmed == [1]
+    assert "from the first to the last" in err
+
+
+def test_warm_cache_says_nothing(checkpoint, monkeypatch, capsys):
+    monkeypatch.setattr(dec, "compiled_on_disk", lambda: True)
+    assert main(["generate", "--model", checkpoint, "--prompt", "the", "--max-new-tokens", "4", "--no-stream"]) == 0
+    assert "compiling" not in capsys.readouterr().err
+
+
+def test_compiled_on_disk_after_warm_up():
+    dec.warm_up()                                   # compiles or loads, and writes the disk cache
+    assert dec.compiled_on_disk() is True
