@@ -127,6 +127,21 @@ def check_heads(cfg: Any, *, head_dim_given: bool = False) -> None:
         raise ConfigError(f"{name}: num_attention_heads ({heads}) must be divisible by num_key_value_heads ({kv})")
 
 
+#: the sizes every decoder config with attention heads has
+DECODER_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "max_position_embeddings")
+
+
+def check_decoder(cfg: Any, *more_positive: str, head_dim_given: bool = False) -> None:
+    """The checks every decoder config with attention heads starts with: ``num_key_value_heads``
+    defaults to ``num_attention_heads`` (no GQA), :data:`DECODER_SIZES` and ``more_positive`` are
+    positive integers, and the heads fit (:func:`check_heads`)."""
+    if cfg.num_key_value_heads is None:
+        cfg.num_key_value_heads = cfg.num_attention_heads
+    check_positive(cfg, *DECODER_SIZES, *more_positive)
+    check_heads(cfg, head_dim_given=head_dim_given)
+
+
 def check_window(cfg: Any, name: str = "sliding_window", *, optional: bool = True) -> None:
     """``ConfigError`` unless field ``name`` is an integer >= 1 (the window counts the query's own
     position), or ``None`` when ``optional``. ``True`` is not a window: bools are rejected."""
@@ -220,6 +235,18 @@ class ModelConfig:
         return new
 
 
+@dataclass
+class RotaryConfig(ModelConfig):
+    """A config whose RoPE keys are read in either transformers style (4.x ``rope_theta`` /
+    ``rope_scaling``, 5.x ``rope_parameters``) into ``rope_theta`` / ``rope_scaling``, with the
+    class's own default theta."""
+
+    @classmethod
+    def _prepare(cls, d: dict[str, Any]) -> dict[str, Any]:
+        return prepare_rope(d, cls.rope_theta)
+
+
+
 def read_config_json(source: str | Path) -> dict[str, Any]:
     """Read and parse ``config.json`` (``source`` may be the file or its folder)."""
     path = Path(source)
@@ -250,6 +277,6 @@ def prepare_rope(d: dict[str, Any], default_theta: float = 10000.0) -> dict[str,
 
 __all__ = [
     "ModelConfig", "SUPPORTED_ROPE_TYPES", "SUPPORTED_ACTIVATIONS", "normalize_rope", "prepare_rope",
-    "read_config_json", "check_positive", "check_heads", "check_window", "check_rotary", "check_eps",
+    "read_config_json", "check_positive", "check_heads", "check_decoder", "DECODER_SIZES", "RotaryConfig", "check_window", "check_rotary", "check_eps",
     "check_activation", "check_rope",
 ]

