@@ -258,9 +258,8 @@ def compiled_on_disk() -> bool:
     import os
 
     for disp in (_rms_norm_into_nb, _rope_attend_serial_nb, _silu_mul_nb, quant._matvec_q4_serial_nb):
-        cache = getattr(disp, "_cache", None)
         try:
-            index = os.path.join(cache._cache_path, cache._index_name)
+            index = disp._cache._cache_file._index_path  # Numba's FunctionCache -> IndexDataCacheFile
         except AttributeError:
             return True                                  # a Numba without this layout: do not guess
         if not os.path.exists(index):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 import axon_kernels.decode as dec
@@ -40,3 +42,17 @@ def test_warm_cache_says_nothing(checkpoint, monkeypatch, capsys):
 def test_compiled_on_disk_after_warm_up():
     dec.warm_up()                                   # compiles or loads, and writes the disk cache
     assert dec.compiled_on_disk() is True
+
+
+def test_an_empty_numba_cache_reads_as_cold(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path),
+               PYTHONPATH=os.pathsep.join([str(root), str(root / "kernels"), os.environ.get("PYTHONPATH", "")]))
+    env.pop("NUMBA_DISABLE_JIT", None)
+    out = subprocess.run([sys.executable, "-c", "import axon_kernels.decode as d; print(d.compiled_on_disk())"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
