@@ -36,11 +36,22 @@ from axon_kernels.decode import matvec_into, rms_norm_into, rope_attend, silu_mu
 from axon_kernels.quant import quant_rows
 
 from axon_llm.attention import MultiHeadAttention
-from axon_llm.blocks import GatedMLP
 from axon_llm.cache import KVCache
-from axon_llm.models.llama import LLaMADecoderLayer, LLaMAModel
-from axon_llm.models.mistral import MistralDecoderLayer
 from axon_llm.quantized import QuantizedEmbedding, QuantizedLinear
+
+# The model classes are recognised by name, not imported: blocks.py imports generation.py, which
+# imports this module, so importing blocks or the model files here would close an import cycle.
+_LLAMA = "axon_llm.models.llama"
+
+
+def _defined_in(fn, module: str, qualname: str) -> bool:
+    """True when ``fn`` is the function ``module.qualname`` (a method not overridden since)."""
+    return getattr(fn, "__module__", None) == module and getattr(fn, "__qualname__", None) == qualname
+
+
+def _is_a(obj, module: str, name: str) -> bool:
+    """``isinstance(obj, module.name)`` without importing ``module``."""
+    return any(c.__module__ == module and c.__name__ == name for c in type(obj).__mro__)
 
 __all__ = ["DecodePlan", "decode_plan"]
 
@@ -76,17 +87,18 @@ class _Proj:
 
 
 def _supported_layer(layer) -> bool:
-    if not isinstance(layer, LLaMADecoderLayer) or type(layer).forward is not LLaMADecoderLayer.forward:
+    if not _defined_in(type(layer).forward, _LLAMA, "LLaMADecoderLayer.forward"):
         return False
-    dense_mistral = isinstance(layer, MistralDecoderLayer) and not hasattr(layer, "block_sparse_moe")
-    if type(layer).feed_forward is not LLaMADecoderLayer.feed_forward and not dense_mistral:   # MoE
+    dense_mistral = (_defined_in(type(layer).feed_forward, "axon_llm.models.mistral", "MistralDecoderLayer.feed_forward")
+                     and not hasattr(layer, "block_sparse_moe"))
+    if not _defined_in(type(layer).feed_forward, _LLAMA, "LLaMADecoderLayer.feed_forward") and not dense_mistral:   # MoE
         return False
     attn, mlp = layer.self_attn, getattr(layer, "mlp", None)
     if type(attn) is not MultiHeadAttention or attn.rotary is None or not attn.causal:
         return False
     if attn.rotary.rope_type == "dynamic":
         return False
-    if not isinstance(mlp, GatedMLP) or mlp.act is not axon.nn.functional.silu:
+    if not _is_a(mlp, "axon_llm.blocks", "GatedMLP") or mlp.act is not axon.nn.functional.silu:
         return False
     norms = (layer.input_layernorm, layer.post_attention_layernorm)
     if any(type(n) is not nn.RMSNorm or n.weight is None for n in norms):
@@ -100,9 +112,9 @@ def decode_plan(model, cache) -> "DecodePlan | None":
     model's layers are not the LLaMA family's (see the module doc) or the cache is not a
     single-row float32/float16 :class:`KVCache`."""
     backbone = getattr(model, getattr(model, "backbone_name", "model"), None)
-    if not isinstance(backbone, LLaMAModel) or type(backbone).forward is not LLaMAModel.forward:
+    if backbone is None or not _defined_in(type(backbone).forward, _LLAMA, "LLaMAModel.forward"):
         return None
-    if type(backbone).embed is not LLaMAModel.embed or type(backbone.norm) is not nn.RMSNorm:
+    if not _defined_in(type(backbone).embed, _LLAMA, "LLaMAModel.embed") or type(backbone.norm) is not nn.RMSNorm:
         return None
     if type(cache) is not KVCache or cache.batch_size != 1 or len(cache.layers) != len(backbone.layers):
         return None
