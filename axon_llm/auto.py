@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from axon_llm.errors import CheckpointError, GenerationError, ModelFormatError, ModelNotFoundError, UnsupportedError
+from axon_llm.limits import check_config_against_file
 
 __all__ = ["from_pretrained", "model_class_for", "config_class_for", "load_llama_from_hf", "load_mistral_from_hf"]
 
@@ -27,7 +28,11 @@ def model_class_for(config: dict):
     from axon_llm.models import ARCHITECTURES, MODEL_TYPES
 
     archs = config.get("architectures") or []
-    arch = archs[0] if archs else MODEL_TYPES.get(config.get("model_type", ""))
+    model_type = config.get("model_type", "")
+    if not isinstance(archs, list) or not all(isinstance(a, str) for a in archs) or not isinstance(model_type, str):
+        raise ModelFormatError(f"config.json: architectures must be a list of strings and model_type a string, "
+                               f"got {str(archs)[:40]} / {str(model_type)[:40]}")
+    arch = archs[0] if archs else MODEL_TYPES.get(model_type)
     if arch not in ARCHITECTURES:
         what = arch or f"model_type {config.get('model_type')!r}"
         raise UnsupportedError(f"unsupported architecture {what}; supported: {', '.join(sorted(ARCHITECTURES))}")
@@ -86,20 +91,30 @@ def _load_hf_folder(folder: Path):
     loader = HFLoader(folder)
     cls, _ = model_class_for(loader.config)
     if hasattr(cls, "from_hf"):                         # models with their own loading (SSM, Trident)
+        own = getattr(cls, "config_class", None)
+        if own is not None:                             # the same checks before they build anything
+            check_config_against_file(own.from_dict(loader.config), loader.num_elements(), str(folder))
         return _with_folder_generation_config(cls.from_hf(folder), folder)
     config = config_class_for(cls, loader.config).from_dict(loader.config)
+    check_config_against_file(config, loader.num_elements(), str(folder))
     model = cls(config)
     load_state(model, loader.tensors(), strict=False)   # unused tensors: a warning, as in transformers
     model.eval()
     return _with_folder_generation_config(model, folder)
 
 
-def from_pretrained(src: str | Path, **kwargs):
+def from_pretrained(src: str | Path, adapter: str | Path | None = None, **kwargs):
     """Build a model with its weights from ``src``.
 
     ``src`` is a HF-layout folder (``config.json`` + ``*.safetensors``, sharded or not), a
-    ``.gguf`` file, or a registry name (see ``axon_llm.list_models()``).
+    ``.gguf`` file, or a registry name (see ``axon_llm.list_models()``). ``adapter`` is a LoRA
+    adapter folder in PEFT's format (``adapter_config.json`` + ``adapter_model.safetensors``),
+    applied over the loaded weights (see axon_llm/lora.py).
     """
+    if adapter is not None:
+        from axon_llm.lora import load_adapter
+
+        return load_adapter(from_pretrained(src, **kwargs), adapter)
     path = Path(src)
     if path.is_file() and path.suffix == ".gguf":
         try:

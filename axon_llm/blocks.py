@@ -342,6 +342,12 @@ class CausalLM(PretrainedModel):
 
         return generate(self, input_ids, max_new_tokens=max_new_tokens, do_sample=do_sample, **kwargs)
 
+    def merge_adapter(self):
+        """Fold a LoRA adapter into the weights (see :func:`axon_llm.lora.merge_adapter`); returns ``self``."""
+        from axon_llm.lora import merge_adapter
+
+        return merge_adapter(self)
+
 
 @dataclass
 class DecoderConfig:

@@ -6,6 +6,7 @@
     axon-llm info smollm2-135m-instruct
     axon-llm bench --model smollm2-135m-instruct
     axon-llm train --arch llama --preset tiny --data notes.txt --tokenizer byte --steps 200 --out run/
+    axon-llm convert smollm2-135m-instruct smol-q8.gguf --quant Q8_0   (or a train checkpoint, or OUT/ folder)
     axon-llm list | download NAME | cache ls | cache rm NAME      (from axon_llm.hub.cli)
 
 Only the generated text goes to stdout; logs, progress and timings go to stderr. Every
@@ -67,6 +68,29 @@ def _nonneg_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {text!r}") from None
+    if not 0 <= value < 1 << 63:
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**63), got {value}")
+    return value
+
+
+def _int_at_most(hi: int, lo: int = 0):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{lo}, {hi}], got {text!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{lo}, {hi}], got {value}")
+        return value
+
+    return parse
+
+
 def _float_in(lo: float, hi: float, lo_open: bool = False, name: str = "value"):
     def parse(text: str) -> float:
         try:
@@ -94,7 +118,7 @@ def _add_sampling_arguments(p: argparse.ArgumentParser, default_max_new: int) ->
                    help="drop tokens less likely than P times the most likely one")
     p.add_argument("--repeat-penalty", type=_float_in(0.0, 100.0, lo_open=True, name="--repeat-penalty"),
                    default=1.0, metavar="R", help="transformers' repetition penalty (1 = off)")
-    p.add_argument("--seed", type=int, default=None, metavar="S", help="seed of the sampler")
+    p.add_argument("--seed", type=_seed, default=None, metavar="S", help="seed of the sampler (0 <= S < 2**63)")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
                    help="print tokens as they are generated (default: on)")
 
@@ -102,6 +126,11 @@ def _add_sampling_arguments(p: argparse.ArgumentParser, default_max_new: int) ->
 def _add_threads_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
                    help="threads for the kernels and BLAS (default: one per core)")
+
+
+def _add_adapter_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--adapter", default=None, metavar="DIR",
+                   help="a LoRA adapter folder (PEFT format, or `axon-llm train --lora` output) to apply")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True, help="the text to continue ('-' reads it from stdin)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the model's chat template as a user turn")
     p.add_argument("--system", default=None, help="system message (with --chat)")
+    _add_adapter_argument(p)
     _add_sampling_arguments(p, 128)
     _add_threads_argument(p)
     p.set_defaults(func=cmd_generate)
@@ -128,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "/exit or end of input (Ctrl-D) quits, /reset starts over.")
     p.add_argument("--model", default=DEFAULT_CHAT_MODEL, help=f"default {DEFAULT_CHAT_MODEL}")
     p.add_argument("--system", default=None, help="system message")
+    _add_adapter_argument(p)
     _add_sampling_arguments(p, 256)
     _add_threads_argument(p)
     p.set_defaults(func=cmd_chat)
@@ -136,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_EMBED_MODEL, help=f"default {DEFAULT_EMBED_MODEL}")
     p.add_argument("texts", nargs="+", metavar="TEXT")
     p.add_argument("--similarity", action="store_true", help="print the cosine similarity matrix instead")
-    p.add_argument("--precision", type=_nonneg_int, default=6, help="decimals printed (default 6)")
+    p.add_argument("--precision", type=_int_at_most(17), default=6, help="decimals printed (0..17, default 6)")
     _add_threads_argument(p)
     p.set_defaults(func=cmd_embed)
 
@@ -148,9 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=DEFAULT_CHAT_MODEL, help=f"default {DEFAULT_CHAT_MODEL}")
     p.add_argument("--prompt-tokens", type=_positive_int, default=128, help="prefill length (default 128)")
     p.add_argument("--new-tokens", type=_positive_int, default=64, help="decode steps (default 64)")
-    p.add_argument("--repeats", type=_positive_int, default=1, help="best of this many runs (default 1)")
+    p.add_argument("--repeats", type=_int_at_most(1000, lo=1), default=1, help="best of this many runs (1..1000, default 1)")
     _add_threads_argument(p)
     p.set_defaults(func=cmd_bench)
+
+    _add_serve_command(sub)
 
     from axon_llm.training import add_train_arguments
 
@@ -160,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(p)
     _add_threads_argument(p)
     p.set_defaults(func=cmd_train)
+
+    _add_convert_parser(sub)
 
     try:
         from axon_llm.hub.cli import add_subcommands
@@ -178,14 +213,54 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def load_model(src: str):
-    """``axon_llm.from_pretrained(src)`` with a line on stderr."""
+def load_model(src: str, adapter: str | None = None):
+    """``axon_llm.from_pretrained(src, adapter=adapter)`` with a line on stderr."""
     from axon_llm.auto import from_pretrained
 
     t0 = time.perf_counter()
-    model = from_pretrained(src)
-    log(f"loaded {src} ({type(model).__name__}) in {time.perf_counter() - t0:.1f}s")
+    model = from_pretrained(src, adapter=adapter)
+    with_adapter = f" with the adapter {adapter}" if adapter else ""
+    log(f"loaded {src} ({type(model).__name__}){with_adapter} in {time.perf_counter() - t0:.1f}s")
     return model
+
+
+def model_kind(model) -> str:
+    """``"causal LM"`` for a model that generates (it has a cache), ``"encoder"`` for one that returns
+    hidden states per token (BERT), else ``"classifier"`` / ``"masked LM"`` (BERT with a head)."""
+    if callable(getattr(model, "new_cache", None)) and callable(getattr(model, "generate", None)):
+        return "causal LM"
+    name = type(model).__name__
+    if name.endswith("ForSequenceClassification"):
+        return "classifier"
+    if name.endswith("ForMaskedLM"):
+        return "masked LM"
+    return "encoder"
+
+
+def require_kind(model, src: str, command: str, kinds: tuple[str, ...]) -> None:
+    """A :class:`CLIError` naming the model's kind when ``command`` needs another kind of model."""
+    kind = model_kind(model)
+    if kind not in kinds:
+        def a(k):
+            return f"{'an' if k[0] in 'aeiou' else 'a'} {k}"
+        raise CLIError(f"`{command}` needs {' or '.join(a(k) + ' model' for k in kinds)}, but {src} is "
+                       f"{a(kind)} model ({type(model).__name__})")
+
+
+def read_text_input(text: str, flag: str) -> str:
+    """Text given on the command line (``-`` reads stdin), checked to be valid UTF-8 (an
+    :class:`InputError` naming ``flag`` otherwise)."""
+    if text == "-":
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8", "surrogateescape")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{flag} - : standard input is not valid UTF-8 (byte {e.start}: {e.reason})") from None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"{flag} is not valid UTF-8 text (undecodable byte at character {e.start})") from None
+    return text
 
 
 def load_tokenizer(src: str):
@@ -215,8 +290,11 @@ def generation_config(args, tokenizer, model):
 # ----------------------------------------------------------------------------------------
 def cmd_generate(args) -> int:
     """``axon-llm generate``: the continuation (only) on stdout."""
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
-    model = load_model(args.model)
+    prompt = read_text_input(args.prompt, "--prompt")
+    if args.system is not None:
+        read_text_input(args.system, "--system")
+    model = load_model(args.model, args.adapter)
+    require_kind(model, args.model, "generate", ("causal LM",))
     tok = load_tokenizer(args.model)
     if args.chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
@@ -277,7 +355,10 @@ def _compile_kernels_first() -> None:
 
 def cmd_chat(args) -> int:
     """``axon-llm chat``: read a message per line from stdin, answer on stdout."""
-    model = load_model(args.model)
+    if args.system is not None:
+        read_text_input(args.system, "--system")
+    model = load_model(args.model, args.adapter)
+    require_kind(model, args.model, "chat", ("causal LM",))
     tok = load_tokenizer(args.model)
     session = ChatSession(model, tok, generation_config(args, tok, model), system=args.system)
     interactive = sys.stdin.isatty()
@@ -287,9 +368,14 @@ def cmd_chat(args) -> int:
         if interactive:
             sys.stderr.write("> ")
             sys.stderr.flush()
-        line = sys.stdin.readline()
-        if not line:
+        raw = sys.stdin.buffer.readline() if hasattr(sys.stdin, "buffer") else sys.stdin.readline().encode()
+        if not raw:
             break
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            log(f"{PROG}: that line is not valid UTF-8 (byte {e.start}: {e.reason}); type it again")
+            continue
         text = line.strip()
         if not text:
             continue
@@ -311,9 +397,11 @@ def cmd_chat(args) -> int:
 
 def cmd_embed(args) -> int:
     """``axon-llm embed``: one vector per line (or the cosine matrix)."""
+    texts = [read_text_input(t, f"TEXT #{i + 1}") for i, t in enumerate(args.texts)]
     model = load_model(args.model)
+    require_kind(model, args.model, "embed", ("encoder",))
     tok = load_tokenizer(args.model)
-    vecs = embed_texts(model, tok, args.texts)
+    vecs = embed_texts(model, tok, texts)
     fmt = f"{{:.{args.precision}f}}"
     rows = vecs @ vecs.T if args.similarity else vecs
     for row in rows:
@@ -382,10 +470,18 @@ def cmd_bench(args) -> int:
     import axon
 
     model = load_model(args.model)
+    require_kind(model, args.model, "bench", ("causal LM",))
     vocab = model.config.vocab_size
     ctx = max_context(model)
     if ctx is not None and args.prompt_tokens + args.new_tokens > ctx:
         raise InputError(f"--prompt-tokens + --new-tokens = {args.prompt_tokens + args.new_tokens} exceeds the context {ctx}")
+    from axon_llm.generation import check_generation_budget
+    from axon_llm.generation_config import GenerationConfig
+
+    try:
+        check_generation_budget(model, 1, args.prompt_tokens, GenerationConfig(max_new_tokens=args.new_tokens))
+    except GenerationError as e:
+        raise InputError(f"--prompt-tokens / --new-tokens: {e}") from None
     rng = np.random.default_rng(0)
     ids = rng.integers(min(100, vocab - 1), vocab, size=(1, args.prompt_tokens))
     _compile_kernels_first()
@@ -407,11 +503,75 @@ def cmd_bench(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------
+# axon-llm serve (axon_llm/server.py, axon_llm/batching.py, axon_llm/constrained.py)
+# ----------------------------------------------------------------------------------------
+def _add_serve_command(sub) -> None:
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (chat, completions, embeddings)",
+                       description="Serve /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models "
+                                   "and /health with continuous batching; see docs/serve.md.")
+    p.add_argument("--model", default=DEFAULT_CHAT_MODEL, help=f"registry name, HF folder or .gguf (default {DEFAULT_CHAT_MODEL})")
+    p.add_argument("--embedding-model", default=DEFAULT_EMBED_MODEL,
+                   help=f"sentence-embedding model for /v1/embeddings (default {DEFAULT_EMBED_MODEL}; 'none' to skip)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_nonneg_int, default=8000, help="port (default 8000; 0 picks a free one)")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (default: no key)")
+    p.add_argument("--max-batch", type=_positive_int, default=8, help="sequences decoded together (default 8)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="compute threads (default: all cores)")
+    p.add_argument("--timeout", type=_float_in(0.0, 1e6, lo_open=True, name="--timeout"), default=300.0,
+                   help="server-side deadline of one generation in seconds (default 300)")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    """``axon-llm serve``: load the models and serve until Ctrl-C."""
+    from axon_llm.server import ServerApp, serve
+
+    if args.port > 65535:
+        raise CLIError(f"--port must be at most 65535, got {args.port}")
+    model, tok = load_model(args.model), load_tokenizer(args.model)   # --threads: set in main()
+    embed = embed_tok = None
+    if args.embedding_model.lower() != "none":
+        embed, embed_tok = load_model(args.embedding_model), load_tokenizer(args.embedding_model)
+    app = ServerApp(model, tok, args.model, embed, embed_tok, None if embed is None else args.embedding_model,
+                    api_key=args.api_key, max_batch=args.max_batch, timeout_s=args.timeout)
+    serve(app, args.host, args.port)
+    return 0
+
+
 def cmd_train(args) -> int:
     """``axon-llm train``: see axon_llm/training.py."""
     from axon_llm.training import run_from_args
 
     return run_from_args(args)
+
+
+# ----------------------------------------------------------------------------------------
+# convert (axon_llm/convert.py)
+# ----------------------------------------------------------------------------------------
+def _add_convert_parser(sub) -> None:
+    from axon_llm.convert import QUANT_CHOICES
+
+    p = sub.add_parser("convert", help="write a model as a GGUF file (llama.cpp, Ollama) or an HF folder",
+                       description="Convert SRC (registry name, HF folder, train checkpoint or .gguf) into OUT: "
+                                   "a .gguf file, or a folder of safetensors + config + tokenizer. Without "
+                                   "--quant every tensor keeps its source type.")
+    p.add_argument("src", metavar="SRC", help="registry name, HF folder or .gguf file")
+    p.add_argument("out", metavar="OUT", help="a .gguf file, or a folder (HF layout)")
+    p.add_argument("--quant", type=str.upper, choices=QUANT_CHOICES, default=None, metavar="TYPE",
+                   help=f"quantise the 2-D weights to TYPE ({', '.join(QUANT_CHOICES)}); .gguf output only")
+    p.set_defaults(func=cmd_convert)
+
+
+def cmd_convert(args) -> int:
+    """``axon-llm convert SRC OUT [--quant TYPE]``: see axon_llm/convert.py."""
+    from axon_llm.convert import convert
+
+    t0 = time.perf_counter()
+    out = convert(args.src, args.out, quant=args.quant)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() else out.stat().st_size
+    log(f"wrote {out} ({_human_bytes(size)}) in {time.perf_counter() - t0:.1f} s")
+    return 0
 
 
 # ----------------------------------------------------------------------------------------

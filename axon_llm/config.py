@@ -25,14 +25,14 @@ dict with ``rope_type``), which is what :mod:`axon_llm.rope` reads.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from axon_llm.errors import ConfigError, ModelFormatError, UnsupportedError
+from axon_llm.errors import ConfigError, LLMError, ModelFormatError, UnsupportedError
+from axon_llm.limits import CEILINGS, check_count, check_float, read_json_file
 
 #: rope_scaling types implemented by axon_llm.rope
 SUPPORTED_ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
@@ -67,7 +67,8 @@ def normalize_rope(d: dict[str, Any], default_theta: float = 10000.0) -> tuple[f
             raise UnsupportedError(
                 f"rope_scaling type {rope_type!r} is not supported; supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
         scaling = None if rope_type == "default" else {"rope_type": rope_type, **scaling}
-    return float(default_theta if theta is None else theta), scaling, partial
+    theta = default_theta if theta is None else check_float(theta, "rope_theta", lo=1.0, hi=1e15, error=ConfigError)
+    return float(theta), scaling, partial
 
 
 def check_rope(rope_scaling: dict | None) -> None:
@@ -79,13 +80,14 @@ def check_rope(rope_scaling: dict | None) -> None:
         raise UnsupportedError(
             f"rope_scaling type {rope_type!r} is not supported; supported: {', '.join(SUPPORTED_ROPE_TYPES)}")
     if rope_type in ("linear", "dynamic", "llama3"):
-        factor = rope_scaling.get("factor")
-        if not isinstance(factor, (int, float)) or factor < 1.0:
-            raise ConfigError(f"rope_scaling factor must be a number >= 1 for {rope_type!r}, got {factor!r}")
+        check_float(rope_scaling.get("factor"), f"rope_scaling factor ({rope_type!r})", lo=1.0, hi=1e6,
+                    error=ConfigError)
     if rope_type == "llama3":
         for key in ("low_freq_factor", "high_freq_factor", "original_max_position_embeddings"):
             if key not in rope_scaling:
                 raise ConfigError(f"rope_scaling of type 'llama3' needs {key!r}")
+            check_float(rope_scaling[key], f"rope_scaling {key}", lo=0.0, lo_open=True, hi=float(CEILINGS["positions"]),
+                        error=ConfigError)
         if rope_scaling["high_freq_factor"] <= rope_scaling["low_freq_factor"]:
             raise ConfigError("rope_scaling llama3: high_freq_factor must exceed low_freq_factor")
 
@@ -106,6 +108,86 @@ def check_activation(cfg: Any, name: str) -> None:
             f"{type(cfg).__name__}.{name}={value!r} is not supported; supported: {', '.join(SUPPORTED_ACTIVATIONS)}")
 
 
+# -- checks of config.json values, shared by every config class -------------------------------------
+# A field is checked by its declared type (``int | None``, ``float``, ``str``, ``bool``, ``dict``,
+# ``list[int]``) and, when its name is listed below, by a range: counts against a ceiling that no
+# real model comes near (so ``num_hidden_layers: 10**6`` fails before one layer is built), floats
+# finite and in range (``rms_norm_eps: NaN``, ``rope_theta: inf`` fail).
+_INT_CEILINGS: dict[str, str] = {
+    "vocab_size": "vocab", "type_vocab_size": "vocab",
+    "hidden_size": "hidden", "n_embd": "hidden", "d_model": "hidden", "time_step_rank": "hidden",
+    "intermediate_size": "intermediate", "n_inner": "intermediate",
+    "num_hidden_layers": "layers", "n_layer": "layers",
+    "num_attention_heads": "heads", "n_head": "heads", "num_key_value_heads": "heads", "head_dim": "head_dim",
+    "max_position_embeddings": "positions", "n_positions": "positions", "sliding_window": "positions",
+    "original_max_position_embeddings": "positions",
+    "num_local_experts": "experts", "num_experts_per_tok": "experts",
+    "num_labels": "labels", "state_size": "state", "conv_kernel": "kernel", "expand": "kernel",
+}
+#: float fields by name: (low, high, low excluded)
+_FLOAT_RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "rope_theta": (1.0, 1e15, False),                # below 1 the inverse frequencies overflow
+    "partial_rotary_factor": (0.0, 1.0, True),
+    "initializer_range": (0.0, None, False), "time_step_scale": (0.0, None, True),
+}
+
+
+def _float_range(name: str) -> tuple[float | None, float | None, bool]:
+    if name in _FLOAT_RANGES:
+        return _FLOAT_RANGES[name]
+    if name.endswith(("eps", "epsilon")):
+        return 0.0, 1.0, True                       # a norm epsilon: positive and small
+    if "dropout" in name or name.endswith(("pdrop", "_prob", "jitter_noise")):
+        return 0.0, 1.0, False                      # a probability
+    return None, None, False                        # any finite number
+
+
+def check_field(owner: str, name: str, annotation: Any, value: Any) -> None:
+    """Raise :class:`ConfigError` naming ``owner.name`` unless ``value`` fits the field's declared
+    type and range (see ``_INT_CEILINGS`` / ``_FLOAT_RANGES``); token ids must fit an int32."""
+    what = f"{owner}.{name}"
+    kinds = {k.strip() for k in str(annotation).split("|")}
+    if value is None:
+        if "None" in kinds:
+            return
+        raise ConfigError(f"{what} must not be null")
+    if isinstance(value, bool):
+        if "bool" in kinds:
+            return
+        raise ConfigError(f"{what} must be {' or '.join(sorted(kinds - {'None'}))}, got {value!r}")
+    if isinstance(value, (int, np.integer)) and ("int" in kinds or "float" in kinds):
+        if name.endswith("token_id"):
+            check_count(value, what, lo=-1, hi=CEILINGS["token_id"], error=ConfigError)
+        elif "int" in kinds:
+            ceiling = _INT_CEILINGS.get(name)
+            check_count(value, what, lo=0 if ceiling else -(1 << 31), hi=CEILINGS[ceiling or "token_id"],
+                        error=ConfigError)
+        else:
+            lo, hi, lo_open = _float_range(name)
+            check_float(value, what, lo=lo, hi=hi, lo_open=lo_open, error=ConfigError)
+        return
+    if isinstance(value, (float, np.floating)) and "float" in kinds:
+        lo, hi, lo_open = _float_range(name)
+        check_float(value, what, lo=lo, hi=hi, lo_open=lo_open, error=ConfigError)
+        return
+    if isinstance(value, str) and "str" in kinds:
+        if len(value) > 4096:
+            raise ConfigError(f"{what} is a string of {len(value)} characters")
+        return
+    if isinstance(value, dict) and "dict" in kinds:
+        return
+    if isinstance(value, list) and kinds & {"list[int]", "list[str]", "list"}:
+        if len(value) > CEILINGS["layers"] * 4:
+            raise ConfigError(f"{what} lists {len(value)} values")
+        for i, v in enumerate(value):
+            if "list[int]" in kinds:
+                check_count(v, f"{what}[{i}]", lo=-1 if name.endswith("token_id") else 0,
+                            hi=CEILINGS["token_id"], error=ConfigError)
+            elif "list[str]" in kinds and (not isinstance(v, str) or len(v) > 4096):
+                raise ConfigError(f"{what}[{i}] must be a string, got {type(v).__name__}")
+        return
+    raise ConfigError(f"{what} must be {' or '.join(sorted(kinds - {'None'}))}, got "
+                      f"{type(value).__name__} {str(value)[:40]!r}")
 def check_heads(cfg: Any, *, head_dim_given: bool = False) -> None:
     """The attention-head rules of every config with heads (``ConfigError`` naming the class).
 
@@ -198,13 +280,22 @@ class ModelConfig:
         """Build from a config.json dict (4.x or 5.x style); keys this class does not know go to ``extra``."""
         if not isinstance(d, dict):
             raise ModelFormatError(f"a config must be a JSON object, got {type(d).__name__}")
-        d = cls._prepare(d)
-        names = {f.name for f in dataclasses.fields(cls) if f.init} - {"extra"}
-        known = {k: v for k, v in d.items() if k in names}
-        extra = {k: v for k, v in d.items() if k not in names}
+        try:
+            d = cls._prepare(d)
+        except LLMError:
+            raise
+        except (TypeError, ValueError, OverflowError, AttributeError) as e:
+            raise ConfigError(f"{cls.__name__}: malformed config ({e})") from None
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.name != "extra"}
+        known = {k: v for k, v in d.items() if k in fields}
+        extra = {k: v for k, v in d.items() if k not in fields}
+        for name, value in known.items():
+            check_field(cls.__name__, name, fields[name].type, value)
         try:
             cfg = cls(**known)
-        except TypeError as e:
+        except LLMError:
+            raise
+        except (TypeError, ValueError, OverflowError, ZeroDivisionError) as e:
             raise ConfigError(f"{cls.__name__}: {e}") from None
         cfg.extra = extra
         return cfg
@@ -254,12 +345,14 @@ def read_config_json(source: str | Path) -> dict[str, Any]:
         path = path / "config.json"
     if not path.is_file():
         raise ModelFormatError(f"no config.json at {path}")
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ModelFormatError(f"{path} is not valid JSON: {e}") from None
+    d = read_json_file(path, max_bytes=64 << 20)
     if not isinstance(d, dict):
         raise ModelFormatError(f"{path} must hold a JSON object")
+    archs = d.get("architectures")
+    if archs is not None and not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
+        raise ModelFormatError(f"{path}: architectures must be a list of strings, got {str(archs)[:60]}")
+    if not isinstance(d.get("model_type", ""), str):
+        raise ModelFormatError(f"{path}: model_type must be a string, got {str(d['model_type'])[:60]}")
     return d
 
 

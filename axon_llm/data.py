@@ -19,7 +19,7 @@ import numpy as np
 from axon_llm.errors import InputError, TokenizerError
 
 __all__ = ["ByteTokenizer", "load_training_tokenizer", "read_text", "TokenDataset", "Batch", "shard_rows",
-           "mask_tokens"]
+           "mask_tokens", "is_chat_data", "read_chats", "chat_tokens", "ChatDataset"]
 
 
 class ByteTokenizer:
@@ -110,6 +110,10 @@ class _HFTrainingTokenizer:
     def decode(self, ids) -> str:
         return self.tok.decode([int(i) for i in ids])
 
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = False) -> str:
+        """The text of ``messages`` rendered by the tokenizer's chat template (chat data, below)."""
+        return self.tok.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+
     def save(self, directory: Path) -> None:
         """``tokenizer.json`` + ``tokenizer_config.json`` (special tokens, chat template) beside a checkpoint,
         so ``HFTokenizer.from_pretrained(directory)`` gives the same tokenizer back."""
@@ -134,15 +138,24 @@ def load_training_tokenizer(spec: str, *, for_mlm: bool = False):
 
 def read_text(path) -> str:
     """The UTF-8 text of a training file (``InputError`` naming the file when it is missing or unreadable)."""
+    from axon_llm.limits import check_memory
+
     p = Path(path)
     if not p.exists():
         raise InputError(f"training data file not found: {p}")
-    if not p.is_file():
+    if p.is_dir():
         raise InputError(f"training data must be a text file, {p} is a directory")
+    if not p.is_file():
+        raise InputError(f"training data must be a regular text file, {p} is not (a device, FIFO or socket)")
+    size = p.stat().st_size
+    # the text, its str and one int64 token per byte at most are held at once
+    check_memory(size * 14, f"the training data {p} ({size} bytes)", "train on a smaller file", InputError)
     try:
         return p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise InputError(f"training data {p} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise InputError(f"cannot read the training data {p}: {e.strerror or e}") from None
 
 
 @dataclass
@@ -240,3 +253,127 @@ def mask_tokens(windows: np.ndarray, rng: np.random.Generator, mask_token_id: in
     rand = picked & (roll >= 0.8) & (roll < 0.9)
     ids[rand] = rng.integers(0, vocab_size, size=int(rand.sum()))
     return ids, labels
+
+
+# ----------------------------------------------------------------------------------------
+# chat data: JSONL of {"messages": [...]}, loss on the assistant's tokens only
+# ----------------------------------------------------------------------------------------
+def is_chat_data(path) -> bool:
+    """True for a ``.jsonl`` training file (one chat per line); other files are plain text."""
+    return Path(path).suffix.lower() == ".jsonl"
+
+
+def read_chats(path) -> list[tuple[int, list[dict]]]:
+    """``(line number, messages)`` for each chat of a JSONL file: one ``{"messages": [{"role", "content"},
+    ...]}`` per line (blank lines skipped). ``InputError`` names the line that is not JSON, not a chat, or has no assistant turn."""
+    p = Path(path)
+    chats = []
+    for n, line in enumerate(read_text(p).splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{p} line {n}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{where} is not JSON ({e.msg} at column {e.colno})") from None
+        messages = obj.get("messages") if isinstance(obj, dict) else None
+        if not isinstance(messages, list) or not messages:
+            raise InputError(f'{where} is not a chat: expected {{"messages": [{{"role": ..., "content": ...}}, ...]}}')
+        for k, m in enumerate(messages):
+            if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
+                raise InputError(f"{where}, message {k}: expected {{\"role\": str, \"content\": str}}, got {m!r:.80}")
+        if not any(m["role"] == "assistant" for m in messages):
+            raise InputError(f"{where}: the chat has no assistant turn (nothing to learn from)")
+        chats.append((n, [{"role": m["role"], "content": m["content"]} for m in messages]))
+    if not chats:
+        raise InputError(f"{p} holds no chats")
+    return chats
+
+
+def chat_tokens(tokenizer, messages: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids [L], assistant [L] bool)`` of one chat rendered by ``tokenizer``'s chat template.
+
+    Each assistant turn's span is what its rendering adds after the prompt that asks for it:
+    ``render(messages[:i+1])`` minus ``render(messages[:i], add_generation_prompt=True)`` -- the
+    reply and its end-of-turn token (as TRL's assistant-only loss and mlx-lm's chat fine-tuning
+    train on). The text is encoded piece by piece at those boundaries, so the mask is exact.
+    """
+    if not hasattr(tokenizer, "apply_chat_template"):
+        raise TokenizerError("chat data (JSONL) needs a tokenizer with a chat template, not --tokenizer byte")
+    full = tokenizer.apply_chat_template(messages, add_generation_prompt=False)
+    pieces, pos = [], 0
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(messages[:i], add_generation_prompt=True) if i else ""
+        upto = tokenizer.apply_chat_template(messages[:i + 1], add_generation_prompt=False)
+        if not (upto.startswith(before) and full.startswith(upto) and len(before) >= pos):
+            raise TokenizerError(f"the chat template does not render assistant turn {i} as an extension of the "
+                                 "turns before it, so its tokens cannot be found")
+        pieces += [(full[pos:len(before)], False), (full[len(before):len(upto)], True)]
+        pos = len(upto)
+    pieces.append((full[pos:], False))
+    ids, mask = [], []
+    for text, learn in pieces:
+        if text:
+            piece = tokenizer.encode(text)
+            ids += piece
+            mask += [learn] * len(piece)
+    return np.asarray(ids, dtype=np.int64), np.asarray(mask, dtype=bool)
+
+
+class ChatDataset:
+    """Chats as training examples: each row is one chat, cut to ``seq_len + 1`` tokens, right-padded.
+
+    Labels are the next token where that token belongs to an assistant turn and -100 elsewhere
+    (prompts, system text, padding). Right padding needs no attention mask: causal attention never
+    lets a real position see the pads after it. Batches are a pure function of ``(seed, step)``, as
+    :class:`TokenDataset`'s; ``eval_fraction`` of the chats (the last ones) are held out.
+    """
+
+    mlm = False
+
+    def __init__(self, examples: list[tuple[np.ndarray, np.ndarray]], seq_len: int, *, seed: int = 0,
+                 pad_token_id: int | None = None, eval_fraction: float = 0.0, names: list[str] | None = None):
+        self.seq_len, self.seed = int(seq_len), int(seed)
+        self.pad_token_id = int(pad_token_id) if pad_token_id is not None else 0
+        rows = []
+        for k, (ids, mask) in enumerate(examples):
+            ids, mask = ids[: self.seq_len + 1], mask[: self.seq_len + 1]
+            if not mask[1:].any():
+                what = names[k] if names else f"chat {k}"
+                raise InputError(f"{what}: no assistant token within the first {self.seq_len + 1} tokens; "
+                                 "raise --seq-len or shorten the chat")
+            rows.append((ids, mask))
+        n_eval = int(len(rows) * eval_fraction) if eval_fraction > 0 and len(rows) > 1 else 0
+        self.train_rows = rows[: len(rows) - n_eval]
+        self.eval_rows = rows[len(rows) - n_eval:]
+        self.train_tokens = np.concatenate([r[0] for r in self.train_rows])   # [N] (for the log line)
+
+    @classmethod
+    def from_jsonl(cls, path, tokenizer, seq_len: int, **kwargs) -> "ChatDataset":
+        """Read, render and mask the chats of a JSONL file."""
+        chats = read_chats(path)
+        return cls([chat_tokens(tokenizer, c) for _, c in chats], seq_len, names=[f"{path} line {n}" for n, _ in chats],
+                   pad_token_id=getattr(tokenizer, "pad_token_id", None), **kwargs)
+
+    def _make(self, rows) -> Batch:
+        width = max(ids.size for ids, _ in rows) - 1                       # T: the longest row, shifted
+        input_ids = np.full((len(rows), width), self.pad_token_id, dtype=np.int64)   # [B, T]
+        labels = np.full((len(rows), width), -100, dtype=np.int64)                   # [B, T]
+        for b, (ids, mask) in enumerate(rows):
+            t = ids.size - 1
+            input_ids[b, :t] = ids[:-1]
+            labels[b, :t] = np.where(mask[1:], ids[1:], -100)
+        return Batch(input_ids, labels)
+
+    def global_batch(self, step: int, batch_size: int) -> Batch:
+        """The batch of training step ``step`` (0-based): ``batch_size`` chats drawn with replacement."""
+        rng = np.random.default_rng([self.seed, int(step)])
+        picks = rng.integers(0, len(self.train_rows), size=batch_size)     # [B]
+        return self._make([self.train_rows[i] for i in picks])
+
+    def eval_batches(self, batch_size: int, max_batches: int = 8):
+        """The held-out chats, in order, ``batch_size`` at a time."""
+        rows = self.eval_rows[: batch_size * max_batches]
+        return [self._make(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]

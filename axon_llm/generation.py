@@ -36,9 +36,9 @@ from axon_llm.generation_config import (
 )
 from axon_llm.sampling import BeamSearch, TextGenerator, log_softmax, process_logits
 
-__all__ = ["generate", "select_next_token", "resolve_generation_config",
+__all__ = ["generate", "check_generation_budget", "model_context", "select_next_token", "resolve_generation_config",
            "generation_config_from_model_config", "generation_config_from_dict", "generation_config_to_dict",
-           "model_generation_config"]
+           "model_generation_config", "mask_logits"]
 
 #: "not given" for ``generate(eos_token_id=...)``: an explicit None means "no EOS"
 _UNSET = object()
@@ -97,7 +97,8 @@ def generate(model, input_ids, max_new_tokens: int | None = None, do_sample: boo
              repetition_penalty: float | None = None, num_beams: int | None = None,
              length_penalty: float | None = None, early_stopping: bool | str | None = None,
              seed: int | None = None, stop_strings=None, tokenizer=None, streamer=None, cache=None,
-             fast_decode: bool = True) -> np.ndarray:
+             frequency_penalty: float | None = None, presence_penalty: float | None = None,
+             json_schema=None, logprobs=None, fast_decode: bool = True) -> np.ndarray:
     """Continue ``input_ids [B, T]`` by up to ``max_new_tokens``; returns int64 ``[B, T + n]``.
 
     Settings come from ``generation_config`` (default: ``model.generation_config`` — greedy,
@@ -115,6 +116,12 @@ def generate(model, input_ids, max_new_tokens: int | None = None, do_sample: boo
     keeps its cache between turns this way); it must have room for the new tokens.
     ``num_beams > 1`` runs transformers' beam search (no streamer, no external cache).
 
+    ``frequency_penalty`` / ``presence_penalty``: OpenAI's penalties on the generated tokens.
+    ``json_schema`` (a JSON-schema dict; ``{"type": "object"}`` = any object; needs
+    ``tokenizer``) masks every step so each row's new text is JSON valid under the schema
+    (axon_llm/constrained.py); it is complete within ``max_new_tokens``. ``logprobs``: a
+    :class:`~axon_llm.sampling.LogprobsRecorder` that receives each step's log-probabilities.
+
     ``fast_decode``: decode steps of a single unpadded row of a LLaMA-family model run through
     :class:`axon_llm.decode.DecodePlan` (raw arrays, fused kernels); ``False`` keeps them on the
     module forward (the plan's reference). Other models and batches always use the modules.
@@ -127,7 +134,8 @@ def generate(model, input_ids, max_new_tokens: int | None = None, do_sample: boo
         eos_token_id=None if eos_token_id is _UNSET else eos_token_id,
         pad_token_id=pad_token_id, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
         repetition_penalty=repetition_penalty, num_beams=num_beams, length_penalty=length_penalty,
-        early_stopping=early_stopping, seed=seed, stop_strings=stop_strings)
+        early_stopping=early_stopping, seed=seed, stop_strings=stop_strings,
+        frequency_penalty=frequency_penalty, presence_penalty=presence_penalty)
     ids = as_token_ids(input_ids, model.config.vocab_size)
     b, t = ids.shape
     mask = None
@@ -140,23 +148,77 @@ def generate(model, input_ids, max_new_tokens: int | None = None, do_sample: boo
             mask = None
     if cfg.stop_strings and tokenizer is None:
         raise GenerationError("stop_strings need the tokenizer to decode with: generate(..., tokenizer=tok)")
+    constraints = None
+    if json_schema is not None:
+        if tokenizer is None:
+            raise GenerationError("json_schema needs the tokenizer: generate(..., tokenizer=tok)")
+        from axon_llm.constrained import JsonConstraint, compile_schema, token_index
+
+        node = compile_schema(json_schema)
+        index = token_index(tokenizer, cfg.eos_token_ids)
+        constraints = [JsonConstraint(index, node) for _ in range(b)]
+        if constraints[0].min_tokens > cfg.max_new_tokens:
+            raise InputError(f"max_new_tokens={cfg.max_new_tokens} cannot hold the shortest JSON the schema "
+                             f"allows ({constraints[0].min_tokens} tokens)")
     if cfg.max_new_tokens == 0:
         return ids.copy()
+    check_generation_budget(model, b, t, cfg, external_cache=cache is not None)
 
     was_training = getattr(model, "training", False)
     model.eval()
     try:
         with axon.no_grad():
             if cfg.num_beams > 1:
-                if streamer is not None or cache is not None:
-                    raise GenerationError("beam search supports neither a streamer nor an external cache")
+                if streamer is not None or cache is not None or constraints or logprobs is not None:
+                    raise GenerationError("beam search supports no streamer, external cache, json_schema or logprobs")
                 return _beam_search(model, ids, mask, cfg)
-            return _sample(model, ids, mask, cfg, tokenizer, streamer, cache, fast_decode)
+            return _sample(model, ids, mask, cfg, tokenizer, streamer, cache, constraints, logprobs, fast_decode)
     finally:
         model.train(was_training)
 
 
-def _sample(model, ids, mask, cfg: GenerationConfig, tokenizer, streamer, cache, fast_decode: bool = True) -> np.ndarray:
+def model_context(model) -> int | None:
+    """The model's context length (``max_position_embeddings`` or ``n_positions``), None if it has none."""
+    cfg = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        v = getattr(cfg, name, None)
+        if isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0:
+            return int(v)
+    return None
+
+
+def check_generation_budget(model, batch: int, prompt_len: int, cfg: GenerationConfig, *,
+                            external_cache: bool = False) -> None:
+    """Before anything is allocated: the prompt plus ``max_new_tokens`` must fit the model's context,
+    and the cache, logits and output of ``batch * num_beams`` rows must fit in the memory left.
+    Raises :class:`GenerationError` naming the setting to lower."""
+    from axon_llm.limits import CEILINGS, check_memory
+
+    total = prompt_len + cfg.max_new_tokens
+    ctx = model_context(model)
+    if hasattr(model.config, "rope_theta"):    # RoPE extrapolates (dynamic scaling is made for it): a ceiling only
+        ctx = CEILINGS["positions"]
+    if ctx is not None and total > ctx:
+        raise GenerationError(f"prompt ({prompt_len} tokens) + max_new_tokens ({cfg.max_new_tokens}) = {total} "
+                              f"exceeds the model's context of {ctx} tokens; lower max_new_tokens")
+    rows = batch * cfg.num_beams
+    vocab = int(getattr(model.config, "vocab_size", 0) or 0)
+    need = rows * total * 8 + rows * vocab * 4 * (4 if cfg.num_beams > 1 else 2)   # output ids, logits + temporaries
+    shape = getattr(model, "cache_shape", None)
+    if shape is not None and not external_cache:
+        try:
+            layers, kv, hd = (int(x) for x in shape())
+        except (TypeError, ValueError, AttributeError):   # a model whose state is not a KV cache (SSM)
+            layers = kv = hd = 0
+        need += 2 * layers * rows * total * kv * hd * 4                       # K and V, float32
+
+    what = f"generating {cfg.max_new_tokens} tokens for {batch} row(s)" + \
+        (f" x {cfg.num_beams} beams" if cfg.num_beams > 1 else "")
+    check_memory(need, what, "lower max_new_tokens, num_beams or the batch size", GenerationError)
+
+
+def _sample(model, ids, mask, cfg: GenerationConfig, tokenizer, streamer, cache, constraints=None,
+            logprobs=None, fast_decode: bool = True) -> np.ndarray:
     """Greedy or sampled decoding of every row at once."""
     b, t = ids.shape
     if cache is None:
@@ -182,8 +244,18 @@ def _sample(model, ids, mask, cfg: GenerationConfig, tokenizer, streamer, cache,
     plan = _fast_plan(model, mask, cache) if fast_decode and cfg.max_new_tokens > 1 else None
     try:
         for step in range(cfg.max_new_tokens):
-            nxt = gen.next_tokens(logits, out[:, :n] if cfg.repetition_penalty != 1.0 else None)   # [B]
+            raw = logits
+            if constraints is not None:
+                logits = mask_logits(logits, constraints, cfg.max_new_tokens - step, finished)
+            nxt = gen.next_tokens(logits, out[:, :n] if cfg.repetition_penalty != 1.0 else None, out[:, t:n])   # [B]
             nxt = np.where(finished, fill, nxt)
+            if logprobs is not None:
+                logprobs.record(raw, nxt)
+            if constraints is not None:
+                for c, tok, done in zip(constraints, nxt, finished):
+                    if not done:
+                        c.advance(tok)
+                finished |= np.array([c.done for c in constraints])
             out[:, n] = nxt
             n += 1
             _emit(streamer, nxt)
@@ -211,6 +283,17 @@ def _fast_plan(model, mask, cache):
     from axon_llm.decode import decode_plan
 
     return decode_plan(model, cache)
+
+
+def mask_logits(logits: np.ndarray, constraints, remaining: int, finished=None) -> np.ndarray:
+    """``logits [B, V]`` with ``-inf`` wherever row ``b``'s constraint forbids the token
+    (``remaining`` tokens may still be generated, this one included); finished rows are kept."""
+    out = np.array(logits, copy=True)
+    for b, c in enumerate(constraints):
+        if c is not None and (finished is None or not finished[b]):
+            out[b, :c.index.vocab_size][~c.allowed(remaining)] = -np.inf
+            out[b, c.index.vocab_size:] = -np.inf                    # padded vocabulary rows
+    return out
 
 
 def _hit_stop_strings(tokenizer, new_ids: np.ndarray, stops, finished: np.ndarray) -> np.ndarray:

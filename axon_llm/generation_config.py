@@ -61,6 +61,8 @@ class GenerationConfig(CrateBuilders):
     early_stopping: bool | str = False
     seed: int | None = None
     stop_strings: tuple[str, ...] = ()
+    frequency_penalty: float = 0.0          # OpenAI's penalties on the generated tokens (sampling.py)
+    presence_penalty: float = 0.0
 
     def __post_init__(self):
         # lists are accepted for convenience and stored as tuples so the config stays hashable
@@ -121,6 +123,15 @@ class GenerationConfig(CrateBuilders):
             bad(f"seed must be an integer (or None), got {self.seed!r}")
         if any(not isinstance(s, str) or s == "" for s in self.stop_strings):
             bad(f"stop_strings must be non-empty strings, got {list(self.stop_strings)}")
+        for name in ("frequency_penalty", "presence_penalty"):
+            v = getattr(self, name)
+            if not is_num(v) or not -2.0 <= v <= 2.0:      # OpenAI's range
+                bad(f"{name} must be a number in [-2, 2], got {v!r}")
+
+    @property
+    def has_openai_penalties(self) -> bool:
+        """True when a frequency or presence penalty is set (they need the generated ids)."""
+        return self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
 
     @property
     def fill_token_id(self) -> int:

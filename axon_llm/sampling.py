@@ -14,7 +14,8 @@ N  number of beams                          K  candidates kept per beam-search s
 L  length of a sequence (prompt + new tokens)
 
 The processors follow HuggingFace transformers' semantics exactly, in transformers'
-order: repetition penalty, then temperature, top-k, top-p, min-p. Greedy decoding is
+order: repetition penalty, then temperature, top-k, top-p, min-p; OpenAI's frequency and
+presence penalties (on the generated tokens) come right after the repetition penalty. Greedy decoding is
 the argmax of the processed logits; beam search reproduces transformers' vectorised
 ``_beam_search`` (scores are accumulated log-probabilities, finished hypotheses are
 ranked by ``score / generated_length ** length_penalty``).
@@ -22,6 +23,7 @@ ranked by ``score / generated_length ** length_penalty``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -70,6 +72,18 @@ def log_softmax(logits) -> np.ndarray:
     return out.astype(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32)
 
 
+def _id_rows(token_ids, arr: np.ndarray, was_1d: bool, what: str) -> list[np.ndarray]:
+    """One int64 id array per logit row of ``arr [B, V]``, ids outside ``[0, V)`` dropped."""
+    rows = [token_ids] if was_1d else list(token_ids)
+    if len(rows) != arr.shape[0]:
+        raise GenerationError(f"{what} got {len(rows)} id rows for {arr.shape[0]} logit rows")
+    out = []
+    for ids in rows:
+        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        out.append(ids[(ids >= 0) & (ids < arr.shape[1])])
+    return out
+
+
 def apply_repetition_penalty(logits, seen_token_ids, penalty: float) -> np.ndarray:
     """Penalise tokens already seen: positive logits are divided, negative ones multiplied.
 
@@ -80,15 +94,27 @@ def apply_repetition_penalty(logits, seen_token_ids, penalty: float) -> np.ndarr
     arr, was_1d = _as_2d(logits)
     if penalty == 1.0:
         return _back(arr, was_1d)
-    rows = [seen_token_ids] if was_1d else list(seen_token_ids)
-    if len(rows) != arr.shape[0]:
-        raise GenerationError(f"repetition penalty got {len(rows)} id rows for {arr.shape[0]} logit rows")
-    V = arr.shape[1]
-    for b, ids in enumerate(rows):
-        ids = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
-        ids = ids[(ids >= 0) & (ids < V)]
+    for b, ids in enumerate(_id_rows(seen_token_ids, arr, was_1d, "repetition penalty")):
+        ids = np.unique(ids)
         score = arr[b, ids]
         arr[b, ids] = np.where(score < 0, score * penalty, score / penalty)
+    return _back(arr, was_1d)
+
+
+def apply_frequency_presence_penalty(logits, generated_token_ids, frequency: float, presence: float) -> np.ndarray:
+    """OpenAI's penalties: ``logit[t] -= count[t] * frequency + (count[t] > 0) * presence``.
+
+    ``count[t]`` is how often token ``t`` occurs among the *generated* tokens (not the prompt):
+    one id sequence for ``[V]`` logits or one per row for ``[B, V]``. Negative values reward
+    repeats. Ids outside ``[0, V)`` are ignored.
+    """
+    arr, was_1d = _as_2d(logits)
+    if frequency == 0.0 and presence == 0.0:
+        return _back(arr, was_1d)
+    V = arr.shape[1]
+    for b, ids in enumerate(_id_rows(generated_token_ids, arr, was_1d, "frequency/presence penalty")):
+        counts = np.bincount(ids, minlength=V)[:V]                                       # [V]
+        arr[b] -= (counts * frequency + (counts > 0) * presence).astype(arr.dtype)
     return _back(arr, was_1d)
 
 
@@ -143,14 +169,20 @@ def apply_min_p(logits, min_p: float | None, min_tokens_to_keep: int = 1) -> np.
     return _back(arr, was_1d)
 
 
-def process_logits(logits, config: GenerationConfig, seen_token_ids=None) -> np.ndarray:
+def process_logits(logits, config: GenerationConfig, seen_token_ids=None, generated_token_ids=None) -> np.ndarray:
     """All processors of ``config`` in transformers' order; the sampling warpers
-    (temperature, top-k, top-p, min-p) only when sampling."""
+    (temperature, top-k, top-p, min-p) only when sampling. ``seen_token_ids`` (prompt and
+    generated ids) feed the repetition penalty, ``generated_token_ids`` OpenAI's penalties."""
     out = np.asarray(logits)
     if config.repetition_penalty != 1.0:
         if seen_token_ids is None:
             raise GenerationError("repetition_penalty needs the token ids seen so far")
         out = apply_repetition_penalty(out, seen_token_ids, config.repetition_penalty)
+    if config.has_openai_penalties:
+        if generated_token_ids is None:
+            raise GenerationError("frequency_penalty / presence_penalty need the generated token ids")
+        out = apply_frequency_presence_penalty(out, generated_token_ids, config.frequency_penalty,
+                                               config.presence_penalty)
     if not config.is_greedy:
         out = apply_temperature(out, config.temperature)
         out = apply_top_k(out, config.top_k)
@@ -225,19 +257,63 @@ class TextGenerator:
             raise GenerationError(f"get_next_token takes one row of logits [V], got shape {arr.shape}")
         return int(self.next_tokens(arr[None], [generated_tokens])[0])
 
-    def next_tokens(self, logits, seen_token_ids=None) -> np.ndarray:
+    def next_tokens(self, logits, seen_token_ids=None, generated_token_ids=None) -> np.ndarray:
         """Process a batch of logits [B, V] and return the next ids [B] (int64)."""
         arr = np.asarray(logits)
         if arr.ndim != 2:
             raise GenerationError(f"next_tokens takes logits [B, V], got shape {arr.shape}")
         if not np.all(np.isfinite(np.max(arr, axis=1))):
             raise GenerationError("the model produced NaN or infinite logits; cannot pick a token")
-        processed = process_logits(arr, self.config, seen_token_ids)
+        processed = process_logits(arr, self.config, seen_token_ids, generated_token_ids)
         return self._pick(processed).astype(np.int64)
 
     def should_stop(self, token: int) -> bool:
         """True when ``token`` is one of the EOS ids."""
         return int(token) in self.config.eos_token_ids
+
+
+# ----------------------------------------------------------------------------------------
+# Log-probabilities of the chosen tokens
+# ----------------------------------------------------------------------------------------
+@dataclass
+class StepLogprobs:
+    """One step's log-probabilities: the chosen ``token_ids [B]`` and their ``logprobs [B]``,
+    plus the ``top_ids [B, k]`` / ``top_logprobs [B, k]`` most likely tokens (k may be 0)."""
+
+    token_ids: np.ndarray
+    logprobs: np.ndarray
+    top_ids: np.ndarray
+    top_logprobs: np.ndarray
+
+
+def token_logprobs(logits, chosen, top: int = 0) -> StepLogprobs:
+    """Log-probabilities of ``chosen [B]`` under ``log_softmax(logits [B, V])`` and the ``top``
+    most likely tokens (descending; the lower id first on ties). Pass the model's raw logits for
+    the model's distribution (what vLLM reports) or processed ones for the sampled distribution."""
+    arr = np.asarray(logits)
+    if arr.ndim != 2:
+        raise GenerationError(f"token_logprobs takes logits [B, V], got shape {arr.shape}")
+    lp = log_softmax(arr.astype(np.float32))                                # [B, V]
+    chosen = np.asarray(chosen, dtype=np.int64).reshape(-1)
+    picked = lp[np.arange(lp.shape[0]), chosen]                             # [B]
+    top = max(0, min(int(top), lp.shape[1]))
+    top_ids = _topk_desc(lp, top) if top else np.zeros((lp.shape[0], 0), np.int64)   # [B, k]
+    return StepLogprobs(chosen.copy(), picked, top_ids, np.take_along_axis(lp, top_ids, axis=1))
+
+
+class LogprobsRecorder:
+    """Pass to ``generate(..., logprobs=LogprobsRecorder(top=k))``: after the call ``steps``
+    holds one :class:`StepLogprobs` per generated token (the model's distribution)."""
+
+    def __init__(self, top: int = 0):
+        if isinstance(top, bool) or not isinstance(top, (int, np.integer)) or not 0 <= top <= 20:
+            raise GenerationError(f"top logprobs must be an integer in [0, 20], got {top!r}")
+        self.top = int(top)
+        self.steps: list[StepLogprobs] = []
+
+    def record(self, logits, chosen) -> None:
+        """Add the step that picked ``chosen [B]`` from the raw ``logits [B, V]``."""
+        self.steps.append(token_logprobs(logits, chosen, self.top))
 
 
 # ----------------------------------------------------------------------------------------
@@ -395,5 +471,6 @@ class BeamSearch:
 __all__ = [
     "GenerationConfig", "TextGenerator", "BeamSearch",
     "apply_repetition_penalty", "apply_temperature", "apply_top_k", "apply_top_p", "apply_min_p",
-    "process_logits", "log_softmax",
+    "apply_frequency_presence_penalty", "process_logits", "log_softmax",
+    "StepLogprobs", "token_logprobs", "LogprobsRecorder",
 ]

@@ -26,17 +26,16 @@ which llama.cpp alone honours; the "llama" kind adds BOS unless the file says
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from axon_llm.errors import LLMError, ModelFormatError, TokenizerError, UnsupportedError
+from axon_llm.errors import InputError, LLMError, ModelFormatError, TokenizerError, UnsupportedError
+from axon_llm.limits import CEILINGS, check_count, guard, read_json_file, read_text_file
 
 log = logging.getLogger(__name__)
 
@@ -174,17 +173,23 @@ class HFTokenizer:
         return self._tok.token_to_id(token)
 
     def id_to_token(self, token_id: int) -> str | None:
-        """Token string of an id (None if out of range)."""
-        return self._tok.id_to_token(int(token_id))
+        """Token string of an id; an id that is not an integer in ``[0, vocab_size)`` raises :class:`InputError`."""
+        tid = check_count(token_id, "token_id", lo=0, hi=self.vocab_size - 1, error=InputError)
+        return self._tok.id_to_token(tid)
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        """Text -> token ids (BOS / [CLS] ... [SEP] when ``add_special_tokens`` and the tokenizer adds them)."""
+        """Text -> token ids (BOS / [CLS] ... [SEP] when ``add_special_tokens`` and the tokenizer adds them).
+        ``text`` must be a str that is valid Unicode (no lone surrogates, as undecodable bytes give)."""
         if not isinstance(text, str):
             raise TokenizerError(f"encode expects a str, got {type(text).__name__}")
+        check_text(text, "text")
         return self._tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def _check_ids(self, ids) -> list[int]:
-        arr = np.asarray(ids)
+        try:
+            arr = np.asarray(ids)
+        except (ValueError, TypeError, OverflowError) as e:
+            raise TokenizerError(f"decode expects a 1-D sequence of integer ids ({e})") from None
         if arr.size == 0:
             return []
         if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
@@ -213,6 +218,8 @@ class HFTokenizer:
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not all(isinstance(t, str) for t in texts):
             raise TokenizerError("encode_batch expects a list of str")
+        for i, t in enumerate(texts):
+            check_text(t, f"texts[{i}]")
         side = padding_side or self.padding_side
         if side not in ("left", "right"):
             raise TokenizerError(f"padding_side must be 'left' or 'right', got {side!r}")
@@ -256,15 +263,12 @@ class HFTokenizer:
         if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
             raise TokenizerError("messages must be a list of {'role': ..., 'content': ...} dicts")
         st = self.special_tokens
-        try:
-            rendered = _compile_template(template).render(
-                messages=messages, add_generation_prompt=add_generation_prompt,
-                bos_token=st.bos_token or "", eos_token=st.eos_token or "", pad_token=st.pad_token or "",
-                unk_token=st.unk_token or "", **kwargs)
-        except TokenizerError:
-            raise
-        except Exception as e:   # jinja2 TemplateError, SecurityError, errors raised by the template
-            raise TokenizerError(f"chat template failed to render: {type(e).__name__}: {e}") from None
+        from axon_llm.template import render_template
+
+        rendered = render_template(
+            template, messages=messages, add_generation_prompt=add_generation_prompt,
+            bos_token=st.bos_token or "", eos_token=st.eos_token or "", pad_token=st.pad_token or "",
+            unk_token=st.unk_token or "", **kwargs)
         return self.encode(rendered, add_special_tokens=False) if tokenize else rendered
 
     # -- streaming --------------------------------------------------------------------------------
@@ -334,56 +338,33 @@ IncrementalDecoder = StreamDecoder
 
 
 # ------------------------------------------------------------------------------------------------
-# chat templates
-# ------------------------------------------------------------------------------------------------
-
-_TEMPLATES: dict[str, Any] = {}
-
-
-def _compile_template(source: str):
-    if source in _TEMPLATES:
-        return _TEMPLATES[source]
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-    from jinja2.exceptions import TemplateError
-
-    def raise_exception(message):
-        raise TokenizerError(f"chat template raised: {message}")
-
-    def tojson(value, indent=None, ensure_ascii=False, sort_keys=False):
-        return json.dumps(value, indent=indent, ensure_ascii=ensure_ascii, sort_keys=sort_keys)
-
-    def strftime_now(fmt):
-        return datetime.now().strftime(fmt)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = strftime_now
-    try:
-        compiled = env.from_string(source)
-    except TemplateError as e:
-        raise TokenizerError(f"chat template does not parse: {e}") from None
-    if len(_TEMPLATES) > 32:
-        _TEMPLATES.clear()
-    _TEMPLATES[source] = compiled
-    return compiled
-
-
-# ------------------------------------------------------------------------------------------------
 # builders
 # ------------------------------------------------------------------------------------------------
 
-def _token_text(v) -> str | None:
+def check_text(text: str, what: str) -> str:
+    """``text`` unless it holds lone surrogates (undecodable bytes read with ``surrogateescape``,
+    as ``sys.argv`` does): then :class:`InputError` naming ``what``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"{what} is not valid UTF-8 text (undecodable byte at character {e.start})") from None
+    return text
+
+
+def _token_text(v, what: str) -> str | None:
+    """A special token as written in tokenizer_config.json: a string, or ``{"content": str, ...}``."""
+    if v is None:
+        return None
     if isinstance(v, dict):
-        return v.get("content")
-    return v if isinstance(v, str) else None
+        v = v.get("content")
+        what += ".content"
+    if v is not None and not isinstance(v, str):
+        raise TokenizerError(f"{what} must be a string, got {type(v).__name__} {str(v)[:40]!r}")
+    return v or None
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"cannot read {path}: {e}") from None
+    data = read_json_file(path, error=TokenizerError, max_bytes=64 << 20)
     if not isinstance(data, dict):
         raise TokenizerError(f"{path} does not hold a JSON object")
     return data
@@ -391,26 +372,33 @@ def _read_json(path: Path) -> dict:
 
 def _from_folder(folder: Path) -> _Source:
     from tokenizers import Tokenizer
-    try:
-        tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    except Exception as e:
-        raise TokenizerError(f"cannot read {folder / 'tokenizer.json'}: {e}") from None
+    path = folder / "tokenizer.json"
+    if path.stat().st_size > 1 << 30:
+        raise TokenizerError(f"{path} is larger than 1 GB")
+    tok = guard(lambda: Tokenizer.from_file(str(path)), f"cannot read {path}", TokenizerError)
     cfg = _read_json(folder / "tokenizer_config.json") if (folder / "tokenizer_config.json").is_file() else {}
     smap = _read_json(folder / "special_tokens_map.json") if (folder / "special_tokens_map.json").is_file() else {}
     special = {}
     for kind in ("bos", "eos", "pad", "unk"):
         key = f"{kind}_token"
-        special[key] = _token_text(cfg.get(key)) or _token_text(smap.get(key))
+        special[key] = (_token_text(cfg.get(key), f"tokenizer_config.json {key}")
+                        or _token_text(smap.get(key), f"special_tokens_map.json {key}"))
     template = cfg.get("chat_template")
     if isinstance(template, list):   # named templates: use "default"
         named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
         template = named.get("default") or next(iter(named.values()), None)
+    if template is not None and not isinstance(template, str):
+        raise TokenizerError(f"tokenizer_config.json chat_template must be a string or a list of named "
+                             f"templates, got {type(template).__name__}")
     if not template and (folder / "chat_template.jinja").is_file():
-        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        template = read_text_file(folder / "chat_template.jinja", "chat template", error=TokenizerError)
     if not template and (folder / "chat_template.json").is_file():
         template = _read_json(folder / "chat_template.json").get("chat_template")
+        if template is not None and not isinstance(template, str):
+            raise TokenizerError("chat_template.json chat_template must be a string")
     max_len = cfg.get("model_max_length")
-    max_len = int(max_len) if isinstance(max_len, (int, float)) and 0 < max_len < 1e9 else None
+    max_len = int(max_len) if isinstance(max_len, (int, float)) and not isinstance(max_len, bool) \
+        and 0 < max_len < 1e9 else None
     side = cfg.get("padding_side", "right")
     return _Source(tok, special, template if isinstance(template, str) else None,
                    side if side in ("left", "right") else "right", max_len)
@@ -465,29 +453,83 @@ BUILTIN_CHAT_TEMPLATES = {
 
 
 def _from_gguf(path: Path) -> _Source:
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
-    from tokenizers.models import BPE
-
     from axon_llm.loaders.gguf import read_gguf_metadata
 
     try:
         md = read_gguf_metadata(path)
     except ModelFormatError as e:
         raise TokenizerError(str(e)) from None
+    return guard(lambda: _gguf_tokenizer(md, path), f"{path}: GGUF tokenizer metadata is malformed", TokenizerError)
+
+
+def _md_list_of_str(md: dict, key: str, path: Path, *, required: bool = False, limit: int = CEILINGS["vocab"]):
+    """A GGUF string array (a list of str) or None when absent; anything else raises TokenizerError."""
+    v = md.get(key)
+    if v is None and not required:
+        return None
+    if not isinstance(v, list) or not v and required:
+        raise TokenizerError(f"{path}: {key} must be a non-empty array of strings")
+    if len(v) > limit:
+        raise TokenizerError(f"{path}: {key} has {len(v)} entries (limit {limit})")
+    for i, t in enumerate(v):
+        if not isinstance(t, str):
+            raise TokenizerError(f"{path}: {key}[{i}] must be a string, got {type(t).__name__}")
+        if len(t) > CEILINGS["token_chars"]:
+            raise TokenizerError(f"{path}: {key}[{i}] is {len(t)} characters long (limit {CEILINGS['token_chars']})")
+    return v
+
+
+def _md_array(md: dict, key: str, path: Path, n: int, kind: str):
+    """A GGUF numeric array of exactly ``n`` entries (``kind`` "int" or "float", finite) or None when absent."""
+    v = md.get(key)
+    if v is None:
+        return None
+    ok = isinstance(v, np.ndarray) and v.ndim == 1 and (
+        np.issubdtype(v.dtype, np.integer) if kind == "int" else np.issubdtype(v.dtype, np.number))
+    if not ok:
+        raise TokenizerError(f"{path}: {key} must be an array of {kind}s, got {type(v).__name__}")
+    if v.shape != (n,):
+        raise TokenizerError(f"{path}: {key} has {v.size} entries for {n} tokens")
+    if kind == "float" and not np.all(np.isfinite(v)):
+        raise TokenizerError(f"{path}: {key} holds non-finite values")
+    return v
+
+
+def _gguf_tokenizer(md: dict, path: Path) -> _Source:
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, processors
+    from tokenizers.models import BPE
+
     kind = md.get("tokenizer.ggml.model")
-    tokens = md.get("tokenizer.ggml.tokens")
-    if not isinstance(kind, str) or not isinstance(tokens, list) or not tokens:
+    if not isinstance(kind, str) or "tokenizer.ggml.tokens" not in md:
         raise TokenizerError(f"{path}: GGUF metadata has no tokenizer (tokenizer.ggml.model / tokens)")
+    tokens = _md_list_of_str(md, "tokenizer.ggml.tokens", path, required=True)
     n = len(tokens)
-    types = md.get("tokenizer.ggml.token_type")
-    types = np.asarray(types if types is not None else np.ones(n), dtype=np.int64)
-    if types.shape != (n,):
-        raise TokenizerError(f"{path}: tokenizer.ggml.token_type has {types.size} entries for {n} tokens")
+    types = _md_array(md, "tokenizer.ggml.token_type", path, n, "int")
+    types = np.ones(n, dtype=np.int64) if types is None else types.astype(np.int64)
     pre = md.get("tokenizer.ggml.pre", "default")
+    if not isinstance(pre, str):
+        raise TokenizerError(f"{path}: tokenizer.ggml.pre must be a string, got {type(pre).__name__}")
+    for key in ("add_bos_token", "add_eos_token", "add_space_prefix"):
+        v = md.get(f"tokenizer.ggml.{key}")
+        if v is not None and not isinstance(v, (bool, int, np.integer)):
+            raise TokenizerError(f"{path}: tokenizer.ggml.{key} must be a bool, got {type(v).__name__}")
+    merges_raw = _md_list_of_str(md, "tokenizer.ggml.merges", path, limit=1 << 23)
+    for i, m in enumerate(merges_raw or ()):
+        if m.count(" ") != 1 or m.startswith(" ") or m.endswith(" "):
+            raise TokenizerError(f"{path}: tokenizer.ggml.merges[{i}] must be two tokens separated by one space, "
+                                 f"got {m[:40]!r}")
 
     def tid(key):
         v = md.get(f"tokenizer.ggml.{key}")
-        return int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) and 0 <= v < n else None
+        if v is None:
+            return None
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise TokenizerError(f"{path}: tokenizer.ggml.{key} must be an integer, got {type(v).__name__}")
+        return int(v) if 0 <= v < n else None
+
+    def build_bpe(vocab, merges, **options):
+        return guard(lambda: BPE(vocab, merges, **options),
+                     f"{path}: tokenizer.ggml.tokens/merges do not make a BPE vocabulary", TokenizerError)
 
     if kind == "gpt2":
         byte_chars = set(_bytes_to_unicode().values())
@@ -497,16 +539,10 @@ def _from_gguf(path: Path) -> _Source:
             # a token not written in the byte alphabet (rare mislabels) is respelled byte by byte
             t = t if set(t) <= byte_chars or types[i] == _CONTROL else "".join(spell[b] for b in t.encode("utf-8"))
             vocab.setdefault(t, i)
-        merges_raw = md.get("tokenizer.ggml.merges")
-        if not isinstance(merges_raw, list):
+        if merges_raw is None:
             raise TokenizerError(f"{path}: byte-level BPE tokenizer without tokenizer.ggml.merges")
-        merges = []
-        for m in merges_raw:
-            a, sep, b = m.partition(" ")
-            if not sep:
-                raise TokenizerError(f"{path}: malformed merge {m!r}")
-            merges.append((a, b))
-        tok = Tokenizer(BPE(vocab, merges, fuse_unk=False, byte_fallback=False))
+        merges = [tuple(m.split(" ")) for m in merges_raw]
+        tok = Tokenizer(build_bpe(vocab, merges, fuse_unk=False, byte_fallback=False))
         byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=pre not in _PRE_SPLITS)
         if pre in _PRE_SPLITS:
             tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(_PRE_SPLITS[pre]), "isolated"),
@@ -520,20 +556,19 @@ def _from_gguf(path: Path) -> _Source:
         tok.decoder = decoders.ByteLevel()
         add_bos = False   # see the module docstring
     elif kind == "llama":
-        scores = md.get("tokenizer.ggml.scores")
-        scores = np.asarray(scores if scores is not None else np.zeros(n), dtype=np.float64)
+        scores = _md_array(md, "tokenizer.ggml.scores", path, n, "float")
+        scores = np.zeros(n) if scores is None else scores.astype(np.float64)
         vocab = {}
         for i, t in enumerate(tokens):
             vocab.setdefault(t, i)
-        merges_raw = md.get("tokenizer.ggml.merges")
-        if isinstance(merges_raw, list):
-            merges = [tuple(m.split(" ", 1)) for m in merges_raw]
+        if merges_raw is not None:
+            merges = [tuple(m.split(" ")) for m in merges_raw]
         else:
             normal = [t if types[i] in (1, 6) else "" for i, t in enumerate(tokens)]
             merges = _derive_merges(normal, scores)
         unk_id = tid("unknown_token_id")
         unk = tokens[unk_id] if unk_id is not None else None
-        tok = Tokenizer(BPE(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
+        tok = Tokenizer(build_bpe(vocab, merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
         prefix = bool(md.get("tokenizer.ggml.add_space_prefix", True))
         tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581",
                                                      prepend_scheme="first" if prefix else "never", split=False)

@@ -44,7 +44,8 @@ import numpy as np
 import axon
 import axon.nn.functional as F
 
-from axon_llm.data import Batch, TokenDataset, load_training_tokenizer, read_text, shard_rows
+from axon_llm.data import (Batch, ChatDataset, TokenDataset, is_byte_tokenizer_folder, is_chat_data,
+                           load_training_tokenizer, read_text, shard_rows)
 from axon_llm.distributed import SingleProcess, World, get_world
 from axon_llm.errors import CheckpointError, ConfigError, InputError, LLMError
 from axon_llm.models import TRAINABLE
@@ -175,6 +176,12 @@ class TrainArgs:
     init: str | None = None
     stop_at: int | None = None
     progress: bool = True
+    # LoRA (--lora R): train adapters over the frozen --init model (see axon_llm/lora.py)
+    lora: int | None = None
+    lora_alpha: float | None = None
+    lora_dropout: float = 0.0
+    lora_targets: str = "all-linear"
+    gradient_checkpointing: bool = False     # recompute each layer's activations in backward
 
     def validate(self) -> None:
         """``InputError`` for values no run can use (the parser checks types, this the relations)."""
@@ -195,6 +202,27 @@ class TrainArgs:
             raise InputError("--preset is required (or --resume DIR / --init MODEL)")
         if self.stop_at is not None and not 1 <= self.stop_at <= self.steps:
             raise InputError(f"--stop-at must be between 1 and --steps ({self.steps})")
+        if self.lora is not None:
+            self.lora_config()
+            if self.init is None and self.resume is None:
+                raise InputError("--lora trains adapters over a pretrained model: give --init MODEL")
+        elif self.lora_alpha is not None or self.lora_dropout or self.lora_targets != "all-linear":
+            raise InputError("--lora-alpha, --lora-dropout and --lora-targets need --lora R")
+
+    def lora_config(self):
+        """The :class:`~axon_llm.lora.LoraConfig` of the ``--lora*`` flags (``InputError`` naming the flag)."""
+        from axon_llm.lora import LoraConfig
+
+        targets = self.lora_targets.strip()
+        targets = targets if targets == "all-linear" else tuple(t.strip() for t in targets.split(",") if t.strip())
+        names = {"r": "--lora", "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout",
+                 "target_modules": "--lora-targets"}
+        try:
+            return LoraConfig(r=self.lora, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                              target_modules=targets)
+        except ConfigError as e:
+            field_ = next((f for f in names if f"LoRA {f} " in str(e) or f"LoRA {f}:" in str(e)), "r")
+            raise InputError(f"{names[field_]}: {e}") from None
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
@@ -219,7 +247,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--arch", required=True, choices=list(ARCHITECTURES), help="model family")
     p.add_argument("--preset", default=None, help="config preset of the family (tiny, small, ...)")
-    p.add_argument("--data", required=True, help="UTF-8 text file to train on")
+    p.add_argument("--data", required=True, help="UTF-8 text file, or .jsonl chats ({\"messages\": [...]}, "
+                                                  "loss on assistant tokens only)")
     p.add_argument("--tokenizer", default="byte", help="'byte' (ids 0..255) or a tokenizer folder / model name")
     p.add_argument("--steps", type=pos_int, default=100, help="total optimizer steps (default 100)")
     p.add_argument("--batch-size", type=pos_int, default=8, help="global batch, over all processes (default 8)")
@@ -232,13 +261,23 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=nonneg_int, default=0, help="held-out loss every N steps (0 = off)")
     p.add_argument("--log-every", type=pos_int, default=10, help="print loss every N steps (default 10)")
     p.add_argument("--save-every", type=nonneg_int, default=0, help="checkpoint every N steps (0 = at the end)")
-    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data order")
+    p.add_argument("--seed", type=nonneg_int, default=0, help="seed of initialisation and data order (>= 0)")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--resume", default=None, metavar="DIR", help="continue the run saved in DIR")
     p.add_argument("--init", default=None, metavar="MODEL", help="start from a pretrained model (fine-tuning)")
     p.add_argument("--stop-at", type=pos_int, default=None, metavar="STEP",
                    help="save and stop after STEP steps, as an interrupted run would (resume it later)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+    lora = p.add_argument_group("LoRA", "train low-rank adapters over the frozen --init model (it stays quantised)")
+    lora.add_argument("--lora", type=int, default=None, metavar="R", help="adapter rank (enables LoRA)")
+    lora.add_argument("--lora-alpha", type=finite, default=None, metavar="A", help="scaling numerator (default 2R)")
+    lora.add_argument("--lora-dropout", type=finite, default=0.0, metavar="P", help="dropout on the adapter input")
+    lora.add_argument("--lora-targets", default="all-linear", metavar="NAMES",
+                      help="comma-separated layer names (q_proj,k_proj,...) or all-linear (the default)")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="keep only each layer's input and recompute its activations in backward (less memory, "
+                        "about a third more compute)")
 
 
 def run_from_args(ns: argparse.Namespace) -> int:
@@ -332,20 +371,33 @@ class Trainer:
                              f"({self.world.size} x {a.grad_accum})")
 
         self.mlm = a.arch == "bert"
+        if self.state is not None and a.lora is None and self.state["args"].get("lora"):
+            for name in ("lora", "lora_alpha", "lora_dropout", "lora_targets"):   # a LoRA run resumes as one
+                setattr(a, name, self.state["args"][name])
+        if a.lora is not None:
+            self._lora_defaults()
         tok_spec = a.tokenizer
         if self.state is not None:
             tok_spec = self.state["tokenizer"] if self.state["tokenizer"] == "byte" else str(resume)
         self.tokenizer = load_training_tokenizer(tok_spec, for_mlm=self.mlm)
-        text = read_text(a.data)
-        tokens = np.asarray(self.tokenizer.encode(text), dtype=np.int64)
-        self.data = TokenDataset(tokens, a.seq_len, seed=a.seed, mlm=self.mlm,
-                                 mask_token_id=self.tokenizer.mask_token_id,
-                                 vocab_size=min(self.tokenizer.vocab_size, 256) if self.tokenizer.kind == "byte"
-                                 else self.tokenizer.vocab_size,
-                                 eval_fraction=0.1 if a.eval_every else 0.0)
+        if is_chat_data(a.data):
+            if self.mlm:
+                raise InputError("chat data (.jsonl) trains causal LMs, not --arch bert")
+            self.data = ChatDataset.from_jsonl(a.data, self.tokenizer, a.seq_len, seed=a.seed,
+                                               eval_fraction=0.1 if a.eval_every else 0.0)
+        else:
+            text = read_text(a.data)
+            tokens = np.asarray(self.tokenizer.encode(text), dtype=np.int64)
+            self.data = TokenDataset(tokens, a.seq_len, seed=a.seed, mlm=self.mlm,
+                                     mask_token_id=self.tokenizer.mask_token_id,
+                                     vocab_size=min(self.tokenizer.vocab_size, 256) if self.tokenizer.kind == "byte"
+                                     else self.tokenizer.vocab_size,
+                                     eval_fraction=0.1 if a.eval_every else 0.0)
 
         axon.manual_seed(a.seed)
-        if self.state is not None:
+        if a.lora is not None:
+            self.model = self._lora_model(resume)
+        elif self.state is not None:
             self.model = self._load_model(resume)
         elif a.init:
             self.model = self._init_from_pretrained(a.init)
@@ -358,14 +410,40 @@ class Trainer:
         if self.model.config.vocab_size < self.tokenizer.vocab_size:
             raise InputError(f"the tokenizer has {self.tokenizer.vocab_size} ids but the model only "
                              f"{self.model.config.vocab_size}")
+        self._check_budget()
+        if a.gradient_checkpointing:
+            from axon_llm.checkpointing import checkpoint_layers
+
+            checkpoint_layers(self.model)
         self.model.train()
         self.params = list(self.model.parameters())
+        if a.lora is not None:                     # only the adapter trains (and is all-reduced, saved)
+            self.params = [p for p in self.params if p.requires_grad]
         self.world.broadcast_arrays([p.data for p in self.params])
 
         self.optimizer = axon.optim.AdamW(self.params, lr=a.lr, weight_decay=a.weight_decay)
         self.scheduler = axon.optim.WarmupCosineLR(self.optimizer, a.warmup, a.steps, min_lr_ratio=0.1)
         if self.state is not None:
             self._load_training_state(resume)
+
+    def _check_budget(self) -> None:
+        """Before the optimizer and the first batch: optimizer state plus one micro-batch's
+        activations must fit in the memory left (``InputError`` naming --batch-size)."""
+        from axon_llm.limits import check_memory
+
+        a, cfg = self.args, self.model.config
+        rows = a.batch_size // (self.world.size * a.grad_accum)
+        n_params = sum(int(np.prod(p.shape)) for p in self.model.parameters())
+        hidden = int(getattr(cfg, "hidden_size", 0) or getattr(cfg, "n_embd", 0) or 0)
+        layers = int(getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layer", 0) or 0)
+        heads = int(getattr(cfg, "num_attention_heads", 0) or getattr(cfg, "n_head", 0) or 0)
+        tokens = rows * a.seq_len
+        # logits with their softmax and gradient, ~16 saved [T, d] tensors and two [h, T, T] score
+        # tensors per layer, AdamW's two moments and the gradients
+        need = (tokens * (3 * cfg.vocab_size + 16 * layers * hidden) + 2 * layers * rows * heads * a.seq_len ** 2
+                + 3 * n_params) * 4
+        check_memory(need, f"training with --batch-size {a.batch_size} and --seq-len {a.seq_len}",
+                     "lower --batch-size (or raise --grad-accum) or --seq-len", InputError)
 
     def _load_model(self, directory: Path):
         from axon_llm.auto import from_pretrained
@@ -395,6 +473,45 @@ class Trainer:
             if p.dtype != np.float32:
                 p.data = p.data.astype(np.float32)
         return model
+
+    # -- LoRA ------------------------------------------------------------------------------------
+    def _lora_defaults(self) -> None:
+        """LoRA runs take the base model from the checkpoint on resume, and its tokenizer by default."""
+        a = self.args
+        if a.init is None and self.state is not None:
+            a.init = self.state["args"].get("init")
+        if a.init and Path(a.init).exists():
+            a.init = str(Path(a.init).resolve())              # the checkpoint must find it from anywhere
+        folder = Path(a.init) if a.init else None
+        has_tokenizer = folder is not None and not (folder.is_dir() and (is_byte_tokenizer_folder(folder) or not (
+            (folder / "tokenizer.json").is_file() or any(folder.glob("*.gguf")))))
+        if a.tokenizer == "byte" and has_tokenizer:
+            a.tokenizer = a.init
+
+    def _lora_model(self, resume: Path | None):
+        """The --init model as loaded for inference (a GGUF stays quantised), frozen, with a fresh
+        adapter -- or, on --resume, the checkpoint's adapter."""
+        from axon_llm.auto import from_pretrained
+        from axon_llm.lora import apply_lora, load_adapter, read_adapter_config
+
+        a = self.args
+        _, model_cls = _arch_classes(a.arch)
+        model = from_pretrained(a.init)
+        if not isinstance(model, model_cls):
+            raise ConfigError(f"--init {a.init} is a {type(model).__name__}, not a --arch {a.arch} model "
+                              f"({model_cls.__name__})")
+        config = a.lora_config()
+        if resume is None:
+            try:
+                apply_lora(model, config)
+            except ConfigError as e:
+                raise InputError(f"--lora-targets: {e}") from None
+            return model
+        saved = read_adapter_config(resume)
+        if (saved.r, saved.lora_alpha) != (config.r, config.lora_alpha):
+            raise CheckpointError(f"the adapter in {resume} has r={saved.r}, alpha={saved.lora_alpha:g}, "
+                                  f"not --lora {config.r} --lora-alpha {config.lora_alpha:g}")
+        return load_adapter(model, resume)
 
     def _load_training_state(self, directory: Path) -> None:
         s = self.state
@@ -567,7 +684,12 @@ class Trainer:
         self.world.barrier()
 
     def _write(self, d: Path) -> None:
-        self.model.save_pretrained(d)
+        if self.args.lora is not None:
+            from axon_llm.lora import save_adapter
+
+            save_adapter(self.model, d, base_model=self.args.init)     # the adapter only, PEFT's format
+        else:
+            self.model.save_pretrained(d)
         sd = self.optimizer.state_dict()
         arrays, scalars = {}, {}
         for idx, entry in sd["state"].items():

@@ -1,12 +1,15 @@
 """Question: how fast are the fused quantised matvec / matmul kernels against dense float32 BLAS?
 
-For Q4_1 and Q8_0 weights of SmolLM2 / LLaMA shapes, times `kernels.quant_matvec` (decode,
-one token) against NumPy's BLAS sgemv on the same matrix dequantised to float32, and
+First, every GGUF type at SmolLM2's 576x1536 (down_proj) shape: the fused matvec against
+"dequantise, then BLAS sgemv" (what a kernel-less implementation does per token) and against
+sgemv alone on the already-dequantised matrix. Then, for Q4_1 and Q8_0 weights of SmolLM2 /
+LLaMA shapes, times `kernels.quant_matvec` (decode, one token) against NumPy's BLAS sgemv on
+the same matrix dequantised to float32, and
 `kernels.quant_matmul` (a few tokens, and a prefill of many) against BLAS sgemm. Prints the
 bytes each one reads per call, the achieved GB/s, and the ratio (BLAS time / our time: > 1
 means the quantised kernel is faster).
 
-    python benchmarks/bench_quant.py [--threads N] [--repeat R]
+    python benchmarks/bench_quant.py [--threads N] [--repeat R] [--types-only]
 """
 
 from __future__ import annotations
@@ -20,22 +23,31 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     ap.add_argument("--threads", type=int, default=2, help="Numba threads (BLAS uses its own setting)")
     ap.add_argument("--repeat", type=int, default=50)
+    ap.add_argument("--types-only", action="store_true", help="only the per-type table at 576x1536")
     args = ap.parse_args()
 
     import numba
     import numpy as np
 
-    from axon_kernels.quant import BLOCK, dequantize, pack, quant_matmul, quant_matvec
+    from axon_kernels.quant import BLOCK, QUANT_TYPES, dequantize, pack, quant_matmul, quant_matvec
+    from axon_kernels.quant_encode import quantize
 
     numba.set_num_threads(min(args.threads, numba.config.NUMBA_NUM_THREADS))
     rng = np.random.default_rng(0)
+    quantisable = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
 
     def random_raw(qtype, rows, cols):
+        """Real blocks: random weights quantised (types we cannot write: blocks of another type's data)."""
+        x = (0.05 * rng.standard_normal((rows, cols))).astype(np.float32)
+        if qtype in quantisable:
+            return quantize(qtype, x)
         elems, nbytes = BLOCK[qtype]
         raw = rng.integers(0, 256, size=(rows * cols // elems, nbytes), dtype=np.uint8)
-        halves = [0] if qtype == "Q8_0" else [0, 2]
-        for p in halves:
-            raw[:, p:p + 2] = rng.uniform(-0.05, 0.05, raw.shape[0]).astype("<f2").view(np.uint8).reshape(-1, 2)
+        scale_at = {"IQ4_NL": [0], "Q2_K": [80, 82], "Q3_K": [108]}.get(qtype, [])
+        for p in scale_at:
+            raw[:, p:p + 2] = rng.uniform(-0.01, 0.01, raw.shape[0]).astype("<f2").view(np.uint8).reshape(-1, 2)
+        if qtype == "Q8_K":
+            raw[:, 0:4] = rng.uniform(-0.01, 0.01, raw.shape[0]).astype("<f4").view(np.uint8).reshape(-1, 4)
         return raw.reshape(rows, -1)
 
     def best(fn, repeat):
@@ -48,6 +60,19 @@ def main() -> None:
         return min(times)
 
     print(f"numba threads={numba.get_num_threads()}  OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
+    rows, cols = 576, 1536
+    print(f"\nevery type, {rows}x{cols} (SmolLM2 down_proj), one token; best of {args.repeat}")
+    print(f"{'type':7} {'bytes':>9} | {'fused us':>9} | {'dequant+sgemv us':>16} {'ratio':>6} | {'sgemv alone us':>14} {'ratio':>6}")
+    for qtype in QUANT_TYPES:
+        w = pack(qtype, random_raw(qtype, rows, cols), (rows, cols))
+        x = rng.standard_normal(cols).astype(np.float32)
+        dense = dequantize(w)
+        tq = best(lambda: quant_matvec(w, x), args.repeat)
+        tdq = best(lambda: dequantize(w) @ x, max(5, args.repeat // 5))
+        td = best(lambda: dense @ x, args.repeat)
+        print(f"{qtype:7} {w.nbytes:9d} | {tq * 1e6:9.1f} | {tdq * 1e6:16.1f} {tdq / tq:5.2f}x | {td * 1e6:14.1f} {td / tq:5.2f}x")
+    if args.types_only:
+        return
     shapes = [(1536, 576), (576, 1536), (49152, 576), (4096, 4096)]
     print(f"{'type':5} {'shape':>12} | {'quant us':>9} {'GB/s':>6} | {'fp32 gemv us':>12} {'GB/s':>6} | ratio fp32/quant")
     for qtype in ("Q4_1", "Q8_0"):

@@ -203,6 +203,29 @@ class RepoCache:
         """``<folder>/snapshots/<folder_name>/<filename>`` (the filename validated first)."""
         return self.folder / "snapshots" / folder_name / validate_filename(filename)
 
+    def is_empty(self) -> bool:
+        """True when the folder holds no file but lock files: no blob (complete or in progress),
+        snapshot, ref or absence marker."""
+        if not self.folder.is_dir():
+            return False
+        for sub in self.folder.iterdir():
+            if sub.name == ".locks":
+                continue
+            if sub.is_file() or any(p.is_file() or p.is_symlink() for p in sub.rglob("*")):
+                return False
+        return True
+
+    def remove_if_empty(self) -> bool:
+        """Delete the repository folder if :meth:`is_empty` (after a download that failed before
+        storing anything), so ``cache ls`` does not list it; True when it was removed."""
+        try:
+            if self.is_empty():
+                shutil.rmtree(self.folder, ignore_errors=True)
+                return True
+        except OSError:
+            pass
+        return False
+
     def store_blob(self, tmp: Path, sha256: str) -> Path:
         """Move a verified temp file to ``blobs/<sha256>`` (or drop it if that blob exists)."""
         assert is_sha256(sha256)
@@ -242,6 +265,11 @@ def scan_cache(root: Path | None = None) -> list[CachedRepo]:
         if not folder.is_dir():
             continue
         repo_id = folder.name[len("models--"):].replace("--", "/")
+        try:
+            if RepoCache(root, repo_id).is_empty():   # left by a failed download: nothing to list
+                continue
+        except (ValueError, OSError):
+            pass
         blobs = [p for p in (folder / "blobs").glob("*") if p.is_file()] if (folder / "blobs").is_dir() else []
         done = [p for p in blobs if not p.name.endswith(".incomplete")]
         refs = {}

@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     import requests
 
 __all__ = [
-    "DownloadSettings", "download_file", "download_llm_weights", "resolve_local", "resolve_model_path",
+    "DownloadSettings", "default_size_cap", "download_file", "download_llm_weights", "resolve_local", "resolve_model_path",
     "hub_endpoint", "hub_offline",
 ]
 
@@ -72,8 +72,14 @@ class DownloadSettings:
     ``max_retries`` bounds consecutive failed attempts that received no bytes; an attempt
     that made progress before the connection was cut resets the count (the file is finite,
     so this still ends). Delays double from ``backoff`` up to ``max_backoff``; a server's
-    ``Retry-After`` is honoured up to ``max_retry_after`` seconds. ``progress=None`` shows the
-    tqdm bar on stderr only when stderr is a terminal.
+    ``Retry-After`` is honoured up to ``max_retry_after`` seconds each and ``max_total_wait``
+    seconds in all. ``progress=None`` shows the tqdm bar on stderr only when stderr is a terminal.
+
+    Bounds against a mirror that never finishes: one file must arrive within ``total_timeout``
+    seconds plus one second per ``min_speed`` bytes of its size (a server trickling a byte every
+    few seconds is cut off, however it resets the read timeout); a file whose size and sha256
+    are not pinned may have at most ``max_unpinned_bytes`` (None: ``$AXON_HUB_MAX_UNPINNED_BYTES``,
+    else :func:`default_size_cap` of its name: 256 MiB for text files such as config.json).
     """
 
     connect_timeout: float = 10.0
@@ -82,8 +88,30 @@ class DownloadSettings:
     backoff: float = 1.0
     max_backoff: float = 30.0
     max_retry_after: float = 120.0
+    max_total_wait: float = 300.0
+    total_timeout: float = 600.0
+    min_speed: float = 64 * 1024
+    max_unpinned_bytes: int | None = None
     chunk_size: int = 1 << 20
     progress: bool | None = None
+
+
+_TEXT_SUFFIXES = (".json", ".txt", ".jinja", ".md", ".model", ".py", ".yaml", ".yml", ".tiktoken", ".vocab")
+
+
+def default_size_cap(filename: str) -> int:
+    """The largest unpinned file accepted by default: 256 MiB for text files (config.json,
+    tokenizer.json, templates ...), 1 TiB for weights."""
+    return 256 << 20 if filename.lower().endswith(_TEXT_SUFFIXES) else 1 << 40
+
+
+def _size_cap(filename: str, settings: DownloadSettings) -> int:
+    if settings.max_unpinned_bytes is not None:
+        return settings.max_unpinned_bytes
+    env = os.environ.get("AXON_HUB_MAX_UNPINNED_BYTES", "").strip()
+    if env.isdigit():
+        return int(env)
+    return default_size_cap(filename)
 
 
 def hub_endpoint() -> str:
@@ -255,6 +283,14 @@ class _Expected:
     size: int | None
     server_sha256: str | None = None
     commit: str | None = None
+    cap: int | None = None          # the most bytes an unpinned file may have
+
+    def check_cap(self, nbytes: int) -> None:
+        """An unpinned file larger than the cap fails (before its body when the size is announced)."""
+        if self.cap is not None and nbytes > self.cap:
+            raise DownloadError(f"{self.what}: the server's file has (at least) {nbytes} bytes, more than the "
+                                f"{self.cap} allowed for a file whose size is not pinned "
+                                "(DownloadSettings.max_unpinned_bytes / AXON_HUB_MAX_UNPINNED_BYTES)")
 
     def learn(self, resp: requests.Response, announced_size: int | None, bar) -> None:
         """Take the commit, LFS sha256 and size from a response; a contradiction with a pin fails now."""
@@ -268,6 +304,7 @@ class _Expected:
             announced_size = int(linked)
         if announced_size is None:
             return
+        self.check_cap(announced_size)
         if self.size is not None and announced_size != self.size:
             raise ChecksumError(f"{self.what}: the server's file has {announced_size} bytes, expected {self.size}")
         if self.size is None:
@@ -289,39 +326,105 @@ def _check_status(status: int, what: str, url: str) -> None:
         raise DownloadError(f"could not download {what}: {url} answered HTTP {status}")
 
 
+class _Deadline:
+    """The time by which one file must have arrived; :meth:`watch` cuts a response's connection
+    when it passes, so a read that a trickling server keeps alive ends too."""
+
+    def __init__(self, settings: DownloadSettings, what: str):
+        self.start = time.monotonic()
+        self.settings = settings
+        self.what = what
+        self.expired = False
+
+    def at(self, nbytes: int) -> float:
+        """The deadline for a file of ``nbytes`` (the larger of its announced size and what arrived)."""
+        return self.start + self.settings.total_timeout + nbytes / max(self.settings.min_speed, 1.0)
+
+    def left(self, nbytes: int) -> float:
+        return self.at(nbytes) - time.monotonic()
+
+    def error(self) -> DownloadError:
+        return DownloadError(f"could not download {self.what}: it did not arrive within the deadline "
+                             f"(DownloadSettings.total_timeout={self.settings.total_timeout:g} s plus one second "
+                             f"per {self.settings.min_speed:g} bytes)")
+
+    def check(self, nbytes: int) -> None:
+        if self.expired or self.left(nbytes) <= 0:
+            self.expired = True
+            raise self.error()
+
+    def watch(self, resp, nbytes: int):
+        """A started timer that shuts the response's socket down at the deadline."""
+        import socket
+        import threading
+
+        def cut():
+            self.expired = True
+            sock = getattr(getattr(resp.raw, "connection", None), "sock", None)
+            if sock is None:   # a "Connection: close" response is detached from its connection
+                sock = getattr(getattr(getattr(getattr(resp.raw, "_fp", None), "fp", None), "raw", None), "_sock", None)
+            try:
+                if sock is not None:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+        timer = threading.Timer(max(self.left(nbytes), 0.0), cut)
+        timer.daemon = True
+        timer.start()
+        return timer
+
+
 def _attempt(session: requests.Session, url: str, headers: dict, part: _PartialFile, expected: _Expected,
-             settings: DownloadSettings) -> tuple[str, requests.Response | None] | None:
+             settings: DownloadSettings, deadline: _Deadline) -> tuple[str, requests.Response | None] | None:
     """One GET appended to ``part``. None when the file is complete, else (why, response) to retry."""
     if part.written:
         headers = {**headers, "Range": f"bytes={part.written}-"}
-    with session.get(url, headers=headers, stream=True,
-                     timeout=(settings.connect_timeout, settings.read_timeout)) as resp:
-        status = resp.status_code
-        _check_status(status, expected.what, url)
-        if status in _RETRY_STATUS:
-            return f"HTTP {status}", resp
-        if status == 416:
-            if not part.written:
-                raise DownloadError(f"could not download {expected.what}: {url} answered HTTP 416")
-            part.restart()                  # our Range no longer fits the file: start over
-            return "HTTP 416 (range not satisfiable)", None
-        if status == 200:
-            if part.written:                # the server ignored our Range: the body is the whole file
-                part.restart()
-            length = resp.headers.get("Content-Length", "")
-            announced = int(length) if length.isdigit() else None
-        else:
-            span = _content_range(resp)
-            if span is None or span[0] != part.written:
-                part.restart()
-                return f"bad Content-Range {resp.headers.get('Content-Range')!r}", None
-            announced = span[1]
-        expected.learn(resp, announced, part.bar)
-        for chunk in resp.iter_content(chunk_size=settings.chunk_size):
-            part.write(chunk)
-            if expected.size is not None and part.written > expected.size:
-                raise ChecksumError(f"{expected.what}: the server sent more than the expected "
-                                    f"{expected.size} bytes")
+    deadline.check(part.written)
+    timeout = (min(settings.connect_timeout, max(deadline.left(0), 0.01)), settings.read_timeout)
+    with session.get(url, headers=headers, stream=True, timeout=timeout) as resp:
+        timer = deadline.watch(resp, max(expected.size or 0, part.written))
+        try:
+            return _receive(resp, url, part, expected, settings, deadline)
+        finally:
+            timer.cancel()
+
+
+def _receive(resp, url: str, part: _PartialFile, expected: _Expected, settings: DownloadSettings,
+             deadline: _Deadline) -> tuple[str, requests.Response | None] | None:
+    """Read one response into ``part`` (see :func:`_attempt`)."""
+    status = resp.status_code
+    _check_status(status, expected.what, url)
+    if status in _RETRY_STATUS:
+        return f"HTTP {status}", resp
+    if status == 416:
+        if not part.written:
+            raise DownloadError(f"could not download {expected.what}: {url} answered HTTP 416")
+        part.restart()                  # our Range no longer fits the file: start over
+        return "HTTP 416 (range not satisfiable)", None
+    if status == 200:
+        if part.written:                # the server ignored our Range: the body is the whole file
+            part.restart()
+        length = resp.headers.get("Content-Length", "")
+        announced = int(length) if length.isdigit() else None
+    else:
+        span = _content_range(resp)
+        if span is None or span[0] != part.written:
+            part.restart()
+            return f"bad Content-Range {resp.headers.get('Content-Range')!r}", None
+        announced = span[1]
+    encoding = resp.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise DownloadError(f"could not download {expected.what}: {url} sent a compressed body "
+                            f"(Content-Encoding: {encoding}) though only identity was accepted")
+    expected.learn(resp, announced, part.bar)
+    for chunk in resp.raw.stream(settings.chunk_size, decode_content=False):
+        part.write(chunk)
+        if expected.size is not None and part.written > expected.size:
+            raise ChecksumError(f"{expected.what}: the server sent more than the expected "
+                                f"{expected.size} bytes")
+        expected.check_cap(part.written)
+        deadline.check(max(expected.size or 0, part.written))
     if expected.size is not None and part.written < expected.size:
         import requests
 
@@ -340,8 +443,10 @@ def _fetch(url: str, dest: Path, *, what: str, sha256: str | None, size: int | N
     token = _hub_token()
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    expected = _Expected(what, sha256, size)
-    failures, last_error = 0, None
+    pinned = sha256 is not None or size is not None
+    expected = _Expected(what, sha256, size, cap=None if pinned else _size_cap(url.rsplit("/", 1)[-1], settings))
+    deadline = _Deadline(settings, what)
+    failures, last_error, waited = 0, None, 0.0
     disable = None if settings.progress is None else not settings.progress
     with requests.Session() as session, open(dest, "wb") as out, \
             tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=what.split(" ")[0].split("/")[-1],
@@ -353,11 +458,13 @@ def _fetch(url: str, dest: Path, *, what: str, sha256: str | None, size: int | N
                                     f"{last_error}")
             before = part.written
             try:
-                retry = _attempt(session, url, headers, part, expected, settings)
+                retry = _attempt(session, url, headers, part, expected, settings, deadline)
             except fatal_errors as exc:        # a malformed endpoint URL: retrying cannot help
                 raise DownloadError(f"could not download {what}: bad URL {url!r} ({exc}); "
                                     "check AXON_HUB_ENDPOINT") from exc
             except transient_errors as exc:    # cut connection, read timeout, refused connection
+                if deadline.expired:           # the watchdog cut it
+                    raise deadline.error() from None
                 retry = (f"{type(exc).__name__}: {exc}", None)
                 if part.written > before:    # it made progress: resume from there at once
                     failures, last_error = 0, retry[0]
@@ -367,9 +474,19 @@ def _fetch(url: str, dest: Path, *, what: str, sha256: str | None, size: int | N
             last_error, resp = retry
             failures += 1
             if failures <= settings.max_retries:
-                time.sleep(_retry_delay(resp, failures, settings))
+                delay = _retry_delay(resp, failures, settings)
+                if waited + delay > settings.max_total_wait:
+                    raise DownloadError(f"could not download {what}: the server asked to wait {waited + delay:.0f} s "
+                                        f"in all, more than DownloadSettings.max_total_wait="
+                                        f"{settings.max_total_wait:g} s ({last_error})")
+                if delay >= deadline.left(max(expected.size or 0, part.written)):
+                    raise deadline.error()
+                waited += delay
+                time.sleep(delay)
         out.flush()
         os.fsync(out.fileno())
+    if part.written == 0 and size != 0:          # only a file pinned to 0 bytes may be empty
+        raise DownloadError(f"could not download {what}: {url} sent an empty body")
 
     digest = part.hasher.hexdigest()
     if expected.size is not None and part.written != expected.size:
@@ -408,8 +525,10 @@ def download_file(repo_id: str, filename: str, *, revision: str = "main", sha256
         return _download_file(repo, filename, revision, sha256, size, force, settings or DownloadSettings(), what,
                               endpoint)
     except HubError:
+        repo.remove_if_empty()   # a failed first download leaves no empty repository folder behind
         raise
     except OSError as exc:   # disk full, permissions, read-only cache: say where, never a bare traceback
+        repo.remove_if_empty()
         raise DownloadError(f"could not store {what} in the cache {repo.root}: {exc}") from exc
 
 

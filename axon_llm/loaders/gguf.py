@@ -37,11 +37,15 @@ from typing import Any
 import numpy as np
 
 from axon_llm.errors import ModelFormatError, UnsupportedError
+from axon_llm.limits import CEILINGS, check_config_against_file, check_count, check_disjoint, check_float
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4           # GGML_MAX_DIMS
 MAX_ARRAY_NESTING = 4  # arrays of arrays of ...: real files use none; a bound stops recursion bombs
+MAX_TENSORS = 1 << 20           # real files: at most a few thousand
+MAX_KV = 1 << 16                # real files: a few dozen metadata pairs
+MAX_OBJECT_ARRAY = 1 << 23      # strings or arrays in one array (a vocabulary or merges: at most ~10**6)
 
 # GGUF metadata value types: id -> (name, struct format or None for variable-size kinds)
 _VALUE_TYPES: dict[int, tuple[str, str | None]] = {
@@ -67,8 +71,9 @@ GGML_TYPES: dict[int, tuple[str, int, int]] = {
     26: ("I32", 1, 4), 27: ("I64", 1, 8), 28: ("F64", 1, 8), 29: ("IQ1_M", 256, 56),
     30: ("BF16", 1, 2), 34: ("TQ1_0", 256, 54), 35: ("TQ2_0", 256, 66),
 }
-SUPPORTED_TENSOR_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
-QUANTIZED_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
+QUANTIZED_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL",
+                   "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K", "Q8_K")     # = axon_kernels.quant_formats.QUANT_TYPES
+SUPPORTED_TENSOR_TYPES = ("F32", "F16", "BF16") + QUANTIZED_TYPES
 
 
 @dataclass(frozen=True)
@@ -156,9 +161,12 @@ class _Cursor:
                 raise self.fail(f"{what} is not valid UTF-8") from None
             return raw.decode("utf-8", errors="replace")
 
-    def count(self, what: str, min_item_bytes: int) -> int:
-        """A u64 element count, rejected unless that many items could fit in the rest of the file."""
+    def count(self, what: str, min_item_bytes: int, ceiling: int | None = None) -> int:
+        """A u64 element count, rejected unless that many items could fit in the rest of the file
+        (and, with ``ceiling``, unless it is at most that: Python objects cost more than their bytes)."""
         n = self.u64(what)
+        if ceiling is not None and n > ceiling:
+            raise self.fail(f"{what} declares {n} entries, more than the {ceiling} this reader accepts")
         left = self.size - self.pos
         if n > left // max(min_item_bytes, 1):
             raise self.fail(f"{what} declares {n} entries but only {left} bytes remain "
@@ -188,7 +196,8 @@ def _read_value(cur: _Cursor, vtype: int, what: str, depth: int = 0) -> Any:
     etype = cur.u32(f"element type of {what}")
     if etype not in _VALUE_TYPES:
         raise cur.fail(f"{what} has unknown array element type {etype}")
-    n = cur.count(f"array {what}", _min_value_bytes(etype))
+    n = cur.count(f"array {what}", _min_value_bytes(etype),
+                  None if etype in _NUMPY_OF_VALUE_TYPE else MAX_OBJECT_ARRAY)
     if etype in _NUMPY_OF_VALUE_TYPE:  # fixed-size elements: one vectorised read
         dt = np.dtype(_NUMPY_OF_VALUE_TYPE[etype])
         cur.need(n * dt.itemsize, what)
@@ -240,8 +249,8 @@ class GGUFFile:
                 raise UnsupportedError(f"{self.path}: big-endian GGUF files are not supported")
             raise ModelFormatError(f"{self.path}: unsupported GGUF version {version} (this reader knows 2 and 3)")
         self.version = version
-        n_tensors = cur.count("tensor_count", 8 + 4 + 4 + 8)   # name length, n_dims, type, offset
-        n_kv = cur.count("kv_count", 8 + 4 + 1)                 # key length, type, smallest value
+        n_tensors = cur.count("tensor_count", 8 + 4 + 4 + 8, MAX_TENSORS)   # name length, n_dims, type, offset
+        n_kv = cur.count("kv_count", 8 + 4 + 1, MAX_KV)                      # key length, type, smallest value
 
         metadata: dict[str, Any] = {}
         for i in range(n_kv):
@@ -295,6 +304,7 @@ class GGUFFile:
                                        f"(truncated or corrupt)")
             tensors[name] = GGUFTensorInfo(name, type_name, type_id, tuple(int(d) for d in reversed(ne)),
                                            start, nbytes)
+        check_disjoint(((t.offset, t.offset + t.nbytes, t.name) for t in tensors.values()), self.path)
         self.tensors = tensors
 
     # -- access ---------------------------------------------------------------------------------
@@ -308,7 +318,8 @@ class GGUFFile:
 
     def tensor_data(self, name: str) -> np.ndarray | GGUFQuantTensor:
         """A tensor's stored data without copying: F32 as float32, F16 as float16 (NumPy
-        shapes), quantised types as :class:`GGUFQuantTensor` (``raw`` ``[rows, row_bytes]``).
+        shapes), BF16 widened to float32 (a copy), quantised types as :class:`GGUFQuantTensor`
+        (``raw`` ``[rows, row_bytes]``).
         Unsupported types raise :class:`UnsupportedError` naming the type."""
         if name not in self.tensors:
             raise ModelFormatError(f"{self.path}: no tensor named {name!r}")
@@ -321,6 +332,8 @@ class GGUFFile:
             return buf.view("<f4").reshape(info.shape)
         if info.type_name == "F16":
             return buf.view("<f2").reshape(info.shape)
+        if info.type_name == "BF16":       # bfloat16 = the top 16 bits of a float32
+            return (buf.view("<u2").astype(np.uint32) << 16).view(np.float32).reshape(info.shape)
         rows = info.n_elements // info.shape[-1]
         return GGUFQuantTensor(info.type_name, buf.reshape(rows, info.nbytes // rows), info.shape)
 
@@ -362,26 +375,26 @@ def read_gguf_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 # -- llama architecture: config and tensor names --------------------------------------------------
 
-def _md_int(md: dict, key: str, path: str, default: Any = None) -> Any:
+def _md_int(md: dict, key: str, path: str, default: Any = None, ceiling: str = "token_id") -> Any:
+    """An integer metadata value in ``[0, CEILINGS[ceiling]]`` (a constant per-layer array counts as one)."""
     v = md.get(key, default)
     if v is None:
         raise ModelFormatError(f"{path}: GGUF metadata lacks {key}")
-    if isinstance(v, np.ndarray) and v.size and key.endswith(("head_count", "head_count_kv", "feed_forward_length")):
+    if isinstance(v, np.ndarray) and v.size and v.ndim == 1 and np.issubdtype(v.dtype, np.integer) \
+            and key.endswith(("head_count", "head_count_kv", "feed_forward_length")):
         if np.any(v != v.flat[0]):
-            raise UnsupportedError(f"{path}: {key} varies per layer ({v.tolist()}); not supported")
+            raise UnsupportedError(f"{path}: {key} varies per layer ({v[:8].tolist()}...); not supported")
         v = v.flat[0]
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
-        raise ModelFormatError(f"{path}: GGUF metadata {key} must be a non-negative integer, got {v!r}")
-    return int(v)
+    return check_count(v, f"{path}: GGUF metadata {key}", lo=0, hi=CEILINGS[ceiling])
 
 
-def _md_float(md: dict, key: str, path: str, default: float | None = None) -> float:
+def _md_float(md: dict, key: str, path: str, default: float | None = None, *, lo: float | None = None,
+              hi: float | None = None) -> float:
+    """A finite float metadata value in ``(lo, hi]``."""
     v = md.get(key, default)
     if v is None:
         raise ModelFormatError(f"{path}: GGUF metadata lacks {key}")
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
-        raise ModelFormatError(f"{path}: GGUF metadata {key} must be a number, got {v!r}")
-    return float(v)
+    return check_float(v, f"{path}: GGUF metadata {key}", lo=lo, hi=hi, lo_open=lo == 0.0)
 
 
 @dataclass(frozen=True)
@@ -443,9 +456,9 @@ def config_from_metadata(md: dict, tensors: dict[str, GGUFTensorInfo], path: str
     """The HF config dict (transformers' field names) of a GGUF file, from its ``<arch>.*`` metadata
     (and, for Llama 3.x files, the values of their ``rope_freqs`` tensor)."""
     a, spec = gguf_architecture(md, path)
-    hidden = _md_int(md, f"{a}.embedding_length", path)
-    heads = _md_int(md, f"{a}.attention.head_count", path)
-    kv_heads = _md_int(md, f"{a}.attention.head_count_kv", path, heads)
+    hidden = _md_int(md, f"{a}.embedding_length", path, ceiling="hidden")
+    heads = _md_int(md, f"{a}.attention.head_count", path, ceiling="heads")
+    kv_heads = _md_int(md, f"{a}.attention.head_count_kv", path, heads, ceiling="heads")
     if heads == 0 or kv_heads == 0 or heads % kv_heads:
         raise ModelFormatError(f"{path}: head_count={heads} must be a positive multiple of head_count_kv={kv_heads}")
     vocab = md.get(f"{a}.vocab_size")
@@ -455,36 +468,39 @@ def config_from_metadata(md: dict, tensors: dict[str, GGUFTensorInfo], path: str
             vocab = len(tokens)
         elif "token_embd.weight" in tensors:
             vocab = tensors["token_embd.weight"].shape[0]
-    vocab = _md_int({"v": vocab}, "v", path) if vocab is not None else None
     if vocab is None:
         raise ModelFormatError(f"{path}: cannot tell the vocabulary size (no {a}.vocab_size, tokens or token_embd)")
-    head_dim = _md_int(md, f"{a}.attention.key_length", path, hidden // heads if heads else 0)
+    vocab = _md_int({f"{a}.vocab_size": vocab}, f"{a}.vocab_size", path, ceiling="vocab")
+    head_dim = _md_int(md, f"{a}.attention.key_length", path, hidden // heads, ceiling="head_dim")
     cfg: dict[str, Any] = {
         "architectures": [spec.hf_architecture],
         "model_type": spec.model_type,
         "vocab_size": vocab,
         "hidden_size": hidden,
-        "intermediate_size": _md_int(md, f"{a}.feed_forward_length", path),
-        "num_hidden_layers": _md_int(md, f"{a}.block_count", path),
+        "intermediate_size": _md_int(md, f"{a}.feed_forward_length", path, ceiling="intermediate"),
+        "num_hidden_layers": _md_int(md, f"{a}.block_count", path, ceiling="layers"),
         "num_attention_heads": heads,
         "num_key_value_heads": kv_heads,
         "head_dim": head_dim,
         # GGUF stores eps as float32; the shortest decimal that rounds to it is the intended value
-        "rms_norm_eps": float(str(np.float32(_md_float(md, f"{a}.attention.layer_norm_rms_epsilon", path, 1e-5)))),
-        "rope_theta": _md_float(md, f"{a}.rope.freq_base", path, 10000.0),
-        "max_position_embeddings": _md_int(md, f"{a}.context_length", path, 2048),
+        "rms_norm_eps": float(str(np.float32(_md_float(md, f"{a}.attention.layer_norm_rms_epsilon", path, 1e-5,
+                                                       lo=0.0, hi=1.0)))),
+        "rope_theta": _md_float(md, f"{a}.rope.freq_base", path, 10000.0, lo=1.0, hi=1e15),
+        "max_position_embeddings": _md_int(md, f"{a}.context_length", path, 2048, ceiling="positions"),
         "tie_word_embeddings": "output.weight" not in tensors,
     }
     if a == "llama":
         cfg["attention_bias"] = "blk.0.attn_q.bias" in tensors
         cfg["mlp_bias"] = "blk.0.ffn_up.bias" in tensors
     rot = md.get(f"{a}.rope.dimension_count")
-    if rot is not None and int(rot) != cfg["head_dim"]:
+    if rot is not None and _md_int(md, f"{a}.rope.dimension_count", path, ceiling="head_dim") != cfg["head_dim"]:
         raise UnsupportedError(f"{path}: partial rotary (rope.dimension_count={rot}, head_dim={cfg['head_dim']}) "
                                f"is not supported for GGUF {a}")
     scaling = md.get(f"{a}.rope.scaling.type")
+    if scaling is not None and not isinstance(scaling, str):
+        raise ModelFormatError(f"{path}: GGUF metadata {a}.rope.scaling.type must be a string, got {str(scaling)[:40]}")
     if scaling not in (None, "none"):
-        factor = _md_float(md, f"{a}.rope.scaling.factor", path)
+        factor = _md_float(md, f"{a}.rope.scaling.factor", path, lo=0.0, hi=1e6)
         if scaling != "linear":
             raise UnsupportedError(f"{path}: rope scaling type {scaling!r} in GGUF is not supported (only linear)")
         cfg["rope_scaling"] = {"rope_type": "linear", "factor": factor}
@@ -569,6 +585,23 @@ def hf_name(gguf_name: str, architecture: str = "llama") -> str:
     raise UnsupportedError(f"GGUF tensor {gguf_name!r} has no {architecture} counterpart (MoE or another architecture?)")
 
 
+_HF_BLOCK_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def gguf_tensor_name(hf: str, architecture: str = "llama") -> str:
+    """The inverse of :func:`hf_name`: ``model.layers.3.mlp.up_proj.weight`` -> ``blk.3.ffn_up.weight``."""
+    m = _HF_BLOCK_RE.match(hf)
+    if m:
+        for g, h in GGUF_ARCHITECTURES[architecture].block_names.items():
+            if h == m.group(2):
+                return f"blk.{m.group(1)}.{g}.{m.group(3)}"
+    base, _, suffix = hf.rpartition(".")
+    for g, h in _GLOBAL_NAMES.items():
+        if h == base and suffix in ("weight", "bias"):
+            return f"{g}.{suffix}"
+    raise UnsupportedError(f"tensor {hf!r} has no GGUF {architecture} name")
+
+
 def unpermute_qk_rows(x: np.ndarray, n_head: int) -> np.ndarray:
     """Undo llama.cpp's ``permute`` of Q/K rows (convert_hf_to_gguf.py, LlamaModel.permute).
 
@@ -586,6 +619,19 @@ def unpermute_qk_rows(x: np.ndarray, n_head: int) -> np.ndarray:
         x.reshape(n_head, half, 2, *x.shape[1:])   # [rows, ...] -> [n_head, d/2, 2, ...]
         .swapaxes(1, 2)                             # -> [n_head, 2, d/2, ...]
         .reshape(x.shape))                          # -> [rows, ...] in rotate_half order
+
+
+def permute_qk_rows(x: np.ndarray, n_head: int) -> np.ndarray:
+    """llama.cpp's ``permute`` of HF Q/K rows (what its converter writes): the inverse of
+    :func:`unpermute_qk_rows` -- rows viewed as ``[n_head, 2, d/2]``, the last two axes swapped."""
+    rows = x.shape[0]
+    if n_head <= 0 or rows % (2 * n_head):
+        raise ModelFormatError(f"cannot permute {rows} Q/K rows over {n_head} heads")
+    half = rows // n_head // 2
+    return np.ascontiguousarray(
+        x.reshape(n_head, 2, half, *x.shape[1:])    # [rows, ...] -> [n_head, 2, d/2, ...]
+        .swapaxes(1, 2)                             # -> [n_head, d/2, 2, ...]
+        .reshape(x.shape))                          # -> [rows, ...] in GGML's interleaved order
 
 
 @dataclass
@@ -617,8 +663,8 @@ def load_gguf(path: str | os.PathLike) -> GGUFModel:
     HF config, HF-named tensors.
 
     Quantised tensors stay quantised (raw blocks, zero-copy except for the Q/K row
-    un-permutation of ``llama``); F16 is widened to float32; Gemma's ``1 + w`` norms get their 1
-    back off. Raises :class:`ModelFormatError` for a corrupt file and :class:`UnsupportedError`
+    un-permutation of ``llama``); F16 and BF16 are widened to float32; Gemma's ``1 + w`` norms get
+    their 1 back off. Raises :class:`ModelFormatError` for a corrupt file and :class:`UnsupportedError`
     for another architecture or tensor type.
     """
     g = GGUFFile(path)
@@ -652,13 +698,31 @@ def load_gguf(path: str | os.PathLike) -> GGUFModel:
 
 __all__ = [
     "GGUFFile", "GGUFTensorInfo", "GGUFQuantTensor", "GGUFModel", "load_gguf", "read_gguf_metadata",
-    "config_from_metadata", "llama3_scaling_from_rope_freqs", "hf_name", "unpermute_qk_rows", "GGUFArchitecture",
-    "GGUF_ARCHITECTURES", "gguf_architecture", "build_from_gguf", "GGML_TYPES",
+    "config_from_metadata", "llama3_scaling_from_rope_freqs", "hf_name", "gguf_tensor_name", "unpermute_qk_rows",
+    "permute_qk_rows", "GGUFArchitecture", "GGUF_ARCHITECTURES", "gguf_architecture", "build_from_gguf", "GGML_TYPES",
     "SUPPORTED_TENSOR_TYPES", "QUANTIZED_TYPES",
 ]
 
 
 # -- building a model -----------------------------------------------------------------------------
+
+#: byte ranges of the float16 scales inside one block, per quantised type
+_SCALE_BYTES = {"Q8_0": (0, 2), "Q4_0": (0, 2), "Q4_1": (0, 4), "Q5_0": (0, 2), "Q5_1": (0, 4),
+                "Q4_K": (0, 4), "Q5_K": (0, 4), "Q6_K": (208, 210), "Q2_K": (80, 84), "Q3_K": (108, 110)}
+
+
+def _check_scales(path: str, name: str, t: GGUFQuantTensor) -> None:
+    """A quantised tensor whose block scales are NaN/inf (bytes of another type, or corruption)
+    would make every output NaN: :class:`ModelFormatError` naming it."""
+    span = _SCALE_BYTES.get(t.type_name)
+    if span is None:
+        return
+    block_bytes = GGML_TYPES[next(i for i, v in GGML_TYPES.items() if v[0] == t.type_name)][2]
+    blocks = t.raw.reshape(-1, block_bytes)
+    scales = np.ascontiguousarray(blocks[:, span[0]:span[1]]).view("<f2")
+    if not np.isfinite(scales).all():
+        raise ModelFormatError(f"{path}: quantised tensor {name!r} ({t.type_name}) has NaN/inf block scales")
+
 
 def build_from_gguf(path: str | os.PathLike, **kwargs):
     """A ready model (``LLaMAForCausalLM``, ``Qwen2ForCausalLM``, ``Gemma3ForCausalLM``) from a GGUF
@@ -681,6 +745,11 @@ def build_from_gguf(path: str | os.PathLike, **kwargs):
     gm = load_gguf(path)
     model_class = ARCHITECTURES[gm.config["architectures"][0]]
     config = model_class.config_class.from_dict(gm.config)
+    blocks = {int(m.group(1)) for m in map(_BLOCK_RE.match, gm.tensor_infos) if m}
+    if blocks != set(range(config.num_hidden_layers)):
+        raise ModelFormatError(f"{gm.path}: block_count is {config.num_hidden_layers} but the file has tensors for "
+                               f"{len(blocks)} blocks" + (f" (up to blk.{max(blocks)})" if blocks else ""))
+    check_config_against_file(config, sum(t.n_elements for t in gm.tensor_infos.values()), gm.path)
     model = model_class(config)                            # lazy parameters: nothing allocated yet
     quantised = {n: t for n, t in gm.tensors.items() if isinstance(t, GGUFQuantTensor)}
     dense = {n: t for n, t in gm.tensors.items() if n not in quantised}   # incl. biases of quantised layers
@@ -695,9 +764,13 @@ def build_from_gguf(path: str | os.PathLike, **kwargs):
             old = getattr(parent, attr)
         except (AttributeError, KeyError, ValueError):
             raise ModelFormatError(f"{gm.path}: tensor {name!r} has no place in {model_class.__name__}") from None
-        want = tuple(old.weight.shape)
+        want = tuple(getattr(getattr(old, "weight", None), "shape", ()))
+        if len(t.shape) != 2 or len(want) != 2:
+            raise ModelFormatError(f"{gm.path}: tensor {name!r} is quantised ({t.type_name}) but is not a weight "
+                                   f"matrix (shape {list(t.shape)}); only linear and embedding weights may be")
         if tuple(t.shape) != want:
             raise ModelFormatError(f"{gm.path}: tensor {name!r} has shape {list(t.shape)}, the config implies {list(want)}")
+        _check_scales(gm.path, name, t)
         qm = pack(t.type_name, t.raw, t.shape)
         gm.release(name)   # the packed copy is all we keep: let the file's pages go
         if module_name == "model.embed_tokens":

@@ -37,6 +37,7 @@ import numpy as np
 
 from axon_llm.errors import CheckpointError, ModelFormatError, UnsupportedError
 from axon_llm.generation_config import GenerationConfig, generation_config_to_dict
+from axon_llm.limits import check_count, check_disjoint, inside_folder, read_json_file, read_json_text
 
 __all__ = [
     "read_safetensors", "write_safetensors", "SafetensorsFile", "HFLoader", "map_hf_to_axonml",
@@ -76,30 +77,25 @@ class SafetensorsFile:
             if n == 0 or n > size - 8 or n > 100_000_000:
                 raise ModelFormatError(f"{self.path}: corrupt safetensors header (header length {n}, file {size} bytes)")
             raw = f.read(n)
-        try:
-            header = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ModelFormatError(f"{self.path}: corrupt safetensors header ({e})") from None
+        header = read_json_text(raw, f"{self.path}: safetensors header", max_depth=8)
         if not isinstance(header, dict):
             raise ModelFormatError(f"{self.path}: corrupt safetensors header (not a JSON object)")
-        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                     for k, v in metadata.items()):
+            raise ModelFormatError(f"{self.path}: safetensors __metadata__ must map strings to strings")
+        self.metadata: dict[str, str] = metadata
         self._data_start = 8 + n
         data_len = size - self._data_start
-        self._entries: dict[str, tuple[str, tuple[int, ...], int, int]] = {}
-        for name, info in header.items():
-            try:
-                dtype, shape, (begin, end) = info["dtype"], tuple(int(s) for s in info["shape"]), info["data_offsets"]
-            except (KeyError, TypeError, ValueError):
-                raise ModelFormatError(f"{self.path}: corrupt safetensors header entry for {name!r}") from None
-            if dtype not in _DTYPES:
-                raise ModelFormatError(f"{self.path}: tensor {name!r} has unsupported dtype {dtype!r}")
-            count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-            if any(s < 0 for s in shape) or not (0 <= begin <= end <= data_len) \
-                    or end - begin != count * np.dtype(_DTYPES[dtype]).itemsize:
-                raise ModelFormatError(f"{self.path}: corrupt safetensors header: tensor {name!r} "
-                                       f"(dtype {dtype}, shape {list(shape)}, offsets [{begin}, {end}]) does not fit "
-                                       f"the {data_len}-byte data section")
-            self._entries[name] = (dtype, shape, begin, end)
+        self._entries = {name: _check_entry(self.path, name, info, data_len) for name, info in header.items()}
+        # like the safetensors library: the tensors tile the data section exactly, no overlap, no hole
+        spans = sorted((begin, end, name) for name, (_, _, begin, end) in self._entries.items())
+        check_disjoint(spans, str(self.path))
+        covered = sum(end - begin for begin, end, _ in spans)
+        if covered != data_len:     # disjoint ranges inside the section that add up to it tile it
+            hole = next((b for (b, _, _), (_, e, _) in zip(spans[1:], spans) if b != e), None)
+            raise ModelFormatError(f"{self.path}: corrupt safetensors header: the tensors cover {covered} of the "
+                                   f"{data_len} data bytes" + (f" (a gap at byte {hole})" if hole is not None else ""))
         self._mm: np.memmap | None = None
 
     def keys(self) -> list[str]:
@@ -126,6 +122,31 @@ class SafetensorsFile:
         elif dtype == "F16" and to_float32:
             arr = arr.astype(np.float32)
         return arr
+
+
+def _check_entry(path: Path, name: str, info: Any, data_len: int) -> tuple[str, tuple[int, ...], int, int]:
+    """One header entry checked: a known dtype, a shape of non-negative integers (Python ints, so a
+    ``[2**32, 2**32]`` shape cannot wrap), offsets that are integers inside the data section and
+    span exactly the bytes the shape needs."""
+    if not isinstance(info, dict) or set(info) - {"dtype", "shape", "data_offsets"} or len(info) != 3:
+        raise ModelFormatError(f"{path}: corrupt safetensors header entry for {name!r} (needs exactly "
+                               "dtype, shape and data_offsets)")
+    dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise ModelFormatError(f"{path}: tensor {name!r} has unsupported dtype {str(dtype)[:40]!r}")
+    if not isinstance(shape, list) or len(shape) > 16:
+        raise ModelFormatError(f"{path}: tensor {name!r} shape must be a list of at most 16 sizes, got {str(shape)[:60]}")
+    if not isinstance(offsets, list) or len(offsets) != 2:
+        raise ModelFormatError(f"{path}: tensor {name!r} data_offsets must be [begin, end], got {str(offsets)[:60]}")
+    dims = tuple(check_count(s, f"{path}: tensor {name!r} shape[{i}]") for i, s in enumerate(shape))
+    begin, end = (check_count(o, f"{path}: tensor {name!r} data_offsets") for o in offsets)
+    count = 1
+    for d in dims:
+        count *= d
+    if not begin <= end <= data_len or end - begin != count * np.dtype(_DTYPES[dtype]).itemsize:
+        raise ModelFormatError(f"{path}: corrupt safetensors header: tensor {name!r} (dtype {dtype}, shape "
+                               f"{list(dims)}, offsets [{begin}, {end}]) does not fit the {data_len}-byte data section")
+    return dtype, dims, begin, end
 
 
 def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
@@ -176,11 +197,12 @@ class HFLoader:
         index = self.path / "model.safetensors.index.json"
         single = self.path / "model.safetensors"
         if index.is_file():
-            try:
-                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ModelFormatError(f"{index}: not a valid safetensors index ({e})") from None
+            data = read_json_file(index, max_bytes=256 << 20)
+            weight_map = data.get("weight_map") if isinstance(data, dict) else None
+            if not isinstance(weight_map, dict):
+                raise ModelFormatError(f"{index}: not a valid safetensors index (no weight_map object)")
             for name, shard in weight_map.items():
+                inside_folder(self.path, shard, f"{index}: shard of {name!r}")   # never outside the folder
                 self._where[name] = shard
         elif single.is_file():
             f = self._open("model.safetensors")
@@ -195,7 +217,7 @@ class HFLoader:
 
     def _open(self, shard: str) -> SafetensorsFile:
         if shard not in self._files:
-            path = self.path / shard
+            path = inside_folder(self.path, shard, "shard")
             if not path.is_file():
                 raise ModelFormatError(f"{self.path}: shard {shard} listed in the index is missing")
             self._files[shard] = SafetensorsFile(path)
@@ -204,6 +226,18 @@ class HFLoader:
     def keys(self) -> list[str]:
         """Every tensor name of the checkpoint."""
         return list(self._where)
+
+    def num_elements(self) -> int:
+        """Elements stored in the checkpoint, from the headers alone (to check a config against the file)."""
+        total = 0
+        for name, shard in self._where.items():
+            f = self._open(shard)
+            if name in f._entries:
+                n = 1
+                for d in f.shape(name):
+                    n *= d
+                total += n
+        return total
 
     def shape(self, name: str) -> tuple[int, ...]:
         """Shape of one tensor (header only)."""
@@ -309,6 +343,9 @@ def load_state(model, tensors: Mapping[str, Any], *, strict: bool = True):
         # e.g. bert-base-uncased (BertForMaskedLM) also stores the pooler and the NSP head
         warnings.warn(f"ignored {len(unexpected)} checkpoint tensor(s) the model does not use: {shown}", stacklevel=3)
     usable = {k: np.asarray(v, dtype=np.float32) for k, v in mapped.items() if k in params}
+    for k, arr in usable.items():   # a NaN/inf weight (or bytes read with the wrong dtype) poisons every output
+        if not np.isfinite(arr).all():
+            raise CheckpointError(f"tensor {k} holds {int((~np.isfinite(arr)).sum())} NaN/inf value(s)")
     result = model.load_state_dict(usable, strict=False)
     return result._replace(unexpected_keys=unexpected)
 
@@ -319,10 +356,7 @@ def read_generation_config_json(folder: str | Path) -> dict | None:
     path = Path(folder) / "generation_config.json"
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ModelFormatError(f"{path}: not valid JSON ({e})") from None
+    data = read_json_file(path, max_bytes=16 << 20)
     if not isinstance(data, dict):
         raise ModelFormatError(f"{path}: must hold a JSON object, got {type(data).__name__}")
     return data

@@ -225,7 +225,8 @@ def matvec_into(weight):
     ``out_features`` rows, returned as the second item), resolving the kernel once.
 
     ``weight`` is a float32 ``[out, in]`` array (BLAS) or a :class:`axon_kernels.quant.QuantMatrix`
-    (its fused matvec kernel for the packed kinds, ``quant_matvec`` for any other kind).
+    (the fused matvec kernel ``quant_matvec`` dispatches to for its kind; ``quant_matvec`` itself
+    under ``NUMBA_DISABLE_JIT=1``).
     """
     if isinstance(weight, np.ndarray):
         out = np.empty(weight.shape[0], np.float32)
@@ -234,11 +235,10 @@ def matvec_into(weight):
     rows = w.qs.shape[0] * quant.TILE_ROWS
     buf = np.empty(rows, np.float32)
     out = buf[:w.out_features]
-    if not jit_disabled() and w.kind in ("q4", "q8"):
-        kern = quant._kernel(f"matvec_{w.kind}", w.nbytes)
-        if w.kind == "q4":
-            return (lambda x: kern(w.qs, w.scale, w.offset, x, buf)), out
-        return (lambda x: kern(w.qs, w.scale, x, buf)), out
+    if not jit_disabled():
+        kern = quant._kernel(f"matvec_{w.kind}", w.nbytes)     # what quant_matvec calls, for every kind
+        arrays = quant._arrays(w)
+        return (lambda x: kern(*arrays, x, buf)), out
 
     def generic(x):
         out[:] = quant.quant_matvec(w, x)
@@ -257,7 +257,7 @@ def compiled_on_disk() -> bool:
         return True
     import os
 
-    for disp in (_rms_norm_into_nb, _rope_attend_serial_nb, _silu_mul_nb, quant._matvec_q4_serial_nb):
+    for disp in (_rms_norm_into_nb, _rope_attend_serial_nb, _silu_mul_nb):
         try:
             index = disp._cache._cache_file._index_path  # Numba's FunctionCache -> IndexDataCacheFile
         except AttributeError:

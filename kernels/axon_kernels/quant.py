@@ -1,25 +1,15 @@
-"""GGUF block-quantised weights: the NumPy definition and fused Numba dequantise-and-multiply kernels.
+"""GGUF block-quantised weights: the load-time repacked layout and fused Numba dequantise-and-multiply kernels.
 
 Glossary
     out, in   a weight matrix W [out, in] (PyTorch Linear layout: y = W @ x)
-    block     GGML's unit of quantisation along `in`: 32 weights (Q8_0, Q4_0, Q4_1) or a
-              256-weight super-block split into sub-blocks (Q4_K: 8 x 32, Q6_K: 16 x 16)
-    group     in this file, the sub-block that has one float scale (and, for 4-bit, one offset)
+    block     GGML's unit of quantisation along `in`: 32 weights, or a 256-weight super-block
+              split into sub-blocks of 16 or 32 (the K-quants)
+    group     in this file, the weights that share one float scale (and possibly one offset)
     R         rows per tile of the packed layout (TILE_ROWS)
 
-The GGUF block formats (GGML's ggml-common.h; all little-endian, f16 = IEEE half):
-    Q8_0  [d f16][q int8 x 32]                         w = d * q
-    Q4_0  [d f16][16 bytes]                            w = d * (q - 8)
-    Q4_1  [d f16][m f16][16 bytes]                     w = d * q + m
-          (byte j holds weight j in its low nibble and weight j + 16 in its high nibble)
-    Q4_K  [d f16][dmin f16][12 bytes: 8 six-bit scales and 8 six-bit mins][128 bytes]
-          sub-block s (32 weights): w = (d * sc[s]) * q - dmin * mn[s]; bytes 32c .. 32c+31
-          hold sub-block 2c in their low nibbles and sub-block 2c + 1 in their high nibbles
-    Q6_K  [ql 128 bytes][qh 64 bytes][scales int8 x 16][d f16]
-          q = 4 low bits from ql | 2 high bits from qh, minus 32; w = (d * scales[i // 16]) * q
-
-`dequantize_ref(type, raw, shape)` is the definition (checked against gguf-py's own
-`gguf.quants.dequantize` in the tests).
+The block formats themselves, and `dequantize_ref` (the definition, checked against gguf-py's
+``gguf.quants.dequantize``), live in `axon_kernels.quant_formats`: every type decodes to
+``w = scale * q (+ offset)`` per group, which is what the packed layout below stores.
 
 Why a repacked layout. Decoding is memory-bound: the fast path must stream the packed bytes
 once with wide SIMD. A block-by-block loop over one row vectorises poorly (a 32-weight block
@@ -29,15 +19,19 @@ matrix into tiles of R output rows whose innermost axis is the row::
     q4 kind (Q4_0, Q4_1, Q4_K):  qs [tiles, G, 16, R] uint8   scale, offset [tiles, G, R] float32
         group g has 32 weights: w[r, 32g + j]      = scale * (qs[.., g, j, r] & 15) + offset
                                  w[r, 32g + j + 16] = scale * (qs[.., g, j, r] >> 4) + offset
-    q8 kind (Q8_0, Q6_K):        qs [tiles, G, B, R] int8    scale [tiles, G, R] float32
-        group g has B weights (B = 32 for Q8_0, 16 for Q6_K): w[r, Bg + j] = scale * qs[.., g, j, r]
+    q8 kind (all other types):   qs [tiles, G, B, R] int8    scale [, offset] [tiles, G, R] float32
+        group g has B weights (B = 32, or 16 for Q2_K / Q3_K / Q6_K):
+                                 w[r, Bg + j] = scale * qs[.., g, j, r] (+ offset for Q5_1, Q5_K, Q2_K)
 
 so the inner loop runs across R rows with one broadcast x value (SIMD lanes = rows). The
 nibbles are split in float32 -- ``hi = floor(byte / 16)``, ``lo = byte - 16 hi``, both exact --
 because Numba types integer ``&`` / ``>>`` as int64, whose conversion to float LLVM leaves
-scalar: the float form vectorises and reads Q4_1 ~1.6x faster on one core. Q4_0 is stored as offset = -8 * scale and Q4_K as scale = d * sc,
-offset = -(dmin * mn): every stored value is exactly the float32 the definition computes, so
-`unpack(pack(raw))` equals `dequantize_ref(raw)` bit for bit.
+scalar: the float form vectorises and reads Q4_1 ~1.6x faster on one core. Every stored value
+is exactly the float32 the definition computes (`quant_formats.decode_blocks`), so
+`unpack(pack(raw))` equals `dequantize_ref(raw)` exactly (Q4_0 is stored as ``d q' - 8 d`` with
+``q' = q + 8`` to share the nibble layout: equal values, though a zero may lose its sign). Types of 5, 3 or 2 bits, and
+IQ4_NL's table values, take one int8 per weight: simple and exact, at the cost of memory
+(Q5_K grows from 5.5 to 9 bits per weight, Q2_K from 2.6 to 12).
 """
 
 from __future__ import annotations
@@ -49,104 +43,13 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from axon_kernels.quant_formats import BLOCK, NIBBLE_TYPES, QUANT_TYPES, check_raw, decode_blocks, dequantize_ref
+
 TILE_ROWS = 64                      # R: rows per tile (4 AVX-512 / 8 AVX2 float lanes per step)
-QUANT_TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q4_K", "Q6_K")
-BLOCK = {"Q8_0": (32, 34), "Q4_0": (32, 18), "Q4_1": (32, 20), "Q4_K": (256, 144), "Q6_K": (256, 210)}
 PARALLEL_MIN_BYTES = 1 << 20       # below ~1 MB of weights per call, one thread is faster
 MATVEC_LOOP_MAX_TOKENS = 8          # up to this many tokens, matmul runs the matvec kernel per token
 FUSED_MATMUL_MAX_TOKENS = 16        # above this, matmul dequantises row chunks and calls BLAS
 _CHUNK_FLOATS = 1 << 18             # 1 MB of float32 per dequantised chunk (bounds peak memory; as fast as 8 MB)
-
-
-# ------------------------------------------------------------------------------------------------
-# The definition: GGUF raw blocks -> float32
-# ------------------------------------------------------------------------------------------------
-
-def _check_raw(qtype: str, raw: np.ndarray, shape) -> tuple[np.ndarray, tuple[int, ...]]:
-    if qtype not in BLOCK:
-        raise ValueError(f"unsupported quantisation type {qtype!r}; known: {', '.join(QUANT_TYPES)}")
-    shape = tuple(int(s) for s in shape)
-    if not shape or any(s <= 0 for s in shape):
-        raise ValueError(f"shape must have positive dimensions, got {shape}")
-    n = int(np.prod(shape))
-    elems, nbytes = BLOCK[qtype]
-    if shape[-1] % elems:
-        raise ValueError(f"{qtype}: the last dimension {shape[-1]} is not a multiple of the block size {elems}")
-    raw = np.asarray(raw)
-    if raw.dtype != np.uint8:
-        raise ValueError(f"raw quantised data must be uint8, got {raw.dtype}")
-    if raw.size != n // elems * nbytes:
-        raise ValueError(f"{qtype} shape {shape} needs {n // elems * nbytes} bytes, got {raw.size}")
-    return np.ascontiguousarray(raw).reshape(-1, nbytes), shape
-
-
-def _f16(b: np.ndarray) -> np.ndarray:
-    """Two little-endian bytes per row -> float32 [n]."""
-    return np.ascontiguousarray(b).view("<f2")[:, 0].astype(np.float32)
-
-
-def _nibbles_q4(qs: np.ndarray) -> np.ndarray:
-    """[n, 16] bytes -> [n, 32] values 0..15 (low nibbles first, then high nibbles)."""
-    return np.concatenate([qs & 0x0F, qs >> 4], axis=1)
-
-
-def _q4k_scales(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Q4_K's 12 packed bytes [n, 12] -> six-bit scales and mins, each [n, 8] uint8."""
-    s = s.astype(np.uint8)
-    sc = np.empty((s.shape[0], 8), np.uint8)
-    mn = np.empty((s.shape[0], 8), np.uint8)
-    sc[:, :4] = s[:, 0:4] & 63
-    mn[:, :4] = s[:, 4:8] & 63
-    sc[:, 4:] = (s[:, 8:12] & 0x0F) | ((s[:, 0:4] >> 6) << 4)
-    mn[:, 4:] = (s[:, 8:12] >> 4) | ((s[:, 4:8] >> 6) << 4)
-    return sc, mn
-
-
-def _q4k_values(qs: np.ndarray) -> np.ndarray:
-    """Q4_K's 128 bytes [n, 128] -> [n, 8, 32] values 0..15 in weight order."""
-    c = qs.reshape(-1, 4, 32)                           # [n, chunk, 32]
-    v = np.stack([c & 0x0F, c >> 4], axis=2)            # [n, chunk, lo/hi, 32]
-    return v.reshape(-1, 8, 32)                         # sub-block 2c = lo, 2c + 1 = hi
-
-
-def _q6k_values(ql: np.ndarray, qh: np.ndarray) -> np.ndarray:
-    """Q6_K's ql [n, 128] and qh [n, 64] -> [n, 256] signed values -32..31 in weight order."""
-    n = ql.shape[0]
-    ql = ql.reshape(n, 2, 2, 32)                        # [n, half, first/second 32 bytes, l]
-    qh = qh.reshape(n, 2, 1, 32)                        # [n, half, 1, l]
-    lo = ql & 0x0F                                      # elements 0..31 and 32..63 of each half
-    hi = ql >> 4                                        # elements 64..95 and 96..127
-    h = (qh >> np.array([0, 2, 4, 6], np.uint8).reshape(1, 1, 4, 1)) & 3   # [n, half, 4, l]
-    q = np.concatenate([lo, hi], axis=2) | (h << 4)     # [n, half, 4 quarters, 32]
-    return (q.astype(np.int8) - 32).reshape(n, 256)
-
-
-def dequantize_ref(qtype: str, raw: np.ndarray, shape) -> np.ndarray:
-    """GGUF quantised bytes -> float32 array of ``shape`` (the definition, plain NumPy).
-
-    ``raw``: uint8 of any shape holding ``prod(shape) / block * block_bytes`` bytes, e.g. a GGUF
-    tensor's data as ``[rows, row_bytes]``; ``shape``: logical NumPy shape (last dim = ``in``).
-    """
-    blocks, shape = _check_raw(qtype, raw, shape)
-    if qtype == "Q8_0":
-        out = _f16(blocks[:, 0:2])[:, None] * blocks[:, 2:].view(np.int8).astype(np.float32)
-    elif qtype == "Q4_0":
-        q = _nibbles_q4(blocks[:, 2:18]).astype(np.int8) - 8
-        out = _f16(blocks[:, 0:2])[:, None] * q.astype(np.float32)
-    elif qtype == "Q4_1":
-        q = _nibbles_q4(blocks[:, 4:20]).astype(np.float32)
-        out = _f16(blocks[:, 0:2])[:, None] * q + _f16(blocks[:, 2:4])[:, None]
-    elif qtype == "Q4_K":
-        sc, mn = _q4k_scales(blocks[:, 4:16])
-        d = _f16(blocks[:, 0:2])[:, None] * sc.astype(np.float32)        # [n, 8]
-        dm = _f16(blocks[:, 2:4])[:, None] * mn.astype(np.float32)       # [n, 8]
-        q = _q4k_values(blocks[:, 16:144]).astype(np.float32)           # [n, 8, 32]
-        out = d[:, :, None] * q - dm[:, :, None]
-    else:  # Q6_K
-        d = _f16(blocks[:, 208:210])[:, None] * blocks[:, 192:208].view(np.int8).astype(np.float32)  # [n, 16]
-        q = _q6k_values(blocks[:, 0:128], blocks[:, 128:192]).astype(np.float32).reshape(-1, 16, 16)
-        out = d[:, :, None] * q
-    return out.astype(np.float32, copy=False).reshape(shape)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -158,7 +61,7 @@ class QuantMatrix:
     """A quantised weight matrix [out, in] in the tiled, row-innermost layout (see module doc).
 
     ``kind`` is ``"q4"`` or ``"q8"``; ``qtype`` the GGUF type it came from; ``group`` the
-    number of weights sharing one scale; ``offset`` is None for the q8 kind.
+    number of weights sharing one scale; ``offset`` is None for types without one (Q8_0, Q6_K, ...).
     """
 
     qtype: str
@@ -196,40 +99,29 @@ def _tile(a: np.ndarray, rows: int) -> np.ndarray:
 
 
 def pack(qtype: str, raw: np.ndarray, shape) -> QuantMatrix:
-    """Repack GGUF blocks of a 2-D weight ``shape = (out, in)`` into the tiled layout (plain NumPy)."""
-    blocks, shape = _check_raw(qtype, raw, shape)
+    """Repack GGUF blocks of a 2-D weight ``shape = (out, in)`` into the tiled layout (plain NumPy).
+
+    Q4_0 / Q4_1 / Q4_K (values 0..15) become the ``q4`` kind (two values per byte, scale and
+    offset per group of 32); every other type the ``q8`` kind (one int8 value per weight, scale
+    and, for Q5_1 / Q5_K / Q2_K, an offset per group of 16 or 32).
+    """
+    blocks, shape = check_raw(qtype, raw, shape)
     if len(shape) != 2:
         raise ValueError(f"pack expects a 2-D weight (out, in), got shape {shape}")
     rows, cols = shape
-    if qtype in ("Q4_0", "Q4_1"):
-        g = cols // 32
-        d = _f16(blocks[:, 0:2])                                           # [out*G]
-        if qtype == "Q4_0":
-            m, qs = np.float32(-8.0) * d, blocks[:, 2:18]
-        else:
-            m, qs = _f16(blocks[:, 2:4]), blocks[:, 4:20]
-        return QuantMatrix(qtype, "q4", shape, 32, _tile(qs.reshape(rows, g, 16), rows),
-                           _tile(d.reshape(rows, g), rows), _tile(m.reshape(rows, g), rows))
-    if qtype == "Q4_K":
-        g = cols // 32
-        sc, mn = _q4k_scales(blocks[:, 4:16])
-        d = _f16(blocks[:, 0:2])[:, None] * sc.astype(np.float32)          # [out*nb, 8]
-        m = -(_f16(blocks[:, 2:4])[:, None] * mn.astype(np.float32))       # [out*nb, 8]
-        v = _q4k_values(blocks[:, 16:144])                                 # [out*nb, 8, 32]
-        qs = v[:, :, :16] | (v[:, :, 16:] << 4)                            # -> Q4_1 nibble order
-        return QuantMatrix(qtype, "q4", shape, 32, _tile(qs.reshape(rows, g, 16), rows),
-                           _tile(d.reshape(rows, g), rows), _tile(m.reshape(rows, g), rows))
-    if qtype == "Q8_0":
-        g = cols // 32
-        d = _f16(blocks[:, 0:2])
-        qs = blocks[:, 2:34].view(np.int8)
-        return QuantMatrix(qtype, "q8", shape, 32, _tile(qs.reshape(rows, g, 32), rows),
-                           _tile(d.reshape(rows, g), rows), None)
-    g = cols // 16                                                         # Q6_K
-    d = _f16(blocks[:, 208:210])[:, None] * blocks[:, 192:208].view(np.int8).astype(np.float32)
-    q = _q6k_values(blocks[:, 0:128], blocks[:, 128:192])
-    return QuantMatrix(qtype, "q8", shape, 16, _tile(q.reshape(rows, g, 16), rows),
-                       _tile(d.reshape(rows, g), rows), None)
+    q, sc, off = decode_blocks(qtype, blocks)                              # [rows*nb, G, B], [rows*nb, G]
+    size = q.shape[2]
+    g = cols // size
+    q = q.reshape(rows, g, size)
+    scale = _tile(sc.reshape(rows, g), rows)
+    offset = None if off is None else _tile(off.reshape(rows, g), rows)
+    if qtype in NIBBLE_TYPES:                                              # [rows, G, 32] -> [rows, G, 16] bytes
+        if qtype == "Q4_0":          # d (q - 8) as d q' - 8 d with q' = q + 8 in 0..15: the same value for
+            q = (q + 8).astype(np.uint8)                 # finite d (only the sign of a zero can differ)
+            offset = _tile(np.float32(-8.0) * sc.reshape(rows, g), rows)
+        qs = (q[:, :, :16] | (q[:, :, 16:] << 4)).astype(np.uint8)
+        return QuantMatrix(qtype, "q4", shape, 32, _tile(qs, rows), scale, offset)
+    return QuantMatrix(qtype, "q8", shape, size, _tile(q.astype(np.int8), rows), scale, offset)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -246,6 +138,8 @@ def dense_tiles_ref(w: QuantMatrix, t0: int = 0, t1: int | None = None) -> np.nd
         full = sc[:, :, None, :] * v + w.offset[t0:t1][:, :, None, :]
     else:
         full = sc[:, :, None, :] * qs.astype(np.float32)                     # [t, G, B, R]
+        if w.offset is not None:
+            full = full + w.offset[t0:t1][:, :, None, :]
     return full.reshape(full.shape[0], -1, full.shape[-1])                   # -> [t, in, R]
 
 
@@ -324,15 +218,22 @@ def quant_rows_ref(w: QuantMatrix, ids: np.ndarray) -> np.ndarray:
 # Numba kernels
 # ------------------------------------------------------------------------------------------------
 
+@njit(cache=True, nogil=True)
+def _group_sums(x, groups, bsz):
+    """Sum of x over each group of bsz inputs (the offset's coefficient)."""
+    xsum = np.zeros(groups, np.float32)
+    for g in range(groups):
+        s = np.float32(0.0)
+        for j in range(bsz):
+            s += x[g * bsz + j]
+        xsum[g] = s
+    return xsum
+
+
 def _matvec_q4(qs, scale, offset, x, y):
     """y[tiles*R] = W x for the q4 layout (group 32). x float32 [G*32]."""
     tiles, groups, _, rr = qs.shape
-    xsum = np.empty(groups, np.float32)
-    for g in range(groups):
-        s = np.float32(0.0)
-        for j in range(32):
-            s += x[g * 32 + j]
-        xsum[g] = s
+    xsum = _group_sums(x, groups, 32)
     for t in prange(tiles):
         acc = np.zeros(rr, np.float32)
         tmp = np.empty(rr, np.float32)
@@ -353,9 +254,11 @@ def _matvec_q4(qs, scale, offset, x, y):
             y[t * rr + r] = acc[r]
 
 
-def _matvec_q8(qs, scale, x, y):
-    """y[tiles*R] = W x for the q8 layout (group B = qs.shape[2])."""
+def _matvec_q8(qs, scale, offset, x, y):
+    """y[tiles*R] = W x for the q8 layout (group B = qs.shape[2]); ``offset`` has 0 tiles when the type has none."""
     tiles, groups, bsz, rr = qs.shape
+    has_offset = offset.shape[0] > 0
+    xsum = _group_sums(x, groups, bsz)
     for t in prange(tiles):
         acc = np.zeros(rr, np.float32)
         tmp = np.empty(rr, np.float32)
@@ -372,6 +275,10 @@ def _matvec_q8(qs, scale, x, y):
                                + (np.float32(qs[t, g, j + 2, r]) * x2 + np.float32(qs[t, g, j + 3, r]) * x3))
             for r in range(rr):
                 acc[r] += scale[t, g, r] * tmp[r]
+            if has_offset:
+                xs = xsum[g]
+                for r in range(rr):
+                    acc[r] += offset[t, g, r] * xs
         for r in range(rr):
             y[t * rr + r] = acc[r]
 
@@ -404,10 +311,11 @@ def _matmul_q4(qs, scale, offset, x, y):
                 y[i, t * rr + r] = acc[i, r]
 
 
-def _matmul_q8(qs, scale, x, y):
+def _matmul_q8(qs, scale, offset, x, y):
     """y[T, tiles*R] = x @ W.T for the q8 layout (see _matmul_q4_nb)."""
     tiles, groups, bsz, rr = qs.shape
     ntok = x.shape[0]
+    has_offset = offset.shape[0] > 0
     for t in prange(tiles):
         acc = np.zeros((ntok, rr), np.float32)
         wq = np.empty((bsz, rr), np.float32)
@@ -415,6 +323,9 @@ def _matmul_q8(qs, scale, x, y):
             for j in range(bsz):
                 for r in range(rr):
                     wq[j, r] = scale[t, g, r] * np.float32(qs[t, g, j, r])
+                if has_offset:
+                    for r in range(rr):
+                        wq[j, r] += offset[t, g, r]
             for i in range(ntok):
                 for j in range(0, bsz, 4):                   # 4 weights per update of acc
                     x0 = x[i, g * bsz + j]
@@ -444,16 +355,19 @@ def _unpack_q4(qs, scale, offset, t0, t1, out):
                     out[row, g * 32 + 16 + j] = s * hi + m
 
 
-def _unpack_q8(qs, scale, t0, t1, out):
+def _unpack_q8(qs, scale, offset, t0, t1, out):
     """Tiles [t0, t1) of the q8 layout -> out float32 [(t1-t0)*R, in]."""
     _, groups, bsz, rr = qs.shape
+    has_offset = offset.shape[0] > 0
     for t in prange(t0, t1):
         for r in range(rr):
             row = (t - t0) * rr + r
             for g in range(groups):
                 s = scale[t, g, r]
+                m = offset[t, g, r] if has_offset else np.float32(0.0)
                 for j in range(bsz):
-                    out[row, g * bsz + j] = s * np.float32(qs[t, g, j, r])
+                    v = s * np.float32(qs[t, g, j, r])
+                    out[row, g * bsz + j] = v + m if has_offset else v
 
 
 def _dense_q4(qs, scale, offset, t0, t1, out):
@@ -473,9 +387,10 @@ def _dense_q4(qs, scale, offset, t0, t1, out):
                     hi[r] = scale[t, g, r] * h + offset[t, g, r]
 
 
-def _dense_q8(qs, scale, t0, t1, out):
+def _dense_q8(qs, scale, offset, t0, t1, out):
     """Tiles [t0, t1) of the q8 layout -> out float32 [in, (t1-t0)*R] (see _dense_q4)."""
     _, groups, bsz, rr = qs.shape
+    has_offset = offset.shape[0] > 0
     for t in prange(t0, t1):
         c = (t - t0) * rr
         for g in range(groups):
@@ -483,6 +398,9 @@ def _dense_q8(qs, scale, t0, t1, out):
                 o = out[g * bsz + j, c:c + rr]
                 for r in range(rr):
                     o[r] = scale[t, g, r] * np.float32(qs[t, g, j, r])
+                if has_offset:
+                    for r in range(rr):
+                        o[r] += offset[t, g, r]
 
 
 # Each kernel is compiled twice: multi-threaded for big matrices, single-threaded for small ones,
@@ -523,16 +441,19 @@ def _rows_q4_nb(qs, scale, offset, ids, out):
 
 
 @njit(cache=True, nogil=True)
-def _rows_q8_nb(qs, scale, ids, out):
+def _rows_q8_nb(qs, scale, offset, ids, out):
     """out[k] = row ids[k] of the q8 layout."""
     _, groups, bsz, rr = qs.shape
+    has_offset = offset.shape[0] > 0
     for k in range(ids.shape[0]):
         t = ids[k] // rr
         r = ids[k] % rr
         for g in range(groups):
             s = scale[t, g, r]
+            m = offset[t, g, r] if has_offset else np.float32(0.0)
             for j in range(bsz):
-                out[k, g * bsz + j] = s * np.float32(qs[t, g, j, r])
+                v = s * np.float32(qs[t, g, j, r])
+                out[k, g * bsz + j] = v + m if has_offset else v
 
 
 # ------------------------------------------------------------------------------------------------
@@ -541,6 +462,14 @@ def _rows_q8_nb(qs, scale, ids, out):
 
 def _jit_enabled() -> bool:
     return not numba.config.DISABLE_JIT
+
+
+_NO_OFFSET = np.zeros((0, 1, 1), np.float32)   # what the q8 kernels get for a type without offsets
+
+
+def _arrays(w: QuantMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The packed arrays every kernel takes: ``(qs, scale, offset)`` (offset with 0 tiles if absent)."""
+    return w.qs, w.scale, _NO_OFFSET if w.offset is None else w.offset
 
 
 def _kernel(name: str, work_bytes: int):
@@ -560,10 +489,7 @@ def unpack(w: QuantMatrix, row_start: int = 0, row_stop: int | None = None) -> n
     t0, t1 = row_start // TILE_ROWS, -(-row_stop // TILE_ROWS)
     out = np.empty(((t1 - t0) * TILE_ROWS, cols), np.float32)
     work = out.nbytes
-    if w.kind == "q4":
-        _kernel("unpack_q4", work)(w.qs, w.scale, w.offset, t0, t1, out)
-    else:
-        _kernel("unpack_q8", work)(w.qs, w.scale, t0, t1, out)
+    _kernel(f"unpack_{w.kind}", work)(*_arrays(w), t0, t1, out)
     lo = row_start - t0 * TILE_ROWS
     return out[lo:lo + row_stop - row_start]
 
@@ -579,10 +505,7 @@ def quant_matvec(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
         return quant_matvec_ref(w, x)
     x = _as_x(w, x, 1, "quant_matvec")
     y = np.empty(w.qs.shape[0] * TILE_ROWS, np.float32)
-    if w.kind == "q4":
-        _kernel("matvec_q4", w.nbytes)(w.qs, w.scale, w.offset, x, y)
-    else:
-        _kernel("matvec_q8", w.nbytes)(w.qs, w.scale, x, y)
+    _kernel(f"matvec_{w.kind}", w.nbytes)(*_arrays(w), x, y)
     return y[:w.out_features]
 
 
@@ -608,10 +531,7 @@ def _dense_matmul(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
         r0, r1 = t0 * TILE_ROWS, min(t1 * TILE_ROWS, w.out_features)
         n = (t1 - t0) * TILE_ROWS
         dense = _scratch_floats(cols * n).reshape(cols, n)                     # [in, chunk rows]
-        if w.kind == "q4":
-            _kernel("dense_q4", dense.nbytes)(w.qs, w.scale, w.offset, t0, t1, dense)
-        else:
-            _kernel("dense_q8", dense.nbytes)(w.qs, w.scale, t0, t1, dense)
+        _kernel(f"dense_{w.kind}", dense.nbytes)(*_arrays(w), t0, t1, dense)
         if r0 == 0 and r1 == w.out_features and n == r1:
             return np.matmul(x, dense, out=y)                                  # [T, in] @ [in, out]
         np.matmul(x, dense[:, :r1 - r0], out=y[:, r0:r1])                      # [T, in] @ [in, rows]
@@ -637,10 +557,7 @@ def quant_matmul(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
         return _dense_matmul(w, x)
     y = np.empty((ntok, w.qs.shape[0] * TILE_ROWS), np.float32)
     work = w.nbytes * ntok
-    if w.kind == "q4":
-        _kernel("matmul_q4", work)(w.qs, w.scale, w.offset, x, y)
-    else:
-        _kernel("matmul_q8", work)(w.qs, w.scale, x, y)
+    _kernel(f"matmul_{w.kind}", work)(*_arrays(w), x, y)
     return np.ascontiguousarray(y[:, :w.out_features])
 
 
@@ -651,15 +568,12 @@ def quant_rows(w: QuantMatrix, ids: np.ndarray) -> np.ndarray:
     ids = _as_ids(w, ids)
     flat = np.ascontiguousarray(ids.reshape(-1))
     out = np.empty((flat.size, w.in_features), np.float32)
-    if w.kind == "q4":
-        _rows_q4_nb(w.qs, w.scale, w.offset, flat, out)
-    else:
-        _rows_q8_nb(w.qs, w.scale, flat, out)
+    (_rows_q4_nb if w.kind == "q4" else _rows_q8_nb)(*_arrays(w), flat, out)
     return out.reshape(ids.shape + (w.in_features,))
 
 
 __all__ = [
-    "QUANT_TYPES", "TILE_ROWS", "QuantMatrix", "dequantize_ref", "pack", "unpack", "unpack_ref", "dense_tiles_ref",
+    "QUANT_TYPES", "BLOCK", "TILE_ROWS", "QuantMatrix", "dequantize_ref", "pack", "unpack", "unpack_ref", "dense_tiles_ref",
     "dequantize",
     "quant_matvec", "quant_matvec_ref", "quant_matmul", "quant_matmul_ref", "quant_rows", "quant_rows_ref",
 ]

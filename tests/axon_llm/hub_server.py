@@ -4,12 +4,14 @@ It serves ``/{repo_id}/resolve/{revision}/{filename}`` like huggingface.co, and 
 (a :class:`Route`) can be told to misbehave: answer a status first (503 with
 Retry-After), cut the connection mid-body, stall past the client's read timeout, ignore
 ``Range``, send wrong bytes, redirect to a "CDN" like the real hub does for LFS files,
-or always answer 404/401/403. Every request is logged so tests can assert what the
+always answer 404/401/403, send a gzip body nobody asked for, send no Content-Length,
+or trickle the body a byte at a time (``chunk=1`` with ``chunk_delay``). Every request is logged so tests can assert what the
 client sent (Range, Authorization) and how many bodies were served.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import socket
 import threading
@@ -65,6 +67,8 @@ class Route:
     redirect: bool = False                    # 302 to /cdn/..., metadata on the redirect (like the hub)
     chunk: int = 64 * 1024
     chunk_delay: float = 0.0                  # seconds between chunks (slow downloads)
+    gzip: bool = False                        # send the body gzip-compressed with Content-Encoding: gzip
+    no_length: bool = False                   # send no Content-Length (the body ends when the connection closes)
 
     @property
     def sha256(self) -> str:
@@ -185,6 +189,8 @@ class HubServer:
             return
 
         data = route.body if route.body is not None else route.content
+        if route.gzip:
+            data = gzip.compress(data)
         start = 0
         wanted = h.headers.get("Range")
         if wanted and not route.ignore_range:
@@ -206,7 +212,13 @@ class HubServer:
         if not route.redirect:
             for k, v in meta.items():
                 h.send_header(k, v)
-        h.send_header("Content-Length", str(len(data) - start))
+        if route.gzip:
+            h.send_header("Content-Encoding", "gzip")
+        if route.no_length:
+            h.close_connection = True
+            h.send_header("Connection", "close")
+        else:
+            h.send_header("Content-Length", str(len(data) - start))
         if status == 206:
             h.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         h.send_header("Accept-Ranges", "bytes")

@@ -115,11 +115,11 @@ def test_missing_file(tmp_path):
 
 
 def test_unsupported_tensor_type_is_named(tmp_path):
-    path = tmp_path / "q5.gguf"
-    path.write_bytes(_with_data(_header(1, 0) + _tensor_info(b"w", [32], 6, 0), b"\0" * 32))
+    path = tmp_path / "iq2.gguf"
+    path.write_bytes(_with_data(_header(1, 0) + _tensor_info(b"w", [256], 16, 0), b"\0" * 96))
     g = GGUFFile(path)
-    assert g.tensors["w"].type_name == "Q5_0"
-    with pytest.raises(UnsupportedError, match="Q5_0"):
+    assert g.tensors["w"].type_name == "IQ2_XXS"
+    with pytest.raises(UnsupportedError, match="IQ2_XXS"):
         g.tensor_data("w")
     g.close()
 

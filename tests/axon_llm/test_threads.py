@@ -21,7 +21,7 @@ def restore_threads():
 
 
 @pytest.mark.parametrize("command", [["generate", "--prompt", "x"], ["chat"], ["embed", "x"], ["bench"],
-                                     ["train", "--data", "f.txt", "--arch", "llama", "--out", "o"]])
+                                     ["train", "--data", "f.txt", "--arch", "llama", "--out", "o"], ["serve"]])
 def test_every_computing_command_takes_threads(command):
     args = build_parser().parse_args(command + ["--threads", "1"])
     assert args.threads == 1

@@ -1,0 +1,117 @@
+"""Throughput and latency of `axon-llm serve` under 1, 4 and 8 concurrent clients.
+
+Starts the server in this process on a free port of 127.0.0.1 (the real SmolLM2), then for each
+client count runs that many streaming `/v1/completions` requests at once through the official
+`openai` client, each generating exactly N tokens (``ignore_eos``), and prints:
+
+- aggregate tokens/s (all clients' tokens / wall time) and its ratio to one client's (the peer:
+  the same server answering one client at a time — the goal is 8 clients >= 3x);
+- time to first token (p50 / max) and request latency (p50 / p99) under that load;
+- for reference, ``model.generate`` alone (no HTTP, no scheduler) on the same prompt.
+
+    python benchmarks/bench_serve.py                # 64 tokens, 1/4/8 clients, 2 repeats
+    python benchmarks/bench_serve.py --smoke        # seconds: 4 tokens, 1/2 clients (the tests run this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+
+import numpy as np
+
+PROMPTS = ["Once upon a time", "The history of Rome", "A recipe for bread", "The weather today",
+           "My favourite book", "In the year 2050", "The best way to learn", "Dear diary,"]
+
+
+def _pct(values, q):
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def run_clients(client, model_name: str, clients: int, tokens: int) -> dict:
+    """``clients`` streaming requests at once; per-request TTFT / latency and aggregate tokens/s."""
+    results = [None] * clients
+
+    def one(i):
+        t0 = time.perf_counter()
+        first, count = None, 0
+        stream = client.completions.create(model=model_name, prompt=PROMPTS[i % len(PROMPTS)], max_tokens=tokens,
+                                           temperature=0, stream=True, stream_options={"include_usage": True},
+                                           extra_body={"ignore_eos": True})
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].text and first is None:
+                first = time.perf_counter() - t0
+            if chunk.usage is not None:
+                count = chunk.usage.completion_tokens
+        results[i] = (first if first is not None else time.perf_counter() - t0, time.perf_counter() - t0, count)
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    ttft = [r[0] for r in results]
+    lat = [r[1] for r in results]
+    total = sum(r[2] for r in results)
+    return {"clients": clients, "tokens": total, "wall": wall, "tps": total / wall,
+            "ttft_p50": _pct(ttft, 50), "ttft_max": max(ttft), "lat_p50": _pct(lat, 50), "lat_p99": _pct(lat, 99)}
+
+
+def main(argv=None) -> int:
+    """Run the benchmark and print one line per client count."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--tokens", type=int, default=64, help="tokens per request (default 64)")
+    ap.add_argument("--clients", default="1,4,8", help="client counts (default 1,4,8)")
+    ap.add_argument("--repeats", type=int, default=2, help="runs per client count; the spread is printed")
+    ap.add_argument("--smoke", action="store_true", help="a few seconds: 4 tokens, 1 and 2 clients, 1 repeat")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.tokens, args.clients, args.repeats = 4, "1,2", 1
+    counts = [int(c) for c in args.clients.split(",")]
+
+    import openai
+
+    from axon_llm.auto import from_pretrained
+    from axon_llm.server import ServerApp, make_server
+    from axon_llm.tokenizer import HFTokenizer
+
+    model, tok = from_pretrained(args.model), HFTokenizer.from_pretrained(args.model)
+    app = ServerApp(model, tok, args.model, max_batch=max(counts), log=lambda line: None)
+    srv = make_server(app, "127.0.0.1", 0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{srv.server_address[1]}/v1", api_key="none", max_retries=0,
+                           timeout=600)
+    try:
+        run_clients(client, args.model, 1, 2)                                  # warm-up (JIT)
+        ids = np.asarray([tok.encode(PROMPTS[0])])
+        t0 = time.perf_counter()
+        model.generate(ids, max_new_tokens=args.tokens, eos_token_id=None)
+        direct = args.tokens / (time.perf_counter() - t0)
+        print(f"model.generate alone (no server): {direct:.1f} tokens/s ({args.tokens} tokens)")
+        base = None
+        for c in counts:
+            runs = [run_clients(client, args.model, c, args.tokens) for _ in range(args.repeats)]
+            tps = [r["tps"] for r in runs]
+            best = max(runs, key=lambda r: r["tps"])
+            if c == counts[0]:
+                base = statistics.median(tps)
+            ratio = statistics.median(tps) / base
+            print(f"{c} client(s): {statistics.median(tps):.1f} tokens/s aggregate (runs {min(tps):.1f}-{max(tps):.1f}), "
+                  f"{ratio:.2f}x {counts[0]} client(s); TTFT p50 {best['ttft_p50']:.2f}s max {best['ttft_max']:.2f}s; "
+                  f"latency p50 {best['lat_p50']:.2f}s p99 {best['lat_p99']:.2f}s; most rows decoded together "
+                  f"{app.scheduler.max_active}")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        app.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
