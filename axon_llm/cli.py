@@ -511,6 +511,7 @@ def _add_serve_command(sub) -> None:
                        description="Serve /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/models "
                                    "and /health with continuous batching; see docs/serve.md.")
     p.add_argument("--model", default=DEFAULT_CHAT_MODEL, help=f"registry name, HF folder or .gguf (default {DEFAULT_CHAT_MODEL})")
+    _add_adapter_argument(p)
     p.add_argument("--embedding-model", default=DEFAULT_EMBED_MODEL,
                    help=f"sentence-embedding model for /v1/embeddings (default {DEFAULT_EMBED_MODEL}; 'none' to skip)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
@@ -529,7 +530,7 @@ def cmd_serve(args) -> int:
 
     if args.port > 65535:
         raise CLIError(f"--port must be at most 65535, got {args.port}")
-    model, tok = load_model(args.model), load_tokenizer(args.model)   # --threads: set in main()
+    model, tok = load_model(args.model, args.adapter), load_tokenizer(args.model)   # --threads: set in main()
     embed = embed_tok = None
     if args.embedding_model.lower() != "none":
         embed, embed_tok = load_model(args.embedding_model), load_tokenizer(args.embedding_model)
@@ -560,15 +561,16 @@ def _add_convert_parser(sub) -> None:
     p.add_argument("out", metavar="OUT", help="a .gguf file, or a folder (HF layout)")
     p.add_argument("--quant", type=str.upper, choices=QUANT_CHOICES, default=None, metavar="TYPE",
                    help=f"quantise the 2-D weights to TYPE ({', '.join(QUANT_CHOICES)}); .gguf output only")
+    _add_adapter_argument(p)
     p.set_defaults(func=cmd_convert)
 
 
 def cmd_convert(args) -> int:
-    """``axon-llm convert SRC OUT [--quant TYPE]``: see axon_llm/convert.py."""
+    """``axon-llm convert SRC OUT [--quant TYPE] [--adapter DIR]``: see axon_llm/convert.py."""
     from axon_llm.convert import convert
 
     t0 = time.perf_counter()
-    out = convert(args.src, args.out, quant=args.quant)
+    out = convert(args.src, args.out, quant=args.quant, adapter=args.adapter)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) if out.is_dir() else out.stat().st_size
     log(f"wrote {out} ({_human_bytes(size)}) in {time.perf_counter() - t0:.1f} s")
     return 0

@@ -339,12 +339,29 @@ def _write_folder(model: _Model, out: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------
 
-def convert(src, out, quant: str | None = None) -> Path:
+def _merge_adapter(model: _Model, src, adapter) -> None:
+    """Replace each weight the LoRA ``adapter`` touches by the merged float32 ``W + s B A``
+    (:func:`axon_llm.lora.merge_adapter`); every other tensor keeps its source form and type."""
+    from axon_llm.auto import from_pretrained
+    from axon_llm.lora import lora_modules
+
+    source = model.gguf_path or model.folder or src
+    adapted = from_pretrained(source, adapter=adapter)
+    names = [f"{name}.weight" for name, _ in lora_modules(adapted)]
+    state = adapted.merge_adapter().state_dict()
+    for name in names:
+        model.tensors[name] = np.asarray(state[name], dtype=np.float32)
+        model.types[name] = "F32"
+
+
+def convert(src, out, quant: str | None = None, adapter=None) -> Path:
     """Convert ``src`` (registry name, HF folder, ``.gguf``) into ``out`` (``.gguf`` file or a folder).
 
     ``quant``: one of :data:`QUANT_CHOICES` (GGUF output only); None keeps every tensor's source
-    type. Returns the path written. Raises :class:`UnsupportedError` for a model family or type
-    this cannot write, :class:`InputError` for a bad request; never leaves a partial ``out``.
+    type. ``adapter``: a LoRA adapter folder merged into the weights first (the merged weights are
+    float32, then ``quant`` applies). Returns the path written. Raises :class:`UnsupportedError` for
+    a model family or type this cannot write, :class:`InputError` for a bad request; never leaves a
+    partial ``out``.
     """
     out = Path(out)
     if quant is not None:
@@ -360,6 +377,8 @@ def convert(src, out, quant: str | None = None) -> Path:
         raise InputError(f"the folder of {out} does not exist")
     model = _read(src)
     _llama_only(model)
+    if adapter is not None:
+        _merge_adapter(model, src, adapter)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         if to_gguf:

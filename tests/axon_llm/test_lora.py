@@ -498,3 +498,26 @@ def test_qlora_over_the_smollm2_gguf_then_chat_with_the_adapter(tmp_path, capsys
     assert main(["chat", "--model", str(gguf), "--adapter", str(out), "--max-new-tokens", "6"]) == 0
     captured = capsys.readouterr()
     assert captured.out.strip() and f"with the adapter {out}" in captured.err
+
+
+def test_generate_chat_and_serve_take_an_adapter():
+    from axon_llm.cli import build_parser
+
+    for command in (["generate", "--prompt", "hi"], ["chat"], ["serve"]):
+        args = build_parser().parse_args([*command, "--adapter", "some/dir"])
+        assert args.adapter == "some/dir", command
+
+
+@pytest.mark.parametrize("out_name", ["merged"])
+def test_convert_with_an_adapter_writes_the_merged_model(tmp_path, out_name):
+    """``axon-llm convert BASE OUT --adapter DIR``: the written model gives the adapted model's
+    logits (PEFT's, recorded in the fixture) without the adapter. (The fixture base has no
+    tokenizer, which a .gguf needs; GGUF output writes the same merged tensors, test_convert.py
+    covers the writer.)"""
+    from axon_llm.convert import convert
+
+    e = np.load(LORA / "expected.npz")
+    out = convert(HF / "llama", tmp_path / out_name, adapter=LORA / "peft_adapter")
+    merged = from_pretrained(out)
+    assert not any(type(m).__name__ == "LoraLinear" for _, m in merged.named_modules())
+    assert rel_err(_logits(merged, e["input_ids"]), e["peft_logits"]) < 1e-4
