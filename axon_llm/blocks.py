@@ -304,10 +304,11 @@ class CausalLM(PretrainedModel):
         c = self.config
         return c.num_hidden_layers, c.num_key_value_heads, c.head_dim
 
-    def new_cache(self, batch_size: int, max_length: int) -> KVCache:
-        """A preallocated cache for ``batch_size`` rows of up to ``max_length`` tokens."""
+    def new_cache(self, batch_size: int, max_length: int, dtype=None) -> KVCache:
+        """A preallocated cache for ``batch_size`` rows of up to ``max_length`` tokens; ``dtype``
+        (default: the model's) may be ``np.float16`` for a half-precision K/V cache."""
         layers, kv, hd = self.cache_shape()
-        dtype = next(iter(self.parameters())).dtype
+        dtype = next(iter(self.parameters())).dtype if dtype is None else np.dtype(dtype)
         return KVCache(layers, batch_size, max_length, kv, hd, dtype=dtype)
 
     @property

@@ -55,7 +55,12 @@ def reorder_rows(index, *arrays: np.ndarray) -> None:
 
 
 class LayerKVCache(Cache):
-    """K and V of one attention layer: two preallocated arrays ``[B, Hkv, L, D]``."""
+    """K and V of one attention layer: two preallocated arrays ``[B, Hkv, L, D]``.
+
+    ``dtype=np.float16`` keeps K/V in half precision (llama.cpp's default: half the memory and
+    the memory traffic of long-context decoding); new K/V are rounded to float16 when stored and
+    attention reads them back as the model's dtype. Any other dtype follows the model's K/V.
+    """
 
     def __init__(self, batch_size: int, max_length: int, num_kv_heads: int, head_dim: int,
                  dtype=np.float32):
@@ -88,11 +93,15 @@ class LayerKVCache(Cache):
         if end > self.max_length:
             raise InputError(f"the KV cache holds {self.max_length} tokens; feeding {t} more after {start} "
                              "overflows it (make it with a larger max_length)")
-        if self.k.dtype != k.dtype:
+        half = self.k.dtype == np.float16                 # a float16 cache stays float16 (half the bytes)
+        if self.k.dtype != k.dtype and not half:
             self.k, self.v = self.k.astype(k.dtype), self.v.astype(k.dtype)
         self.k[:, :, start:end] = k.data
         self.v[:, :, start:end] = v.data
         self.length = end
+        if half and k.dtype != np.float16:               # attention reads the stored (rounded) K/V upcast
+            return (axon.as_tensor(self.k[:, :, :end].astype(k.dtype)),
+                    axon.as_tensor(self.v[:, :, :end].astype(k.dtype)))
         if k.requires_grad or v.requires_grad:
             past_k, past_v = axon.as_tensor(self.k[:, :, :start]), axon.as_tensor(self.v[:, :, :start])
             return axon.cat([past_k, k], dim=2), axon.cat([past_v, v], dim=2)   # [B, Hkv, start+T, D]

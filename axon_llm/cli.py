@@ -123,6 +123,11 @@ def _add_sampling_arguments(p: argparse.ArgumentParser, default_max_new: int) ->
                    help="print tokens as they are generated (default: on)")
 
 
+def _add_threads_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="threads for the kernels and BLAS (default: one per core)")
+
+
 def _add_adapter_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapter", default=None, metavar="DIR",
                    help="a LoRA adapter folder (PEFT format, or `axon-llm train --lora` output) to apply")
@@ -145,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None, help="system message (with --chat)")
     _add_adapter_argument(p)
     _add_sampling_arguments(p, 128)
+    _add_threads_argument(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("chat", help="interactive multi-turn chat",
@@ -154,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--system", default=None, help="system message")
     _add_adapter_argument(p)
     _add_sampling_arguments(p, 256)
+    _add_threads_argument(p)
     p.set_defaults(func=cmd_chat)
 
     p = sub.add_parser("embed", help="sentence embeddings (mean-pooled, L2-normalised)")
@@ -161,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("texts", nargs="+", metavar="TEXT")
     p.add_argument("--similarity", action="store_true", help="print the cosine similarity matrix instead")
     p.add_argument("--precision", type=_int_at_most(17), default=6, help="decimals printed (0..17, default 6)")
+    _add_threads_argument(p)
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("info", help="a model's configuration, parameter count and memory")
@@ -172,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-tokens", type=_positive_int, default=128, help="prefill length (default 128)")
     p.add_argument("--new-tokens", type=_positive_int, default=64, help="decode steps (default 64)")
     p.add_argument("--repeats", type=_int_at_most(1000, lo=1), default=1, help="best of this many runs (1..1000, default 1)")
+    _add_threads_argument(p)
     p.set_defaults(func=cmd_bench)
 
     _add_serve_command(sub)
@@ -182,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train one of the nine architectures on a text file; "
                                    "run under `mpiexec -n K` for data parallelism.")
     add_train_arguments(p)
+    _add_threads_argument(p)
     p.set_defaults(func=cmd_train)
 
     _add_convert_parser(sub)
@@ -298,9 +308,12 @@ def cmd_generate(args) -> int:
     if room < cfg.max_new_tokens:
         log(f"note: only {room} new tokens fit in the context of {max_context(model)}")
     cfg = cfg.with_max_tokens(room)
+    _compile_kernels_first()
     streamer = TextStreamer(tok, enabled=args.stream)
+    stamps: list[float] = []
     t0 = time.perf_counter()
-    out = model.generate(np.asarray([ids], dtype=np.int64), generation_config=cfg, streamer=streamer)
+    out = model.generate(np.asarray([ids], dtype=np.int64), generation_config=cfg,
+                         streamer=_Timed(streamer, stamps))
     dt = time.perf_counter() - t0
     new = [int(t) for t in np.asarray(out)[0, len(ids):]]
     new_no_eos = new[:-1] if new and new[-1] in cfg.eos_token_ids else new
@@ -310,8 +323,34 @@ def cmd_generate(args) -> int:
     else:
         sys.stdout.write(tok.decode(new_no_eos) + "\n")
     sys.stdout.flush()
-    log(f"{len(new)} tokens in {dt:.2f}s ({len(new) / max(dt, 1e-9):.1f} tokens/s)")
+    rate = f", {(len(stamps) - 1) / (stamps[-1] - stamps[0]):.1f} tokens/s" if len(stamps) > 2 else ""
+    first = f"first token after {stamps[0] - t0:.2f}s" if stamps else "no token"
+    log(f"{len(new)} tokens in {dt:.2f}s ({first}{rate} from the first to the last)")
     return 0
+
+
+class _Timed:
+    """A streamer that records when each step's tokens arrived, then hands them on."""
+
+    def __init__(self, inner, stamps: list):
+        self.inner, self.stamps = inner, stamps
+
+    def __call__(self, ids) -> None:
+        """Record the time, pass ``ids`` to the wrapped streamer."""
+        self.stamps.append(time.perf_counter())
+        self.inner(ids)
+
+
+def _compile_kernels_first() -> None:
+    """On the first run (Numba's disk cache cold) say so on stderr and compile the decode kernels
+    before the clock starts, so the tokens/s printed is the model's, not the compiler's."""
+    from axon_kernels.decode import compiled_on_disk, warm_up
+
+    if not compiled_on_disk():
+        log("compiling kernels for the first run (cached on disk for the next ones)...")
+        t = time.perf_counter()
+        warm_up()
+        log(f"compiled in {time.perf_counter() - t:.1f}s")
 
 
 def cmd_chat(args) -> int:
@@ -445,24 +484,20 @@ def cmd_bench(args) -> int:
         raise InputError(f"--prompt-tokens / --new-tokens: {e}") from None
     rng = np.random.default_rng(0)
     ids = rng.integers(min(100, vocab - 1), vocab, size=(1, args.prompt_tokens))
+    _compile_kernels_first()
     with axon.no_grad():                                                 # warm-up: JIT compilation
-        warm = model.new_cache(1, 9)
-        model(ids[:, :8], cache=warm)                                  # prefill path
-        model(ids[:, :1], cache=warm)                                  # decode path
+        model.generate(ids[:, :8], max_new_tokens=3, eos_token_id=None)  # prefill and decode paths
     best_prefill, best_decode = 0.0, 0.0
     for _ in range(args.repeats):
-        cache = model.new_cache(1, args.prompt_tokens + args.new_tokens)
         with axon.no_grad():
             t0 = time.perf_counter()
-            logits = model(ids, cache=cache)                             # [1, T, V]
+            model(ids, cache=model.new_cache(1, args.prompt_tokens), logits_to_keep=1)   # [1, 1, V]
             t1 = time.perf_counter()
-            nxt = np.asarray(logits.numpy()[:, -1]).argmax(-1)[:, None]  # [1, 1]
-            for _ in range(args.new_tokens):
-                logits = model(nxt, cache=cache)
-                nxt = np.asarray(logits.numpy()[:, -1]).argmax(-1)[:, None]
-            t2 = time.perf_counter()
+            stamps: list[float] = []                                     # decode: first new token to last
+            model.generate(ids, max_new_tokens=args.new_tokens + 1, eos_token_id=None,
+                           streamer=lambda new: stamps.append(time.perf_counter()))
         best_prefill = max(best_prefill, args.prompt_tokens / (t1 - t0))
-        best_decode = max(best_decode, args.new_tokens / (t2 - t1))
+        best_decode = max(best_decode, args.new_tokens / (stamps[-1] - stamps[0]))
     print(f"prefill: {best_prefill:.1f} tokens/s ({args.prompt_tokens} tokens)")
     print(f"decode:  {best_decode:.1f} tokens/s ({args.new_tokens} tokens)")
     return 0
@@ -489,26 +524,13 @@ def _add_serve_command(sub) -> None:
     p.set_defaults(func=cmd_serve)
 
 
-def _set_threads(n: int) -> None:
-    import numba
-
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return
-    threadpool_limits(n)
-
-
 def cmd_serve(args) -> int:
     """``axon-llm serve``: load the models and serve until Ctrl-C."""
     from axon_llm.server import ServerApp, serve
 
     if args.port > 65535:
         raise CLIError(f"--port must be at most 65535, got {args.port}")
-    if args.threads:
-        _set_threads(args.threads)
-    model, tok = load_model(args.model, args.adapter), load_tokenizer(args.model)
+    model, tok = load_model(args.model, args.adapter), load_tokenizer(args.model)   # --threads: set in main()
     embed = embed_tok = None
     if args.embedding_model.lower() != "none":
         embed, embed_tok = load_model(args.embedding_model), load_tokenizer(args.embedding_model)
@@ -560,6 +582,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "threads", None):
+            from axon_kernels._jit import set_threads
+
+            used = set_threads(args.threads)
+            if used < args.threads:
+                log(f"note: {used} threads (Numba started with {used}; set NUMBA_NUM_THREADS to allow more)")
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)

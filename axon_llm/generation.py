@@ -98,7 +98,7 @@ def generate(model, input_ids, max_new_tokens: int | None = None, do_sample: boo
              length_penalty: float | None = None, early_stopping: bool | str | None = None,
              seed: int | None = None, stop_strings=None, tokenizer=None, streamer=None, cache=None,
              frequency_penalty: float | None = None, presence_penalty: float | None = None,
-             json_schema=None, logprobs=None) -> np.ndarray:
+             json_schema=None, logprobs=None, fast_decode: bool = True) -> np.ndarray:
     """Continue ``input_ids [B, T]`` by up to ``max_new_tokens``; returns int64 ``[B, T + n]``.
 
     Settings come from ``generation_config`` (default: ``model.generation_config`` — greedy,
@@ -121,6 +121,10 @@ def generate(model, input_ids, max_new_tokens: int | None = None, do_sample: boo
     ``tokenizer``) masks every step so each row's new text is JSON valid under the schema
     (axon_llm/constrained.py); it is complete within ``max_new_tokens``. ``logprobs``: a
     :class:`~axon_llm.sampling.LogprobsRecorder` that receives each step's log-probabilities.
+
+    ``fast_decode``: decode steps of a single unpadded row of a LLaMA-family model run through
+    :class:`axon_llm.decode.DecodePlan` (raw arrays, fused kernels); ``False`` keeps them on the
+    module forward (the plan's reference). Other models and batches always use the modules.
     """
     base = model_generation_config(model) if generation_config is None else generation_config
     if eos_token_id is None and isinstance(base, GenerationConfig):
@@ -168,7 +172,7 @@ def generate(model, input_ids, max_new_tokens: int | None = None, do_sample: boo
                 if streamer is not None or cache is not None or constraints or logprobs is not None:
                     raise GenerationError("beam search supports no streamer, external cache, json_schema or logprobs")
                 return _beam_search(model, ids, mask, cfg)
-            return _sample(model, ids, mask, cfg, tokenizer, streamer, cache, constraints, logprobs)
+            return _sample(model, ids, mask, cfg, tokenizer, streamer, cache, constraints, logprobs, fast_decode)
     finally:
         model.train(was_training)
 
@@ -214,7 +218,7 @@ def check_generation_budget(model, batch: int, prompt_len: int, cfg: GenerationC
 
 
 def _sample(model, ids, mask, cfg: GenerationConfig, tokenizer, streamer, cache, constraints=None,
-            logprobs=None) -> np.ndarray:
+            logprobs=None, fast_decode: bool = True) -> np.ndarray:
     """Greedy or sampled decoding of every row at once."""
     b, t = ids.shape
     if cache is None:
@@ -237,6 +241,7 @@ def _sample(model, ids, mask, cfg: GenerationConfig, tokenizer, streamer, cache,
     out[:, :t] = ids
     n = t
     logits = rows.forward(ids[:, start:])                             # prefill: [B, V]
+    plan = _fast_plan(model, mask, cache) if fast_decode and cfg.max_new_tokens > 1 else None
     try:
         for step in range(cfg.max_new_tokens):
             raw = logits
@@ -261,10 +266,23 @@ def _sample(model, ids, mask, cfg: GenerationConfig, tokenizer, streamer, cache,
             if finished.all() or step + 1 == cfg.max_new_tokens:
                 break
             rows.append_mask()
-            logits = rows.forward(nxt[:, None])                       # decode: [B, 1] -> [B, V]
+            if plan is not None:
+                logits = plan.step(int(nxt[0]))[None]                 # decode, fast path: [1, V]
+            else:
+                logits = rows.forward(nxt[:, None])                   # decode: [B, 1] -> [B, V]
     finally:
         _end_stream(streamer)
     return out[:, :n]
+
+
+def _fast_plan(model, mask, cache):
+    """The model's :class:`~axon_llm.decode.DecodePlan` for this unpadded single-row cache, or
+    None (padding, batches, families it does not cover, ``model.fast_decode = False``)."""
+    if mask is not None or not getattr(model, "fast_decode", True):
+        return None
+    from axon_llm.decode import decode_plan
+
+    return decode_plan(model, cache)
 
 
 def mask_logits(logits: np.ndarray, constraints, remaining: int, finished=None) -> np.ndarray:

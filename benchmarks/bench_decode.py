@@ -45,6 +45,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 ENGINES = ("axon-llm", "llama.cpp", "transformers")
+#: also runnable with --engines: axon-llm decoding through its modules (generate(fast_decode=False)),
+#: the reference of the fast decode step, to show what the DecodePlan buys in the same run
+EXTRA_ENGINES = ("axon-modules",)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -54,14 +57,20 @@ ENGINES = ("axon-llm", "llama.cpp", "transformers")
 class AxonEngine:
     """axon-llm: quantised weights kept quantised, fused Numba kernels."""
 
+    fast_decode = True
+
     def __init__(self, gguf: str, threads: int):
         import numpy as np
 
         import axon
         import axon_llm
 
+        from axon_kernels._jit import set_threads
+
+        set_threads(threads)
         self.np, self.axon = np, axon
         self.model = axon_llm.from_pretrained(gguf)
+        self.model.fast_decode = self.fast_decode
         with axon.no_grad():                                   # warm-up: JIT compilation, caches
             self.model.generate(np.array([[1, 2, 3, 4]]), max_new_tokens=4)
 
@@ -151,7 +160,13 @@ class TransformersEngine:
         return len(stamps) - 2, stamps[-1] - stamps[1]        # the first put() is the prompt itself
 
 
-WORKERS = {"axon-llm": AxonEngine, "llama.cpp": LlamaCppEngine, "transformers": TransformersEngine}
+class AxonModulesEngine(AxonEngine):
+    """axon-llm decoding through its modules: the fast decode step's reference."""
+
+    fast_decode = False
+
+
+WORKERS = {"axon-llm": AxonEngine, "axon-modules": AxonModulesEngine, "llama.cpp": LlamaCppEngine, "transformers": TransformersEngine}
 
 
 def build_info(engine: str) -> str:
@@ -184,7 +199,7 @@ def run_worker(args) -> None:
         else:
             tokens, seconds = engine.decode(ids, n)
             out[key] = tokens / seconds
-    if args.worker == "axon-llm":
+    if args.worker.startswith("axon"):
         out["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(out), flush=True)
 
@@ -268,7 +283,9 @@ def main() -> None:
                     help="python of the venv with the native llama-cpp-python build (default: this one)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes and one round (for the tests)")
     ap.add_argument("--profile", action="store_true", help="only profile axon's prefill and decode (cProfile)")
-    ap.add_argument("--worker", choices=ENGINES, help=argparse.SUPPRESS)
+    ap.add_argument("--only", default="decode,prefill,long,loaded",
+                    help="comma-separated subset of the measurements decode, prefill, long, loaded")
+    ap.add_argument("--worker", choices=ENGINES + EXTRA_ENGINES, help=argparse.SUPPRESS)
     ap.add_argument("--plan", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -290,6 +307,10 @@ def main() -> None:
              "prefill": ("prefill", make_ids(tok, args.prefill, 1), 1),
              "long": ("decode", make_ids(tok, args.long_prompt, 2), args.long_new)}
     loaded = {"loaded": ("decode", prompt, args.new_tokens)}
+    only = set(args.only.split(","))
+    calls = {k: v for k, v in calls.items() if k in only}
+    if "loaded" not in only:
+        loaded = {}
     engines = [e for e in args.engines.split(",") if e]
     print(f"SmolLM2-135M-Instruct Q4_1 ({gguf.stat().st_size / 2**20:.0f} MB), {args.threads} threads, "
           f"{args.rounds} rounds, engines alternating; decode {args.new_tokens} tokens, prefill {args.prefill} "
@@ -305,15 +326,17 @@ def main() -> None:
                 continue
             if "peak_rss_mb" in res:
                 rss.append(res["peak_rss_mb"])
-            with BusyCore():
-                plan = dict(loaded)
-                if engine == "axon-llm":
-                    plan["load_prefills"] = ("prefill", make_ids(tok, 200, 3), args.load_prefills)
-                under = call_worker(engine, {"gguf": str(gguf), "calls": plan}, args)
-            res.update(under or {})
+            if loaded:
+                with BusyCore():
+                    plan = dict(loaded)
+                    if engine == "axon-llm":
+                        plan["load_prefills"] = ("prefill", make_ids(tok, 200, 3), args.load_prefills)
+                    under = call_worker(engine, {"gguf": str(gguf), "calls": plan}, args)
+                res.update(under or {})
             builds[engine] = res.pop("build")
             res.pop("peak_rss_mb", None)
-            res["prefill"] = res["prefill"][0]
+            if "prefill" in res:
+                res["prefill"] = res["prefill"][0]
             results[engine].append(res)
             shown = ", ".join(f"{k} {v:.1f} tok/s" for k, v in res.items() if not isinstance(v, list))
             print(f"  round {r + 1} {engine:13s} {shown}", flush=True)
@@ -340,7 +363,7 @@ def main() -> None:
         print(f"axon-llm peak RSS (its own process: load, warm-up, all runs above): max {max(rss):.1f} MiB; budget "
               f"GGUF x 1.5 + 200 = {budget:.1f} MiB (ratio {max(rss) / budget:.3f}, "
               f"{'within' if max(rss) <= budget else 'OVER'} budget)")
-    if ours:
+    if ours and "decode" in only and "long" in only:
         short = [r["decode"] for r in ours]
         long = [r["long"] for r in ours]
         print(f"axon-llm decode after {args.long_prompt} tokens / short-context decode: "

@@ -26,11 +26,51 @@ from llvmlite import ir  # noqa: E402
 from numba import types  # noqa: E402
 from numba.extending import intrinsic, overload  # noqa: E402
 
-__all__ = ["jit_disabled", "fast_exp", "fast_log1p", "float_array", "result_float_dtype"]
+__all__ = ["jit_disabled", "fast_exp", "fast_log1p", "float_array", "result_float_dtype", "set_threads"]
 
 # Only FMA contraction: it never changes NaN/Inf propagation (unlike fastmath=True, which
 # assumes no NaN/Inf and may drop them). Used on the hot loops of float kernels.
 CONTRACT = {"contract"}
+
+
+def _blas_set_threads(n: int) -> bool:
+    """Set the thread count of the OpenBLAS that NumPy loaded (found among this process's shared
+    libraries; no threadpoolctl). False when no OpenBLAS entry point was found."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line}
+    except OSError:
+        return False
+    done = False
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                     "openblas_set_num_threads64_", "openblas_set_num_threads"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn(ctypes.c_int(n))
+                done = True
+                break
+    return done
+
+
+def set_threads(n: int) -> int:
+    """Run Numba's parallel kernels and NumPy's BLAS on ``n`` threads (``n >= 1``); returns the
+    Numba thread count in force (at most the ``NUMBA_NUM_THREADS`` the process started with, the
+    number of cores by default). ``--threads`` of the CLI calls this."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"threads must be a positive integer, got {n!r}")
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)                         # for BLAS libraries loaded later / subprocesses
+    _blas_set_threads(n)
+    used = min(n, numba.config.NUMBA_NUM_THREADS)
+    numba.set_num_threads(used)
+    return used
 
 
 def jit_disabled() -> bool:

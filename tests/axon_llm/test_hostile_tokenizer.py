@@ -140,7 +140,7 @@ def test_decode_of_malformed_ids(tok, ids):
     ("{% for m in messages %}{% for a in messages %}{% for b in messages %}{% for c in messages %}"
      "{% for d in messages %}{% for e in messages %}{% endfor %}{% endfor %}{% endfor %}{% endfor %}{% endfor %}"
      "{% endfor %}", "longer than"),
-    ("{{ messages.__class__.__mro__[1].__subclasses__() }}", ""), ("{{ raise_exception('x') }}", "raised"),
+    ("{{ messages.__class__.__mro__[1].__subclasses__() }}", "unsafe"), ("{{ raise_exception('x') }}", "raised"),
     ("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "RecursionError"), ("{{ 1 / 0 }}", "Zero"),
 ])
 def test_templates_that_run_forever_or_grow_without_bound(template, match):

