@@ -68,13 +68,15 @@ def flash_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = False, windo
     return FlashAttention.apply(q, k, v, causal=causal, window=window, scale=scale, block_q=block_q, block_kv=block_kv)
 
 
-# Below this many scores per head (Tq * Tk) the dense composite is faster: decoding one token
-# against a cache (Tq = 1) or attention over a few hundred positions costs less as two BLAS
-# calls than as the tiled kernel. benchmarks/bench_kernels.py times both paths (tables in
-# docs/kernels.md): the composite wins at Tq = 1 and Tq = Tk = 128, the two are close at 256,
-# flash wins forward + backward at 512 in every run (1.1-5x) and from there on the gap and the
-# composite's T x T score matrices only grow.
-FLASH_MIN_SCORES = 1 << 17
+# Below this many scores per head (Tq * Tk) the dense composite is faster. Only the gradient path
+# reaches this test (without a gradient `blas_attention` runs), so the question is forward +
+# backward on 2 shared cores: the composite's batched matmuls (one small threaded GEMM per
+# batch row and head) stall on a loaded machine, the tiled kernel does not. Measured (B=8,
+# H=4/2, D=64, causal, load 20-25 on 2 cores; benchmarks/bench_kernels.py prints the table):
+# the composite wins at T = 16 and 32 (2.7-16 ms vs 7-24 ms), flash wins at T = 64 (51-64 ms vs
+# 150-290 ms) and T = 128 (the training shape of benchmarks/bench_train.py), and from 256 on
+# in every run. (Earlier quiet-machine runs at B=1 put the crossover between 128 and 512.)
+FLASH_MIN_SCORES = 1 << 12
 
 
 def can_use_flash(q: Tensor, k: Tensor, v: Tensor, mask, dropout_p: float, is_causal: bool, window) -> bool:

@@ -4,7 +4,9 @@ One run prints, for each kernel, our time, the named peer's time and the ratio (
 > 1 means the kernel is faster), against these goals:
 
 * flash attention, causal, H=8, D=64: faster than naive NumPy attention (BLAS q k^T, mask,
-  softmax, BLAS p v) at T=2048; at T=8192 its peak memory beyond inputs and outputs < 100 MB
+  softmax, BLAS p v) at T=2048; causal T=2048, H=4, D=64, forward and forward + backward:
+  >= 0.5x torch's `scaled_dot_product_attention` (a dev-only peer, on the same thread count;
+  median of 3 alternating rounds, every round printed); at T=8192 its peak memory beyond inputs and outputs < 100 MB
   (naive attention's score matrix alone would be 8 * 8192^2 * 4 B = 2 GiB);
 * selective scan (b=1, d=256, l=512, n=16, Mamba's options D, z, delta_bias, softplus):
   >= 20x `kernels.selective_scan_ref` (NumPy);
@@ -120,6 +122,53 @@ def bench_attention(smoke, repeat):
               f"{naive_scores / 2**20:.0f} MB) -> {'' if smoke else 'yes' if beyond < 100 * 2**20 else 'NO'}")
 
 
+def bench_torch_sdpa(smoke, repeat, threads):
+    """Causal flash attention (forward, and forward + backward) against torch's
+    `scaled_dot_product_attention` on the same threads (dev-only peer; skipped without torch).
+    Alternating rounds: each round times ours then torch's (best of `repeat`), the row gets the
+    median ratio and the line above it every round's ratio."""
+    try:
+        import torch
+    except ImportError:
+        print("torch not installed: no torch SDPA comparison")
+        return
+    import axon_kernels as kernels
+    import numba
+
+    torch.set_num_threads(threads or numba.get_num_threads())
+    rng = np.random.default_rng(0)
+    h, d = (2, 16) if smoke else (4, 64)
+    t = 128 if smoke else 2048
+    q, k, v, dout = (rng.standard_normal((1, h, t, d)).astype(np.float32) for _ in range(4))
+    tq, tk, tv, tdo = (torch.from_numpy(a) for a in (q, k, v, dout))
+
+    def ours_fwd():
+        return kernels.flash_attention(q, k, v, causal=True)
+
+    def ours_fb():
+        out, lse = kernels.flash_attention(q, k, v, causal=True)
+        return kernels.flash_attention_backward(q, k, v, out, lse, dout, causal=True)
+
+    def torch_fwd():
+        with torch.no_grad():
+            return torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+
+    def torch_fb():
+        a, b, c = (x.detach().requires_grad_() for x in (tq, tk, tv))
+        torch.nn.functional.scaled_dot_product_attention(a, b, c, is_causal=True).backward(tdo)
+        return a.grad, b.grad, c.grad
+
+    rounds = 1 if smoke else 3
+    for name, ours, peer in (("fwd", ours_fwd, torch_fwd), ("fwd+bwd", ours_fb, torch_fb)):
+        pairs = [(best(ours, repeat), best(peer, repeat)) for _ in range(rounds)]
+        ratios = sorted(p / o for o, p in pairs)
+        print(f"flash {name} causal T={t} H={h} D={d} vs torch SDPA ({torch.get_num_threads()} threads), ratio per "
+              f"round: {', '.join(f'{r:.2f}x' for r in ratios)} (load {os.getloadavg()[0]:.1f})")
+        mid = sorted(pairs, key=lambda op: op[1] / op[0])[len(pairs) // 2]
+        row(f"flash_attention {name} causal", f"T={t} H={h} D={d}", mid[0], f"torch SDPA {torch.__version__}",
+            mid[1], ">= 0.5x", 0.5)
+
+
 def bench_scan(smoke, repeat):
     import axon_kernels as kernels
 
@@ -172,21 +221,24 @@ def bench_sdpa_dispatch(smoke, repeat):
     from axon.nn.functional import _sdpa_reference
 
     rng = np.random.default_rng(0)
-    h, hkv, d = 8, 2, 64
-    sizes = [(1, 64), (16, 64)] if smoke else [(1, 512), (16, 512), (128, 128), (256, 256), (512, 512)]
-    print(f"F.scaled_dot_product_attention, causal, H={h} Hkv={hkv} D={d}: flash (axon.kernel_ops) vs the dense "
+    d = 64
+    sizes = [(1, 1, 64), (1, 16, 64)] if smoke else [(1, 1, 512), (1, 16, 512), (1, 128, 128), (1, 256, 256),
+                                                       (1, 512, 512), (8, 32, 32), (8, 64, 64), (8, 128, 128)]
+    print(f"F.scaled_dot_product_attention, causal, D={d} (H=8/Hkv=2 at batch 1, H=4/Hkv=2 at batch 8 as in "
+          f"benchmarks/bench_train.py): flash (axon.kernel_ops) vs the dense "
           f"composite (_sdpa_reference); ratio composite / flash, > 1 means flash is faster "
           f"(dispatch threshold Tq*Tk >= {kernel_ops.FLASH_MIN_SCORES})")
-    for tq, tk in sizes:
-        q = axon.tensor(rng.standard_normal((1, h, tq, d)).astype(np.float32), requires_grad=True)
-        k, v = (axon.tensor(rng.standard_normal((1, hkv, tk, d)).astype(np.float32), requires_grad=True) for _ in range(2))
+    for bsz, tq, tk in sizes:
+        h, hkv = (8, 2) if bsz == 1 else (4, 2)
+        q = axon.tensor(rng.standard_normal((bsz, h, tq, d)).astype(np.float32), requires_grad=True)
+        k, v = (axon.tensor(rng.standard_normal((bsz, hkv, tk, d)).astype(np.float32), requires_grad=True) for _ in range(2))
         flash = lambda: kernel_ops.flash_sdpa(q, k, v, is_causal=True)  # noqa: E731
         dense = lambda: _sdpa_reference(q, k, v, None, 0.0, True, d ** -0.5, None)  # noqa: E731
         with axon.no_grad():
             tf, td = best(flash, repeat * 2), best(dense, repeat * 2)
         gf = best(lambda: flash().sum().backward(), repeat)
         gd = best(lambda: dense().sum().backward(), repeat)
-        print(f"  Tq={tq:4} Tk={tk:4}: forward flash {tf * 1e3:8.3f} ms, composite {td * 1e3:8.3f} ms, ratio {td / tf:6.2f}x | "
+        print(f"  B={bsz} Tq={tq:4} Tk={tk:4}: forward flash {tf * 1e3:8.3f} ms, composite {td * 1e3:8.3f} ms, ratio {td / tf:6.2f}x | "
               f"forward+backward flash {gf * 1e3:8.2f} ms, composite {gd * 1e3:8.2f} ms, ratio {gd / gf:6.2f}x")
 
 
@@ -246,6 +298,7 @@ def main(argv=None):
     print(f"numba {numba.__version__} threads={numba.get_num_threads()} cpus={os.cpu_count()} "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')} load={os.getloadavg()[0]:.1f}")
     bench_attention(args.smoke, repeat)
+    bench_torch_sdpa(args.smoke, repeat, args.threads)
     bench_scan(args.smoke, repeat)
     bench_ternary(args.smoke, repeat)
     bench_matmul(args.smoke, repeat)

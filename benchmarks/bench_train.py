@@ -1,13 +1,16 @@
 """How fast is one training step (forward, backward, AdamW) compared with PyTorch?
 
-The question of issue 8: a LLaMA with hidden 256, 4 layers, 4 heads (2 KV heads), FFN 688,
-vocabulary 1000, batch 8 x 128 tokens — axon (NumPy + Numba) against transformers'
-LlamaForCausalLM with PyTorch eager attention on the CPU, same weights, same batch, same
-AdamW settings, both on the same number of threads. Prints the median step time of each
-and the ratio (>1 means axon is faster). torch/transformers are dev-only: without them
-only axon's time is printed.
+A LLaMA with hidden 256, 4 layers, 4 heads (2 KV heads), FFN 688, vocabulary 1000, batch
+8 x 128 tokens — axon (NumPy + Numba) against transformers' LlamaForCausalLM with its DEFAULT
+attention implementation (SDPA, ``torch.nn.functional.scaled_dot_product_attention``; not
+eager) on the CPU, same weights, same batch, same AdamW settings, torch on ``--threads``
+threads. The two engines alternate: each round times ``--steps`` steps of one then of the
+other (the order swaps every round), so a change in machine load hits both; every round
+prints its ratio, and the summary gives the min / median / max ratio over the rounds
+(>1 means axon is faster). torch/transformers are dev-only: without them only axon's time
+is printed.
 
-    python benchmarks/bench_train.py [--steps 10] [--threads 2]
+    python benchmarks/bench_train.py [--rounds 5] [--steps 3] [--threads 2] [--smoke]
 """
 
 from __future__ import annotations
@@ -26,100 +29,114 @@ import numpy as np
 CONFIG = dict(vocab_size=1000, hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=10000.0,
               tie_word_embeddings=False)
-BATCH, LENGTH, LR, WD = 8, 128, 1e-3, 0.01
+SMOKE_CONFIG = dict(CONFIG, vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1)
+LR, WD = 1e-3, 0.01
 
 
-def axon_steps(ids, labels, steps):
-    import axon
-    import axon.nn.functional as F
-    from axon_llm.models import LLaMAConfig
-    from axon_llm.models.llama import LLaMAForCausalLM
+class AxonTrainer:
+    """axon's LLaMA and AdamW; ``step()`` runs one timed training step and returns (seconds, loss)."""
 
-    axon.manual_seed(0)
-    model = LLaMAForCausalLM(LLaMAConfig(**CONFIG))
-    model.materialize()
-    model.train()
-    params = list(model.parameters())
-    opt = axon.optim.AdamW(params, lr=LR, weight_decay=WD)
-    times, losses = [], []
-    for _ in range(steps):
+    def __init__(self, config, ids, labels):
+        import axon
+        import axon.nn.functional as F
+        from axon_llm.models import LLaMAConfig
+        from axon_llm.models.llama import LLaMAForCausalLM
+
+        axon.manual_seed(0)
+        self.F, self.vocab = F, config["vocab_size"]
+        self.model = LLaMAForCausalLM(LLaMAConfig(**config)).materialize()
+        self.initial = {k: np.asarray(v).copy() for k, v in self.model.state_dict().items()}
+        self.model.train()
+        self.opt = axon.optim.AdamW(list(self.model.parameters()), lr=LR, weight_decay=WD)
+        self.ids, self.labels = ids, labels
+
+    def step(self):
+        """One forward + backward + AdamW step: (seconds, loss)."""
         t0 = time.perf_counter()
-        opt.zero_grad()
-        logits = model(ids)                                              # [B, T, V]
-        loss = F.cross_entropy(logits.reshape(-1, CONFIG["vocab_size"]), labels.reshape(-1))
+        self.opt.zero_grad()
+        logits = self.model(self.ids)                                     # [B, T, V]
+        loss = self.F.cross_entropy(logits.reshape(-1, self.vocab), self.labels.reshape(-1))
         loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-        losses.append(float(loss.item()))
-    return times, losses, {k: np.asarray(v) for k, v in model.state_dict().items()}
+        self.opt.step()
+        return time.perf_counter() - t0, float(loss.item())
 
 
-def torch_steps(ids, labels, steps, state):
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+class TorchTrainer:
+    """transformers' LlamaForCausalLM with its default (SDPA) attention and torch's AdamW."""
 
-    cfg = LlamaConfig(**CONFIG, attention_dropout=0.0)
-    cfg._attn_implementation = "eager"
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad():                                                 # the same initial weights as axon
-        sd = model.state_dict()
-        for k, v in state.items():
-            if k in sd:
-                sd[k].copy_(torch.from_numpy(np.ascontiguousarray(v)))
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=WD)
-    tid, tlab = torch.from_numpy(ids), torch.from_numpy(labels)
-    times, losses = [], []
-    for _ in range(steps):
+    def __init__(self, config, ids, labels, state):
+        import torch
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        self.torch, self.vocab = torch, config["vocab_size"]
+        cfg = LlamaConfig(**config, attention_dropout=0.0)                # attn_implementation left at its default
+        self.model = LlamaForCausalLM(cfg)
+        self.attention = self.model.config._attn_implementation
+        with torch.no_grad():                                             # the same initial weights as axon
+            sd = self.model.state_dict()
+            for k, v in state.items():
+                if k in sd:
+                    sd[k].copy_(torch.from_numpy(np.ascontiguousarray(v)))
+        self.model.train()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=LR, weight_decay=WD)
+        self.ids, self.labels = torch.from_numpy(ids), torch.from_numpy(labels)
+
+    def step(self):
+        """One forward + backward + AdamW step: (seconds, loss)."""
         t0 = time.perf_counter()
-        opt.zero_grad()
-        logits = model(tid).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, CONFIG["vocab_size"]), tlab.reshape(-1))
+        self.opt.zero_grad()
+        logits = self.model(self.ids).logits
+        loss = self.torch.nn.functional.cross_entropy(logits.reshape(-1, self.vocab), self.labels.reshape(-1))
         loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-        losses.append(float(loss.item()))
-    return times, losses
+        self.opt.step()
+        return time.perf_counter() - t0, float(loss.item())
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=10, help="timed steps (the first of each is warm-up)")
+    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds (one ratio each)")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per engine per round (their median counts)")
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (NumPy/Numba use the machine's)")
-    args = ap.parse_args()
+    ap.add_argument("--smoke", action="store_true", help="a tiny model and batch: checks the script runs, numbers mean nothing")
+    args = ap.parse_args(argv)
+    config = SMOKE_CONFIG if args.smoke else CONFIG
+    batch, length = (2, 16) if args.smoke else (8, 128)
+    rounds, steps = (1, 1) if args.smoke else (args.rounds, args.steps)
     rng = np.random.default_rng(0)
-    ids = rng.integers(0, CONFIG["vocab_size"], size=(BATCH, LENGTH + 1))
+    ids = rng.integers(0, config["vocab_size"], size=(batch, length + 1))
     inputs, labels = ids[:, :-1].copy(), ids[:, 1:].copy()
 
-    # the initial weights both runs start from
-    import axon
-    from axon_llm.models import LLaMAConfig
-    from axon_llm.models.llama import LLaMAForCausalLM
-
-    axon.manual_seed(0)
-    init = LLaMAForCausalLM(LLaMAConfig(**CONFIG)).materialize()
-    state0 = {k: np.asarray(v).copy() for k, v in init.state_dict().items()}
-
-    a_times, a_losses, _ = axon_steps(inputs, labels, args.steps + 1)
-    a_med = statistics.median(a_times[1:])
-    print(f"config: LLaMA hidden 256, 4 layers, 4 heads / 2 kv, ffn 688, vocab 1000, batch {BATCH} x {LENGTH}")
-    print(f"axon          : {a_med * 1e3:8.1f} ms/step (median of {args.steps}, first step {a_times[0]:.2f}s "
-          f"incl. JIT), {BATCH * LENGTH / a_med:,.0f} tokens/s")
+    print(f"config: LLaMA hidden {config['hidden_size']}, {config['num_hidden_layers']} layers, 4 heads / 2 kv, "
+          f"ffn {config['intermediate_size']}, vocab {config['vocab_size']}, batch {batch} x {length}, "
+          f"forward + backward + AdamW; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    ax = AxonTrainer(config, inputs, labels)
+    t_first, a_loss0 = ax.step()                                          # warm-up (includes JIT compilation)
+    print(f"axon first step {t_first:.2f}s (incl. JIT), loss {a_loss0:.6f}")
     try:
-        import torch  # noqa: F401
+        import torch
         import transformers  # noqa: F401
     except ImportError:
-        print("torch/transformers not installed: no PyTorch comparison")
-        return
-    import torch
-
+        times = [ax.step()[0] for _ in range(steps * rounds)]
+        print(f"axon: {statistics.median(times) * 1e3:.1f} ms/step; torch/transformers not installed: no comparison")
+        return 0
     torch.set_num_threads(args.threads)
-    t_times, t_losses = torch_steps(inputs, labels, args.steps + 1, state0)
-    t_med = statistics.median(t_times[1:])
-    print(f"torch eager   : {t_med * 1e3:8.1f} ms/step ({args.threads} threads), {BATCH * LENGTH / t_med:,.0f} tokens/s")
-    print(f"ratio (torch time / axon time, >1 = axon faster): {t_med / a_med:.2f}x")
-    print(f"first-step loss: axon {a_losses[0]:.6f}, torch {t_losses[0]:.6f} (same initial weights)")
+    tt = TorchTrainer(config, inputs, labels, ax.initial)
+    t_loss0 = tt.step()[1]                                                # warm-up
+    print(f"peer: transformers LlamaForCausalLM, attn_implementation={tt.attention!r} (default, not eager), "
+          f"torch {torch.__version__}, {args.threads} threads; first-step loss torch {t_loss0:.6f} (same weights)")
+    ratios = []
+    for r in range(rounds):
+        order = (("axon", ax), ("torch", tt)) if r % 2 == 0 else (("torch", tt), ("axon", ax))
+        med = {}
+        for name, engine in order:
+            med[name] = statistics.median(engine.step()[0] for _ in range(steps))
+        ratios.append(med["torch"] / med["axon"])
+        print(f"round {r + 1}: axon {med['axon'] * 1e3:7.1f} ms/step  torch(sdpa) {med['torch'] * 1e3:7.1f} ms/step  "
+              f"ratio {ratios[-1]:.2f}x  (load {os.getloadavg()[0]:.1f})")
+    print(f"ratio (torch time / axon time, >1 = axon faster) over {rounds} rounds: min {min(ratios):.2f}x  "
+          f"median {statistics.median(ratios):.2f}x  max {max(ratios):.2f}x")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from axon_kernels.cross_entropy import cross_entropy_grad, cross_entropy_rows
+
 from ..autograd import Function
-from ..ops import softmax_array
+from ..ops import _sigmoid, softmax_array
 
 # ------------------------------------------------------------------------------ linear
 
@@ -107,6 +109,46 @@ class RMSNorm(Function):
         return gx, gw
 
 
+# ------------------------------------------------------------------------------ SwiGLU
+
+
+class SwiGLU(Function):
+    """silu(gate) * up (LLaMA's gated MLP activation) as one node.
+
+    The composite (a SiLU node, then a product node) keeps gate, sigmoid(gate), silu(gate) and
+    up alive and makes four [N, inter] temporaries in its backward; this saves gate, up and
+    sigmoid(gate) and computes both gradients in place:
+    d/dgate = grad up s (1 + gate (1 - s)), d/dup = grad gate s, with s = sigmoid(gate).
+    """
+
+    @staticmethod
+    def forward(ctx, gate, up):
+        if gate.shape != up.shape:
+            raise ValueError(f"swiglu: gate shape {gate.shape} and up shape {up.shape} differ")
+        s = _sigmoid(gate)  # [..., inter]
+        y = gate * s
+        y *= up
+        ctx.save_for_backward(gate, up, s)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate, up, s = ctx.saved_tensors
+        gu = None
+        if ctx.needs_input_grad[1]:
+            gu = gate * s
+            gu *= grad
+        gg = None
+        if ctx.needs_input_grad[0]:
+            gg = 1 - s
+            gg *= gate
+            gg += 1
+            gg *= s
+            gg *= up
+            gg *= grad
+        return gg, gu
+
+
 # ------------------------------------------------------------------------------ embedding
 
 
@@ -145,9 +187,11 @@ class Embedding(Function):
 class CrossEntropy(Function):
     """Mean (or sum / none) of -log softmax(logits)[target], with ignore_index and label smoothing.
 
-    Four passes forward (max, subtract, exp, sum) and one backward: the unnormalised
-    ``exp(x - max)`` and its row sums are saved, and the division by the sum is folded into
-    the backward's scaling.
+    Forward: one kernel pass per row gives logsumexp, the target's logit and the row mean
+    (``axon_kernels.cross_entropy.cross_entropy_rows``), so no [N, C] array is made; the logits
+    and the [N] logsumexp are saved. Backward: one pass writes the gradient
+    ``scale * (softmax - (1 - eps) onehot - eps / C)`` (``cross_entropy_grad``), the only
+    [N, C] array of the op.
     """
 
     @staticmethod
@@ -157,19 +201,13 @@ class CrossEntropy(Function):
         safe_t = np.where(valid, target, 0)
         if valid.any() and (safe_t.min() < 0 or safe_t.max() >= c):
             raise IndexError(f"cross_entropy: targets must be in [0, {c}) or ignore_index={ignore_index}")
-        rows = np.arange(n)
-        e = logits - logits.max(axis=1, keepdims=True)  # [N, C], shifted logits
-        picked = e[rows, safe_t]  # [N]
-        mean_shifted = e.mean(axis=1) if label_smoothing else None
-        np.exp(e, out=e)
-        s = e.sum(axis=1)  # [N]
-        log_s = np.log(s)
-        loss = log_s - picked  # -log p[target]
+        lse, picked, mean = cross_entropy_rows(logits, safe_t)  # [N] each
+        loss = lse - picked  # -log p[target]
         if label_smoothing:
-            loss = (1 - label_smoothing) * loss + label_smoothing * (log_s - mean_shifted)
+            loss = (1 - label_smoothing) * loss + label_smoothing * (lse - mean)
         loss = np.where(valid, loss, 0).astype(logits.dtype)
         count = int(valid.sum())
-        ctx.save_for_backward(e, s, safe_t, valid)
+        ctx.save_for_backward(logits, lse, safe_t, valid)
         ctx.count, ctx.eps, ctx.reduction = count, label_smoothing, reduction
         if reduction == "none":
             return loss
@@ -180,19 +218,14 @@ class CrossEntropy(Function):
 
     @staticmethod
     def backward(ctx, grad):
-        e, s, t, valid = ctx.saved_tensors
-        n, c = e.shape
+        logits, lse, t, valid = ctx.saved_tensors
+        n = logits.shape[0]
         if ctx.reduction == "none":
             scale = grad.reshape(n) * valid  # [N]
         else:
             denom = ctx.count if ctx.reduction == "mean" else 1
             scale = (grad.reshape(()) / max(denom, 1)) * valid
-        scale = scale.astype(e.dtype)
-        g = e * (scale / s)[:, None]  # softmax * scale, in one pass
-        g[np.arange(n), t] -= (1 - ctx.eps) * scale
-        if ctx.eps:
-            g -= (scale * e.dtype.type(ctx.eps / c))[:, None]
-        return g, None
+        return cross_entropy_grad(logits, lse, t, scale.astype(logits.dtype), ctx.eps), None
 
 
 # ------------------------------------------------------------------------------ dropout
@@ -290,4 +323,4 @@ class Conv1d(Function):
         )
 
 
-__all__ = ["Linear", "LayerNorm", "RMSNorm", "Embedding", "CrossEntropy", "Dropout", "Conv1d", "softmax_array"]
+__all__ = ["Linear", "LayerNorm", "RMSNorm", "SwiGLU", "Embedding", "CrossEntropy", "Dropout", "Conv1d", "softmax_array"]

@@ -1,6 +1,6 @@
 """``axon.nn.functional`` (import as ``F``): torch's functional API on axon tensors.
 
-The hot ops (linear, layer_norm, rms_norm, softmax, log_softmax, cross_entropy, gelu, silu,
+The hot ops (linear, layer_norm, rms_norm, softmax, log_softmax, cross_entropy, gelu, silu, swiglu,
 embedding, dropout, conv1d) are single fused nodes (``_fused.py`` / ``ops.py``);
 ``scaled_dot_product_attention`` picks a kernel (BLAS without a gradient, flash with one) or
 its readable composite reference.
@@ -20,7 +20,7 @@ from . import _fused
 
 __all__ = [
     "linear", "embedding", "layer_norm", "rms_norm", "softmax", "log_softmax", "gelu", "gelu_tanh",
-    "silu", "relu", "sigmoid", "tanh", "softplus", "dropout", "cross_entropy", "nll_loss", "mse_loss",
+    "silu", "swiglu", "relu", "sigmoid", "tanh", "softplus", "dropout", "cross_entropy", "nll_loss", "mse_loss",
     "conv1d", "scaled_dot_product_attention", "pad", "one_hot", "normalize", "leaky_relu",
 ]
 
@@ -97,6 +97,14 @@ def gelu_tanh(input: Tensor) -> Tensor:
 def silu(input: Tensor) -> Tensor:
     """x * sigmoid(x) (a fused node)."""
     return _t(input).silu()
+
+
+def swiglu(gate: Tensor, up: Tensor) -> Tensor:
+    """``silu(gate) * up`` (LLaMA's gated MLP) as one fused node."""
+    g, u = _float(_t(gate), "swiglu"), _float(_t(up), "swiglu")
+    if tuple(g.shape) != tuple(u.shape):
+        raise ValueError(f"swiglu: gate shape {tuple(g.shape)} and up shape {tuple(u.shape)} differ")
+    return _fused.SwiGLU.apply(g, u)
 
 
 def relu(input: Tensor) -> Tensor:

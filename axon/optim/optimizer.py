@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from axon_kernels.adamw import adamw_step
+
 from ..autograd import no_grad
 from ..tensor import Tensor
 
@@ -147,6 +149,9 @@ class Adam(Optimizer):
 
     m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2;
     p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+
+    One fused pass per parameter: ``axon_kernels.adamw.adamw_step`` (its NumPy reference
+    ``adamw_step_ref`` is the same rule, used for odd layouts and under NUMBA_DISABLE_JIT=1).
     """
 
     decoupled = False
@@ -167,24 +172,8 @@ class Adam(Optimizer):
                     state["exp_avg"] = np.zeros_like(data)
                     state["exp_avg_sq"] = np.zeros_like(data)
                 state["step"] += 1
-                t = state["step"]
-                if wd and self.decoupled:
-                    data *= 1 - lr * wd  # AdamW: decay the weights, not the gradient
-                elif wd:
-                    grad = grad + wd * data
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m *= b1
-                m += (1 - b1) * grad
-                v *= b2
-                v += (1 - b2) * (grad * grad)
-                bc1 = 1 - b1 ** t
-                bc2 = 1 - b2 ** t
-                denom = np.sqrt(v)
-                denom *= 1.0 / math.sqrt(bc2)
-                denom += eps
-                step = m / denom
-                step *= lr / bc1
-                data -= step
+                adamw_step(data, grad, state["exp_avg"], state["exp_avg_sq"], lr, b1, b2, eps, wd, state["step"],
+                           self.decoupled)
 
 
 class AdamW(Adam):

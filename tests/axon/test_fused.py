@@ -1,7 +1,7 @@
 """Each fused op of ``axon.nn._fused`` equals its composite built from autograd primitives.
 
-For every one of the seven ops (Linear, LayerNorm, RMSNorm, Embedding, CrossEntropy, Dropout,
-Conv1d), in float64:
+For every one of the eight ops (Linear, LayerNorm, RMSNorm, SwiGLU, Embedding, CrossEntropy,
+Dropout, Conv1d), in float64:
 
 * forward: the fused node's output equals the composite's;
 * backward: the hand-written gradients of ``sum(out * W)`` (``W`` fixed random weights, so
@@ -114,6 +114,25 @@ def test_rms_norm(affine):
     check_against_composite(fused, composite, *((randn(2, 3, 5),) + ((randn(5),) if affine else ())))
 
 
+# ------------------------------------------------------------------------------ SwiGLU
+def test_swiglu():
+    def composite(g, u):
+        return g / (1 + (-g).exp()) * u                                   # silu(g) * u from primitives
+
+    def fused(g, u):
+        return _fused.SwiGLU.apply(g, u)
+
+    g = randn(2, 3, 7) * 4                                                # both tails of the sigmoid
+    check_against_composite(fused, composite, g, randn(2, 3, 7))
+
+
+def test_swiglu_rejects_mismatched_shapes():
+    import axon.nn.functional as F
+
+    with pytest.raises(ValueError, match="gate shape"):
+        F.swiglu(axon.Tensor(np.zeros((2, 3))), axon.Tensor(np.zeros((2, 4))))
+
+
 # ------------------------------------------------------------------------------ embedding
 @pytest.mark.parametrize("padding_idx", [None, 2])
 def test_embedding(padding_idx):
@@ -220,3 +239,39 @@ def test_the_check_catches_a_wrong_backward(monkeypatch):
     monkeypatch.setattr(_fused.RMSNorm, "backward", staticmethod(wrong))
     with pytest.raises(AssertionError):
         test_rms_norm(True)
+
+
+# ------------------------------------------------------------------------------ the cross-entropy kernels
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_cross_entropy_kernels_equal_their_references(dtype, eps):
+    """The Numba row statistics and gradient equal the NumPy definitions to the dtype's rounding
+    (float32: sums over C=37 terms of magnitude <~ 40 -> ~1e-5 absolute; float64 ~1e-12)."""
+    from axon_kernels.cross_entropy import (cross_entropy_grad_nb, cross_entropy_grad_ref, cross_entropy_rows_nb,
+                                            cross_entropy_rows_ref)
+
+    r = np.random.default_rng(5)
+    logits = (r.standard_normal((23, 37)) * 8).astype(dtype)
+    target = r.integers(0, 37, 23)
+    tol = 2e-5 if dtype == np.float32 else 1e-12
+    for a, b in zip(cross_entropy_rows_nb(logits, target), cross_entropy_rows_ref(logits, target)):
+        assert a.dtype == dtype
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+    lse = cross_entropy_rows_ref(logits, target)[0]
+    scale = r.standard_normal(23).astype(dtype)
+    scale[3] = 0                                                          # an ignored row
+    g = cross_entropy_grad_nb(logits, lse, target, scale, eps)
+    np.testing.assert_allclose(g, cross_entropy_grad_ref(logits, lse, target, scale, eps), rtol=tol, atol=tol)
+    assert not g[3].any()
+
+
+def test_cross_entropy_kernel_propagates_nan_and_inf():
+    """A NaN or +Inf logit makes that row's logsumexp NaN in both (no fastmath; max() skips NaN)."""
+    from axon_kernels.cross_entropy import cross_entropy_rows_nb, cross_entropy_rows_ref
+
+    logits = np.zeros((3, 5), np.float32)
+    logits[0, 2], logits[1, 4] = np.nan, np.inf
+    for fn in (cross_entropy_rows_nb, cross_entropy_rows_ref):
+        with np.errstate(invalid="ignore"):
+            lse = fn(logits, np.zeros(3, np.int64))[0]
+        assert np.isnan(lse[0]) and np.isnan(lse[1]) and np.isfinite(lse[2])
