@@ -599,7 +599,7 @@ def _assembled(model: PretrainedLLM) -> Path:
     import importlib
 
     target = cache_root() / "packages" / model.name / model.package.path
-    pinned = model.file(model.package.path).size if model.package.path in {f.filename for f in model.files} else None
+    pinned = next((f.size for f in model.files if f.filename == model.package.path), None)
     if target.is_file() and (pinned is None or target.stat().st_size == pinned):
         return target.parent
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -219,14 +219,13 @@ class Gemma3Model(LLaMAModel):
 
     def __init__(self, config: Gemma3Config):
         super().__init__(config)
-        self.config_hidden_size = config.hidden_size
         self.norm = GemmaRMSNorm(config.hidden_size, config.rms_norm_eps)   # diff vs LLaMA: (1 + w) norm
 
     def embed(self, ids):
         """ids ``[B, T]`` -> ``[B, T, d]``: the table's rows times ``sqrt(d)`` (rounded to the
         embedding's dtype first, as transformers does)."""
         x = super().embed(ids)                                               # [B, T] -> [B, T, d]
-        scale = np.asarray(math.sqrt(self.config_hidden_size), dtype=x.dtype)
+        scale = np.asarray(math.sqrt(x.shape[-1]), dtype=x.dtype)          # sqrt(d)
         return x * axon.tensor(scale)                                        # diff vs LLaMA: * sqrt(d)
 
     def make_rotary(self, config) -> dict:
