@@ -43,6 +43,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from axon_kernels import workers
 from axon_kernels.quant_formats import BLOCK, NIBBLE_TYPES, QUANT_TYPES, check_raw, decode_blocks, dequantize_ref
 
 TILE_ROWS = 64                      # R: rows per tile (4 AVX-512 / 8 AVX2 float lanes per step)
@@ -50,6 +51,8 @@ PARALLEL_MIN_BYTES = 1 << 20       # below ~1 MB of weights per call, one thread
 MATVEC_LOOP_MAX_TOKENS = 8          # up to this many tokens, matmul runs the matvec kernel per token
 FUSED_MATMUL_MAX_TOKENS = 16        # above this, matmul dequantises row chunks and calls BLAS
 _CHUNK_FLOATS = 1 << 18             # 1 MB of float32 per dequantised chunk (bounds peak memory; as fast as 8 MB)
+DENSE_CHUNK_COLS = 256              # output rows per prefill chunk (sgemm [T, in] @ [in, 256]: near full speed)
+_DENSE_CHUNK_FLOATS = 1 << 19       # 2 MB of float32 at most per thread's dequantised chunk
 
 
 # ------------------------------------------------------------------------------------------------
@@ -374,7 +377,7 @@ def _dense_q4(qs, scale, offset, t0, t1, out):
     """Tiles [t0, t1) of the q4 layout -> out float32 [in, (t1-t0)*R], i.e. W[rows].T, written in
     runs of R contiguous floats (reads and writes both run along rows, so the loop vectorises)."""
     _, groups, _, rr = qs.shape
-    for t in prange(t0, t1):
+    for t in range(t0, t1):
         c = (t - t0) * rr
         for g in range(groups):
             for j in range(16):
@@ -391,7 +394,7 @@ def _dense_q8(qs, scale, offset, t0, t1, out):
     """Tiles [t0, t1) of the q8 layout -> out float32 [in, (t1-t0)*R] (see _dense_q4)."""
     _, groups, bsz, rr = qs.shape
     has_offset = offset.shape[0] > 0
-    for t in prange(t0, t1):
+    for t in range(t0, t1):
         c = (t - t0) * rr
         for g in range(groups):
             for j in range(bsz):
@@ -405,6 +408,7 @@ def _dense_q8(qs, scale, offset, t0, t1, out):
 
 # Each kernel is compiled twice: multi-threaded for big matrices, single-threaded for small ones,
 # where waking the thread pool costs more than it saves (and stalls badly on a busy machine).
+# The dense (prefill) kernels only serially: `_dense_matmul` spreads their chunks over threads.
 _matvec_q4_nb = njit(cache=True, parallel=True, nogil=True)(_matvec_q4)
 _matvec_q4_serial_nb = njit(cache=True, nogil=True)(_matvec_q4)
 _matvec_q8_nb = njit(cache=True, parallel=True, nogil=True)(_matvec_q8)
@@ -417,9 +421,7 @@ _unpack_q4_nb = njit(cache=True, parallel=True, nogil=True)(_unpack_q4)
 _unpack_q4_serial_nb = njit(cache=True, nogil=True)(_unpack_q4)
 _unpack_q8_nb = njit(cache=True, parallel=True, nogil=True)(_unpack_q8)
 _unpack_q8_serial_nb = njit(cache=True, nogil=True)(_unpack_q8)
-_dense_q4_nb = njit(cache=True, parallel=True, nogil=True)(_dense_q4)
 _dense_q4_serial_nb = njit(cache=True, nogil=True)(_dense_q4)
-_dense_q8_nb = njit(cache=True, parallel=True, nogil=True)(_dense_q8)
 _dense_q8_serial_nb = njit(cache=True, nogil=True)(_dense_q8)
 
 
@@ -522,19 +524,37 @@ def _scratch_floats(n: int) -> np.ndarray:
     return buf[:n]
 
 
+def _dense_chunks(w: QuantMatrix) -> list[tuple[int, int]]:
+    """Tile ranges for :func:`_dense_matmul`: about DENSE_CHUNK_COLS output rows each, at least
+    two per thread so the threads can even out (dynamic scheduling), at most _DENSE_CHUNK_FLOATS
+    dequantised floats (bounds each thread's buffer)."""
+    tiles = w.qs.shape[0]
+    step = max(1, min(DENSE_CHUNK_COLS // TILE_ROWS, -(-tiles // (2 * workers.threads())),
+                      _DENSE_CHUNK_FLOATS // max(w.in_features * TILE_ROWS, 1)))
+    return [(t0, min(t0 + step, tiles)) for t0 in range(0, tiles, step)]
+
+
 def _dense_matmul(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
-    """x @ W.T for many tokens: dequantise tile chunks (~1 MB, the same chunks as the
-    reference) as W.T into a reused buffer, then one BLAS sgemm per chunk (compute-bound)."""
+    """x @ W.T for many tokens: per chunk of output rows, dequantise W[rows].T into the thread's
+    reused buffer (serial kernel) and multiply with a single-threaded sgemm; the chunks are
+    spread over the threads by `axon_kernels.workers.run_chunks` (no parallel region, no BLAS
+    thread pool: see its module doc for why). Every output column is one sgemm dot product of
+    x's row with the same dequantised floats as :func:`quant_matmul_ref`."""
     ntok, cols = x.shape
     y = np.empty((ntok, w.out_features), np.float32)
-    for t0, t1 in _tile_chunks(w):
+    chunks = _dense_chunks(w)
+    dense_kernel = globals()[f"_dense_{w.kind}_serial_nb"]
+    arrays = _arrays(w)
+
+    def chunk(i: int) -> None:
+        t0, t1 = chunks[i]
         r0, r1 = t0 * TILE_ROWS, min(t1 * TILE_ROWS, w.out_features)
         n = (t1 - t0) * TILE_ROWS
         dense = _scratch_floats(cols * n).reshape(cols, n)                     # [in, chunk rows]
-        _kernel(f"dense_{w.kind}", dense.nbytes)(*_arrays(w), t0, t1, dense)
-        if r0 == 0 and r1 == w.out_features and n == r1:
-            return np.matmul(x, dense, out=y)                                  # [T, in] @ [in, out]
+        dense_kernel(*arrays, t0, t1, dense)
         np.matmul(x, dense[:, :r1 - r0], out=y[:, r0:r1])                      # [T, in] @ [in, rows]
+
+    workers.run_chunks(chunk, len(chunks))
     return y
 
 

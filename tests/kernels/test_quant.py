@@ -155,7 +155,8 @@ def test_fused_kernels_equal_references(qtype, shape, ntok, seed):
 @pytest.mark.parametrize("variant", ["_nb", "_serial_nb"])
 @pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0", "Q6_K", "Q5_K"])
 def test_raw_numba_functions_on_small_inputs(qtype, variant):
-    """The @njit functions themselves, threaded and serial (plain Python under NUMBA_DISABLE_JIT=1)."""
+    """The @njit functions themselves, threaded and serial (plain Python under NUMBA_DISABLE_JIT=1);
+    the dense (prefill) kernel exists serially only (its chunks are spread by `workers.run_chunks`)."""
     rows, cols = TILE_ROWS + 5, 256
     w = pack(qtype, random_raw(qtype, rows, cols, 3), (rows, cols))
     x = np.random.default_rng(3).standard_normal((2, cols)).astype(np.float32)
@@ -163,7 +164,8 @@ def test_raw_numba_functions_on_small_inputs(qtype, variant):
     ym = np.empty((2, w.qs.shape[0] * TILE_ROWS), np.float32)
     out = np.empty((w.qs.shape[0] * TILE_ROWS, cols), np.float32)
     out_t = np.empty((cols, TILE_ROWS), np.float32)
-    fn = {name: getattr(quant, f"_{name}_{w.kind}{variant}") for name in ("matvec", "matmul", "unpack", "dense")}
+    fn = {name: getattr(quant, f"_{name}_{w.kind}{variant}") for name in ("matvec", "matmul", "unpack")}
+    fn["dense"] = getattr(quant, f"_dense_{w.kind}_serial_nb")
     arrays = quant._arrays(w)
     fn["matvec"](*arrays, x[0], y)
     fn["matmul"](*arrays, x, ym)
@@ -178,9 +180,13 @@ def test_raw_numba_functions_on_small_inputs(qtype, variant):
 
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0", "Q2_K"])
 def test_prefill_matmul_over_several_chunks_equals_reference(qtype, monkeypatch):
-    """The prefill path dequantises W.T chunk by chunk into one reused buffer; with chunks of
-    two tiles, a 3-tile matrix (last tile partly padding) takes two chunks of different sizes."""
+    """The prefill path dequantises W.T chunk by chunk into one reused buffer per thread; with
+    chunks of at most two tiles, a 3-tile matrix (last tile partly padding) takes chunks of
+    different sizes (and the reference two chunks of its own)."""
     monkeypatch.setattr(quant, "_CHUNK_FLOATS", 2 * TILE_ROWS * 256)
+    monkeypatch.setattr(quant, "DENSE_CHUNK_COLS", 2 * TILE_ROWS)
+    assert len(quant._dense_chunks(pack(qtype, random_raw(qtype, 2 * TILE_ROWS + 7, 256, 5),
+                                        (2 * TILE_ROWS + 7, 256)))) >= 2
     rows, cols = 2 * TILE_ROWS + 7, 256
     w = pack(qtype, random_raw(qtype, rows, cols, 5), (rows, cols))
     x = np.random.default_rng(5).standard_normal((quant.FUSED_MATMUL_MAX_TOKENS + 3, cols)).astype(np.float32)
