@@ -408,10 +408,10 @@ def _dense_q8(qs, scale, offset, t0, t1, out):
 
 # Each kernel is compiled twice: multi-threaded for big matrices, single-threaded for small ones,
 # where waking the thread pool costs more than it saves (and stalls badly on a busy machine).
-# The dense (prefill) kernels only serially: `_dense_matmul` spreads their chunks over threads.
-_matvec_q4_nb = njit(cache=True, parallel=True, nogil=True)(_matvec_q4)
+# The matvec and dense (prefill) kernels only serially: above PARALLEL_MIN_BYTES their tile chunks
+# are spread over threads by `workers.run_chunks` (`_chunked_matvec`, `_dense_matmul`), which
+# also spares the first run the compilation of a parallel variant (~3x a serial one's time).
 _matvec_q4_serial_nb = njit(cache=True, nogil=True)(_matvec_q4)
-_matvec_q8_nb = njit(cache=True, parallel=True, nogil=True)(_matvec_q8)
 _matvec_q8_serial_nb = njit(cache=True, nogil=True)(_matvec_q8)
 _matmul_q4_nb = njit(cache=True, parallel=True, nogil=True)(_matmul_q4)
 _matmul_q4_serial_nb = njit(cache=True, nogil=True)(_matmul_q4)
@@ -474,10 +474,40 @@ def _arrays(w: QuantMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return w.qs, w.scale, _NO_OFFSET if w.offset is None else w.offset
 
 
+def _chunked_matvec(kind: str):
+    """The matvec of a large matrix: tile chunks of the serial kernel (a quarter of the tiles per
+    thread at most, so threads even out) spread over the threads by `workers.run_chunks`.
+    Same signature as the kernels: ``(qs, scale, offset, x, y)``; each row's sum is the serial
+    kernel's, whichever thread computes it."""
+    serial = globals()[f"_matvec_{kind}_serial_nb"]
+
+    def matvec(qs, scale, offset, x, y):
+        tiles = qs.shape[0]
+        step = max(1, -(-tiles // (4 * workers.threads())))
+        has_offset = offset.shape[0] > 0
+
+        def chunk(i: int) -> None:
+            t0, t1 = i * step, min((i + 1) * step, tiles)
+            serial(qs[t0:t1], scale[t0:t1], offset[t0:t1] if has_offset else offset, x,
+                   y[t0 * TILE_ROWS:t1 * TILE_ROWS])
+
+        workers.run_chunks(chunk, -(-tiles // step))
+
+    return matvec
+
+
+_CHUNKED_MATVEC = {kind: _chunked_matvec(kind) for kind in ("q4", "q8")}
+
+
 def _kernel(name: str, work_bytes: int):
-    """The threaded variant of kernel ``name`` when the work is large enough, else the serial one."""
+    """The threaded variant of kernel ``name`` when the work is large enough, else the serial one
+    (for the matvec, the threaded variant is the serial kernel over tile chunks, `_chunked_matvec`)."""
     serial = work_bytes < PARALLEL_MIN_BYTES or numba.get_num_threads() == 1
-    return globals()[f"_{name}_serial_nb" if serial else f"_{name}_nb"]
+    if serial:
+        return globals()[f"_{name}_serial_nb"]
+    if name.startswith("matvec_"):
+        return _CHUNKED_MATVEC[name[len("matvec_"):]]
+    return globals()[f"_{name}_nb"]
 
 
 def unpack(w: QuantMatrix, row_start: int = 0, row_stop: int | None = None) -> np.ndarray:

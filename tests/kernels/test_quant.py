@@ -7,6 +7,7 @@ import importlib.util
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -156,7 +157,8 @@ def test_fused_kernels_equal_references(qtype, shape, ntok, seed):
 @pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0", "Q6_K", "Q5_K"])
 def test_raw_numba_functions_on_small_inputs(qtype, variant):
     """The @njit functions themselves, threaded and serial (plain Python under NUMBA_DISABLE_JIT=1);
-    the dense (prefill) kernel exists serially only (its chunks are spread by `workers.run_chunks`)."""
+    the matvec and dense (prefill) kernels exist serially only: the threaded matvec is the serial
+    kernel over tile chunks spread by `workers.run_chunks`."""
     rows, cols = TILE_ROWS + 5, 256
     w = pack(qtype, random_raw(qtype, rows, cols, 3), (rows, cols))
     x = np.random.default_rng(3).standard_normal((2, cols)).astype(np.float32)
@@ -164,7 +166,8 @@ def test_raw_numba_functions_on_small_inputs(qtype, variant):
     ym = np.empty((2, w.qs.shape[0] * TILE_ROWS), np.float32)
     out = np.empty((w.qs.shape[0] * TILE_ROWS, cols), np.float32)
     out_t = np.empty((cols, TILE_ROWS), np.float32)
-    fn = {name: getattr(quant, f"_{name}_{w.kind}{variant}") for name in ("matvec", "matmul", "unpack")}
+    fn = {name: getattr(quant, f"_{name}_{w.kind}{variant}") for name in ("matmul", "unpack")}
+    fn["matvec"] = getattr(quant, f"_matvec_{w.kind}_serial_nb") if variant == "_serial_nb" else quant._CHUNKED_MATVEC[w.kind]
     fn["dense"] = getattr(quant, f"_dense_{w.kind}_serial_nb")
     arrays = quant._arrays(w)
     fn["matvec"](*arrays, x[0], y)
@@ -237,3 +240,21 @@ def test_q4_1_matvec_beats_dense_fp32_gemv_on_an_lm_head():
         return min(ts)
 
     assert best(lambda: quant_matvec(w, x)) < best(lambda: dense @ x)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0", "Q5_K"])
+def test_threaded_matvec_over_tile_chunks_equals_serial(qtype, monkeypatch):
+    """Above PARALLEL_MIN_BYTES the matvec runs the serial kernel over tile chunks on the threads
+    (`_chunked_matvec`): each row's sum is the serial kernel's, so the results are equal."""
+    rows, cols = 5 * TILE_ROWS + 3, 256
+    w = pack(qtype, random_raw(qtype, rows, cols, 7), (rows, cols))
+    x = np.random.default_rng(7).standard_normal(cols).astype(np.float32)
+    serial = quant_matvec(w, x)
+    monkeypatch.setattr(quant, "PARALLEL_MIN_BYTES", 0)
+    threaded = quant_matvec(w, x)
+    if not quant._jit_enabled():                     # both are the reference then
+        np.testing.assert_array_equal(threaded, serial)
+        return
+    assert quant._kernel(f"matvec_{w.kind}", w.nbytes) is quant._CHUNKED_MATVEC[w.kind] or numba.get_num_threads() == 1
+    np.testing.assert_array_equal(threaded, serial)
+    np.testing.assert_allclose(threaded, quant_matvec_ref(w, x), rtol=1e-4, atol=1e-4)
