@@ -44,7 +44,8 @@ import numpy as np
 from numba import njit, prange
 
 from axon_kernels import workers
-from axon_kernels.quant_formats import BLOCK, NIBBLE_TYPES, QUANT_TYPES, check_raw, decode_blocks, dequantize_ref
+from axon_kernels._jit import cached_on_disk
+from axon_kernels.quant_formats import BLOCK, FORMATS, NIBBLE_TYPES, QUANT_TYPES, check_raw, decode_blocks, dequantize_ref
 
 TILE_ROWS = 64                      # R: rows per tile (4 AVX-512 / 8 AVX2 float lanes per step)
 PARALLEL_MIN_BYTES = 1 << 20       # below ~1 MB of weights per call, one thread is faster
@@ -622,8 +623,45 @@ def quant_rows(w: QuantMatrix, ids: np.ndarray) -> np.ndarray:
     return out.reshape(ids.shape + (w.in_features,))
 
 
+#: every kernel inference calls, by name: ``matvec_<kind>`` (one token), ``dense_<kind>`` (prefill
+#: above FUSED_MATMUL_MAX_TOKENS tokens), ``rows_<kind>`` (embedding lookup)
+INFERENCE_KERNELS = tuple(f"{name}_{kind}" for kind in ("q4", "q8") for name in ("matvec", "dense", "rows"))
+
+
+def _serial_kernel(name: str):
+    return globals()[f"_{name}_nb" if name.startswith("rows_") else f"_{name}_serial_nb"]
+
+
+def compiled_on_disk(names=INFERENCE_KERNELS) -> bool:
+    """True when Numba's on-disk cache holds the kernels ``names`` (see :func:`warm_up`)."""
+    return cached_on_disk(*(_serial_kernel(n) for n in names))
+
+
+def warm_up(names=INFERENCE_KERNELS) -> None:
+    """Compile (or load from the disk cache) the serial kernels ``names`` (of INFERENCE_KERNELS)
+    on tiny matrices, with the argument types inference passes: the first run's
+    ``axon-llm generate`` runs this in a second process (`axon_kernels._jit.compile_in_background`)
+    while it compiles the decode kernels itself."""
+    unknown = set(names) - set(INFERENCE_KERNELS)
+    if unknown:
+        raise ValueError(f"warm_up: unknown kernels {sorted(unknown)}; known: {', '.join(INFERENCE_KERNELS)}")
+    if not _jit_enabled():
+        return
+    x = np.zeros(32, np.float32)
+    for qtype in ("Q4_1", "Q8_0"):                   # every q4 / every q8 type shares these signatures
+        w = pack(qtype, np.zeros(TILE_ROWS * FORMATS[qtype][1], np.uint8), (TILE_ROWS, 32))   # one block per row
+        arrays = _arrays(w)
+        if f"matvec_{w.kind}" in names:
+            _serial_kernel(f"matvec_{w.kind}")(*arrays, x, np.empty(TILE_ROWS, np.float32))
+        if f"dense_{w.kind}" in names:
+            _serial_kernel(f"dense_{w.kind}")(*arrays, 0, 1, np.empty((32, TILE_ROWS), np.float32))
+        if f"rows_{w.kind}" in names:
+            _serial_kernel(f"rows_{w.kind}")(*arrays, np.zeros(1, np.int64), np.empty((1, 32), np.float32))
+
+
 __all__ = [
     "QUANT_TYPES", "BLOCK", "TILE_ROWS", "QuantMatrix", "dequantize_ref", "pack", "unpack", "unpack_ref", "dense_tiles_ref",
     "dequantize",
     "quant_matvec", "quant_matvec_ref", "quant_matmul", "quant_matmul_ref", "quant_rows", "quant_rows_ref",
+    "INFERENCE_KERNELS", "compiled_on_disk", "warm_up",
 ]
