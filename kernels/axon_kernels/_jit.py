@@ -34,30 +34,38 @@ __all__ = ["jit_disabled", "fast_exp", "fast_log1p", "float_array", "result_floa
 CONTRACT = {"contract"}
 
 
-def _blas_set_threads(n: int) -> bool:
-    """Set the thread count of the OpenBLAS that NumPy loaded (found among this process's shared
-    libraries; no threadpoolctl). False when no OpenBLAS entry point was found."""
+def openblas_functions(*names: str) -> list:
+    """For each OpenBLAS library this process loaded (NumPy's, found among its shared libraries;
+    no threadpoolctl), its first entry point among ``names`` (ctypes functions; none found: [])."""
     import ctypes
 
     try:
         with open("/proc/self/maps") as f:
-            paths = {line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line}
+            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
     except OSError:
-        return False
-    done = False
+        return []
+    found = []
     for path in paths:
         try:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                     "openblas_set_num_threads64_", "openblas_set_num_threads"):
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn(ctypes.c_int(n))
-                done = True
-                break
-    return done
+        fn = next((getattr(lib, name) for name in names if hasattr(lib, name)), None)
+        if fn is not None:
+            found.append(fn)
+    return found
+
+
+def _blas_set_threads(n: int) -> bool:
+    """Set the thread count of the OpenBLAS that NumPy loaded. False when no OpenBLAS entry
+    point was found."""
+    import ctypes
+
+    fns = openblas_functions("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                             "openblas_set_num_threads64_", "openblas_set_num_threads")
+    for fn in fns:
+        fn(ctypes.c_int(n))
+    return bool(fns)
 
 
 def set_threads(n: int) -> int:

@@ -26,6 +26,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numba
 
+from axon_kernels._jit import openblas_functions
+
 __all__ = ["run_chunks", "threads"]
 
 _lock = threading.Lock()
@@ -36,23 +38,13 @@ _pool_key: tuple[int, int] | None = None          # (pid, helper count) the pool
 def _blas_local_setter():
     """OpenBLAS's ``openblas_set_num_threads_local`` (OpenBLAS >= 0.3.27) of the library NumPy
     loaded, or None: it sets the BLAS thread count of the calling thread only."""
-    try:
-        with open("/proc/self/maps") as f:
-            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
-    except OSError:
+    fns = openblas_functions("openblas_set_num_threads_local", "scipy_openblas_set_num_threads_local64_",
+                             "scipy_openblas_set_num_threads_local")
+    if not fns:
         return None
-    for path in paths:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for name in ("openblas_set_num_threads_local", "scipy_openblas_set_num_threads_local64_",
-                     "scipy_openblas_set_num_threads_local"):
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
-                return fn
-    return None
+    fn = fns[0]
+    fn.argtypes, fn.restype = [ctypes.c_int], ctypes.c_int
+    return fn
 
 
 _set_local = _blas_local_setter()
