@@ -54,6 +54,7 @@ FUSED_MATMUL_MAX_TOKENS = 16        # above this, matmul dequantises row chunks 
 _CHUNK_FLOATS = 1 << 18             # 1 MB of float32 per dequantised chunk (bounds peak memory; as fast as 8 MB)
 DENSE_CHUNK_COLS = 256              # output rows per prefill chunk (sgemm [T, in] @ [in, 256]: near full speed)
 _DENSE_CHUNK_FLOATS = 1 << 19       # 2 MB of float32 at most per thread's dequantised chunk
+_DENSE_WHOLE_FLOATS = 1 << 22       # 16 MB: W.T dequantised whole up to this (prefill by token blocks)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -545,45 +546,71 @@ def quant_matvec(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
 _scratch = threading.local()
 
 
-def _scratch_floats(n: int) -> np.ndarray:
-    """A float32 buffer of ``n`` elements reused across calls (one per thread): dequantised
-    chunks land here, so a prefill does not allocate (and page-fault) megabytes per matmul."""
-    buf = getattr(_scratch, "buf", None)
+def _scratch_floats(n: int, whole: bool = False) -> np.ndarray:
+    """A float32 buffer of ``n`` elements reused across calls (one per thread, and for ``whole``
+    another per thread): dequantised weights land here, so a prefill does not allocate (and
+    page-fault) megabytes per matmul."""
+    name = "whole" if whole else "buf"
+    buf = getattr(_scratch, name, None)
     if buf is None or buf.size < n:
         buf = np.empty(n, np.float32)
-        _scratch.buf = buf
+        setattr(_scratch, name, buf)
     return buf[:n]
 
 
 def _dense_chunks(w: QuantMatrix) -> list[tuple[int, int]]:
-    """Tile ranges for :func:`_dense_matmul`: about DENSE_CHUNK_COLS output rows each, at least
-    two per thread so the threads can even out (dynamic scheduling), at most _DENSE_CHUNK_FLOATS
-    dequantised floats (bounds each thread's buffer)."""
+    """Tile ranges for :func:`_dense_matmul`'s column chunks: about DENSE_CHUNK_COLS output rows
+    each, at least two per thread so the threads can even out (dynamic scheduling), at most
+    _DENSE_CHUNK_FLOATS dequantised floats (bounds each thread's buffer)."""
     tiles = w.qs.shape[0]
     step = max(1, min(DENSE_CHUNK_COLS // TILE_ROWS, -(-tiles // (2 * workers.threads())),
                       _DENSE_CHUNK_FLOATS // max(w.in_features * TILE_ROWS, 1)))
     return [(t0, min(t0 + step, tiles)) for t0 in range(0, tiles, step)]
 
 
+def _even_splits(n: int, parts: int) -> list[tuple[int, int]]:
+    """``[0, n)`` cut into ``parts`` ranges whose lengths differ by at most one."""
+    edges = [n * i // parts for i in range(parts + 1)]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
 def _dense_matmul(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
-    """x @ W.T for many tokens: per chunk of output rows, dequantise W[rows].T into the thread's
-    reused buffer (serial kernel) and multiply with a single-threaded sgemm; the chunks are
-    spread over the threads by `axon_kernels.workers.run_chunks` (no parallel region, no BLAS
-    thread pool: see its module doc for why). Every output column is one sgemm dot product of
-    x's row with the same dequantised floats as :func:`quant_matmul_ref`."""
+    """x @ W.T for many tokens, on the threads of `axon_kernels.workers.run_chunks` (serial
+    kernels and single-threaded sgemm only: no parallel region, no BLAS thread pool; see its
+    module doc for why). Every output is one sgemm dot product of x's row with the same
+    dequantised floats as :func:`quant_matmul_ref`.
+
+    A matrix whose W.T fits in _DENSE_WHOLE_FLOATS (every layer of a small model) is dequantised
+    whole into the calling thread's reused buffer; then blocks of tokens are multiplied by all of it (``[Tb, in] @ [in, out]``, sgemm at full width;
+    token blocks split evenly, where 64-row tiles of a 576-row matrix cannot). A larger one (an LM
+    head over every position) goes by column chunks: each thread dequantises W[rows].T into its
+    own ~1 MB buffer and multiplies all tokens by it."""
     ntok, cols = x.shape
     y = np.empty((ntok, w.out_features), np.float32)
-    chunks = _dense_chunks(w)
+    tiles = w.qs.shape[0]
     dense_kernel = globals()[f"_dense_{w.kind}_serial_nb"]
     arrays = _arrays(w)
+    n = workers.threads()
+    if cols * tiles * TILE_ROWS <= _DENSE_WHOLE_FLOATS:
+        dense = _scratch_floats(cols * tiles * TILE_ROWS, whole=True).reshape(cols, tiles * TILE_ROWS)  # [in, out+pad]
+        dense_kernel(*arrays, 0, tiles, dense)             # on this thread: ~3% of the sgemm's time at T = 500
+        wt = dense[:, :w.out_features]                                         # [in, out]
+        token_parts = _even_splits(ntok, 2 * n)
+
+        def tokens(i: int) -> None:
+            t0, t1 = token_parts[i]
+            np.matmul(x[t0:t1], wt, out=y[t0:t1])                              # [Tb, in] @ [in, out]
+
+        workers.run_chunks(tokens, len(token_parts))
+        return y
+    chunks = _dense_chunks(w)
 
     def chunk(i: int) -> None:
         t0, t1 = chunks[i]
         r0, r1 = t0 * TILE_ROWS, min(t1 * TILE_ROWS, w.out_features)
-        n = (t1 - t0) * TILE_ROWS
-        dense = _scratch_floats(cols * n).reshape(cols, n)                     # [in, chunk rows]
-        dense_kernel(*arrays, t0, t1, dense)
-        np.matmul(x, dense[:, :r1 - r0], out=y[:, r0:r1])                      # [T, in] @ [in, rows]
+        part = _scratch_floats(cols * (t1 - t0) * TILE_ROWS).reshape(cols, -1)  # [in, chunk rows]
+        dense_kernel(*arrays, t0, t1, part)
+        np.matmul(x, part[:, :r1 - r0], out=y[:, r0:r1])                       # [T, in] @ [in, rows]
 
     workers.run_chunks(chunk, len(chunks))
     return y

@@ -183,22 +183,23 @@ def test_raw_numba_functions_on_small_inputs(qtype, variant):
 
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0", "Q2_K"])
 def test_prefill_matmul_over_several_chunks_equals_reference(qtype, monkeypatch):
-    """The prefill path dequantises W.T chunk by chunk into one reused buffer per thread; with
-    chunks of at most two tiles, a 3-tile matrix (last tile partly padding) takes chunks of
-    different sizes (and the reference two chunks of its own)."""
+    """The prefill path: by column chunks (W.T chunk by chunk into one reused buffer per thread;
+    with chunks of at most two tiles, a 3-tile matrix, last tile partly padding, takes chunks of
+    different sizes, and the reference two chunks of its own), and whole W.T by token blocks."""
     monkeypatch.setattr(quant, "_CHUNK_FLOATS", 2 * TILE_ROWS * 256)
     monkeypatch.setattr(quant, "DENSE_CHUNK_COLS", 2 * TILE_ROWS)
-    assert len(quant._dense_chunks(pack(qtype, random_raw(qtype, 2 * TILE_ROWS + 7, 256, 5),
-                                        (2 * TILE_ROWS + 7, 256)))) >= 2
     rows, cols = 2 * TILE_ROWS + 7, 256
     w = pack(qtype, random_raw(qtype, rows, cols, 5), (rows, cols))
+    assert len(quant._dense_chunks(w)) >= 2
     x = np.random.default_rng(5).standard_normal((quant.FUSED_MATMUL_MAX_TOKENS + 3, cols)).astype(np.float32)
     dense = np.abs(unpack_ref(w)).astype(np.float64)
     bound = np.stack([_tol(dense, np.abs(xi).astype(np.float64)) for xi in x])
-    for _ in range(2):                                   # the second call reuses the scratch buffer
-        y = quant_matmul(w, x)
-        assert y.shape == (x.shape[0], rows) and y.dtype == np.float32 and y.flags.c_contiguous
-        assert np.all(np.abs(y - quant_matmul_ref(w, x)) <= bound)
+    for whole in (0, quant._DENSE_WHOLE_FLOATS):         # column chunks, then whole W.T by token blocks
+        monkeypatch.setattr(quant, "_DENSE_WHOLE_FLOATS", whole)
+        for _ in range(2):                               # the second call reuses the scratch buffers
+            y = quant_matmul(w, x)
+            assert y.shape == (x.shape[0], rows) and y.dtype == np.float32 and y.flags.c_contiguous
+            assert np.all(np.abs(y - quant_matmul_ref(w, x)) <= bound)
     small = pack(qtype, random_raw(qtype, 5, cols, 6), (5, cols))      # one chunk, smaller than the buffer
     np.testing.assert_allclose(quant_matmul(small, x), x @ unpack_ref(small).T, rtol=1e-4, atol=1e-4)
 
