@@ -98,7 +98,8 @@ def run_chunks(fn, n_chunks: int) -> None:
                 failed.append(e)
                 return
 
-    futures = [_helpers(n).submit(work) for _ in range(n)]
+    pool = _helpers(threads())                                # one pool of the full size, n of it busy
+    futures = [pool.submit(work) for _ in range(n)]
     for f in futures:
         f.result()
     if failed:
