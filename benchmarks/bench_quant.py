@@ -26,6 +26,17 @@ import os
 import time
 
 
+def _best(fn, repeat):
+    """The fastest of ``repeat`` timed calls of ``fn`` (after one untimed call)."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     ap.add_argument("--threads", type=int, default=2, help="Numba threads (BLAS uses its own setting)")
@@ -59,15 +70,6 @@ def main() -> None:
             raw[:, 0:4] = rng.uniform(-0.01, 0.01, raw.shape[0]).astype("<f4").view(np.uint8).reshape(-1, 4)
         return raw.reshape(rows, -1)
 
-    def best(fn, repeat):
-        fn()
-        times = []
-        for _ in range(repeat):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return min(times)
-
     print(f"numba threads={numba.get_num_threads()}  OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
     if args.few_tokens:
         few_tokens(random_raw, args.rounds)
@@ -79,9 +81,9 @@ def main() -> None:
         w = pack(qtype, random_raw(qtype, rows, cols), (rows, cols))
         x = rng.standard_normal(cols).astype(np.float32)
         dense = dequantize(w)
-        tq = best(lambda: quant_matvec(w, x), args.repeat)
-        tdq = best(lambda: dequantize(w) @ x, max(5, args.repeat // 5))
-        td = best(lambda: dense @ x, args.repeat)
+        tq = _best(lambda: quant_matvec(w, x), args.repeat)
+        tdq = _best(lambda: dequantize(w) @ x, max(5, args.repeat // 5))
+        td = _best(lambda: dense @ x, args.repeat)
         print(f"{qtype:7} {w.nbytes:9d} | {tq * 1e6:9.1f} | {tdq * 1e6:16.1f} {tdq / tq:5.2f}x | {td * 1e6:14.1f} {td / tq:5.2f}x")
     if args.types_only:
         return
@@ -94,8 +96,8 @@ def main() -> None:
             dense = dequantize(w)
             x = rng.standard_normal(cols).astype(np.float32)
             rep = max(5, args.repeat * 1_000_000 // (rows * cols))
-            tq = best(lambda: quant_matvec(w, x), rep)
-            td = best(lambda: dense @ x, rep)
+            tq = _best(lambda: quant_matvec(w, x), rep)
+            td = _best(lambda: dense @ x, rep)
             print(f"{qtype:5} {rows:>6}x{cols:<5} | {tq * 1e6:9.1f} {w.nbytes / tq / 1e9:6.1f} | "
                   f"{td * 1e6:12.1f} {dense.nbytes / td / 1e9:6.1f} | {td / tq:5.2f}x")
 
@@ -107,9 +109,9 @@ def main() -> None:
             for ntok in (4, 12, 16, 128, 500):
                 x = rng.standard_normal((ntok, cols)).astype(np.float32)
                 rep = max(3, args.repeat * 100_000 // (rows * cols * ntok) + 3)
-                tq = best(lambda: quant_matmul(w, x), rep)
-                td = best(lambda: x @ dense.T, rep)
-                tv = best(lambda: [quant_matvec(w, row) for row in x], rep)
+                tq = _best(lambda: quant_matmul(w, x), rep)
+                td = _best(lambda: x @ dense.T, rep)
+                tv = _best(lambda: [quant_matvec(w, row) for row in x], rep)
                 print(f"{qtype:5} {rows:>5}x{cols:<5} T={ntok:<4} quant_matmul {tq * 1e3:8.3f} ms  "
                       f"T x quant_matvec {tv * 1e3:8.3f} ms  fp32 sgemm {td * 1e3:8.3f} ms  "
                       f"ratio fp32/quant {td / tq:5.2f}x")
@@ -132,15 +134,6 @@ def few_tokens(random_raw, rounds: int) -> None:
         quant._kernel(f"matmul_{w.kind}", w.nbytes * x.shape[0])(*quant._arrays(w), x, y)
         return y
 
-    def best_of(fn, n):
-        fn()
-        ts = []
-        for _ in range(n):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        return min(ts)
-
     print(f"\nfew-token matmul: fused kernel vs T x quant_matvec (ratio loop/fused) and vs dequantise + sgemm "
           f"(ratio dense/fused); > 1: fused is faster. Best per round, {rounds} rounds: median [min-max] of the ratios")
     print(f"(thresholds in use: MATVEC_LOOP_MAX_TOKENS={quant.MATVEC_LOOP_MAX_TOKENS}, "
@@ -153,9 +146,9 @@ def few_tokens(random_raw, rounds: int) -> None:
                 n = max(3, 4_000_000 // (rows * cols * ntok))
                 runs = {"fused": [], "loop": [], "dense": []}
                 for _ in range(rounds):                  # alternate the three within each round
-                    runs["fused"].append(best_of(lambda: fused(w, x), n))
-                    runs["loop"].append(best_of(lambda: [quant_matvec(w, row) for row in x], n))
-                    runs["dense"].append(best_of(lambda: quant._dense_matmul(w, x), n))
+                    runs["fused"].append(_best(lambda: fused(w, x), n))
+                    runs["loop"].append(_best(lambda: [quant_matvec(w, row) for row in x], n))
+                    runs["dense"].append(_best(lambda: quant._dense_matmul(w, x), n))
                 loop = sorted(a / b for a, b in zip(runs["loop"], runs["fused"]))
                 dense = sorted(a / b for a, b in zip(runs["dense"], runs["fused"]))
                 print(f"{qtype:5} {rows:>5}x{cols:<5} T={ntok:<3} fused {min(runs['fused']) * 1e6:9.1f} us  "

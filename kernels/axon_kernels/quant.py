@@ -50,8 +50,10 @@ TILE_ROWS = 64                      # R: rows per tile (4 AVX-512 / 8 AVX2 float
 PARALLEL_MIN_BYTES = 1 << 20       # below ~1 MB of weights per call, one thread is faster
 MATVEC_LOOP_MAX_TOKENS = 1          # up to this many tokens, matmul runs the matvec kernel per token
 FUSED_MATMUL_MAX_TOKENS = 16        # above this, matmul dequantises row chunks and calls BLAS
-# (both tuned by benchmarks/bench_quant.py --few-tokens: from 2 tokens the fused kernel beats
-# the matvec per token, ~1.4x at 2 and ~2.3x at 8 tokens on SmolLM2's shapes)
+# (benchmarks/bench_quant.py --few-tokens, SmolLM2's shapes, 2 threads: from 2 tokens the fused
+# kernel beats the matvec per token, 1.1-1.4x at 2 and 1.8-2.4x at 8 tokens; it also beat
+# dequantise + sgemm up to 32 tokens (1.3-3x), but the path above 16 tokens is prefill's and
+# is tuned with it)
 _CHUNK_FLOATS = 1 << 18             # 1 MB of float32 per dequantised chunk (bounds peak memory; as fast as 8 MB)
 
 
@@ -170,6 +172,9 @@ def _row_chunks(w: QuantMatrix):
 
 
 def _as_x(w: QuantMatrix, x, ndim: int, name: str) -> np.ndarray:
+    if (type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == ndim and x.shape[-1] == w.in_features
+            and x.flags.c_contiguous):
+        return x                         # what the layers pass (the checks below cost ~5 us per call)
     x = np.asarray(x)
     if x.ndim != ndim or x.shape[-1] != w.in_features:
         want = "[in]" if ndim == 1 else "[T, in]"
