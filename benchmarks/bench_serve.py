@@ -17,6 +17,11 @@ chunk into pydantic objects) competes with the scheduler thread for this process
 
     python benchmarks/bench_serve.py                # 64 tokens, 1/4/8 clients, 2 repeats
     python benchmarks/bench_serve.py --smoke        # seconds: 4 tokens, 1/2 clients, in-process (the tests run this)
+    python benchmarks/bench_serve.py --steps        # no HTTP: the scheduler's decode steps, 1 row vs 8, profiled
+
+``--steps`` drives `BatchScheduler` directly on this thread (no HTTP, no clients): the time
+per decode step with 1 row and with the largest client count of rows (the ratio of tokens/s is
+what batching alone gives), then a cProfile of the many-row steps (top functions by own time).
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=2, help="runs per client count; the spread is printed")
     ap.add_argument("--smoke", action="store_true", help="a few seconds: 4 tokens, 1 and 2 clients, 1 repeat, in-process")
     ap.add_argument("--threads", type=int, default=None, help="compute threads of the server (default: all cores)")
+    ap.add_argument("--steps", action="store_true", help="time and profile the scheduler's decode steps without HTTP")
     ap.add_argument("--in-process", action="store_true",
                     help="run the server on a thread of this process (prints the rows decoded together)")
     args = ap.parse_args(argv)
@@ -98,6 +104,8 @@ def main(argv=None) -> int:
     if args.threads:
         from axon_kernels._jit import set_threads
         set_threads(args.threads)            # this process (model.generate alone, or the in-process server)
+    if args.steps:
+        return steps(model, tok, max(counts), args.tokens)
     serve = _serve_in_process if args.in_process else _serve_in_child
     url, app, stop = serve(args.model, max(counts), model, tok, args.threads)
     client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)
@@ -126,6 +134,51 @@ def main(argv=None) -> int:
         print(f"load average at the end {os.getloadavg()[0]:.1f}")
     finally:
         stop()
+    return 0
+
+
+def steps(model, tok, rows: int, tokens: int) -> int:
+    """Decode steps of `BatchScheduler` on this thread: 1 row vs ``rows`` rows, then a profile."""
+    import cProfile
+    import io
+    import pstats
+
+    import axon
+    from axon_llm.batching import BatchScheduler, SequenceRequest
+    from axon_llm.generation_config import GenerationConfig
+
+    def run(n, new_tokens):
+        sched = BatchScheduler(model, max_batch=rows)
+        for i in range(n):
+            cfg = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, temperature=0)
+            sched.submit(SequenceRequest(tok.encode(PROMPTS[i % len(PROMPTS)]), cfg))
+        with axon.no_grad():
+            model.eval()
+            sched._admit()                                   # prefill, not timed
+            t0, count = time.perf_counter(), 0
+            while sched.rows:
+                sched._step()
+                count += 1
+        return (time.perf_counter() - t0) / count
+
+    run(rows, 3)                                             # warm-up (JIT)
+    per_step = {}
+    for rnd in range(2):                                     # alternate 1 row and many
+        for n in (1, rows):
+            per_step.setdefault(n, []).append(run(n, tokens))
+    one, many = min(per_step[1]), min(per_step[rows])
+    print(f"load average {os.getloadavg()[0]:.1f}; {tokens} tokens per row, best of 2 (runs in brackets)")
+    print(f"1 row: {one * 1e3:.1f} ms/step ({1 / one:.1f} tokens/s) {[round(t * 1e3, 1) for t in per_step[1]]}")
+    print(f"{rows} rows: {many * 1e3:.1f} ms/step ({rows / many:.1f} tokens/s) {[round(t * 1e3, 1) for t in per_step[rows]]}; "
+          f"{rows} rows / 1 row tokens/s {rows * one / many:.2f}x")
+    prof = cProfile.Profile()
+    prof.enable()
+    run(rows, tokens)
+    prof.disable()
+    out = io.StringIO()
+    pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(14)
+    print(f"cProfile of {rows}-row steps (prefill included):")
+    print("\n".join(line for line in out.getvalue().splitlines() if line.strip())[:6000])
     return 0
 
 
