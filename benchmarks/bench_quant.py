@@ -23,18 +23,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
+import sys
+from pathlib import Path
 
-
-def _best(fn, repeat):
-    """The fastest of ``repeat`` timed calls of ``fn`` (after one untimed call)."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_kernels import best as _best  # the fastest of `repeat` calls after one warm-up
 
 
 def main() -> None:
