@@ -1,0 +1,199 @@
+"""GGUF files of the phi3, gpt2, mamba and bert architectures load onto the model classes of those
+families (Phi-3, GPT-2, Mamba, BERT) and compute what transformers computes.
+
+The files in tests/fixtures/gguf_arch/ were written by tests/fixtures/make_gguf_arch_fixtures.py from
+the tiny random transformers fixtures, with llama.cpp's own tensor-name table (gguf-py's
+``TensorNameMap``) and the per-family changes of llama.cpp's ``convert_hf_to_gguf.py`` (GPT-2's
+Conv1D weights transposed, Mamba's ``A = -exp(A_log)`` and squeezed conv1d, BERT without its pooler).
+llama.cpp itself (llama-cpp-python 0.3.36) loads the causal files, and its logits are saved beside
+them (``llama_cpp.npz``): the names and metadata here are the ones llama.cpp reads.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import axon
+import axon_llm
+from axon_llm import ModelFormatError, UnsupportedError
+from axon_llm.loaders.gguf import (GGUF_ARCHITECTURES, GGUFFile, config_from_metadata, gguf_tensor_name,
+                                   load_gguf, metadata_from_config, tensor_kind)
+from axon_llm.loaders.safetensors import SafetensorsFile
+from axon_llm.quantized import QuantizedLinear
+
+from tests.axon_llm.model_checks import HF, check_causal_parity, logits_np, rel_err
+
+GGUF_DIR = Path(__file__).resolve().parents[1] / "fixtures" / "gguf_arch"
+CAUSAL = {"phi3": "phi3", "gpt2": "gpt2", "mamba": "mamba"}      # GGUF architecture -> transformers fixture
+FAMILIES = {**CAUSAL, "bert": "bert"}
+
+
+@pytest.mark.parametrize("arch", sorted(CAUSAL))
+def test_causal_gguf_gives_transformers_logits_and_greedy_tokens(arch):
+    check_causal_parity(CAUSAL[arch], GGUF_DIR / f"{arch}.gguf")
+
+
+@pytest.mark.parametrize("arch, cls", [("phi3", "PhiForCausalLM"), ("gpt2", "GPT2LMHead"), ("mamba", "SSMForCausalLM"),
+                                       ("bert", "BertModel")])
+def test_each_family_maps_onto_its_model_class(arch, cls):
+    model = axon_llm.from_pretrained(GGUF_DIR / f"{arch}.gguf")
+    assert type(model).__name__ == cls
+    if arch == "phi3":
+        assert type(model.config).__name__ == "Phi3Config"
+
+
+def test_bert_gguf_gives_transformers_hidden_states():
+    model = axon_llm.from_pretrained(GGUF_DIR / "bert.gguf")
+    assert model.pooler is None                       # llama.cpp's converter drops BERT's pooler
+    e = np.load(HF / "bert" / "expected.npz")
+    with axon.no_grad():
+        plain = model(e["input_ids"]).numpy()
+        masked = model(e["input_ids_masked"], attention_mask=e["attention_mask"],
+                       token_type_ids=e["token_type_ids"]).numpy()
+    assert rel_err(plain, e["logits"]) < 1e-4
+    assert rel_err(masked, e["logits_masked"]) < 1e-4
+
+
+@pytest.mark.parametrize("arch", sorted(CAUSAL) + ["gpt2_q8_0"])
+def test_llama_cpp_reads_the_same_model(arch):
+    """llama.cpp's logits on these files (recorded by the fixture script) agree with ours. They differ
+    from transformers' by up to 7e-4 x scale (llama.cpp's F16 attention and tanh tables), so the bound
+    here is 2e-3; a misnamed or mis-transposed tensor would not load or would miss by O(1)."""
+    case = CAUSAL[arch.split("_")[0]]
+    ids = np.load(HF / case / "expected.npz")["input_ids"][:1]
+    ours = logits_np(axon_llm.from_pretrained(GGUF_DIR / f"{arch}.gguf"), ids)[0]
+    theirs = np.load(GGUF_DIR / "llama_cpp.npz")[arch]
+    assert rel_err(ours, theirs) < (2e-2 if "q8" in arch else 2e-3)
+    np.testing.assert_array_equal(ours.argmax(-1), theirs.argmax(-1))
+
+
+def test_quantised_gpt2_conv1d_weights_become_quantised_linears():
+    """A Q8_0 Conv1D weight is ``[out, in]`` blocks; it runs as a QuantizedLinear (x W^T + b) and gives
+    the logits of the same file's weights dequantised into the Conv1D layout."""
+    path = GGUF_DIR / "gpt2_q8_0.gguf"
+    model = axon_llm.from_pretrained(path)
+    # rows of 48 are not whole Q8_0 blocks: only the [48, 192] mlp.c_proj weights are quantised
+    assert isinstance(model.transformer.h[1].mlp.c_proj, QuantizedLinear)
+    assert type(model.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
+    gm = load_gguf(path)
+    assert gm.transposed == {f"transformer.h.{i}.mlp.c_proj.weight" for i in range(2)}
+    dense = {k: (v.dequantize().T if k in gm.transposed else v.dequantize()) if hasattr(v, "dequantize") else v
+             for k, v in gm.tensors.items()}
+    from axon_llm.loaders.safetensors import load_state
+    from axon_llm.models import GPT2Config, GPT2LMHead
+    ref = GPT2LMHead(GPT2Config.from_dict(gm.config))
+    load_state(ref, dense)
+    ids = np.load(HF / "gpt2" / "expected.npz")["input_ids"]
+    assert rel_err(logits_np(model, ids), logits_np(ref.eval(), ids)) < 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# the table, both ways: what convert needs to write these files
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("arch", sorted(FAMILIES))
+def test_metadata_from_config_writes_what_llama_cpps_converter_wrote(arch):
+    cfg = json.loads((HF / FAMILIES[arch] / "config.json").read_text())
+    if arch == "phi3":      # transformers 5 nests the rope values
+        cfg = {**cfg, **cfg["rope_parameters"]}
+    with GGUFFile(GGUF_DIR / f"{arch}.gguf") as g:
+        md = g.metadata
+        stored = {k: v for k, v in md.items() if k.startswith(f"{arch}.") or k == "tokenizer.ggml.token_type_count"}
+    written = metadata_from_config(arch, cfg)
+    assert set(written) == set(stored)
+    for key, (kind, value) in written.items():
+        assert value == pytest.approx(stored[key], rel=1e-6) if kind == "float" else value == stored[key], key
+
+
+@pytest.mark.parametrize("arch", sorted(FAMILIES))
+def test_every_hf_tensor_has_the_gguf_name_and_layout_of_the_file(arch):
+    spec = GGUF_ARCHITECTURES[arch]
+    st = SafetensorsFile(HF / FAMILIES[arch] / "model.safetensors")
+    gm = load_gguf(GGUF_DIR / f"{arch}.gguf")
+    with GGUFFile(GGUF_DIR / f"{arch}.gguf") as g:
+        for gname in g.tensors:
+            hf = next(k for k, v in gm.gguf_names.items() if v == gname)
+            assert gguf_tensor_name(hf, arch) == gname
+            stored = np.asarray(g.tensor_data(gname), dtype=np.float32)
+            arr = np.asarray(st.get(hf), dtype=np.float32)       # transformers' tensor
+            kind = tensor_kind(gname)
+            if kind in spec.transforms:
+                arr = spec.transforms[kind].to_gguf(arr)
+            if kind in spec.transposed:
+                arr = arr.T
+            np.testing.assert_allclose(arr, stored, rtol=1e-6, atol=0, err_msg=gname)
+            # loaded back = transformers' tensor (Mamba's A_log went through float32 exp, then log: ~1 ulp of A)
+            np.testing.assert_allclose(gm.tensors[hf], np.asarray(st.get(hf)), rtol=1e-6, atol=5e-7, err_msg=hf)
+    dropped = set(st.keys()) - set(gm.tensors)
+    assert dropped == ({"pooler.dense.weight", "pooler.dense.bias"} if arch == "bert" else set())
+
+
+def test_tensor_names_both_ways():
+    assert gguf_tensor_name("backbone.layers.3.mixer.A_log", "mamba") == "blk.3.ssm_a"
+    assert gguf_tensor_name("transformer.h.0.attn.c_attn.weight", "gpt2") == "blk.0.attn_qkv.weight"
+    assert gguf_tensor_name("model.layers.1.mlp.gate_up_proj.weight", "phi3") == "blk.1.ffn_up.weight"
+    assert gguf_tensor_name("embeddings.token_type_embeddings.weight", "bert") == "token_types.weight"
+    assert gguf_tensor_name("model.layers.0.mlp.up_proj.weight") == "blk.0.ffn_up.weight"   # llama unchanged
+    with pytest.raises(UnsupportedError):
+        gguf_tensor_name("pooler.dense.weight", "bert")
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------------------------
+
+def _metadata_and_tensors(arch: str):
+    with GGUFFile(GGUF_DIR / f"{arch}.gguf") as g:
+        return dict(g.metadata), dict(g.tensors)
+
+
+@pytest.mark.parametrize("arch, key", [("gpt2", "gpt2.block_count"), ("phi3", "phi3.attention.head_count_kv"),
+                                       ("mamba", "mamba.ssm.state_size"), ("bert", "bert.embedding_length")])
+def test_missing_required_metadata_is_a_model_format_error_naming_it(arch, key):
+    md, tensors = _metadata_and_tensors(arch)
+    del md[key]
+    with pytest.raises(ModelFormatError, match=key.replace(".", r"\.")):
+        config_from_metadata(md, tensors, f"{arch}.gguf")
+
+
+def test_a_file_missing_a_key_fails_to_load_with_the_key_named(tmp_path):
+    data = (GGUF_DIR / "gpt2.gguf").read_bytes()
+    assert data.count(b"gpt2.block_count") == 1
+    path = tmp_path / "gpt2.gguf"
+    path.write_bytes(data.replace(b"gpt2.block_count", b"gpt2.block_cXunt"))   # same length: still a valid file
+    with pytest.raises(ModelFormatError, match=r"gpt2\.block_count"):
+        axon_llm.from_pretrained(path)
+
+
+@pytest.mark.parametrize("arch, key, value, match", [
+    ("mamba", "mamba.ssm.dt_b_c_rms", True, "Falcon-Mamba"),
+    ("bert", "bert.attention.causal", True, "causal"),
+])
+def test_variants_we_do_not_run_are_unsupported(arch, key, value, match):
+    md, tensors = _metadata_and_tensors(arch)
+    md[key] = value
+    with pytest.raises(UnsupportedError, match=match):
+        config_from_metadata(md, tensors, f"{arch}.gguf")
+
+
+def test_wrong_metadata_types_are_model_format_errors():
+    md, tensors = _metadata_and_tensors("gpt2")
+    md["gpt2.attention.head_count"] = "four"
+    with pytest.raises(ModelFormatError, match="head_count"):
+        config_from_metadata(md, tensors, "gpt2.gguf")
+    md, tensors = _metadata_and_tensors("bert")
+    md["bert.attention.causal"] = 3
+    with pytest.raises(ModelFormatError, match="causal"):
+        config_from_metadata(md, tensors, "bert.gguf")
+
+
+def test_a_positive_mamba_a_is_a_model_format_error():
+    from axon_llm.loaders.gguf import GGUF_ARCHITECTURES
+    to_hf = GGUF_ARCHITECTURES["mamba"].transforms["ssm_a"].to_hf
+    np.testing.assert_allclose(to_hf(-np.exp(np.array([[0.5, 1.0]], np.float32))), [[0.5, 1.0]], rtol=1e-6)
+    with pytest.raises(ModelFormatError, match="ssm_a"):
+        to_hf(np.array([[-1.0, 0.0]], np.float32))
