@@ -1077,15 +1077,15 @@ def build_from_gguf(path: str | os.PathLike, **kwargs):
         raise UnsupportedError(f"build_from_gguf takes no options, got {sorted(kwargs)}")
     from axon_kernels.quant import pack
 
-    from axon_llm.auto import config_class_for
     from axon_llm.loaders.safetensors import load_state
-    from axon_llm.models import ARCHITECTURES
+    from axon_llm.models import ARCHITECTURES, CONFIG_CLASSES
     from axon_llm.quantized import QuantizedEmbedding, QuantizedLinear
 
     gm = load_gguf(path)
     spec = GGUF_ARCHITECTURES[gm.architecture]
     model_class = ARCHITECTURES[gm.config["architectures"][0]]
-    config = config_class_for(model_class, gm.config).from_dict(gm.config)     # Phi3Config for phi3
+    config_class = CONFIG_CLASSES.get(gm.config["model_type"], model_class.config_class)   # Phi3Config for phi3
+    config = config_class.from_dict(gm.config)
     blocks = {int(m.group(1)) for m in map(_BLOCK_RE.match, gm.tensor_infos) if m}
     if blocks != set(range(config.num_hidden_layers)):
         raise ModelFormatError(f"{gm.path}: block_count is {config.num_hidden_layers} but the file has tensors for "

@@ -77,6 +77,24 @@ def check_causal_parity(case: str, source: Path | None = None) -> None:
     np.testing.assert_array_equal(batch, e["batch_greedy_ids"])
 
 
+def check_bert_parity(model, case: str) -> None:
+    """A BERT encoder's hidden states (and pooler output, when it has a pooler) equal transformers'
+    within 1e-4 x scale, on plain inputs and on right-padded ones with token types."""
+    e = dict(np.load(HF / case / "expected.npz"))
+    with axon.no_grad():
+        plain = model(e["input_ids"]).numpy()
+        masked = model(e["input_ids_masked"], attention_mask=e["attention_mask"],
+                       token_type_ids=e["token_type_ids"]).numpy()
+    assert rel_err(plain, e["logits"]) < 1e-4
+    assert rel_err(masked, e["logits_masked"]) < 1e-4
+    if "pooler_output" in e and getattr(model, "pooler", None) is not None:
+        with axon.no_grad():
+            _, pooled = model.forward_with_pooler(e["input_ids"])
+            _, pooled_m = model.forward_with_pooler(e["input_ids_masked"], e["attention_mask"], e["token_type_ids"])
+        assert rel_err(pooled.numpy(), e["pooler_output"]) < 1e-4
+        assert rel_err(pooled_m.numpy(), e["pooler_output_masked"]) < 1e-4
+
+
 # --------------------------------------------------------------------------------------------
 # causality, cache and padding
 # --------------------------------------------------------------------------------------------
