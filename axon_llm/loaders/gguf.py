@@ -1077,6 +1077,7 @@ def build_from_gguf(path: str | os.PathLike, **kwargs):
         raise UnsupportedError(f"build_from_gguf takes no options, got {sorted(kwargs)}")
     from axon_kernels.quant import pack
 
+    import axon.nn as nn
     from axon_llm.loaders.safetensors import load_state
     from axon_llm.models import ARCHITECTURES, CONFIG_CLASSES
     from axon_llm.quantized import QuantizedEmbedding, QuantizedLinear
@@ -1105,6 +1106,9 @@ def build_from_gguf(path: str | os.PathLike, **kwargs):
             old = getattr(parent, attr)
         except (AttributeError, KeyError, ValueError):
             raise ModelFormatError(f"{gm.path}: tensor {name!r} has no place in {model_class.__name__}") from None
+        if isinstance(old, nn.Embedding) and module_name != spec.global_names["token_embd"]:
+            dense[name] = t.dequantize()       # positions / token types: tables llama.cpp keeps F32 anyway
+            continue
         want = tuple(getattr(getattr(old, "weight", None), "shape", ()))
         if name in gm.transposed:
             want = want[::-1]                              # a Conv1D [in, out] stored as [out, in] rows

@@ -53,16 +53,18 @@ def test_bert_gguf_gives_transformers_hidden_states():
     check_bert_parity(model, "bert")
 
 
-@pytest.mark.parametrize("arch", sorted(CAUSAL) + ["gpt2_q8_0"])
-def test_llama_cpp_reads_the_same_model(arch):
-    """llama.cpp's logits on these files (recorded by the fixture script) agree with ours. They differ
-    from transformers' by up to 7e-4 x scale (llama.cpp's F16 attention and tanh tables), so the bound
-    here is 2e-3; a misnamed or mis-transposed tensor would not load or would miss by O(1)."""
+@pytest.mark.parametrize("arch, bound", [("phi3", 2e-3), ("gpt2", 2e-3), ("mamba", 2e-3),
+                                         ("gpt2_q8_0", 2e-2), ("mamba_q8_0", 5e-2)])
+def test_llama_cpp_reads_the_same_model(arch, bound):
+    """llama.cpp's logits on these files (recorded by the fixture script) agree with ours. On the F32
+    files they differ from transformers' by up to 7e-4 x scale (llama.cpp's F16 attention and tanh
+    tables); on the Q8_0 ones by 1.0e-2 (gpt2) and 3.3e-2 (mamba), because llama.cpp also rounds the
+    activations to 8 bits. A misnamed or mis-transposed tensor would not load or would miss by O(1)."""
     case = CAUSAL[arch.split("_")[0]]
     ids = np.load(HF / case / "expected.npz")["input_ids"][:1]
     ours = logits_np(axon_llm.from_pretrained(GGUF_DIR / f"{arch}.gguf"), ids)[0]
     theirs = np.load(GGUF_DIR / "llama_cpp.npz")[arch]
-    assert rel_err(ours, theirs) < (2e-2 if "q8" in arch else 2e-3)
+    assert rel_err(ours, theirs) < bound
     np.testing.assert_array_equal(ours.argmax(-1), theirs.argmax(-1))
 
 
@@ -75,24 +77,33 @@ def test_llama_cpp_reads_the_same_bert():
     assert rel_err(ours, np.load(GGUF_DIR / "llama_cpp.npz")["bert"]) < 2e-3
 
 
-def test_quantised_gpt2_conv1d_weights_become_quantised_linears():
-    """A Q8_0 Conv1D weight is ``[out, in]`` blocks; it runs as a QuantizedLinear (x W^T + b) and gives
-    the logits of the same file's weights dequantised into the Conv1D layout."""
-    path = GGUF_DIR / "gpt2_q8_0.gguf"
+@pytest.mark.parametrize("arch", ["gpt2_q8_0", "mamba_q8_0"])
+def test_quantised_files_run_quantised_and_equal_their_dequantised_weights(arch):
+    """Q8_0 weights stay quantised (rows of 48 are not whole blocks, so only some are): a GPT-2 Conv1D
+    weight is ``[out, in]`` blocks and runs as a QuantizedLinear (x W^T + b); Mamba's embedding, its
+    tied head and projections are quantised too. The logits equal those of the same file's weights
+    dequantised into an ordinary model."""
+    from axon_llm.loaders.safetensors import load_state
+    from axon_llm.quantized import QuantizedEmbedding
+    path = GGUF_DIR / f"{arch}.gguf"
     model = axon_llm.from_pretrained(path)
-    # rows of 48 are not whole Q8_0 blocks: only the [48, 192] mlp.c_proj weights are quantised
-    assert isinstance(model.transformer.h[1].mlp.c_proj, QuantizedLinear)
-    assert type(model.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
     gm = load_gguf(path)
-    assert gm.transposed == {f"transformer.h.{i}.mlp.c_proj.weight" for i in range(2)}
+    if arch == "gpt2_q8_0":
+        assert isinstance(model.transformer.h[1].mlp.c_proj, QuantizedLinear)
+        assert type(model.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
+        assert gm.transposed == {f"transformer.h.{i}.mlp.c_proj.weight" for i in range(2)}
+    else:
+        assert isinstance(model.backbone.embeddings, QuantizedEmbedding) and isinstance(model.lm_head, QuantizedLinear)
+        assert isinstance(model.backbone.layers[0].mixer.in_proj, QuantizedLinear)
     dense = {k: (v.dequantize().T if k in gm.transposed else v.dequantize()) if hasattr(v, "dequantize") else v
              for k, v in gm.tensors.items()}
-    from axon_llm.loaders.safetensors import load_state
-    from axon_llm.models import GPT2Config, GPT2LMHead
-    ref = GPT2LMHead(GPT2Config.from_dict(gm.config))
+    ref = type(model)(type(model.config).from_dict(gm.config))
     load_state(ref, dense)
-    ids = np.load(HF / "gpt2" / "expected.npz")["input_ids"]
-    assert rel_err(logits_np(model, ids), logits_np(ref.eval(), ids)) < 1e-3
+    case = arch.split("_")[0]
+    e = np.load(HF / case / "expected.npz")
+    assert rel_err(logits_np(model, e["input_ids"]), logits_np(ref.eval(), e["input_ids"])) < 1e-4
+    greedy = model.generate(e["prompt_ids"], max_new_tokens=8, eos_token_id=None)
+    np.testing.assert_array_equal(greedy, ref.generate(e["prompt_ids"], max_new_tokens=8, eos_token_id=None))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,3 +266,11 @@ def test_real_minilm_as_llama_cpp_gguf_gives_its_sentence_embeddings(tmp_path):
     for text in ["Héllo, WORLD!! naïve café 你好 don't stop-believing 3.14", "  tabs\tand\nnewlines  ",
                  "unaffable antidisestablishmentarianism"]:
         assert tok.encode(text) == hf.encode(text), text
+    # Q8_0, here with the position and token-type tables quantised too (the converter keeps those F32;
+    # the loader dequantises them): the embeddings move by 3.3e-3 (measured)
+    from axon_llm.quantized import QuantizedEmbedding
+    q8 = axon_llm.from_pretrained(write_gguf("bert", folder, tmp_path / "minilm-q8.gguf", "Q8_0", quantize_all=True))
+    assert isinstance(q8.embeddings.word_embeddings, QuantizedEmbedding)
+    assert isinstance(q8.encoder.layer[0].attention.self.query, QuantizedLinear)
+    np.testing.assert_allclose(embed_texts(q8, tok, info["sentences"]), np.load(fixtures / "expected.npz")["embeddings"],
+                               atol=1e-2)
