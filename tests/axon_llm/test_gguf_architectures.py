@@ -274,3 +274,22 @@ def test_real_minilm_as_llama_cpp_gguf_gives_its_sentence_embeddings(tmp_path):
     assert isinstance(q8.encoder.layer[0].attention.self.query, QuantizedLinear)
     np.testing.assert_allclose(embed_texts(q8, tok, info["sentences"]), np.load(fixtures / "expected.npz")["embeddings"],
                                atol=1e-2)
+
+
+def test_embeddings_follow_the_files_pooling_type():
+    """``bert.pooling_type`` (llama.cpp's key): 1 mean-pools, 2 takes [CLS]; last-token / rank pooling
+    are refused by name rather than silently mean-pooled."""
+    from axon_llm.pooling import embed_texts
+    model = axon_llm.from_pretrained(GGUF_DIR / "bert.gguf")
+    tok = axon_llm.HFTokenizer.from_pretrained(GGUF_DIR / "bert.gguf")
+    texts = ["the cat sat on the mat", "a dog"]
+    ids = [tok.encode(t) for t in texts]
+    with axon.no_grad():
+        hidden = [model(np.array([r])).numpy()[0].astype(np.float64) for r in ids]
+    unit = [v / np.linalg.norm(v) for v in ([h.mean(0) for h in hidden] + [h[0] for h in hidden])]
+    for kind, expected in ((1, unit[:2]), (2, unit[2:])):
+        model.gguf_metadata["bert.pooling_type"] = kind
+        np.testing.assert_allclose(embed_texts(model, tok, texts), expected, atol=1e-6)
+    model.gguf_metadata["bert.pooling_type"] = 4
+    with pytest.raises(UnsupportedError, match="pooling_type 4"):
+        embed_texts(model, tok, texts)
