@@ -298,3 +298,32 @@ def test_embeddings_follow_the_files_pooling_type():
     model.gguf_metadata["bert.pooling_type"] = 4
     with pytest.raises(UnsupportedError, match="pooling_type 4"):
         embed_texts(model, tok, texts)
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_a_stored_gpt2_head_must_be_the_embedding(tmp_path, same):
+    """Older converters wrote GPT-2's tied head as ``output.weight``: a byte copy of ``token_embd`` is
+    dropped; a different head cannot be tied, so it is an UnsupportedError naming it."""
+    gguf = pytest.importorskip("gguf")
+    path = tmp_path / "gpt2-head.gguf"
+    with GGUFFile(GGUF_DIR / "gpt2.gguf") as g:
+        w = gguf.GGUFWriter(str(path), "gpt2")
+        for key in ("context_length", "embedding_length", "feed_forward_length", "block_count",
+                    "attention.head_count"):
+            w.add_uint32(f"gpt2.{key}", int(g.metadata[f"gpt2.{key}"]))
+        w.add_float32("gpt2.attention.layer_norm_epsilon", float(g.metadata["gpt2.attention.layer_norm_epsilon"]))
+        for name in g.tensors:
+            w.add_tensor(name, np.array(g.tensor_data(name)))
+        emb = np.array(g.tensor_data("token_embd.weight"))
+        w.add_tensor("output.weight", emb if same else emb * 2)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
+    if same:
+        ids = np.load(HF / "gpt2" / "expected.npz")["input_ids"]
+        ref = logits_np(axon_llm.from_pretrained(GGUF_DIR / "gpt2.gguf"), ids)
+        np.testing.assert_array_equal(logits_np(axon_llm.from_pretrained(path), ids), ref)
+    else:
+        with pytest.raises(UnsupportedError, match="output.weight"):
+            axon_llm.from_pretrained(path)
