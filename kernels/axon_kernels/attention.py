@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -232,14 +233,121 @@ def _kv_range(p_first, p_last, tk, causal, window):
     return lo, hi
 
 
-# Inner loops below run over 1-D contiguous views (a row of a tile, a row of K or V) and write one
-# array each: that is what LLVM vectorises (with several written arrays or 4-D indexing inside
-# the loop it needs too many alias checks and falls back to scalar code).
+# Everything below runs on tiles copied into 1-D buffers the task allocates itself and indexed
+# with unsigned (uint64) offsets: LLVM then knows the buffers do not alias and that no index is
+# negative (Numba wraps negative signed indices, a select per access that stops vectorisation),
+# so the inner loops compile to AVX FMAs. `inspect_asm` of `_flash_forward_kernel` shows
+# `vfmadd231ps` on full-width registers; with signed offsets it showed scalar `vfmadd231ss` only.
+_U = np.uint64
+_LANES = 16  # partial sums / maxima kept per lane so the row reductions vectorise without fastmath
 
 
 @njit(inline="always", error_model="numpy")
 def _masked(key, pos, causal, window):
     return ((causal or window > 0) and key > pos) or (window > 0 and key <= pos - window)
+
+
+@njit(inline="always", error_model="numpy")
+def _block_visible(p_first, p_last, j0, j1, causal, window):
+    """True when every query at positions p_first..p_last sees every key j0..j1-1 (the causal
+    split: such a tile needs no per-element mask; only tiles on the diagonal or the window's
+    edge run `_masked`)."""
+    if (causal or window > 0) and j1 - 1 > p_first:
+        return False
+    if window > 0 and j0 <= p_last - window:
+        return False
+    return True
+
+
+@njit(inline="always", error_model="numpy")
+def _mm_acc(a, ao, lda, b, bo, ldb, c, co, ldc, m, kd, n):
+    """c[co + i ldc + j] += sum_k a[ao + i lda + k] b[bo + k ldb + j] for i < m, k < kd, j < n.
+
+    A row-major GEMM update on 1-D buffers (all arguments uint64). Four rows of c take four rows
+    of b per pass: 16 FMAs per 4 loads of b, the inner loop along j vectorised."""
+    u1, u2, u3, u4 = _U(1), _U(2), _U(3), _U(4)
+    for i4 in range(m // u4):
+        a0 = ao + i4 * u4 * lda
+        a1 = a0 + lda
+        a2 = a1 + lda
+        a3 = a2 + lda
+        c0 = co + i4 * u4 * ldc
+        c1 = c0 + ldc
+        c2 = c1 + ldc
+        c3 = c2 + ldc
+        for k4 in range(kd // u4):
+            kk = k4 * u4
+            x00, x01, x02, x03 = a[a0 + kk], a[a0 + kk + u1], a[a0 + kk + u2], a[a0 + kk + u3]
+            x10, x11, x12, x13 = a[a1 + kk], a[a1 + kk + u1], a[a1 + kk + u2], a[a1 + kk + u3]
+            x20, x21, x22, x23 = a[a2 + kk], a[a2 + kk + u1], a[a2 + kk + u2], a[a2 + kk + u3]
+            x30, x31, x32, x33 = a[a3 + kk], a[a3 + kk + u1], a[a3 + kk + u2], a[a3 + kk + u3]
+            o0 = bo + kk * ldb
+            o1 = o0 + ldb
+            o2 = o1 + ldb
+            o3 = o2 + ldb
+            for j in range(n):
+                b0, b1, b2, b3 = b[o0 + j], b[o1 + j], b[o2 + j], b[o3 + j]
+                c[c0 + j] += x00 * b0 + x01 * b1 + x02 * b2 + x03 * b3
+                c[c1 + j] += x10 * b0 + x11 * b1 + x12 * b2 + x13 * b3
+                c[c2 + j] += x20 * b0 + x21 * b1 + x22 * b2 + x23 * b3
+                c[c3 + j] += x30 * b0 + x31 * b1 + x32 * b2 + x33 * b3
+        for kk in range(kd - kd % u4, kd):
+            x0, x1, x2, x3 = a[a0 + kk], a[a1 + kk], a[a2 + kk], a[a3 + kk]
+            o0 = bo + kk * ldb
+            for j in range(n):
+                b0 = b[o0 + j]
+                c[c0 + j] += x0 * b0
+                c[c1 + j] += x1 * b0
+                c[c2 + j] += x2 * b0
+                c[c3 + j] += x3 * b0
+    for i in range(m - m % u4, m):
+        a0 = ao + i * lda
+        c0 = co + i * ldc
+        for kk in range(kd):
+            x0 = a[a0 + kk]
+            o0 = bo + kk * ldb
+            for j in range(n):
+                c[c0 + j] += x0 * b[o0 + j]
+
+
+@njit(inline="always", error_model="numpy")
+def _row_max(s, o, n, start, part):
+    """max(start, s[o:o + n]) ignoring NaN (a NaN score still reaches the row through exp)."""
+    lanes = _U(_LANES)
+    for u in range(lanes):
+        part[u] = start
+    for j16 in range(n // lanes):
+        b = o + j16 * lanes
+        for u in range(lanes):
+            x = s[b + u]
+            part[u] = x if x > part[u] else part[u]
+    mx = start
+    for u in range(lanes):
+        mx = part[u] if part[u] > mx else mx
+    for j in range(n - n % lanes, n):
+        x = s[o + j]
+        mx = x if x > mx else mx
+    return mx
+
+
+@njit(inline="always", error_model="numpy")
+def _exp_sum(s, o, n, shift, part):
+    """s[o:o + n] = exp(s - shift) in place; returns their sum (in lanes, so it vectorises)."""
+    lanes = _U(_LANES)
+    for j in range(n):
+        s[o + j] = fast_exp(s[o + j] - shift)
+    for u in range(lanes):
+        part[u] = 0.0
+    for j16 in range(n // lanes):
+        b = o + j16 * lanes
+        for u in range(lanes):
+            part[u] += s[b + u]
+    total = part[0]  # stays in the data dtype (a float literal would make it float64)
+    for u in range(_U(1), lanes):
+        total += part[u]
+    for j in range(n - n % lanes, n):
+        total += s[o + j]
+    return total
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=CONTRACT, error_model="numpy")
@@ -250,98 +358,121 @@ def _flash_forward_kernel(q, k, v, causal, window, scale, block_q, block_kv, out
     group = n_h // n_hkv
     offset = tk - tq  # query i sits at position offset + i
     q_tiles = (tq + block_q - 1) // block_q
-    neg_inf = -np.inf
+    ud, ubk, zero = _U(d), _U(block_kv), _U(0)
     for task in prange(n_b * n_h * q_tiles):
+        tile = q_tiles - 1 - task % q_tiles  # last query tiles first: with causal they see the most keys
         bi = task // (n_h * q_tiles)
         hi_ = (task // q_tiles) % n_h
-        i0 = (task % q_tiles) * block_q
+        i0 = tile * block_q
         i1 = min(tq, i0 + block_q)
         rows = i1 - i0
+        ur = _U(rows)
         kh = hi_ // group  # the K/V head this query head reads (GQA, no copy)
-        qt = np.empty((rows, d), q.dtype)  # scaled query tile
+        qs = np.empty(block_q * d, q.dtype)  # [rows, D] scaled query tile
+        acc = np.zeros(block_q * d, q.dtype)  # [rows, D] unnormalised output
+        kt = np.empty(d * block_kv, q.dtype)  # [D, cols] K tile transposed
+        vb = np.empty(block_kv * d, q.dtype)  # [cols, D] V tile
+        s = np.empty(block_q * block_kv, q.dtype)  # [rows, cols] scores, then probabilities
+        part = np.empty(_LANES, q.dtype)
+        m = np.empty(rows, q.dtype)  # running row max
+        l = np.zeros(rows, q.dtype)  # running denominator
+        m[:] = -np.inf
+        neg_inf = m[0]  # -inf in the data dtype
         for i in range(rows):
             q_row = q[bi, hi_, i0 + i]
-            qt_row = qt[i]
-            for c in range(d):
-                qt_row[c] = q_row[c] * scale
-        acc = np.zeros((rows, d), q.dtype)  # unnormalised output
-        m = np.full(rows, neg_inf, q.dtype)  # running row max
-        l = np.zeros(rows, q.dtype)  # running denominator
-        kt = np.empty((d, block_kv), q.dtype)  # K tile transposed: the score loop runs along keys
-        s = np.empty(block_kv, q.dtype)
-        lo, hi = _kv_range(offset + i0, offset + i1 - 1, tk, causal, window)
+            o = _U(i) * ud
+            for c in range(ud):
+                qs[o + c] = q_row[c] * scale
+        p_first, p_last = offset + i0, offset + i1 - 1
+        lo, hi = _kv_range(p_first, p_last, tk, causal, window)
         for j0 in range(lo, hi, block_kv):
             j1 = min(hi, j0 + block_kv)
             cols = j1 - j0
+            uc = _U(cols)
             for j in range(cols):
                 k_row = k[bi, kh, j0 + j]
-                for c in range(d):
-                    kt[c, j] = k_row[c]
+                v_row = v[bi, kh, j0 + j]
+                o = _U(j) * ud
+                for c in range(ud):
+                    kt[c * ubk + _U(j)] = k_row[c]
+                    vb[o + c] = v_row[c]
+            for x in range(ur * ubk):
+                s[x] = 0.0
+            _mm_acc(qs, zero, ud, kt, zero, ubk, s, zero, ubk, ur, ud, uc)  # S = (scale Q) K^T
+            full = _block_visible(p_first, p_last, j0, j1, causal, window)
             for i in range(rows):
-                pos = offset + i0 + i
-                for j in range(cols):
-                    s[j] = 0.0
-                qt_row = qt[i]
-                for c in range(d):  # s = q_i . K^T, vectorised along the keys
-                    qc = qt_row[c]
-                    kt_row = kt[c]
+                o = _U(i) * ubk
+                if not full:  # diagonal / window-edge tile: the rule per element
                     for j in range(cols):
-                        s[j] += qc * kt_row[j]
-                mx = m[i]
-                for j in range(cols):
-                    if _masked(j0 + j, pos, causal, window):
-                        s[j] = neg_inf
-                    elif s[j] > mx or s[j] != s[j]:  # NaN wins, so it propagates
-                        mx = s[j]
-                if mx == neg_inf:
-                    continue  # this row sees no key in this tile
+                        if _masked(j0 + j, p_first + i, causal, window):
+                            s[o + _U(j)] = neg_inf
+                mx = _row_max(s, o, uc, m[i], part)
+                if mx == neg_inf:  # no visible finite score in this tile for this row
+                    for j in range(uc):
+                        if s[o + j] != s[o + j]:
+                            l[i] = s[o + j]  # a NaN score: the row becomes NaN
+                        s[o + j] = 0.0
+                    continue
                 alpha = fast_exp(m[i] - mx)  # rescales what was accumulated under the old max
-                for j in range(cols):
-                    s[j] = fast_exp(s[j] - mx)
-                total = 0.0
-                for j in range(cols):
-                    total += s[j]
-                l[i] = l[i] * alpha + total
+                l[i] = l[i] * alpha + _exp_sum(s, o, uc, mx, part)
                 m[i] = mx
-                acc_row = acc[i]
-                for c in range(d):
-                    acc_row[c] *= alpha
-                for j in range(cols):
-                    pj = s[j]
-                    v_row = v[bi, kh, j0 + j]
-                    for c in range(d):
-                        acc_row[c] += pj * v_row[c]
+                if not full:  # exp(-inf) is 0 up to a denormal; make masked probabilities exactly 0
+                    for j in range(cols):
+                        if _masked(j0 + j, p_first + i, causal, window):
+                            s[o + _U(j)] = 0.0
+                oa = _U(i) * ud
+                for c in range(ud):
+                    acc[oa + c] *= alpha
+            _mm_acc(s, zero, ubk, vb, zero, ud, acc, zero, ud, ur, uc, ud)  # acc += P V
         for i in range(rows):
             inv = 1.0 / l[i]
-            acc_row = acc[i]
             out_row = out[bi, hi_, i0 + i]
-            for c in range(d):
-                out_row[c] = acc_row[c] * inv
+            o = _U(i) * ud
+            for c in range(ud):
+                out_row[c] = acc[o + c] * inv
             lse[bi, hi_, i0 + i] = m[i] + np.log(l[i])
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=CONTRACT, error_model="numpy")
-def _flash_backward_dkdv_kernel(q, k, v, dout, lse, delta, causal, window, scale, block_q, block_kv, dk, dv):
-    # one task per (batch, K/V head, key tile); loops over the G query heads and visible query tiles
+def _flash_backward_kernel(q, k, v, dout, lse, delta, causal, window, scale, block_q, block_kv, dq_parts, dk, dv):
+    # One pass: a task per (batch, K/V head, key tile) walks the G query heads and the query tiles
+    # that see its keys, recomputes P^T once per tile pair and accumulates dV += P^T dO and
+    # dK += dS^T (scale Q) in its own buffers (no write conflicts) and dQ += dS K into the running
+    # thread's slice of dq_parts [threads, B, H, Tq, D] (summed by the caller).
     n_b, n_h, tq, d = q.shape
     n_hkv, tk = k.shape[1], k.shape[2]
     group = n_h // n_hkv
     offset = tk - tq
     kv_tiles = (tk + block_kv - 1) // block_kv
+    ud, ubq, ubk, zero = _U(d), _U(block_q), _U(block_kv), _U(0)
     for task in prange(n_b * n_hkv * kv_tiles):
         bi = task // (n_hkv * kv_tiles)
         kh = (task // kv_tiles) % n_hkv
-        j0 = (task % kv_tiles) * block_kv
+        j0 = (task % kv_tiles) * block_kv  # first key tiles first: with causal they see the most queries
         j1 = min(tk, j0 + block_kv)
         cols = j1 - j0
-        dk_t = np.zeros((cols, d), q.dtype)
-        dv_t = np.zeros((cols, d), q.dtype)
-        qt = np.empty((d, block_q), q.dtype)  # scaled Q tile, transposed
-        dot = np.empty((d, block_q), q.dtype)  # dO tile, transposed
-        p = np.empty(block_q, q.dtype)
-        dp = np.empty(block_q, q.dtype)
+        uc = _U(cols)
+        kb = np.empty(block_kv * d, q.dtype)  # [cols, D] K tile
+        vb = np.empty(block_kv * d, q.dtype)  # [cols, D] V tile
+        dk_t = np.zeros(block_kv * d, q.dtype)  # [cols, D]
+        dv_t = np.zeros(block_kv * d, q.dtype)  # [cols, D]
+        qs = np.empty(block_q * d, q.dtype)  # [rows, D] scaled Q tile
+        qt = np.empty(d * block_q, q.dtype)  # [D, rows] its transpose
+        dob = np.empty(block_q * d, q.dtype)  # [rows, D] dO tile
+        dot = np.empty(d * block_q, q.dtype)  # [D, rows] its transpose
+        pt = np.empty(block_kv * block_q, q.dtype)  # [cols, rows] S^T, then P^T
+        dst = np.empty(block_kv * block_q, q.dtype)  # [cols, rows] dP^T, then dS^T
+        ds = np.empty(block_q * block_kv, q.dtype)  # [rows, cols] dS
+        dq_t = np.empty(block_q * d, q.dtype)  # [rows, D]
         row_lse = np.empty(block_q, q.dtype)
         row_delta = np.empty(block_q, q.dtype)
+        for j in range(cols):
+            k_row = k[bi, kh, j0 + j]
+            v_row = v[bi, kh, j0 + j]
+            o = _U(j) * ud
+            for c in range(ud):
+                kb[o + c] = k_row[c]
+                vb[o + c] = v_row[c]
         # queries (by index) that can see some key of this tile
         i_lo = 0
         i_hi = tq
@@ -351,128 +482,60 @@ def _flash_backward_dkdv_kernel(q, k, v, dout, lse, delta, causal, window, scale
             i_hi = min(tq, j1 - 1 + window - offset)
         for g in range(group):
             hq = kh * group + g
+            dq_acc = dq_parts[numba.get_thread_id(), bi, hq]  # [Tq, D] this thread's dQ
             for i0 in range(i_lo, i_hi, block_q):
                 i1 = min(i_hi, i0 + block_q)
                 rows = i1 - i0
+                ur = _U(rows)
                 for i in range(rows):
                     q_row = q[bi, hq, i0 + i]
                     do_row = dout[bi, hq, i0 + i]
-                    for c in range(d):
-                        qt[c, i] = q_row[c] * scale
-                        dot[c, i] = do_row[c]
+                    o = _U(i) * ud
+                    for c in range(ud):
+                        x = q_row[c] * scale
+                        qs[o + c] = x
+                        qt[c * ubq + _U(i)] = x
+                        dob[o + c] = do_row[c]
+                        dot[c * ubq + _U(i)] = do_row[c]
                     row_lse[i] = lse[bi, hq, i0 + i]
                     row_delta[i] = delta[bi, hq, i0 + i]
+                for x in range(uc * ubq):
+                    pt[x] = 0.0
+                    dst[x] = 0.0
+                _mm_acc(kb, zero, ud, qt, zero, ubq, pt, zero, ubq, uc, ud, ur)  # S^T = K (scale Q)^T
+                _mm_acc(vb, zero, ud, dot, zero, ubq, dst, zero, ubq, uc, ud, ur)  # dP^T = V dO^T
+                full = _block_visible(offset + i0, offset + i1 - 1, j0, j1, causal, window)
                 for j in range(cols):
-                    key = j0 + j
-                    k_row = k[bi, kh, key]
-                    v_row = v[bi, kh, key]
-                    for i in range(rows):
-                        p[i] = 0.0
-                        dp[i] = 0.0
-                    for c in range(d):  # s = k_j . Q^T along the queries
-                        kc = k_row[c]
-                        qt_row = qt[c]
+                    o = _U(j) * ubq
+                    for i in range(ur):
+                        pt[o + i] = fast_exp(pt[o + i] - row_lse[i])
+                    if not full:
                         for i in range(rows):
-                            p[i] += kc * qt_row[i]
-                    for c in range(d):  # dp = v_j . dO^T along the queries
-                        vc = v_row[c]
-                        dot_row = dot[c]
-                        for i in range(rows):
-                            dp[i] += vc * dot_row[i]
-                    for i in range(rows):
-                        p[i] = fast_exp(p[i] - row_lse[i])
-                    for i in range(rows):
-                        if _masked(key, offset + i0 + i, causal, window):
-                            p[i] = 0.0
-                    for i in range(rows):
-                        dp[i] = p[i] * (dp[i] - row_delta[i]) * scale  # scale * dS
-                    dv_row = dv_t[j]
-                    dk_row = dk_t[j]
-                    for i in range(rows):
-                        pi = p[i]
-                        do_row = dout[bi, hq, i0 + i]
-                        for c in range(d):
-                            dv_row[c] += pi * do_row[c]
-                    for i in range(rows):
-                        dsi = dp[i]
-                        q_row = q[bi, hq, i0 + i]
-                        for c in range(d):
-                            dk_row[c] += dsi * q_row[c]
+                            if _masked(j0 + j, offset + i0 + i, causal, window):
+                                pt[o + _U(i)] = 0.0
+                    for i in range(ur):
+                        dst[o + i] = pt[o + i] * (dst[o + i] - row_delta[i])  # dS^T (scale applied below)
+                _mm_acc(pt, zero, ubq, dob, zero, ud, dv_t, zero, ud, uc, ur, ud)  # dV += P^T dO
+                _mm_acc(dst, zero, ubq, qs, zero, ud, dk_t, zero, ud, uc, ur, ud)  # dK += dS^T (scale Q)
+                for i in range(ur):
+                    o = i * ubk
+                    for j in range(uc):
+                        ds[o + j] = dst[j * ubq + i]
+                for x in range(ur * ud):
+                    dq_t[x] = 0.0
+                _mm_acc(ds, zero, ubk, kb, zero, ud, dq_t, zero, ud, ur, uc, ud)  # dS K
+                for i in range(rows):
+                    dq_row = dq_acc[i0 + i]
+                    o = _U(i) * ud
+                    for c in range(ud):
+                        dq_row[c] += dq_t[o + c] * scale
         for j in range(cols):
             dk_out = dk[bi, kh, j0 + j]
             dv_out = dv[bi, kh, j0 + j]
-            dk_row = dk_t[j]
-            dv_row = dv_t[j]
-            for c in range(d):
-                dk_out[c] = dk_row[c]
-                dv_out[c] = dv_row[c]
-
-
-@njit(parallel=True, cache=True, nogil=True, fastmath=CONTRACT, error_model="numpy")
-def _flash_backward_dq_kernel(q, k, v, dout, lse, delta, causal, window, scale, block_q, block_kv, dq):
-    # one task per (batch, query head, query tile); loops over the visible key tiles
-    n_b, n_h, tq, d = q.shape
-    n_hkv, tk = k.shape[1], k.shape[2]
-    group = n_h // n_hkv
-    offset = tk - tq
-    q_tiles = (tq + block_q - 1) // block_q
-    for task in prange(n_b * n_h * q_tiles):
-        bi = task // (n_h * q_tiles)
-        hq = (task // q_tiles) % n_h
-        i0 = (task % q_tiles) * block_q
-        i1 = min(tq, i0 + block_q)
-        rows = i1 - i0
-        kh = hq // group
-        kt = np.empty((d, block_kv), q.dtype)
-        vt = np.empty((d, block_kv), q.dtype)
-        s = np.empty(block_kv, q.dtype)
-        dp = np.empty(block_kv, q.dtype)
-        dq_t = np.zeros((rows, d), q.dtype)
-        lo, hi = _kv_range(offset + i0, offset + i1 - 1, tk, causal, window)
-        for j0 in range(lo, hi, block_kv):
-            j1 = min(hi, j0 + block_kv)
-            cols = j1 - j0
-            for j in range(cols):
-                k_row = k[bi, kh, j0 + j]
-                v_row = v[bi, kh, j0 + j]
-                for c in range(d):
-                    kt[c, j] = k_row[c]
-                    vt[c, j] = v_row[c]
-            for i in range(rows):
-                pos = offset + i0 + i
-                q_row = q[bi, hq, i0 + i]
-                do_row = dout[bi, hq, i0 + i]
-                for j in range(cols):
-                    s[j] = 0.0
-                    dp[j] = 0.0
-                for c in range(d):
-                    qc = q_row[c] * scale
-                    kt_row = kt[c]
-                    for j in range(cols):
-                        s[j] += qc * kt_row[j]
-                for c in range(d):
-                    gc = do_row[c]
-                    vt_row = vt[c]
-                    for j in range(cols):
-                        dp[j] += gc * vt_row[j]
-                row_lse = lse[bi, hq, i0 + i]
-                row_delta = delta[bi, hq, i0 + i]
-                for j in range(cols):
-                    s[j] = fast_exp(s[j] - row_lse) * (dp[j] - row_delta) * scale  # scale * dS
-                for j in range(cols):
-                    if _masked(j0 + j, pos, causal, window):
-                        s[j] = 0.0
-                dq_row = dq_t[i]
-                for j in range(cols):
-                    dsj = s[j]
-                    k_row = k[bi, kh, j0 + j]
-                    for c in range(d):
-                        dq_row[c] += dsj * k_row[c]
-        for i in range(rows):
-            dq_out = dq[bi, hq, i0 + i]
-            dq_row = dq_t[i]
-            for c in range(d):
-                dq_out[c] = dq_row[c]
+            o = _U(j) * ud
+            for c in range(ud):
+                dk_out[c] = dk_t[o + c]
+                dv_out[c] = dv_t[o + c]
 
 
 def flash_attention_nb(q, k, v, causal=False, window=None, scale=None, block_q=64, block_kv=64):
@@ -501,8 +564,9 @@ def flash_attention_backward_nb(q, k, v, out, lse, dout, causal=False, window=No
     if q.size == 0 or k.size == 0:
         return dq, dk, dv
     args = (qc, kc, vc, dc, lc, delta, causal, window or 0, dtype.type(scale), int(block_q), int(block_kv))  # scale in the data dtype: float32 math stays float32
-    _flash_backward_dkdv_kernel(*args, dk, dv)
-    _flash_backward_dq_kernel(*args, dq)
+    dq_parts = np.zeros((numba.get_num_threads(), *q.shape), dtype)  # [threads, B, H, Tq, D]
+    _flash_backward_kernel(*args, dq_parts, dk, dv)
+    dq = dq_parts[0] if len(dq_parts) == 1 else dq_parts.sum(axis=0)
     return dq, dk, dv
 
 
