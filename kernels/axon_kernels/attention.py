@@ -34,6 +34,7 @@ from ._jit import CONTRACT, fast_exp, float_array, jit_disabled, result_float_dt
 
 __all__ = [
     "FlashAttentionConfig",
+    "flash_tile_sizes",
     "flash_attention",
     "flash_attention_ref",
     "flash_attention_nb",
@@ -65,6 +66,22 @@ class FlashAttentionConfig:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
+def flash_tile_sizes(tq, tk, d, block_q=None, block_kv=None):
+    """The (block_q, block_kv) the flash kernels use for this shape; given sizes are kept.
+
+    64 x 64 tiles unless the sequence is shorter: a tile never holds more rows than there are
+    queries (keys), rounded up to 4 (16), so short prefills and decoding allocate and zero no
+    unused tile rows. Measured on the kernels' own loops (benchmarks/bench_kernels.py sweeps them,
+    docs/performance.md): at T=2048 H=4 D=64, 64 x 64 and 128 x 128 tie and smaller or lopsided
+    tiles are slower; at D=128 the spread was within the run's noise.
+    """
+    if block_q is None:
+        block_q = min(64, -(-max(tq, 1) // 4) * 4)
+    if block_kv is None:
+        block_kv = min(64, -(-max(tk, 1) // 16) * 16)
+    return int(block_q), int(block_kv)
+
+
 # --------------------------------------------------------------------------------------------
 # validation shared by every variant
 # --------------------------------------------------------------------------------------------
@@ -92,7 +109,8 @@ def _validate(q, k, v, causal, window, scale, block_q, block_kv):
         scale = d ** -0.5 if d else 1.0
     elif not isinstance(scale, (int, float, np.floating, np.integer)) or isinstance(scale, bool):
         raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
-    FlashAttentionConfig(block_q, block_kv)  # validates the tile sizes
+    if block_q is not None or block_kv is not None:  # None: `flash_tile_sizes` picks them
+        FlashAttentionConfig(64 if block_q is None else block_q, 64 if block_kv is None else block_kv)  # validates
     return q, k, v, bool(causal), window, float(scale)
 
 
@@ -147,7 +165,7 @@ def visible_key_range(p_first, p_last, tk, causal, window):
 # --------------------------------------------------------------------------------------------
 
 
-def flash_attention_ref(q, k, v, causal=False, window=None, scale=None, block_q=64, block_kv=64):
+def flash_attention_ref(q, k, v, causal=False, window=None, scale=None, block_q=None, block_kv=None):
     """Reference attention: returns (out [B, H, Tq, D], lse [B, H, Tq]).
 
     Materialises the score matrix; `block_q` / `block_kv` are validated and otherwise unused.
@@ -174,7 +192,7 @@ def flash_attention_ref(q, k, v, causal=False, window=None, scale=None, block_q=
     return out.reshape(b, h, tq, d).astype(dtype, copy=False), lse.reshape(b, h, tq).astype(dtype, copy=False)
 
 
-def flash_attention_backward_ref(q, k, v, out, lse, dout, causal=False, window=None, scale=None, block_q=64, block_kv=64):
+def flash_attention_backward_ref(q, k, v, out, lse, dout, causal=False, window=None, scale=None, block_q=None, block_kv=None):
     """Reference gradients (dq, dk, dv) of `flash_attention` given its out, lse and d(out).
 
     With P = exp(S - lse): dV = P^T dO, dP = dO V^T, dS = P * (dP - rowsum(dO * O)),
@@ -538,10 +556,11 @@ def _flash_backward_kernel(q, k, v, dout, lse, delta, causal, window, scale, blo
                 dv_out[c] = dv_t[o + c]
 
 
-def flash_attention_nb(q, k, v, causal=False, window=None, scale=None, block_q=64, block_kv=64):
+def flash_attention_nb(q, k, v, causal=False, window=None, scale=None, block_q=None, block_kv=None):
     """Numba flash attention (always runs the `@njit` kernel); same contract as the reference."""
     q, k, v, causal, window, scale = _validate(q, k, v, causal, window, scale, block_q, block_kv)
     dtype = result_float_dtype(q, k, v)
+    block_q, block_kv = flash_tile_sizes(q.shape[2], k.shape[2], q.shape[3], block_q, block_kv)
     qc, kc, vc = (np.ascontiguousarray(x, dtype=dtype) for x in (q, k, v))
     out = np.empty(q.shape, dtype)  # [B, H, Tq, D]
     lse = np.empty(q.shape[:3], dtype)  # [B, H, Tq]
@@ -551,44 +570,47 @@ def flash_attention_nb(q, k, v, causal=False, window=None, scale=None, block_q=6
     return out, lse
 
 
-def flash_attention_backward_nb(q, k, v, out, lse, dout, causal=False, window=None, scale=None, block_q=64, block_kv=64):
+def flash_attention_backward_nb(q, k, v, out, lse, dout, causal=False, window=None, scale=None, block_q=None, block_kv=None):
     """Numba flash attention backward (always runs the `@njit` kernels); returns (dq, dk, dv)."""
     q, k, v, causal, window, scale = _validate(q, k, v, causal, window, scale, block_q, block_kv)
     out, lse, dout = _validate_saved(q, out, lse, dout)
     dtype = result_float_dtype(q, k, v, out, lse, dout)
-    qc, kc, vc, dc, lc = (np.ascontiguousarray(x, dtype=dtype) for x in (q, k, v, dout, lse))
-    delta = np.ascontiguousarray(np.einsum("bhtd,bhtd->bht", dc, out.astype(dtype, copy=False)))  # [B, H, Tq]
-    dq = np.zeros(q.shape, dtype)
+    block_q, block_kv = flash_tile_sizes(q.shape[2], k.shape[2], q.shape[3], block_q, block_kv)
     dk = np.zeros(k.shape, dtype)
     dv = np.zeros(v.shape, dtype)
     if q.size == 0 or k.size == 0:
-        return dq, dk, dv
-    args = (qc, kc, vc, dc, lc, delta, causal, window or 0, dtype.type(scale), int(block_q), int(block_kv))  # scale in the data dtype: float32 math stays float32
+        return np.zeros(q.shape, dtype), dk, dv
+    qc, kc, vc, dc, lc = (np.ascontiguousarray(x, dtype=dtype) for x in (q, k, v, dout, lse))
+    delta = np.ascontiguousarray(np.einsum("bhtd,bhtd->bht", dc, out.astype(dtype, copy=False)))  # [B, H, Tq]
+    args = (qc, kc, vc, dc, lc, delta, causal, window or 0, dtype.type(scale), block_q, block_kv)  # scale in the data dtype: float32 math stays float32
     dq_parts = np.zeros((numba.get_num_threads(), *q.shape), dtype)  # [threads, B, H, Tq, D]
     _flash_backward_kernel(*args, dq_parts, dk, dv)
     dq = dq_parts[0] if len(dq_parts) == 1 else dq_parts.sum(axis=0)
     return dq, dk, dv
 
 
-def flash_attention(q, k, v, causal=False, window=None, scale=None, block_q=64, block_kv=64):
+def flash_attention(q, k, v, causal=False, window=None, scale=None, block_q=None, block_kv=None):
     """Tiled attention; returns (out [B, H, Tq, D], lse [B, H, Tq]).
 
     q [B, H, Tq, D]; k, v [B, Hkv, Tk, D] with H % Hkv == 0 (grouped-query attention without
     repeating K/V); Tq <= Tk with the queries at the last Tq positions; `causal` masks keys
     after the query; `window` W keeps keys p - W < j <= p (and implies causal); `scale`
     defaults to D**-0.5; lse is the natural-log logsumexp of the scaled, masked scores.
-    Memory is O(T) (tiles of `block_q` x `block_kv`), never O(Tq x Tk).
+    Memory is O(T) (tiles of `block_q` x `block_kv`, by default `flash_tile_sizes`), never
+    O(Tq x Tk).
     """
     if jit_disabled():
         return flash_attention_ref(q, k, v, causal, window, scale, block_q, block_kv)
     return flash_attention_nb(q, k, v, causal, window, scale, block_q, block_kv)
 
 
-def flash_attention_backward(q, k, v, out, lse, dout, causal=False, window=None, scale=None, block_q=64, block_kv=64):
+def flash_attention_backward(q, k, v, out, lse, dout, causal=False, window=None, scale=None, block_q=None, block_kv=None):
     """Gradients (dq, dk, dv) of `flash_attention`, recomputing score tiles from `lse`.
 
-    Two passes: one task per key tile accumulates dK, dV over every query head of its group
-    (no write conflicts), then one task per query tile accumulates dQ.
+    One pass: a task per key tile recomputes P once per (query tile, key tile) pair and
+    accumulates dK, dV for its keys over every query head of its group (no write conflicts) and
+    dQ into a per-thread buffer; the per-thread dQ buffers are summed at the end (so dQ's float
+    rounding may differ in the last bits between runs with different scheduling).
     """
     if jit_disabled():
         return flash_attention_backward_ref(q, k, v, out, lse, dout, causal, window, scale, block_q, block_kv)
