@@ -369,14 +369,18 @@ def _exp_sum(s, o, n, shift, part):
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=CONTRACT, error_model="numpy")
-def _flash_forward_kernel(q, k, v, causal, window, scale, block_q, block_kv, out, lse):
-    # q [B, H, Tq, D], k/v [B, Hkv, Tk, D] contiguous; out [B, H, Tq, D], lse [B, H, Tq]
-    n_b, n_h, tq, d = q.shape
+def _flash_forward_kernel(qt, k, vt, causal, window, block_q, block_kv, out, lse):
+    # qt [B, H, D, Tq] = (scale Q)^T, k [B, Hkv, Tk, D], vt [B, Hkv, D, Tk] = V^T, all C-contiguous;
+    # out [B, H, Tq, D], lse [B, H, Tq]. The tile is held transposed, keys x queries (S^T, P^T,
+    # out^T): the softmax's per-query max, sum and rescale then run along contiguous queries
+    # (vectorised, no horizontal reductions), and the GEMMs read qt, k and vt in place.
+    n_b, n_h, d, tq = qt.shape
     n_hkv, tk = k.shape[1], k.shape[2]
     group = n_h // n_hkv
     offset = tk - tq  # query i sits at position offset + i
     q_tiles = (tq + block_q - 1) // block_q
-    ud, ubk, zero = _U(d), _U(block_kv), _U(0)
+    qtf, kf, vtf = qt.reshape(-1), k.reshape(-1), vt.reshape(-1)
+    ud, utq, utk, ubq, zero = _U(d), _U(tq), _U(tk), _U(block_q), _U(0)
     for task in prange(n_b * n_h * q_tiles):
         tile = q_tiles - 1 - task % q_tiles  # last query tiles first: with causal they see the most keys
         bi = task // (n_h * q_tiles)
@@ -386,83 +390,89 @@ def _flash_forward_kernel(q, k, v, causal, window, scale, block_q, block_kv, out
         rows = i1 - i0
         ur = _U(rows)
         kh = hi_ // group  # the K/V head this query head reads (GQA, no copy)
-        qs = np.empty(block_q * d, q.dtype)  # [rows, D] scaled query tile
-        acc = np.zeros(block_q * d, q.dtype)  # [rows, D] unnormalised output
-        kt = np.empty(d * block_kv, q.dtype)  # [D, cols] K tile transposed
-        vb = np.empty(block_kv * d, q.dtype)  # [cols, D] V tile
-        s = np.empty(block_q * block_kv, q.dtype)  # [rows, cols] scores, then probabilities
-        part = np.empty(_LANES, q.dtype)
-        m = np.empty(rows, q.dtype)  # running row max
-        l = np.zeros(rows, q.dtype)  # running denominator
+        qt_at = _U((bi * n_h + hi_) * d * tq + i0)  # [D, rows] query tile in qtf (row stride Tq)
+        k_at = _U((bi * n_hkv + kh) * tk * d)  # [Tk, D] K of the head in kf
+        vt_at = _U((bi * n_hkv + kh) * d * tk)  # [D, Tk] V^T of the head in vtf
+        acc = np.zeros(d * block_q, qt.dtype)  # [D, rows] unnormalised output, transposed
+        st = np.empty(block_kv * block_q, qt.dtype)  # [cols, rows] scores, then probabilities
+        m = np.empty(block_q, qt.dtype)  # running max per query
         m[:] = -np.inf
         neg_inf = m[0]  # -inf in the data dtype
-        for i in range(rows):
-            q_row = q[bi, hi_, i0 + i]
-            o = _U(i) * ud
-            for c in range(ud):
-                qs[o + c] = q_row[c] * scale
+        l = np.zeros(block_q, qt.dtype)  # running denominator per query
+        m_new = np.empty(block_q, qt.dtype)
+        shift = np.empty(block_q, qt.dtype)
+        alpha = np.empty(block_q, qt.dtype)
         p_first, p_last = offset + i0, offset + i1 - 1
         lo, hi = _kv_range(p_first, p_last, tk, causal, window)
         for j0 in range(lo, hi, block_kv):
             j1 = min(hi, j0 + block_kv)
             cols = j1 - j0
             uc = _U(cols)
-            for j in range(cols):
-                k_row = k[bi, kh, j0 + j]
-                v_row = v[bi, kh, j0 + j]
-                o = _U(j) * ud
-                for c in range(ud):
-                    kt[c * ubk + _U(j)] = k_row[c]
-                    vb[o + c] = v_row[c]
-            for x in range(ur * ubk):
-                s[x] = 0.0
-            _mm_acc(qs, zero, ud, kt, zero, ubk, s, zero, ubk, ur, ud, uc)  # S = (scale Q) K^T
+            for x in range(uc * ubq):
+                st[x] = 0.0
+            _mm_acc(kf, k_at + _U(j0) * ud, ud, qtf, qt_at, utq, st, zero, ubq, uc, ud, ur)  # S^T = K (scale Q)^T
             full = _block_visible(p_first, p_last, j0, j1, causal, window)
-            for i in range(rows):
-                o = _U(i) * ubk
-                if not full:  # diagonal / window-edge tile: the rule per element
-                    for j in range(cols):
+            if not full:  # diagonal / window-edge tile: the rule per element
+                for j in range(cols):
+                    o = _U(j) * ubq
+                    for i in range(rows):
                         if _masked(j0 + j, p_first + i, causal, window):
-                            s[o + _U(j)] = neg_inf
-                mx = _row_max(s, o, uc, m[i], part)
-                if mx == neg_inf:  # no visible finite score in this tile for this row
-                    for j in range(uc):
-                        if s[o + j] != s[o + j]:
-                            l[i] = s[o + j]  # a NaN score: the row becomes NaN
-                        s[o + j] = 0.0
-                    continue
-                alpha = fast_exp(m[i] - mx)  # rescales what was accumulated under the old max
-                l[i] = l[i] * alpha + _exp_sum(s, o, uc, mx, part)
-                m[i] = mx
-                if not full:  # exp(-inf) is 0 up to a denormal; make masked probabilities exactly 0
-                    for j in range(cols):
+                            st[o + _U(i)] = neg_inf
+            for i in range(ur):
+                m_new[i] = m[i]
+            for j in range(uc):  # per-query max over the tile's keys (a NaN never wins; it reaches the row through exp)
+                o = j * ubq
+                for i in range(ur):
+                    x = st[o + i]
+                    m_new[i] = x if x > m_new[i] else m_new[i]
+            for i in range(ur):
+                shift[i] = m_new[i] if m_new[i] != neg_inf else 0.0  # a query that sees no key yet: exp(-inf - 0) = 0
+                alpha[i] = fast_exp(m[i] - shift[i])  # rescales what was accumulated under the old max
+                m[i] = m_new[i]
+                l[i] *= alpha[i]
+            for j in range(uc):
+                o = j * ubq
+                for i in range(ur):
+                    st[o + i] = fast_exp(st[o + i] - shift[i])
+            if not full:  # exp(-inf) is 0 up to a denormal; make masked probabilities exactly 0
+                for j in range(cols):
+                    o = _U(j) * ubq
+                    for i in range(rows):
                         if _masked(j0 + j, p_first + i, causal, window):
-                            s[o + _U(j)] = 0.0
-                oa = _U(i) * ud
-                for c in range(ud):
-                    acc[oa + c] *= alpha
-            _mm_acc(s, zero, ubk, vb, zero, ud, acc, zero, ud, ur, uc, ud)  # acc += P V
+                            st[o + _U(i)] = 0.0
+            for j in range(uc):
+                o = j * ubq
+                for i in range(ur):
+                    l[i] += st[o + i]
+            for c in range(ud):
+                o = c * ubq
+                for i in range(ur):
+                    acc[o + i] *= alpha[i]
+            _mm_acc(vtf, vt_at + _U(j0), utk, st, zero, ubq, acc, zero, ubq, ud, uc, ur)  # out^T += V^T P^T
         for i in range(rows):
             inv = 1.0 / l[i]
             out_row = out[bi, hi_, i0 + i]
-            o = _U(i) * ud
             for c in range(ud):
-                out_row[c] = acc[o + c] * inv
+                out_row[c] = acc[c * ubq + _U(i)] * inv
             lse[bi, hi_, i0 + i] = m[i] + np.log(l[i])
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=CONTRACT, error_model="numpy")
-def _flash_backward_kernel(q, k, v, dout, lse, delta, causal, window, scale, block_q, block_kv, dq_parts, dk, dv):
+def _flash_backward_kernel(qs, qt, dout, dot, k, v, lse, delta, causal, window, scale, block_q, block_kv,
+                           dq_parts, dk, dv):
     # One pass: a task per (batch, K/V head, key tile) walks the G query heads and the query tiles
     # that see its keys, recomputes P^T once per tile pair and accumulates dV += P^T dO and
     # dK += dS^T (scale Q) in its own buffers (no write conflicts) and dQ += dS K into the running
     # thread's slice of dq_parts [threads, B, H, Tq, D] (summed by the caller).
-    n_b, n_h, tq, d = q.shape
+    # qs = scale Q [B, H, Tq, D], qt its transpose [B, H, D, Tq], dout [B, H, Tq, D], dot its
+    # transpose; k, v [B, Hkv, Tk, D]; lse, delta [B, H, Tq]. All C-contiguous.
+    n_b, n_h, tq, d = qs.shape
     n_hkv, tk = k.shape[1], k.shape[2]
     group = n_h // n_hkv
     offset = tk - tq
     kv_tiles = (tk + block_kv - 1) // block_kv
-    ud, ubq, ubk, zero = _U(d), _U(block_q), _U(block_kv), _U(0)
+    qsf, qtf, dof, dotf = qs.reshape(-1), qt.reshape(-1), dout.reshape(-1), dot.reshape(-1)
+    ud, utq, ubq, ubk, zero = _U(d), _U(tq), _U(block_q), _U(block_kv), _U(0)
     for task in prange(n_b * n_hkv * kv_tiles):
         bi = task // (n_hkv * kv_tiles)
         kh = (task // kv_tiles) % n_hkv
@@ -470,20 +480,16 @@ def _flash_backward_kernel(q, k, v, dout, lse, delta, causal, window, scale, blo
         j1 = min(tk, j0 + block_kv)
         cols = j1 - j0
         uc = _U(cols)
-        kb = np.empty(block_kv * d, q.dtype)  # [cols, D] K tile
-        vb = np.empty(block_kv * d, q.dtype)  # [cols, D] V tile
-        dk_t = np.zeros(block_kv * d, q.dtype)  # [cols, D]
-        dv_t = np.zeros(block_kv * d, q.dtype)  # [cols, D]
-        qs = np.empty(block_q * d, q.dtype)  # [rows, D] scaled Q tile
-        qt = np.empty(d * block_q, q.dtype)  # [D, rows] its transpose
-        dob = np.empty(block_q * d, q.dtype)  # [rows, D] dO tile
-        dot = np.empty(d * block_q, q.dtype)  # [D, rows] its transpose
-        pt = np.empty(block_kv * block_q, q.dtype)  # [cols, rows] S^T, then P^T
-        dst = np.empty(block_kv * block_q, q.dtype)  # [cols, rows] dP^T, then dS^T
-        ds = np.empty(block_q * block_kv, q.dtype)  # [rows, cols] dS
-        dq_t = np.empty(block_q * d, q.dtype)  # [rows, D]
-        row_lse = np.empty(block_q, q.dtype)
-        row_delta = np.empty(block_q, q.dtype)
+        kb = np.empty(block_kv * d, qs.dtype)  # [cols, D] K tile
+        vb = np.empty(block_kv * d, qs.dtype)  # [cols, D] V tile
+        dk_t = np.zeros(block_kv * d, qs.dtype)  # [cols, D]
+        dv_t = np.zeros(block_kv * d, qs.dtype)  # [cols, D]
+        pt = np.empty(block_kv * block_q, qs.dtype)  # [cols, rows] S^T, then P^T
+        dst = np.empty(block_kv * block_q, qs.dtype)  # [cols, rows] dP^T, then dS^T
+        ds = np.empty(block_q * block_kv, qs.dtype)  # [rows, cols] dS
+        dq_t = np.empty(block_q * d, qs.dtype)  # [rows, D]
+        row_lse = np.empty(block_q, qs.dtype)
+        row_delta = np.empty(block_q, qs.dtype)
         for j in range(cols):
             k_row = k[bi, kh, j0 + j]
             v_row = v[bi, kh, j0 + j]
@@ -501,27 +507,20 @@ def _flash_backward_kernel(q, k, v, dout, lse, delta, causal, window, scale, blo
         for g in range(group):
             hq = kh * group + g
             dq_acc = dq_parts[numba.get_thread_id(), bi, hq]  # [Tq, D] this thread's dQ
+            head_rows = _U((bi * n_h + hq) * tq * d)  # [Tq, D] of the head in qsf / dof
+            head_cols = _U((bi * n_h + hq) * d * tq)  # [D, Tq] of the head in qtf / dotf
             for i0 in range(i_lo, i_hi, block_q):
                 i1 = min(i_hi, i0 + block_q)
                 rows = i1 - i0
                 ur = _U(rows)
                 for i in range(rows):
-                    q_row = q[bi, hq, i0 + i]
-                    do_row = dout[bi, hq, i0 + i]
-                    o = _U(i) * ud
-                    for c in range(ud):
-                        x = q_row[c] * scale
-                        qs[o + c] = x
-                        qt[c * ubq + _U(i)] = x
-                        dob[o + c] = do_row[c]
-                        dot[c * ubq + _U(i)] = do_row[c]
                     row_lse[i] = lse[bi, hq, i0 + i]
                     row_delta[i] = delta[bi, hq, i0 + i]
                 for x in range(uc * ubq):
                     pt[x] = 0.0
                     dst[x] = 0.0
-                _mm_acc(kb, zero, ud, qt, zero, ubq, pt, zero, ubq, uc, ud, ur)  # S^T = K (scale Q)^T
-                _mm_acc(vb, zero, ud, dot, zero, ubq, dst, zero, ubq, uc, ud, ur)  # dP^T = V dO^T
+                _mm_acc(kb, zero, ud, qtf, head_cols + _U(i0), utq, pt, zero, ubq, uc, ud, ur)  # S^T = K (scale Q)^T
+                _mm_acc(vb, zero, ud, dotf, head_cols + _U(i0), utq, dst, zero, ubq, uc, ud, ur)  # dP^T = V dO^T
                 full = _block_visible(offset + i0, offset + i1 - 1, j0, j1, causal, window)
                 for j in range(cols):
                     o = _U(j) * ubq
@@ -533,8 +532,9 @@ def _flash_backward_kernel(q, k, v, dout, lse, delta, causal, window, scale, blo
                                 pt[o + _U(i)] = 0.0
                     for i in range(ur):
                         dst[o + i] = pt[o + i] * (dst[o + i] - row_delta[i])  # dS^T (scale applied below)
-                _mm_acc(pt, zero, ubq, dob, zero, ud, dv_t, zero, ud, uc, ur, ud)  # dV += P^T dO
-                _mm_acc(dst, zero, ubq, qs, zero, ud, dk_t, zero, ud, uc, ur, ud)  # dK += dS^T (scale Q)
+                at = head_rows + _U(i0) * ud
+                _mm_acc(pt, zero, ubq, dof, at, ud, dv_t, zero, ud, uc, ur, ud)  # dV += P^T dO
+                _mm_acc(dst, zero, ubq, qsf, at, ud, dk_t, zero, ud, uc, ur, ud)  # dK += dS^T (scale Q)
                 for i in range(ur):
                     o = i * ubk
                     for j in range(uc):
@@ -561,17 +561,19 @@ def flash_attention_nb(q, k, v, causal=False, window=None, scale=None, block_q=N
     q, k, v, causal, window, scale = _validate(q, k, v, causal, window, scale, block_q, block_kv)
     dtype = result_float_dtype(q, k, v)
     block_q, block_kv = flash_tile_sizes(q.shape[2], k.shape[2], q.shape[3], block_q, block_kv)
-    qc, kc, vc = (np.ascontiguousarray(x, dtype=dtype) for x in (q, k, v))
     out = np.empty(q.shape, dtype)  # [B, H, Tq, D]
     lse = np.empty(q.shape[:3], dtype)  # [B, H, Tq]
     if q.size == 0:  # also covers Tk == 0 (then Tq == 0)
         return out, lse
-    _flash_forward_kernel(qc, kc, vc, causal, window or 0, dtype.type(scale), int(block_q), int(block_kv), out, lse)
+    qt = np.ascontiguousarray((q.astype(dtype, copy=False) * dtype.type(scale)).transpose(0, 1, 3, 2))  # [B, H, D, Tq]
+    vt = np.ascontiguousarray(v.astype(dtype, copy=False).transpose(0, 1, 3, 2))  # [B, Hkv, D, Tk]
+    kc = np.ascontiguousarray(k, dtype=dtype)
+    _flash_forward_kernel(qt, kc, vt, causal, window or 0, block_q, block_kv, out, lse)
     return out, lse
 
 
 def flash_attention_backward_nb(q, k, v, out, lse, dout, causal=False, window=None, scale=None, block_q=None, block_kv=None):
-    """Numba flash attention backward (always runs the `@njit` kernels); returns (dq, dk, dv)."""
+    """Numba flash attention backward (always runs the `@njit` kernel); returns (dq, dk, dv)."""
     q, k, v, causal, window, scale = _validate(q, k, v, causal, window, scale, block_q, block_kv)
     out, lse, dout = _validate_saved(q, out, lse, dout)
     dtype = result_float_dtype(q, k, v, out, lse, dout)
@@ -580,11 +582,15 @@ def flash_attention_backward_nb(q, k, v, out, lse, dout, causal=False, window=No
     dv = np.zeros(v.shape, dtype)
     if q.size == 0 or k.size == 0:
         return np.zeros(q.shape, dtype), dk, dv
-    qc, kc, vc, dc, lc = (np.ascontiguousarray(x, dtype=dtype) for x in (q, k, v, dout, lse))
+    scale = dtype.type(scale)  # in the data dtype: float32 math stays float32
+    qs = q.astype(dtype, copy=False) * scale  # [B, H, Tq, D]
+    qt = np.ascontiguousarray(qs.transpose(0, 1, 3, 2))  # [B, H, D, Tq]
+    kc, vc, dc, lc = (np.ascontiguousarray(x, dtype=dtype) for x in (k, v, dout, lse))
+    dt = np.ascontiguousarray(dc.transpose(0, 1, 3, 2))  # [B, H, D, Tq]
     delta = np.ascontiguousarray(np.einsum("bhtd,bhtd->bht", dc, out.astype(dtype, copy=False)))  # [B, H, Tq]
-    args = (qc, kc, vc, dc, lc, delta, causal, window or 0, dtype.type(scale), block_q, block_kv)  # scale in the data dtype: float32 math stays float32
     dq_parts = np.zeros((numba.get_num_threads(), *q.shape), dtype)  # [threads, B, H, Tq, D]
-    _flash_backward_kernel(*args, dq_parts, dk, dv)
+    _flash_backward_kernel(qs, qt, dc, dt, kc, vc, lc, delta, causal, window or 0, scale, block_q, block_kv,
+                           dq_parts, dk, dv)
     dq = dq_parts[0] if len(dq_parts) == 1 else dq_parts.sum(axis=0)
     return dq, dk, dv
 
