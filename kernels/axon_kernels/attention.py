@@ -14,8 +14,13 @@ Glossary
 `flash_attention_ref` materialises S (the definition). `flash_attention_nb` never does: each
 task owns one (batch, head, query tile), walks the key tiles that tile can see, and keeps a
 running max m, a running denominator l and an unnormalised output (the online softmax, see
-docs/kernels.md). The backward recomputes P tile by tile from the saved lse. Its per-element
-predicate `_masked` and block range `_kv_range` are the rule inlined (tests prove them equal).
+docs/kernels.md). Only tiles on the causal diagonal (or a window's edge) apply the rule per
+element; the others, fully visible (`_block_visible`), skip the check (the causal split). The
+backward is one pass: a task per key tile recomputes P once per (query tile, key tile) pair
+from the saved lse and accumulates dK, dV for its keys and dQ into a per-thread buffer. The
+per-element predicate `_masked`, the block range `_kv_range` and `_block_visible` are the rule
+inlined (tests prove them equal). All tile products go through `_mm_acc`, a register-blocked
+GEMM update that LLVM vectorises; tile sizes default to `flash_tile_sizes`.
 
 `blas_attention` (reference `blas_attention_ref`) is what inference runs: per block of queries,
 two BLAS products over only the keys the block can see, and an in-place softmax.
@@ -69,14 +74,15 @@ class FlashAttentionConfig:
 def flash_tile_sizes(tq, tk, d, block_q=None, block_kv=None):
     """The (block_q, block_kv) the flash kernels use for this shape; given sizes are kept.
 
-    64 x 64 tiles unless the sequence is shorter: a tile never holds more rows than there are
-    queries (keys), rounded up to 4 (16), so short prefills and decoding allocate and zero no
-    unused tile rows. Measured on the kernels' own loops (benchmarks/bench_kernels.py sweeps them,
-    docs/performance.md): at T=2048 H=4 D=64, 64 x 64 and 128 x 128 tie and smaller or lopsided
-    tiles are slower; at D=128 the spread was within the run's noise.
+    128 query rows x 64 keys when queries and keys both number 1024 or more, else 64 x 64; a tile
+    never holds more rows than there are queries (keys), rounded up to 4 (16), so short
+    prefills allocate and zero no unused rows. Measured in CPU time on one thread (`--tile-sweep`
+    of benchmarks/bench_kernels.py, docs/performance.md): at causal T=2048 H=4 D=64 and T=1024
+    H=4 D=128, 128 x 64 took 0.94-0.95x the time of 64 x 64 (forward and backward); at T=512
+    H=8 it took 0.98-1.03x; 32-row tiles took 1.13-1.30x everywhere.
     """
     if block_q is None:
-        block_q = min(64, -(-max(tq, 1) // 4) * 4)
+        block_q = min(128 if min(tq, tk) >= 1024 else 64, -(-max(tq, 1) // 4) * 4)
     if block_kv is None:
         block_kv = min(64, -(-max(tk, 1) // 16) * 16)
     return int(block_q), int(block_kv)
@@ -251,13 +257,14 @@ def _kv_range(p_first, p_last, tk, causal, window):
     return lo, hi
 
 
-# Everything below runs on tiles copied into 1-D buffers the task allocates itself and indexed
-# with unsigned (uint64) offsets: LLVM then knows the buffers do not alias and that no index is
-# negative (Numba wraps negative signed indices, a select per access that stops vectorisation),
-# so the inner loops compile to AVX FMAs. `inspect_asm` of `_flash_forward_kernel` shows
-# `vfmadd231ps` on full-width registers; with signed offsets it showed scalar `vfmadd231ss` only.
+# How the flash kernels get vectorised code without fastmath: every tile is a row-major 1-D
+# buffer (the task's own, or a flat view of a pre-transposed input) indexed with unsigned
+# (uint64) offsets. Numba wraps negative *signed* indices (a select per access), which stops
+# LLVM's vectoriser; with unsigned offsets the inner loops of `_mm_acc` compile to packed FMAs
+# (`vfmadd231ps` on zmm registers here, checked by tests/kernels/test_attention.py; with signed
+# offsets only scalar `vfmadd231ss`). The softmax loops run along contiguous queries for the same
+# reason (tiles are held keys x queries), so no loop needs a horizontal reduction.
 _U = np.uint64
-_LANES = 16  # partial sums / maxima kept per lane so the row reductions vectorise without fastmath
 
 
 @njit(inline="always", error_model="numpy")
@@ -277,12 +284,14 @@ def _block_visible(p_first, p_last, j0, j1, causal, window):
     return True
 
 
-@njit(inline="always", error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=CONTRACT, error_model="numpy")
 def _mm_acc(a, ao, lda, b, bo, ldb, c, co, ldc, m, kd, n):
     """c[co + i ldc + j] += sum_k a[ao + i lda + k] b[bo + k ldb + j] for i < m, k < kd, j < n.
 
-    A row-major GEMM update on 1-D buffers (all arguments uint64). Four rows of c take four rows
-    of b per pass: 16 FMAs per 4 loads of b, the inner loop along j vectorised."""
+    A row-major GEMM update on 1-D buffers (offsets, strides and sizes uint64): every product of
+    the flash kernels. Four rows of c take four rows of b per pass (16 FMAs per 4 loads of b),
+    the inner loop along j vectorised (~100 GFLOP/s float32 on one core here at 64 x 64 x 64).
+    Not inlined: one compiled copy per dtype keeps the kernels' compile time down."""
     u1, u2, u3, u4 = _U(1), _U(2), _U(3), _U(4)
     for i4 in range(m // u4):
         a0 = ao + i4 * u4 * lda
@@ -326,46 +335,6 @@ def _mm_acc(a, ao, lda, b, bo, ldb, c, co, ldc, m, kd, n):
             o0 = bo + kk * ldb
             for j in range(n):
                 c[c0 + j] += x0 * b[o0 + j]
-
-
-@njit(inline="always", error_model="numpy")
-def _row_max(s, o, n, start, part):
-    """max(start, s[o:o + n]) ignoring NaN (a NaN score still reaches the row through exp)."""
-    lanes = _U(_LANES)
-    for u in range(lanes):
-        part[u] = start
-    for j16 in range(n // lanes):
-        b = o + j16 * lanes
-        for u in range(lanes):
-            x = s[b + u]
-            part[u] = x if x > part[u] else part[u]
-    mx = start
-    for u in range(lanes):
-        mx = part[u] if part[u] > mx else mx
-    for j in range(n - n % lanes, n):
-        x = s[o + j]
-        mx = x if x > mx else mx
-    return mx
-
-
-@njit(inline="always", error_model="numpy")
-def _exp_sum(s, o, n, shift, part):
-    """s[o:o + n] = exp(s - shift) in place; returns their sum (in lanes, so it vectorises)."""
-    lanes = _U(_LANES)
-    for j in range(n):
-        s[o + j] = fast_exp(s[o + j] - shift)
-    for u in range(lanes):
-        part[u] = 0.0
-    for j16 in range(n // lanes):
-        b = o + j16 * lanes
-        for u in range(lanes):
-            part[u] += s[b + u]
-    total = part[0]  # stays in the data dtype (a float literal would make it float64)
-    for u in range(_U(1), lanes):
-        total += part[u]
-    for j in range(n - n % lanes, n):
-        total += s[o + j]
-    return total
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=CONTRACT, error_model="numpy")

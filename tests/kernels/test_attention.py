@@ -291,17 +291,13 @@ def test_tile_gemm_compiles_to_packed_fma():
     if platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip(f"the assembly check knows x86-64 FMA mnemonics only, this is {platform.machine()}")
 
-    @njit(fastmath=CONTRACT, error_model="numpy")  # no cache: inspect_asm needs a fresh compile
-    def tile_product(a_in, b_in, m, kd, n):
-        a, b = a_in.copy(), b_in.copy()  # task-local buffers, as in the kernels
-        c = np.zeros(m * n, a.dtype)
-        u = np.uint64
-        _mm_acc(a, u(0), u(kd), b, u(0), u(n), c, u(0), u(n), u(m), u(kd), u(n))
-        return c
-
+    tile_gemm = njit(fastmath=CONTRACT, error_model="numpy")(_mm_acc.py_func)  # uncached: inspect_asm needs a fresh compile
+    u = np.uint64
     a = np.ones(64 * 64, np.float32)
-    np.testing.assert_array_equal(tile_product(a, a, 64, 64, 64), np.full(64 * 64, 64, np.float32))
-    asm = tile_product.inspect_asm(tile_product.signatures[0])
+    c = np.zeros(64 * 64, np.float32)
+    tile_gemm(a, u(0), u(64), a, u(0), u(64), c, u(0), u(64), u(64), u(64), u(64))
+    np.testing.assert_array_equal(c, np.full(64 * 64, 64, np.float32))
+    asm = tile_gemm.inspect_asm(tile_gemm.signatures[0])
     if "vfmadd" not in asm:
         pytest.skip("this CPU has no FMA instructions (the check looks for packed FMAs)")
     assert re.search(r"vfmadd\d+ps", asm), "the tile GEMM compiled to scalar FMAs only"
@@ -335,7 +331,7 @@ def test_default_tiles_fit_the_shape_and_equal_the_reference(tq, tk):
     from axon_kernels.attention import flash_tile_sizes
 
     bq, bkv = flash_tile_sizes(tq, tk, 8)
-    assert 1 <= bq <= max(4, tq) and 1 <= bkv <= max(16, tk) and bq <= 64 and bkv <= 64
+    assert 1 <= bq <= max(4, tq) and 1 <= bkv <= max(16, tk) and bq <= 128 and bkv <= 64
     assert flash_tile_sizes(tq, tk, 8, 5, 7) == (5, 7)
     rng = np.random.default_rng(tq + tk)
     q = rng.standard_normal((1, 2, tq, 8)).astype(np.float32)
