@@ -368,9 +368,7 @@ def main(argv=None):
     repeat = 1 if args.smoke else args.repeat
     print(f"numba {numba.__version__} threads={numba.get_num_threads()} cpus={os.cpu_count()} "
           f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')} load={os.getloadavg()[0]:.1f}")
-    # the torch comparison runs first, in a fresh process state: run after bench_attention (its
-    # T=8192 call and dense NumPy peer), torch's SDPA took 55 ms of CPU time on 2 threads instead
-    # of 35 and finished sooner on a loaded machine (docs/performance.md)
+    # the goal's measurement first, before the long T=8192 call and the dense NumPy peer
     bench_torch_sdpa(args.smoke, repeat, args.threads, max(1, args.rounds))
     bench_attention(args.smoke, repeat)
     if args.tile_sweep:
