@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 
 import numpy as np
 
@@ -229,8 +230,8 @@ def bench_flash_tiles(smoke, repeat, rounds=2):
         for r in range(1 if smoke else rounds):
             res = {}
             for bq, bkv in sizes if r % 2 == 0 else sizes[::-1]:
-                f = best_cpu(lambda: flash_attention_nb(q, k, v, True, None, None, bq, bkv), repeat)
-                b = best_cpu(lambda: flash_attention_backward_nb(q, k, v, out, lse, dout, True, None, None, bq, bkv), repeat)
+                f = best_cpu(partial(flash_attention_nb, q, k, v, True, None, None, bq, bkv), repeat)
+                b = best_cpu(partial(flash_attention_backward_nb, q, k, v, out, lse, dout, True, None, None, bq, bkv), repeat)
                 res[bq, bkv] = (f, b)
             f0, b0 = res[64, 64]
             print(f"  round {r + 1} (64x64: {f0 * 1e3:.1f} / {b0 * 1e3:.1f} ms, load {os.getloadavg()[0]:.1f}): "

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
 
 from ._jit import CONTRACT, fast_exp, float_array, jit_disabled, result_float_dtype
 
@@ -267,6 +268,34 @@ def _kv_range(p_first, p_last, tk, causal, window):
 _U = np.uint64
 
 
+def _claim(counter):
+    """Take the next task number: counter[0] += 1, returning the old value (atomic in Numba).
+
+    The kernels hand out tasks through this instead of prange's static split: on a shared
+    machine a thread that got descheduled would otherwise hold half the tasks while the other
+    thread sits idle; here whichever thread runs takes the next task."""
+    task = counter[0]
+    counter[0] += 1
+    return task
+
+
+@intrinsic
+def _atomic_fetch_add(typingctx, counter):
+    sig = types.int64(counter)
+
+    def codegen(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        one = context.get_constant(types.int64, 1)
+        return builder.atomic_rmw("add", arr.data, one, "seq_cst")
+
+    return sig, codegen
+
+
+@overload(_claim)
+def _claim_overload(counter):
+    return lambda counter: _atomic_fetch_add(counter)
+
+
 @njit(inline="always", error_model="numpy")
 def _masked(key, pos, causal, window):
     return ((causal or window > 0) and key > pos) or (window > 0 and key <= pos - window)
@@ -277,11 +306,9 @@ def _block_visible(p_first, p_last, j0, j1, causal, window):
     """True when every query at positions p_first..p_last sees every key j0..j1-1 (the causal
     split: such a tile needs no per-element mask; only tiles on the diagonal or the window's
     edge run `_masked`)."""
-    if (causal or window > 0) and j1 - 1 > p_first:
-        return False
-    if window > 0 and j0 <= p_last - window:
-        return False
-    return True
+    past_diagonal = (causal or window > 0) and j1 - 1 > p_first  # a key after the first query
+    before_window = window > 0 and j0 <= p_last - window  # a key before the last query's window
+    return not (past_diagonal or before_window)
 
 
 @njit(cache=True, nogil=True, fastmath=CONTRACT, error_model="numpy")
@@ -338,7 +365,7 @@ def _mm_acc(a, ao, lda, b, bo, ldb, c, co, ldc, m, kd, n):
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=CONTRACT, error_model="numpy")
-def _flash_forward_kernel(qt, k, vt, causal, window, block_q, block_kv, out, lse):
+def _flash_forward_kernel(qt, k, vt, causal, window, block_q, block_kv, out, lse, counter, workers):
     # qt [B, H, D, Tq] = (scale Q)^T, k [B, Hkv, Tk, D], vt [B, Hkv, D, Tk] = V^T, all C-contiguous;
     # out [B, H, Tq, D], lse [B, H, Tq]. The tile is held transposed, keys x queries (S^T, P^T,
     # out^T): the softmax's per-query max, sum and rescale then run along contiguous queries
@@ -350,85 +377,90 @@ def _flash_forward_kernel(qt, k, vt, causal, window, block_q, block_kv, out, lse
     q_tiles = (tq + block_q - 1) // block_q
     qtf, kf, vtf = qt.reshape(-1), k.reshape(-1), vt.reshape(-1)
     ud, utq, utk, ubq, zero = _U(d), _U(tq), _U(tk), _U(block_q), _U(0)
-    for task in prange(n_b * n_h * q_tiles):
-        tile = q_tiles - 1 - task % q_tiles  # last query tiles first: with causal they see the most keys
-        bi = task // (n_h * q_tiles)
-        hi_ = (task // q_tiles) % n_h
-        i0 = tile * block_q
-        i1 = min(tq, i0 + block_q)
-        rows = i1 - i0
-        ur = _U(rows)
-        kh = hi_ // group  # the K/V head this query head reads (GQA, no copy)
-        qt_at = _U((bi * n_h + hi_) * d * tq + i0)  # [D, rows] query tile in qtf (row stride Tq)
-        k_at = _U((bi * n_hkv + kh) * tk * d)  # [Tk, D] K of the head in kf
-        vt_at = _U((bi * n_hkv + kh) * d * tk)  # [D, Tk] V^T of the head in vtf
-        acc = np.zeros(d * block_q, qt.dtype)  # [D, rows] unnormalised output, transposed
-        st = np.empty(block_kv * block_q, qt.dtype)  # [cols, rows] scores, then probabilities
-        m = np.empty(block_q, qt.dtype)  # running max per query
-        m[:] = -np.inf
-        neg_inf = m[0]  # -inf in the data dtype
-        l = np.zeros(block_q, qt.dtype)  # running denominator per query
-        m_new = np.empty(block_q, qt.dtype)
-        shift = np.empty(block_q, qt.dtype)
-        alpha = np.empty(block_q, qt.dtype)
-        p_first, p_last = offset + i0, offset + i1 - 1
-        lo, hi = _kv_range(p_first, p_last, tk, causal, window)
-        for j0 in range(lo, hi, block_kv):
-            j1 = min(hi, j0 + block_kv)
-            cols = j1 - j0
-            uc = _U(cols)
-            for x in range(uc * ubq):
-                st[x] = 0.0
-            _mm_acc(kf, k_at + _U(j0) * ud, ud, qtf, qt_at, utq, st, zero, ubq, uc, ud, ur)  # S^T = K (scale Q)^T
-            full = _block_visible(p_first, p_last, j0, j1, causal, window)
-            if not full:  # diagonal / window-edge tile: the rule per element
-                for j in range(cols):
-                    o = _U(j) * ubq
-                    for i in range(rows):
-                        if _masked(j0 + j, p_first + i, causal, window):
-                            st[o + _U(i)] = neg_inf
-            for i in range(ur):
-                m_new[i] = m[i]
-            for j in range(uc):  # per-query max over the tile's keys (a NaN never wins; it reaches the row through exp)
-                o = j * ubq
+    n_tasks = n_b * n_h * q_tiles
+    for _worker in prange(min(workers, n_tasks)):  # workers = the caller's numba.get_num_threads()
+        while True:  # tasks handed out by `_claim` (see there), not prange's static split
+            task = _claim(counter)
+            if task >= n_tasks:
+                break
+            tile = q_tiles - 1 - task % q_tiles  # last query tiles first: with causal they see the most keys
+            bi = task // (n_h * q_tiles)
+            hi_ = (task // q_tiles) % n_h
+            i0 = tile * block_q
+            i1 = min(tq, i0 + block_q)
+            rows = i1 - i0
+            ur = _U(rows)
+            kh = hi_ // group  # the K/V head this query head reads (GQA, no copy)
+            qt_at = _U((bi * n_h + hi_) * d * tq + i0)  # [D, rows] query tile in qtf (row stride Tq)
+            k_at = _U((bi * n_hkv + kh) * tk * d)  # [Tk, D] K of the head in kf
+            vt_at = _U((bi * n_hkv + kh) * d * tk)  # [D, Tk] V^T of the head in vtf
+            acc = np.zeros(d * block_q, qt.dtype)  # [D, rows] unnormalised output, transposed
+            st = np.empty(block_kv * block_q, qt.dtype)  # [cols, rows] scores, then probabilities
+            m = np.empty(block_q, qt.dtype)  # running max per query
+            m[:] = -np.inf
+            neg_inf = m[0]  # -inf in the data dtype
+            l = np.zeros(block_q, qt.dtype)  # running denominator per query
+            m_new = np.empty(block_q, qt.dtype)
+            shift = np.empty(block_q, qt.dtype)
+            alpha = np.empty(block_q, qt.dtype)
+            p_first, p_last = offset + i0, offset + i1 - 1
+            lo, hi = _kv_range(p_first, p_last, tk, causal, window)
+            for j0 in range(lo, hi, block_kv):
+                j1 = min(hi, j0 + block_kv)
+                cols = j1 - j0
+                uc = _U(cols)
+                for x in range(uc * ubq):
+                    st[x] = 0.0
+                _mm_acc(kf, k_at + _U(j0) * ud, ud, qtf, qt_at, utq, st, zero, ubq, uc, ud, ur)  # S^T = K (scale Q)^T
+                full = _block_visible(p_first, p_last, j0, j1, causal, window)
+                if not full:  # diagonal / window-edge tile: the rule per element
+                    for j in range(cols):
+                        o = _U(j) * ubq
+                        for i in range(rows):
+                            if _masked(j0 + j, p_first + i, causal, window):
+                                st[o + _U(i)] = neg_inf
                 for i in range(ur):
-                    x = st[o + i]
-                    m_new[i] = x if x > m_new[i] else m_new[i]
-            for i in range(ur):
-                shift[i] = m_new[i] if m_new[i] != neg_inf else 0.0  # a query that sees no key yet: exp(-inf - 0) = 0
-                alpha[i] = fast_exp(m[i] - shift[i])  # rescales what was accumulated under the old max
-                m[i] = m_new[i]
-                l[i] *= alpha[i]
-            for j in range(uc):
-                o = j * ubq
+                    m_new[i] = m[i]
+                for j in range(uc):  # per-query max over the tile's keys (a NaN never wins; it reaches the row through exp)
+                    o = j * ubq
+                    for i in range(ur):
+                        x = st[o + i]
+                        m_new[i] = x if x > m_new[i] else m_new[i]  # noqa: FURB136 (max() differs on NaN)
                 for i in range(ur):
-                    st[o + i] = fast_exp(st[o + i] - shift[i])
-            if not full:  # exp(-inf) is 0 up to a denormal; make masked probabilities exactly 0
-                for j in range(cols):
-                    o = _U(j) * ubq
-                    for i in range(rows):
-                        if _masked(j0 + j, p_first + i, causal, window):
-                            st[o + _U(i)] = 0.0
-            for j in range(uc):
-                o = j * ubq
-                for i in range(ur):
-                    l[i] += st[o + i]
-            for c in range(ud):
-                o = c * ubq
-                for i in range(ur):
-                    acc[o + i] *= alpha[i]
-            _mm_acc(vtf, vt_at + _U(j0), utk, st, zero, ubq, acc, zero, ubq, ud, uc, ur)  # out^T += V^T P^T
-        for i in range(rows):
-            inv = 1.0 / l[i]
-            out_row = out[bi, hi_, i0 + i]
-            for c in range(ud):
-                out_row[c] = acc[c * ubq + _U(i)] * inv
-            lse[bi, hi_, i0 + i] = m[i] + np.log(l[i])
+                    shift[i] = m_new[i] if m_new[i] != neg_inf else 0.0  # a query that sees no key yet: exp(-inf - 0) = 0
+                    alpha[i] = fast_exp(m[i] - shift[i])  # rescales what was accumulated under the old max
+                    m[i] = m_new[i]
+                    l[i] *= alpha[i]
+                for j in range(uc):
+                    o = j * ubq
+                    for i in range(ur):
+                        st[o + i] = fast_exp(st[o + i] - shift[i])
+                if not full:  # exp(-inf) is 0 up to a denormal; make masked probabilities exactly 0
+                    for j in range(cols):
+                        o = _U(j) * ubq
+                        for i in range(rows):
+                            if _masked(j0 + j, p_first + i, causal, window):
+                                st[o + _U(i)] = 0.0
+                for j in range(uc):
+                    o = j * ubq
+                    for i in range(ur):
+                        l[i] += st[o + i]
+                for c in range(ud):
+                    o = c * ubq
+                    for i in range(ur):
+                        acc[o + i] *= alpha[i]
+                _mm_acc(vtf, vt_at + _U(j0), utk, st, zero, ubq, acc, zero, ubq, ud, uc, ur)  # out^T += V^T P^T
+            for i in range(rows):
+                inv = 1.0 / l[i]
+                out_row = out[bi, hi_, i0 + i]
+                for c in range(ud):
+                    out_row[c] = acc[c * ubq + _U(i)] * inv
+                lse[bi, hi_, i0 + i] = m[i] + np.log(l[i])
 
 
 @njit(parallel=True, cache=True, nogil=True, fastmath=CONTRACT, error_model="numpy")
 def _flash_backward_kernel(qs, qt, dout, dot, k, v, lse, delta, causal, window, scale, block_q, block_kv,
-                           dq_parts, dk, dv):
+                           dq_parts, dk, dv, counter, workers):
     # One pass: a task per (batch, K/V head, key tile) walks the G query heads and the query tiles
     # that see its keys, recomputes P^T once per tile pair and accumulates dV += P^T dO and
     # dK += dS^T (scale Q) in its own buffers (no write conflicts) and dQ += dS K into the running
@@ -442,87 +474,92 @@ def _flash_backward_kernel(qs, qt, dout, dot, k, v, lse, delta, causal, window, 
     kv_tiles = (tk + block_kv - 1) // block_kv
     qsf, qtf, dof, dotf = qs.reshape(-1), qt.reshape(-1), dout.reshape(-1), dot.reshape(-1)
     ud, utq, ubq, ubk, zero = _U(d), _U(tq), _U(block_q), _U(block_kv), _U(0)
-    for task in prange(n_b * n_hkv * kv_tiles):
-        bi = task // (n_hkv * kv_tiles)
-        kh = (task // kv_tiles) % n_hkv
-        j0 = (task % kv_tiles) * block_kv  # first key tiles first: with causal they see the most queries
-        j1 = min(tk, j0 + block_kv)
-        cols = j1 - j0
-        uc = _U(cols)
-        kb = np.empty(block_kv * d, qs.dtype)  # [cols, D] K tile
-        vb = np.empty(block_kv * d, qs.dtype)  # [cols, D] V tile
-        dk_t = np.zeros(block_kv * d, qs.dtype)  # [cols, D]
-        dv_t = np.zeros(block_kv * d, qs.dtype)  # [cols, D]
-        pt = np.empty(block_kv * block_q, qs.dtype)  # [cols, rows] S^T, then P^T
-        dst = np.empty(block_kv * block_q, qs.dtype)  # [cols, rows] dP^T, then dS^T
-        ds = np.empty(block_q * block_kv, qs.dtype)  # [rows, cols] dS
-        dq_t = np.empty(block_q * d, qs.dtype)  # [rows, D]
-        row_lse = np.empty(block_q, qs.dtype)
-        row_delta = np.empty(block_q, qs.dtype)
-        for j in range(cols):
-            k_row = k[bi, kh, j0 + j]
-            v_row = v[bi, kh, j0 + j]
-            o = _U(j) * ud
-            for c in range(ud):
-                kb[o + c] = k_row[c]
-                vb[o + c] = v_row[c]
-        # queries (by index) that can see some key of this tile
-        i_lo = 0
-        i_hi = tq
-        if causal or window > 0:
-            i_lo = max(0, j0 - offset)
-        if window > 0:
-            i_hi = min(tq, j1 - 1 + window - offset)
-        for g in range(group):
-            hq = kh * group + g
-            dq_acc = dq_parts[numba.get_thread_id(), bi, hq]  # [Tq, D] this thread's dQ
-            head_rows = _U((bi * n_h + hq) * tq * d)  # [Tq, D] of the head in qsf / dof
-            head_cols = _U((bi * n_h + hq) * d * tq)  # [D, Tq] of the head in qtf / dotf
-            for i0 in range(i_lo, i_hi, block_q):
-                i1 = min(i_hi, i0 + block_q)
-                rows = i1 - i0
-                ur = _U(rows)
-                for i in range(rows):
-                    row_lse[i] = lse[bi, hq, i0 + i]
-                    row_delta[i] = delta[bi, hq, i0 + i]
-                for x in range(uc * ubq):
-                    pt[x] = 0.0
-                    dst[x] = 0.0
-                _mm_acc(kb, zero, ud, qtf, head_cols + _U(i0), utq, pt, zero, ubq, uc, ud, ur)  # S^T = K (scale Q)^T
-                _mm_acc(vb, zero, ud, dotf, head_cols + _U(i0), utq, dst, zero, ubq, uc, ud, ur)  # dP^T = V dO^T
-                full = _block_visible(offset + i0, offset + i1 - 1, j0, j1, causal, window)
-                for j in range(cols):
-                    o = _U(j) * ubq
+    n_tasks = n_b * n_hkv * kv_tiles
+    for _worker in prange(min(workers, n_tasks)):  # workers = the caller's numba.get_num_threads()
+        while True:  # tasks handed out by `_claim` (see there), not prange's static split
+            task = _claim(counter)
+            if task >= n_tasks:
+                break
+            bi = task // (n_hkv * kv_tiles)
+            kh = (task // kv_tiles) % n_hkv
+            j0 = (task % kv_tiles) * block_kv  # first key tiles first: with causal they see the most queries
+            j1 = min(tk, j0 + block_kv)
+            cols = j1 - j0
+            uc = _U(cols)
+            kb = np.empty(block_kv * d, qs.dtype)  # [cols, D] K tile
+            vb = np.empty(block_kv * d, qs.dtype)  # [cols, D] V tile
+            dk_t = np.zeros(block_kv * d, qs.dtype)  # [cols, D]
+            dv_t = np.zeros(block_kv * d, qs.dtype)  # [cols, D]
+            pt = np.empty(block_kv * block_q, qs.dtype)  # [cols, rows] S^T, then P^T
+            dst = np.empty(block_kv * block_q, qs.dtype)  # [cols, rows] dP^T, then dS^T
+            ds = np.empty(block_q * block_kv, qs.dtype)  # [rows, cols] dS
+            dq_t = np.empty(block_q * d, qs.dtype)  # [rows, D]
+            row_lse = np.empty(block_q, qs.dtype)
+            row_delta = np.empty(block_q, qs.dtype)
+            for j in range(cols):
+                k_row = k[bi, kh, j0 + j]
+                v_row = v[bi, kh, j0 + j]
+                o = _U(j) * ud
+                for c in range(ud):
+                    kb[o + c] = k_row[c]
+                    vb[o + c] = v_row[c]
+            # queries (by index) that can see some key of this tile
+            i_lo = 0
+            i_hi = tq
+            if causal or window > 0:
+                i_lo = max(0, j0 - offset)
+            if window > 0:
+                i_hi = min(tq, j1 - 1 + window - offset)
+            for g in range(group):
+                hq = kh * group + g
+                dq_acc = dq_parts[numba.get_thread_id(), bi, hq]  # [Tq, D] this thread's dQ
+                head_rows = _U((bi * n_h + hq) * tq * d)  # [Tq, D] of the head in qsf / dof
+                head_cols = _U((bi * n_h + hq) * d * tq)  # [D, Tq] of the head in qtf / dotf
+                for i0 in range(i_lo, i_hi, block_q):
+                    i1 = min(i_hi, i0 + block_q)
+                    rows = i1 - i0
+                    ur = _U(rows)
+                    for i in range(rows):
+                        row_lse[i] = lse[bi, hq, i0 + i]
+                        row_delta[i] = delta[bi, hq, i0 + i]
+                    for x in range(uc * ubq):
+                        pt[x] = 0.0
+                        dst[x] = 0.0
+                    _mm_acc(kb, zero, ud, qtf, head_cols + _U(i0), utq, pt, zero, ubq, uc, ud, ur)  # S^T = K (scale Q)^T
+                    _mm_acc(vb, zero, ud, dotf, head_cols + _U(i0), utq, dst, zero, ubq, uc, ud, ur)  # dP^T = V dO^T
+                    full = _block_visible(offset + i0, offset + i1 - 1, j0, j1, causal, window)
+                    for j in range(cols):
+                        o = _U(j) * ubq
+                        for i in range(ur):
+                            pt[o + i] = fast_exp(pt[o + i] - row_lse[i])
+                        if not full:
+                            for i in range(rows):
+                                if _masked(j0 + j, offset + i0 + i, causal, window):
+                                    pt[o + _U(i)] = 0.0
+                        for i in range(ur):
+                            dst[o + i] = pt[o + i] * (dst[o + i] - row_delta[i])  # dS^T (scale applied below)
+                    at = head_rows + _U(i0) * ud
+                    _mm_acc(pt, zero, ubq, dof, at, ud, dv_t, zero, ud, uc, ur, ud)  # dV += P^T dO
+                    _mm_acc(dst, zero, ubq, qsf, at, ud, dk_t, zero, ud, uc, ur, ud)  # dK += dS^T (scale Q)
                     for i in range(ur):
-                        pt[o + i] = fast_exp(pt[o + i] - row_lse[i])
-                    if not full:
-                        for i in range(rows):
-                            if _masked(j0 + j, offset + i0 + i, causal, window):
-                                pt[o + _U(i)] = 0.0
-                    for i in range(ur):
-                        dst[o + i] = pt[o + i] * (dst[o + i] - row_delta[i])  # dS^T (scale applied below)
-                at = head_rows + _U(i0) * ud
-                _mm_acc(pt, zero, ubq, dof, at, ud, dv_t, zero, ud, uc, ur, ud)  # dV += P^T dO
-                _mm_acc(dst, zero, ubq, qsf, at, ud, dk_t, zero, ud, uc, ur, ud)  # dK += dS^T (scale Q)
-                for i in range(ur):
-                    o = i * ubk
-                    for j in range(uc):
-                        ds[o + j] = dst[j * ubq + i]
-                for x in range(ur * ud):
-                    dq_t[x] = 0.0
-                _mm_acc(ds, zero, ubk, kb, zero, ud, dq_t, zero, ud, ur, uc, ud)  # dS K
-                for i in range(rows):
-                    dq_row = dq_acc[i0 + i]
-                    o = _U(i) * ud
-                    for c in range(ud):
-                        dq_row[c] += dq_t[o + c] * scale
-        for j in range(cols):
-            dk_out = dk[bi, kh, j0 + j]
-            dv_out = dv[bi, kh, j0 + j]
-            o = _U(j) * ud
-            for c in range(ud):
-                dk_out[c] = dk_t[o + c]
-                dv_out[c] = dv_t[o + c]
+                        o = i * ubk
+                        for j in range(uc):
+                            ds[o + j] = dst[j * ubq + i]
+                    for x in range(ur * ud):
+                        dq_t[x] = 0.0
+                    _mm_acc(ds, zero, ubk, kb, zero, ud, dq_t, zero, ud, ur, uc, ud)  # dS K
+                    for i in range(rows):
+                        dq_row = dq_acc[i0 + i]
+                        o = _U(i) * ud
+                        for c in range(ud):
+                            dq_row[c] += dq_t[o + c] * scale
+            for j in range(cols):
+                dk_out = dk[bi, kh, j0 + j]
+                dv_out = dv[bi, kh, j0 + j]
+                o = _U(j) * ud
+                for c in range(ud):
+                    dk_out[c] = dk_t[o + c]
+                    dv_out[c] = dv_t[o + c]
 
 
 def flash_attention_nb(q, k, v, causal=False, window=None, scale=None, block_q=None, block_kv=None):
@@ -537,7 +574,7 @@ def flash_attention_nb(q, k, v, causal=False, window=None, scale=None, block_q=N
     qt = np.ascontiguousarray((q.astype(dtype, copy=False) * dtype.type(scale)).transpose(0, 1, 3, 2))  # [B, H, D, Tq]
     vt = np.ascontiguousarray(v.astype(dtype, copy=False).transpose(0, 1, 3, 2))  # [B, Hkv, D, Tk]
     kc = np.ascontiguousarray(k, dtype=dtype)
-    _flash_forward_kernel(qt, kc, vt, causal, window or 0, block_q, block_kv, out, lse)
+    _flash_forward_kernel(qt, kc, vt, causal, window or 0, block_q, block_kv, out, lse, np.zeros(1, np.int64), numba.get_num_threads())
     return out, lse
 
 
@@ -557,9 +594,10 @@ def flash_attention_backward_nb(q, k, v, out, lse, dout, causal=False, window=No
     kc, vc, dc, lc = (np.ascontiguousarray(x, dtype=dtype) for x in (k, v, dout, lse))
     dt = np.ascontiguousarray(dc.transpose(0, 1, 3, 2))  # [B, H, D, Tq]
     delta = np.ascontiguousarray(np.einsum("bhtd,bhtd->bht", dc, out.astype(dtype, copy=False)))  # [B, H, Tq]
-    dq_parts = np.zeros((numba.get_num_threads(), *q.shape), dtype)  # [threads, B, H, Tq, D]
+    workers = numba.get_num_threads()
+    dq_parts = np.zeros((workers, *q.shape), dtype)  # [threads, B, H, Tq, D]
     _flash_backward_kernel(qs, qt, dc, dt, kc, vc, lc, delta, causal, window or 0, scale, block_q, block_kv,
-                           dq_parts, dk, dv)
+                           dq_parts, dk, dv, np.zeros(1, np.int64), workers)
     dq = dq_parts[0] if len(dq_parts) == 1 else dq_parts.sum(axis=0)
     return dq, dk, dv
 
