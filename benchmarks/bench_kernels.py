@@ -206,13 +206,7 @@ def bench_torch_sdpa(smoke, repeat, threads, rounds=3):
 def best_cpu(fn, repeat):
     """Least process CPU time (all threads) of `repeat` calls after a warm-up: the work a call
     costs, much less sensitive than wall time to other programs on a shared machine."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.process_time()
-        fn()
-        times.append(time.process_time() - t)
-    return min(times)
+    return wall_and_cpu(fn, repeat)[1]
 
 
 def bench_flash_tiles(smoke, repeat, rounds=2):

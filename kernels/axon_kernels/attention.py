@@ -589,7 +589,7 @@ def flash_attention_backward_nb(q, k, v, out, lse, dout, causal=False, window=No
     if q.size == 0 or k.size == 0:
         return np.zeros(q.shape, dtype), dk, dv
     scale = dtype.type(scale)  # in the data dtype: float32 math stays float32
-    qs = q.astype(dtype, copy=False) * scale  # [B, H, Tq, D]
+    qs = np.ascontiguousarray(q.astype(dtype, copy=False) * scale)  # [B, H, Tq, D] (a product keeps q's memory order)
     qt = np.ascontiguousarray(qs.transpose(0, 1, 3, 2))  # [B, H, D, Tq]
     kc, vc, dc, lc = (np.ascontiguousarray(x, dtype=dtype) for x in (k, v, dout, lse))
     dt = np.ascontiguousarray(dc.transpose(0, 1, 3, 2))  # [B, H, D, Tq]
