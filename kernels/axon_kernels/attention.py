@@ -77,10 +77,11 @@ def flash_tile_sizes(tq, tk, d, block_q=None, block_kv=None):
 
     128 query rows x 64 keys when queries and keys both number 1024 or more, else 64 x 64; a tile
     never holds more rows than there are queries (keys), rounded up to 4 (16), so short
-    prefills allocate and zero no unused rows. Measured in CPU time on one thread (`--tile-sweep`
-    of benchmarks/bench_kernels.py, docs/performance.md): at causal T=2048 H=4 D=64 and T=1024
-    H=4 D=128, 128 x 64 took 0.94-0.95x the time of 64 x 64 (forward and backward); at T=512
-    H=8 it took 0.98-1.03x; 32-row tiles took 1.13-1.30x everywhere.
+    prefills allocate and zero no unused rows. Measured in CPU time (`--tile-sweep` of
+    benchmarks/bench_kernels.py, docs/performance.md), relative to 64 x 64, forward / backward:
+    128 x 64 took 0.93-0.95 / 0.92-0.95 at causal T=2048 H=4 D=64, 1.01-1.02 / 0.94-0.98 at
+    T=1024 H=4 D=128 and 0.99-1.08 / 0.96-0.99 at T=512 H=8 (so 64 x 64 below T=1024); tiles of
+    32 rows took 1.08-1.32 everywhere.
     """
     if block_q is None:
         block_q = min(128 if min(tq, tk) >= 1024 else 64, -(-max(tq, 1) // 4) * 4)
