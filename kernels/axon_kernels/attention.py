@@ -36,7 +36,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-from . import workers
+from .workers import run_chunks
 from ._jit import CONTRACT, fast_exp, float_array, jit_disabled, result_float_dtype
 
 __all__ = [
@@ -741,5 +741,5 @@ def blas_attention(q, k, v, causal=False, window=None, scale=None, key_mask=None
         _softmax_inplace(scores)  # scores -> probabilities
         np.matmul(scores, vv[bi, hi, k0:k1], out=out[bi, hi, :, i0:i1])  # [G, bq, D]
 
-    workers.run_chunks(piece, len(blocks) * b * hkv)
+    run_chunks(piece, len(blocks) * b * hkv)
     return out.reshape(b, h, tq, d)
