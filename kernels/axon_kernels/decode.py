@@ -134,29 +134,32 @@ REASSOC = {"reassoc", "contract"}
 _F16_TO_F32 = np.float32(2.0 ** 112)          # float16 exponent bias 15 -> float32 bias 127
 
 
-def _f32_row(row, bits):
-    """``row`` as float32 values (a float32 row itself; float16 bits ``uint16`` decoded into ``bits``)."""
-    return row.view(np.float16).astype(np.float32) if row.dtype == np.uint16 else row
+def _f32_rows(rows, bits):
+    """``rows [n, D]`` as float32 values: float32 rows themselves; float16 bits (``uint16``) decoded
+    into ``bits`` (``uint32 [>= n * D]``) and returned as a float32 ``[n, D]`` view of it."""
+    return rows.view(np.float16).astype(np.float32) if rows.dtype == np.uint16 else rows
 
 
-@overload(_f32_row)
-def _f32_row_overload(row, bits):
-    if row.dtype != types.uint16:
-        return lambda row, bits: row
+@overload(_f32_rows)
+def _f32_rows_overload(rows, bits):
+    if rows.dtype != types.uint16:
+        return lambda rows, bits: rows
 
-    def decode(row, bits):
+    def decode(rows, bits):
         # float16 -> float32 exactly, branch-free (vectorises): sign, exponent and mantissa moved to
         # float32's fields, then x 2^112 rebiases the exponent (and scales float16 subnormals, which
         # land on float32 subnormals, to their exact value); exponent 31 (Inf/NaN) -> 255
-        for i in range(row.shape[0]):
-            h = np.uint32(row[i])
-            top = ((h & np.uint32(0x7c00)) + np.uint32(0x400)) >> np.uint32(15)      # 1 iff exponent 31
-            bits[i] = ((h & np.uint32(0x7fff)) << np.uint32(13)) | ((h & np.uint32(0x8000)) << np.uint32(16)) \
-                | (top * np.uint32(0x7f800000))
-        f = bits.view(np.float32)
-        for i in range(row.shape[0]):
+        n, d = rows.shape
+        for j in range(n):
+            for i in range(d):
+                h = np.uint32(rows[j, i])
+                top = ((h & np.uint32(0x7c00)) + np.uint32(0x400)) >> np.uint32(15)  # 1 iff exponent 31
+                bits[j * d + i] = ((h & np.uint32(0x7fff)) << np.uint32(13)) \
+                    | ((h & np.uint32(0x8000)) << np.uint32(16)) | (top * np.uint32(0x7f800000))
+        f = bits[:n * d].view(np.float32)
+        for i in range(n * d):
             f[i] *= _F16_TO_F32
-        return f
+        return f.reshape((n, d))
     return decode
 
 
@@ -167,9 +170,10 @@ def _attend_block(q, kc, vc, g, grp, j0, j1, scale, mx, tot, acc):
     n = j1 - j0
     d = q.shape[1]
     s = np.empty((grp, n), np.float32)
-    bits = np.empty(d, np.uint32)
+    bits = np.empty(n * d, np.uint32)
+    keys = _f32_rows(kc[g, j0:j1], bits)                                      # [n, D]
     for j in range(n):
-        kr = _f32_row(kc[g, j0 + j], bits)
+        kr = keys[j]
         for a in range(grp):
             qa = q[g * grp + a]
             dot = np.float32(0.0)
@@ -189,8 +193,9 @@ def _attend_block(q, kc, vc, g, grp, j0, j1, scale, mx, tot, acc):
         tot[a] = t
         for i in range(d):
             acc[a, i] = 0.0
+    vals = _f32_rows(vc[g, j0:j1], bits)                                      # [n, D]
     for j in range(n):
-        vr = _f32_row(vc[g, j0 + j], bits)
+        vr = vals[j]
         for a in range(grp):
             p = s[a, j]
             for i in range(d):
