@@ -9,6 +9,10 @@ Glossary: ``H`` query heads, ``Hkv`` key/value heads (GQA group ``G = H / Hkv``)
 and value are written into slot ``s`` of the layer's ``[Hkv, L, D]`` buffers (float32 or
 float16), and each query head attends slots ``lo..s`` (``lo > 0`` for a sliding window). K and V
 are each read once per step: the ``G`` query heads of a group share every key row they read.
+Over a long cache the slots of each kv head are cut into blocks attended in parallel, each
+keeping its own max, sum and weighted V, merged at the end as flash attention merges tiles
+(``_rope_attend``); dot products and sums are vectorised by letting LLVM reassociate them
+(:data:`REASSOC`). Float16 caches are decoded to float32 a block at a time (``_f32_rows``).
 
 Every kernel has a NumPy reference ``name_ref`` with the same signature; the public ``name``
 dispatches to it under ``NUMBA_DISABLE_JIT=1``.
