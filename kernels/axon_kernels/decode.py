@@ -12,7 +12,8 @@ are each read once per step: the ``G`` query heads of a group share every key ro
 Over a long cache the slots of each kv head are cut into blocks attended in parallel, each
 keeping its own max, sum and weighted V, merged at the end as flash attention merges tiles
 (``_rope_attend``); dot products and sums are vectorised by letting LLVM reassociate them
-(:data:`REASSOC`). Float16 caches are decoded to float32 a block at a time (``_f32_rows``).
+(:data:`REASSOC`). Float16 caches are read through ``_f32_at``: the CPU's own conversion where it
+has one (:data:`HALF_IN_HARDWARE`), else an exact branch-free decoding of the bits.
 
 Every kernel has a NumPy reference ``name_ref`` with the same signature; the public ``name``
 dispatches to it under ``NUMBA_DISABLE_JIT=1``.
@@ -22,10 +23,11 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
-from axon_kernels._jit import fast_exp, jit_disabled
+from axon_kernels._jit import _int32_bits_as_float32, fast_exp, jit_disabled
 from axon_kernels import quant
 
 __all__ = ["rms_norm_into", "rms_norm_into_ref", "rms_norm_rows", "rms_norm_rows_ref", "rope_attend", "rope_attend_ref",
@@ -138,33 +140,60 @@ REASSOC = {"reassoc", "contract"}
 _F16_TO_F32 = np.float32(2.0 ** 112)          # float16 exponent bias 15 -> float32 bias 127
 
 
-def _f32_rows(rows, bits):
-    """``rows [n, D]`` as float32 values: float32 rows themselves; float16 bits (``uint16``) decoded
-    into ``bits`` (``uint32 [>= n * D]``) and returned as a float32 ``[n, D]`` view of it."""
-    return rows.view(np.float16).astype(np.float32) if rows.dtype == np.uint16 else rows
+def _has_half_conversion() -> bool:
+    """True when the CPU converts float16 to float32 in hardware (x86 F16C, every AArch64): LLVM
+    then lowers ``fpext half`` to one vector instruction (``vcvtph2ps``) instead of a library call."""
+    import platform
+
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return True
+    try:
+        import llvmlite.binding as llvm
+
+        return bool(llvm.get_host_cpu_features().get("f16c", False))
+    except Exception:                                       # no feature query: the portable decoding
+        return False
 
 
-@overload(_f32_rows)
-def _f32_rows_overload(rows, bits):
-    if rows.dtype != types.uint16:
-        return lambda rows, bits: rows
+HALF_IN_HARDWARE = _has_half_conversion()
 
-    def decode(rows, bits):
-        # float16 -> float32 exactly, branch-free (vectorises): sign, exponent and mantissa moved to
-        # float32's fields, then x 2^112 rebiases the exponent (and scales float16 subnormals, which
-        # land on float32 subnormals, to their exact value); exponent 31 (Inf/NaN) -> 255
-        n, d = rows.shape
-        for j in range(n):
-            for i in range(d):
-                h = np.uint32(rows[j, i])
-                top = ((h & np.uint32(0x7c00)) + np.uint32(0x400)) >> np.uint32(15)  # 1 iff exponent 31
-                bits[j * d + i] = ((h & np.uint32(0x7fff)) << np.uint32(13)) \
-                    | ((h & np.uint32(0x8000)) << np.uint32(16)) | (top * np.uint32(0x7f800000))
-        f = bits[:n * d].view(np.float32)
-        for i in range(n * d):
-            f[i] *= _F16_TO_F32
-        return f.reshape((n, d))
-    return decode
+
+@intrinsic
+def _half_bits_to_f32(typingctx, bits):
+    """float16 bits (uint16) -> float32 by LLVM's ``fpext half`` (exact; vectorises)."""
+    sig = types.float32(types.uint16)
+
+    def codegen(context, builder, signature, args):
+        return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+    return sig, codegen
+
+
+def _f32_at(row, i):
+    """``row[i]`` as float32 (``row`` float32, or float16 bits as ``uint16``)."""
+    return np.float32(row.view(np.float16)[i]) if row.dtype == np.uint16 else np.float32(row[i])
+
+
+@overload(_f32_at)
+def _f32_at_overload(row, i):
+    if row.dtype != types.uint16:
+        return lambda row, i: row[i]
+    if HALF_IN_HARDWARE:
+        return lambda row, i: _half_bits_to_f32(row[i])
+    return lambda row, i: _half_bits_portable(row[i])
+
+
+@njit(cache=True, nogil=True)
+def _half_bits_portable(h16):
+    """float16 bits -> float32 exactly and branch-free (vectorises), for CPUs without a float16
+    conversion: sign, exponent and mantissa moved to float32's fields, then x 2^112 rebiases the
+    exponent (and scales float16 subnormals, which land on float32 subnormals, to their exact
+    value); exponent 31 (Inf/NaN) becomes 255."""
+    h = np.int32(h16)
+    top = ((h & np.int32(0x7c00)) + np.int32(0x400)) >> np.int32(15)              # 1 iff exponent 31
+    bits = ((h & np.int32(0x7fff)) << np.int32(13)) | ((h & np.int32(0x8000)) << np.int32(16)) \
+        | (top * np.int32(0x7f800000))
+    return _int32_bits_as_float32(bits) * _F16_TO_F32
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
@@ -174,15 +203,13 @@ def _attend_block(q, kc, vc, g, grp, j0, j1, scale, mx, tot, acc):
     n = j1 - j0
     d = q.shape[1]
     s = np.empty((grp, n), np.float32)
-    bits = np.empty(n * d, np.uint32)
-    keys = _f32_rows(kc[g, j0:j1], bits)                                      # [n, D]
     for j in range(n):
-        kr = keys[j]
+        kr = kc[g, j0 + j]
         for a in range(grp):
             qa = q[g * grp + a]
             dot = np.float32(0.0)
             for i in range(d):
-                dot += qa[i] * kr[i]
+                dot += qa[i] * _f32_at(kr, i)
             s[a, j] = dot * scale
     for a in range(grp):
         m = s[a, 0]
@@ -197,13 +224,12 @@ def _attend_block(q, kc, vc, g, grp, j0, j1, scale, mx, tot, acc):
         tot[a] = t
         for i in range(d):
             acc[a, i] = 0.0
-    vals = _f32_rows(vc[g, j0:j1], bits)                                      # [n, D]
     for j in range(n):
-        vr = vals[j]
+        vr = vc[g, j0 + j]
         for a in range(grp):
             p = s[a, j]
             for i in range(d):
-                acc[a, i] += p * vr[i]
+                acc[a, i] += p * _f32_at(vr, i)
 
 
 def _rope_attend(q, k, v, kc, vc, slot, lo, cos, sin, scale, out, blocks, write):

@@ -253,3 +253,24 @@ def test_quant_matvec_into_matches_reference(qtype):
     np.testing.assert_allclose(got[:rows], want[:rows], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="whole tiles"):
         quant_matvec_into(w, x, np.empty(rows, np.float32))
+
+
+@pytest.mark.skipif(jit_disabled(), reason="the float16 decodings are Numba intrinsics, with no Python form")
+def test_float16_decodings_are_exact_for_every_bit_pattern():
+    from numba import njit
+
+    from axon_kernels.decode import _half_bits_portable, _half_bits_to_f32
+
+    @njit
+    def decode_all(hardware):
+        out = np.empty(1 << 16, np.float32)
+        for h in range(1 << 16):
+            out[h] = _half_bits_to_f32(np.uint16(h)) if hardware else _half_bits_portable(np.uint16(h))
+        return out
+
+    want = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+    nan = np.isnan(want)
+    for hardware in (True, False):                              # the CPU's conversion, the portable one
+        got = decode_all(hardware)
+        assert (np.isnan(got) == nan).all()
+        np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))   # -0.0 too
