@@ -41,6 +41,7 @@ def _time(fn, args, calls: int) -> tuple[float, float]:
 
 
 def main() -> None:
+    """Parse the arguments, time kernel and reference for each cache type, print the ratios."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slots", type=int, default=2000)
     ap.add_argument("--heads", type=int, default=9)
