@@ -117,6 +117,12 @@ def test_plan_is_used_and_can_be_turned_off(monkeypatch):
     assert len(calls) == 3
 
 
+@pytest.mark.parametrize("name", ["phi3.gguf", "qwen2_q8_0.gguf"])        # quantised fused qkv, Q8_0 with biases
+def test_plan_on_gguf_files_matches_modules(name):
+    model = axon_llm.from_pretrained(str(FIXTURES.parent / "gguf_arch" / name))
+    assert _compare_steps(model, np.array([[1, 5, 9, 22, 7, 3]]), steps=6) <= 2e-5
+
+
 @pytest.mark.parametrize("name", ["phi", "gpt2", "llama_rope_dynamic", "mamba"])
 def test_other_families_get_no_plan(name):
     model = axon_llm.from_pretrained(FIXTURES / name)
