@@ -649,7 +649,6 @@ def quant_rows(w: QuantMatrix, ids: np.ndarray) -> np.ndarray:
     return out.reshape(ids.shape + (w.in_features,))
 
 
-
 def quant_matvec_into_ref(w: QuantMatrix, x: np.ndarray, out: np.ndarray) -> None:
     """``out[:out_features] = dequantize(W) @ x`` (:func:`quant_matvec_ref` into a buffer)."""
     out[:w.out_features] = quant_matvec_ref(w, x)
@@ -669,6 +668,7 @@ def quant_matvec_into(w: QuantMatrix, x: np.ndarray, out: np.ndarray) -> None:
     if not _jit_enabled():
         return quant_matvec_into_ref(w, x, out)
     _kernel(f"matvec_{w.kind}", w.nbytes)(*_arrays(w), x, out)
+
 
 __all__ = [
     "QUANT_TYPES", "BLOCK", "TILE_ROWS", "QuantMatrix", "dequantize_ref", "pack", "unpack", "unpack_ref", "dense_tiles_ref",
