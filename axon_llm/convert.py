@@ -56,7 +56,6 @@ import os
 import re
 import shutil
 import dataclasses
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -439,10 +438,6 @@ def _write_gguf(model: _Model, out: Path, quant: str | None) -> None:
         want, got = _behaviour(cfg), _behaviour(back)
         detail = "; ".join(f"{k}: {str(want[k])[:60]} would read back as {str(got.get(k))[:60]}" for k in differ)
         raise UnsupportedError(f"convert: GGUF {arch} cannot carry this model's config ({detail})")
-    if "attention.sliding_window_pattern" in keys and keys["attention.sliding_window_pattern"][0] != 6 and arch == "gemma3":
-        warnings.warn(f"{out.name}: every {keys['attention.sliding_window_pattern'][0]}th layer is global; axon reads "
-                      "gemma3.attention.sliding_window_pattern but llama.cpp's gemma3 assumes every 6th", stacklevel=3)
-
     w = _writer_class()(str(out), arch)
     name = model.gguf_metadata.get("general.name") or (model.folder.name if model.folder else out.stem)
     w.add_name(str(name))
