@@ -98,7 +98,11 @@ def _read(src) -> _Model:
         from axon_llm.loaders.gguf import load_gguf
         gm = load_gguf(path)
         types = {hf: gm.tensor_infos[g].type_name for hf, g in gm.gguf_names.items()}
-        return _Model(dict(gm.config), dict(gm.tensors), types, dict(gm.metadata), gguf_path=path)
+        tensors = dict(gm.tensors)
+        for hf in getattr(gm, "transposed", ()):             # blocks still in GGUF's [out, in] rows (GPT-2)
+            tensors[hf] = np.ascontiguousarray(_dense(tensors[hf]).T)
+            types[hf] = "F32"
+        return _Model(dict(gm.config), tensors, types, dict(gm.metadata), gguf_path=path)
     if path.is_dir():
         if (path / "config.json").is_file():
             from axon_llm.loaders.safetensors import HFLoader
@@ -144,8 +148,11 @@ def _gguf_architecture(config: dict):
     return name, spec, cfg
 
 
-#: the GGUFArchitecture fields whose effect _write_gguf reverses (or that carry no transform)
-_UNDONE_FIELDS = {"hf_architecture", "model_type", "block_names", "permute_qk", "norm_offset"}
+#: the GGUFArchitecture fields whose effect _write_gguf reverses, or that transform nothing
+#: (``fixed_config``, ``finish`` and ``model_kwargs`` only derive the config: the round trip checks it)
+_UNDONE_FIELDS = {"hf_architecture", "model_type", "block_names", "permute_qk", "norm_offset", "block_prefix",
+                  "global_names", "transposed", "transforms", "tied_only", "fields", "fixed_config", "finish",
+                  "model_kwargs"}
 
 
 def _dense(t) -> np.ndarray:
@@ -324,17 +331,25 @@ def _uses_window(cfg) -> bool:
     return getattr(cfg, "sliding_window", None) is not None
 
 
-def _hparams(cfg) -> dict[str, tuple[Any, str]]:
-    """``key suffix -> (value, GGUF type)`` for the model config (see :data:`HPARAM_KEYS`)."""
+def _hparams(arch: str, spec, cfg) -> dict[str, tuple[Any, str]]:
+    """``full GGUF key -> (value, GGUF type)`` for the model config: the table's own ``fields``
+    (:func:`~axon_llm.loaders.gguf.metadata_from_config`) where the family has them, else
+    :data:`HPARAM_KEYS` (the llama family)."""
+    if getattr(spec, "fields", ()):
+        from axon_llm.loaders.gguf import metadata_from_config
+        kinds = {"int": "u32", "float": "f32", "bool": "bool"}
+        return {k: ((float(np.float32(v)) if kind == "float" else v), kinds[kind])
+                for k, (kind, v) in metadata_from_config(arch, cfg.to_dict()).items()}
     out: dict[str, tuple[Any, str]] = {}
     for key, attrs, kind in HPARAM_KEYS:
         value = next((getattr(cfg, a) for a in attrs if getattr(cfg, a, None) is not None), None)
         if value is None or isinstance(value, bool) or (key in _WINDOW_KEYS and not _uses_window(cfg)):
             continue
-        out[key] = (int(value), kind) if kind == "u32" else (float(np.float32(value)), kind)
+        out[f"{arch}.{key}"] = (int(value), kind) if kind == "u32" else (float(np.float32(value)), kind)
     head_dim = getattr(cfg, "head_dim", None)
     if head_dim:
-        out["rope.dimension_count"] = (int(round(head_dim * (getattr(cfg, "partial_rotary_factor", None) or 1.0))), "u32")
+        out[f"{arch}.rope.dimension_count"] = (int(round(head_dim * (getattr(cfg, "partial_rotary_factor", None)
+                                                                     or 1.0))), "u32")
     return out
 
 
@@ -387,7 +402,7 @@ def _round_trip(arch: str, cfg, keys: dict, shapes: dict[str, tuple], rope_freqs
     from types import SimpleNamespace
 
     from axon_llm.loaders.gguf import config_from_metadata
-    md = {"general.architecture": arch, **{f"{arch}.{k}": v for k, (v, _) in keys.items()}}
+    md = {"general.architecture": arch, **{k: v for k, (v, _) in keys.items()}}
     infos = {name: SimpleNamespace(shape=shape) for name, shape in shapes.items()}
     try:
         back, _ = _model_config(config_from_metadata(md, infos, f"<GGUF {arch}>", rope_freqs=rope_freqs))
@@ -421,12 +436,12 @@ def _write_gguf(model: _Model, out: Path, quant: str | None) -> None:
 
     arch, spec, cfg = _gguf_architecture(model.config)
     tensors = dict(model.tensors)
-    if getattr(cfg, "tie_word_embeddings", False):
+    if getattr(cfg, "tie_word_embeddings", False) or getattr(spec, "tied_only", False):
         tensors.pop("lm_head.weight", None)
     names = {hf: gguf_tensor_name(hf, arch) for hf in tensors}          # UnsupportedError names a stray tensor
-    keys = _hparams(cfg)
+    keys = _hparams(arch, spec, cfg)
     scaling_keys, rope_freqs = _rope_scaling(cfg)
-    keys.update(scaling_keys)
+    keys.update({f"{arch}.{k}": v for k, v in scaling_keys.items()})
     shapes = {g: tuple(tensors[hf].shape) for hf, g in names.items()}
     if rope_freqs is not None:
         shapes["rope_freqs.weight"] = rope_freqs.shape
@@ -442,8 +457,7 @@ def _write_gguf(model: _Model, out: Path, quant: str | None) -> None:
     name = model.gguf_metadata.get("general.name") or (model.folder.name if model.folder else out.stem)
     w.add_name(str(name))
     for key, (value, kind) in keys.items():
-        full = f"{arch}.{key}"
-        {"u32": w.add_uint32, "f32": w.add_float32, "str": w.add_string}[kind](full, value)
+        {"u32": w.add_uint32, "f32": w.add_float32, "str": w.add_string, "bool": w.add_bool}[kind](key, value)
     if rope_freqs is not None:
         w.add_tensor("rope_freqs.weight", rope_freqs)
 
@@ -451,8 +465,7 @@ def _write_gguf(model: _Model, out: Path, quant: str | None) -> None:
     written: list[str] = []
     for hf in sorted(tensors, key=lambda h: _tensor_order(names[h])):
         gname, t = names[hf], tensors[hf]
-        if spec.norm_offset and gname.endswith("norm.weight"):
-            t = _dense(t) - np.float32(spec.norm_offset)                    # Gemma: the loader's w = stored - 1
+        t = _to_gguf_layout(spec, gname, t)
         qtype = _target_type(quant, model.types.get(hf, "F32"), tuple(t.shape))
         if hasattr(t, "type_name") and qtype == t.type_name:
             data = t.raw                                                     # blocks copied as they are
@@ -481,6 +494,23 @@ def _write_gguf(model: _Model, out: Path, quant: str | None) -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def _to_gguf_layout(spec, gguf_name: str, t):
+    """One HF tensor in the layout the file stores (the inverse of load_gguf's steps, in reverse
+    order; Q/K rows are permuted by the caller): a family's ``transforms[kind].to_gguf``, the
+    transpose of a ``transposed`` kind (GPT-2's Conv1D ``[in, out]`` -> ``[out, in]`` rows), and
+    ``w - norm_offset`` for norms. A quantised tensor any of them touches is dequantised first."""
+    from axon_llm.loaders import gguf as loader
+    kind = loader.tensor_kind(gguf_name) if hasattr(loader, "tensor_kind") else gguf_name
+    transform = getattr(spec, "transforms", {}).get(kind)
+    if kind in getattr(spec, "transposed", ()):
+        t = np.ascontiguousarray(_dense(t).T)
+    if transform is not None:
+        t = np.asarray(transform.to_gguf(_dense(t)), dtype=np.float32)
+    if spec.norm_offset and gguf_name.endswith("norm.weight"):
+        t = _dense(t) - np.float32(spec.norm_offset)                        # Gemma: the loader's w = stored - 1
+    return t
 
 
 def _tensor_order(gguf_name: str):
