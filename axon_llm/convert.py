@@ -438,6 +438,8 @@ def _write_gguf(model: _Model, out: Path, quant: str | None) -> None:
     tensors = dict(model.tensors)
     if getattr(cfg, "tie_word_embeddings", False) or getattr(spec, "tied_only", False):
         tensors.pop("lm_head.weight", None)
+    for hf in _not_carried(spec, cfg, tensors):
+        del tensors[hf]
     names = {hf: gguf_tensor_name(hf, arch) for hf in tensors}          # UnsupportedError names a stray tensor
     keys = _hparams(arch, spec, cfg)
     scaling_keys, rope_freqs = _rope_scaling(cfg)
@@ -461,7 +463,8 @@ def _write_gguf(model: _Model, out: Path, quant: str | None) -> None:
     if rope_freqs is not None:
         w.add_tensor("rope_freqs.weight", rope_freqs)
 
-    heads, kv = int(cfg.num_attention_heads), int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
+    heads = getattr(cfg, "num_attention_heads", None)
+    kv = getattr(cfg, "num_key_value_heads", None) or heads
     written: list[str] = []
     for hf in sorted(tensors, key=lambda h: _tensor_order(names[h])):
         gname, t = names[hf], tensors[hf]
@@ -494,6 +497,19 @@ def _write_gguf(model: _Model, out: Path, quant: str | None) -> None:
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
+
+
+def _not_carried(spec, cfg, tensors: dict) -> list[str]:
+    """Source tensors the family's GGUF form has no place for, by the table's ``model_kwargs``
+    (BERT files carry no pooler: llama.cpp's converter drops it too, and the loader builds the model
+    without one)."""
+    kwargs = getattr(spec, "model_kwargs", None)
+    if not kwargs:
+        return []
+    from axon_llm.models import ARCHITECTURES
+    model = ARCHITECTURES[spec.hf_architecture](cfg, **kwargs)           # lazy parameters: nothing allocated
+    keep = set(model.state_dict())
+    return [n for n in tensors if n not in keep]
 
 
 def _to_gguf_layout(spec, gguf_name: str, t):

@@ -35,7 +35,7 @@ def _cases() -> list[tuple[str, str]]:
             # (a vocabulary under 256 cannot hold the byte tokenizer the test adds: *_rand1 and a few others)
             if (cfg.get("architectures") or [None])[0] == spec.hf_architecture and d.name not in INEXPRESSIBLE \
                     and cfg.get("vocab_size", 0) >= 256 \
-                    and (d / "expected.npz").is_file() and "greedy_ids" in np.load(d / "expected.npz"):
+                    and (d / "expected.npz").is_file():
                 out.append((arch, d.name))
     return out
 
@@ -75,30 +75,29 @@ def _reader_arch(reader) -> str:
 
 
 def test_the_table_has_a_fixture_for_every_family():
-    assert {arch for arch, _ in CASES} >= {"llama", "qwen2", "gemma3"}
-    assert {arch for arch, _ in CASES} == set(gguf_loader.GGUF_ARCHITECTURES) - {
-        a for a, s in gguf_loader.GGUF_ARCHITECTURES.items()
-        if not any((json.loads((d / "config.json").read_text()).get("architectures") or [None])[0] == s.hf_architecture
-                   for d in (FIXTURES / "hf").iterdir() if (d / "config.json").is_file())}
+    """Every GGUF_ARCHITECTURES entry is exercised below (each has a tiny HF fixture of its class)."""
+    assert {arch for arch, _ in CASES} == set(gguf_loader.GGUF_ARCHITECTURES)
 
 
 @pytest.mark.parametrize("arch, case", CASES)
 def test_f32_gguf_gives_transformers_logits_and_greedy_tokens(arch, case, tmp_path):
-    """F32: the fixture's logits within 1e-4 x scale, the same cached greedy tokens, and a file gguf-py
-    reads with the architecture's own tensor names."""
+    """F32: the fixture's logits (hidden states for an encoder) within 1e-4 x scale, the same cached
+    greedy tokens, and a file gguf-py reads with the architecture's own tensor names."""
     exp = np.load(FIXTURES / "hf" / case / "expected.npz")
     out = convert(_with_tokenizer(case, tmp_path), tmp_path / "m.gguf")
     model = from_pretrained(out)
     want = exp["logits"]
     np.testing.assert_allclose(_logits(model, exp["input_ids"]), want, rtol=0, atol=1e-4 * np.abs(want).max())
-    prompt = exp["prompt_ids"]
-    got = model.generate(prompt, max_new_tokens=exp["greedy_ids"].shape[1] - prompt.shape[1], do_sample=False,
-                         eos_token_id=None)
-    assert np.asarray(got).tolist() == exp["greedy_ids"].tolist()
+    if "greedy_ids" in exp:
+        prompt = exp["prompt_ids"]
+        got = model.generate(prompt, max_new_tokens=exp["greedy_ids"].shape[1] - prompt.shape[1], do_sample=False,
+                             eos_token_id=None)
+        assert np.asarray(got).tolist() == exp["greedy_ids"].tolist()
     reader = gguf.GGUFReader(str(out))
     assert _reader_arch(reader) == arch
     from safetensors.numpy import load_file
-    hf_names = set(load_file(str(FIXTURES / "hf" / case / "model.safetensors")))
+    hf_names = {n for n in load_file(str(FIXTURES / "hf" / case / "model.safetensors"))
+                if not n.startswith("pooler.")}            # (GGUF bert carries no pooler, as llama.cpp's converter)
     assert {t.name for t in reader.tensors} - {"rope_freqs.weight"} == \
         {gguf_loader.gguf_tensor_name(n, arch) for n in hf_names}
     assert {t.tensor_type.name for t in reader.tensors} == {"F32"}
