@@ -259,9 +259,15 @@ def test_a_table_transform_convert_cannot_undo_is_refused(tmp_path, monkeypatch)
 @pytest.mark.parametrize("key", ["qwen2_untied-F32", "qwen2_untied-Q8_0", "gemma3-F32", "gemma3-Q8_0"])
 def test_llama_cpp_runs_our_files_as_we_do(key, tmp_path):
     """llama.cpp's logits and greedy tokens on our conversion of the fixture (recorded by the dev-only
-    tests/fixtures/make_llamacpp_convert.py with llama-cpp-python 0.3.36) are axon's on the same file.
-    llama.cpp keeps the KV cache in float16 (and multiplies Q8_0 weights by 8-bit activations), hence
-    the tolerances; the greedy steps have margins far above them."""
+    tests/fixtures/make_llamacpp_convert.py with llama-cpp-python 0.3.36) against axon's on the same file.
+
+    F32: within 5e-3 x scale (llama.cpp keeps its KV cache in float16; measured 1.8e-3 and 2.3e-3)
+    and the same 16 greedy tokens. Q8_0: llama.cpp multiplies Q8_0 weights by activations rounded
+    to 8 bits, noise as large as the weights' own rounding on these random N(0, 0.2) models (top-2
+    gaps are smaller than it, so greedy tokens are not compared; test_gemma3_real.py and docs/gguf.md
+    do that on a trained model). What must hold is that llama.cpp computes with *our* blocks: its
+    logits are closer to axon's on the same file than to transformers' float ones (RMS), and within
+    8e-2 x scale of axon's (measured 6.0e-2, 5.7e-2)."""
     rec_path = FIXTURES / "convert" / "llama_cpp.npz"
     if not rec_path.exists():
         pytest.skip("no llama.cpp recording (run tests/fixtures/make_llamacpp_convert.py)")
@@ -272,7 +278,13 @@ def test_llama_cpp_runs_our_files_as_we_do(key, tmp_path):
     model = from_pretrained(out)
     theirs = rec[f"{key}/logits"]
     ours = _logits(model, exp["input_ids"])
-    assert np.abs(ours - theirs).max() < (5e-3 if quant == "F32" else 3e-2) * np.abs(theirs).max()
-    prompt = exp["prompt_ids"]
-    got = model.generate(prompt, max_new_tokens=len(rec[f"{key}/greedy"]), do_sample=False, eos_token_id=None)
-    assert np.asarray(got)[0, prompt.shape[1]:].tolist() == rec[f"{key}/greedy"].tolist()
+    scale = np.abs(theirs).max()
+    if quant == "F32":
+        assert np.abs(ours - theirs).max() < 5e-3 * scale
+        prompt = exp["prompt_ids"]
+        got = model.generate(prompt, max_new_tokens=len(rec[f"{key}/greedy"]), do_sample=False, eos_token_id=None)
+        assert np.asarray(got)[0, prompt.shape[1]:].tolist() == rec[f"{key}/greedy"].tolist()
+    else:
+        rms = lambda a, b: float(np.sqrt(np.mean((a - b) ** 2)))      # noqa: E731
+        assert rms(theirs, ours) < rms(theirs, exp["logits"])
+        assert np.abs(ours - theirs).max() < 8e-2 * scale
