@@ -18,7 +18,8 @@ naming it). Everything comes from that one table, run backwards:
 - the loader's tensor transforms are undone: Q and K rows permuted to GGML's interleaved RoPE pairs
   where ``permute_qk`` (llama; :func:`~axon_llm.loaders.gguf.permute_qk_rows`), norms stored as
   ``w - norm_offset`` (Gemma's ``1 + w``); biases (Qwen2's q/k/v) travel like any tensor;
-- hyper-parameters go to ``<arch>.*`` keys (:data:`HPARAM_KEYS`; linear RoPE scaling as
+- hyper-parameters go to ``<arch>.*`` keys (the table's ``fields`` where the family has them,
+  else :data:`HPARAM_KEYS`, the llama family's; linear RoPE scaling as
   ``rope.scaling.*``, Llama 3's as a ``rope_freqs`` tensor), and the result is **read back** with
   the loader's :func:`~axon_llm.loaders.gguf.config_from_metadata`: a model whose config does not
   survive that round trip (a Qwen2 with sliding-window layers: GGUF qwen2 has none) raises
@@ -290,31 +291,27 @@ def _writer_class():
     return Writer
 
 
-#: ``<arch>.<key>`` <- the model config attribute(s) it carries (the first one the config has) and
-#: its GGUF value type. Each key is written when the config has a non-None value for it;
-#: :func:`axon_llm.loaders.gguf.config_from_metadata` reads them back, and :func:`_round_trip`
-#: checks that it does.
-HPARAM_KEYS: tuple[tuple[str, tuple[str, ...], str], ...] = (
-    ("context_length", ("max_position_embeddings", "n_positions"), "u32"),
-    ("embedding_length", ("hidden_size", "n_embd"), "u32"),
-    ("block_count", ("num_hidden_layers", "n_layer"), "u32"),
-    ("feed_forward_length", ("intermediate_size", "n_inner"), "u32"),
-    ("attention.head_count", ("num_attention_heads", "n_head"), "u32"),
-    ("attention.head_count_kv", ("num_key_value_heads",), "u32"),
-    ("attention.key_length", ("head_dim",), "u32"),
-    ("attention.value_length", ("head_dim",), "u32"),
-    ("rope.freq_base", ("rope_theta",), "f32"),
-    ("rope.freq_base_swa", ("rope_local_base_freq",), "f32"),
-    ("attention.layer_norm_rms_epsilon", ("rms_norm_eps",), "f32"),
-    ("attention.layer_norm_epsilon", ("layer_norm_eps", "layer_norm_epsilon"), "f32"),
-    ("attention.sliding_window", ("sliding_window",), "u32"),              # only when a layer uses it
-    ("attention.sliding_window_pattern", ("sliding_window_pattern",), "u32"),
-    ("final_logit_softcapping", ("final_logit_softcapping",), "f32"),
-    ("attn_logit_softcapping", ("attn_logit_softcapping",), "f32"),
-    ("ssm.conv_kernel", ("conv_kernel",), "u32"),
-    ("ssm.state_size", ("state_size",), "u32"),
-    ("ssm.time_step_rank", ("time_step_rank",), "u32"),
-    ("vocab_size", ("vocab_size",), "u32"),
+#: The llama family's metadata (llama, qwen2, gemma3: families whose table entry has no ``fields``):
+#: ``<arch>.<key>`` <- the model config attribute it carries, and its GGUF value type. Each key is
+#: written when the config has a non-None value for it; :func:`axon_llm.loaders.gguf.config_from_metadata`
+#: reads them back, and :func:`_round_trip` checks that it does.
+HPARAM_KEYS: tuple[tuple[str, str, str], ...] = (
+    ("context_length", "max_position_embeddings", "u32"),
+    ("embedding_length", "hidden_size", "u32"),
+    ("block_count", "num_hidden_layers", "u32"),
+    ("feed_forward_length", "intermediate_size", "u32"),
+    ("attention.head_count", "num_attention_heads", "u32"),
+    ("attention.head_count_kv", "num_key_value_heads", "u32"),
+    ("attention.key_length", "head_dim", "u32"),
+    ("attention.value_length", "head_dim", "u32"),
+    ("rope.freq_base", "rope_theta", "f32"),
+    ("rope.freq_base_swa", "rope_local_base_freq", "f32"),
+    ("attention.layer_norm_rms_epsilon", "rms_norm_eps", "f32"),
+    ("attention.sliding_window", "sliding_window", "u32"),                 # only when a layer uses it
+    ("attention.sliding_window_pattern", "sliding_window_pattern", "u32"),
+    ("final_logit_softcapping", "final_logit_softcapping", "f32"),
+    ("attn_logit_softcapping", "attn_logit_softcapping", "f32"),
+    ("vocab_size", "vocab_size", "u32"),
 )
 _WINDOW_KEYS = ("attention.sliding_window", "attention.sliding_window_pattern")
 
@@ -341,8 +338,8 @@ def _hparams(arch: str, spec, cfg) -> dict[str, tuple[Any, str]]:
         return {k: ((float(np.float32(v)) if kind == "float" else v), kinds[kind])
                 for k, (kind, v) in metadata_from_config(arch, cfg.to_dict()).items()}
     out: dict[str, tuple[Any, str]] = {}
-    for key, attrs, kind in HPARAM_KEYS:
-        value = next((getattr(cfg, a) for a in attrs if getattr(cfg, a, None) is not None), None)
+    for key, attr, kind in HPARAM_KEYS:
+        value = getattr(cfg, attr, None)
         if value is None or isinstance(value, bool) or (key in _WINDOW_KEYS and not _uses_window(cfg)):
             continue
         out[f"{arch}.{key}"] = (int(value), kind) if kind == "u32" else (float(np.float32(value)), kind)
