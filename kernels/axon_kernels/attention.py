@@ -36,7 +36,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-from .workers import run_chunks
+from .workers import INLINE_WORK, run_chunks
 from ._jit import CONTRACT, fast_exp, float_array, jit_disabled, result_float_dtype
 
 __all__ = [
@@ -713,15 +713,13 @@ def blas_attention(q, k, v, causal=False, window=None, scale=None, key_mask=None
     block_q = int(block_q)
     blocks = range(0, tq, block_q)
 
-    def piece(n: int) -> None:  # query block n // (B Hkv), batch row and K/V head from n % (B Hkv)
-        i0 = blocks[n // (b * hkv)]
-        bi, hi = divmod(n % (b * hkv), hkv)
+    def attend(i0: int, rows: slice, heads: slice) -> None:  # one query block for some rows and K/V heads
         i1 = min(i0 + block_q, tq)
         first, last = tk - tq + i0, tk - tq + i1 - 1  # positions of the block's queries
         k0, k1 = visible_key_range(first, last, tk, causal, window)
-        scores = np.matmul(qg[bi, hi, :, i0:i1], kt[bi, hi, :, k0:k1])  # [G, bq, keys]
+        scores = np.matmul(qg[rows, heads, :, i0:i1], kt[rows, heads, None, :, k0:k1])  # [b', h', G, bq, keys]
         scores *= dtype.type(scale)
-        block_mask = None if key_mask is None else key_mask[bi, k0:k1]  # [keys]
+        block_mask = None if key_mask is None else key_mask[rows, k0:k1]  # [b', keys]
         if block_mask is not None and block_mask.all():
             block_mask = None
         masked_rows = (causal or window is not None) and i1 - i0 > 1  # one query sees all of [k0, k1)
@@ -731,15 +729,25 @@ def blas_attention(q, k, v, causal=False, window=None, scale=None, key_mask=None
             else:
                 hidden = np.zeros((i1 - i0, k1 - k0), dtype=bool)
             if block_mask is not None:
-                hidden = hidden | ~block_mask[None, :]  # [bq, keys]
-                np.copyto(scores, -np.inf, where=hidden[None])
+                hidden = hidden | ~block_mask[:, None, :]  # [b', bq, keys]
+                np.copyto(scores, -np.inf, where=hidden[:, None, None])
             else:
                 cols = np.flatnonzero(hidden.any(axis=0))
                 if cols.size:  # only the columns holding a hidden key
                     c0, c1 = cols[0], cols[-1] + 1
                     scores[..., c0:c1] += np.where(hidden[:, c0:c1], -np.inf, 0).astype(dtype)
         _softmax_inplace(scores)  # scores -> probabilities
-        np.matmul(scores, vv[bi, hi, k0:k1], out=out[bi, hi, :, i0:i1])  # [G, bq, D]
+        np.matmul(scores, vv[rows, heads, None, k0:k1], out=out[rows, heads, :, i0:i1])  # [b', h', G, bq, D]
+
+    work = 2 * b * h * tq * tk * d  # multiply-adds of QK^T and PV
+    if work < INLINE_WORK:  # e.g. a decode step: every row and head of a block in one batched call
+        for i0 in blocks:
+            attend(i0, slice(None), slice(None))
+        return out.reshape(b, h, tq, d)
+
+    def piece(n: int) -> None:  # query block n // (B Hkv), batch row and K/V head from n % (B Hkv)
+        bi, hi = divmod(n % (b * hkv), hkv)
+        attend(blocks[n // (b * hkv)], slice(bi, bi + 1), slice(hi, hi + 1))
 
     run_chunks(piece, len(blocks) * b * hkv)
     return out.reshape(b, h, tq, d)

@@ -28,7 +28,7 @@ import numba
 
 from axon_kernels._jit import openblas_functions
 
-__all__ = ["run_chunks", "threads"]
+__all__ = ["INLINE_WORK", "run_chunks", "threads"]
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
@@ -72,6 +72,12 @@ def _helpers(n: int) -> ThreadPoolExecutor:
             _pool = ThreadPoolExecutor(n, thread_name_prefix="axon-prefill", initializer=_single_threaded_blas)
             _pool_key = key
         return _pool
+
+
+#: below this many multiply-adds, a caller should do its chunks itself on the calling thread rather
+#: than through :func:`run_chunks`: waking the helpers (~0.1-0.3 ms a call) costs more than the work.
+#: A decode step's attention (one query per row) is always below it; a prefill's is far above.
+INLINE_WORK = 1 << 21
 
 
 def run_chunks(fn, n_chunks: int) -> None:

@@ -222,12 +222,17 @@ def test_visible_mask_window_implies_causal_and_key_mask_adds_padding():
         kernels.visible_mask(2, 2, True, None, np.ones((1, 3), bool))
 
 
+@pytest.mark.parametrize("split", ["batched", "threads"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("window", WINDOWS)
 @pytest.mark.parametrize("pad", [0, 3])
 @pytest.mark.parametrize("tq, tk", [(6, 6), (1, 6), (3, 8)])
-def test_blas_attention_and_its_reference_equal_the_naive_softmax(causal, window, pad, tq, tk):
-    """causal x window x left padding x cache offset (Tq < Tk); GQA; blocks of 2 queries."""
+def test_blas_attention_and_its_reference_equal_the_naive_softmax(causal, window, pad, tq, tk, split, monkeypatch):
+    """causal x window x left padding x cache offset (Tq < Tk); GQA; blocks of 2 queries; small work
+    done in one batched call per block ("batched") and large work in pieces on the threads ("threads")."""
+    import axon_kernels.attention as attention
+
+    monkeypatch.setattr(attention, "INLINE_WORK", 1 << 60 if split == "batched" else 0)
     rng = np.random.default_rng(tq * 100 + tk + pad)
     q = rng.standard_normal((2, 4, tq, 5))
     k, v = rng.standard_normal((2, 2, tk, 5)), rng.standard_normal((2, 2, tk, 5))
