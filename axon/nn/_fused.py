@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from axon_kernels.blas import gemm
 from axon_kernels.cross_entropy import cross_entropy_grad, cross_entropy_rows
 
 from ..autograd import Function
@@ -26,7 +27,7 @@ class Linear(Function):
         if x.shape[-1] != w.shape[1]:
             raise ValueError(f"linear: input shape {x.shape} does not match weight shape {w.shape} (in_features={w.shape[1]})")
         x2 = x.reshape(-1, x.shape[-1])  # [N, in]
-        y = x2 @ w.T  # [N, out]
+        y = gemm(x2, w.T)  # [N, out]
         if b is not None:
             y += b
         ctx.save_for_backward(x2 if ctx.needs_input_grad[1] else None, w if ctx.needs_input_grad[0] else None)
@@ -37,8 +38,8 @@ class Linear(Function):
     def backward(ctx, grad):
         x2, w = ctx.saved_tensors
         g2 = grad.reshape(-1, grad.shape[-1])  # [N, out]
-        gx = (g2 @ w).reshape(ctx.x_shape) if w is not None else None  # [..., in]
-        gw = g2.T @ x2 if x2 is not None else None  # [out, in]
+        gx = gemm(g2, w).reshape(ctx.x_shape) if w is not None else None  # [..., in]
+        gw = gemm(g2.T, x2) if x2 is not None else None  # [out, in]
         gb = g2.sum(axis=0) if ctx.needs_input_grad[2] else None  # [out]
         return gx, gw, gb
 

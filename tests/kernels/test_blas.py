@@ -1,0 +1,81 @@
+"""`axon_kernels.blas.gemm` (rows of a product split over Python threads) against `gemm_ref`."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from axon_kernels import blas
+
+
+@pytest.fixture
+def two_threads():
+    before = blas.gemm_threads()
+    blas.set_gemm_threads(2)
+    yield
+    blas.set_gemm_threads(before)
+
+
+@pytest.mark.parametrize("shape", [(1024, 256, 688), (300, 200, 100), (96, 1000, 64), (7, 5, 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_equals_reference(two_threads, shape, dtype):
+    m, k, n = shape
+    rng = np.random.default_rng(m)
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    got = blas.gemm(a, b)
+    want = blas.gemm_ref(a, b)
+    assert got.dtype == want.dtype and got.shape == (m, n)
+    tol = 1e-4 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.sqrt(k))
+
+
+def test_gemm_transposed_operands_and_out(two_threads):
+    rng = np.random.default_rng(1)
+    g = rng.standard_normal((1024, 300)).astype(np.float32)   # [N, out]
+    x = rng.standard_normal((1024, 256)).astype(np.float32)   # [N, in]
+    w = rng.standard_normal((300, 256)).astype(np.float32)    # [out, in]
+    np.testing.assert_allclose(blas.gemm(g.T, x), g.T @ x, rtol=1e-4, atol=1e-3)   # the weight gradient
+    np.testing.assert_allclose(blas.gemm(x, w.T), x @ w.T, rtol=1e-4, atol=1e-3)   # the forward
+    out = np.full((1024, 256), np.nan, np.float32)
+    assert blas.gemm(g, w, out=out) is out
+    np.testing.assert_allclose(out, g @ w, rtol=1e-4, atol=1e-3)
+
+
+def test_gemm_propagates_nan_and_inf(two_threads):
+    a = np.ones((512, 128), np.float32)
+    b = np.ones((128, 256), np.float32)
+    a[300, 5] = np.nan
+    b[7, 9] = np.inf
+    got = blas.gemm(a, b)
+    want = a @ b
+    assert np.array_equal(np.isnan(got), np.isnan(want)) and np.array_equal(np.isinf(got), np.isinf(want))
+
+
+def test_gemm_from_several_caller_threads(two_threads):
+    rng = np.random.default_rng(2)
+    a = rng.standard_normal((512, 256)).astype(np.float32)
+    b = rng.standard_normal((256, 384)).astype(np.float32)
+    want = a @ b
+    errors = []
+
+    def call():
+        for _ in range(5):
+            if not np.allclose(blas.gemm(a, b), want, rtol=1e-4, atol=1e-3):
+                errors.append("mismatch")
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_gemm_bad_shapes_and_thread_counts(two_threads):
+    with pytest.raises(ValueError):
+        blas.gemm(np.ones((512, 256), np.float32), np.ones((255, 512), np.float32))
+    with pytest.raises(ValueError, match="positive"):
+        blas.set_gemm_threads(0)
