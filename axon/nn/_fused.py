@@ -12,6 +12,7 @@ import numpy as np
 
 from axon_kernels.blas import gemm
 from axon_kernels.cross_entropy import cross_entropy_grad, cross_entropy_rows
+from axon_kernels.rms_norm import rms_norm_backward, rms_norm_forward
 
 from ..autograd import Function
 from ..ops import _sigmoid, softmax_array
@@ -21,6 +22,8 @@ from ..ops import _sigmoid, softmax_array
 
 class Linear(Function):
     """y = x @ W^T + b with W stored [out, in] (torch's layout)."""
+
+    fresh_grads = True
 
     @staticmethod
     def forward(ctx, x, w, b):
@@ -85,18 +88,35 @@ class LayerNorm(Function):
 
 
 class RMSNorm(Function):
-    """y = x / sqrt(mean(x^2) + eps) * w over the last dim."""
+    """y = x / sqrt(mean(x^2) + eps) * w over the last dim.
+
+    With a weight, one kernel pass each way (``axon_kernels.rms_norm``: saves x and the [N]
+    rstd, no [N, D] temporary); without one, NumPy.
+    """
+
+    fresh_grads = True
 
     @staticmethod
     def forward(ctx, x, w, *, eps):
+        if w is not None and w.shape == x.shape[-1:]:
+            x2 = x.reshape(-1, x.shape[-1])  # [N, D]
+            y, rstd = rms_norm_forward(x2, w, eps)  # [N, D], [N]
+            ctx.save_for_backward(x2, rstd, w)
+            ctx.fused = True
+            return y.reshape(x.shape)
         ms = np.mean(x * x, axis=-1, keepdims=True)
         rstd = 1.0 / np.sqrt(ms + x.dtype.type(eps))  # [..., 1]
         xhat = x * rstd
         ctx.save_for_backward(xhat, rstd, w)
+        ctx.fused = False
         return xhat * w if w is not None else xhat
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.fused:
+            x2, rstd, w = ctx.saved_tensors
+            gx, gw = rms_norm_backward(grad.reshape(x2.shape), x2, rstd, w)  # [N, D], [D]
+            return gx.reshape(grad.shape) if ctx.needs_input_grad[0] else None, gw if ctx.needs_input_grad[1] else None
         xhat, rstd, w = ctx.saved_tensors
         gw = None
         if ctx.needs_input_grad[1]:
@@ -121,6 +141,8 @@ class SwiGLU(Function):
     sigmoid(gate) and computes both gradients in place:
     d/dgate = grad up s (1 + gate (1 - s)), d/dup = grad gate s, with s = sigmoid(gate).
     """
+
+    fresh_grads = True
 
     @staticmethod
     def forward(ctx, gate, up):
