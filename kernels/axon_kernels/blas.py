@@ -35,27 +35,22 @@ _CHUNKS_PER_THREAD = 2  # more chunks than threads: a stalled thread holds up on
 
 
 class _Job:
-    """One product being computed: its operands, its chunk bounds, and how many chunks are left."""
+    """One product being computed: its operands and a queue that receives one token per chunk
+    a worker finished (the caller counts the chunks it ran itself)."""
 
-    __slots__ = ("a", "b", "out", "left", "lock", "done", "error")
+    __slots__ = ("a", "b", "out", "finished", "error")
 
-    def __init__(self, a, b, out, chunks):
+    def __init__(self, a, b, out):
         self.a, self.b, self.out = a, b, out
-        self.left = chunks
-        self.lock = threading.Lock()
-        self.done = threading.Event()
+        self.finished: queue.SimpleQueue = queue.SimpleQueue()
         self.error = None
 
     def run(self, r0: int, r1: int) -> None:
-        """Compute rows ``r0:r1`` of the product, then count the chunk as finished."""
+        """Compute rows ``r0:r1`` of the product."""
         try:
             np.matmul(self.a[r0:r1], self.b, out=self.out[r0:r1])   # [rows, K] @ [K, N]
         except BaseException as err:  # pragma: no cover - surfaced to the caller by gemm
             self.error = err
-        with self.lock:
-            self.left -= 1
-            if self.left == 0:
-                self.done.set()
 
 
 class _Pool:
@@ -81,6 +76,7 @@ class _Pool:
         while True:
             job, r0, r1 = get()
             job.run(r0, r1)
+            job.finished.put(None)
 
 
 _POOL = _Pool()
@@ -118,20 +114,25 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndar
     elif out.shape != (m, n) or not out.flags.c_contiguous:
         return np.matmul(a, b, out=out)
     chunks = min(threads * _CHUNKS_PER_THREAD, m // _MIN_ROWS)
-    bounds = np.linspace(0, m, chunks + 1).astype(int)
-    job = _Job(a, b, out, chunks)
-    put = _POOL.tasks.put
+    bounds = [m * i // chunks for i in range(chunks + 1)]
+    job = _Job(a, b, out)
+    tasks = _POOL.tasks
     for i in range(chunks - 1, 0, -1):          # the caller starts on chunk 0 at once
-        put((job, int(bounds[i]), int(bounds[i + 1])))
-    job.run(0, int(bounds[1]))
-    get = _POOL.tasks.get_nowait
-    while not job.done.is_set():                # help with what no worker has taken yet
+        tasks.put((job, bounds[i], bounds[i + 1]))
+    job.run(0, bounds[1])
+    pending = chunks - 1                        # chunks handed to the queue
+    while pending:                              # help with what no worker has taken yet
         try:
-            other, r0, r1 = get()
+            other, r0, r1 = tasks.get_nowait()
         except queue.Empty:
-            job.done.wait()
             break
         other.run(r0, r1)
+        if other is job:
+            pending -= 1
+        else:
+            other.finished.put(None)            # another caller's chunk: tell that caller
+    for _ in range(pending):                    # wait for the chunks the workers took
+        job.finished.get()
     if job.error is not None:
         raise job.error
     return out
