@@ -13,6 +13,7 @@ import numpy as np
 from axon_kernels.blas import gemm
 from axon_kernels.cross_entropy import cross_entropy_grad, cross_entropy_rows
 from axon_kernels.rms_norm import rms_norm_backward, rms_norm_forward
+from axon_kernels.swiglu import swiglu_backward, swiglu_forward
 
 from ..autograd import Function
 from ..ops import _sigmoid, softmax_array
@@ -137,8 +138,8 @@ class SwiGLU(Function):
     """silu(gate) * up (LLaMA's gated MLP activation) as one node.
 
     The composite (a SiLU node, then a product node) keeps gate, sigmoid(gate), silu(gate) and
-    up alive and makes four [N, inter] temporaries in its backward; this saves gate, up and
-    sigmoid(gate) and computes both gradients in place:
+    up alive and makes four [N, inter] temporaries in its backward; this keeps gate and up only
+    and runs one kernel pass each way (``axon_kernels.swiglu``, sigmoid recomputed):
     d/dgate = grad up s (1 + gate (1 - s)), d/dup = grad gate s, with s = sigmoid(gate).
     """
 
@@ -148,28 +149,14 @@ class SwiGLU(Function):
     def forward(ctx, gate, up):
         if gate.shape != up.shape:
             raise ValueError(f"swiglu: gate shape {gate.shape} and up shape {up.shape} differ")
-        s = _sigmoid(gate)  # [..., inter]
-        y = gate * s
-        y *= up
-        ctx.save_for_backward(gate, up, s)
-        return y
+        ctx.save_for_backward(gate, up)
+        return swiglu_forward(gate, up)  # [..., inter]
 
     @staticmethod
     def backward(ctx, grad):
-        gate, up, s = ctx.saved_tensors
-        gu = None
-        if ctx.needs_input_grad[1]:
-            gu = gate * s
-            gu *= grad
-        gg = None
-        if ctx.needs_input_grad[0]:
-            gg = 1 - s
-            gg *= gate
-            gg += 1
-            gg *= s
-            gg *= up
-            gg *= grad
-        return gg, gu
+        gate, up = ctx.saved_tensors
+        gg, gu = swiglu_backward(np.ascontiguousarray(grad), gate, up)
+        return gg if ctx.needs_input_grad[0] else None, gu if ctx.needs_input_grad[1] else None
 
 
 # ------------------------------------------------------------------------------ embedding

@@ -79,8 +79,7 @@ def set_threads(n: int) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"threads must be a positive integer, got {n!r}")
     os.environ["OMP_NUM_THREADS"] = str(n)               # for OpenMP runtimes started later / subprocesses
-    for var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"                            # BLAS libraries loaded later / subprocesses
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"             # an OpenBLAS loaded later / subprocesses
     _blas_set_threads(1)
     set_gemm_threads(n)
     used = min(n, numba.config.NUMBA_NUM_THREADS)
