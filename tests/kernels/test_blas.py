@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -79,3 +80,39 @@ def test_gemm_bad_shapes_and_thread_counts(two_threads):
         blas.gemm(np.ones((512, 256), np.float32), np.ones((255, 512), np.float32))
     with pytest.raises(ValueError, match="positive"):
         blas.set_gemm_threads(0)
+
+
+def _policy_in_subprocess(env_extra: dict) -> dict:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import json, os, ctypes, numba; import axon_kernels; from axon_kernels import blas\n"
+            "paths = {l.split()[-1] for l in open('/proc/self/maps') if 'openblas' in l.lower() and '/' in l}\n"
+            "n = None\n"
+            "for p in paths:\n"
+            "    lib = ctypes.CDLL(p)\n"
+            "    for name in ('scipy_openblas_get_num_threads64_', 'openblas_get_num_threads64_', 'openblas_get_num_threads'):\n"
+            "        if hasattr(lib, name): n = getattr(lib, name)(); break\n"
+            "print(json.dumps({'gemm': blas.gemm_threads(), 'blas': n, 'cores': numba.config.NUMBA_NUM_THREADS,"
+            " 'wait': os.environ.get('OMP_WAIT_POLICY')}))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "GOTO_NUM_THREADS",
+                                                            "MKL_NUM_THREADS", "OMP_WAIT_POLICY")}
+    env.update(env_extra, PYTHONPATH=os.pathsep.join([str(root), str(root / "kernels")]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_policy_and_the_users_settings():
+    """Importing axon_kernels puts OpenBLAS on one thread and splits products over the cores, with
+    passive OpenMP waiting; a BLAS thread count or wait policy the user set is left alone."""
+    default = _policy_in_subprocess({})
+    assert default["gemm"] == default["cores"] and default["wait"] == "PASSIVE"
+    if default["blas"] is not None:
+        assert default["blas"] == 1
+    user = _policy_in_subprocess({"OPENBLAS_NUM_THREADS": "2", "OMP_WAIT_POLICY": "ACTIVE"})
+    assert user["gemm"] == 1 and user["wait"] == "ACTIVE"
+    if user["blas"] is not None:
+        assert user["blas"] == min(2, os.cpu_count())           # OpenBLAS caps its count at the cores
