@@ -76,7 +76,9 @@ def _with_gguf_generation_config(model):
     transformers reads it) plus the end-of-turn ids llama.cpp also stops at (``eot_token_id``,
     ``eom_token_id``) when the file lists them."""
     md = getattr(model, "gguf_metadata", None) or {}
-    cfg = model.generation_config
+    cfg = getattr(model, "generation_config", None)
+    if cfg is None:                                   # an encoder (BERT) generates nothing
+        return model
     extra = [int(md[k]) for k in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id")
              if isinstance(md.get(k), (int, np.integer)) and not isinstance(md.get(k), bool)]
     extra = [e for e in extra if e not in cfg.eos_token_ids]

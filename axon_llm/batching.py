@@ -11,7 +11,7 @@ left-padded prompt looks. ``seen`` (real tokens per row) gives every row its own
 so each step decodes all rows with one ``[n, 1]`` forward call, each at its own position.
 
 Active rows are kept at the front (rows ``0 .. n-1``), so a step runs on the cache's first ``n``
-rows only (a view, :func:`_row_view`): an idle row costs nothing. A finished or cancelled
+rows only (a view, :meth:`KVCache.rows`): an idle row costs nothing. A finished or cancelled
 sequence leaves at once; the last active row moves into its place. When the slots run out,
 every row's real tokens (always the last ``seen[r]`` slots) are packed to the right of a
 narrower window (:meth:`BatchScheduler._pack`), and the cache grows (up to the context) when
@@ -32,7 +32,7 @@ import numpy as np
 
 import axon
 
-from axon_llm.cache import KVCache, LayerKVCache
+from axon_llm.cache import KVCache
 from axon_llm.errors import InputError
 from axon_llm.generation import mask_logits
 from axon_llm.generation_config import GenerationConfig
@@ -67,19 +67,6 @@ class _Row:
     generator: TextGenerator
     generated: list[int]
     last: int
-
-
-def _row_view(cache: KVCache, n: int) -> KVCache:
-    """A KVCache over rows ``0..n-1`` of ``cache`` whose arrays are views: writes land in ``cache``."""
-    view = KVCache.__new__(KVCache)
-    view.layers = []
-    for layer in cache.layers:
-        lv = LayerKVCache.__new__(LayerKVCache)
-        lv.k, lv.v, lv.length = layer.k[:n], layer.v[:n], cache.length
-        view.layers.append(lv)
-    view.batch_size, view.max_length, view.length = n, cache.max_length, cache.length
-    view.key_mask, view.seen = cache.key_mask[:n], cache.seen[:n]
-    return view
 
 
 class BatchScheduler:
@@ -297,7 +284,7 @@ class BatchScheduler:
             if widest >= self.cache.max_length:
                 self._ensure_capacity(widest + 1)
             self._pack(widest)
-        view = _row_view(self.cache, n)
+        view = self.cache.rows(n)
         ids = np.asarray([[row.last] for row in self.rows], dtype=np.int64)          # [n, 1]
         logits = self.model(ids, cache=view)                                          # [n, 1, V]
         self.cache.length = view.length

@@ -14,6 +14,8 @@ which position ids continue — the same rule transformers' ``generate`` uses
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 
 from axon_llm.errors import InputError
@@ -111,6 +113,12 @@ class LayerKVCache(Cache):
         """Row ``i`` becomes row ``index[i]`` (beam search), in place."""
         reorder_rows(index, self.k, self.v)
 
+    def rows(self, n: int) -> "LayerKVCache":
+        """This cache restricted to rows ``0..n-1``: its arrays are views, so writes land here."""
+        view = copy.copy(self)
+        view.k, view.v = self.k[:n], self.v[:n]                 # [n, Hkv, S, D] views
+        return view
+
 
 class KVCache(Cache):
     """The whole model's cache: one :class:`LayerKVCache` per attention layer plus bookkeeping.
@@ -146,6 +154,18 @@ class KVCache(Cache):
         for layer in self.layers:
             layer.reorder(index)
         reorder_rows(index, self.key_mask, self.seen)
+
+    def rows(self, n: int) -> "KVCache":
+        """The cache of rows ``0..n-1`` (a batch whose idle rows are left out): every array is a
+        view of this cache's, so what the view's users write lands here. Its ``length`` is a copy:
+        the owner advances this cache's own."""
+        if not 1 <= n <= self.batch_size:
+            raise InputError(f"rows: n must be in [1, {self.batch_size}], got {n}")
+        view = copy.copy(self)
+        view.layers = [layer.rows(n) for layer in self.layers]
+        view.batch_size = n
+        view.key_mask, view.seen = self.key_mask[:n], self.seen[:n]   # [n, S], [n] views
+        return view
 
     def reset(self) -> None:
         """Forget everything (the buffers are reused)."""

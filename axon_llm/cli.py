@@ -18,6 +18,7 @@ line ``axon-llm: error: ...`` on stderr and a non-zero exit code, never a traceb
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import sys
@@ -118,6 +119,10 @@ def _add_sampling_arguments(p: argparse.ArgumentParser, default_max_new: int) ->
                    help="drop tokens less likely than P times the most likely one")
     p.add_argument("--repeat-penalty", type=_float_in(0.0, 100.0, lo_open=True, name="--repeat-penalty"),
                    default=1.0, metavar="R", help="transformers' repetition penalty (1 = off)")
+    p.add_argument("--frequency-penalty", type=_float_in(-2.0, 2.0, name="--frequency-penalty"), default=0.0,
+                   metavar="F", help="OpenAI's frequency penalty: minus F times each token's count so far (0 = off)")
+    p.add_argument("--presence-penalty", type=_float_in(-2.0, 2.0, name="--presence-penalty"), default=0.0,
+                   metavar="P", help="OpenAI's presence penalty: minus P for every token already generated (0 = off)")
     p.add_argument("--seed", type=_seed, default=None, metavar="S", help="seed of the sampler (0 <= S < 2**63)")
     p.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
                    help="print tokens as they are generated (default: on)")
@@ -282,6 +287,8 @@ def generation_config(args, tokenizer, model):
     else:
         cfg = GenerationConfig.sampling(args.temperature).with_top_k(args.top_k).with_top_p(args.top_p).with_min_p(args.min_p)
     cfg = cfg.with_max_tokens(args.max_new_tokens).with_repetition_penalty(args.repeat_penalty).with_seed(args.seed)
+    cfg = dataclasses.replace(cfg, frequency_penalty=getattr(args, "frequency_penalty", 0.0),
+                              presence_penalty=getattr(args, "presence_penalty", 0.0))
     return cfg.with_eos_tokens(eos_token_ids(tokenizer, model))
 
 
@@ -440,8 +447,6 @@ def model_memory(model) -> tuple[int, int]:
 
 def cmd_info(args) -> int:
     """``axon-llm info``: configuration, parameters and memory of a model."""
-    import dataclasses
-
     model = load_model(args.model)
     cfg = getattr(model, "config", None)
     print(f"model: {args.model}")

@@ -125,7 +125,7 @@ class BertEmbedding(nn.Module):
 
     def forward(self, input_ids, token_type_ids=None):
         """ids ``[B, T]`` (token types default 0) -> ``[B, T, d]``."""
-        ids = as_token_ids(input_ids, self.word_embeddings.weight.shape[0])
+        ids = as_token_ids(input_ids, self.word_embeddings.num_embeddings)   # (a QuantizedEmbedding has no .weight)
         b, t = ids.shape
         positions = np.broadcast_to(np.arange(t), (b, t))
         check_positions(positions, self.position_embeddings.weight.shape[0])

@@ -1,4 +1,5 @@
-"""Sentence embeddings: mean-pool a model's hidden states over the real tokens, then L2-normalise.
+"""Sentence embeddings: mean-pool a model's hidden states over the real tokens, then L2-normalise
+(or take the first token, when a GGUF file's ``pooling_type`` says CLS).
 
 This is sentence-transformers' recipe for all-MiniLM-L6-v2 and friends (``Pooling(mode_mean_tokens)``
 then ``Normalize``). :func:`mean_pool_normalize` is the rule on arrays; :func:`embed_texts` runs
@@ -13,7 +14,7 @@ import numpy as np
 import axon
 
 from axon_llm.chat import max_context
-from axon_llm.errors import InputError
+from axon_llm.errors import InputError, UnsupportedError
 
 __all__ = ["mean_pool_normalize", "embed_texts"]
 
@@ -61,4 +62,22 @@ def embed_texts(model, tokenizer, texts: list[str]) -> np.ndarray:
     if hidden.ndim != 3:
         raise InputError(f"{type(model).__name__} does not return hidden states [B, T, H]; "
                          "use a sentence-embedding model (BertModel)")
+    if _gguf_pooling(model) == "cls":                           # first token ([CLS]) only
+        first = np.zeros_like(mask)
+        first[:, 0] = 1
+        return mean_pool_normalize(hidden, first)
     return mean_pool_normalize(hidden, mask)
+
+
+def _gguf_pooling(model) -> str:
+    """How a GGUF embedding model says to pool (``<arch>.pooling_type``, as llama.cpp reads it):
+    absent, 0 (none) or 1 -> ``"mean"``, 2 -> ``"cls"``; others (last token, rank) are
+    :class:`UnsupportedError`. Models from HF folders are mean-pooled (sentence-transformers')."""
+    md = getattr(model, "gguf_metadata", None) or {}
+    kind = md.get(f"{md.get('general.architecture')}.pooling_type")
+    if kind in (None, 0, 1):
+        return "mean"
+    if kind == 2:
+        return "cls"
+    raise UnsupportedError(f"GGUF pooling_type {kind!r} (3 = last token, 4 = rank) is not supported for "
+                           "sentence embeddings; supported: mean (1) and CLS (2)")

@@ -11,8 +11,9 @@ or a registry name; chat templates rendered in a jinja2 sandbox; a streaming det
 
 Sources
     HF folder  tokenizer.json (+ tokenizer_config.json / special_tokens_map.json / chat_template.jinja)
-    .gguf      tokenizer.ggml.* metadata: "gpt2" (byte-level BPE with merges) or "llama"
+    .gguf      tokenizer.ggml.* metadata: "gpt2" (byte-level BPE with merges), "llama"
                (SentencePiece-style BPE with byte fallback, merges rebuilt from scores when absent)
+               or "bert" (WordPiece, spelled with llama.cpp's phantom space)
     name       a registry name such as ``smollm2-135m-instruct`` or ``all-minilm-l6-v2``
 
 GGUF notes. Tokens the file marks CONTROL (type 3) become special added tokens and
@@ -577,8 +578,12 @@ def _gguf_tokenizer(md: dict, path: Path) -> _Source:
             steps.append(decoders.Strip(content=" ", left=1, right=0))
         tok.decoder = decoders.Sequence(steps)
         add_bos = bool(md.get("tokenizer.ggml.add_bos_token", True))
+    elif kind == "bert":
+        tok = _gguf_wordpiece(tokens, types, tid, path)
+        add_bos = False                                  # [CLS] $A [SEP] is the post-processor's already
     else:
-        raise UnsupportedError(f"{path}: GGUF tokenizer model {kind!r} is not supported (only 'gpt2' and 'llama')")
+        raise UnsupportedError(f"{path}: GGUF tokenizer model {kind!r} is not supported "
+                               f"(only 'gpt2', 'llama' and 'bert')")
 
     specials = [AddedToken(tokens[i], special=True, normalized=False) for i in np.flatnonzero(types == _CONTROL)]
     users = [AddedToken(tokens[i], special=False, normalized=False) for i in np.flatnonzero(types == _USER_DEFINED)]
@@ -588,11 +593,13 @@ def _gguf_tokenizer(md: dict, path: Path) -> _Source:
         tok.add_tokens(users)
 
     ids = {k: tid(k) for k in ("bos_token_id", "eos_token_id", "padding_token_id", "unknown_token_id")}
+    if kind == "bert":                                   # BERT's "bos" and "eos" are its [CLS] and [SEP]
+        ids["bos_token_id"], ids["eos_token_id"] = _bert_cls_sep(tid, n)
     special = {"bos_token": tokens[ids["bos_token_id"]] if ids["bos_token_id"] is not None else None,
                "eos_token": tokens[ids["eos_token_id"]] if ids["eos_token_id"] is not None else None,
                "pad_token": tokens[ids["padding_token_id"]] if ids["padding_token_id"] is not None else None,
                "unk_token": tokens[ids["unknown_token_id"]] if ids["unknown_token_id"] is not None else None}
-    add_eos = bool(md.get("tokenizer.ggml.add_eos_token", False))
+    add_eos = bool(md.get("tokenizer.ggml.add_eos_token", False)) and kind != "bert"   # bert: [SEP] is there
     single = []
     if add_bos and special["bos_token"]:
         single.append(special["bos_token"])
@@ -610,6 +617,49 @@ def _gguf_tokenizer(md: dict, path: Path) -> _Source:
     ctx = md.get(f"{arch}.context_length")
     return _Source(tok, special, template, "right",
                    int(ctx) if isinstance(ctx, (int, np.integer)) and ctx > 0 else None)
+
+
+def _bert_cls_sep(tid, n: int) -> tuple[int | None, int | None]:
+    """[CLS] and [SEP] ids of a GGUF ``bert`` vocabulary: ``bos`` / ``seperator`` ids when the file
+    has them, else llama.cpp's defaults for WordPiece files, 101 and 102 (BERT's own ids)."""
+    cls_id = tid("bos_token_id")
+    sep_id = tid("seperator_token_id")
+    return (cls_id if cls_id is not None else 101 if n > 101 else None,
+            sep_id if sep_id is not None else 102 if n > 102 else None)
+
+
+def _gguf_wordpiece(tokens: list[str], types: np.ndarray, tid, path: Path):
+    """The WordPiece tokenizer of a GGUF ``bert`` vocabulary (llama.cpp's "WPM").
+
+    llama.cpp's converter respells BERT's vocabulary with a "phantom space": a word-initial piece
+    gets U+2581 in front, a ``##`` continuation loses its ``##``; control tokens stay as they are.
+    Spelled back, it is BERT's vocabulary, run as uncased BERT (and llama.cpp's WPM) run it:
+    NFD, accents stripped, lower case, split on whitespace and punctuation, greedy longest-match
+    pieces, ``[CLS] $A [SEP]`` around each text (``[CLS] $A [SEP] $B [SEP]`` for pairs)."""
+    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+
+    vocab: dict[str, int] = {}
+    for i, t in enumerate(tokens):
+        if types[i] != _CONTROL:
+            t = t[1:] if t.startswith("\u2581") else "##" + t
+        vocab.setdefault(t, i)
+    unk_id = tid("unknown_token_id")
+    unk = tokens[unk_id] if unk_id is not None else "[UNK]"
+    if unk not in vocab:
+        raise TokenizerError(f"{path}: WordPiece vocabulary has no unknown token ({unk!r})")
+    tok = Tokenizer(guard(lambda: WordPiece(vocab, unk_token=unk, continuing_subword_prefix="##"),
+                          f"{path}: tokenizer.ggml.tokens do not make a WordPiece vocabulary", TokenizerError))
+    tok.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=True,
+                                                lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    cls_id, sep_id = _bert_cls_sep(tid, len(tokens))
+    if cls_id is not None and sep_id is not None:
+        cls, sep = tokens[cls_id], tokens[sep_id]
+        tok.post_processor = processors.TemplateProcessing(
+            single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1", special_tokens=[(cls, cls_id), (sep, sep_id)])
+    return tok
 
 
 def _resolve_registry_name(name: str) -> Path:

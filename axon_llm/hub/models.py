@@ -195,6 +195,11 @@ BUILTIN_MODELS: tuple[PretrainedLLM, ...] = (
     # -- widely used GGUF files (Q4_K_M and Q8_0) --------------------------------------------------
     *_gguf_pair("smollm2-1.7b-instruct", "bartowski/SmolLM2-1.7B-Instruct-GGUF", "SmolLM2-1.7B-Instruct", "llama",
                 1_711_376_384, 8192, "SmolLM2-1.7B-Instruct"),
+    # SmolLM2-360M-Instruct: HuggingFaceTB publishes only Q8_0 (lower-case name); Q4_K_M is bartowski's
+    _gguf("smollm2-360m-instruct-q4_k_m", "bartowski/SmolLM2-360M-Instruct-GGUF", "SmolLM2-360M-Instruct-Q4_K_M.gguf",
+          "llama", 361_821_120, 8192, "SmolLM2-360M-Instruct"),
+    _gguf("smollm2-360m-instruct-q8_0", "HuggingFaceTB/SmolLM2-360M-Instruct-GGUF", "smollm2-360m-instruct-q8_0.gguf",
+          "llama", 361_821_120, 8192, "SmolLM2-360M-Instruct"),
     *_gguf_pair("llama-3.2-1b-instruct", "bartowski/Llama-3.2-1B-Instruct-GGUF", "Llama-3.2-1B-Instruct", "llama",
                 1_235_814_400, 131072, "Meta Llama 3.2 1B Instruct (llama3 RoPE scaling from rope_freqs)"),
     *_gguf_pair("qwen2.5-0.5b-instruct", "Qwen/Qwen2.5-0.5B-Instruct-GGUF", "qwen2.5-0.5b-instruct", "qwen2",

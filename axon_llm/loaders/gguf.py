@@ -32,7 +32,7 @@ import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -397,14 +397,95 @@ def _md_float(md: dict, key: str, path: str, default: float | None = None, *, lo
     return check_float(v, f"{path}: GGUF metadata {key}", lo=lo, hi=hi, lo_open=lo == 0.0)
 
 
+_REQUIRED = object()   # a MetadataField default: the file must carry the key
+
+
+def _md_bool(md: dict, key: str, path: str, default: bool = False) -> bool:
+    """A bool metadata value (``default`` when absent)."""
+    v = md.get(key, default)
+    if not isinstance(v, (bool, np.bool_)):
+        raise ModelFormatError(f"{path}: GGUF metadata {key} must be a bool, got {str(v)[:40]}")
+    return bool(v)
+
+
+@dataclass(frozen=True)
+class MetadataField:
+    """One GGUF metadata value and the HF config field it carries, in both directions.
+
+    ``key`` follows the ``<arch>.`` prefix (``"block_count"`` is ``gpt2.block_count``) unless it
+    starts with ``tokenizer.`` (absolute). ``kind`` (``"int"``, ``"float"``, ``"bool"``) is how it
+    is checked on reading and written (uint32, float32, bool, as llama.cpp's converter writes them);
+    ints are bounded by ``CEILINGS[ceiling]``. A file without the key gets ``default``
+    (``_REQUIRED``: :class:`ModelFormatError` naming it). ``to_hf`` turns a stored value into the
+    config value (a sliding window of 0 into None). To write, ``from_config(config dict)`` gives the
+    value (default ``config[hf]``). ``hf=None``: llama.cpp wants the key but the HF config has no
+    such field (it is written from ``from_config``; the family's ``finish`` hook may read it).
+    """
+
+    key: str
+    hf: str | None
+    kind: str = "int"
+    ceiling: str = "hidden"
+    default: Any = _REQUIRED
+    to_hf: Callable[[Any], Any] | None = None
+    from_config: Callable[[dict], Any] | None = None
+
+    def full_key(self, arch: str) -> str:
+        """The key as stored in the file."""
+        return self.key if self.key.startswith("tokenizer.") else f"{arch}.{self.key}"
+
+    def read(self, md: dict, arch: str, path: str) -> Any:
+        """The checked stored value (or the default)."""
+        k = self.full_key(arch)
+        if k not in md:
+            if self.default is _REQUIRED:
+                raise ModelFormatError(f"{path}: GGUF metadata lacks {k} (required for {arch})")
+            return self.default
+        if self.kind == "bool":
+            return _md_bool(md, k, path)
+        if self.kind == "float":   # stored as float32: the shortest decimal that rounds to it is the intended one
+            return float(str(np.float32(_md_float(md, k, path, lo=0.0, hi=1e15))))
+        return _md_int(md, k, path, ceiling=self.ceiling)
+
+    def value(self, config: dict) -> Any:
+        """The value to write for an HF config dict."""
+        return self.from_config(config) if self.from_config is not None else config[self.hf]
+
+
+@dataclass(frozen=True)
+class TensorTransform:
+    """What llama.cpp's converter did to one kind of HF tensor on its way into GGUF, and its inverse:
+    ``to_hf(stored) -> HF array``, ``to_gguf(HF array) -> stored`` (float32 arrays; a quantised
+    tensor of such a kind is dequantised first)."""
+
+    to_hf: Callable[[np.ndarray], np.ndarray]
+    to_gguf: Callable[[np.ndarray], np.ndarray]
+
+
+_LLAMA_GLOBAL_NAMES = {
+    "token_embd": "model.embed_tokens",
+    "output_norm": "model.norm",
+    "output": "lm_head",
+}
+
+
 @dataclass(frozen=True)
 class GGUFArchitecture:
-    """How one GGUF ``general.architecture`` maps onto a model class here.
+    """How one GGUF ``general.architecture`` maps onto a model class here, both ways.
 
-    ``prefix`` is the metadata key prefix (``llama.embedding_length`` ...); ``block_names`` maps a
-    GGUF block tensor (``blk.N.<name>``) to its HF submodule under ``model.layers.N``;
-    ``permute_qk`` says whether llama.cpp's converter permuted the Q/K rows (only for ``llama``);
-    ``norm_offset`` is added to every ``*norm.weight`` (Gemma's GGUF stores ``1 + w``, so -1).
+    Tensor names: ``block_names`` maps a GGUF block tensor (``blk.N.<name>``) to its HF submodule
+    under ``<block_prefix>.N``; ``global_names`` maps the other GGUF tensors (``token_embd`` ...) to
+    HF module names. Tensor values: ``permute_qk`` says whether llama.cpp's converter permuted the
+    Q/K rows (only for ``llama``); ``norm_offset`` is added to every ``*norm.weight`` (Gemma's GGUF
+    stores ``1 + w``, so -1); ``transposed`` lists the kinds (:func:`tensor_kind`) stored as the
+    transpose of the HF tensor (GPT-2's Conv1D: HF ``[in, out]``, GGUF ``[out, in]`` rows);
+    ``transforms`` maps a kind (``"ssm_a"``) to a :class:`TensorTransform`; ``tied_only``: the HF
+    class always ties its head, so an ``output.weight`` equal to ``token_embd`` is dropped and any
+    other is :class:`UnsupportedError`. Config: ``fields`` are the ``<arch>.*`` metadata values and
+    their HF config fields (:func:`metadata_from_config` writes them); ``fixed_config`` holds what
+    the architecture implies (its activation ...); ``finish(cfg, md, tensors, path)`` derives the
+    rest. Families with no ``fields`` (the llama family) are read by :func:`config_from_metadata`'s
+    llama path. ``model_kwargs`` go to the model class (BERT files carry no pooler).
     """
 
     hf_architecture: str
@@ -412,6 +493,15 @@ class GGUFArchitecture:
     block_names: dict
     permute_qk: bool = False
     norm_offset: float = 0.0
+    block_prefix: str = "model.layers"
+    global_names: dict = field(default_factory=lambda: dict(_LLAMA_GLOBAL_NAMES))
+    transposed: frozenset = frozenset()
+    transforms: dict = field(default_factory=dict)
+    tied_only: bool = False
+    fields: tuple = ()
+    fixed_config: dict = field(default_factory=dict)
+    finish: Callable[[dict, dict, dict, str], None] | None = None
+    model_kwargs: dict = field(default_factory=dict)
 
 
 _LLAMA_BLOCK_NAMES = {
@@ -425,6 +515,123 @@ _LLAMA_BLOCK_NAMES = {
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
 }
+
+
+def _int(key: str, hf: str | None, ceiling: str = "hidden", **kw) -> MetadataField:
+    return MetadataField(key, hf, "int", ceiling, **kw)
+
+
+def _float(key: str, hf: str | None, **kw) -> MetadataField:
+    return MetadataField(key, hf, "float", **kw)
+
+
+# -- phi3 (convert_hf_to_gguf.py Phi3MiniModel): LLaMA names, fused qkv and gate+up, partial rotary --
+
+def _phi3_finish(cfg: dict, md: dict, tensors: dict, path: str) -> None:
+    for name in ("rope_factors_long.weight", "rope_factors_short.weight"):
+        if name in tensors:
+            raise UnsupportedError(f"{path}: phi3 with long-context RoPE factors ({name}, 'longrope') is not supported")
+    head_dim = cfg["hidden_size"] // cfg["num_attention_heads"]
+    rot = _md_int(md, "phi3.rope.dimension_count", path, head_dim, ceiling="head_dim")
+    if not 0 < rot <= head_dim or rot % 2:
+        raise ModelFormatError(f"{path}: phi3.rope.dimension_count={rot} must be even and in (0, {head_dim}]")
+    cfg["partial_rotary_factor"] = rot / head_dim
+    if cfg["original_max_position_embeddings"] is None:
+        cfg["original_max_position_embeddings"] = cfg["max_position_embeddings"]
+
+
+_PHI3_FIELDS = (
+    _int("context_length", "max_position_embeddings", "positions"),
+    _int("rope.scaling.original_context_length", "original_max_position_embeddings", "positions", default=None),
+    _int("embedding_length", "hidden_size"),
+    _int("feed_forward_length", "intermediate_size", "intermediate"),
+    _int("block_count", "num_hidden_layers", "layers"),
+    _int("attention.head_count", "num_attention_heads", "heads"),
+    _int("attention.head_count_kv", "num_key_value_heads", "heads"),
+    _float("attention.layer_norm_rms_epsilon", "rms_norm_eps"),
+    _int("rope.dimension_count", None, "head_dim", default=None,
+         from_config=lambda c: int(c.get("partial_rotary_factor", 1.0) * c["hidden_size"]) // c["num_attention_heads"]),
+    _float("rope.freq_base", "rope_theta", default=10000.0),
+    _int("attention.sliding_window", "sliding_window", "positions", default=0, to_hf=lambda w: w or None,
+         from_config=lambda c: c.get("sliding_window") or 0),
+)
+
+# -- gpt2 (GPT2Model): Conv1D weights transposed, learned positions, always tied --------------------
+
+def _gpt2_finish(cfg: dict, md: dict, tensors: dict, path: str) -> None:
+    if cfg["n_inner"] == 4 * cfg["n_embd"]:
+        cfg["n_inner"] = None                                     # HF's default, as GPT-2's config.json has it
+
+
+_GPT2_FIELDS = (
+    _int("context_length", "n_positions", "positions"),
+    _int("embedding_length", "n_embd"),
+    _int("feed_forward_length", "n_inner", "intermediate", from_config=lambda c: c.get("n_inner") or 4 * c["n_embd"]),
+    _int("block_count", "n_layer", "layers"),
+    _int("attention.head_count", "n_head", "heads"),
+    _float("attention.layer_norm_epsilon", "layer_norm_epsilon"),
+)
+
+# -- mamba (MambaModel): A stored as -exp(A_log), conv1d squeezed to [d_inner, d_conv] --------------
+
+def _a_log_from_a(a: np.ndarray) -> np.ndarray:
+    if not np.all(a < 0):
+        raise ModelFormatError("mamba ssm_a must be negative everywhere (llama.cpp stores A = -exp(A_log))")
+    return np.log(-a.astype(np.float64)).astype(np.float32)
+
+
+def _mamba_finish(cfg: dict, md: dict, tensors: dict, path: str) -> None:
+    if _md_bool(md, "mamba.ssm.dt_b_c_rms", path):
+        raise UnsupportedError(f"{path}: mamba.ssm.dt_b_c_rms is set (Falcon-Mamba's B/C/dt RMSNorm); not supported")
+    hidden, inner = cfg["hidden_size"], cfg["intermediate_size"]
+    if inner % hidden:
+        raise UnsupportedError(f"{path}: mamba ssm.inner_size {inner} is not a multiple of embedding_length {hidden}")
+    cfg["expand"] = inner // hidden
+    cfg["use_conv_bias"] = "blk.0.ssm_conv1d.bias" in tensors
+    cfg["use_bias"] = "blk.0.ssm_in.bias" in tensors
+
+
+_MAMBA_FIELDS = (
+    _int("context_length", None, "positions", default=None, from_config=lambda c: 1 << 20),   # "arbitrary" (converter)
+    _int("embedding_length", "hidden_size"),
+    _int("feed_forward_length", None, "intermediate", default=None, from_config=lambda c: 0),  # unused by mamba, but
+    _int("attention.head_count", None, "heads", default=None, from_config=lambda c: 0),       # llama.cpp wants them
+    _int("block_count", "num_hidden_layers", "layers"),
+    _int("ssm.conv_kernel", "conv_kernel", "kernel"),
+    _int("ssm.inner_size", "intermediate_size", "intermediate"),
+    _int("ssm.state_size", "state_size", "state"),
+    _int("ssm.time_step_rank", "time_step_rank"),
+    _float("attention.layer_norm_rms_epsilon", "layer_norm_epsilon", default=1e-5),
+    MetadataField("ssm.dt_b_c_rms", None, "bool", default=False, from_config=lambda c: False),
+)
+
+# -- bert (BertModel): an encoder; token types and positions; no pooler, no MLM head in the file ----
+
+def _bert_finish(cfg: dict, md: dict, tensors: dict, path: str) -> None:
+    if _md_bool(md, "bert.attention.causal", path, default=False):
+        raise UnsupportedError(f"{path}: bert.attention.causal is true; a BERT encoder attends both ways")
+    rows = tensors["token_types.weight"].shape[0] if "token_types.weight" in tensors else None
+    if cfg["type_vocab_size"] is None:
+        cfg["type_vocab_size"] = rows or 1
+    elif rows is not None and rows != cfg["type_vocab_size"]:
+        raise ModelFormatError(f"{path}: tokenizer.ggml.token_type_count={cfg['type_vocab_size']} but token_types "
+                               f"has {rows} rows")
+    pooling = md.get("bert.pooling_type")
+    if pooling is not None:
+        check_count(pooling, f"{path}: GGUF metadata bert.pooling_type", lo=0, hi=4)
+
+
+_BERT_FIELDS = (
+    _int("context_length", "max_position_embeddings", "positions"),
+    _int("embedding_length", "hidden_size"),
+    _int("feed_forward_length", "intermediate_size", "intermediate"),
+    _int("block_count", "num_hidden_layers", "layers"),
+    _int("attention.head_count", "num_attention_heads", "heads"),
+    _float("attention.layer_norm_epsilon", "layer_norm_eps"),
+    MetadataField("attention.causal", None, "bool", default=False, from_config=lambda c: False),
+    _int("tokenizer.ggml.token_type_count", "type_vocab_size", "labels", default=None),
+)
+
 #: GGUF general.architecture -> its mapping; other architectures raise UnsupportedError naming them
 GGUF_ARCHITECTURES: dict[str, GGUFArchitecture] = {
     "llama": GGUFArchitecture("LlamaForCausalLM", "llama", _LLAMA_BLOCK_NAMES, permute_qk=True),
@@ -437,7 +644,73 @@ GGUF_ARCHITECTURES: dict[str, GGUFArchitecture] = {
         "attn_q_norm": "self_attn.q_norm",
         "attn_k_norm": "self_attn.k_norm",
     }, norm_offset=-1.0),
+    "phi3": GGUFArchitecture("Phi3ForCausalLM", "phi3", {
+        "attn_norm": "input_layernorm",
+        "attn_qkv": "self_attn.qkv_proj",                  # diff vs llama: q, k, v rows in one tensor
+        "attn_output": "self_attn.o_proj",
+        "ffn_norm": "post_attention_layernorm",
+        "ffn_up": "mlp.gate_up_proj",                      # diff vs llama: gate rows, then up rows
+        "ffn_down": "mlp.down_proj",
+    }, fields=_PHI3_FIELDS, fixed_config={"hidden_act": "silu"}, finish=_phi3_finish),
+    "gpt2": GGUFArchitecture("GPT2LMHeadModel", "gpt2", {
+        "attn_norm": "ln_1",
+        "attn_qkv": "attn.c_attn",
+        "attn_output": "attn.c_proj",
+        "ffn_norm": "ln_2",
+        "ffn_up": "mlp.c_fc",
+        "ffn_down": "mlp.c_proj",
+    }, block_prefix="transformer.h",
+        global_names={"token_embd": "transformer.wte", "position_embd": "transformer.wpe",
+                      "output_norm": "transformer.ln_f", "output": "lm_head"},
+        transposed=frozenset({"attn_qkv.weight", "attn_output.weight", "ffn_up.weight", "ffn_down.weight"}),
+        tied_only=True, fields=_GPT2_FIELDS, fixed_config={"activation_function": "gelu_new"}, finish=_gpt2_finish),
+    "mamba": GGUFArchitecture("MambaForCausalLM", "mamba", {
+        "attn_norm": "norm",
+        "ssm_in": "mixer.in_proj",
+        "ssm_conv1d": "mixer.conv1d",
+        "ssm_x": "mixer.x_proj",
+        "ssm_dt": "mixer.dt_proj",
+        "ssm_a": "mixer.A_log",
+        "ssm_d": "mixer.D",
+        "ssm_out": "mixer.out_proj",
+    }, block_prefix="backbone.layers",
+        global_names={"token_embd": "backbone.embeddings", "output_norm": "backbone.norm_f", "output": "lm_head"},
+        transforms={
+            "ssm_a": TensorTransform(_a_log_from_a, lambda a_log: -np.exp(a_log)),
+            "ssm_conv1d.weight": TensorTransform(lambda w: w.reshape(w.shape[0], 1, w.shape[-1]),   # [di, k] -> [di, 1, k]
+                                                 lambda w: w.reshape(w.shape[0], w.shape[-1])),   # [di, 1, k] -> [di, k]
+        }, fields=_MAMBA_FIELDS, finish=_mamba_finish),
+    "bert": GGUFArchitecture("BertModel", "bert", {
+        "attn_q": "attention.self.query",
+        "attn_k": "attention.self.key",
+        "attn_v": "attention.self.value",
+        "attn_output": "attention.output.dense",
+        "attn_output_norm": "attention.output.LayerNorm",
+        "ffn_up": "intermediate.dense",
+        "ffn_down": "output.dense",
+        "layer_output_norm": "output.LayerNorm",
+    }, block_prefix="encoder.layer",
+        global_names={"token_embd": "embeddings.word_embeddings", "position_embd": "embeddings.position_embeddings",
+                      "token_types": "embeddings.token_type_embeddings", "token_embd_norm": "embeddings.LayerNorm"},
+        fields=_BERT_FIELDS, fixed_config={"hidden_act": "gelu", "position_embedding_type": "absolute"},
+        finish=_bert_finish, model_kwargs={"add_pooling_layer": False}),
 }
+
+
+def metadata_from_config(architecture: str, config: dict) -> dict[str, tuple[str, Any]]:
+    """The ``<arch>.*`` metadata llama.cpp's converter writes for an HF config dict, as
+    ``{full key: (kind, value)}`` with kind ``"int"`` (uint32), ``"float"`` (float32) or ``"bool"``:
+    the inverse of :func:`config_from_metadata`, for the families described by ``fields``."""
+    spec = GGUF_ARCHITECTURES[architecture]
+    if not spec.fields:
+        raise UnsupportedError(f"GGUF {architecture}: no metadata table (the llama family is written by convert)")
+    out = {}
+    for f in spec.fields:
+        v = f.value(config)
+        if v is not None:
+            out[f.full_key(architecture)] = (f.kind, bool(v) if f.kind == "bool" else
+                                             float(v) if f.kind == "float" else int(v))
+    return out
 
 
 def gguf_architecture(md: dict, path: str = "<gguf>") -> tuple[str, GGUFArchitecture]:
@@ -456,6 +729,8 @@ def config_from_metadata(md: dict, tensors: dict[str, GGUFTensorInfo], path: str
     """The HF config dict (transformers' field names) of a GGUF file, from its ``<arch>.*`` metadata
     (and, for Llama 3.x files, the values of their ``rope_freqs`` tensor)."""
     a, spec = gguf_architecture(md, path)
+    if spec.fields:
+        return _config_from_fields(a, spec, md, tensors, path)
     hidden = _md_int(md, f"{a}.embedding_length", path, ceiling="hidden")
     heads = _md_int(md, f"{a}.attention.head_count", path, ceiling="heads")
     kv_heads = _md_int(md, f"{a}.attention.head_count_kv", path, heads, ceiling="heads")
@@ -517,11 +792,36 @@ def config_from_metadata(md: dict, tensors: dict[str, GGUFTensorInfo], path: str
         cfg["query_pre_attn_scalar"] = hidden // heads if cfg["num_hidden_layers"] == 62 else head_dim
         cap = md.get(f"{a}.final_logit_softcapping")
         cfg["final_logit_softcapping"] = None if cap is None else _md_float(md, f"{a}.final_logit_softcapping", path)
+    _special_token_ids(md, cfg)
+    return cfg
+
+
+def _special_token_ids(md: dict, cfg: dict) -> None:
+    """bos / eos / pad ids from ``tokenizer.ggml.*`` into the config, as transformers reads them."""
     for hf, key in (("bos_token_id", "bos_token_id"), ("eos_token_id", "eos_token_id"),
                     ("pad_token_id", "padding_token_id")):
         v = md.get(f"tokenizer.ggml.{key}")
         if isinstance(v, (int, np.integer)) and not isinstance(v, bool):
             cfg[hf] = int(v)
+
+
+def _config_from_fields(a: str, spec: GGUFArchitecture, md: dict, tensors: dict, path: str) -> dict:
+    """The HF config of a family described by ``spec.fields`` (phi3, gpt2, mamba, bert)."""
+    cfg: dict[str, Any] = {"architectures": [spec.hf_architecture], "model_type": spec.model_type,
+                           **spec.fixed_config}
+    for f in spec.fields:
+        v = f.read(md, a, path)
+        if f.hf is not None:
+            cfg[f.hf] = f.to_hf(v) if f.to_hf is not None and v is not None else v
+    if "token_embd.weight" not in tensors:
+        raise ModelFormatError(f"{path}: GGUF {a} file has no token_embd.weight")
+    vocab = tensors["token_embd.weight"].shape[0]
+    cfg["vocab_size"] = check_count(vocab, f"{path}: token_embd rows", lo=1, hi=CEILINGS["vocab"])
+    if "output" in spec.global_names:
+        cfg["tie_word_embeddings"] = spec.tied_only or "output.weight" not in tensors
+    if spec.finish is not None:
+        spec.finish(cfg, md, tensors, path)
+    _special_token_ids(md, cfg)
     return cfg
 
 
@@ -564,39 +864,47 @@ def llama3_scaling_from_rope_freqs(factors, head_dim: int, theta: float, path: s
     raise UnsupportedError(f"{path}: the rope_freqs tensor matches no llama3 RoPE scaling (factors {r.tolist()})")
 
 
-_GLOBAL_NAMES = {
-    "token_embd": "model.embed_tokens",
-    "output_norm": "model.norm",
-    "output": "lm_head",
-}
-_BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z_]+)\.(weight|bias)$")
+_BLOCK_RE = re.compile(r"^blk\.(\d+)\.([a-z0-9_]+)(?:\.(weight|bias))?$")
+
+
+def tensor_kind(gguf_name: str) -> str:
+    """A GGUF tensor name without its block number: ``blk.3.attn_qkv.weight`` -> ``attn_qkv.weight``,
+    ``blk.0.ssm_a`` -> ``ssm_a``; a global tensor is its own kind."""
+    m = _BLOCK_RE.match(gguf_name)
+    if not m:
+        return gguf_name
+    return m.group(2) + (f".{m.group(3)}" if m.group(3) else "")
 
 
 def hf_name(gguf_name: str, architecture: str = "llama") -> str:
     """The HuggingFace name of a GGUF tensor (``blk.3.ffn_up.weight`` ->
     ``model.layers.3.mlp.up_proj.weight``). Unknown names raise :class:`UnsupportedError`."""
-    block_names = GGUF_ARCHITECTURES[architecture].block_names
+    spec = GGUF_ARCHITECTURES[architecture]
     m = _BLOCK_RE.match(gguf_name)
-    if m and m.group(2) in block_names:
-        return f"model.layers.{m.group(1)}.{block_names[m.group(2)]}.{m.group(3)}"
+    if m and m.group(2) in spec.block_names:
+        suffix = f".{m.group(3)}" if m.group(3) else ""
+        return f"{spec.block_prefix}.{m.group(1)}.{spec.block_names[m.group(2)]}{suffix}"
     base, _, suffix = gguf_name.rpartition(".")
-    if base in _GLOBAL_NAMES and suffix in ("weight", "bias"):
-        return f"{_GLOBAL_NAMES[base]}.{suffix}"
-    raise UnsupportedError(f"GGUF tensor {gguf_name!r} has no {architecture} counterpart (MoE or another architecture?)")
-
-
-_HF_BLOCK_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+    if base in spec.global_names and suffix in ("weight", "bias"):
+        return f"{spec.global_names[base]}.{suffix}"
+    raise UnsupportedError(f"GGUF tensor {gguf_name!r} has no {architecture} counterpart "
+                           f"(MoE, a classifier head, or another architecture?)")
 
 
 def gguf_tensor_name(hf: str, architecture: str = "llama") -> str:
     """The inverse of :func:`hf_name`: ``model.layers.3.mlp.up_proj.weight`` -> ``blk.3.ffn_up.weight``."""
-    m = _HF_BLOCK_RE.match(hf)
-    if m:
-        for g, h in GGUF_ARCHITECTURES[architecture].block_names.items():
-            if h == m.group(2):
-                return f"blk.{m.group(1)}.{g}.{m.group(3)}"
+    spec = GGUF_ARCHITECTURES[architecture]
+    prefix = spec.block_prefix + "."
+    if hf.startswith(prefix):
+        layer, _, rest = hf[len(prefix):].partition(".")
+        if layer.isdigit():
+            for g, h in spec.block_names.items():
+                if rest == h:                                   # a bare parameter (mamba's A_log, D)
+                    return f"blk.{layer}.{g}"
+                if rest in (f"{h}.weight", f"{h}.bias"):
+                    return f"blk.{layer}.{g}.{rest.rpartition('.')[2]}"
     base, _, suffix = hf.rpartition(".")
-    for g, h in _GLOBAL_NAMES.items():
+    for g, h in spec.global_names.items():
         if h == base and suffix in ("weight", "bias"):
             return f"{g}.{suffix}"
     raise UnsupportedError(f"tensor {hf!r} has no GGUF {architecture} name")
@@ -651,6 +959,9 @@ class GGUFModel:
     tensors: dict[str, Any] = field(repr=False)
     gguf_names: dict[str, str] = field(default_factory=dict, repr=False)   # HF name -> GGUF name
     file: GGUFFile | None = field(default=None, repr=False)
+    #: HF names of quantised tensors still in GGUF's transposed layout (GPT-2's Conv1D weights as
+    #: ``[out, in]`` blocks: a block cannot be transposed; :func:`build_from_gguf` makes them linears)
+    transposed: set[str] = field(default_factory=set, repr=False)
 
     def release(self, hf_name: str) -> None:
         """Drop the file pages behind one tensor (see :meth:`GGUFFile.release`)."""
@@ -664,26 +975,41 @@ def load_gguf(path: str | os.PathLike) -> GGUFModel:
 
     Quantised tensors stay quantised (raw blocks, zero-copy except for the Q/K row
     un-permutation of ``llama``); F16 and BF16 are widened to float32; Gemma's ``1 + w`` norms get
-    their 1 back off. Raises :class:`ModelFormatError` for a corrupt file and :class:`UnsupportedError`
-    for another architecture or tensor type.
+    their 1 back off; each family's :class:`TensorTransform` and transposes are undone (dense
+    tensors only: see :attr:`GGUFModel.transposed`). Raises :class:`ModelFormatError` for a corrupt
+    file and :class:`UnsupportedError` for another architecture or tensor type.
     """
     g = GGUFFile(path)
     arch, spec = gguf_architecture(g.metadata, g.path)
     freqs = g.tensor_data("rope_freqs.weight") if "rope_freqs.weight" in g.tensors else None
     cfg = config_from_metadata(g.metadata, g.tensors, g.path, rope_freqs=freqs)
-    heads, kv_heads = cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    heads, kv_heads = cfg.get("num_attention_heads"), cfg.get("num_key_value_heads")
     tensors: dict[str, Any] = {}
     names: dict[str, str] = {}
+    transposed: set[str] = set()
     for name, info in g.tensors.items():
         if name == "rope_freqs.weight":          # read into cfg["rope_scaling"] above
             continue
+        if spec.tied_only and name == "output.weight":
+            _check_tied_copy(g, spec)            # a stored copy of the tied head: dropped
+            continue
         key = hf_name(name, arch)
         names[key] = name
+        kind = tensor_kind(name)
         data = g.tensor_data(name)
+        transform = spec.transforms.get(kind)
+        if transform is not None and isinstance(data, GGUFQuantTensor):
+            data = data.dequantize()
         if isinstance(data, np.ndarray):
             data = np.array(data, dtype=np.float32)   # owned float32 copy (norms, small tensors)
             if spec.norm_offset and name.endswith("norm.weight"):
                 data += np.float32(spec.norm_offset)
+            if transform is not None:
+                data = transform.to_hf(data)
+            if kind in spec.transposed:
+                data = np.ascontiguousarray(data.T)   # GGUF [out, in] -> HF Conv1D [in, out]
+        elif kind in spec.transposed:
+            transposed.add(key)
         n_perm = 0
         if spec.permute_qk:
             n_perm = heads if ".attn_q." in name else kv_heads if ".attn_k." in name else 0
@@ -693,13 +1019,24 @@ def load_gguf(path: str | os.PathLike) -> GGUFModel:
             else:
                 data = unpermute_qk_rows(data, n_perm)
         tensors[key] = data
-    return GGUFModel(g.path, arch, cfg, g.metadata, dict(g.tensors), tensors, names, g)
+    return GGUFModel(g.path, arch, cfg, g.metadata, dict(g.tensors), tensors, names, g, transposed)
+
+
+def _check_tied_copy(g: GGUFFile, spec: GGUFArchitecture) -> None:
+    """An ``output.weight`` in a family whose head is always tied must be a byte copy of ``token_embd``."""
+    out, emb = g.tensors["output.weight"], g.tensors.get("token_embd.weight")
+    same = emb is not None and out.type_id == emb.type_id and out.shape == emb.shape and \
+        g._map[out.offset:out.offset + out.nbytes] == g._map[emb.offset:emb.offset + emb.nbytes]
+    if not same:
+        raise UnsupportedError(f"{g.path}: output.weight differs from token_embd.weight, but {spec.hf_architecture} "
+                               f"always ties its head to the token embedding")
 
 
 __all__ = [
     "GGUFFile", "GGUFTensorInfo", "GGUFQuantTensor", "GGUFModel", "load_gguf", "read_gguf_metadata",
     "config_from_metadata", "llama3_scaling_from_rope_freqs", "hf_name", "gguf_tensor_name", "unpermute_qk_rows",
-    "permute_qk_rows", "GGUFArchitecture", "GGUF_ARCHITECTURES", "gguf_architecture", "build_from_gguf", "GGML_TYPES",
+    "permute_qk_rows", "GGUFArchitecture", "GGUF_ARCHITECTURES", "MetadataField", "TensorTransform",
+    "metadata_from_config", "tensor_kind", "gguf_architecture", "build_from_gguf", "GGML_TYPES",
     "SUPPORTED_TENSOR_TYPES", "QUANTIZED_TYPES",
 ]
 
@@ -725,32 +1062,37 @@ def _check_scales(path: str, name: str, t: GGUFQuantTensor) -> None:
 
 
 def build_from_gguf(path: str | os.PathLike, **kwargs):
-    """A ready model (``LLaMAForCausalLM``, ``Qwen2ForCausalLM``, ``Gemma3ForCausalLM``) from a GGUF
-    file, quantised weights kept quantised.
+    """A ready model (the class of the file's family in :data:`GGUF_ARCHITECTURES`: LLaMA, Qwen2,
+    Gemma 3, Phi-3, GPT-2, Mamba, BERT) from a GGUF file, quantised weights kept quantised.
 
     Every quantised linear weight becomes a :class:`axon_llm.quantized.QuantizedLinear` (repacked
     once, here, for the fused kernels); a quantised ``token_embd`` becomes a
     :class:`~axon_llm.quantized.QuantizedEmbedding`, shared with ``lm_head`` when the embeddings
-    are tied (no ``output.weight`` in the file). F32/F16 tensors load as float32 Parameters.
+    are tied (no ``output.weight`` in the file). A quantised GPT-2 Conv1D weight (``[out, in]``
+    blocks) becomes a QuantizedLinear too: ``x W^T + b`` is what the Conv1D computes with ``W^T``.
+    F32/F16 tensors load as float32 Parameters.
     ``from_pretrained(path.gguf)`` calls this. No keyword arguments are accepted yet.
     """
     if kwargs:
         raise UnsupportedError(f"build_from_gguf takes no options, got {sorted(kwargs)}")
     from axon_kernels.quant import pack
 
+    import axon.nn as nn
     from axon_llm.loaders.safetensors import load_state
-    from axon_llm.models import ARCHITECTURES
+    from axon_llm.models import ARCHITECTURES, CONFIG_CLASSES
     from axon_llm.quantized import QuantizedEmbedding, QuantizedLinear
 
     gm = load_gguf(path)
+    spec = GGUF_ARCHITECTURES[gm.architecture]
     model_class = ARCHITECTURES[gm.config["architectures"][0]]
-    config = model_class.config_class.from_dict(gm.config)
+    config_class = CONFIG_CLASSES.get(gm.config["model_type"], model_class.config_class)   # Phi3Config for phi3
+    config = config_class.from_dict(gm.config)
     blocks = {int(m.group(1)) for m in map(_BLOCK_RE.match, gm.tensor_infos) if m}
     if blocks != set(range(config.num_hidden_layers)):
         raise ModelFormatError(f"{gm.path}: block_count is {config.num_hidden_layers} but the file has tensors for "
                                f"{len(blocks)} blocks" + (f" (up to blk.{max(blocks)})" if blocks else ""))
     check_config_against_file(config, sum(t.n_elements for t in gm.tensor_infos.values()), gm.path)
-    model = model_class(config)                            # lazy parameters: nothing allocated yet
+    model = model_class(config, **spec.model_kwargs)       # lazy parameters: nothing allocated yet
     quantised = {n: t for n, t in gm.tensors.items() if isinstance(t, GGUFQuantTensor)}
     dense = {n: t for n, t in gm.tensors.items() if n not in quantised}   # incl. biases of quantised layers
     packed_embedding = None
@@ -764,7 +1106,12 @@ def build_from_gguf(path: str | os.PathLike, **kwargs):
             old = getattr(parent, attr)
         except (AttributeError, KeyError, ValueError):
             raise ModelFormatError(f"{gm.path}: tensor {name!r} has no place in {model_class.__name__}") from None
+        if isinstance(old, nn.Embedding) and module_name != spec.global_names["token_embd"]:
+            dense[name] = t.dequantize()       # positions / token types: tables llama.cpp keeps F32 anyway
+            continue
         want = tuple(getattr(getattr(old, "weight", None), "shape", ()))
+        if name in gm.transposed:
+            want = want[::-1]                              # a Conv1D [in, out] stored as [out, in] rows
         if len(t.shape) != 2 or len(want) != 2:
             raise ModelFormatError(f"{gm.path}: tensor {name!r} is quantised ({t.type_name}) but is not a weight "
                                    f"matrix (shape {list(t.shape)}); only linear and embedding weights may be")
@@ -773,7 +1120,7 @@ def build_from_gguf(path: str | os.PathLike, **kwargs):
         _check_scales(gm.path, name, t)
         qm = pack(t.type_name, t.raw, t.shape)
         gm.release(name)   # the packed copy is all we keep: let the file's pages go
-        if module_name == "model.embed_tokens":
+        if module_name == spec.global_names["token_embd"]:
             packed_embedding = qm
             setattr(parent, attr, QuantizedEmbedding(qm))
         else:
@@ -781,7 +1128,7 @@ def build_from_gguf(path: str | os.PathLike, **kwargs):
             if isinstance(bias, GGUFQuantTensor):
                 raise UnsupportedError(f"{gm.path}: quantised bias {module_name}.bias is not supported")
             setattr(parent, attr, QuantizedLinear(qm, bias))
-    if config.tie_word_embeddings and packed_embedding is not None:
+    if "output" in spec.global_names and config.tie_word_embeddings and packed_embedding is not None:
         model.lm_head = QuantizedLinear(packed_embedding)   # same blocks as the embedding: no copy
         model.tied_keys = ()
     load_state(model, dense)

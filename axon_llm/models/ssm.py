@@ -239,4 +239,5 @@ class SSMForCausalLM(CausalLM):
 
     def new_cache(self, batch_size: int, max_length: int | None = None) -> SSMCache:
         """A fresh streaming state for ``batch_size`` sequences (size independent of max_length)."""
-        return SSMCache(self.config, batch_size, max_length, dtype=self.backbone.embeddings.weight.dtype)
+        table = getattr(self.backbone.embeddings, "weight", None)          # None: a QuantizedEmbedding (GGUF)
+        return SSMCache(self.config, batch_size, max_length, dtype=np.float32 if table is None else table.dtype)

@@ -59,12 +59,14 @@ def load_case(case: str):
     return from_pretrained(folder), dict(np.load(folder / "expected.npz"))
 
 
-def check_causal_parity(case: str) -> None:
+def check_causal_parity(case: str, source: Path | None = None) -> None:
     """Logits within 1e-4 x max(1, max|logit|); greedy (single and left-padded batch) token-identical.
 
+    ``source`` loads the model from another file of the same weights (a GGUF made from the case).
     The fixtures were generated with ``eos_token_id=None`` (tests/fixtures/README.md), so EOS is
     switched off here too: the models' own EOS (2) occurs in some greedy paths."""
-    model, e = load_case(case)
+    model = from_pretrained(source if source is not None else HF / case)
+    e = dict(np.load(HF / case / "expected.npz"))
     assert rel_err(logits_np(model, e["input_ids"]), e["logits"]) < 1e-4
     greedy = model.generate(e["prompt_ids"], max_new_tokens=e["greedy_ids"].shape[1] - e["prompt_ids"].shape[1],
                             eos_token_id=None)
@@ -73,6 +75,24 @@ def check_causal_parity(case: str) -> None:
     batch = model.generate(e["batch_prompt_ids"], max_new_tokens=new, attention_mask=e["batch_attention_mask"],
                            eos_token_id=None)
     np.testing.assert_array_equal(batch, e["batch_greedy_ids"])
+
+
+def check_bert_parity(model, case: str) -> None:
+    """A BERT encoder's hidden states (and pooler output, when it has a pooler) equal transformers'
+    within 1e-4 x scale, on plain inputs and on right-padded ones with token types."""
+    e = dict(np.load(HF / case / "expected.npz"))
+    with axon.no_grad():
+        plain = model(e["input_ids"]).numpy()
+        masked = model(e["input_ids_masked"], attention_mask=e["attention_mask"],
+                       token_type_ids=e["token_type_ids"]).numpy()
+    assert rel_err(plain, e["logits"]) < 1e-4
+    assert rel_err(masked, e["logits_masked"]) < 1e-4
+    if "pooler_output" in e and getattr(model, "pooler", None) is not None:
+        with axon.no_grad():
+            _, pooled = model.forward_with_pooler(e["input_ids"])
+            _, pooled_m = model.forward_with_pooler(e["input_ids_masked"], e["attention_mask"], e["token_type_ids"])
+        assert rel_err(pooled.numpy(), e["pooler_output"]) < 1e-4
+        assert rel_err(pooled_m.numpy(), e["pooler_output_masked"]) < 1e-4
 
 
 # --------------------------------------------------------------------------------------------

@@ -135,3 +135,26 @@ def test_every_cache_has_the_small_interface_and_reorders_rows(kind):
     assert len(cache) == 6
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(got[0], got[1])
+
+
+def test_rows_view_writes_into_the_owner_and_leaves_other_rows_alone():
+    model = small_llama()
+    ids = np.random.default_rng(1).integers(0, 30, (3, 5))
+    with axon.no_grad():
+        cache = model.new_cache(3, 8)
+        model(ids[:, :4], cache=cache)
+        untouched = [(layer.k[2].copy(), layer.v[2].copy()) for layer in cache.layers]
+        view = cache.rows(2)
+        step = model(ids[:2, 4:], cache=view).numpy()                       # rows 0 and 1 only
+        alone = model.new_cache(2, 8)
+        model(ids[:2, :4], cache=alone)
+        expected = model(ids[:2, 4:], cache=alone).numpy()
+    assert view.layers[0].k.base is not None and np.shares_memory(view.layers[0].k, cache.layers[0].k)
+    np.testing.assert_allclose(step, expected, rtol=1e-6, atol=1e-6)
+    assert view.seen.tolist() == [5, 5] and cache.seen.tolist() == [5, 5, 4]   # seen is a view too
+    for layer, ref, (k2, v2) in zip(cache.layers, alone.layers, untouched):
+        np.testing.assert_array_equal(layer.k[:2, :, 4], ref.k[:, :, 4])       # the view wrote here
+        np.testing.assert_array_equal(layer.k[2], k2)
+        np.testing.assert_array_equal(layer.v[2], v2)
+    with pytest.raises(InputError, match="rows"):
+        cache.rows(4)

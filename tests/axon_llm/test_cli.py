@@ -33,6 +33,8 @@ def _one_line_error(capsys, argv, code):
     (["generate", "--prompt", "x", "--top-p", "1.5"], "--top-p"),
     (["generate", "--prompt", "x", "--temperature", "-1"], "--temperature"),
     (["generate", "--prompt", "x", "--max-new-tokens", "many"], "--max-new-tokens"),
+    (["generate", "--prompt", "x", "--frequency-penalty", "2.5"], "--frequency-penalty"),
+    (["chat", "--presence-penalty", "nan"], "--presence-penalty"),
     (["generate"], "--prompt"),
     (["fly"], "invalid choice"),
     (["train", "--arch", "gpt5", "--data", "x", "--out", "y"], "--arch"),
@@ -43,6 +45,20 @@ def test_bad_arguments_are_one_line_and_exit_2(capsys, argv, word):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("axon-llm: error:") and word in err, err
+
+
+def test_openai_penalty_flags_reach_the_generation_config(fixtures_dir):
+    from axon_llm.auto import from_pretrained
+    from axon_llm.cli import build_parser
+    from axon_llm.data import ByteTokenizer
+
+    args = build_parser().parse_args(["generate", "--prompt", "x", "--temperature", "0.7",
+                                      "--frequency-penalty", "0.5", "--presence-penalty", "-1.25"])
+    cfg = generation_config(args, ByteTokenizer(), from_pretrained(str(fixtures_dir / "hf" / "gpt2")))
+    assert (cfg.frequency_penalty, cfg.presence_penalty, cfg.temperature) == (0.5, -1.25, 0.7)
+    plain = generation_config(build_parser().parse_args(["generate", "--prompt", "x"]), ByteTokenizer(),
+                              from_pretrained(str(fixtures_dir / "hf" / "gpt2")))
+    assert (plain.frequency_penalty, plain.presence_penalty) == (0.0, 0.0) and not plain.has_openai_penalties
 
 
 def test_missing_model_and_malformed_file(capsys, tmp_path):

@@ -43,7 +43,8 @@ def test_registry_covers_every_family_with_real_repositories():
                 "tinyllama-1.1b", "tinyllama-1.1b-chat", "smollm2-135m", "smollm2-135m-instruct", "smollm2-360m",
                 "smollm2-360m-instruct", "mistral-7b-v0.1", "mixtral-8x7b-v0.1", "phi-1_5", "phi-2",
                 "phi-3-mini-4k-instruct", "mamba-130m", "bitnet-b1.58-2b-4t", "gemma3-270m", "qwen2.5-0.5b-instruct-q4_k_m",
-                "llama-3.2-1b-instruct-q8_0", "gemma-3-1b-it-q4_k_m", "smollm2-1.7b-instruct-q4_k_m"}
+                "llama-3.2-1b-instruct-q8_0", "gemma-3-1b-it-q4_k_m", "smollm2-1.7b-instruct-q4_k_m",
+                "smollm2-360m-instruct-q4_k_m", "smollm2-360m-instruct-q8_0"}
     assert required <= set(models)
     repos = {m.repo_id for m in models.values()}
     assert {"openai-community/gpt2", "prajjwal1/bert-tiny", "state-spaces/mamba-130m-hf",
