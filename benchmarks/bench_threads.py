@@ -30,6 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "kernels"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from bench_decode import BusyCore  # noqa: E402  (another program keeping one core busy)
 
 DECODE_SETUPS = {
     "passive (default)": {},
@@ -39,19 +42,6 @@ DECODE_SETUPS = {
     "workqueue layer": {"NUMBA_THREADING_LAYER": "workqueue"},
     "numba 1 thread": {"AXON_BENCH_NUMBA_THREADS": "1"},
 }
-
-
-class BusyCore:
-    """Another program keeping one core busy while the block runs."""
-
-    def __enter__(self):
-        self.proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-        time.sleep(0.5)
-        return self
-
-    def __exit__(self, *exc):
-        self.proc.kill()
-        self.proc.wait()
 
 
 def gemm_round() -> dict:
@@ -90,7 +80,6 @@ def gemm_round() -> dict:
 
 def decode_worker(new_tokens: int, prefills: int) -> None:
     """In a subprocess: load SmolLM2 like bench_decode's axon worker, print one JSON line."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import numba
 
     from axon_llm.hub import resolve_model_path
