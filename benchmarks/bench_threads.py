@@ -100,7 +100,10 @@ def decode_worker(new_tokens: int, prefills: int) -> None:
 def decode_round(args, busy: bool) -> dict:
     """{setup: result} running every decode setup once, each in its own subprocess."""
     out = {}
+    wanted = [w for w in args.setups.split(",") if w]
     for name, env in DECODE_SETUPS.items():
+        if wanted and not any(w in name for w in wanted):
+            continue
         cmd = [sys.executable, __file__, "--worker", "--new-tokens", str(args.new_tokens), "--prefills", str(args.prefills)]
         full_env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "kernels")]), **env)
         if busy:
@@ -128,6 +131,7 @@ def main(argv=None) -> int:
     ap.add_argument("--busy", choices=("both", "yes", "no"), default="both", help="with a busy core, without, or both")
     ap.add_argument("--new-tokens", type=int, default=48)
     ap.add_argument("--prefills", type=int, default=3)
+    ap.add_argument("--setups", default="", help="decode: only the setups whose name contains one of these (comma-separated)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:

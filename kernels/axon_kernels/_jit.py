@@ -19,9 +19,10 @@ import os
 #   default, 0.2-0.3 ms with OMP_WAIT_POLICY=PASSIVE, see docs/kernels.md). So idle workers sleep.
 #   It has to happen before the OpenMP runtime starts (the first parallel kernel).
 # * Threading layer: Numba's default order (TBB, then OpenMP, then workqueue) is kept; here it
-#   picks OpenMP (GNU libgomp; TBB is not installed). Numba's own `workqueue` layer aborts when
-#   two Python threads enter parallel kernels at once (the server decodes on several threads),
-#   so it is no choice for a library; NUMBA_THREADING_LAYER is the user's to set.
+#   picks OpenMP (GNU libgomp; TBB is not installed). Numba's own `workqueue` layer decoded
+#   faster under load, but it aborts the process when two Python threads launch parallel kernels
+#   at once (the server can), so it is no choice for a library; NUMBA_THREADING_LAYER is the
+#   user's to set (a program computing on one thread may choose workqueue).
 # * BLAS: NumPy's OpenBLAS runs on one thread and `axon_kernels.blas.gemm` splits large products
 #   over a pool of Python threads instead (see `set_threads` and blas.py for why).
 _USER_ENV = frozenset(v for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NUMBA_THREADING_LAYER", "OPENBLAS_NUM_THREADS",
