@@ -9,14 +9,25 @@ the same matrix dequantised to float32, and
 bytes each one reads per call, the achieved GB/s, and the ratio (BLAS time / our time: > 1
 means the quantised kernel is faster).
 
-    python benchmarks/bench_quant.py [--threads N] [--repeat R] [--types-only]
+Then (``--few-tokens`` alone, or after the rest) the few-token matmul of a batched decode step:
+for T = 1..32 tokens on SmolLM2's shapes (576x576, 1536x576, 576x1536, 49152x576), the fused
+few-token kernel against its two peers -- the matvec kernel once per token, and dequantise +
+BLAS sgemm (`_dense_matmul`, what `quant_matmul` runs above FUSED_MATMUL_MAX_TOKENS) -- which
+is how MATVEC_LOOP_MAX_TOKENS and FUSED_MATMUL_MAX_TOKENS are chosen. The three alternate
+within each round; the best of each round is kept and the spread of the ratios printed.
+
+    python benchmarks/bench_quant.py [--threads N] [--repeat R] [--types-only] [--few-tokens] [--rounds N]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import time
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_kernels import best as _best  # the fastest of `repeat` calls after one warm-up
 
 
 def main() -> None:
@@ -24,6 +35,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="Numba threads (BLAS uses its own setting)")
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--types-only", action="store_true", help="only the per-type table at 576x1536")
+    ap.add_argument("--few-tokens", action="store_true", help="only the few-token matmul table (the thresholds)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the few-token table (spread across rounds)")
     args = ap.parse_args()
 
     import numba
@@ -50,16 +63,10 @@ def main() -> None:
             raw[:, 0:4] = rng.uniform(-0.01, 0.01, raw.shape[0]).astype("<f4").view(np.uint8).reshape(-1, 4)
         return raw.reshape(rows, -1)
 
-    def best(fn, repeat):
-        fn()
-        times = []
-        for _ in range(repeat):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-        return min(times)
-
     print(f"numba threads={numba.get_num_threads()}  OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
+    if args.few_tokens:
+        few_tokens(random_raw, args.rounds)
+        return
     rows, cols = 576, 1536
     print(f"\nevery type, {rows}x{cols} (SmolLM2 down_proj), one token; best of {args.repeat}")
     print(f"{'type':7} {'bytes':>9} | {'fused us':>9} | {'dequant+sgemv us':>16} {'ratio':>6} | {'sgemv alone us':>14} {'ratio':>6}")
@@ -67,9 +74,9 @@ def main() -> None:
         w = pack(qtype, random_raw(qtype, rows, cols), (rows, cols))
         x = rng.standard_normal(cols).astype(np.float32)
         dense = dequantize(w)
-        tq = best(lambda: quant_matvec(w, x), args.repeat)
-        tdq = best(lambda: dequantize(w) @ x, max(5, args.repeat // 5))
-        td = best(lambda: dense @ x, args.repeat)
+        tq = _best(lambda: quant_matvec(w, x), args.repeat)
+        tdq = _best(lambda: dequantize(w) @ x, max(5, args.repeat // 5))
+        td = _best(lambda: dense @ x, args.repeat)
         print(f"{qtype:7} {w.nbytes:9d} | {tq * 1e6:9.1f} | {tdq * 1e6:16.1f} {tdq / tq:5.2f}x | {td * 1e6:14.1f} {td / tq:5.2f}x")
     if args.types_only:
         return
@@ -82,8 +89,8 @@ def main() -> None:
             dense = dequantize(w)
             x = rng.standard_normal(cols).astype(np.float32)
             rep = max(5, args.repeat * 1_000_000 // (rows * cols))
-            tq = best(lambda: quant_matvec(w, x), rep)
-            td = best(lambda: dense @ x, rep)
+            tq = _best(lambda: quant_matvec(w, x), rep)
+            td = _best(lambda: dense @ x, rep)
             print(f"{qtype:5} {rows:>6}x{cols:<5} | {tq * 1e6:9.1f} {w.nbytes / tq / 1e9:6.1f} | "
                   f"{td * 1e6:12.1f} {dense.nbytes / td / 1e9:6.1f} | {td / tq:5.2f}x")
 
@@ -95,14 +102,52 @@ def main() -> None:
             for ntok in (4, 12, 16, 128, 500):
                 x = rng.standard_normal((ntok, cols)).astype(np.float32)
                 rep = max(3, args.repeat * 100_000 // (rows * cols * ntok) + 3)
-                tq = best(lambda: quant_matmul(w, x), rep)
-                td = best(lambda: x @ dense.T, rep)
-                tv = best(lambda: [quant_matvec(w, row) for row in x], rep)
+                tq = _best(lambda: quant_matmul(w, x), rep)
+                td = _best(lambda: x @ dense.T, rep)
+                tv = _best(lambda: [quant_matvec(w, row) for row in x], rep)
                 print(f"{qtype:5} {rows:>5}x{cols:<5} T={ntok:<4} quant_matmul {tq * 1e3:8.3f} ms  "
                       f"T x quant_matvec {tv * 1e3:8.3f} ms  fp32 sgemm {td * 1e3:8.3f} ms  "
                       f"ratio fp32/quant {td / tq:5.2f}x")
 
+    few_tokens(random_raw, args.rounds)
     load_memory()
+
+
+def few_tokens(random_raw, rounds: int) -> None:
+    """The fused few-token kernel vs one matvec per token vs dequantise + sgemm, T = 1..32."""
+    import numpy as np
+
+    from axon_kernels import quant
+    from axon_kernels.quant import TILE_ROWS, pack, quant_matvec
+
+    rng = np.random.default_rng(1)
+
+    def fused(w, x):
+        y = np.empty((x.shape[0], w.qs.shape[0] * TILE_ROWS), np.float32)
+        quant._kernel(f"matmul_{w.kind}", w.nbytes * x.shape[0])(*quant._arrays(w), x, y)
+        return y
+
+    print(f"\nfew-token matmul: fused kernel vs T x quant_matvec (ratio loop/fused) and vs dequantise + sgemm "
+          f"(ratio dense/fused); > 1: fused is faster. Best per round, {rounds} rounds: median [min-max] of the ratios")
+    print(f"(thresholds in use: MATVEC_LOOP_MAX_TOKENS={quant.MATVEC_LOOP_MAX_TOKENS}, "
+          f"FUSED_MATMUL_MAX_TOKENS={quant.FUSED_MATMUL_MAX_TOKENS})")
+    for qtype in ("Q4_1", "Q8_0"):
+        for rows, cols in [(576, 576), (1536, 576), (576, 1536), (49152, 576)]:
+            w = pack(qtype, random_raw(qtype, rows, cols), (rows, cols))
+            for ntok in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32):
+                x = rng.standard_normal((ntok, cols)).astype(np.float32)
+                n = max(3, 4_000_000 // (rows * cols * ntok))
+                runs = {"fused": [], "loop": [], "dense": []}
+                for _ in range(rounds):                  # alternate the three within each round
+                    runs["fused"].append(_best(lambda: fused(w, x), n))
+                    runs["loop"].append(_best(lambda: [quant_matvec(w, row) for row in x], n))
+                    runs["dense"].append(_best(lambda: quant._dense_matmul(w, x), n))
+                loop = sorted(a / b for a, b in zip(runs["loop"], runs["fused"]))
+                dense = sorted(a / b for a, b in zip(runs["dense"], runs["fused"]))
+                print(f"{qtype:5} {rows:>5}x{cols:<5} T={ntok:<3} fused {min(runs['fused']) * 1e6:9.1f} us  "
+                      f"loop {min(runs['loop']) * 1e6:9.1f} us  dequant+sgemm {min(runs['dense']) * 1e6:9.1f} us  "
+                      f"loop/fused {loop[len(loop) // 2]:5.2f}x [{loop[0]:.2f}-{loop[-1]:.2f}]  "
+                      f"dense/fused {dense[len(dense) // 2]:5.2f}x [{dense[0]:.2f}-{dense[-1]:.2f}]", flush=True)
 
 
 def load_memory() -> None:

@@ -43,12 +43,17 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from axon_kernels._jit import CONTRACT
 from axon_kernels.quant_formats import BLOCK, NIBBLE_TYPES, QUANT_TYPES, check_raw, decode_blocks, dequantize_ref
 
 TILE_ROWS = 64                      # R: rows per tile (4 AVX-512 / 8 AVX2 float lanes per step)
 PARALLEL_MIN_BYTES = 1 << 20       # below ~1 MB of weights per call, one thread is faster
-MATVEC_LOOP_MAX_TOKENS = 8          # up to this many tokens, matmul runs the matvec kernel per token
+MATVEC_LOOP_MAX_TOKENS = 1          # up to this many tokens, matmul runs the matvec kernel per token
 FUSED_MATMUL_MAX_TOKENS = 16        # above this, matmul dequantises row chunks and calls BLAS
+# (benchmarks/bench_quant.py --few-tokens, SmolLM2's shapes, 2 threads: from 2 tokens the fused
+# kernel beats the matvec per token, 1.1-1.4x at 2 and 1.8-2.4x at 8 tokens; it also beat
+# dequantise + sgemm up to 32 tokens (1.3-3x), but the path above 16 tokens is prefill's and
+# is tuned with it)
 _CHUNK_FLOATS = 1 << 18             # 1 MB of float32 per dequantised chunk (bounds peak memory; as fast as 8 MB)
 
 
@@ -167,6 +172,9 @@ def _row_chunks(w: QuantMatrix):
 
 
 def _as_x(w: QuantMatrix, x, ndim: int, name: str) -> np.ndarray:
+    if (type(x) is np.ndarray and x.dtype == np.float32 and x.ndim == ndim and x.shape[-1] == w.in_features
+            and x.flags.c_contiguous):
+        return x                         # what the layers pass (the checks below cost ~5 us per call)
     x = np.asarray(x)
     if x.ndim != ndim or x.shape[-1] != w.in_features:
         want = "[in]" if ndim == 1 else "[T, in]"
@@ -283,60 +291,129 @@ def _matvec_q8(qs, scale, offset, x, y):
             y[t * rr + r] = acc[r]
 
 
-def _matmul_q4(qs, scale, offset, x, y):
-    """y[T, tiles*R] = x @ W.T for the q4 layout: each group is dequantised once into
-    registers-sized scratch [32, R] and reused for all T tokens."""
-    tiles, groups, _, rr = qs.shape
+@njit(cache=True, nogil=True)
+def _token_group_sums(x, groups, bsz):
+    """xsum[T, G]: the sum of each token's inputs over each group of bsz (the offset's coefficient)."""
+    xsum = np.empty((x.shape[0], groups), np.float32)
+    for i in range(x.shape[0]):
+        xsum[i] = _group_sums(x[i], groups, bsz)
+    return xsum
+
+
+@njit(cache=True, nogil=True, fastmath=CONTRACT, inline="always")
+def _scale_into(tmp, k, i0, s, m, has_offset, xsum, g, acc):
+    """``acc[i0 + kk, r] += s[r] * tmp[kk, r] (+ m[r] * xsum[i0 + kk, g])`` for kk < k: one group's
+    scale (and offset times the group's input sum) applied to its partial sums."""
+    for kk in range(k):
+        if has_offset:
+            xs = xsum[i0 + kk, g]
+            for r in range(TILE_ROWS):
+                acc[i0 + kk, r] += s[r] * tmp[kk, r] + m[r] * xs
+        else:
+            for r in range(TILE_ROWS):
+                acc[i0 + kk, r] += s[r] * tmp[kk, r]
+
+
+@njit(cache=True, nogil=True, fastmath=CONTRACT, inline="always")
+def _few_tokens_group(wq, bsz, x, col, s, m, has_offset, xsum, g, tmp, acc):
+    """Add one group of one tile to every token's outputs ``acc [T, R]``:
+    ``acc[i, r] += s[r] * sum_j wq[j, r] x[i, col + j]  (+ m[r] * xsum[i, g])``.
+
+    ``wq [bsz, R]`` holds the group's decoded values (before scale), read from L1 once per
+    chunk of 4 tokens: the 4 tokens' partial sums ``tmp [4, R]`` take 16 multiply-adds per 4
+    loads of ``wq`` and one load/store of ``tmp`` per 4 inputs (tokens 0..3 of a chunk share
+    every loaded weight vector, the 4 inputs share every ``tmp`` update). Then a chunk of 2 and
+    one token finish T % 4. The row loop has the constant trip count R, so LLVM unrolls it
+    into whole SIMD registers. ``bsz`` is a multiple of 4; ``m`` is ignored without offset.
+    Inlined into the kernels, which are compiled with FMA contraction (``CONTRACT``, not
+    fastmath: NaN/Inf propagate as in the reference): ~1.3x faster on the multiply-adds and on
+    the nibble split.
+    """
     ntok = x.shape[0]
+    for i0 in range(0, ntok - 3, 4):
+        for r in range(TILE_ROWS):
+            tmp[0, r] = 0.0
+            tmp[1, r] = 0.0
+            tmp[2, r] = 0.0
+            tmp[3, r] = 0.0
+        for j in range(0, bsz, 4):
+            a0, a1, a2, a3 = x[i0, col + j], x[i0, col + j + 1], x[i0, col + j + 2], x[i0, col + j + 3]
+            b0, b1, b2, b3 = x[i0 + 1, col + j], x[i0 + 1, col + j + 1], x[i0 + 1, col + j + 2], x[i0 + 1, col + j + 3]
+            c0, c1, c2, c3 = x[i0 + 2, col + j], x[i0 + 2, col + j + 1], x[i0 + 2, col + j + 2], x[i0 + 2, col + j + 3]
+            d0, d1, d2, d3 = x[i0 + 3, col + j], x[i0 + 3, col + j + 1], x[i0 + 3, col + j + 2], x[i0 + 3, col + j + 3]
+            for r in range(TILE_ROWS):                       # SIMD across rows
+                w0, w1, w2, w3 = wq[j, r], wq[j + 1, r], wq[j + 2, r], wq[j + 3, r]
+                tmp[0, r] += w0 * a0 + w1 * a1 + w2 * a2 + w3 * a3
+                tmp[1, r] += w0 * b0 + w1 * b1 + w2 * b2 + w3 * b3
+                tmp[2, r] += w0 * c0 + w1 * c1 + w2 * c2 + w3 * c3
+                tmp[3, r] += w0 * d0 + w1 * d1 + w2 * d2 + w3 * d3
+        _scale_into(tmp, 4, i0, s, m, has_offset, xsum, g, acc)
+    i0 = ntok - ntok % 4
+    if ntok - i0 >= 2:
+        for r in range(TILE_ROWS):
+            tmp[0, r] = 0.0
+            tmp[1, r] = 0.0
+        for j in range(0, bsz, 4):
+            a0, a1, a2, a3 = x[i0, col + j], x[i0, col + j + 1], x[i0, col + j + 2], x[i0, col + j + 3]
+            b0, b1, b2, b3 = x[i0 + 1, col + j], x[i0 + 1, col + j + 1], x[i0 + 1, col + j + 2], x[i0 + 1, col + j + 3]
+            for r in range(TILE_ROWS):
+                w0, w1, w2, w3 = wq[j, r], wq[j + 1, r], wq[j + 2, r], wq[j + 3, r]
+                tmp[0, r] += w0 * a0 + w1 * a1 + w2 * a2 + w3 * a3
+                tmp[1, r] += w0 * b0 + w1 * b1 + w2 * b2 + w3 * b3
+        _scale_into(tmp, 2, i0, s, m, has_offset, xsum, g, acc)
+        i0 += 2
+    if i0 < ntok:
+        for r in range(TILE_ROWS):
+            tmp[0, r] = 0.0
+        for j in range(0, bsz, 4):
+            a0, a1, a2, a3 = x[i0, col + j], x[i0, col + j + 1], x[i0, col + j + 2], x[i0, col + j + 3]
+            for r in range(TILE_ROWS):
+                tmp[0, r] += wq[j, r] * a0 + wq[j + 1, r] * a1 + wq[j + 2, r] * a2 + wq[j + 3, r] * a3
+        _scale_into(tmp, 1, i0, s, m, has_offset, xsum, g, acc)
+
+
+def _matmul_q4(qs, scale, offset, x, y):
+    """y[T, tiles*R] = x @ W.T for the q4 layout and a few tokens: each group's nibbles are
+    decoded once into a scratch ``wq [32, R]`` (L1-resident) and applied to all T tokens by
+    :func:`_few_tokens_group`. ``qs.shape[3]`` must be TILE_ROWS (what `pack` writes)."""
+    tiles, groups = qs.shape[0], qs.shape[1]
+    xsum = _token_group_sums(x, groups, 32)                  # [T, G]
     for t in prange(tiles):
-        acc = np.zeros((ntok, rr), np.float32)
-        wq = np.empty((32, rr), np.float32)
+        wq = np.empty((32, TILE_ROWS), np.float32)
+        tmp = np.empty((4, TILE_ROWS), np.float32)
+        acc = np.zeros((x.shape[0], TILE_ROWS), np.float32)
         for g in range(groups):
             for j in range(16):
-                for r in range(rr):
-                    v = np.float32(qs[t, g, j, r])
-                    hi = np.floor(v * np.float32(0.0625))
-                    wq[j, r] = scale[t, g, r] * (v - np.float32(16.0) * hi) + offset[t, g, r]
-                    wq[j + 16, r] = scale[t, g, r] * hi + offset[t, g, r]
-            for i in range(ntok):
-                for j in range(0, 32, 4):                    # 4 weights per update of acc
-                    x0 = x[i, g * 32 + j]
-                    x1 = x[i, g * 32 + j + 1]
-                    x2 = x[i, g * 32 + j + 2]
-                    x3 = x[i, g * 32 + j + 3]
-                    for r in range(rr):
-                        acc[i, r] += (wq[j, r] * x0 + wq[j + 1, r] * x1) + (wq[j + 2, r] * x2 + wq[j + 3, r] * x3)
-        for i in range(ntok):
-            for r in range(rr):
-                y[i, t * rr + r] = acc[i, r]
+                for r in range(TILE_ROWS):                   # SIMD across rows
+                    v = np.float32(qs[t, g, j, r])                   # byte 0..255, exact
+                    hi = np.floor(v * np.float32(0.0625))            # high nibble, exact
+                    wq[j, r] = v - np.float32(16.0) * hi
+                    wq[j + 16, r] = hi
+            _few_tokens_group(wq, 32, x, g * 32, scale[t, g], offset[t, g], True, xsum, g, tmp, acc)
+        for i in range(x.shape[0]):
+            for r in range(TILE_ROWS):
+                y[i, t * TILE_ROWS + r] = acc[i, r]
 
 
 def _matmul_q8(qs, scale, offset, x, y):
-    """y[T, tiles*R] = x @ W.T for the q8 layout (see _matmul_q4_nb)."""
-    tiles, groups, bsz, rr = qs.shape
-    ntok = x.shape[0]
+    """y[T, tiles*R] = x @ W.T for the q8 layout and a few tokens (see _matmul_q4): each
+    group's int8 values are converted once into ``wq [B, R]``."""
+    tiles, groups, bsz, _ = qs.shape
     has_offset = offset.shape[0] > 0
+    xsum = _token_group_sums(x, groups, bsz)                 # [T, G]
     for t in prange(tiles):
-        acc = np.zeros((ntok, rr), np.float32)
-        wq = np.empty((bsz, rr), np.float32)
+        wq = np.empty((bsz, TILE_ROWS), np.float32)
+        tmp = np.empty((4, TILE_ROWS), np.float32)
+        acc = np.zeros((x.shape[0], TILE_ROWS), np.float32)
         for g in range(groups):
             for j in range(bsz):
-                for r in range(rr):
-                    wq[j, r] = scale[t, g, r] * np.float32(qs[t, g, j, r])
-                if has_offset:
-                    for r in range(rr):
-                        wq[j, r] += offset[t, g, r]
-            for i in range(ntok):
-                for j in range(0, bsz, 4):                   # 4 weights per update of acc
-                    x0 = x[i, g * bsz + j]
-                    x1 = x[i, g * bsz + j + 1]
-                    x2 = x[i, g * bsz + j + 2]
-                    x3 = x[i, g * bsz + j + 3]
-                    for r in range(rr):
-                        acc[i, r] += (wq[j, r] * x0 + wq[j + 1, r] * x1) + (wq[j + 2, r] * x2 + wq[j + 3, r] * x3)
-        for i in range(ntok):
-            for r in range(rr):
-                y[i, t * rr + r] = acc[i, r]
+                for r in range(TILE_ROWS):
+                    wq[j, r] = np.float32(qs[t, g, j, r])
+            m = offset[t, g] if has_offset else scale[t, g]          # (unused without offset)
+            _few_tokens_group(wq, bsz, x, g * bsz, scale[t, g], m, has_offset, xsum, g, tmp, acc)
+        for i in range(x.shape[0]):
+            for r in range(TILE_ROWS):
+                y[i, t * TILE_ROWS + r] = acc[i, r]
 
 
 def _unpack_q4(qs, scale, offset, t0, t1, out):
@@ -409,10 +486,10 @@ _matvec_q4_nb = njit(cache=True, parallel=True, nogil=True)(_matvec_q4)
 _matvec_q4_serial_nb = njit(cache=True, nogil=True)(_matvec_q4)
 _matvec_q8_nb = njit(cache=True, parallel=True, nogil=True)(_matvec_q8)
 _matvec_q8_serial_nb = njit(cache=True, nogil=True)(_matvec_q8)
-_matmul_q4_nb = njit(cache=True, parallel=True, nogil=True)(_matmul_q4)
-_matmul_q4_serial_nb = njit(cache=True, nogil=True)(_matmul_q4)
-_matmul_q8_nb = njit(cache=True, parallel=True, nogil=True)(_matmul_q8)
-_matmul_q8_serial_nb = njit(cache=True, nogil=True)(_matmul_q8)
+_matmul_q4_nb = njit(cache=True, parallel=True, nogil=True, fastmath=CONTRACT)(_matmul_q4)
+_matmul_q4_serial_nb = njit(cache=True, nogil=True, fastmath=CONTRACT)(_matmul_q4)
+_matmul_q8_nb = njit(cache=True, parallel=True, nogil=True, fastmath=CONTRACT)(_matmul_q8)
+_matmul_q8_serial_nb = njit(cache=True, nogil=True, fastmath=CONTRACT)(_matmul_q8)
 _unpack_q4_nb = njit(cache=True, parallel=True, nogil=True)(_unpack_q4)
 _unpack_q4_serial_nb = njit(cache=True, nogil=True)(_unpack_q4)
 _unpack_q8_nb = njit(cache=True, parallel=True, nogil=True)(_unpack_q8)
@@ -541,9 +618,9 @@ def _dense_matmul(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
 def quant_matmul(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
     """y = x @ dequantize(W).T: x [T, in] float -> float32 [T, out].
 
-    Up to MATVEC_LOOP_MAX_TOKENS tokens the matvec kernel runs once per token (it beats any
-    fused form there); up to FUSED_MATMUL_MAX_TOKENS a fused kernel dequantises each group once
-    for all tokens; longer inputs (prefill) dequantise W.T in chunks of about 1 MB into a
+    One token runs the matvec kernel (MATVEC_LOOP_MAX_TOKENS); up to FUSED_MATMUL_MAX_TOKENS
+    (a batched decode step, a short prompt) a fused kernel decodes each group of weights once
+    and applies it to all tokens (:func:`_matmul_q4`, :func:`_matmul_q8`); longer inputs (prefill) dequantise W.T in chunks of about 1 MB into a
     reused buffer and call BLAS sgemm per chunk, which is compute-bound there and faster than
     any loop written here (:func:`_dense_matmul`).
     """
@@ -551,7 +628,7 @@ def quant_matmul(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
         return quant_matmul_ref(w, x)
     x = _as_x(w, x, 2, "quant_matmul")
     ntok = x.shape[0]
-    if ntok <= MATVEC_LOOP_MAX_TOKENS:   # a few tokens: the matvec kernel per token is fastest
+    if ntok <= MATVEC_LOOP_MAX_TOKENS:   # one token: the matvec kernel is fastest
         return np.stack([quant_matvec(w, row) for row in x])                   # [T, out]
     if ntok > FUSED_MATMUL_MAX_TOKENS:
         return _dense_matmul(w, x)

@@ -183,9 +183,10 @@ WINDOWS = (None, 1, 2, 3, 7)
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("window", WINDOWS)
 def test_numba_predicates_equal_visible_mask(causal, window):
-    """The Numba kernels inline the rule per element (`_masked`) and per block (`_kv_range`);
-    both equal `visible_mask` / `visible_key_range` for every query/key pair and block."""
-    from axon_kernels.attention import _kv_range, _masked, visible_key_range
+    """The Numba kernels inline the rule per element (`_masked`), per block (`_kv_range`) and
+    per tile for the causal split (`_block_visible`: a tile every query of which sees every key
+    skips `_masked`); all equal `visible_mask` / `visible_key_range` for every pair, block, tile."""
+    from axon_kernels.attention import _block_visible, _kv_range, _masked, visible_key_range
 
     for tk in range(1, 9):
         for tq in range(1, tk + 1):
@@ -201,6 +202,10 @@ def test_numba_predicates_equal_visible_mask(causal, window):
                     assert (lo, hi) == visible_key_range(p0, p1, tk, causal, window)
                     cols = np.flatnonzero(mask[i0:i1].any(axis=0))  # the range is the tight hull of what the block sees
                     assert (lo, hi) == (cols[0], cols[-1] + 1)
+                    for j0 in range(tk):
+                        for j1 in range(j0 + 1, tk + 1):
+                            want = bool(mask[i0:i1, j0:j1].all())
+                            assert _block_visible(p0, p1, j0, j1, causal, window or 0) == want, (tq, tk, i0, i1, j0, j1)
 
 
 def test_visible_mask_window_implies_causal_and_key_mask_adds_padding():
@@ -246,3 +251,96 @@ def test_blas_attention_bad_key_mask_and_shapes_raise():
         kernels.blas_attention(q, k, k, key_mask=np.ones((1, 3), np.int64))
     with pytest.raises(ValueError, match="multiple"):
         kernels.blas_attention(np.zeros((1, 3, 3, 4)), np.zeros((1, 2, 3, 4)), np.zeros((1, 2, 3, 4)))
+
+
+# ------------------------------------------------------------------ the flash kernels' tile machinery
+
+
+@pytest.mark.parametrize("m, kd, n", [(1, 1, 1), (4, 4, 16), (5, 7, 3), (9, 13, 37), (64, 64, 64)])
+def test_tile_gemm_update_equals_numpy(m, kd, n):
+    """`_mm_acc` (every flash GEMM: c[m, n] += a[m, kd] b[kd, n] on 1-D buffers with offsets and
+    row strides) equals NumPy, remainders of its 4-row / 4-deep blocking included."""
+    from axon_kernels.attention import _mm_acc
+
+    rng = np.random.default_rng(m * 100 + kd * 10 + n)
+    lda, ldb, ldc = kd + 3, n + 1, n + 5  # padded rows: only [:kd] / [:n] of each row is read / written
+    ao, bo, co = 2, 1, 7
+    a = rng.standard_normal(ao + m * lda)
+    b = rng.standard_normal(bo + kd * ldb)
+    c = rng.standard_normal(co + m * ldc)
+    want = c.copy()
+    cw = want[co:].reshape(m, ldc)
+    cw[:, :n] += a[ao:].reshape(m, lda)[:, :kd] @ b[bo:].reshape(kd, ldb)[:, :n]
+    u = np.uint64
+    _mm_acc(a, u(ao), u(lda), b, u(bo), u(ldb), c, u(co), u(ldc), u(m), u(kd), u(n))
+    np.testing.assert_allclose(c, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(jit_disabled(), reason="no machine code to inspect under NUMBA_DISABLE_JIT=1")
+def test_tile_gemm_compiles_to_packed_fma():
+    """The tile GEMM's inner loop is vectorised: packed float32 FMAs (`vfmadd...ps`), not only the
+    scalar `...ss` form LLVM falls back to when indices may be negative or buffers may alias."""
+    import platform
+    import re
+
+    from numba import njit
+
+    from axon_kernels._jit import CONTRACT
+    from axon_kernels.attention import _mm_acc
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip(f"the assembly check knows x86-64 FMA mnemonics only, this is {platform.machine()}")
+
+    tile_gemm = njit(fastmath=CONTRACT, error_model="numpy")(_mm_acc.py_func)  # uncached: inspect_asm needs a fresh compile
+    u = np.uint64
+    a = np.ones(64 * 64, np.float32)
+    c = np.zeros(64 * 64, np.float32)
+    tile_gemm(a, u(0), u(64), a, u(0), u(64), c, u(0), u(64), u(64), u(64), u(64))
+    np.testing.assert_array_equal(c, np.full(64 * 64, 64, np.float32))
+    asm = tile_gemm.inspect_asm(tile_gemm.signatures[0])
+    if "vfmadd" not in asm:
+        pytest.skip("this CPU has no FMA instructions (the check looks for packed FMAs)")
+    assert re.search(r"vfmadd\d+ps", asm), "the tile GEMM compiled to scalar FMAs only"
+
+
+def test_backward_on_one_thread_equals_two_threads_and_reference():
+    """dQ goes through per-thread buffers summed at the end: one thread and all threads agree."""
+    import numba
+
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((1, 4, 37, 8))
+    k, v = (rng.standard_normal((1, 2, 37, 8)) for _ in range(2))
+    out, lse = kernels.flash_attention_ref(q, k, v, causal=True)
+    dout = rng.standard_normal(out.shape)
+    want = kernels.flash_attention_backward_ref(q, k, v, out, lse, dout, causal=True)
+    before = numba.get_num_threads()
+    try:
+        for threads in sorted({1, before}):
+            numba.set_num_threads(threads)
+            got = flash_attention_backward_nb(q, k, v, out, lse, dout, causal=True, block_q=8, block_kv=16)
+            for g, w in zip(got, want):
+                np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+    finally:
+        numba.set_num_threads(before)
+
+
+@pytest.mark.parametrize("tq, tk", [(1, 1), (1, 70), (3, 130), (130, 130)])
+def test_default_tiles_fit_the_shape_and_equal_the_reference(tq, tk):
+    """`flash_tile_sizes` (used when block_q / block_kv are None) never exceeds the sequence
+    (rounded up to 4 queries / 16 keys), keeps sizes it is given, and the kernels run with it."""
+    from axon_kernels.attention import flash_tile_sizes
+
+    bq, bkv = flash_tile_sizes(tq, tk, 8)
+    assert 1 <= bq <= max(4, tq) and 1 <= bkv <= max(16, tk) and bq <= 128 and bkv <= 64
+    assert flash_tile_sizes(tq, tk, 8, 5, 7) == (5, 7)
+    rng = np.random.default_rng(tq + tk)
+    q = rng.standard_normal((1, 2, tq, 8)).astype(np.float32)
+    k, v = (rng.standard_normal((1, 1, tk, 8)).astype(np.float32) for _ in range(2))
+    out, lse = flash_attention_nb(q, k, v, causal=True)
+    want, want_lse = kernels.flash_attention_ref(q, k, v, causal=True)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(lse, want_lse, rtol=1e-5, atol=1e-5)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    got = flash_attention_backward_nb(q, k, v, want, want_lse, dout, causal=True)
+    for g, w in zip(got, kernels.flash_attention_backward_ref(q, k, v, want, want_lse, dout, causal=True)):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)

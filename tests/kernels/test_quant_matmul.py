@@ -1,0 +1,92 @@
+"""kernels.quant: the few-token fused matmul (2..FUSED_MATMUL_MAX_TOKENS rows, a batched decode
+step) against its reference `quant_matmul_ref`, for every GGUF type (both packed kinds, with and
+without offsets), every token count 1..16 (chunks of 4, 2 and 1 tokens) and odd shapes.
+
+The raw Numba functions are called directly as well, so under ``NUMBA_DISABLE_JIT=1`` (where
+`quant_matmul` itself runs the reference) their loops still run, as plain Python."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from axon_kernels import quant
+from axon_kernels._jit import jit_disabled
+from axon_kernels.quant import QUANT_TYPES, TILE_ROWS, pack, quant_matmul, quant_matmul_ref, unpack_ref
+from tests.kernels.test_quant import _cols, _tol, random_raw
+
+# every kind of packed layout: q4 (offset always), q8 with an offset, q8 without
+KINDS = {"Q4_1": ("q4", True), "Q4_K": ("q4", True), "Q5_1": ("q8", True), "Q2_K": ("q8", True),
+         "Q8_0": ("q8", False), "Q6_K": ("q8", False)}
+
+
+def _bound(w, x):
+    """Per-output float32 rounding bound of x @ W.T (the reference's own accumulation may differ)."""
+    dense = np.abs(unpack_ref(w)).astype(np.float64)
+    return np.stack([_tol(dense, np.abs(xi).astype(np.float64)) for xi in x])      # [T, out]
+
+
+def test_the_kinds_cover_both_layouts_with_and_without_offsets():
+    for qtype, (kind, has_offset) in KINDS.items():
+        w = pack(qtype, random_raw(qtype, 3, _cols(qtype, 1)), (3, _cols(qtype, 1)))
+        assert (w.kind, w.offset is not None) == (kind, has_offset), qtype
+
+
+@pytest.mark.parametrize("qtype", QUANT_TYPES)
+@settings(max_examples=6, deadline=None)
+@given(rows=st.integers(1, 2 * TILE_ROWS + 3), nblocks=st.integers(1, 3), ntok=st.integers(1, 16),
+       seed=st.integers(0, 2**16))
+def test_quant_matmul_equals_reference_for_1_to_16_tokens(qtype, rows, nblocks, ntok, seed):
+    cols = _cols(qtype, nblocks)
+    w = pack(qtype, random_raw(qtype, rows, cols, seed), (rows, cols))
+    x = np.random.default_rng(seed).standard_normal((ntok, cols)).astype(np.float32)
+    y, ref = quant_matmul(w, x), quant_matmul_ref(w, x)
+    assert y.shape == (ntok, rows) and y.dtype == np.float32 and y.flags.c_contiguous
+    assert np.all(np.abs(y - ref) <= _bound(w, x))
+
+
+@pytest.mark.parametrize("variant", ["_nb", "_serial_nb"])
+@pytest.mark.parametrize("qtype", list(KINDS))
+@settings(max_examples=3 if jit_disabled() else 10, deadline=None)
+@given(rows=st.integers(1, TILE_ROWS + 9), ntok=st.integers(1, 16), seed=st.integers(0, 2**16))
+def test_raw_fused_matmul_kernels_equal_reference(qtype, variant, rows, ntok, seed):
+    """The @njit kernels themselves (threaded and serial), on a padded last tile and every
+    token count: each group is decoded once and applied to chunks of 4, 2 and 1 tokens."""
+    cols = _cols(qtype, 1)
+    w = pack(qtype, random_raw(qtype, rows, cols, seed), (rows, cols))
+    x = np.random.default_rng(seed).standard_normal((ntok, cols)).astype(np.float32)
+    y = np.full((ntok, w.qs.shape[0] * TILE_ROWS), np.nan, np.float32)
+    getattr(quant, f"_matmul_{w.kind}{variant}")(*quant._arrays(w), x, y)
+    assert not np.isnan(y).any()                                        # every output written, padding too
+    assert np.all(np.abs(y[:, :rows] - quant_matmul_ref(w, x)) <= _bound(w, x))
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0", "Q5_K"])
+def test_a_nan_input_poisons_only_its_own_token(qtype):
+    """Contraction (FMA) only, never fastmath: a NaN in one token's input propagates to every
+    output of that token and of no other, as in the reference."""
+    rows, cols = TILE_ROWS + 3, _cols(qtype, 2)
+    w = pack(qtype, random_raw(qtype, rows, cols, 2), (rows, cols))
+    x = np.random.default_rng(2).standard_normal((7, cols)).astype(np.float32)
+    x[5, cols - 3] = np.nan
+    for y in (quant_matmul(w, x), quant_matmul_ref(w, x)):
+        assert np.isnan(y[5]).all()
+        assert np.isfinite(np.delete(y, 5, axis=0)).all()
+
+
+def test_a_batched_decode_step_is_one_fused_call_not_one_matvec_per_row(monkeypatch):
+    """2..FUSED_MATMUL_MAX_TOKENS rows go to the fused kernel: the per-row matvec is not called."""
+    if jit_disabled():
+        pytest.skip("under NUMBA_DISABLE_JIT=1 quant_matmul runs its reference (no kernel dispatch)")
+    rows, cols = 2 * TILE_ROWS, 64
+    w = pack("Q4_1", random_raw("Q4_1", rows, cols, 1), (rows, cols))
+    x = np.random.default_rng(1).standard_normal((quant.FUSED_MATMUL_MAX_TOKENS, cols)).astype(np.float32)
+
+    def no_matvec(*args):
+        raise AssertionError("quant_matmul fell back to one matvec per row")
+
+    monkeypatch.setattr(quant, "quant_matvec", no_matvec)
+    for ntok in range(quant.MATVEC_LOOP_MAX_TOKENS + 1, quant.FUSED_MATMUL_MAX_TOKENS + 1):
+        assert np.all(np.abs(quant_matmul(w, x[:ntok]) - quant_matmul_ref(w, x[:ntok])) <= _bound(w, x[:ntok]))
