@@ -8,12 +8,14 @@ Two measurements, each idle and with another process keeping one core busy
   OpenBLAS on 1 thread, and OpenBLAS on 1 thread with `axon_kernels.blas.gemm` splitting rows
   over 2 Python threads (axon's choice). Prints wall and CPU ms (median of 20) and the ratio
   against OpenBLAS on 2 threads (>1 = faster).
+- ``--part prefill``: 200-token prefills of SmolLM2-135M Q4_1 (median of 3) in this process with
+  the same three BLAS setups (the quantised prefill's products go through `gemm`).
 - ``--part decode``: SmolLM2-135M Q4_1 through axon-llm in a subprocess per setup (OpenMP
   ``OMP_WAIT_POLICY=PASSIVE``, axon's default; ``GOMP_SPINCOUNT`` 10k / 100k; ``ACTIVE``;
   Numba's ``workqueue`` layer; Numba on 1 thread): decode tok/s of ``--new-tokens`` greedy
   tokens and ``--prefills`` 200-token prefills (median, worst / median).
 
-    python benchmarks/bench_threads.py [--part gemm,decode] [--rounds 3] [--busy both|yes|no]
+    python benchmarks/bench_threads.py [--part gemm,prefill,decode] [--rounds 3] [--busy both|yes|no]
 """
 
 from __future__ import annotations
@@ -44,6 +46,33 @@ DECODE_SETUPS = {
 }
 
 
+BLAS_SETUPS = (("OpenBLAS 2 threads", 2, 1), ("OpenBLAS 1 thread", 1, 1), ("gemm split 2 (axon)", 1, 2))
+
+
+def prefill_round(model) -> dict:
+    """{setup: median seconds of three 200-token prefills}, each BLAS setup in turn."""
+    import numpy as np
+
+    import axon
+    import axon_kernels._jit as jit
+    from axon_kernels import blas
+
+    ids = np.random.default_rng(0).integers(100, 40000, (1, 200))
+    out = {}
+    for name, blas_threads, split in BLAS_SETUPS:
+        jit._blas_set_threads(blas_threads)
+        blas.set_gemm_threads(split)
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            with axon.no_grad():
+                model.generate(ids, max_new_tokens=1, eos_token_id=None)
+            times.append(time.perf_counter() - t0)
+        out[name] = statistics.median(times)
+    jit.default_threads()
+    return out
+
+
 def gemm_round() -> dict:
     """{setup: (wall ms, cpu ms)} for the three products of one Linear, each setup in turn."""
     import numpy as np
@@ -62,8 +91,7 @@ def gemm_round() -> dict:
         blas.gemm(g.T, x)                                               # weight gradient [out, in]
 
     out = {}
-    for name, blas_threads, split in (("OpenBLAS 2 threads", 2, 1), ("OpenBLAS 1 thread", 1, 1),
-                                      ("gemm split 2 (axon)", 1, 2)):
+    for name, blas_threads, split in BLAS_SETUPS:
         jit._blas_set_threads(blas_threads)
         blas.set_gemm_threads(split)
         linear_products()
@@ -153,6 +181,27 @@ def main(argv=None) -> int:
                     res = gemm_round()
                 peer = res["OpenBLAS 2 threads"][0]
                 shown = "   ".join(f"{k} {w:.1f} / {c:.1f} ({peer / w:.2f}x)" for k, (w, c) in res.items())
+                print(f"  round {r + 1}: {shown}  (load {os.getloadavg()[0]:.1f})", flush=True)
+        if "prefill" in parts:
+            import numpy as np
+
+            import axon
+            import axon_llm
+            from axon_llm.hub import resolve_model_path
+
+            model = axon_llm.from_pretrained(str(resolve_model_path("smollm2-135m-instruct")))
+            with axon.no_grad():                                        # warm-up: JIT, caches
+                model.generate(np.array([[1, 2, 3, 4] * 50]), max_new_tokens=1, eos_token_id=None)
+            print(f"prefill ({label}): 200-token prefill of SmolLM2-135M Q4_1, median of 3, seconds; "
+                  "ratio = OpenBLAS-2-threads time / this time")
+            for r in range(args.rounds):
+                if busy:
+                    with BusyCore():
+                        res = prefill_round(model)
+                else:
+                    res = prefill_round(model)
+                peer = res["OpenBLAS 2 threads"]
+                shown = "   ".join(f"{k} {t:.3f} ({peer / t:.2f}x)" for k, t in res.items())
                 print(f"  round {r + 1}: {shown}  (load {os.getloadavg()[0]:.1f})", flush=True)
         if "decode" in parts:
             print(f"decode + prefills ({label}), SmolLM2-135M Q4_1, 2 threads:")

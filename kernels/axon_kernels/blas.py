@@ -1,7 +1,7 @@
 """Matrix products on a few Python threads, each calling a one-threaded OpenBLAS.
 
     c = gemm(a, b)              # [M, K] @ [K, N] -> [M, N], rows of c split between threads
-    gemm(a, b, out=c)           # into an existing C-contiguous [M, N] array
+    gemm(a, b, out=c)           # into an existing [M, N] array (or view)
 
 Why not OpenBLAS's own threads: they wait for work by spinning (about 2^28 cycles by default),
 and a product is split statically between them, so on a machine where other programs hold a
@@ -101,7 +101,8 @@ def gemm_ref(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.
 
 def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``a [M, K] @ b [K, N] -> [M, N]`` with the rows of the result split over `gemm_threads`
-    threads (module doc); small products, other ranks and non-contiguous ``out`` run `gemm_ref`."""
+    threads (module doc); small products and other ranks run `gemm_ref`. ``out`` may be a
+    strided view (a column block of a larger array): each chunk writes its rows of it."""
     threads = _POOL.threads
     if threads == 1 or a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         return np.matmul(a, b, out=out)
@@ -111,8 +112,8 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndar
         return np.matmul(a, b, out=out)
     if out is None:
         out = np.empty((m, n), dtype=np.result_type(a.dtype, b.dtype))
-    elif out.shape != (m, n) or not out.flags.c_contiguous:
-        return np.matmul(a, b, out=out)
+    elif out.shape != (m, n):
+        return np.matmul(a, b, out=out)                   # NumPy's own error
     chunks = min(threads * _CHUNKS_PER_THREAD, m // _MIN_ROWS)
     bounds = [m * i // chunks for i in range(chunks + 1)]
     job = _Job(a, b, out)

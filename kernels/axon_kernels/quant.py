@@ -44,6 +44,7 @@ import numpy as np
 from numba import njit, prange
 
 from axon_kernels._jit import CONTRACT
+from axon_kernels.blas import gemm
 from axon_kernels.quant_formats import BLOCK, NIBBLE_TYPES, QUANT_TYPES, check_raw, decode_blocks, dequantize_ref
 
 TILE_ROWS = 64                      # R: rows per tile (4 AVX-512 / 8 AVX2 float lanes per step)
@@ -601,7 +602,8 @@ def _scratch_floats(n: int) -> np.ndarray:
 
 def _dense_matmul(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
     """x @ W.T for many tokens: dequantise tile chunks (~1 MB, the same chunks as the
-    reference) as W.T into a reused buffer, then one BLAS sgemm per chunk (compute-bound)."""
+    reference) as W.T into a reused buffer, then one BLAS sgemm per chunk (compute-bound), its rows
+    split over threads by `axon_kernels.blas.gemm` (OpenBLAS itself runs on one thread: _jit.py)."""
     ntok, cols = x.shape
     y = np.empty((ntok, w.out_features), np.float32)
     for t0, t1 in _tile_chunks(w):
@@ -610,8 +612,8 @@ def _dense_matmul(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
         dense = _scratch_floats(cols * n).reshape(cols, n)                     # [in, chunk rows]
         _kernel(f"dense_{w.kind}", dense.nbytes)(*_arrays(w), t0, t1, dense)
         if r0 == 0 and r1 == w.out_features and n == r1:
-            return np.matmul(x, dense, out=y)                                  # [T, in] @ [in, out]
-        np.matmul(x, dense[:, :r1 - r0], out=y[:, r0:r1])                      # [T, in] @ [in, rows]
+            return gemm(x, dense, out=y)                                       # [T, in] @ [in, out]
+        gemm(x, dense[:, :r1 - r0], out=y[:, r0:r1])                           # [T, in] @ [in, rows]
     return y
 
 

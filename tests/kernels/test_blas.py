@@ -116,3 +116,15 @@ def test_import_policy_and_the_users_settings():
     assert user["gemm"] == 1 and user["wait"] == "ACTIVE"
     if user["blas"] is not None:
         assert user["blas"] == min(2, os.cpu_count())           # OpenBLAS caps its count at the cores
+
+
+def test_gemm_into_a_column_block(two_threads):
+    """``out`` may be a strided view: the quantised prefill writes each chunk of W's rows into a
+    column block of its result."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((500, 256)).astype(np.float32)
+    dense = rng.standard_normal((256, 300)).astype(np.float32)
+    y = np.zeros((500, 700), np.float32)
+    blas.gemm(x, dense, out=y[:, 100:400])
+    np.testing.assert_allclose(y[:, 100:400], x @ dense, rtol=1e-4, atol=1e-3)
+    assert not y[:, :100].any() and not y[:, 400:].any()
