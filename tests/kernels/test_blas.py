@@ -128,3 +128,22 @@ def test_gemm_into_a_column_block(two_threads):
     blas.gemm(x, dense, out=y[:, 100:400])
     np.testing.assert_allclose(y[:, 100:400], x @ dense, rtol=1e-4, atol=1e-3)
     assert not y[:, :100].any() and not y[:, 400:].any()
+
+
+def test_bench_threads_gemm_part_runs(capsys):
+    """benchmarks/bench_threads.py's product comparison runs and names OpenBLAS's two threads as
+    the peer of every ratio."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_threads.py"
+    spec = importlib.util.spec_from_file_location("bench_threads", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    before = blas.gemm_threads()
+    try:
+        assert bench.main(["--part", "gemm", "--rounds", "1", "--busy", "no"]) == 0
+    finally:
+        blas.set_gemm_threads(before)
+    out = capsys.readouterr().out
+    assert "OpenBLAS 2 threads" in out and "gemm split 2 (axon)" in out and "x)" in out
