@@ -73,7 +73,8 @@ def set_threads(n: int) -> int:
     the ``NUMBA_NUM_THREADS`` the process started with, the number of cores by default), and
     large BLAS products split over ``n`` threads by `axon_kernels.blas.gemm`, with OpenBLAS itself
     on one thread (its spinning, statically split workers stall on a shared machine; see
-    docs/performance.md "Threads"). Returns the Numba thread count in force. ``--threads`` of the
+    docs/performance.md "Threads"; with another BLAS than OpenBLAS, no split). Returns the Numba
+    thread count in force. ``--threads`` of the
     CLI calls this; importing axon_kernels calls `default_threads`."""
     from .blas import set_gemm_threads
 
@@ -81,8 +82,7 @@ def set_threads(n: int) -> int:
         raise ValueError(f"threads must be a positive integer, got {n!r}")
     os.environ["OMP_NUM_THREADS"] = str(n)               # for OpenMP runtimes started later / subprocesses
     os.environ["OPENBLAS_NUM_THREADS"] = "1"             # an OpenBLAS loaded later / subprocesses
-    _blas_set_threads(1)
-    set_gemm_threads(n)
+    set_gemm_threads(n if _blas_set_threads(1) else 1)   # another BLAS keeps its own threads: no split on top
     used = min(n, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(used)
     return used
@@ -91,14 +91,15 @@ def set_threads(n: int) -> int:
 def default_threads() -> None:
     """The thread policy at import: like ``set_threads(cores)`` unless the user chose BLAS threads
     (``OPENBLAS_NUM_THREADS``, ``GOTO_NUM_THREADS``, ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` set
-    before the import): then OpenBLAS keeps the user's count and `gemm` does not split products."""
+    before the import): then OpenBLAS keeps the user's count and `gemm` does not split products.
+    Nor does it when NumPy's BLAS is not an OpenBLAS found among the process's libraries (MKL,
+    Accelerate): that BLAS keeps its own threads."""
     from .blas import set_gemm_threads
 
     if _USER_ENV & {"OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"}:
         set_gemm_threads(1)
         return
-    _blas_set_threads(1)
-    set_gemm_threads(numba.config.NUMBA_NUM_THREADS)
+    set_gemm_threads(numba.config.NUMBA_NUM_THREADS if _blas_set_threads(1) else 1)
 
 
 def jit_disabled() -> bool:
