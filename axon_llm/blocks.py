@@ -251,6 +251,9 @@ class CausalLM(PretrainedModel):
     backbone_class: type | None = None
     backbone_name: str = "model"
     embedding_path: str = "model.embed_tokens"
+    #: the fast decode step's layout these layers follow (``axon_llm.decode.LAYOUTS``), or None:
+    #: decode through the modules. A family opts in explicitly; see axon_llm/decode.py.
+    decode_layout: str | None = None
 
     def __init__(self, config=None):
         super().__init__()

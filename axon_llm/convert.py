@@ -9,10 +9,29 @@ checkpoint is one) or a ``.gguf`` file. Every source is first read into one form
 dict, HF-named tensors (float arrays, or GGUF blocks kept as they are) and the tokenizer.
 
 OUT ending in ``.gguf`` is written with gguf-py's ``GGUFWriter`` the way llama.cpp's
-``convert_hf_to_gguf.py`` writes a llama: ``llama.*`` hyper-parameters, GGUF tensor names
-(``blk.N.attn_q.weight`` ...), Q and K rows permuted to GGML's interleaved RoPE pairs
-(:func:`~axon_llm.loaders.gguf.permute_qk_rows`), and the tokenizer as ``tokenizer.ggml.*``
-(model, tokens, token types, merges, scores, special ids) plus ``tokenizer.chat_template``.
+``convert_hf_to_gguf.py`` writes it, for every family the GGUF loader maps
+(:data:`axon_llm.loaders.gguf.GGUF_ARCHITECTURES`; any other raises :class:`UnsupportedError`
+naming it). Everything comes from that one table, run backwards:
+
+- the architecture is the table entry whose ``hf_architecture`` is the model's;
+- tensor names are :func:`~axon_llm.loaders.gguf.gguf_tensor_name` (``blk.N.attn_q.weight`` ...);
+- the loader's tensor transforms are undone: Q and K rows permuted to GGML's interleaved RoPE pairs
+  where ``permute_qk`` (llama; :func:`~axon_llm.loaders.gguf.permute_qk_rows`), norms stored as
+  ``w - norm_offset`` (Gemma's ``1 + w``); biases (Qwen2's q/k/v) travel like any tensor;
+- hyper-parameters go to ``<arch>.*`` keys (the table's ``fields`` where the family has them,
+  else :data:`HPARAM_KEYS`, the llama family's; linear RoPE scaling as
+  ``rope.scaling.*``, Llama 3's as a ``rope_freqs`` tensor), and the result is **read back** with
+  the loader's :func:`~axon_llm.loaders.gguf.config_from_metadata`: a model whose config does not
+  survive that round trip (a Qwen2 with sliding-window layers: GGUF qwen2 has none) raises
+  :class:`UnsupportedError` naming the fields, instead of writing a file that computes something
+  else. One difference is folded into the weights instead: Gemma 3's ``query_pre_attn_scalar``,
+  which GGUF cannot carry (llama.cpp fixes the score scale), scales the ``q_norm`` weights;
+- the tokenizer goes to ``tokenizer.ggml.*`` (model, tokens, token types, merges, scores, special
+  ids) plus ``tokenizer.chat_template``.
+
+A table entry with a transform this file does not know how to undo (a new
+:class:`~axon_llm.loaders.gguf.GGUFArchitecture` field) raises :class:`UnsupportedError` rather
+than writing a wrong file.
 
 Tensor types. Without ``quant`` every tensor keeps its source type (GGUF blocks are copied byte
 for byte; an HF checkpoint saved as float16/bfloat16 stays F16/BF16, else F32). With ``quant``
@@ -22,8 +41,10 @@ block falls back as llama.cpp's ``llama-quantize`` does: Q4_K -> Q5_0, Q5_K -> Q
 Q6_K -> Q8_0, and to F16 when not even 32 divides it. (SmolLM2's 576-wide rows make most of
 its Q4_K tensors Q5_0, exactly as in llama.cpp's own Q4_K files of it.)
 
-Any other OUT is a folder: ``model.safetensors`` (float32, quantised tensors dequantised),
-``config.json`` and the tokenizer files, loadable by ``axon_llm.from_pretrained``.
+Any other OUT is a folder: ``model.safetensors`` (float32, quantised tensors dequantised, HF
+tensor names), ``config.json`` (an HF source's own; a GGUF source's in transformers' keys, with
+its ``model_type``) and the tokenizer files, loadable by ``axon_llm.from_pretrained`` and
+transformers.
 
 Nothing partial is ever left behind: the output is written to a temporary file (or folder)
 beside OUT and moved into place with ``os.replace`` only when complete.
@@ -33,7 +54,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +65,7 @@ import numpy as np
 
 from axon_llm.errors import InputError, ModelFormatError, UnsupportedError
 
-__all__ = ["convert", "QUANT_CHOICES"]
+__all__ = ["convert", "QUANT_CHOICES", "HPARAM_KEYS"]
 
 QUANT_CHOICES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q4_K", "Q5_K", "Q6_K")
 _FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}     # llama-quantize, rows not a multiple of 256
@@ -76,7 +99,11 @@ def _read(src) -> _Model:
         from axon_llm.loaders.gguf import load_gguf
         gm = load_gguf(path)
         types = {hf: gm.tensor_infos[g].type_name for hf, g in gm.gguf_names.items()}
-        return _Model(dict(gm.config), dict(gm.tensors), types, dict(gm.metadata), gguf_path=path)
+        tensors = dict(gm.tensors)
+        for hf in getattr(gm, "transposed", ()):             # blocks still in GGUF's [out, in] rows (GPT-2)
+            tensors[hf] = np.ascontiguousarray(_dense(tensors[hf]).T)
+            types[hf] = "F32"
+        return _Model(dict(gm.config), tensors, types, dict(gm.metadata), gguf_path=path)
     if path.is_dir():
         if (path / "config.json").is_file():
             from axon_llm.loaders.safetensors import HFLoader
@@ -95,14 +122,38 @@ def _read(src) -> _Model:
     return _read(resolve_model_path(str(src)))
 
 
-def _llama_only(model: _Model) -> None:
-    kind = model.config.get("model_type")
-    if kind != "llama":
-        raise UnsupportedError(f"convert supports the llama family only for now; this model is {kind!r}")
-    scaling = model.config.get("rope_scaling") or {}
-    rope_type = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else None
-    if rope_type not in (None, "default", "linear"):
-        raise UnsupportedError(f"convert: rope scaling {rope_type!r} is not supported yet (Llama 3 rope_freqs)")
+def _model_config(config: dict):
+    """The model's config object (``LLaMAConfig``, ``Gemma3Config`` ...) and its HF architecture name."""
+    from axon_llm.auto import config_class_for, model_class_for
+    model_class, hf_arch = model_class_for(config)
+    return config_class_for(model_class, config).from_dict(config), hf_arch
+
+
+def _gguf_architecture(config: dict):
+    """``(name, GGUFArchitecture, config object)``: the loader's table entry for this model's family.
+    A family the table does not map raises :class:`UnsupportedError` naming it."""
+    from axon_llm.loaders.gguf import GGUF_ARCHITECTURES
+    cfg, hf_arch = _model_config(config)
+    matches = [(n, a) for n, a in GGUF_ARCHITECTURES.items() if a.hf_architecture == hf_arch]
+    if len(matches) > 1:                          # several GGUF names for one class: the model_type decides
+        matches = [(n, a) for n, a in matches if a.model_type == config.get("model_type")] or matches[:1]
+    if not matches:
+        raise UnsupportedError(f"convert: architecture {hf_arch} (model_type {config.get('model_type')!r}) has no GGUF "
+                               f"mapping; GGUF output supports {', '.join(sorted(GGUF_ARCHITECTURES))}")
+    name, spec = matches[0]
+    for f in dataclasses.fields(spec):           # a transform added to the table that nothing here undoes
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if f.name not in _UNDONE_FIELDS and getattr(spec, f.name) != default:
+            raise UnsupportedError(f"convert cannot write GGUF {name} yet: it does not undo the loader's "
+                                   f"GGUFArchitecture.{f.name}={getattr(spec, f.name)!r}")
+    return name, spec, cfg
+
+
+#: the GGUFArchitecture fields whose effect _write_gguf reverses, or that transform nothing
+#: (``fixed_config``, ``finish`` and ``model_kwargs`` only derive the config: the round trip checks it)
+_UNDONE_FIELDS = {"hf_architecture", "model_type", "block_names", "permute_qk", "norm_offset", "block_prefix",
+                  "global_names", "transposed", "transforms", "tied_only", "fields", "fixed_config", "finish",
+                  "model_kwargs"}
 
 
 def _dense(t) -> np.ndarray:
@@ -240,45 +291,181 @@ def _writer_class():
     return Writer
 
 
+#: The llama family's metadata (llama, qwen2, gemma3: families whose table entry has no ``fields``):
+#: ``<arch>.<key>`` <- the model config attribute it carries, and its GGUF value type. Each key is
+#: written when the config has a non-None value for it; :func:`axon_llm.loaders.gguf.config_from_metadata`
+#: reads them back, and :func:`_round_trip` checks that it does.
+HPARAM_KEYS: tuple[tuple[str, str, str], ...] = (
+    ("context_length", "max_position_embeddings", "u32"),
+    ("embedding_length", "hidden_size", "u32"),
+    ("block_count", "num_hidden_layers", "u32"),
+    ("feed_forward_length", "intermediate_size", "u32"),
+    ("attention.head_count", "num_attention_heads", "u32"),
+    ("attention.head_count_kv", "num_key_value_heads", "u32"),
+    ("attention.key_length", "head_dim", "u32"),
+    ("attention.value_length", "head_dim", "u32"),
+    ("rope.freq_base", "rope_theta", "f32"),
+    ("rope.freq_base_swa", "rope_local_base_freq", "f32"),
+    ("attention.layer_norm_rms_epsilon", "rms_norm_eps", "f32"),
+    ("attention.sliding_window", "sliding_window", "u32"),                 # only when a layer uses it
+    ("attention.sliding_window_pattern", "sliding_window_pattern", "u32"),
+    ("final_logit_softcapping", "final_logit_softcapping", "f32"),
+    ("attn_logit_softcapping", "attn_logit_softcapping", "f32"),
+    ("vocab_size", "vocab_size", "u32"),
+)
+_WINDOW_KEYS = ("attention.sliding_window", "attention.sliding_window_pattern")
+
+#: config fields that do not change what the model computes (or that ``windows`` below replaces)
+_NOT_COMPARED = {"extra", "initializer_range", "bos_token_id", "eos_token_id", "pad_token_id", "attention_dropout",
+                 "resid_pdrop", "embd_pdrop", "attn_pdrop", "hidden_dropout_prob", "attention_probs_dropout_prob",
+                 "classifier_dropout", "num_labels", "id2label", "problem_type", "use_sliding_window",
+                 "max_window_layers", "sliding_window", "sliding_window_pattern", "rope_scaling"}
+
+
+def _uses_window(cfg) -> bool:
+    if hasattr(cfg, "window_of"):
+        return any(cfg.window_of(i) is not None for i in range(cfg.num_hidden_layers))
+    return getattr(cfg, "sliding_window", None) is not None
+
+
+def _hparams(arch: str, spec, cfg) -> dict[str, tuple[Any, str]]:
+    """``full GGUF key -> (value, GGUF type)`` for the model config: the table's own ``fields``
+    (:func:`~axon_llm.loaders.gguf.metadata_from_config`) where the family has them, else
+    :data:`HPARAM_KEYS` (the llama family)."""
+    if getattr(spec, "fields", ()):
+        from axon_llm.loaders.gguf import metadata_from_config
+        kinds = {"int": "u32", "float": "f32", "bool": "bool"}
+        return {k: ((float(np.float32(v)) if kind == "float" else v), kinds[kind])
+                for k, (kind, v) in metadata_from_config(arch, cfg.to_dict()).items()}
+    out: dict[str, tuple[Any, str]] = {}
+    for key, attr, kind in HPARAM_KEYS:
+        value = getattr(cfg, attr, None)
+        if value is None or isinstance(value, bool) or (key in _WINDOW_KEYS and not _uses_window(cfg)):
+            continue
+        out[f"{arch}.{key}"] = (int(value), kind) if kind == "u32" else (float(np.float32(value)), kind)
+    head_dim = getattr(cfg, "head_dim", None)
+    if head_dim:
+        out[f"{arch}.rope.dimension_count"] = (int(round(head_dim * (getattr(cfg, "partial_rotary_factor", None)
+                                                                     or 1.0))), "u32")
+    return out
+
+
+def _rope_scaling(cfg) -> tuple[dict[str, tuple[Any, str]], np.ndarray | None]:
+    """GGUF's form of the config's RoPE scaling: ``rope.scaling.*`` keys for linear, a ``rope_freqs``
+    tensor (each frequency's divisor, as llama.cpp's converter writes it) for Llama 3's."""
+    scaling = getattr(cfg, "rope_scaling", None) or {}
+    kind = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else None
+    if kind in (None, "default"):
+        return {}, None
+    if kind == "linear":
+        return {"rope.scaling.type": ("linear", "str"), "rope.scaling.factor": (float(scaling["factor"]), "f32")}, None
+    if kind == "llama3":
+        from axon_llm.rope import compute_inv_freq
+        dim = int(round(cfg.head_dim * (getattr(cfg, "partial_rotary_factor", None) or 1.0)))
+        plain = np.asarray(compute_inv_freq(dim, cfg.rope_theta), np.float64)
+        scaled = np.asarray(compute_inv_freq(dim, cfg.rope_theta, scaling), np.float64)
+        return {}, (plain / scaled).astype(np.float32)                      # [dim / 2]
+    raise UnsupportedError(f"convert: RoPE scaling {kind!r} has no GGUF form (linear and llama3 do)")
+
+
+def _behaviour(cfg) -> dict[str, Any]:
+    """The config fields that decide what the model computes, windows per layer and RoPE frequencies
+    in place of the fields that encode them."""
+    out = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name not in _NOT_COMPARED}
+    if getattr(cfg, "num_hidden_layers", None) and (hasattr(cfg, "window_of") or hasattr(cfg, "sliding_window")):
+        out["windows"] = [cfg.window_of(i) if hasattr(cfg, "window_of") else cfg.sliding_window
+                          for i in range(cfg.num_hidden_layers)]
+    if getattr(cfg, "head_dim", None) and getattr(cfg, "rope_theta", None):
+        from axon_llm.rope import compute_inv_freq
+        dim = int(round(cfg.head_dim * (getattr(cfg, "partial_rotary_factor", None) or 1.0)))
+        out["rope_scaling"] = compute_inv_freq(dim, cfg.rope_theta, cfg.rope_scaling or None,
+                                               max_position_embeddings=cfg.max_position_embeddings).tolist()
+    return out
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and bool(np.isclose(a, b, rtol=1e-6, atol=0))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+def _round_trip(arch: str, cfg, keys: dict, shapes: dict[str, tuple], rope_freqs) -> tuple[Any, list[str]]:
+    """The config the loader reads back from these keys and tensors, and the fields where it
+    differs from ``cfg``."""
+    from types import SimpleNamespace
+
+    from axon_llm.loaders.gguf import config_from_metadata
+    md = {"general.architecture": arch, **{k: v for k, (v, _) in keys.items()}}
+    infos = {name: SimpleNamespace(shape=shape) for name, shape in shapes.items()}
+    try:
+        back, _ = _model_config(config_from_metadata(md, infos, f"<GGUF {arch}>", rope_freqs=rope_freqs))
+    except (ModelFormatError, UnsupportedError) as e:
+        raise UnsupportedError(f"convert cannot express this model as GGUF {arch}: {e}") from None
+    want, got = _behaviour(cfg), _behaviour(back)
+    return back, [k for k in want if not _same(want[k], got.get(k))]
+
+
+def _fold_score_scale(tensors: dict, cfg, file_scalar: float, norm_offset: float):
+    """Gemma's scores are scaled by ``query_pre_attn_scalar ** -0.5``; a GGUF file implies
+    ``file_scalar`` instead. q_norm's output feeds only the scores (RoPE is linear), so its weights
+    (as multipliers, ``w - norm_offset``) take the factor ``sqrt(file_scalar / query_pre_attn_scalar)``.
+    Returns ``cfg`` with the file's scalar."""
+    names = [n for n in tensors if n.endswith(".self_attn.q_norm.weight")]
+    if len(names) != cfg.num_hidden_layers:
+        raise UnsupportedError(f"convert: query_pre_attn_scalar={cfg.query_pre_attn_scalar} differs from the "
+                               f"{file_scalar} a GGUF file implies, and there are no q_norm weights to fold it into")
+    factor = np.float32(np.sqrt(file_scalar / cfg.query_pre_attn_scalar))
+    for n in names:
+        multiplier = _dense(tensors[n]) - np.float32(norm_offset)
+        tensors[n] = multiplier * factor + np.float32(norm_offset)
+    return cfg.replace(query_pre_attn_scalar=file_scalar)
+
+
 def _write_gguf(model: _Model, out: Path, quant: str | None) -> None:
     import gguf
 
     from axon_kernels.quant_encode import quantize
     from axon_llm.loaders.gguf import gguf_tensor_name, permute_qk_rows
 
-    c = model.config
-    hidden, heads = int(c["hidden_size"]), int(c["num_attention_heads"])
-    kv = int(c.get("num_key_value_heads") or heads)
-    head_dim = int(c.get("head_dim") or hidden // heads)
+    arch, spec, cfg = _gguf_architecture(model.config)
     tensors = dict(model.tensors)
-    if c.get("tie_word_embeddings", False):
+    if getattr(cfg, "tie_word_embeddings", False) or getattr(spec, "tied_only", False):
         tensors.pop("lm_head.weight", None)
-    vocab = int(tensors["model.embed_tokens.weight"].shape[0])
-
-    w = _writer_class()(str(out), "llama")
+    for hf in _not_carried(spec, cfg, tensors):
+        del tensors[hf]
+    names = {hf: gguf_tensor_name(hf, arch) for hf in tensors}          # UnsupportedError names a stray tensor
+    keys = _hparams(arch, spec, cfg)
+    scaling_keys, rope_freqs = _rope_scaling(cfg)
+    keys.update({f"{arch}.{k}": v for k, v in scaling_keys.items()})
+    shapes = {g: tuple(tensors[hf].shape) for hf, g in names.items()}
+    if rope_freqs is not None:
+        shapes["rope_freqs.weight"] = rope_freqs.shape
+    back, differ = _round_trip(arch, cfg, keys, shapes, rope_freqs)
+    if "query_pre_attn_scalar" in differ:
+        cfg = _fold_score_scale(tensors, cfg, back.query_pre_attn_scalar, spec.norm_offset)
+        back, differ = _round_trip(arch, cfg, keys, shapes, rope_freqs)
+    if differ:
+        want, got = _behaviour(cfg), _behaviour(back)
+        detail = "; ".join(f"{k}: {str(want[k])[:60]} would read back as {str(got.get(k))[:60]}" for k in differ)
+        raise UnsupportedError(f"convert: GGUF {arch} cannot carry this model's config ({detail})")
+    w = _writer_class()(str(out), arch)
     name = model.gguf_metadata.get("general.name") or (model.folder.name if model.folder else out.stem)
     w.add_name(str(name))
-    w.add_context_length(int(c.get("max_position_embeddings") or 2048))
-    w.add_embedding_length(hidden)
-    w.add_block_count(int(c["num_hidden_layers"]))
-    w.add_feed_forward_length(int(c["intermediate_size"]))
-    w.add_head_count(heads)
-    w.add_head_count_kv(kv)
-    w.add_rope_dimension_count(head_dim)
-    w.add_rope_freq_base(float(c.get("rope_theta") or 10000.0))
-    w.add_layer_norm_rms_eps(float(c.get("rms_norm_eps") or 1e-5))
-    w.add_vocab_size(vocab)
-    if head_dim != hidden // heads:
-        w.add_key_length(head_dim)
-        w.add_value_length(head_dim)
-    scaling = c.get("rope_scaling") or {}
-    if isinstance(scaling, dict) and scaling.get("rope_type", scaling.get("type")) == "linear":
-        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        w.add_rope_scaling_factor(float(scaling["factor"]))
+    for key, (value, kind) in keys.items():
+        {"u32": w.add_uint32, "f32": w.add_float32, "str": w.add_string, "bool": w.add_bool}[kind](key, value)
+    if rope_freqs is not None:
+        w.add_tensor("rope_freqs.weight", rope_freqs)
 
+    heads = getattr(cfg, "num_attention_heads", None)
+    kv = getattr(cfg, "num_key_value_heads", None) or heads
     written: list[str] = []
-    for hf in sorted(tensors, key=_tensor_order):
-        t = tensors[hf]
+    for hf in sorted(tensors, key=lambda h: _tensor_order(names[h])):
+        gname, t = names[hf], tensors[hf]
+        t = _to_gguf_layout(spec, gname, t)
         qtype = _target_type(quant, model.types.get(hf, "F32"), tuple(t.shape))
         if hasattr(t, "type_name") and qtype == t.type_name:
             data = t.raw                                                     # blocks copied as they are
@@ -286,10 +473,11 @@ def _write_gguf(model: _Model, out: Path, quant: str | None) -> None:
             data = _dense(t).astype(np.float32 if qtype == "F32" else np.float16)
         else:
             data = quantize(qtype, _dense(t))                                # uint8 [rows, row bytes]
-        n_perm = heads if ".q_proj." in hf else kv if ".k_proj." in hf else 0
+        n_perm = 0
+        if spec.permute_qk:
+            n_perm = heads if ".attn_q." in gname else kv if ".attn_k." in gname else 0
         if n_perm:
             data = permute_qk_rows(data, n_perm)                             # whole rows: any type
-        gname = gguf_tensor_name(hf)
         if qtype in ("F32", "F16"):
             w.add_tensor(gname, data)
         else:
@@ -300,7 +488,7 @@ def _write_gguf(model: _Model, out: Path, quant: str | None) -> None:
     w.add_file_type(getattr(gguf.LlamaFileType, _FILE_TYPE.get(main, "GUESSED")))
     if any(q not in ("F32", "F16", "BF16") for q in written):
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    for key, value in _tokenizer_metadata(model, vocab).items():
+    for key, value in _tokenizer_metadata(model, int(cfg.vocab_size)).items():
         _add_value(w, key, value)
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -308,12 +496,42 @@ def _write_gguf(model: _Model, out: Path, quant: str | None) -> None:
     w.close()
 
 
-def _tensor_order(hf: str):
-    """llama.cpp's order: token_embd, then block by block, then output_norm and output."""
-    parts = hf.split(".")
-    if hf.startswith("model.layers."):
-        return (1, int(parts[2]), hf)
-    return (0 if "embed_tokens" in hf else 2, 0, hf)
+def _not_carried(spec, cfg, tensors: dict) -> list[str]:
+    """Source tensors the family's GGUF form has no place for, by the table's ``model_kwargs``
+    (BERT files carry no pooler: llama.cpp's converter drops it too, and the loader builds the model
+    without one)."""
+    kwargs = getattr(spec, "model_kwargs", None)
+    if not kwargs:
+        return []
+    from axon_llm.models import ARCHITECTURES
+    model = ARCHITECTURES[spec.hf_architecture](cfg, **kwargs)           # lazy parameters: nothing allocated
+    keep = set(model.state_dict())
+    return [n for n in tensors if n not in keep]
+
+
+def _to_gguf_layout(spec, gguf_name: str, t):
+    """One HF tensor in the layout the file stores (the inverse of load_gguf's steps, in reverse
+    order; Q/K rows are permuted by the caller): a family's ``transforms[kind].to_gguf``, the
+    transpose of a ``transposed`` kind (GPT-2's Conv1D ``[in, out]`` -> ``[out, in]`` rows), and
+    ``w - norm_offset`` for norms. A quantised tensor any of them touches is dequantised first."""
+    from axon_llm.loaders import gguf as loader
+    kind = loader.tensor_kind(gguf_name) if hasattr(loader, "tensor_kind") else gguf_name
+    transform = getattr(spec, "transforms", {}).get(kind)
+    if kind in getattr(spec, "transposed", ()):
+        t = np.ascontiguousarray(_dense(t).T)
+    if transform is not None:
+        t = np.asarray(transform.to_gguf(_dense(t)), dtype=np.float32)
+    if spec.norm_offset and gguf_name.endswith("norm.weight"):
+        t = _dense(t) - np.float32(spec.norm_offset)                        # Gemma: the loader's w = stored - 1
+    return t
+
+
+def _tensor_order(gguf_name: str):
+    """llama.cpp's order: token_embd (and other inputs), then block by block, then output_norm and output."""
+    m = re.match(r"blk\.(\d+)\.", gguf_name)
+    if m:
+        return (1, int(m.group(1)), gguf_name)
+    return (0 if gguf_name.startswith(("token_", "position_", "rope_")) else 2, 0, gguf_name)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -324,7 +542,8 @@ def _write_folder(model: _Model, out: Path) -> None:
     from axon_llm.loaders.safetensors import write_safetensors
 
     out.mkdir(parents=True)
-    config = dict(model.config)
+    # an HF source keeps its own config.json; a GGUF source's is written in transformers' keys
+    config = dict(model.config) if model.folder is not None else _model_config(model.config)[0].to_dict()
     config["torch_dtype"] = "float32"
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     write_safetensors(out / "model.safetensors", {k: _dense(v) for k, v in model.tensors.items()}, {"format": "pt"})
@@ -376,7 +595,8 @@ def convert(src, out, quant: str | None = None, adapter=None) -> Path:
     if not out.parent.is_dir():
         raise InputError(f"the folder of {out} does not exist")
     model = _read(src)
-    _llama_only(model)
+    if to_gguf:
+        _gguf_architecture(model.config)           # an unsupported family fails before any work
     if adapter is not None:
         _merge_adapter(model, src, adapter)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")

@@ -1,11 +1,11 @@
-"""The fast decode step: one token of a LLaMA-family model through raw arrays, almost no Python.
+"""The fast decode step: one token of a decoder through raw arrays, almost no Python.
 
 ``generate`` feeds one token per step after the prefill. Through the modules that step costs
 about as much Python (``Module.__getattr__``, autograd bookkeeping, small-array RoPE and softmax)
 as kernel time. A :class:`DecodePlan` is built once per ``generate`` call from the model's
 modules: it holds, per layer, the norm weights, each projection's matvec (resolved once: fused
 packed-quantised kernel or BLAS), the biases, the window and the layer's cache buffers, and runs
-a token as::
+a token as (the ``llama`` layout)::
 
     x = embed(token)                                          # [d]
     for each layer:
@@ -17,10 +17,30 @@ a token as::
         x += Wdown (silu(Wgate h) * Wup h)                    # SiLU-gate in place
     logits = Wlm rms_norm(x)                                  # [V]
 
-Which models get it (:func:`decode_plan` returns ``None`` for the rest, which then decode through
-the modules): LLaMA, Mistral without MoE and Qwen2 (with or without sliding windows), float32
-or GGUF-quantised, any RoPE type except ``dynamic``. Gemma 3 (QK-norm, ``(1 + w)`` norms,
-soft-capping), Mixtral's MoE, Phi, GPT-2 and the state-space families do not.
+**Which models get it: the layout protocol.** A model class opts in by naming the layout its
+layers follow in the class attribute ``decode_layout`` (read from the instance, so a class that
+builds several variants may make it a property); a model without it decodes through the modules.
+The layouts (:data:`LAYOUTS`):
+
+- ``"llama"`` — the block above: LLaMA, Mistral, Qwen2 (q/k/v biases, sliding windows per layer)
+  and Mixtral, whose feed-forward is a sparse mixture of SwiGLU experts (router softmax, top-k,
+  weights renormalised, the chosen experts' outputs summed);
+- ``"gemma3"`` — Gemma 3: embeddings times ``sqrt(d)``, ``(1 + w)`` RMSNorms, QK-norm over each head
+  before RoPE, a norm after attention and after the MLP, GeGLU (gelu-tanh), local layers with their
+  own window and RoPE base, scores scaled by ``query_pre_attn_scalar ** -0.5``, soft-capped logits;
+- ``"phi3"`` — Phi-3: the llama block with fused ``qkv_proj`` and ``gate_up_proj``.
+
+A layout is a promise about the layer *structure*; :func:`decode_plan` still checks what varies per
+instance and returns ``None`` (module path) when something does not fit: a weight that is neither
+float32 nor GGUF-quantised, ``dynamic`` RoPE (its tables depend on the sequence length), an
+activation other than the layout's, a cache that is not a single-row float32/float16
+:class:`KVCache`. A subclass that changes the math of its parent's layers must set
+``decode_layout = None`` (or its own layout).
+
+Without a layout: GPT-2 (learned positions, LayerNorm, fused ``c_attn``), Phi-1/2 (parallel
+attention + MLP on one LayerNorm, partial RoPE), BERT (an encoder), the state-space models
+(SSM, Hydra: a recurrent step, not attention over a cache), Chimera (differential attention) and
+Trident (ternary BitNet layers).
 
 Its reference is the module forward (``generate(..., fast_decode=False)``); tests compare the
 logits of several decode steps and the greedy tokens (tests/axon_llm/test_decode_plan.py).
@@ -28,45 +48,41 @@ logits of several decode steps and the greedy tokens (tests/axon_llm/test_decode
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-import axon
 import axon.nn as nn
-from axon_kernels.decode import matvec_into, rms_norm_into, rope_attend, silu_mul
+import axon.nn.functional as F
+from axon_kernels.decode import (
+    gelu_tanh_mul, matvec_into, rms_norm_into, rms_norm_rows, rope_attend, silu_mul,
+)
 from axon_kernels.quant import quant_rows
 
-from axon_llm.attention import MultiHeadAttention
 from axon_llm.cache import KVCache
+from axon_llm.errors import InputError, UnsupportedError
 from axon_llm.quantized import QuantizedEmbedding, QuantizedLinear
 
-# The model classes are recognised by name, not imported: blocks.py imports generation.py, which
-# imports this module, so importing blocks or the model files here would close an import cycle.
-_LLAMA = "axon_llm.models.llama"
+__all__ = ["DecodePlan", "decode_plan", "LAYOUTS"]
+
+#: the values of a model class's ``decode_layout`` this module knows (see the module doc)
+LAYOUTS = ("llama", "gemma3", "phi3")
+
+#: the gated MLPs' activation -> the in-place kernel ``gate[:] = act(gate) * up``
+_GATES = {F.silu: silu_mul, F.gelu_tanh: gelu_tanh_mul}
 
 
-def _defined_in(fn, module: str, qualname: str) -> bool:
-    """True when ``fn`` is the function ``module.qualname`` (a method not overridden since)."""
-    return getattr(fn, "__module__", None) == module and getattr(fn, "__qualname__", None) == qualname
-
-
-def _is_a(obj, module: str, name: str) -> bool:
-    """``isinstance(obj, module.name)`` without importing ``module``."""
-    return any(c.__module__ == module and c.__name__ == name for c in type(obj).__mro__)
-
-__all__ = ["DecodePlan", "decode_plan"]
+class _Unfit(Exception):
+    """A layer the plan cannot run (the model then decodes through its modules)."""
 
 
 def _weight(lin):
-    """The matvec operand of a Linear / QuantizedLinear (None: a layer the plan does not know)."""
+    """The matvec operand of a Linear / QuantizedLinear."""
     if isinstance(lin, QuantizedLinear):
         return lin.qweight
     if type(lin) is nn.Linear and lin.weight.dtype == np.float32:
         return np.ascontiguousarray(lin.weight.data)
-    return None
-
-
-def _bias(lin):
-    return None if lin.bias is None else np.asarray(lin.bias.data, np.float32)
+    raise _Unfit(f"{type(lin).__name__} weight")
 
 
 class _Proj:
@@ -76,7 +92,7 @@ class _Proj:
 
     def __init__(self, lin):
         self.run, self.out = matvec_into(_weight(lin))
-        self.bias = _bias(lin)
+        self.bias = None if lin.bias is None else np.asarray(lin.bias.data, np.float32)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """``W x (+ b)`` -> the buffer ``[out]``."""
@@ -86,36 +102,152 @@ class _Proj:
         return self.out
 
 
-def _supported_layer(layer) -> bool:
-    if not _defined_in(type(layer).forward, _LLAMA, "LLaMADecoderLayer.forward"):
-        return False
-    dense_mistral = (_defined_in(type(layer).feed_forward, "axon_llm.models.mistral", "MistralDecoderLayer.feed_forward")
-                     and not hasattr(layer, "block_sparse_moe"))
-    if not _defined_in(type(layer).feed_forward, _LLAMA, "LLaMADecoderLayer.feed_forward") and not dense_mistral:   # MoE
-        return False
-    attn, mlp = layer.self_attn, getattr(layer, "mlp", None)
-    if type(attn) is not MultiHeadAttention or attn.rotary is None or not attn.causal:
-        return False
-    if attn.rotary.rope_type == "dynamic":
-        return False
-    if not _is_a(mlp, "axon_llm.blocks", "GatedMLP") or mlp.act is not axon.nn.functional.silu:
-        return False
-    norms = (layer.input_layernorm, layer.post_attention_layernorm)
-    if any(type(n) is not nn.RMSNorm or n.weight is None for n in norms):
-        return False
-    lins = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj)
-    return all(_weight(lin) is not None for lin in lins)
+class _Norm:
+    """An RMSNorm's weight (``1 + w`` for Gemma's, as its forward computes it) and eps."""
+
+    __slots__ = ("w", "eps")
+
+    def __init__(self, norm, offset: float):
+        if not isinstance(norm, nn.RMSNorm) or norm.weight is None:
+            raise _Unfit(f"{type(norm).__name__} norm")
+        self.w = np.asarray(norm.weight.data + np.float32(offset) if offset else norm.weight.data, np.float32)
+        self.eps = float(norm.eps)
+
+    def __call__(self, x: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``out [d] = rms_norm(x [d])``."""
+        rms_norm_into(x, self.w, self.eps, out)
+        return out
+
+
+class _Gated:
+    """``down(act(gate h) * up h)`` (``gate_up``: one fused projection, gate rows first)."""
+
+    def __init__(self, act, down, gate=None, up=None, gate_up=None, inter: int = 0):
+        if act not in _GATES:
+            raise _Unfit("activation")
+        self.mul = _GATES[act]
+        self.down = _Proj(down)
+        self.gate_up = None if gate_up is None else _Proj(gate_up)
+        self.gate = None if gate is None else _Proj(gate)
+        self.up = None if up is None else _Proj(up)
+        self.inter = inter
+
+    def __call__(self, h: np.ndarray) -> np.ndarray:
+        """``[d] -> [d]`` (the down projection's buffer)."""
+        if self.gate_up is not None:
+            gu = self.gate_up(h)                                              # [2I]
+            g, u = gu[:self.inter], gu[self.inter:]
+        else:
+            g, u = self.gate(h), self.up(h)                                   # [I], [I]
+        self.mul(g, u)
+        return self.down(g)
+
+
+class _MoE:
+    """Mixtral's sparse MoE for one token, as ``axon_llm.moe.SparseMoE``: router softmax over the
+    ``E`` experts, the ``k`` most probable (lower index first on ties), their probabilities
+    renormalised, ``y = sum_j w_j expert_j(h)``."""
+
+    def __init__(self, moe, d: int):
+        self.router = _Proj(moe.gate)
+        self.top_k = moe.top_k
+        self.experts = [_Gated(F.silu, e.w2, gate=e.w1, up=e.w3) for e in moe.experts]
+        self.y = np.empty(d, np.float32)
+
+    def __call__(self, h: np.ndarray) -> np.ndarray:
+        """``[d] -> [d]`` (a buffer of this layer)."""
+        logits = self.router(h)                                               # [E]
+        p = np.exp(logits - logits.max())
+        p /= p.sum()
+        top = np.argsort(-p, kind="stable")[:self.top_k]                     # [k]
+        kept = np.zeros_like(p)
+        kept[top] = p[top]
+        w = kept / kept.sum()                                                 # [E], zero off the top-k
+        self.y[:] = 0.0
+        for e in np.sort(top):                                                # the module's order: by expert
+            self.y += self.experts[e](h) * w[e]
+        return self.y
+
+
+class _Layer:
+    """One decoder layer's arrays, projections and cache buffers, for its layout."""
+
+    def __init__(self, layer, kv: tuple[np.ndarray, np.ndarray], layout: str, d: int):
+        attn = layer.self_attn
+        gemma = layout == "gemma3"
+        off = 1.0 if gemma else 0.0
+        rotary = getattr(attn, "rotary", None)
+        if rotary is None or not attn.causal or rotary.rope_type == "dynamic":
+            raise _Unfit("attention")
+        self.heads, self.kv_heads, self.head_dim = attn.num_heads, attn.num_kv_heads, attn.head_dim
+        self.q_size, self.kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        if layout == "phi3":
+            self.qkv, self.q, self.k, self.v = _Proj(attn.qkv_proj), None, None, None
+        else:
+            self.qkv = None
+            self.q, self.k, self.v = _Proj(attn.q_proj), _Proj(attn.k_proj), _Proj(attn.v_proj)
+        self.o = _Proj(getattr(attn, getattr(attn, "out_name", "o_proj")))
+        self.q_norm = _Norm(attn.q_norm, off) if gemma else None                 # QK-norm per head
+        self.k_norm = _Norm(attn.k_norm, off) if gemma else None
+        self.norm_in = _Norm(layer.input_layernorm, off)
+        if gemma:                                  # norms after attention and around the MLP
+            self.post_attn = _Norm(layer.post_attention_layernorm, off)
+            self.norm_ff = _Norm(layer.pre_feedforward_layernorm, off)
+            self.post_ff = _Norm(layer.post_feedforward_layernorm, off)
+        else:
+            self.post_attn, self.post_ff = None, None
+            self.norm_ff = _Norm(layer.post_attention_layernorm, off)
+        mlp = getattr(layer, "mlp", None)
+        if hasattr(layer, "block_sparse_moe"):
+            self.ffn = _MoE(layer.block_sparse_moe, d)
+        elif layout == "phi3":
+            self.ffn = _Gated(mlp.act, mlp.down_proj, gate_up=mlp.gate_up_proj, inter=mlp.intermediate_size)
+        else:
+            self.ffn = _Gated(mlp.act, mlp.down_proj, gate=mlp.gate_proj, up=mlp.up_proj)
+        self.window = attn.sliding_window
+        self.scale = float(attn.head_dim ** -0.5 if attn.scale is None else attn.scale)
+        self.rotary = rotary
+        self.kc, self.vc = kv[0][0], kv[1][0]                                 # [Hkv, L, D] (row 0)
+        self.attn_out = np.empty((self.heads, self.head_dim), np.float32)    # [H, D]
+        self.t = np.empty(d, np.float32) if gemma else None                   # a post-norm's output
+
+    def qkv_of(self, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``h [d]`` -> ``q [H, D]``, ``k, v [Hkv, D]`` (views of the projections' buffers)."""
+        if self.qkv is not None:
+            f = self.qkv(h)                                                   # [(H + 2 Hkv) D]
+            q, k, v = f[:self.q_size], f[self.q_size:self.q_size + self.kv_size], f[self.q_size + self.kv_size:]
+        else:
+            q, k, v = self.q(h), self.k(h), self.v(h)
+        return (q.reshape(self.heads, self.head_dim), k.reshape(self.kv_heads, self.head_dim),
+                v.reshape(self.kv_heads, self.head_dim))
+
+    def add(self, x: np.ndarray, y: np.ndarray, post: _Norm | None) -> None:
+        """``x += y``, or ``x += post(y)`` (Gemma's norms after attention and after the MLP)."""
+        x += y if post is None else post(y, self.t)
+
+    def __call__(self, x: np.ndarray, h: np.ndarray, slot: int, cos: np.ndarray, sin: np.ndarray) -> None:
+        """Run the layer on ``x [d]`` in place (``h [d]`` is scratch), writing K/V into ``slot``."""
+        q, k, v = self.qkv_of(self.norm_in(x, h))
+        if self.q_norm is not None:
+            rms_norm_rows(q, self.q_norm.w, self.q_norm.eps)
+            rms_norm_rows(k, self.k_norm.w, self.k_norm.eps)
+        lo = 0 if self.window is None else max(0, slot - self.window + 1)
+        rope_attend(q, k, v, self.kc, self.vc, slot, lo, cos, sin, self.scale, self.attn_out)
+        self.add(x, self.o(self.attn_out.reshape(-1)), self.post_attn)     # [H, D] -> [H*D] -> [d]
+        self.add(x, self.ffn(self.norm_ff(x, h)), self.post_ff)
 
 
 def decode_plan(model, cache) -> "DecodePlan | None":
     """A :class:`DecodePlan` for ``model`` decoding one row into ``cache``, or ``None`` when the
-    model's layers are not the LLaMA family's (see the module doc) or the cache is not a
-    single-row float32/float16 :class:`KVCache`."""
+    model names no ``decode_layout``, one of its layers does not fit the layout (see the module doc)
+    or the cache is not a single-row float32/float16 :class:`KVCache`."""
+    layout = getattr(model, "decode_layout", None)
+    if layout is None:
+        return None
+    if layout not in LAYOUTS:
+        raise UnsupportedError(f"{type(model).__name__}.decode_layout is {layout!r}; the fast decode step "
+                               f"knows {', '.join(LAYOUTS)} (or None: decode through the modules)")
     backbone = getattr(model, getattr(model, "backbone_name", "model"), None)
-    if backbone is None or not _defined_in(type(backbone).forward, _LLAMA, "LLaMAModel.forward"):
-        return None
-    if not _defined_in(type(backbone).embed, _LLAMA, "LLaMAModel.embed") or type(backbone.norm) is not nn.RMSNorm:
-        return None
     if type(cache) is not KVCache or cache.batch_size != 1 or len(cache.layers) != len(backbone.layers):
         return None
     if any(layer.k.dtype not in (np.float32, np.float16) for layer in cache.layers):
@@ -123,49 +255,34 @@ def decode_plan(model, cache) -> "DecodePlan | None":
     emb = backbone.embed_tokens
     if not (isinstance(emb, QuantizedEmbedding) or (isinstance(emb, nn.Embedding) and emb.weight.dtype == np.float32)):
         return None
-    if _weight(model.lm_head) is None or not all(_supported_layer(layer) for layer in backbone.layers):
+    try:
+        return DecodePlan(model, backbone, cache, layout)
+    except _Unfit:
         return None
-    return DecodePlan(model, backbone, cache)
-
-
-class _Layer:
-    """One decoder layer's arrays and projections."""
-
-    def __init__(self, layer, kv: tuple[np.ndarray, np.ndarray]):
-        attn, mlp = layer.self_attn, layer.mlp
-        self.norm1 = np.asarray(layer.input_layernorm.weight.data, np.float32)
-        self.eps1 = float(layer.input_layernorm.eps)
-        self.norm2 = np.asarray(layer.post_attention_layernorm.weight.data, np.float32)
-        self.eps2 = float(layer.post_attention_layernorm.eps)
-        self.q, self.k, self.v, self.o = (_Proj(attn.q_proj), _Proj(attn.k_proj), _Proj(attn.v_proj),
-                                          _Proj(attn.o_proj))
-        self.gate, self.up, self.down = _Proj(mlp.gate_proj), _Proj(mlp.up_proj), _Proj(mlp.down_proj)
-        self.heads, self.kv_heads, self.head_dim = attn.num_heads, attn.num_kv_heads, attn.head_dim
-        self.window = attn.sliding_window
-        self.scale = float(attn.head_dim ** -0.5 if attn.scale is None else attn.scale)
-        self.rotary = attn.rotary
-        self.kc, self.vc = kv[0][0], kv[1][0]                                 # [Hkv, L, D] (row 0)
-        self.attn_out = np.empty((self.heads, self.head_dim), np.float32)    # [H, D]
 
 
 class DecodePlan:
-    """Raw arrays of a LLaMA-family model, built once, that run one token per :meth:`step`.
+    """Raw arrays of a decoder, built once, that run one token per :meth:`step`.
 
     ``step(token)`` embeds the token, runs every layer on preallocated buffers (writing its K/V
     into the cache's slot ``len(cache)``), advances the cache and returns the float32 logits
     ``[V]`` — what the module forward returns for ``ids [[token]]`` with ``logits_to_keep=1``.
     """
 
-    def __init__(self, model, backbone, cache: KVCache):
+    def __init__(self, model, backbone, cache: KVCache, layout: str = "llama"):
         self.cache = cache
-        self.layers = [_Layer(layer, (lc.k, lc.v)) for layer, lc in zip(backbone.layers, cache.layers)]
+        d = model.config.hidden_size
+        self.layers = [_Layer(layer, (lc.k, lc.v), layout, d) for layer, lc in zip(backbone.layers, cache.layers)]
         emb = backbone.embed_tokens
         self.embed_q = emb.qweight if isinstance(emb, QuantizedEmbedding) else None
         self.embed_f = None if self.embed_q is not None else np.asarray(emb.weight.data, np.float32)
-        self.norm = np.asarray(backbone.norm.weight.data, np.float32)
-        self.eps = float(backbone.norm.eps)
+        gemma = layout == "gemma3"
+        # diff vs LLaMA (gemma3): embeddings times sqrt(d) rounded to float32, as Gemma3Model.embed
+        self.embed_scale = np.float32(math.sqrt(d)) if gemma else None
+        self.norm = _Norm(backbone.norm, 1.0 if gemma else 0.0)
         self.head = _Proj(model.lm_head)
-        d = model.config.hidden_size
+        cap = getattr(model.config, "final_logit_softcapping", None) if gemma else None
+        self.softcap = None if cap is None else np.float32(cap)
         self.x = np.empty(d, np.float32)
         self.h = np.empty(d, np.float32)
 
@@ -184,31 +301,23 @@ class DecodePlan:
         cache = self.cache
         slot = cache.length
         if slot >= cache.max_length:
-            from axon_llm.errors import InputError
-
             raise InputError(f"the KV cache holds {cache.max_length} tokens; {slot} are used and 1 more was fed")
-        position = int(cache.seen[0])
-        tables = self._rope(position)
+        tables = self._rope(int(cache.seen[0]))
         x, h = self.x, self.h
         if self.embed_q is not None:
             x[:] = quant_rows(self.embed_q, np.array([token], np.int64))[0]
         else:
             x[:] = self.embed_f[token]
+        if self.embed_scale is not None:
+            x *= self.embed_scale
         for ly in self.layers:
             cos, sin = tables[id(ly.rotary)]
-            rms_norm_into(x, ly.norm1, ly.eps1, h)
-            q = ly.q(h).reshape(ly.heads, ly.head_dim)                        # [H*D] -> [H, D]
-            k = ly.k(h).reshape(ly.kv_heads, ly.head_dim)                     # [Hkv, D]
-            v = ly.v(h).reshape(ly.kv_heads, ly.head_dim)
-            lo = 0 if ly.window is None else max(0, slot - ly.window + 1)
-            rope_attend(q, k, v, ly.kc, ly.vc, slot, lo, cos, sin, ly.scale, ly.attn_out)
-            x += ly.o(ly.attn_out.reshape(-1))                                # [H, D] -> [H*D] -> [d]
-            rms_norm_into(x, ly.norm2, ly.eps2, h)
-            g = ly.gate(h)
-            silu_mul(g, ly.up(h))
-            x += ly.down(g)
-        rms_norm_into(x, self.norm, self.eps, h)
-        logits = self.head(h).copy()                                          # [V]
+            ly(x, h, slot, cos, sin)
+        logits = self.head(self.norm(x, h)).copy()                            # [V]
+        if self.softcap is not None:                                          # cap * tanh(logits / cap)
+            logits /= self.softcap
+            np.tanh(logits, out=logits)
+            logits *= self.softcap
         for lc in cache.layers:
             lc.length = slot + 1
         cache.advance(np.ones((1, 1), np.int64))

@@ -122,7 +122,8 @@ def generate(model, input_ids, max_new_tokens: int | None = None, do_sample: boo
     (axon_llm/constrained.py); it is complete within ``max_new_tokens``. ``logprobs``: a
     :class:`~axon_llm.sampling.LogprobsRecorder` that receives each step's log-probabilities.
 
-    ``fast_decode``: decode steps of a single unpadded row of a LLaMA-family model run through
+    ``fast_decode``: decode steps of a single unpadded row of a model whose class names a
+    ``decode_layout`` (LLaMA, Mistral, Mixtral, Qwen2, Gemma 3, Phi-3) run through
     :class:`axon_llm.decode.DecodePlan` (raw arrays, fused kernels); ``False`` keeps them on the
     module forward (the plan's reference). Other models and batches always use the modules.
     """

@@ -46,8 +46,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 ENGINES = ("axon-llm", "llama.cpp", "transformers")
 #: also runnable with --engines: axon-llm decoding through its modules (generate(fast_decode=False)),
-#: the reference of the fast decode step, to show what the DecodePlan buys in the same run
-EXTRA_ENGINES = ("axon-modules",)
+#: the reference of the fast decode step, to show what the DecodePlan buys in the same run; and
+#: axon-llm with a float16 KV cache (``axon-f16kv``: llama.cpp's default cache type)
+EXTRA_ENGINES = ("axon-modules", "axon-f16kv")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -58,6 +59,7 @@ class AxonEngine:
     """axon-llm: quantised weights kept quantised, fused Numba kernels."""
 
     fast_decode = True
+    kv_dtype = None                                            # None: generate's own (float32) cache
 
     def __init__(self, gguf: str, threads: int):
         import numpy as np
@@ -71,8 +73,9 @@ class AxonEngine:
         self.np, self.axon = np, axon
         self.model = axon_llm.from_pretrained(gguf)
         self.model.fast_decode = self.fast_decode
+        cache = None if self.kv_dtype is None else self.model.new_cache(1, 8, dtype=self.kv_dtype)
         with axon.no_grad():                                   # warm-up: JIT compilation, caches
-            self.model.generate(np.array([[1, 2, 3, 4]]), max_new_tokens=4)
+            self.model.generate(np.array([[1, 2, 3, 4]]), max_new_tokens=4, cache=cache)
 
     def prefill(self, ids: list[int]) -> float:
         """Seconds from the call to the first new token."""
@@ -84,8 +87,9 @@ class AxonEngine:
     def decode(self, ids: list[int], n: int) -> tuple[int, float]:
         """(tokens after the first, seconds from the first new token to the last)."""
         stamps = []
+        cache = None if self.kv_dtype is None else self.model.new_cache(1, len(ids) + n, dtype=self.kv_dtype)
         with self.axon.no_grad():
-            self.model.generate(self.np.array([ids]), max_new_tokens=n, eos_token_id=None,
+            self.model.generate(self.np.array([ids]), max_new_tokens=n, eos_token_id=None, cache=cache,
                                 streamer=lambda new: stamps.append(time.perf_counter()))
         return len(stamps) - 1, stamps[-1] - stamps[0]
 
@@ -166,7 +170,13 @@ class AxonModulesEngine(AxonEngine):
     fast_decode = False
 
 
-WORKERS = {"axon-llm": AxonEngine, "axon-modules": AxonModulesEngine, "llama.cpp": LlamaCppEngine, "transformers": TransformersEngine}
+class AxonF16CacheEngine(AxonEngine):
+    """axon-llm with a float16 KV cache for decode (llama.cpp's default cache type)."""
+
+    kv_dtype = "float16"
+
+
+WORKERS = {"axon-llm": AxonEngine, "axon-modules": AxonModulesEngine, "axon-f16kv": AxonF16CacheEngine, "llama.cpp": LlamaCppEngine, "transformers": TransformersEngine}
 
 
 def build_info(engine: str) -> str:

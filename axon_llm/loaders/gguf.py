@@ -784,11 +784,12 @@ def config_from_metadata(md: dict, tensors: dict[str, GGUFTensorInfo], path: str
             raise UnsupportedError(f"{path}: llama3-style rope_freqs: pass the tensor's values (load_gguf does)")
         cfg["rope_scaling"] = llama3_scaling_from_rope_freqs(rope_freqs, head_dim, cfg["rope_theta"], path)
     if a == "gemma3":
-        # llama.cpp's gemma3 hyper-parameters that the file does not carry: every 6th layer global,
-        # local layers with RoPE base 1e4, scores scaled by 1/sqrt(head_dim) (1/sqrt(d/H) for 27B)
+        # gemma3 hyper-parameters llama.cpp's own files leave to their defaults: every 6th layer global,
+        # local layers with RoPE base 1e4, scores scaled by 1/sqrt(head_dim) (1/sqrt(d/H) for 27B).
+        # `axon-llm convert` writes the first two keys (llama.cpp reads them too).
         cfg["sliding_window"] = _md_int(md, f"{a}.attention.sliding_window", path)
-        cfg["sliding_window_pattern"] = 6
-        cfg["rope_local_base_freq"] = 10000.0
+        cfg["sliding_window_pattern"] = _md_int(md, f"{a}.attention.sliding_window_pattern", path, 6, ceiling="layers")
+        cfg["rope_local_base_freq"] = _md_float(md, f"{a}.rope.freq_base_swa", path, 10000.0, lo=1.0, hi=1e15)
         cfg["query_pre_attn_scalar"] = hidden // heads if cfg["num_hidden_layers"] == 62 else head_dim
         cap = md.get(f"{a}.final_logit_softcapping")
         cfg["final_logit_softcapping"] = None if cap is None else _md_float(md, f"{a}.final_logit_softcapping", path)

@@ -244,6 +244,7 @@ class Gemma3ForCausalLM(LLaMAForCausalLM):
     backbone_class = Gemma3Model
     architectures = {"Gemma3ForCausalLM": "gemma3_text"}
     train_name = "gemma3"
+    decode_layout = "gemma3"                     # diff vs LLaMA: QK-norm, four (1 + w) norms, GeGLU, capping
 
     def run(self, input_ids, attention_mask=None, cache=None, logits_to_keep: int = 0):
         """``(logits, ctx)`` as LLaMA's, then ``cap * tanh(logits / cap)`` when capping is set."""

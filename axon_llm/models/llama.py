@@ -199,4 +199,5 @@ class LLaMAForCausalLM(CausalLM):
     backbone_class = LLaMAModel
     architectures = {"LlamaForCausalLM": "llama"}
     train_name = "llama"
+    decode_layout = "llama"                      # the fast decode step (axon_llm/decode.py) fits these layers
     hf_init = True

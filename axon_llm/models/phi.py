@@ -310,3 +310,9 @@ class PhiForCausalLM(CausalLM):
     architectures = {"PhiForCausalLM": "phi", "Phi3ForCausalLM": "phi3"}
     train_name = "phi"
     hf_init = True
+
+    @property
+    def decode_layout(self) -> str | None:
+        """``"phi3"`` for Phi-3 (the fast decode step fits its layers); None for phi-1/2, whose
+        parallel attention + MLP on one LayerNorm decode through the modules."""
+        return "phi3" if isinstance(self.config, Phi3Config) else None

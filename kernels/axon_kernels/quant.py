@@ -651,8 +651,29 @@ def quant_rows(w: QuantMatrix, ids: np.ndarray) -> np.ndarray:
     return out.reshape(ids.shape + (w.in_features,))
 
 
+def quant_matvec_into_ref(w: QuantMatrix, x: np.ndarray, out: np.ndarray) -> None:
+    """``out[:out_features] = dequantize(W) @ x`` (:func:`quant_matvec_ref` into a buffer)."""
+    out[:w.out_features] = quant_matvec_ref(w, x)
+
+
+def quant_matvec_into(w: QuantMatrix, x: np.ndarray, out: np.ndarray) -> None:
+    """``out[:out_features] = dequantize(W) @ x`` into a caller's buffer, without allocating (the
+    decode step calls it once per weight per token on buffers it keeps).
+
+    ``x`` float32 ``[in]`` C-contiguous; ``out`` float32 with room for whole tiles,
+    ``w.qs.shape[0] * TILE_ROWS >= out_features`` elements (the rows past ``out_features`` are
+    scratch). Under ``NUMBA_DISABLE_JIT=1`` it runs :func:`quant_matvec_into_ref`.
+    """
+    if out.dtype != np.float32 or out.ndim != 1 or out.shape[0] < w.qs.shape[0] * TILE_ROWS:
+        raise ValueError(f"quant_matvec_into: out must be float32 [{w.qs.shape[0] * TILE_ROWS}] "
+                         f"(whole tiles), got {out.dtype} {out.shape}")
+    if not _jit_enabled():
+        return quant_matvec_into_ref(w, x, out)
+    _kernel(f"matvec_{w.kind}", w.nbytes)(*_arrays(w), x, out)
+
+
 __all__ = [
     "QUANT_TYPES", "BLOCK", "TILE_ROWS", "QuantMatrix", "dequantize_ref", "pack", "unpack", "unpack_ref", "dense_tiles_ref",
     "dequantize",
-    "quant_matvec", "quant_matvec_ref", "quant_matmul", "quant_matmul_ref", "quant_rows", "quant_rows_ref",
+    "quant_matvec", "quant_matvec_ref", "quant_matvec_into", "quant_matvec_into_ref", "quant_matmul", "quant_matmul_ref", "quant_rows", "quant_rows_ref",
 ]

@@ -197,13 +197,13 @@ def test_bad_requests_fail_cleanly_and_leave_nothing(checkpoint, tmp_path, monke
         convert(checkpoint, tmp_path / "x.gguf", quant="IQ2_XXS")
     with pytest.raises(InputError, match="needs a .gguf output"):
         convert(checkpoint, tmp_path / "folder", quant="Q8_0")
-    gpt2 = tmp_path / "gpt2"
-    gpt2.mkdir()
+    other = tmp_path / "mistral"                          # a family the GGUF table does not map
+    other.mkdir()
     cfg = json.loads((checkpoint / "config.json").read_text())
-    (gpt2 / "config.json").write_text(json.dumps({**cfg, "model_type": "gpt2"}))
-    (gpt2 / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes())
-    with pytest.raises(UnsupportedError, match="'gpt2'"):
-        convert(gpt2, tmp_path / "g.gguf")
+    (other / "config.json").write_text(json.dumps({**cfg, "model_type": "mistral", "architectures": ["MistralForCausalLM"]}))
+    (other / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes())
+    with pytest.raises(UnsupportedError, match="MistralForCausalLM.*'mistral'"):
+        convert(other, tmp_path / "g.gguf")
     # a failure in the middle of writing: the old OUT survives and no temp file remains
     out = tmp_path / "keep.gguf"
     out.write_bytes(b"old")
@@ -216,7 +216,7 @@ def test_bad_requests_fail_cleanly_and_leave_nothing(checkpoint, tmp_path, monke
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "disk full" in err and "Traceback" not in err
     assert out.read_bytes() == b"old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt2", "keep.gguf"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.gguf", "mistral"]
 
 
 @pytest.mark.realmodel

