@@ -24,7 +24,7 @@ from axon_kernels.quant import QuantMatrix, dequantize, pack, quant_matmul, quan
 from axon_llm.embeddings import as_token_ids
 from axon_llm.errors import InputError
 
-__all__ = ["QuantizedLinear", "QuantizedEmbedding", "dequantize_model", "quantized_modules"]
+__all__ = ["QuantizedLinear", "QuantizedEmbedding", "dequantize_model", "quantized_modules", "inference_kernels"]
 
 
 class _QuantLinearFn(Function):
@@ -139,6 +139,24 @@ class QuantizedEmbedding(nn.Module):
     def extra_repr(self) -> str:
         """Sizes, quantisation type and bytes of the packed blocks, shown by ``repr(module)``."""
         return f"{self.num_embeddings}, {self.embedding_dim}, qtype={self.qtype}, bytes={self.qweight.nbytes}"
+
+
+def inference_kernels(model: nn.Module) -> tuple[str, ...]:
+    """The quantised kernels generating with ``model`` calls (names of
+    ``axon_kernels.quant.INFERENCE_KERNELS``): each QuantizedLinear's matvec and prefill kernel
+    (the LM head's matvec only: generation keeps the last position's logits), each
+    QuantizedEmbedding's row lookup. What the first run compiles ahead (``axon-llm generate``)."""
+    head = getattr(model, "lm_head", None)
+    names = set()
+    for _, m in quantized_modules(model):
+        kind = m.qweight.kind
+        if isinstance(m, QuantizedEmbedding):
+            names.add(f"rows_{kind}")
+        else:
+            names.add(f"matvec_{kind}")
+            if m is not head:
+                names.add(f"dense_{kind}")
+    return tuple(sorted(names))
 
 
 def quantized_modules(model: nn.Module):

@@ -35,37 +35,46 @@ from llvmlite import ir  # noqa: E402
 from numba import types  # noqa: E402
 from numba.extending import intrinsic, overload  # noqa: E402
 
-__all__ = ["jit_disabled", "fast_exp", "fast_log1p", "float_array", "result_float_dtype", "set_threads", "default_threads"]
+__all__ = ["jit_disabled", "fast_exp", "fast_log1p", "float_array", "result_float_dtype", "set_threads",
+           "default_threads", "cached_on_disk", "compile_in_background"]
 
 # Only FMA contraction: it never changes NaN/Inf propagation (unlike fastmath=True, which
 # assumes no NaN/Inf and may drop them). Used on the hot loops of float kernels.
 CONTRACT = {"contract"}
 
 
-def _blas_set_threads(n: int) -> bool:
-    """Set the thread count of the OpenBLAS that NumPy loaded (found among this process's shared
-    libraries; no threadpoolctl). False when no OpenBLAS entry point was found."""
+def openblas_functions(*names: str) -> list:
+    """For each OpenBLAS library this process loaded (NumPy's, found among its shared libraries;
+    no threadpoolctl), its first entry point among ``names`` (ctypes functions; none found: [])."""
     import ctypes
 
     try:
         with open("/proc/self/maps") as f:
-            paths = {line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line}
+            paths = sorted({line.split()[-1] for line in f if "openblas" in line.lower() and "/" in line})
     except OSError:
-        return False
-    done = False
+        return []
+    found = []
     for path in paths:
         try:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        for name in ("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
-                     "openblas_set_num_threads64_", "openblas_set_num_threads"):
-            fn = getattr(lib, name, None)
-            if fn is not None:
-                fn(ctypes.c_int(n))
-                done = True
-                break
-    return done
+        fn = next((getattr(lib, name) for name in names if hasattr(lib, name)), None)
+        if fn is not None:
+            found.append(fn)
+    return found
+
+
+def _blas_set_threads(n: int) -> bool:
+    """Set the thread count of the OpenBLAS that NumPy loaded. False when no OpenBLAS entry
+    point was found."""
+    import ctypes
+
+    fns = openblas_functions("scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads",
+                             "openblas_set_num_threads64_", "openblas_set_num_threads")
+    for fn in fns:
+        fn(ctypes.c_int(n))
+    return bool(fns)
 
 
 def set_threads(n: int) -> int:
@@ -105,6 +114,48 @@ def default_threads() -> None:
 def jit_disabled() -> bool:
     """True when Numba runs `@njit` functions as plain Python (NUMBA_DISABLE_JIT=1)."""
     return bool(numba.config.DISABLE_JIT)
+
+
+# --------------------------------------------------------------------------------------------
+# the first run: Numba's on-disk cache, and compiling in a second process
+# --------------------------------------------------------------------------------------------
+
+
+def cached_on_disk(*dispatchers) -> bool:
+    """True when Numba's on-disk cache has an index for every given ``@njit(cache=True)``
+    function (False: their first call compiles, which takes seconds). True under
+    ``NUMBA_DISABLE_JIT=1`` (nothing compiles) and on a Numba whose cache layout is unknown."""
+    if jit_disabled():
+        return True
+    for disp in dispatchers:
+        try:
+            index = disp._cache._cache_file._index_path  # Numba's FunctionCache -> IndexDataCacheFile
+        except AttributeError:
+            return True                                  # a Numba without this layout: do not guess
+        if not os.path.exists(index):
+            return False
+    return True
+
+
+def compile_in_background(module: str, function: str = "warm_up", *args):
+    """Start ``module.function(*args)`` (``args`` plain Python literals) in a second Python process (a ``subprocess.Popen``; ``wait()`` on
+    it), to fill Numba's on-disk cache while this process does other work.
+
+    Compiling holds the GIL, so a thread would not overlap with this process's own compiling;
+    a second process does, on a second core (and, on a busy machine, gets its own share of the
+    CPU). The child imports the same ``axon_kernels`` (its folder goes first on ``PYTHONPATH``)
+    and inherits ``NUMBA_CACHE_DIR``; its output is discarded. Returns None under
+    ``NUMBA_DISABLE_JIT=1``."""
+    import subprocess
+    import sys
+
+    if jit_disabled():
+        return None
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder holding axon_kernels
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    code = f"import importlib; getattr(importlib.import_module({module!r}), {function!r})(*{args!r})"
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
+from .workers import run_chunks
 from ._jit import CONTRACT, fast_exp, float_array, jit_disabled, result_float_dtype
 
 __all__ = [
@@ -690,11 +691,14 @@ def _softmax_inplace(a):
 def blas_attention(q, k, v, causal=False, window=None, scale=None, key_mask=None, block_q=BLAS_QUERY_BLOCK):
     """Attention without autograd, query-blocked over BLAS; same contract as `blas_attention_ref`.
 
-    Per block of `block_q` queries: scores against the keys the block can see only
-    (`visible_key_range`: a causal block skips the keys after its last query, a windowed one
-    those before its first query's window), the `visible_mask` of that block added as -inf where
-    some key is hidden, an in-place softmax, and P V written straight into the output. GQA reads
-    each K/V head once for its G query heads (no repeat). Memory: one [B, H, block_q, keys] block.
+    Per block of `block_q` queries and per K/V head: scores of its G query heads against the
+    keys the block can see only (`visible_key_range`: a causal block skips the keys after its
+    last query, a windowed one those before its first query's window), the `visible_mask` of
+    that block added as -inf where some key is hidden, an in-place softmax, and P V written
+    straight into the output. GQA reads each K/V head once for its G query heads (no repeat).
+    The (block, head) pieces are independent: `workers.run_chunks` spreads them over the
+    threads, each piece on single-threaded BLAS (many small sgemms woke OpenBLAS's thread pool
+    once each, which stalled on a busy machine). Memory: one [G, block_q, keys] block per thread.
     """
     q, k, v, causal, window, scale = _validate(q, k, v, causal, window, scale, block_q, 1)
     b, h, tq, d = q.shape
@@ -703,16 +707,21 @@ def blas_attention(q, k, v, causal=False, window=None, scale=None, key_mask=None
     dtype = result_float_dtype(q, k, v)
     g = h // hkv
     qg = q.astype(dtype, copy=False).reshape(b, hkv, g, tq, d)  # [B, Hkv, G, Tq, D]
-    kt = k.astype(dtype, copy=False).transpose(0, 1, 3, 2)[:, :, None]  # [B, Hkv, 1, D, Tk]
-    vv = v.astype(dtype, copy=False)[:, :, None]  # [B, Hkv, 1, Tk, D]
+    kt = k.astype(dtype, copy=False).transpose(0, 1, 3, 2)  # [B, Hkv, D, Tk]
+    vv = v.astype(dtype, copy=False)  # [B, Hkv, Tk, D]
     out = np.empty((b, hkv, g, tq, d), dtype)
-    for i0 in range(0, tq, int(block_q)):
-        i1 = min(i0 + int(block_q), tq)
+    block_q = int(block_q)
+    blocks = range(0, tq, block_q)
+
+    def piece(n: int) -> None:  # query block n // (B Hkv), batch row and K/V head from n % (B Hkv)
+        i0 = blocks[n // (b * hkv)]
+        bi, hi = divmod(n % (b * hkv), hkv)
+        i1 = min(i0 + block_q, tq)
         first, last = tk - tq + i0, tk - tq + i1 - 1  # positions of the block's queries
         k0, k1 = visible_key_range(first, last, tk, causal, window)
-        scores = np.matmul(qg[:, :, :, i0:i1], kt[..., k0:k1])  # [B, Hkv, G, bq, keys]
+        scores = np.matmul(qg[bi, hi, :, i0:i1], kt[bi, hi, :, k0:k1])  # [G, bq, keys]
         scores *= dtype.type(scale)
-        block_mask = None if key_mask is None else key_mask[:, k0:k1]  # [B, keys]
+        block_mask = None if key_mask is None else key_mask[bi, k0:k1]  # [keys]
         if block_mask is not None and block_mask.all():
             block_mask = None
         masked_rows = (causal or window is not None) and i1 - i0 > 1  # one query sees all of [k0, k1)
@@ -722,13 +731,15 @@ def blas_attention(q, k, v, causal=False, window=None, scale=None, key_mask=None
             else:
                 hidden = np.zeros((i1 - i0, k1 - k0), dtype=bool)
             if block_mask is not None:
-                hidden = hidden[None] | ~block_mask[:, None, :]  # [B, bq, keys]
-                np.copyto(scores, -np.inf, where=hidden[:, None, None])
+                hidden = hidden | ~block_mask[None, :]  # [bq, keys]
+                np.copyto(scores, -np.inf, where=hidden[None])
             else:
                 cols = np.flatnonzero(hidden.any(axis=0))
                 if cols.size:  # only the columns holding a hidden key
                     c0, c1 = cols[0], cols[-1] + 1
                     scores[..., c0:c1] += np.where(hidden[:, c0:c1], -np.inf, 0).astype(dtype)
         _softmax_inplace(scores)  # scores -> probabilities
-        np.matmul(scores, vv[:, :, :, k0:k1], out=out[:, :, :, i0:i1])  # [B, Hkv, G, bq, D]
+        np.matmul(scores, vv[bi, hi, k0:k1], out=out[bi, hi, :, i0:i1])  # [G, bq, D]
+
+    run_chunks(piece, len(blocks) * b * hkv)
     return out.reshape(b, h, tq, d)

@@ -27,7 +27,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-from axon_kernels._jit import _int32_bits_as_float32, fast_exp, jit_disabled
+from axon_kernels._jit import _int32_bits_as_float32, cached_on_disk, fast_exp, jit_disabled
 from axon_kernels import quant
 
 __all__ = ["rms_norm_into", "rms_norm_into_ref", "rms_norm_rows", "rms_norm_rows_ref", "rope_attend", "rope_attend_ref",
@@ -374,18 +374,7 @@ def matvec_into(weight):
 def compiled_on_disk() -> bool:
     """True when Numba's on-disk cache holds the decode kernels (False: the first run compiles
     them, which takes seconds). Under ``NUMBA_DISABLE_JIT=1`` nothing is compiled: True."""
-    if jit_disabled():
-        return True
-    import os
-
-    for disp in (_rms_norm_into_nb, _rope_attend_serial_nb, _silu_mul_nb):
-        try:
-            index = disp._cache._cache_file._index_path  # Numba's FunctionCache -> IndexDataCacheFile
-        except AttributeError:
-            return True                                  # a Numba without this layout: do not guess
-        if not os.path.exists(index):
-            return False
-    return True
+    return cached_on_disk(_rms_norm_into_nb, _rope_attend_serial_nb, _silu_mul_nb)
 
 
 def warm_up() -> None:

@@ -43,9 +43,9 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from axon_kernels._jit import CONTRACT
-from axon_kernels.blas import gemm
-from axon_kernels.quant_formats import BLOCK, NIBBLE_TYPES, QUANT_TYPES, check_raw, decode_blocks, dequantize_ref
+from axon_kernels import workers
+from axon_kernels._jit import CONTRACT, cached_on_disk
+from axon_kernels.quant_formats import BLOCK, FORMATS, NIBBLE_TYPES, QUANT_TYPES, check_raw, decode_blocks, dequantize_ref
 
 TILE_ROWS = 64                      # R: rows per tile (4 AVX-512 / 8 AVX2 float lanes per step)
 PARALLEL_MIN_BYTES = 1 << 20       # below ~1 MB of weights per call, one thread is faster
@@ -56,6 +56,9 @@ FUSED_MATMUL_MAX_TOKENS = 16        # above this, matmul dequantises row chunks 
 # dequantise + sgemm up to 32 tokens (1.3-3x), but the path above 16 tokens is prefill's and
 # is tuned with it)
 _CHUNK_FLOATS = 1 << 18             # 1 MB of float32 per dequantised chunk (bounds peak memory; as fast as 8 MB)
+DENSE_CHUNK_COLS = 256              # output rows per prefill chunk (sgemm [T, in] @ [in, 256]: near full speed)
+_DENSE_CHUNK_FLOATS = 1 << 19       # 2 MB of float32 at most per thread's dequantised chunk
+_DENSE_WHOLE_FLOATS = 1 << 22       # 16 MB: W.T dequantised whole up to this (prefill by token blocks)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -452,7 +455,7 @@ def _dense_q4(qs, scale, offset, t0, t1, out):
     """Tiles [t0, t1) of the q4 layout -> out float32 [in, (t1-t0)*R], i.e. W[rows].T, written in
     runs of R contiguous floats (reads and writes both run along rows, so the loop vectorises)."""
     _, groups, _, rr = qs.shape
-    for t in prange(t0, t1):
+    for t in range(t0, t1):
         c = (t - t0) * rr
         for g in range(groups):
             for j in range(16):
@@ -469,7 +472,7 @@ def _dense_q8(qs, scale, offset, t0, t1, out):
     """Tiles [t0, t1) of the q8 layout -> out float32 [in, (t1-t0)*R] (see _dense_q4)."""
     _, groups, bsz, rr = qs.shape
     has_offset = offset.shape[0] > 0
-    for t in prange(t0, t1):
+    for t in range(t0, t1):
         c = (t - t0) * rr
         for g in range(groups):
             for j in range(bsz):
@@ -483,9 +486,10 @@ def _dense_q8(qs, scale, offset, t0, t1, out):
 
 # Each kernel is compiled twice: multi-threaded for big matrices, single-threaded for small ones,
 # where waking the thread pool costs more than it saves (and stalls badly on a busy machine).
-_matvec_q4_nb = njit(cache=True, parallel=True, nogil=True)(_matvec_q4)
+# The matvec and dense (prefill) kernels only serially: above PARALLEL_MIN_BYTES their tile chunks
+# are spread over threads by `workers.run_chunks` (`_chunked_matvec`, `_dense_matmul`), which
+# also spares the first run the compilation of a parallel variant (~3x a serial one's time).
 _matvec_q4_serial_nb = njit(cache=True, nogil=True)(_matvec_q4)
-_matvec_q8_nb = njit(cache=True, parallel=True, nogil=True)(_matvec_q8)
 _matvec_q8_serial_nb = njit(cache=True, nogil=True)(_matvec_q8)
 _matmul_q4_nb = njit(cache=True, parallel=True, nogil=True, fastmath=CONTRACT)(_matmul_q4)
 _matmul_q4_serial_nb = njit(cache=True, nogil=True, fastmath=CONTRACT)(_matmul_q4)
@@ -495,9 +499,7 @@ _unpack_q4_nb = njit(cache=True, parallel=True, nogil=True)(_unpack_q4)
 _unpack_q4_serial_nb = njit(cache=True, nogil=True)(_unpack_q4)
 _unpack_q8_nb = njit(cache=True, parallel=True, nogil=True)(_unpack_q8)
 _unpack_q8_serial_nb = njit(cache=True, nogil=True)(_unpack_q8)
-_dense_q4_nb = njit(cache=True, parallel=True, nogil=True)(_dense_q4)
 _dense_q4_serial_nb = njit(cache=True, nogil=True)(_dense_q4)
-_dense_q8_nb = njit(cache=True, parallel=True, nogil=True)(_dense_q8)
 _dense_q8_serial_nb = njit(cache=True, nogil=True)(_dense_q8)
 
 
@@ -550,10 +552,40 @@ def _arrays(w: QuantMatrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return w.qs, w.scale, _NO_OFFSET if w.offset is None else w.offset
 
 
+def _chunked_matvec(kind: str):
+    """The matvec of a large matrix: tile chunks of the serial kernel (a quarter of the tiles per
+    thread at most, so threads even out) spread over the threads by `workers.run_chunks`.
+    Same signature as the kernels: ``(qs, scale, offset, x, y)``; each row's sum is the serial
+    kernel's, whichever thread computes it."""
+    serial = globals()[f"_matvec_{kind}_serial_nb"]
+
+    def matvec(qs, scale, offset, x, y):
+        tiles = qs.shape[0]
+        step = max(1, -(-tiles // (4 * workers.threads())))
+        has_offset = offset.shape[0] > 0
+
+        def chunk(i: int) -> None:
+            t0, t1 = i * step, min((i + 1) * step, tiles)
+            serial(qs[t0:t1], scale[t0:t1], offset[t0:t1] if has_offset else offset, x,
+                   y[t0 * TILE_ROWS:t1 * TILE_ROWS])
+
+        workers.run_chunks(chunk, -(-tiles // step))
+
+    return matvec
+
+
+_CHUNKED_MATVEC = {kind: _chunked_matvec(kind) for kind in ("q4", "q8")}
+
+
 def _kernel(name: str, work_bytes: int):
-    """The threaded variant of kernel ``name`` when the work is large enough, else the serial one."""
+    """The threaded variant of kernel ``name`` when the work is large enough, else the serial one
+    (for the matvec, the threaded variant is the serial kernel over tile chunks, `_chunked_matvec`)."""
     serial = work_bytes < PARALLEL_MIN_BYTES or numba.get_num_threads() == 1
-    return globals()[f"_{name}_serial_nb" if serial else f"_{name}_nb"]
+    if serial:
+        return globals()[f"_{name}_serial_nb"]
+    if name.startswith("matvec_"):
+        return _CHUNKED_MATVEC[name[len("matvec_"):]]
+    return globals()[f"_{name}_nb"]
 
 
 def unpack(w: QuantMatrix, row_start: int = 0, row_stop: int | None = None) -> np.ndarray:
@@ -590,30 +622,73 @@ def quant_matvec(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
 _scratch = threading.local()
 
 
-def _scratch_floats(n: int) -> np.ndarray:
-    """A float32 buffer of ``n`` elements reused across calls (one per thread): dequantised
-    chunks land here, so a prefill does not allocate (and page-fault) megabytes per matmul."""
-    buf = getattr(_scratch, "buf", None)
+def _scratch_floats(n: int, whole: bool = False) -> np.ndarray:
+    """A float32 buffer of ``n`` elements reused across calls (one per thread, and for ``whole``
+    another per thread): dequantised weights land here, so a prefill does not allocate (and
+    page-fault) megabytes per matmul."""
+    name = "whole" if whole else "buf"
+    buf = getattr(_scratch, name, None)
     if buf is None or buf.size < n:
         buf = np.empty(n, np.float32)
-        _scratch.buf = buf
+        setattr(_scratch, name, buf)
     return buf[:n]
 
 
+def _dense_chunks(w: QuantMatrix) -> list[tuple[int, int]]:
+    """Tile ranges for :func:`_dense_matmul`'s column chunks: about DENSE_CHUNK_COLS output rows
+    each, at least two per thread so the threads can even out (dynamic scheduling), at most
+    _DENSE_CHUNK_FLOATS dequantised floats (bounds each thread's buffer)."""
+    tiles = w.qs.shape[0]
+    step = max(1, min(DENSE_CHUNK_COLS // TILE_ROWS, -(-tiles // (2 * workers.threads())),
+                      _DENSE_CHUNK_FLOATS // max(w.in_features * TILE_ROWS, 1)))
+    return [(t0, min(t0 + step, tiles)) for t0 in range(0, tiles, step)]
+
+
+def _even_splits(n: int, parts: int) -> list[tuple[int, int]]:
+    """``[0, n)`` cut into ``parts`` ranges whose lengths differ by at most one."""
+    edges = [n * i // parts for i in range(parts + 1)]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
 def _dense_matmul(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
-    """x @ W.T for many tokens: dequantise tile chunks (~1 MB, the same chunks as the
-    reference) as W.T into a reused buffer, then one BLAS sgemm per chunk (compute-bound), its rows
-    split over threads by `axon_kernels.blas.gemm` (OpenBLAS itself runs on one thread: _jit.py)."""
+    """x @ W.T for many tokens, on the threads of `axon_kernels.workers.run_chunks` (serial
+    kernels and single-threaded sgemm only: no parallel region, no BLAS thread pool; see its
+    module doc for why). Every output is one sgemm dot product of x's row with the same
+    dequantised floats as :func:`quant_matmul_ref`.
+
+    A matrix whose W.T fits in _DENSE_WHOLE_FLOATS (every layer of a small model) is dequantised
+    whole into the calling thread's reused buffer; then blocks of tokens are multiplied by all of it (``[Tb, in] @ [in, out]``, sgemm at full width;
+    token blocks split evenly, where 64-row tiles of a 576-row matrix cannot). A larger one (an LM
+    head over every position) goes by column chunks: each thread dequantises W[rows].T into its
+    own ~1 MB buffer and multiplies all tokens by it."""
     ntok, cols = x.shape
     y = np.empty((ntok, w.out_features), np.float32)
-    for t0, t1 in _tile_chunks(w):
+    tiles = w.qs.shape[0]
+    dense_kernel = globals()[f"_dense_{w.kind}_serial_nb"]
+    arrays = _arrays(w)
+    n = workers.threads()
+    if cols * tiles * TILE_ROWS <= _DENSE_WHOLE_FLOATS:
+        dense = _scratch_floats(cols * tiles * TILE_ROWS, whole=True).reshape(cols, tiles * TILE_ROWS)  # [in, out+pad]
+        dense_kernel(*arrays, 0, tiles, dense)             # on this thread: ~3% of the sgemm's time at T = 500
+        wt = dense[:, :w.out_features]                                         # [in, out]
+        token_parts = _even_splits(ntok, 2 * n)
+
+        def tokens(i: int) -> None:
+            t0, t1 = token_parts[i]
+            np.matmul(x[t0:t1], wt, out=y[t0:t1])                              # [Tb, in] @ [in, out]
+
+        workers.run_chunks(tokens, len(token_parts))
+        return y
+    chunks = _dense_chunks(w)
+
+    def chunk(i: int) -> None:
+        t0, t1 = chunks[i]
         r0, r1 = t0 * TILE_ROWS, min(t1 * TILE_ROWS, w.out_features)
-        n = (t1 - t0) * TILE_ROWS
-        dense = _scratch_floats(cols * n).reshape(cols, n)                     # [in, chunk rows]
-        _kernel(f"dense_{w.kind}", dense.nbytes)(*_arrays(w), t0, t1, dense)
-        if r0 == 0 and r1 == w.out_features and n == r1:
-            return gemm(x, dense, out=y)                                       # [T, in] @ [in, out]
-        gemm(x, dense[:, :r1 - r0], out=y[:, r0:r1])                           # [T, in] @ [in, rows]
+        part = _scratch_floats(cols * (t1 - t0) * TILE_ROWS).reshape(cols, -1)  # [in, chunk rows]
+        dense_kernel(*arrays, t0, t1, part)
+        np.matmul(x, part[:, :r1 - r0], out=y[:, r0:r1])                       # [T, in] @ [in, rows]
+
+    workers.run_chunks(chunk, len(chunks))
     return y
 
 
@@ -622,9 +697,10 @@ def quant_matmul(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
 
     One token runs the matvec kernel (MATVEC_LOOP_MAX_TOKENS); up to FUSED_MATMUL_MAX_TOKENS
     (a batched decode step, a short prompt) a fused kernel decodes each group of weights once
-    and applies it to all tokens (:func:`_matmul_q4`, :func:`_matmul_q8`); longer inputs (prefill) dequantise W.T in chunks of about 1 MB into a
-    reused buffer and call BLAS sgemm per chunk, which is compute-bound there and faster than
-    any loop written here (:func:`_dense_matmul`).
+    and applies it to all tokens (:func:`_matmul_q4`, :func:`_matmul_q8`); longer inputs (prefill)
+    dequantise W.T into a reused buffer and call single-threaded BLAS sgemm on blocks of tokens
+    spread over the threads, which is compute-bound there and faster than any loop written here
+    (:func:`_dense_matmul`).
     """
     if not _jit_enabled():
         return quant_matmul_ref(w, x)
@@ -672,8 +748,45 @@ def quant_matvec_into(w: QuantMatrix, x: np.ndarray, out: np.ndarray) -> None:
     _kernel(f"matvec_{w.kind}", w.nbytes)(*_arrays(w), x, out)
 
 
+#: every kernel inference calls, by name: ``matvec_<kind>`` (one token), ``dense_<kind>`` (prefill
+#: above FUSED_MATMUL_MAX_TOKENS tokens), ``rows_<kind>`` (embedding lookup)
+INFERENCE_KERNELS = tuple(f"{name}_{kind}" for kind in ("q4", "q8") for name in ("matvec", "dense", "rows"))
+
+
+def _serial_kernel(name: str):
+    return globals()[f"_{name}_nb" if name.startswith("rows_") else f"_{name}_serial_nb"]
+
+
+def compiled_on_disk(names=INFERENCE_KERNELS) -> bool:
+    """True when Numba's on-disk cache holds the kernels ``names`` (see :func:`warm_up`)."""
+    return cached_on_disk(*(_serial_kernel(n) for n in names))
+
+
+def warm_up(names=INFERENCE_KERNELS) -> None:
+    """Compile (or load from the disk cache) the serial kernels ``names`` (of INFERENCE_KERNELS)
+    on tiny matrices, with the argument types inference passes: the first run's
+    ``axon-llm generate`` runs this in a second process (`axon_kernels._jit.compile_in_background`)
+    while it compiles the decode kernels itself."""
+    unknown = set(names) - set(INFERENCE_KERNELS)
+    if unknown:
+        raise ValueError(f"warm_up: unknown kernels {sorted(unknown)}; known: {', '.join(INFERENCE_KERNELS)}")
+    if not _jit_enabled():
+        return
+    x = np.zeros(32, np.float32)
+    for qtype in ("Q4_1", "Q8_0"):                   # every q4 / every q8 type shares these signatures
+        w = pack(qtype, np.zeros(TILE_ROWS * FORMATS[qtype][1], np.uint8), (TILE_ROWS, 32))   # one block per row
+        arrays = _arrays(w)
+        if f"matvec_{w.kind}" in names:
+            _serial_kernel(f"matvec_{w.kind}")(*arrays, x, np.empty(TILE_ROWS, np.float32))
+        if f"dense_{w.kind}" in names:
+            _serial_kernel(f"dense_{w.kind}")(*arrays, 0, 1, np.empty((32, TILE_ROWS), np.float32))
+        if f"rows_{w.kind}" in names:
+            _serial_kernel(f"rows_{w.kind}")(*arrays, np.zeros(1, np.int64), np.empty((1, 32), np.float32))
+
+
 __all__ = [
     "QUANT_TYPES", "BLOCK", "TILE_ROWS", "QuantMatrix", "dequantize_ref", "pack", "unpack", "unpack_ref", "dense_tiles_ref",
     "dequantize",
     "quant_matvec", "quant_matvec_ref", "quant_matvec_into", "quant_matvec_into_ref", "quant_matmul", "quant_matmul_ref", "quant_rows", "quant_rows_ref",
+    "INFERENCE_KERNELS", "compiled_on_disk", "warm_up",
 ]

