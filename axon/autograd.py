@@ -184,7 +184,13 @@ class Function:
 
     A backward may return a gradient with the *broadcast* shape of its input; the engine
     reduces it. A backward must never write into ``grad`` (it may be shared).
+
+    A subclass whose backward always returns newly allocated arrays, none of them returned
+    twice or kept elsewhere, sets ``fresh_grads = True``: the engine then adds later gradients
+    into them in place and hands them to leaves without a copy.
     """
+
+    fresh_grads = False
 
     @staticmethod
     def forward(ctx, *args, **kwargs):  # pragma: no cover - interface
@@ -334,7 +340,7 @@ def backward(root, gradient=None, retain_graph: bool = False) -> None:
             if parent is None or g is None:
                 continue
             shape = parent.shape
-            fresh = g.shape != shape  # _unbroadcast allocates a new array
+            fresh = ctx.fn.fresh_grads or g.shape != shape  # _unbroadcast allocates a new array
             if fresh:
                 try:
                     g = _unbroadcast(g, shape)

@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from axon_kernels.blas import gemm
+
 from ._erf import erf
 from .autograd import Function
 
@@ -613,19 +615,25 @@ class MatMul(Function):
         ctx.save_for_backward(a if ctx.needs_input_grad[1] else None, b if ctx.needs_input_grad[0] else None)
         ctx.b_ndim = b.ndim
         if b.ndim == 2 and a.ndim > 2 and a.flags.c_contiguous:
-            return (a.reshape(-1, a.shape[-1]) @ b).reshape(a.shape[:-1] + (b.shape[1],))  # [..., M, N]
-        return np.matmul(a, b)
+            return gemm(a.reshape(-1, a.shape[-1]), b).reshape(a.shape[:-1] + (b.shape[1],))  # [..., M, N]
+        return gemm(a, b) if a.ndim == 2 and b.ndim == 2 else np.matmul(a, b)
 
     @staticmethod
     def backward(ctx, grad):
         a, b = ctx.saved_tensors
         ga = gb = None
         if b is not None:  # dL/da = g @ b^T
-            ga = np.matmul(grad, np.swapaxes(b, -1, -2))
+            bt = np.swapaxes(b, -1, -2)
+            if grad.ndim == 2 and bt.ndim == 2:
+                ga = gemm(grad, bt)
+            elif bt.ndim == 2 and grad.flags.c_contiguous:  # [..., M, N] @ [N, K] as one GEMM
+                ga = gemm(grad.reshape(-1, grad.shape[-1]), bt).reshape(grad.shape[:-1] + (bt.shape[1],))
+            else:
+                ga = np.matmul(grad, bt)
         if a is not None:  # dL/db = a^T @ g
             if ctx.b_ndim == 2 and a.ndim > 2:
                 k, n = a.shape[-1], grad.shape[-1]
-                gb = a.reshape(-1, k).T @ grad.reshape(-1, n)  # [K, N]: the GEMM sums over the batch
+                gb = gemm(a.reshape(-1, k).T, grad.reshape(-1, n))  # [K, N]: the GEMM sums over the batch
             else:
                 gb = np.matmul(np.swapaxes(a, -1, -2), grad)
         return ga, gb

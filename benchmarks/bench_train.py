@@ -4,7 +4,7 @@ A LLaMA with hidden 256, 4 layers, 4 heads (2 KV heads), FFN 688, vocabulary 100
 8 x 128 tokens — axon (NumPy + Numba) against transformers' LlamaForCausalLM with its DEFAULT
 attention implementation (SDPA, ``torch.nn.functional.scaled_dot_product_attention``; not
 eager) on the CPU, same weights, same batch, same AdamW settings, torch on ``--threads``
-threads. The two engines alternate: each round times ``--steps`` steps of one then of the
+threads and axon on as many (``axon_kernels._jit.set_threads``). The two engines alternate: each round times ``--steps`` steps of one then of the
 other (the order swaps every round), so a change in machine load hits both; every round
 prints its ratio, and the summary gives the min / median / max ratio over the rounds
 (>1 means axon is faster). torch/transformers are dev-only: without them only axon's time
@@ -96,7 +96,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds (one ratio each)")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per engine per round (their median counts)")
-    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads (NumPy/Numba use the machine's)")
+    ap.add_argument("--threads", type=int, default=2, help="threads of both engines (torch intra-op; axon's set_threads)")
     ap.add_argument("--smoke", action="store_true", help="a tiny model and batch: checks the script runs, numbers mean nothing")
     args = ap.parse_args(argv)
     config = SMOKE_CONFIG if args.smoke else CONFIG
@@ -108,7 +108,11 @@ def main(argv=None):
 
     print(f"config: LLaMA hidden {config['hidden_size']}, {config['num_hidden_layers']} layers, 4 heads / 2 kv, "
           f"ffn {config['intermediate_size']}, vocab {config['vocab_size']}, batch {batch} x {length}, "
-          f"forward + backward + AdamW; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+          f"forward + backward + AdamW; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; "
+          f"axon on {args.threads} threads (axon_kernels._jit.set_threads)")
+    from axon_kernels._jit import set_threads
+
+    set_threads(args.threads)                                             # Numba threads, gemm's split, OpenBLAS on 1
     ax = AxonTrainer(config, inputs, labels)
     t_first, a_loss0 = ax.step()                                          # warm-up (includes JIT compilation)
     print(f"axon first step {t_first:.2f}s (incl. JIT), loss {a_loss0:.6f}")

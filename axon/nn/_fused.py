@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from axon_kernels.blas import gemm
 from axon_kernels.cross_entropy import cross_entropy_grad, cross_entropy_rows
+from axon_kernels.rms_norm import rms_norm_backward, rms_norm_forward
+from axon_kernels.swiglu import swiglu_backward, swiglu_forward
 
 from ..autograd import Function
 from ..ops import _sigmoid, softmax_array
@@ -21,12 +24,14 @@ from ..ops import _sigmoid, softmax_array
 class Linear(Function):
     """y = x @ W^T + b with W stored [out, in] (torch's layout)."""
 
+    fresh_grads = True
+
     @staticmethod
     def forward(ctx, x, w, b):
         if x.shape[-1] != w.shape[1]:
             raise ValueError(f"linear: input shape {x.shape} does not match weight shape {w.shape} (in_features={w.shape[1]})")
         x2 = x.reshape(-1, x.shape[-1])  # [N, in]
-        y = x2 @ w.T  # [N, out]
+        y = gemm(x2, w.T)  # [N, out]
         if b is not None:
             y += b
         ctx.save_for_backward(x2 if ctx.needs_input_grad[1] else None, w if ctx.needs_input_grad[0] else None)
@@ -37,8 +42,8 @@ class Linear(Function):
     def backward(ctx, grad):
         x2, w = ctx.saved_tensors
         g2 = grad.reshape(-1, grad.shape[-1])  # [N, out]
-        gx = (g2 @ w).reshape(ctx.x_shape) if w is not None else None  # [..., in]
-        gw = g2.T @ x2 if x2 is not None else None  # [out, in]
+        gx = gemm(g2, w).reshape(ctx.x_shape) if w is not None else None  # [..., in]
+        gw = gemm(g2.T, x2) if x2 is not None else None  # [out, in]
         gb = g2.sum(axis=0) if ctx.needs_input_grad[2] else None  # [out]
         return gx, gw, gb
 
@@ -84,18 +89,35 @@ class LayerNorm(Function):
 
 
 class RMSNorm(Function):
-    """y = x / sqrt(mean(x^2) + eps) * w over the last dim."""
+    """y = x / sqrt(mean(x^2) + eps) * w over the last dim.
+
+    With a weight, one kernel pass each way (``axon_kernels.rms_norm``: saves x and the [N]
+    rstd, no [N, D] temporary); without one, NumPy.
+    """
+
+    fresh_grads = True
 
     @staticmethod
     def forward(ctx, x, w, *, eps):
+        if w is not None and w.shape == x.shape[-1:]:
+            x2 = x.reshape(-1, x.shape[-1])  # [N, D]
+            y, rstd = rms_norm_forward(x2, w, eps)  # [N, D], [N]
+            ctx.save_for_backward(x2, rstd, w)
+            ctx.fused = True
+            return y.reshape(x.shape)
         ms = np.mean(x * x, axis=-1, keepdims=True)
         rstd = 1.0 / np.sqrt(ms + x.dtype.type(eps))  # [..., 1]
         xhat = x * rstd
         ctx.save_for_backward(xhat, rstd, w)
+        ctx.fused = False
         return xhat * w if w is not None else xhat
 
     @staticmethod
     def backward(ctx, grad):
+        if ctx.fused:
+            x2, rstd, w = ctx.saved_tensors
+            gx, gw = rms_norm_backward(grad.reshape(x2.shape), x2, rstd, w)  # [N, D], [D]
+            return gx.reshape(grad.shape) if ctx.needs_input_grad[0] else None, gw if ctx.needs_input_grad[1] else None
         xhat, rstd, w = ctx.saved_tensors
         gw = None
         if ctx.needs_input_grad[1]:
@@ -116,37 +138,25 @@ class SwiGLU(Function):
     """silu(gate) * up (LLaMA's gated MLP activation) as one node.
 
     The composite (a SiLU node, then a product node) keeps gate, sigmoid(gate), silu(gate) and
-    up alive and makes four [N, inter] temporaries in its backward; this saves gate, up and
-    sigmoid(gate) and computes both gradients in place:
+    up alive and makes four [N, inter] temporaries in its backward; this keeps gate and up only
+    and runs one kernel pass each way (``axon_kernels.swiglu``, sigmoid recomputed):
     d/dgate = grad up s (1 + gate (1 - s)), d/dup = grad gate s, with s = sigmoid(gate).
     """
+
+    fresh_grads = True
 
     @staticmethod
     def forward(ctx, gate, up):
         if gate.shape != up.shape:
             raise ValueError(f"swiglu: gate shape {gate.shape} and up shape {up.shape} differ")
-        s = _sigmoid(gate)  # [..., inter]
-        y = gate * s
-        y *= up
-        ctx.save_for_backward(gate, up, s)
-        return y
+        ctx.save_for_backward(gate, up)
+        return swiglu_forward(gate, up)  # [..., inter]
 
     @staticmethod
     def backward(ctx, grad):
-        gate, up, s = ctx.saved_tensors
-        gu = None
-        if ctx.needs_input_grad[1]:
-            gu = gate * s
-            gu *= grad
-        gg = None
-        if ctx.needs_input_grad[0]:
-            gg = 1 - s
-            gg *= gate
-            gg += 1
-            gg *= s
-            gg *= up
-            gg *= grad
-        return gg, gu
+        gate, up = ctx.saved_tensors
+        gg, gu = swiglu_backward(np.ascontiguousarray(grad), gate, up)
+        return gg if ctx.needs_input_grad[0] else None, gu if ctx.needs_input_grad[1] else None
 
 
 # ------------------------------------------------------------------------------ embedding

@@ -7,6 +7,7 @@ quant (GGUF blocks). `kernels.testing` holds hypothesis strategies and `check_ke
 testing any kernel against its reference. See docs/kernels.md.
 """
 
+from axon_kernels._jit import default_threads
 from axon_kernels.attention import (
     FlashAttentionConfig,
     blas_attention,
@@ -65,3 +66,5 @@ __all__ = [
 ]
 
 from axon_kernels.quant import QuantMatrix, dequantize_ref, quant_matmul, quant_matmul_ref, quant_matvec, quant_matvec_ref, quant_rows, quant_rows_ref  # noqa: E402,F401
+
+default_threads()  # OpenBLAS on one thread, products split by blas.gemm (docs/performance.md "Threads")

@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import os
 
-# Numba's parallel kernels run on its OpenMP layer here. OpenMP's default wait policy keeps
-# idle worker threads spinning; on a machine with more runnable processes than cores, a worker
-# that spins or got descheduled stalls the next parallel kernel call by ~10 ms (ternary matvec
-# 4096^2 on 2 shared cores: 7-11 ms with the default, 0.2-0.3 ms with OMP_WAIT_POLICY=PASSIVE,
-# see docs/kernels.md). So the kernels ask for passive waiting unless the user set a policy.
-# It has to happen before the OpenMP runtime starts (the first parallel kernel); NumPy's
-# OpenBLAS uses its own pthreads and is not affected.
+# Threads on a machine shared with other programs (measured in docs/performance.md "Threads").
+# Each choice is a default: a variable the user set is left alone.
+# * Wait policy: OpenMP's default keeps idle worker threads spinning; on a machine with more
+#   runnable processes than cores, a worker that spins or got descheduled stalls the next
+#   parallel kernel call by ~10 ms (ternary matvec 4096^2 on 2 shared cores: 7-11 ms with the
+#   default, 0.2-0.3 ms with OMP_WAIT_POLICY=PASSIVE, see docs/kernels.md). So idle workers sleep.
+#   It has to happen before the OpenMP runtime starts (the first parallel kernel).
+# * Threading layer: Numba's default order (TBB, then OpenMP, then workqueue) is kept; here it
+#   picks OpenMP (GNU libgomp; TBB is not installed). Numba's own `workqueue` layer decoded
+#   faster under load, but it aborts the process when two Python threads launch parallel kernels
+#   at once (the server can), so it is no choice for a library; NUMBA_THREADING_LAYER is the
+#   user's to set (a program computing on one thread may choose workqueue).
+# * BLAS: NumPy's OpenBLAS runs on one thread and `axon_kernels.blas.gemm` splits large products
+#   over a pool of Python threads instead (see `set_threads` and blas.py for why).
+_USER_ENV = frozenset(v for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NUMBA_THREADING_LAYER", "OPENBLAS_NUM_THREADS",
+                                  "GOTO_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS") if v in os.environ)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numba  # noqa: E402
@@ -27,7 +36,7 @@ from numba import types  # noqa: E402
 from numba.extending import intrinsic, overload  # noqa: E402
 
 __all__ = ["jit_disabled", "fast_exp", "fast_log1p", "float_array", "result_float_dtype", "set_threads",
-           "cached_on_disk", "compile_in_background"]
+           "default_threads", "cached_on_disk", "compile_in_background"]
 
 # Only FMA contraction: it never changes NaN/Inf propagation (unlike fastmath=True, which
 # assumes no NaN/Inf and may drop them). Used on the hot loops of float kernels.
@@ -69,17 +78,37 @@ def _blas_set_threads(n: int) -> bool:
 
 
 def set_threads(n: int) -> int:
-    """Run Numba's parallel kernels and NumPy's BLAS on ``n`` threads (``n >= 1``); returns the
-    Numba thread count in force (at most the ``NUMBA_NUM_THREADS`` the process started with, the
-    number of cores by default). ``--threads`` of the CLI calls this."""
+    """Run the kernels on ``n`` threads (``n >= 1``): Numba's parallel kernels on ``n`` (at most
+    the ``NUMBA_NUM_THREADS`` the process started with, the number of cores by default), and
+    large BLAS products split over ``n`` threads by `axon_kernels.blas.gemm`, with OpenBLAS itself
+    on one thread (its spinning, statically split workers stall on a shared machine; see
+    docs/performance.md "Threads"; with another BLAS than OpenBLAS, no split). Returns the Numba
+    thread count in force. ``--threads`` of the
+    CLI calls this; importing axon_kernels calls `default_threads`."""
+    from .blas import set_gemm_threads
+
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"threads must be a positive integer, got {n!r}")
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(n)                         # for BLAS libraries loaded later / subprocesses
-    _blas_set_threads(n)
+    os.environ["OMP_NUM_THREADS"] = str(n)               # for OpenMP runtimes started later / subprocesses
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"             # an OpenBLAS loaded later / subprocesses
+    set_gemm_threads(n if _blas_set_threads(1) else 1)   # another BLAS keeps its own threads: no split on top
     used = min(n, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(used)
     return used
+
+
+def default_threads() -> None:
+    """The thread policy at import: like ``set_threads(cores)`` unless the user chose BLAS threads
+    (``OPENBLAS_NUM_THREADS``, ``GOTO_NUM_THREADS``, ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` set
+    before the import): then OpenBLAS keeps the user's count and `gemm` does not split products.
+    Nor does it when NumPy's BLAS is not an OpenBLAS found among the process's libraries (MKL,
+    Accelerate): that BLAS keeps its own threads."""
+    from .blas import set_gemm_threads
+
+    if _USER_ENV & {"OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"}:
+        set_gemm_threads(1)
+        return
+    set_gemm_threads(numba.config.NUMBA_NUM_THREADS if _blas_set_threads(1) else 1)
 
 
 def jit_disabled() -> bool:
