@@ -70,26 +70,22 @@ class GatedMLP(nn.Module):
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
     def _silu_gate_inference(self, x) -> np.ndarray:
-        """``silu(gate_proj x) * up_proj x`` without autograd, in place: the same operations as
-        ``F.silu`` (``a * (0.5 (1 + tanh(a / 2)))``), two ``[B, T, inter]`` arrays alive at a
-        time instead of three (a 500-token prefill's largest activations). Blocks of rows go to
-        the threads (`axon_kernels.workers.run_chunks`; NumPy releases the GIL in each
-        operation): the same operations on every element, so the result does not change."""
+        """``silu(gate_proj x) * up_proj x`` without autograd, written over the gate's array: the
+        same kernel as the autograd path's fused node (``axon_kernels.swiglu_forward``, so the two
+        paths agree bit for bit), two ``[B, T, inter]`` arrays alive at a time instead of three (a
+        500-token prefill's largest activations). Blocks of rows go to the threads
+        (`axon_kernels.workers.run_chunks`); the kernel is elementwise, so the split changes nothing."""
+        from axon_kernels.swiglu import swiglu_forward
         from axon_kernels.workers import run_chunks
 
         a = np.ascontiguousarray(self.gate_proj(x).data)                   # [B, T, inter]
-        u = self.up_proj(x).data
+        u = np.ascontiguousarray(self.up_proj(x).data)                     # [B, T, inter]
         a2, u2 = a.reshape(-1, a.shape[-1]), u.reshape(-1, u.shape[-1])    # [B*T, inter]
         rows = max(1, _SILU_BLOCK_FLOATS // max(a2.shape[1], 1))
 
         def block(i: int) -> None:
-            g, up = a2[i * rows:(i + 1) * rows], u2[i * rows:(i + 1) * rows]
-            s = np.multiply(g, g.dtype.type(0.5))
-            np.tanh(s, out=s)
-            s += 1
-            s *= 0.5
-            g *= s                                                         # silu(a), in place
-            g *= up
+            g = a2[i * rows:(i + 1) * rows]
+            g[...] = swiglu_forward(g, u2[i * rows:(i + 1) * rows])         # silu(gate) * up
 
         run_chunks(block, -(-a2.shape[0] // rows))
         return a
