@@ -4,7 +4,11 @@ A LLaMA with hidden 256, 4 layers, 4 heads (2 KV heads), FFN 688, vocabulary 100
 8 x 128 tokens — axon (NumPy + Numba) against transformers' LlamaForCausalLM with its DEFAULT
 attention implementation (SDPA, ``torch.nn.functional.scaled_dot_product_attention``; not
 eager) on the CPU, same weights, same batch, same AdamW settings, torch on ``--threads``
-threads and axon on as many (``axon_kernels._jit.set_threads``). The two engines alternate: each round times ``--steps`` steps of one then of the
+threads and axon on as many (``axon_kernels._jit.set_threads``). torch runs in its own
+process, started with the environment this script was started with: importing axon sets a
+thread policy (OpenMP wait policy, OpenBLAS on one thread) that, in one process, made torch's
+step ~3x slower than torch alone (155-175 vs 470-480 ms at load 0.5), which is not the peer its
+users run. The two engines alternate: each round times ``--steps`` steps of one then of the
 other (the order swaps every round), so a change in machine load hits both; every round
 prints its ratio, and the summary gives the min / median / max ratio over the rounds
 (>1 means axon is faster). torch/transformers are dev-only: without them only axon's time
@@ -16,11 +20,17 @@ is printed.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import os
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+START_ENV = dict(os.environ)          # before anything imports axon (whose import sets thread variables)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -92,7 +102,55 @@ class TorchTrainer:
         return time.perf_counter() - t0, float(loss.item())
 
 
+class TorchProcess:
+    """`TorchTrainer` in a child process (this script with ``--worker``), started with
+    START_ENV; ``steps(n)`` asks it for ``n`` timed steps and returns their seconds."""
+
+    def __init__(self, config_name: str, state_file: str, threads: int):
+        cmd = [sys.executable, __file__, "--worker", config_name, "--state", state_file, "--threads", str(threads)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=START_ENV)
+        hello = self._read()
+        self.first_loss, self.attention, self.version = hello["loss"], hello["attention"], hello["torch"]
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"the torch worker exited (code {self.proc.wait()})")
+        return json.loads(line)
+
+    def steps(self, n: int) -> list[float]:
+        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.flush()
+        return self._read()["seconds"]
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def worker(config_name: str, state_file: str, threads: int) -> int:
+    """The child: build the torch trainer from the saved weights and batch, then time steps on request."""
+    import torch
+
+    torch.set_num_threads(threads)
+    data = np.load(state_file)
+    state = {k[len("w:"):]: data[k] for k in data.files if k.startswith("w:")}
+    trainer = TorchTrainer(SMOKE_CONFIG if config_name == "smoke" else CONFIG, data["ids"], data["labels"], state)
+    loss = trainer.step()[1]                                              # warm-up
+    print(json.dumps({"loss": loss, "attention": trainer.attention, "torch": torch.__version__}), flush=True)
+    for line in sys.stdin:
+        print(json.dumps({"seconds": [trainer.step()[0] for _ in range(int(line))]}), flush=True)
+    return 0
+
+
 def main(argv=None):
+    if argv is None and "--worker" in sys.argv:
+        wa = argparse.ArgumentParser()
+        wa.add_argument("--worker")
+        wa.add_argument("--state")
+        wa.add_argument("--threads", type=int)
+        w = wa.parse_args()
+        return worker(w.worker, w.state, w.threads)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds (one ratio each)")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per engine per round (their median counts)")
@@ -116,27 +174,28 @@ def main(argv=None):
     ax = AxonTrainer(config, inputs, labels)
     t_first, a_loss0 = ax.step()                                          # warm-up (includes JIT compilation)
     print(f"axon first step {t_first:.2f}s (incl. JIT), loss {a_loss0:.6f}")
-    try:
-        import torch
-        import transformers  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("torch") is None or importlib.util.find_spec("transformers") is None:
         times = [ax.step()[0] for _ in range(steps * rounds)]
         print(f"axon: {statistics.median(times) * 1e3:.1f} ms/step; torch/transformers not installed: no comparison")
         return 0
-    torch.set_num_threads(args.threads)
-    tt = TorchTrainer(config, inputs, labels, ax.initial)
-    t_loss0 = tt.step()[1]                                                # warm-up
+    with tempfile.TemporaryDirectory() as tmp:
+        state_file = os.path.join(tmp, "state.npz")
+        np.savez(state_file, ids=inputs, labels=labels, **{f"w:{k}": v for k, v in ax.initial.items()})
+        tt = TorchProcess("smoke" if args.smoke else "full", state_file, args.threads)
     print(f"peer: transformers LlamaForCausalLM, attn_implementation={tt.attention!r} (default, not eager), "
-          f"torch {torch.__version__}, {args.threads} threads; first-step loss torch {t_loss0:.6f} (same weights)")
+          f"torch {tt.version}, {args.threads} threads, in its own process; first-step loss torch "
+          f"{tt.first_loss:.6f} (same weights)")
+    timers = {"axon": lambda n: [ax.step()[0] for _ in range(n)], "torch": tt.steps}
     ratios = []
     for r in range(rounds):
-        order = (("axon", ax), ("torch", tt)) if r % 2 == 0 else (("torch", tt), ("axon", ax))
+        order = ("axon", "torch") if r % 2 == 0 else ("torch", "axon")
         med = {}
-        for name, engine in order:
-            med[name] = statistics.median(engine.step()[0] for _ in range(steps))
+        for name in order:
+            med[name] = statistics.median(timers[name](steps))
         ratios.append(med["torch"] / med["axon"])
         print(f"round {r + 1}: axon {med['axon'] * 1e3:7.1f} ms/step  torch(sdpa) {med['torch'] * 1e3:7.1f} ms/step  "
               f"ratio {ratios[-1]:.2f}x  (load {os.getloadavg()[0]:.1f})")
+    tt.close()
     print(f"ratio (torch time / axon time, >1 = axon faster) over {rounds} rounds: min {min(ratios):.2f}x  "
           f"median {statistics.median(ratios):.2f}x  max {max(ratios):.2f}x")
     return 0
