@@ -24,7 +24,7 @@ import os
 #   at once (the server can), so it is no choice for a library; NUMBA_THREADING_LAYER is the
 #   user's to set (a program computing on one thread may choose workqueue).
 # * BLAS: NumPy's OpenBLAS runs on one thread and `axon_kernels.blas.gemm` splits large products
-#   over a pool of Python threads instead (see `set_threads` and blas.py for why).
+#   over the threads of `axon_kernels.workers.run_chunks` instead (see `set_threads` and blas.py for why).
 _USER_ENV = frozenset(v for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NUMBA_THREADING_LAYER", "OPENBLAS_NUM_THREADS",
                                   "GOTO_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS") if v in os.environ)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -9,10 +9,10 @@ core the caller waits on a descheduled worker, while the spinning workers take C
 everything else (the training step of `benchmarks/bench_train.py` at load 6: 2.3 s wall and
 1.0 s CPU with two OpenBLAS threads, 0.65 s wall and 0.37 s CPU with one; docs/performance.md
 "Threads"). Here OpenBLAS runs on one thread (``axon_kernels._jit.set_threads``), the rows of
-C are cut into a few more chunks than threads, and the calling thread and the pool's workers
-take chunks from one queue until it is empty: a worker that is descheduled costs at most the
-chunk it holds, and an idle worker sleeps in a blocking ``get`` (no spinning). NumPy releases
-the GIL inside the BLAS call, so the chunks run in parallel.
+C are cut into a few more chunks than threads, and the threads of `axon_kernels.workers.run_chunks`
+(the same pool the inference kernels use) take the next chunk when done with theirs: a thread
+that is descheduled costs at most the chunk it holds, and idle threads sleep (no spinning).
+NumPy releases the GIL inside the BLAS call, so the chunks run in parallel.
 
 `gemm_ref` (plain ``np.matmul``) is the definition; `gemm` gives the same values up to float
 rounding (each chunk is an ordinary BLAS product of a row block).
@@ -20,10 +20,9 @@ rounding (each chunk is an ordinary BLAS product of a row block).
 
 from __future__ import annotations
 
-import queue
-import threading
-
 import numpy as np
+
+from .workers import run_chunks
 
 __all__ = ["gemm", "gemm_ref", "set_gemm_threads", "gemm_threads", "GEMM_MIN_WORK"]
 
@@ -32,66 +31,20 @@ __all__ = ["gemm", "gemm_ref", "set_gemm_threads", "gemm_threads", "GEMM_MIN_WOR
 GEMM_MIN_WORK = 1 << 22
 _MIN_ROWS = 32          # no chunk is thinner than this many rows of C
 _CHUNKS_PER_THREAD = 2  # more chunks than threads: a stalled thread holds up only one small chunk
-
-
-class _Job:
-    """One product being computed: its operands and a queue that receives one token per chunk
-    a worker finished (the caller counts the chunks it ran itself)."""
-
-    __slots__ = ("a", "b", "out", "finished", "error")
-
-    def __init__(self, a, b, out):
-        self.a, self.b, self.out = a, b, out
-        self.finished: queue.SimpleQueue = queue.SimpleQueue()
-        self.error = None
-
-    def run(self, r0: int, r1: int) -> None:
-        """Compute rows ``r0:r1`` of the product."""
-        try:
-            np.matmul(self.a[r0:r1], self.b, out=self.out[r0:r1])   # [rows, K] @ [K, N]
-        except BaseException as err:  # pragma: no cover - surfaced to the caller by gemm
-            self.error = err
-
-
-class _Pool:
-    """``n - 1`` daemon worker threads (the caller is the n-th) sharing one task queue."""
-
-    def __init__(self):
-        self.tasks: queue.SimpleQueue = queue.SimpleQueue()
-        self.threads = 1
-        self.workers: list[threading.Thread] = []
-        self.guard = threading.Lock()
-
-    def resize(self, n: int) -> None:
-        """Use ``n`` threads in all (start workers as needed; extra workers stay asleep)."""
-        with self.guard:
-            while len(self.workers) < n - 1:
-                t = threading.Thread(target=self._work, name=f"axon-gemm-{len(self.workers)}", daemon=True)
-                t.start()
-                self.workers.append(t)
-            self.threads = n
-
-    def _work(self) -> None:
-        get = self.tasks.get
-        while True:
-            job, r0, r1 = get()
-            job.run(r0, r1)
-            job.finished.put(None)
-
-
-_POOL = _Pool()
+_threads = 1            # what set_gemm_threads chose (1: no split)
 
 
 def set_gemm_threads(n: int) -> None:
-    """Split `gemm`'s products over ``n`` threads (``n >= 1``; 1 = one BLAS call on the caller)."""
+    """Split `gemm`'s products for ``n`` threads (``n >= 1``; 1 = one BLAS call on the caller)."""
+    global _threads
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"gemm threads must be a positive integer, got {n!r}")
-    _POOL.resize(n)
+    _threads = n
 
 
 def gemm_threads() -> int:
-    """How many threads `gemm` splits a large product over."""
-    return _POOL.threads
+    """How many threads `gemm` splits a large product for."""
+    return _threads
 
 
 def gemm_ref(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -103,7 +56,7 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndar
     """``a [M, K] @ b [K, N] -> [M, N]`` with the rows of the result split over `gemm_threads`
     threads (module doc); small products and other ranks run `gemm_ref`. ``out`` may be a
     strided view (a column block of a larger array): each chunk writes its rows of it."""
-    threads = _POOL.threads
+    threads = _threads
     if threads == 1 or a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         return np.matmul(a, b, out=out)
     m, k = a.shape
@@ -116,24 +69,10 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndar
         return np.matmul(a, b, out=out)                   # NumPy's own error
     chunks = min(threads * _CHUNKS_PER_THREAD, m // _MIN_ROWS)
     bounds = [m * i // chunks for i in range(chunks + 1)]
-    job = _Job(a, b, out)
-    tasks = _POOL.tasks
-    for i in range(chunks - 1, 0, -1):          # the caller starts on chunk 0 at once
-        tasks.put((job, bounds[i], bounds[i + 1]))
-    job.run(0, bounds[1])
-    pending = chunks - 1                        # chunks handed to the queue
-    while pending:                              # help with what no worker has taken yet
-        try:
-            other, r0, r1 = tasks.get_nowait()
-        except queue.Empty:
-            break
-        other.run(r0, r1)
-        if other is job:
-            pending -= 1
-        else:
-            other.finished.put(None)            # another caller's chunk: tell that caller
-    for _ in range(pending):                    # wait for the chunks the workers took
-        job.finished.get()
-    if job.error is not None:
-        raise job.error
+
+    def chunk(i: int) -> None:  # rows bounds[i]:bounds[i+1] of the product
+        r0, r1 = bounds[i], bounds[i + 1]
+        np.matmul(a[r0:r1], b, out=out[r0:r1])  # [rows, K] @ [K, N]
+
+    run_chunks(chunk, chunks)
     return out

@@ -1,4 +1,4 @@
-"""Work split for the prefill kernels: a few long-lived Python threads take chunks from a shared counter.
+"""Work split for the kernels and products: a few long-lived Python threads take chunks from a shared counter.
 
 Why not Numba's parallel regions or OpenBLAS's own threads for the prefill? Both split the work
 statically and then wait for every thread: OpenBLAS's workers spin, and a thread that the
@@ -50,8 +50,14 @@ def _blas_local_setter():
 _set_local = _blas_local_setter()
 
 
+_in_helper = threading.local()     # .yes on the pool's own threads
+
+
 def _single_threaded_blas() -> None:
-    """Make BLAS calls from the current (helper) thread run on it alone."""
+    """Start a helper thread: its BLAS calls run on it alone, and it is marked as a helper (a
+    chunk that calls `run_chunks` again runs the inner chunks itself instead of waiting for a
+    pool whose threads may all be waiting too)."""
+    _in_helper.yes = True
     if _set_local is not None:
         _set_local(1)
 
@@ -69,7 +75,7 @@ def _helpers(n: int) -> ThreadPoolExecutor:
         if _pool_key != key:
             if _pool is not None and _pool_key[0] == key[0]:
                 _pool.shutdown(wait=False)
-            _pool = ThreadPoolExecutor(n, thread_name_prefix="axon-prefill", initializer=_single_threaded_blas)
+            _pool = ThreadPoolExecutor(n, thread_name_prefix="axon-worker", initializer=_single_threaded_blas)
             _pool_key = key
         return _pool
 
@@ -86,7 +92,8 @@ def run_chunks(fn, n_chunks: int) -> None:
     spend its time in GIL-free code (serial ``nogil`` Numba kernels, sgemm). The first exception
     raised by a chunk is re-raised here (the remaining chunks are skipped)."""
     n = min(threads(), n_chunks)
-    if n <= 1 or _set_local is None:         # one thread, or no way to keep BLAS serial per thread
+    nested = getattr(_in_helper, "yes", False)
+    if n <= 1 or nested or _set_local is None:   # one thread, inside a chunk, or no way to keep BLAS serial per thread
         for i in range(n_chunks):
             fn(i)
         return

@@ -52,3 +52,18 @@ def test_an_exception_in_a_chunk_reaches_the_caller(nthreads):
     done = []
     workers.run_chunks(done.append, 4)                   # the pool still works afterwards
     assert sorted(done) == [0, 1, 2, 3]
+
+
+def test_a_chunk_that_splits_again_runs_its_chunks_itself(nthreads):
+    """Nested calls (e.g. a chunk calling `blas.gemm`) must not wait for a pool whose threads
+    are all busy waiting: the inner chunks run on the chunk's own thread."""
+    out = np.zeros((6, 5), np.int64)
+
+    def outer(i):
+        def inner(j):
+            out[i, j] = i * 10 + j
+
+        workers.run_chunks(inner, 5)
+
+    workers.run_chunks(outer, 6)
+    np.testing.assert_array_equal(out, np.arange(6)[:, None] * 10 + np.arange(5)[None, :])
