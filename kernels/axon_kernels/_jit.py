@@ -36,7 +36,7 @@ from numba import types  # noqa: E402
 from numba.extending import intrinsic, overload  # noqa: E402
 
 __all__ = ["jit_disabled", "fast_exp", "fast_log1p", "float_array", "result_float_dtype", "set_threads",
-           "default_threads", "cached_on_disk", "compile_in_background"]
+           "default_threads", "gemm_split", "cached_on_disk", "compile_in_background"]
 
 # Only FMA contraction: it never changes NaN/Inf propagation (unlike fastmath=True, which
 # assumes no NaN/Inf and may drop them). Used on the hot loops of float kernels.
@@ -77,6 +77,19 @@ def _blas_set_threads(n: int) -> bool:
     return bool(fns)
 
 
+_gemm_split = 1   # threads `blas.gemm` splits a large product for (1: none); kept here, where the policy is set
+
+
+def _set_gemm_split(n: int) -> None:
+    global _gemm_split
+    _gemm_split = n
+
+
+def gemm_split() -> int:
+    """How many threads `axon_kernels.blas.gemm` splits a large product for (1: none)."""
+    return _gemm_split
+
+
 def set_threads(n: int) -> int:
     """Run the kernels on ``n`` threads (``n >= 1``): Numba's parallel kernels on ``n`` (at most
     the ``NUMBA_NUM_THREADS`` the process started with, the number of cores by default), and
@@ -85,13 +98,11 @@ def set_threads(n: int) -> int:
     docs/performance.md "Threads"; with another BLAS than OpenBLAS, no split). Returns the Numba
     thread count in force. ``--threads`` of the
     CLI calls this; importing axon_kernels calls `default_threads`."""
-    from .blas import set_gemm_threads
-
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"threads must be a positive integer, got {n!r}")
     os.environ["OMP_NUM_THREADS"] = str(n)               # for OpenMP runtimes started later / subprocesses
     os.environ["OPENBLAS_NUM_THREADS"] = "1"             # an OpenBLAS loaded later / subprocesses
-    set_gemm_threads(n if _blas_set_threads(1) else 1)   # another BLAS keeps its own threads: no split on top
+    _set_gemm_split(n if _blas_set_threads(1) else 1)   # another BLAS keeps its own threads: no split on top
     used = min(n, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(used)
     return used
@@ -103,12 +114,10 @@ def default_threads() -> None:
     before the import): then OpenBLAS keeps the user's count and `gemm` does not split products.
     Nor does it when NumPy's BLAS is not an OpenBLAS found among the process's libraries (MKL,
     Accelerate): that BLAS keeps its own threads."""
-    from .blas import set_gemm_threads
-
     if _USER_ENV & {"OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"}:
-        set_gemm_threads(1)
+        _set_gemm_split(1)
         return
-    set_gemm_threads(numba.config.NUMBA_NUM_THREADS if _blas_set_threads(1) else 1)
+    _set_gemm_split(numba.config.NUMBA_NUM_THREADS if _blas_set_threads(1) else 1)
 
 
 def jit_disabled() -> bool:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._jit import _set_gemm_split, gemm_split
 from .workers import run_chunks
 
 __all__ = ["gemm", "gemm_ref", "set_gemm_threads", "gemm_threads", "GEMM_MIN_WORK"]
@@ -31,20 +32,18 @@ __all__ = ["gemm", "gemm_ref", "set_gemm_threads", "gemm_threads", "GEMM_MIN_WOR
 GEMM_MIN_WORK = 1 << 22
 _MIN_ROWS = 32          # no chunk is thinner than this many rows of C
 _CHUNKS_PER_THREAD = 2  # more chunks than threads: a stalled thread holds up only one small chunk
-_threads = 1            # what set_gemm_threads chose (1: no split)
 
 
 def set_gemm_threads(n: int) -> None:
     """Split `gemm`'s products for ``n`` threads (``n >= 1``; 1 = one BLAS call on the caller)."""
-    global _threads
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"gemm threads must be a positive integer, got {n!r}")
-    _threads = n
+    _set_gemm_split(n)
 
 
 def gemm_threads() -> int:
-    """How many threads `gemm` splits a large product for."""
-    return _threads
+    """How many threads `gemm` splits a large product for (set by `axon_kernels._jit.set_threads`)."""
+    return gemm_split()
 
 
 def gemm_ref(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -56,7 +55,7 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndar
     """``a [M, K] @ b [K, N] -> [M, N]`` with the rows of the result split over `gemm_threads`
     threads (module doc); small products and other ranks run `gemm_ref`. ``out`` may be a
     strided view (a column block of a larger array): each chunk writes its rows of it."""
-    threads = _threads
+    threads = gemm_split()
     if threads == 1 or a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         return np.matmul(a, b, out=out)
     m, k = a.shape
