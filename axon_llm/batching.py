@@ -35,6 +35,7 @@ import numpy as np
 import axon
 from axon_kernels.quant import FUSED_MATMUL_MAX_TOKENS
 
+from axon_llm.batch_decode import batch_decode_plan
 from axon_llm.cache import KVCache
 from axon_llm.errors import InputError
 from axon_llm.generation import mask_logits
@@ -77,14 +78,18 @@ class BatchScheduler:
 
     ``max_batch`` rows decode together; ``max_length`` bounds prompt + new tokens of one
     sequence (default: the model's context). ``start()`` runs the thread, ``close()`` stops it.
+    ``fast_decode=False`` steps through the module forward instead of a
+    :class:`~axon_llm.batch_decode.BatchDecodePlan` (the reference; models without a plan always do).
     """
 
     INITIAL_SLOTS = 256
 
-    def __init__(self, model, max_batch: int = 8, max_length: int | None = None):
+    def __init__(self, model, max_batch: int = 8, max_length: int | None = None, fast_decode: bool = True):
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise InputError(f"max_batch must be an integer >= 1, got {max_batch!r}")
         self.model = model
+        # the batched step through raw arrays (axon_llm/batch_decode.py), or None: through the modules
+        self.plan = batch_decode_plan(model) if fast_decode else None
         self.max_batch = max_batch
         ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         self.max_length = int(max_length or ctx or 2048)
@@ -344,9 +349,12 @@ class BatchScheduler:
             self._pack(widest)
         view = self.cache.rows(n)
         ids = np.asarray([[row.last] for row in self.rows], dtype=np.int64)          # [n, 1]
-        logits = self.model(ids, cache=view)                                          # [n, 1, V]
+        if self.plan is not None and self.plan.fits(view):
+            logits = self.plan.step(ids[:, 0], view)                                  # [n, V]
+        else:
+            logits = self.model(ids, cache=view)                                      # [n, 1, V]
+            logits = np.asarray(logits.numpy() if hasattr(logits, "numpy") else logits)[:, -1]   # [n, V]
         self.cache.length = view.length
-        logits = np.asarray(logits.numpy() if hasattr(logits, "numpy") else logits)[:, -1]   # [n, V]
         self.steps += 1
         for i in range(n - 1, -1, -1):
             if self._pick(self.rows[i], logits[i:i + 1]):
