@@ -37,7 +37,6 @@ IQ4_NL's table values, take one int8 per weight: simple and exact, at the cost o
 from __future__ import annotations
 
 import threading
-import types as pytypes
 from dataclasses import dataclass
 
 import numba
@@ -45,7 +44,7 @@ import numpy as np
 from numba import njit, prange
 
 from axon_kernels import workers
-from axon_kernels._jit import CONTRACT, cached_on_disk
+from axon_kernels._jit import CONTRACT, cached_on_disk, own_cache_entry
 from axon_kernels.quant_formats import BLOCK, FORMATS, NIBBLE_TYPES, QUANT_TYPES, check_raw, decode_blocks, dequantize_ref
 
 TILE_ROWS = 64                      # R: rows per tile (4 AVX-512 / 8 AVX2 float lanes per step)
@@ -485,18 +484,6 @@ def _dense_q8(qs, scale, offset, t0, t1, out):
                         o[r] += offset[t, g, r]
 
 
-def _own_cache_entry(fn, suffix: str):
-    """A copy of the Python function ``fn`` named ``<name>_<suffix>``, for a second `njit` variant
-    of it (``parallel=True``) to get its own on-disk cache entry. Numba keys its cache by the
-    function's qualified name and argument types, not by the `njit` options: two variants of one
-    function share one entry, and every later process loads whichever was saved last for both
-    (the "parallel" kernel then ran on one thread, or the serial one woke the thread pool)."""
-    copy = pytypes.FunctionType(fn.__code__, fn.__globals__, f"{fn.__name__}_{suffix}", fn.__defaults__, fn.__closure__)
-    copy.__qualname__ = f"{fn.__qualname__}_{suffix}"
-    copy.__doc__ = fn.__doc__
-    return copy
-
-
 # Each kernel is compiled twice: multi-threaded for big matrices, single-threaded for small ones,
 # where waking the thread pool costs more than it saves (and stalls badly on a busy machine).
 # The matvec and dense (prefill) kernels only serially: above PARALLEL_MIN_BYTES their tile chunks
@@ -504,13 +491,13 @@ def _own_cache_entry(fn, suffix: str):
 # also spares the first run the compilation of a parallel variant (~3x a serial one's time).
 _matvec_q4_serial_nb = njit(cache=True, nogil=True)(_matvec_q4)
 _matvec_q8_serial_nb = njit(cache=True, nogil=True)(_matvec_q8)
-_matmul_q4_nb = njit(cache=True, parallel=True, nogil=True, fastmath=CONTRACT)(_own_cache_entry(_matmul_q4, "parallel"))
+_matmul_q4_nb = njit(cache=True, parallel=True, nogil=True, fastmath=CONTRACT)(own_cache_entry(_matmul_q4, "parallel"))
 _matmul_q4_serial_nb = njit(cache=True, nogil=True, fastmath=CONTRACT)(_matmul_q4)
-_matmul_q8_nb = njit(cache=True, parallel=True, nogil=True, fastmath=CONTRACT)(_own_cache_entry(_matmul_q8, "parallel"))
+_matmul_q8_nb = njit(cache=True, parallel=True, nogil=True, fastmath=CONTRACT)(own_cache_entry(_matmul_q8, "parallel"))
 _matmul_q8_serial_nb = njit(cache=True, nogil=True, fastmath=CONTRACT)(_matmul_q8)
-_unpack_q4_nb = njit(cache=True, parallel=True, nogil=True)(_own_cache_entry(_unpack_q4, "parallel"))
+_unpack_q4_nb = njit(cache=True, parallel=True, nogil=True)(own_cache_entry(_unpack_q4, "parallel"))
 _unpack_q4_serial_nb = njit(cache=True, nogil=True)(_unpack_q4)
-_unpack_q8_nb = njit(cache=True, parallel=True, nogil=True)(_own_cache_entry(_unpack_q8, "parallel"))
+_unpack_q8_nb = njit(cache=True, parallel=True, nogil=True)(own_cache_entry(_unpack_q8, "parallel"))
 _unpack_q8_serial_nb = njit(cache=True, nogil=True)(_unpack_q8)
 _dense_q4_serial_nb = njit(cache=True, nogil=True)(_dense_q4)
 _dense_q8_serial_nb = njit(cache=True, nogil=True)(_dense_q8)

@@ -112,3 +112,23 @@ def test_parallel_and_serial_variants_have_their_own_disk_cache_entries(name):
         for fn, y in zip((parallel, serial), outs):
             fn(*quant._arrays(w), 0, 1, y)
     np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_no_two_jit_variants_of_one_function_share_a_disk_cache_entry():
+    """Every ``*_serial_nb`` beside a ``*_nb`` in the kernels is compiled from a differently named
+    function (`axon_kernels._jit.own_cache_entry`), in quant and in decode."""
+    import importlib
+    import pkgutil
+
+    import axon_kernels
+
+    pairs = 0
+    for info in pkgutil.iter_modules(axon_kernels.__path__):
+        mod = importlib.import_module(f"axon_kernels.{info.name}")
+        for name in dir(mod):
+            if name.endswith("_serial_nb") and hasattr(mod, name[:-len("_serial_nb")] + "_nb"):
+                serial, parallel = getattr(mod, name), getattr(mod, name[:-len("_serial_nb")] + "_nb")
+                qualnames = {getattr(fn, "py_func", fn).__qualname__ for fn in (serial, parallel)}
+                assert len(qualnames) == 2, f"axon_kernels.{info.name}.{name}: {qualnames}"
+                pairs += 1
+    assert pairs >= 5
