@@ -12,11 +12,8 @@ import axon
 from axon_llm.batch_decode import BatchDecodePlan, batch_decode_plan
 from axon_llm.batching import BatchScheduler, SequenceRequest
 from axon_llm.generation_config import GenerationConfig
+from tests.axon_llm.test_batching import _collect
 from tests.axon_llm.test_generation_config import _tiny_llama as tiny_llama
-
-
-def _cache_copy(cache):
-    return copy.deepcopy(cache)
 
 
 def test_batched_plan_step_equals_the_module_forward_on_a_holed_batch_cache():
@@ -34,7 +31,7 @@ def test_batched_plan_step_equals_the_module_forward_on_a_holed_batch_cache():
         rng = np.random.default_rng(0)
         for _ in range(5):
             tokens = rng.integers(1, 40, size=n)
-            a, b = _cache_copy(sched.cache), _cache_copy(sched.cache)
+            a, b = copy.deepcopy(sched.cache), copy.deepcopy(sched.cache)
             va, vb = a.rows(n), b.rows(n)
             fast = sched.plan.step(tokens, va)                                       # [n, V]
             ref = np.asarray(model(tokens[:, None], cache=vb).numpy())[:, -1]       # [n, V]
@@ -58,18 +55,7 @@ def test_scheduler_outputs_are_the_same_with_and_without_the_plan():
         reqs = [sched.submit(SequenceRequest(p, GenerationConfig(max_new_tokens=9, do_sample=False))) for p in prompts]
         sched.start()
         try:
-            got = []
-            for r in reqs:
-                toks = []
-                while True:
-                    ev = r.events.get(timeout=60)
-                    if ev[0] == "token":
-                        toks.append(ev[1])
-                    elif ev[0] == "error":
-                        raise ev[1]
-                    else:
-                        break
-                got.append(toks)
+            got = [_collect(r)[0] for r in reqs]
         finally:
             sched.close()
         outs.append(got)
