@@ -43,8 +43,8 @@ import numpy as np
 import axon.nn.functional as F
 from axon_kernels import workers
 from axon_kernels.decode import rms_norm_rows, rope_attend
-from axon_kernels.swiglu import swiglu_forward
 from axon_kernels.quant import QuantMatrix, quant_matmul, quant_rows
+from axon_kernels.swiglu import swiglu_forward
 
 from axon_llm.cache import KVCache
 from axon_llm.decode import _Norm, _Unfit, _weight
