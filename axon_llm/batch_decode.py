@@ -16,15 +16,7 @@ small-array RoPE, the padding mask rebuilt per call) once per layer and projecti
         x += (silu(h' Wgate.T) * h' Wup.T) Wdown.T          # h' = rms_norm(x)
     logits = rms_norm(x) Wlm.T                              # [n, V]
 
-**Two threads, two halves of the rows.** Each projection of a batched step is small (SmolLM2's
-576x576 Q4_1 at 8 rows: ~75 us on one core), so a parallel region per projection (Numba's
-threads, ~150 per step) spends much of its time waking threads and waiting at the barrier.
-Instead the rows are split between the threads (`workers.run_chunks`, once per step), and each
-thread runs every layer on its rows with single-threaded kernels: the weights are read once per
-thread, the kernels run at half the rows (a little less work-efficient per row) and the threads
-meet once per step. ``split_rows = False`` keeps all rows in one thread with threaded kernels.
-
-Every projection is one matmul over the rows (`axon_kernels.quant.quant_matmul`: the
+Every projection is one matmul over the ``n`` rows (`axon_kernels.quant.quant_matmul`: the
 few-token kernel reads each weight once for all rows). The batch cache's layout is the
 scheduler's: row ``r``'s real tokens are its last ``seen[r]`` filled slots (holes before them),
 so its attention runs over slots ``length - seen[r] .. length`` (the same ``lo`` bound a sliding
@@ -37,11 +29,9 @@ tokens (tests/axon_llm/test_batch_decode.py).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 import axon.nn.functional as F
-from axon_kernels import workers
 from axon_kernels.decode import rms_norm_rows, rope_attend
 from axon_kernels.quant import QuantMatrix, quant_matmul, quant_rows
 from axon_kernels.swiglu import swiglu_forward
@@ -132,13 +122,7 @@ def batch_decode_plan(model) -> "BatchDecodePlan | None":
 
 class BatchDecodePlan:
     """The arrays of a ``llama``-layout decoder, resolved once, that decode one token for each
-    of the first ``n`` rows of a batch :class:`KVCache` per :meth:`step`.
-
-    ``split_rows`` (default True): with several rows and threads, each thread runs its share of
-    the rows through every layer with single-threaded kernels; False: all rows together, each
-    projection's kernel spreading its tiles over the threads (a parallel region per call)."""
-
-    split_rows = True
+    of the first ``n`` rows of a batch :class:`KVCache` per :meth:`step`."""
 
     def __init__(self, model, backbone):
         emb = backbone.embed_tokens
@@ -160,12 +144,7 @@ class BatchDecodePlan:
     def step(self, tokens: np.ndarray, cache: KVCache) -> np.ndarray:
         """Feed ``tokens [n]`` to rows ``0..n-1`` of ``cache`` (a view of ``n`` rows, as
         :meth:`KVCache.rows` makes) after its filled slots; returns the logits ``[n, V]`` and
-        advances the cache as the module forward does.
-
-        With several rows and threads the rows are split between the threads
-        (`axon_kernels.workers.run_chunks`, :func:`_row_parts`), each running every layer on its
-        rows with single-threaded kernels: one hand-off per step instead of a parallel region
-        per projection (see the module doc)."""
+        advances the cache as the module forward does."""
         n, slot = len(tokens), cache.length
         seen = cache.seen[:n]                                                       # [n] real tokens so far
         ids = np.asarray(tokens, np.int64)
@@ -177,45 +156,13 @@ class BatchDecodePlan:
                 cos, sin = ly.rotary.cos_sin(seen[:, None])                          # [n, 1, 1, R]
                 tables[id(ly.rotary)] = (np.ascontiguousarray(cos[:, 0, 0]), np.ascontiguousarray(sin[:, 0, 0]))
         start = slot - seen                                                         # [n] first real slot of each row
-        logits = [None] * n
-        parts = _row_parts(n, workers.threads() if self.split_rows else 1)
-
-        def rows(i: int) -> None:
-            a, b = parts[i]
-            xa = x[a:b]                                                             # [b-a, d] (a view)
-            for ly, lc in zip(self.layers, cache.layers):
-                cos, sin = tables[id(ly.rotary)]
-                lo = start[a:b] if ly.window is None else np.maximum(start[a:b], slot - ly.window + 1)
-                ly(xa, lc.k[a:b], lc.v[a:b], slot, lo, cos[a:b], sin[a:b])
-            rms_norm_rows(xa, self.norm.w, self.norm.eps)
-            logits[i] = self.head(xa)                                               # [b-a, V]
-
-        if len(parts) == 1:
-            rows(0)
-        else:
-            workers.run_chunks(_single_threaded(rows), len(parts))
+        for ly, lc in zip(self.layers, cache.layers):
+            cos, sin = tables[id(ly.rotary)]
+            lo = start if ly.window is None else np.maximum(start, slot - ly.window + 1)
+            ly(x, lc.k, lc.v, slot, lo, cos, sin)
+        rms_norm_rows(x, self.norm.w, self.norm.eps)
+        logits = self.head(x)                                                       # [n, V]
         for lc in cache.layers:
             lc.length = slot + 1
         cache.advance(np.ones((n, 1), np.int64))
-        return logits[0] if len(parts) == 1 else np.concatenate(logits[:len(parts)])   # [n, V]
-
-
-def _row_parts(n: int, threads: int) -> list[tuple[int, int]]:
-    """Rows ``[0, n)`` as one range per thread (at most ``n``), lengths differing by at most one."""
-    parts = max(1, min(n, threads))
-    edges = [n * i // parts for i in range(parts + 1)]
-    return list(zip(edges[:-1], edges[1:]))
-
-
-def _single_threaded(fn):
-    """``fn`` run with this thread's Numba kernels single-threaded (`numba.set_num_threads` is
-    per thread), restored afterwards: two threads each on their own rows, not four."""
-    def run(i: int) -> None:
-        before = numba.get_num_threads()
-        numba.set_num_threads(1)
-        try:
-            fn(i)
-        finally:
-            numba.set_num_threads(before)
-
-    return run
+        return logits

@@ -22,8 +22,7 @@ chunk into pydantic objects) competes with the scheduler thread for this process
 ``--steps`` drives `BatchScheduler` directly on this thread (no HTTP, no clients): the time
 per decode step with 1 row and with the largest client count of rows (the ratio of tokens/s is
 what batching alone gives), through the batched plan (`axon_llm.batch_decode`, what the server
-runs: rows split between the threads), the plan with threaded kernels instead
-(``split_rows = False``) and the module forward (the peers), then a cProfile of the many-row steps.
+runs) and through the module forward (the peer), then a cProfile of the many-row steps.
 """
 
 from __future__ import annotations
@@ -141,8 +140,8 @@ def main(argv=None) -> int:
 
 def steps(model, tok, rows: int, tokens: int) -> int:
     """Decode steps of `BatchScheduler` on this thread: 1 row vs ``rows`` rows, each through the
-    batched plan (`axon_llm.batch_decode`, what the server runs), the plan with threaded kernels
-    and the module forward (its reference), alternated; then a profile of the plan's many-row steps."""
+    batched plan (`axon_llm.batch_decode`, what the server runs) and through the module forward
+    (its reference, the peer), alternated; then a profile of the plan's many-row steps."""
     import cProfile
     import io
     import pstats
@@ -151,10 +150,8 @@ def steps(model, tok, rows: int, tokens: int) -> int:
     from axon_llm.batching import BatchScheduler, SequenceRequest
     from axon_llm.generation_config import GenerationConfig
 
-    def run(n, new_tokens, path="plan"):
-        sched = BatchScheduler(model, max_batch=rows, fast_decode=path != "modules")
-        if sched.plan is not None:
-            sched.plan.split_rows = path == "plan"
+    def run(n, new_tokens, fast=True):
+        sched = BatchScheduler(model, max_batch=rows, fast_decode=fast)
         for i in range(n):
             cfg = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, temperature=0)
             sched.submit(SequenceRequest(tok.encode(PROMPTS[i % len(PROMPTS)]), cfg))
@@ -167,16 +164,14 @@ def steps(model, tok, rows: int, tokens: int) -> int:
                 count += 1
         return (time.perf_counter() - t0) / count
 
-    # plan: the server's step (rows split between the threads); plan-threaded-kernels: the plan
-    # with all rows in one thread and threaded kernels (split_rows=False); modules: the module forward
-    paths = ("plan", "plan-threaded-kernels", "modules")
-    for path in paths:
-        run(rows, 3, path)                                   # warm-up (JIT)
+    paths = {"plan": True, "modules": False}
+    for fast in paths.values():
+        run(rows, 3, fast)                                   # warm-up (JIT)
     per_step = {}
-    for rnd in range(2):                                     # alternate 1 row and many, and the paths
-        for name in paths:
+    for rnd in range(2):                                     # alternate 1 row and many, plan and modules
+        for name, fast in paths.items():
             for n in (1, rows):
-                per_step.setdefault((name, n), []).append(run(n, tokens, name))
+                per_step.setdefault((name, n), []).append(run(n, tokens, fast))
     print(f"load average {os.getloadavg()[0]:.1f}; {tokens} tokens per row, best of 2 (runs in brackets)")
     for name in paths:
         one, many = min(per_step[(name, 1)]), min(per_step[(name, rows)])
@@ -184,8 +179,7 @@ def steps(model, tok, rows: int, tokens: int) -> int:
               f"{rows} rows: {many * 1e3:.1f} ms/step ({rows / many:.1f} tokens/s) "
               f"{[round(t * 1e3, 1) for t in per_step[(name, rows)]]}; {rows} rows / 1 row tokens/s {rows * one / many:.2f}x")
     for n in (1, rows):
-        print(f"{n} row(s): plan {min(per_step[('modules', n)]) / min(per_step[('plan', n)]):.2f}x the module forward's tokens/s, "
-              f"{min(per_step[('plan-threaded-kernels', n)]) / min(per_step[('plan', n)]):.2f}x the threaded kernels'")
+        print(f"{n} row(s): plan {min(per_step[('modules', n)]) / min(per_step[('plan', n)]):.2f}x the module forward's tokens/s")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
     prof = cProfile.Profile()
     prof.enable()
