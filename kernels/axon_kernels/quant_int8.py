@@ -51,6 +51,7 @@ __all__ = ["enabled", "is_enabled", "supported", "quantize_activations", "quanti
 GROUP = 32        # inputs per activation block (= the q4 weight group)
 ROWS = 16         # weight rows per vector (int32 lanes of a zmm register)
 TOKENS = 4        # tokens per register block: each weight vector loaded once, used 4 times
+TINY = np.float32(2.0 ** -100)   # a block with max |x| below this quantises to zeros (d = 0)
 
 _state = threading.local()
 
@@ -95,49 +96,58 @@ def quantize_activations_ref(x: np.ndarray, ntok: int):
     groups = cols // GROUP
     xb = x.reshape(t, groups, GROUP)                                            # [T, G, 32]
     finite = np.isfinite(xb).all(axis=2)                                        # [T, G]
-    amax = np.where(finite, np.abs(np.where(np.isfinite(xb), xb, 0)).max(axis=2), 0).astype(np.float32)
-    d = (amax / np.float32(127.0)).astype(np.float32)
-    inv = np.where(d > 0, np.float32(1.0) / np.where(d > 0, d, np.float32(1.0)), np.float32(0.0)).astype(np.float32)
-    q = np.rint(np.where(np.isfinite(xb), xb, 0) * inv[:, :, None])             # [T, G, 32]
-    q = np.clip(q, -127, 127).astype(np.int8)
-    q[~finite] = 0
+    xz = np.where(finite[:, :, None], xb, np.float32(0.0))
+    amax = np.abs(xz).max(axis=2)
+    d = np.where(amax < TINY, np.float32(0.0), amax / np.float32(127.0)).astype(np.float32)
+    inv = (np.float32(1.0) / np.where(d > 0, d, np.float32(1.0))).astype(np.float32)
+    inv[d == 0] = 0
+    q = np.rint(xz * inv[:, :, None]).astype(np.int32)                         # [T, G, 32], |q| <= 127
     d = np.where(finite, d, np.float32(np.nan)).astype(np.float32)
     a = np.zeros((ntok, cols), np.int8)
     dd = np.zeros((ntok, groups), np.float32)
     sa = np.zeros((ntok, groups), np.float32)
     a[:t] = q.reshape(t, cols)
     dd[:t] = d
-    sa[:t] = q.astype(np.int32).sum(axis=2).astype(np.float32) * d
+    sa[:t] = q.sum(axis=2).astype(np.float32) * d
     return a, dd, sa
+
+
+_ROUND = np.float32(1.5 * 2.0 ** 23)   # (v + _ROUND) - _ROUND is rint(v) for |v| < 2**22 (float32 addition rounds to even)
 
 
 @njit(cache=True, nogil=True)
 def _quantize_nb(x, a, d, sa):
-    """:func:`quantize_activations_ref` into a [ntok, in], d and sa [ntok, G] (zeroed by the caller)."""
+    """:func:`quantize_activations_ref` into a [ntok, in], d and sa [ntok, G] (zeroed by the caller).
+
+    Loops that vectorise: max |x| per block as the integer max of the bits ``x & 0x7fffffff``
+    (for floats of one sign the bit order is the value order; any bits >= 0x7f800000 are an
+    Inf or NaN), and rint as the float32 ``(v + _ROUND) - _ROUND``."""
     t, cols = x.shape
     groups = cols // 32
+    bits = x.view(np.int32)
+    top = np.empty((t, groups), np.int32)                  # bits of max |x| per block
     for i in range(t):
         for g in range(groups):
-            amax = np.float32(0.0)
-            finite = True
-            for k in range(32):
-                v = x[i, g * 32 + k]
-                if not np.isfinite(v):
-                    finite = False
-                elif abs(v) > amax:
-                    amax = abs(v)
-            if not finite:
+            m = np.int32(0)
+            for k in range(g * 32, g * 32 + 32):
+                m = max(m, bits[i, k] & np.int32(0x7FFFFFFF))
+            top[i, g] = m
+    amax = top.view(np.float32)
+    for i in range(t):
+        for g in range(groups):
+            if top[i, g] >= np.int32(0x7F800000):           # an Inf or NaN in the block
                 d[i, g] = np.float32(np.nan)
                 sa[i, g] = np.float32(np.nan)
                 continue
-            dg = amax / np.float32(127.0)
+            dg = amax[i, g] / np.float32(127.0)
+            if amax[i, g] < TINY:                          # 127 / max would overflow: a block of zeros
+                dg = np.float32(0.0)
             inv = np.float32(1.0) / dg if dg > 0 else np.float32(0.0)
             s = 0
-            for k in range(32):
-                q = np.rint(x[i, g * 32 + k] * inv)
-                q = min(max(q, np.float32(-127.0)), np.float32(127.0))
-                a[i, g * 32 + k] = np.int8(q)
-                s += np.int32(q)
+            for k in range(g * 32, g * 32 + 32):
+                q = np.int32((x[i, k] * inv + _ROUND) - _ROUND)
+                a[i, k] = q
+                s += q
             d[i, g] = dg
             sa[i, g] = np.float32(s) * dg
 
@@ -260,14 +270,13 @@ def quant_matmul_int8(w, x: np.ndarray) -> np.ndarray:
     return y[:t, :w.out_features]
 
 
-def error_bound(w, x: np.ndarray) -> np.ndarray:
+def error_bound(dense: np.ndarray, x: np.ndarray) -> np.ndarray:
     """Bound on ``|quant_matmul_int8_ref(w, x) - quant_matmul_ref(w, x)|`` per output [T, out] from
-    rounding x to int8 (``|x - d a| <= d/2``): ``sum_g d[t,g]/2 * sum_{k in g} |w[r,k]|``; the float
-    rounding of either side is the caller's to add."""
-    from axon_kernels.quant import unpack_ref
-
+    rounding x to int8 (``|x - d a| <= d/2``): ``sum_g d[t,g]/2 * sum_{k in g} |W[r,k]|``, with
+    ``dense`` = W dequantised [out, in] (`axon_kernels.quant.unpack_ref`). The float rounding of
+    either side, and blocks below TINY (rounded to zero), are the caller's to add."""
     t, cols = x.shape
     groups = cols // GROUP
     _, d, _ = quantize_activations_ref(x, t)
-    wabs = np.abs(unpack_ref(w).astype(np.float64)).reshape(w.out_features, groups, GROUP).sum(axis=2)  # [out, G]
+    wabs = np.abs(dense.astype(np.float64)).reshape(dense.shape[0], groups, GROUP).sum(axis=2)  # [out, G]
     return 0.5 * d.astype(np.float64) @ wabs.T                                 # [T, G] @ [G, out]
