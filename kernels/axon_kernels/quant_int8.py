@@ -204,12 +204,12 @@ def _gather_rows(qs, rt, buf):
 @njit(cache=True, nogil=True)
 def _matmul_q4_vnni(qs, scale, offset, a, d, sa, rt0, rt1, y):
     """y[t, 16 rt .. +16] for row groups rt in [rt0, rt1) and every token (a, d, sa from
-    :func:`quantize_activations` with a token count divisible by 4; y float32 [ntok, tiles*64]).
-    Flat views: scale / offset [tiles*G*64] (16 rows of group g of row group rt start at
-    ``(tile*G + g)*64 + sub``), a [ntok*in] int8, y [ntok*out_pad]."""
-    tiles, groups = qs.shape[0], qs.shape[1]
+    :func:`quantize_activations` with a token count divisible by 4; y float32 [ntok, out16] with
+    out16 >= 16 rt1). Flat views: scale / offset [tiles*G*64] (16 rows of group g of row group rt
+    start at ``(tile*G + g)*64 + sub``), a [ntok*in] int8, y [ntok*out16]."""
+    groups = qs.shape[1]
     ntok, cols = a.shape
-    out_pad = tiles * 64
+    out_pad = y.shape[1]
     af = a.reshape(-1)
     sf = scale.reshape(-1)
     of = offset.reshape(-1)
@@ -257,9 +257,8 @@ def quant_matmul_int8(w, x: np.ndarray) -> np.ndarray:
     t = x.shape[0]
     ntok = -(-t // TOKENS) * TOKENS
     a, d, sa = quantize_activations(x, ntok)                                    # [ntok, in] int8, [ntok, G] x2
-    tiles = w.qs.shape[0]
-    y = np.empty((ntok, tiles * 64), np.float32)
-    groups16 = tiles * 4
+    groups16 = -(-w.out_features // ROWS)                                        # row groups of 16
+    y = np.empty((ntok, groups16 * ROWS), np.float32)                           # [ntok, out16]
     parts = min(groups16, 4 * workers.threads())
     edges = [groups16 * i // parts for i in range(parts + 1)]
 
@@ -267,7 +266,9 @@ def quant_matmul_int8(w, x: np.ndarray) -> np.ndarray:
         _matmul_q4_vnni(w.qs, w.scale, w.offset, a, d, sa, edges[i], edges[i + 1], y)
 
     workers.run_chunks(chunk, parts)
-    return y[:t, :w.out_features]
+    if ntok == t and y.shape[1] == w.out_features:
+        return y
+    return np.ascontiguousarray(y[:t, :w.out_features])
 
 
 def error_bound(dense: np.ndarray, x: np.ndarray) -> np.ndarray:

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from axon_kernels import quant_int8
+from axon_kernels.quant import FUSED_MATMUL_MAX_TOKENS
 from axon_llm.errors import ModelFormatError, UnsupportedError
 from axon_llm.loaders.gguf import GGUFFile, GGUFQuantTensor, hf_name, load_gguf, unpermute_qk_rows
 
@@ -339,11 +341,25 @@ def test_smollm2_last_logits_match_transformers(smol_model):
     exp = _smol_expected()
     ref = np.load(Path(__file__).parent.parent / "fixtures" / "smollm2" / exp["last_logits"]["file"])
     ids = np.array([exp["chats"][exp["last_logits"]["chat_index"]]["ids"]])
-    with axon.no_grad():
+    with axon.no_grad(), quant_int8.enabled(False):  # the float path: what transformers computes
         logits = smol_model(ids).numpy()[0, -1]
     assert logits.shape == ref.shape
     # transformers runs the same weights dequantised to fp32; only summation order differs
     np.testing.assert_allclose(logits, ref, atol=2e-3 * np.abs(ref).max())
+    assert np.argmax(logits) == np.argmax(ref)
+
+
+def test_smollm2_int8_prefill_keeps_the_answer(smol_model):
+    """The prompt above through the int8 prefill (activations rounded to 8 bits per block, where
+    the CPU has VNNI; each product is within `quant_int8.error_bound` of the float one, tested in
+    tests/kernels/test_quant.py): the same next token as transformers."""
+    import axon
+    exp = _smol_expected()
+    ref = np.load(Path(__file__).parent.parent / "fixtures" / "smollm2" / exp["last_logits"]["file"])
+    ids = np.array([exp["chats"][exp["last_logits"]["chat_index"]]["ids"]])
+    assert ids.shape[1] > FUSED_MATMUL_MAX_TOKENS            # long enough to take the prefill path
+    with axon.no_grad(), quant_int8.enabled(True):
+        logits = smol_model(ids).numpy()[0, -1]
     assert np.argmax(logits) == np.argmax(ref)
 
 
