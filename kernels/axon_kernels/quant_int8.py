@@ -108,7 +108,8 @@ def quantize_activations_ref(x: np.ndarray, ntok: int):
     sa = np.zeros((ntok, groups), np.float32)
     a[:t] = q.reshape(t, cols)
     dd[:t] = d
-    sa[:t] = q.sum(axis=2).astype(np.float32) * d
+    with np.errstate(over="ignore"):                                            # d near float32's max: Inf, as the kernel
+        sa[:t] = q.sum(axis=2).astype(np.float32) * d
     return a, dd, sa
 
 
@@ -252,6 +253,8 @@ def quant_matmul_int8(w, x: np.ndarray) -> np.ndarray:
     """Numba + VNNI :func:`quant_matmul_int8_ref` (equal bit for bit), row groups spread over the
     threads of `axon_kernels.workers.run_chunks`. ``w`` must satisfy :func:`supported` (else, or
     under ``NUMBA_DISABLE_JIT=1``, the reference runs)."""
+    if w.kind != "q4" or w.group != GROUP or w.offset is None:
+        raise ValueError(f"quant_matmul_int8: 4-bit weights in groups of 32 only (q4 kind), got {w.qtype}")
     if numba.config.DISABLE_JIT or not supported(w):
         return quant_matmul_int8_ref(w, x)
     t = x.shape[0]

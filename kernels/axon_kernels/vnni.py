@@ -125,28 +125,38 @@ def f32x16_zero(typingctx):
     return f32x16(), codegen
 
 
+def _splat(builder, s):
+    """A float32 scalar in all 16 lanes."""
+    v = builder.insert_element(ir.Constant(_V_F32, None), s, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(v, ir.Constant(_V_F32, None), ir.Constant(_V_I32, [0] * 16))
+
+
+def _fma(builder, a, b, c):
+    """``a * b + c`` in one rounding (``vfmadd``)."""
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V_F32, [_V_F32] * 3), "llvm.fma.v16f32")
+    return builder.call(fn, [a, b, c])
+
+
 @intrinsic
 def madd_int(typingctx, acc, isum, scales, index, s):
     """``acc + float(isum) * (scales[index:index + 16] * s)``: an int32 block sum converted
-    (``vcvtdq2ps``) and scaled per lane by a float32 array's 16 values times the scalar ``s``."""
+    (``vcvtdq2ps``), scaled per lane by a float32 array's 16 values times the scalar ``s``
+    (``vmulps``) and added (``vfmadd``: one rounding for the last multiply-add)."""
     def codegen(context, builder, sig, args):
         acc_, isum_, scales_, index_, s_ = args
         vs = builder.load(_pointer(context, builder, sig.args[2], scales_, index_, _V_F32), align=4)
-        splat = builder.shuffle_vector(builder.insert_element(ir.Constant(_V_F32, None), s_, ir.Constant(_I32, 0)),
-                                       ir.Constant(_V_F32, None), ir.Constant(_V_I32, [0] * 16))
-        return builder.fadd(acc_, builder.fmul(builder.sitofp(isum_, _V_F32), builder.fmul(vs, splat)))
+        return _fma(builder, builder.sitofp(isum_, _V_F32), builder.fmul(vs, _splat(builder, s_)), acc_)
     return f32x16(f32x16, i32x16, scales, index, types.float32), codegen
 
 
 @intrinsic
 def madd(typingctx, acc, values, index, s):
-    """``acc + values[index:index + 16] * s`` (a float32 array's 16 values times the scalar ``s``)."""
+    """``acc + values[index:index + 16] * s`` (a float32 array's 16 values times the scalar ``s``;
+    ``vfmadd`` with a broadcast, one rounding)."""
     def codegen(context, builder, sig, args):
         acc_, values_, index_, s_ = args
         vs = builder.load(_pointer(context, builder, sig.args[1], values_, index_, _V_F32), align=4)
-        splat = builder.shuffle_vector(builder.insert_element(ir.Constant(_V_F32, None), s_, ir.Constant(_I32, 0)),
-                                       ir.Constant(_V_F32, None), ir.Constant(_V_I32, [0] * 16))
-        return builder.fadd(acc_, builder.fmul(vs, splat))
+        return _fma(builder, vs, _splat(builder, s_), acc_)
     return f32x16(f32x16, values, index, types.float32), codegen
 
 
