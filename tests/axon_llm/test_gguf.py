@@ -349,18 +349,24 @@ def test_smollm2_last_logits_match_transformers(smol_model):
     assert np.argmax(logits) == np.argmax(ref)
 
 
-def test_smollm2_int8_prefill_keeps_the_answer(smol_model):
-    """The prompt above through the int8 prefill (activations rounded to 8 bits per block, where
-    the CPU has VNNI; each product is within `quant_int8.error_bound` of the float one, tested in
-    tests/kernels/test_quant.py): the same next token as transformers."""
+@pytest.mark.realmodel
+def test_smollm2_int8_prefill_stays_near_the_float_logits(smol_model, monkeypatch):
+    """The prompt above with every projection on the int8 path (activations rounded to 8 bits per
+    block where the CPU has VNNI; each product is within `quant_int8.error_bound` of the float one,
+    tests/kernels/test_quant_int8.py). Those roundings compound over 30 layers into noise of ~1.5
+    logits (of ~25) here, which is why prompts below quant_int8.MIN_TOKENS keep the float path:
+    this prompt's first token leads by 0.08 only. Checked: the noise stays below 10% of the logit
+    range, and transformers' top token stays among the int8 top five."""
     import axon
     exp = _smol_expected()
     ref = np.load(Path(__file__).parent.parent / "fixtures" / "smollm2" / exp["last_logits"]["file"])
     ids = np.array([exp["chats"][exp["last_logits"]["chat_index"]]["ids"]])
-    assert ids.shape[1] > FUSED_MATMUL_MAX_TOKENS            # long enough to take the prefill path
-    with axon.no_grad(), quant_int8.enabled(True):
+    assert FUSED_MATMUL_MAX_TOKENS < ids.shape[1] < quant_int8.MIN_TOKENS
+    monkeypatch.setattr(quant_int8, "MIN_TOKENS", FUSED_MATMUL_MAX_TOKENS + 1)
+    with axon.no_grad():
         logits = smol_model(ids).numpy()[0, -1]
-    assert np.argmax(logits) == np.argmax(ref)
+    assert np.abs(logits - ref).max() <= 0.1 * np.abs(ref).max()
+    assert np.argmax(ref) in np.argsort(-logits)[:5]
 
 
 @pytest.mark.slow
