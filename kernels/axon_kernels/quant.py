@@ -43,7 +43,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from axon_kernels import quant_int8, workers
+from axon_kernels import workers
 from axon_kernels._jit import CONTRACT, cached_on_disk
 from axon_kernels.quant_formats import BLOCK, FORMATS, NIBBLE_TYPES, QUANT_TYPES, check_raw, decode_blocks, dequantize_ref
 
@@ -699,12 +699,8 @@ def quant_matmul(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
     (a batched decode step, a short prompt) a fused kernel decodes each group of weights once
     and applies it to all tokens (:func:`_matmul_q4`, :func:`_matmul_q8`); longer inputs (prefill)
     dequantise W.T into a reused buffer and call single-threaded BLAS sgemm on blocks of tokens
-    spread over the threads (:func:`_dense_matmul`), except 4-bit weights on a CPU with
-    AVX512-VNNI from ``quant_int8.MIN_TOKENS`` tokens: there the activations are quantised to int8
-    per block and multiplied with integer dot products, ~2.5x faster, to within
-    `axon_kernels.quant_int8.error_bound` of the float path (:func:`axon_kernels.quant_int8.use_for`;
-    ``quant_int8.enabled(False)`` or ``AXON_INT8_PREFILL=0`` keeps the float path). Under
-    ``NUMBA_DISABLE_JIT=1`` the float reference runs.
+    spread over the threads, which is compute-bound there and faster than any loop written here
+    (:func:`_dense_matmul`).
     """
     if not _jit_enabled():
         return quant_matmul_ref(w, x)
@@ -713,8 +709,6 @@ def quant_matmul(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
     if ntok <= MATVEC_LOOP_MAX_TOKENS:   # one token: the matvec kernel is fastest
         return np.stack([quant_matvec(w, row) for row in x])                   # [T, out]
     if ntok > FUSED_MATMUL_MAX_TOKENS:
-        if quant_int8.use_for(w, ntok):                        # long prompts: int8 activations x 4-bit weights (VNNI)
-            return quant_int8.quant_matmul_int8(w, x)
         return _dense_matmul(w, x)
     y = np.empty((ntok, w.qs.shape[0] * TILE_ROWS), np.float32)
     work = w.nbytes * ntok

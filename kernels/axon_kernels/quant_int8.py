@@ -25,11 +25,13 @@ nibbles so that each 32-bit lane holds 4 consecutive inputs of one row (``_gathe
 bytes per group, L1-resident), then for 4 tokens at a time and each group: 4 loads of 64 bytes,
 each split into low and high nibbles (inputs ``32g + 4i .. +3`` and ``32g + 16 + 4i .. +3``),
 each multiplied with 4 broadcast activation bytes of each token (``dpbusd``). Written with the
-vector types of `axon_kernels.vnni`. The reference is :func:`quant_matmul_int8_ref` (NumPy, the
-same integer sums and the same float32 operations in the same order: equal bit for bit).
+vector types of `axon_kernels.vnni`. The reference is :func:`quant_matmul_int8_ref` (NumPy: the
+same integer sums and float32 operations in the same order; the kernel fuses its multiply-adds,
+so the two agree to float rounding).
 
-`axon_kernels.quant.quant_matmul` takes this path for at least MIN_TOKENS tokens (`use_for` says
-why not fewer). `enabled` switches it off (``with enabled(False):``, or ``AXON_INT8_PREFILL=0``):
+`axon_llm.quantized.QuantizedLinear` takes this path for sequences of at least MIN_TOKENS tokens
+(`use_for` says why not fewer); `axon_kernels.quant.quant_matmul` stays the float path.
+`enabled` switches it off (``with enabled(False):``, or ``AXON_INT8_PREFILL=0``):
 tests that compare a long prompt's logits with transformers' within float tolerances select the
 float path.
 """
@@ -83,8 +85,9 @@ _HOST_VNNI = vnni.available()
 
 
 def use_for(w, ntok: int) -> bool:
-    """Whether `axon_kernels.quant.quant_matmul` takes the int8 path for ``ntok`` tokens of ``w``:
-    switched on (:func:`is_enabled`), :func:`supported`, and at least MIN_TOKENS tokens.
+    """Whether a layer takes the int8 path (`axon_llm.quantized.QuantizedLinear`) for sequences of
+    ``ntok`` tokens through ``w``: switched on (:func:`is_enabled`), :func:`supported`, and at least
+    MIN_TOKENS tokens per sequence (not rows: a decode step of many sequences has one token each).
 
     Why a minimum. Rounding activations to 8 bits moves SmolLM2's logits by up to ~1.5 (of ~25;
     each product stays within :func:`error_bound`), and the roundings of one layer feed the next,
@@ -194,13 +197,13 @@ def quant_matmul_int8_ref(w, x: np.ndarray) -> np.ndarray:
     tiles, groups = w.qs.shape[0], w.qs.shape[1]
     a, d, sa = quantize_activations_ref(x, t)
     q = np.concatenate([w.qs & 0x0F, w.qs >> 4], axis=2)                       # [tiles, G, 32, R] uint8 0..15
-    q = q.transpose(1, 2, 0, 3).reshape(groups, GROUP, -1).astype(np.int32)   # [G, 32, out_pad]
+    q = q.transpose(1, 2, 0, 3).reshape(groups, GROUP, -1).astype(np.float64)  # [G, 32, out_pad]
     scale = w.scale.transpose(1, 0, 2).reshape(groups, -1)                     # [G, out_pad]
     offset = w.offset.transpose(1, 0, 2).reshape(groups, -1)
-    ab = a.reshape(t, groups, GROUP).astype(np.int32)                          # [T, G, 32]
+    ab = a.reshape(t, groups, GROUP).astype(np.float64)                        # [T, G, 32]
     y = np.zeros((t, tiles * w.qs.shape[3]), np.float32)
     for g in range(groups):
-        isum = ab[:, g] @ q[g]                                                 # [T, 32] @ [32, out_pad] exact int
+        isum = ab[:, g] @ q[g]          # [T, 32] @ [32, out_pad]: integers below 2**16, exact in float64
         y = y + isum.astype(np.float32) * (scale[g][None, :] * d[:, g][:, None])
         y = y + offset[g][None, :] * sa[:, g][:, None]
     return np.ascontiguousarray(y[:, :w.out_features])
@@ -268,7 +271,7 @@ def _matmul_q4_vnni(qs, scale, offset, a, d, sa, rt0, rt1, y):
 
 
 def quant_matmul_int8(w, x: np.ndarray) -> np.ndarray:
-    """Numba + VNNI :func:`quant_matmul_int8_ref` (equal bit for bit), row groups spread over the
+    """Numba + VNNI :func:`quant_matmul_int8_ref` (equal to float rounding), row groups spread over the
     threads of `axon_kernels.workers.run_chunks`. ``w`` must satisfy :func:`supported` (else, or
     under ``NUMBA_DISABLE_JIT=1``, the reference runs)."""
     if w.kind != "q4" or w.group != GROUP or w.offset is None:

@@ -386,6 +386,38 @@ def test_smollm2_greedy_is_token_identical(smol_model, case):
 # QuantizedLinear / QuantizedEmbedding
 # ---------------------------------------------------------------------------------------------
 
+def test_quantized_linear_takes_int8_from_min_tokens_per_sequence_unless_switched_off(monkeypatch):
+    from axon_kernels.quant import pack, quant_matmul
+    from axon_kernels.quant_encode import quantize
+    from axon_llm.quantized import QuantizedLinear
+
+    dense = (0.05 * np.random.default_rng(4).standard_normal((96, 256))).astype(np.float32)
+    w = pack("Q4_1", quantize("Q4_1", dense), (96, 256))
+    layer = QuantizedLinear(w)
+    n = quant_int8.MIN_TOKENS
+    x = np.random.default_rng(4).standard_normal((2, n, 256)).astype(np.float32)   # [B, T, in]
+    x2 = x.reshape(-1, 256)
+    assert n > FUSED_MATMUL_MAX_TOKENS
+    y_float = quant_matmul(w, x2).reshape(2, n, 96)
+    on = quant_int8.supported(w)                  # a CPU with AVX512-VNNI (with or without the JIT)
+    want = quant_int8.quant_matmul_int8(w, x2).reshape(2, n, 96) if on else y_float
+    np.testing.assert_array_equal(layer(x).numpy(), want)
+    if on:
+        assert not np.array_equal(want, y_float)
+    # one token short per sequence: the float path, however many rows the batch has
+    np.testing.assert_array_equal(layer(x[:, 1:]).numpy(), quant_matmul(w, x[:, 1:].reshape(-1, 256)).reshape(2, n - 1, 96))
+    step = x.reshape(-1, 1, 256)                  # a decode step of 2n sequences, one token each
+    np.testing.assert_array_equal(layer(step).numpy(), quant_matmul(w, x2).reshape(-1, 1, 96))
+    with quant_int8.enabled(False):
+        assert not quant_int8.is_enabled()
+        np.testing.assert_array_equal(layer(x).numpy(), y_float)
+    monkeypatch.setenv("AXON_INT8_PREFILL", "0")
+    assert not quant_int8.is_enabled()
+    np.testing.assert_array_equal(layer(x).numpy(), y_float)
+    with quant_int8.enabled(True):                # the context manager wins over the variable
+        assert quant_int8.is_enabled()
+
+
 def _random_blocks(qtype: str, rows: int, cols: int, seed: int = 0) -> np.ndarray:
     from axon_kernels.quant import BLOCK
     rng = np.random.default_rng(seed)

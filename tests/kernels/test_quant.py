@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from axon_kernels import quant, quant_int8
+from axon_kernels import quant
 from axon_kernels.quant import (
     BLOCK, QUANT_TYPES, TILE_ROWS, dequantize, dequantize_ref, pack, quant_matmul, quant_matmul_ref,
     quant_matvec, quant_matvec_ref, quant_rows, quant_rows_ref, unpack, unpack_ref,
@@ -143,8 +143,7 @@ def test_fused_kernels_equal_references(qtype, shape, ntok, seed):
     assert y.shape == (rows,) and y.dtype == np.float32
     assert np.all(np.abs(y - y_ref) <= _tol(dense, np.abs(x[0]).astype(np.float64)))
 
-    with quant_int8.enabled(False):                  # the float path (int8: tests/kernels/test_quant_int8.py)
-        ym, ym_ref = quant_matmul(w, x), quant_matmul_ref(w, x)
+    ym, ym_ref = quant_matmul(w, x), quant_matmul_ref(w, x)
     assert ym.shape == (ntok, rows) and ym.dtype == np.float32
     bound = np.stack([_tol(dense, np.abs(xi).astype(np.float64)) for xi in x])
     assert np.all(np.abs(ym - ym_ref) <= bound)
@@ -198,13 +197,11 @@ def test_prefill_matmul_over_several_chunks_equals_reference(qtype, monkeypatch)
     for whole in (0, quant._DENSE_WHOLE_FLOATS):         # column chunks, then whole W.T by token blocks
         monkeypatch.setattr(quant, "_DENSE_WHOLE_FLOATS", whole)
         for _ in range(2):                               # the second call reuses the scratch buffers
-            with quant_int8.enabled(False):              # the float path (Q4_K would take the int8 one)
-                y = quant_matmul(w, x)
+            y = quant_matmul(w, x)
             assert y.shape == (x.shape[0], rows) and y.dtype == np.float32 and y.flags.c_contiguous
             assert np.all(np.abs(y - quant_matmul_ref(w, x)) <= bound)
     small = pack(qtype, random_raw(qtype, 5, cols, 6), (5, cols))      # one chunk, smaller than the buffer
-    with quant_int8.enabled(False):
-        np.testing.assert_allclose(quant_matmul(small, x), x @ unpack_ref(small).T, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(quant_matmul(small, x), x @ unpack_ref(small).T, rtol=1e-4, atol=1e-4)
 
 
 def test_bad_inputs_raise_clear_errors():

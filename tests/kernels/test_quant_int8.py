@@ -5,8 +5,8 @@
 - the kernel equals its reference to float rounding: integer block sums are exact, and the only
   difference is the kernel's fused multiply-adds, bounded by (2G + 4) ulps of the sum of |terms|;
 - the reference is within `error_bound` (rounding x to int8: d/2 per input) of the float path;
-- `quant_matmul` takes it for q4 weights from MIN_TOKENS tokens on a VNNI CPU unless switched
-  off (``enabled(False)``, ``AXON_INT8_PREFILL=0``).
+- `QuantizedLinear` takes it for q4 weights from MIN_TOKENS tokens per sequence on a VNNI CPU
+  unless switched off: tests/axon_llm/test_gguf.py.
 Under NUMBA_DISABLE_JIT=1 (or without VNNI) `quant_matmul_int8` is its reference: the same checks hold.
 """
 
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from axon_kernels import quant_int8
-from axon_kernels.quant import FUSED_MATMUL_MAX_TOKENS, pack, quant_matmul, quant_matmul_ref, unpack_ref
+from axon_kernels.quant import pack, quant_matmul_ref, unpack_ref
 from axon_kernels.quant_encode import quantize
 
 EPS = float(np.finfo(np.float32).eps)
@@ -96,29 +96,6 @@ def test_non_finite_activations_give_nan_outputs_as_the_float_path():
         assert np.isnan(y[5]).all() and np.isnan(y[9]).all()
         rest = np.delete(y, [5, 9], axis=0)
         assert np.isfinite(rest).all()
-
-
-def test_quant_matmul_dispatches_to_int8_from_min_tokens_unless_switched_off(monkeypatch):
-    w = _weights("Q4_1", 96, 256, seed=4)
-    x = np.random.default_rng(4).standard_normal((quant_int8.MIN_TOKENS, 256)).astype(np.float32)
-    assert quant_int8.MIN_TOKENS > FUSED_MATMUL_MAX_TOKENS
-    with quant_int8.enabled(False):
-        y_float = quant_matmul(w, x)
-        y_short = quant_matmul(w, x[:-1])
-        assert not quant_int8.is_enabled()
-    fast = not numba.config.DISABLE_JIT and quant_int8.supported(w)
-    y = quant_matmul(w, x)
-    if fast:
-        np.testing.assert_array_equal(y, quant_int8.quant_matmul_int8(w, x))
-        assert not np.array_equal(y, y_float)
-    else:                                   # no VNNI, or the JIT off: quant_matmul is the float path
-        np.testing.assert_array_equal(y, y_float)
-    np.testing.assert_array_equal(quant_matmul(w, x[:-1]), y_short)    # below MIN_TOKENS: the float path
-    monkeypatch.setenv("AXON_INT8_PREFILL", "0")
-    assert not quant_int8.is_enabled()
-    np.testing.assert_array_equal(quant_matmul(w, x), y_float)
-    with quant_int8.enabled(True):          # the context manager wins over the variable
-        assert quant_int8.is_enabled()
 
 
 def test_int8_matmul_refuses_other_kinds():
