@@ -186,6 +186,28 @@ def quantize_activations(x: np.ndarray, ntok: int):
     return a, d, sa
 
 
+_scratch = threading.local()
+
+
+def _quantize_scratch(x: np.ndarray, ntok: int):
+    """:func:`quantize_activations` into buffers this thread reuses across calls (fresh ones cost
+    page faults: more than the quantisation itself at 500 x 576). Valid until the next call."""
+    t, cols = x.shape
+    groups = cols // GROUP
+    buf = getattr(_scratch, "buf", None)
+    if buf is None or buf[0].size < ntok * cols or buf[1].size < ntok * groups:
+        buf = (np.empty(ntok * cols, np.int8), np.empty(ntok * groups, np.float32), np.empty(ntok * groups, np.float32))
+        _scratch.buf = buf
+    a = buf[0][:ntok * cols].reshape(ntok, cols)
+    d = buf[1][:ntok * groups].reshape(ntok, groups)
+    sa = buf[2][:ntok * groups].reshape(ntok, groups)
+    a[t:] = 0                                                 # padding tokens
+    d[t:] = 0
+    sa[t:] = 0
+    _quantize_nb(x, a[:t], d[:t], sa[:t])
+    return a, d, sa
+
+
 # ------------------------------------------------------------------------------------------------
 # The product
 # ------------------------------------------------------------------------------------------------
@@ -280,7 +302,7 @@ def quant_matmul_int8(w, x: np.ndarray) -> np.ndarray:
         return quant_matmul_int8_ref(w, x)
     t = x.shape[0]
     ntok = -(-t // TOKENS) * TOKENS
-    a, d, sa = quantize_activations(x, ntok)                                    # [ntok, in] int8, [ntok, G] x2
+    a, d, sa = _quantize_scratch(x, ntok)                                       # [ntok, in] int8, [ntok, G] x2
     groups16 = -(-w.out_features // ROWS)                                        # row groups of 16
     y = np.empty((ntok, groups16 * ROWS), np.float32)                           # [ntok, out16]
     parts = min(groups16, 4 * workers.threads())
