@@ -13,7 +13,8 @@ dequantised chunks for long prompts) -- see :func:`kernels.quant.quant_matmul` -
 prompts of at least ``quant_int8.MIN_TOKENS`` tokens per sequence on 4-bit weights and a CPU with
 AVX512-VNNI, which quantise the activations to int8 per block and use integer dot products
 (`axon_kernels.quant_int8.use_for`; the choice goes by tokens per sequence, not rows, so a
-sequence gets the same path alone or in a batch).
+sequence gets the same path alone or in a batch). Training through the layer (a gradient
+recorded) stays on the float path, whose gradient ``dx = dy @ W`` is exact.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ class _QuantLinearFn(Function):
         x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)   # [..., in] -> [N, in]
         if x2.shape[0] == 1:
             y = quant_matvec(w, x2[0])[None]                                        # [1, out]
-        elif quant_int8.use_for(w, x.shape[-2]):     # a long prompt (x.shape[-2] tokens per sequence)
+        elif ctx is None and quant_int8.use_for(w, x.shape[-2]):   # inference on a long prompt (per sequence)
             y = quant_int8.quant_matmul_int8(w, x2)                                 # [N, out]
         else:
             y = quant_matmul(w, x2)                                                 # [N, out]

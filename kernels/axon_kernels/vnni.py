@@ -13,7 +13,9 @@ intrinsics C code and LLVM keeps the vectors in registers (they are plain SSA va
     f32x16  16 float32 lanes    (one output per weight row)
 
 Only call these from code that runs when :func:`available` is True (the host has AVX512-VNNI);
-the kernels that use them keep a NumPy reference for every other machine.
+the kernels that use them keep a NumPy reference for every other machine. Numba's disk cache
+keys a kernel on its own file only: after editing an intrinsic here, touch the files of the
+kernels that use it (`axon_kernels.quant_int8`) or they keep running the old code.
 """
 
 from __future__ import annotations

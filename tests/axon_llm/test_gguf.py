@@ -416,6 +416,13 @@ def test_quantized_linear_takes_int8_from_min_tokens_per_sequence_unless_switche
     np.testing.assert_array_equal(layer(x).numpy(), y_float)
     with quant_int8.enabled(True):                # the context manager wins over the variable
         assert quant_int8.is_enabled()
+    monkeypatch.delenv("AXON_INT8_PREFILL")
+    import axon
+    xt = axon.tensor(x, requires_grad=True)       # training through the layer: the float path
+    y = layer(xt)
+    np.testing.assert_array_equal(y.numpy(), y_float)
+    y.sum().backward()
+    assert xt.grad is not None and xt.grad.shape == x.shape
 
 
 def _random_blocks(qtype: str, rows: int, cols: int, seed: int = 0) -> np.ndarray:
