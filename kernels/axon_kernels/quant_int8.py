@@ -147,22 +147,21 @@ def _quantize_nb(x, a, d, sa):
     t, cols = x.shape
     groups = cols // 32
     bits = x.view(np.int32)
-    top = np.empty((t, groups), np.int32)                  # bits of max |x| per block
-    for i in range(t):
+    top = np.empty(groups, np.int32)                       # bits of max |x| per block of one token
+    amax = top.view(np.float32)
+    for i in range(t):                                     # both passes over one token's row (in L1)
         for g in range(groups):
             m = np.int32(0)
             for k in range(g * 32, g * 32 + 32):
                 m = max(m, bits[i, k] & np.int32(0x7FFFFFFF))
-            top[i, g] = m
-    amax = top.view(np.float32)
-    for i in range(t):
+            top[g] = m
         for g in range(groups):
-            if top[i, g] >= np.int32(0x7F800000):           # an Inf or NaN in the block
+            if top[g] >= np.int32(0x7F800000):              # an Inf or NaN in the block
                 d[i, g] = np.float32(np.nan)
                 sa[i, g] = np.float32(np.nan)
                 continue
-            dg = amax[i, g] / np.float32(127.0)
-            if amax[i, g] < TINY:                          # 127 / max would overflow: a block of zeros
+            dg = amax[g] / np.float32(127.0)
+            if amax[g] < TINY:                             # 127 / max would overflow: a block of zeros
                 dg = np.float32(0.0)
             inv = np.float32(1.0) / dg if dg > 0 else np.float32(0.0)
             s = 0
