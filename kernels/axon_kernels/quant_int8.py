@@ -47,7 +47,8 @@ import numpy as np
 from numba import njit
 
 from axon_kernels import vnni, workers
-from axon_kernels.vnni import dpbusd, f32x16_zero, high_nibbles, i32x16_zero, load_u8x64, low_nibbles, madd, madd_int, store_f32x16
+from axon_kernels.vnni import (dpbusd, f32x16_zero, high_nibbles, i32x16_zero, load_interleaved4, load_u8x64, low_nibbles, madd,
+                               madd_int, store_f32x16, store_u8x64)
 
 __all__ = ["MIN_TOKENS", "enabled", "is_enabled", "supported", "use_for", "quantize_activations", "quantize_activations_ref",
            "quant_matmul_int8", "quant_matmul_int8_ref", "error_bound"]
@@ -234,14 +235,23 @@ def quant_matmul_int8_ref(w, x: np.ndarray) -> np.ndarray:
 def _gather_rows(qs, rt, buf):
     """Rows ``16 rt .. 16 rt + 15`` of the packed q4 bytes ``qs [tiles, G, 16, 64]`` into ``buf``
     flat ``[G, 4, 16, 4]``: element ``[g, i, r, c]`` is byte ``4i + c`` of group g of row r (low nibble
-    input ``32g + 4i + c``, high nibble ``32g + 16 + 4i + c``), so a 32-bit lane holds 4 inputs of one row."""
+    input ``32g + 4i + c``, high nibble ``32g + 16 + 4i + c``), so a 32-bit lane holds 4 inputs of one row.
+    (:func:`_gather_rows_ref` is the same in plain loops.)"""
     groups = qs.shape[1]
     tile, sub = rt // 4, (rt % 4) * 16
+    qf = qs.reshape(-1)
     for g in range(groups):
         for i in range(4):
-            for r in range(16):
-                for c in range(4):
-                    buf[((g * 4 + i) * 16 + r) * 4 + c] = qs[tile, g, 4 * i + c, sub + r]
+            src = ((tile * groups + g) * 16 + 4 * i) * 64 + sub         # qs[tile, g, 4i, sub]
+            store_u8x64(buf, (g * 4 + i) * 64, load_interleaved4(qf, src, 64))
+
+
+def _gather_rows_ref(qs, rt, buf):
+    """:func:`_gather_rows` in plain loops (NumPy)."""
+    groups = qs.shape[1]
+    tile, sub = rt // 4, (rt % 4) * 16
+    block = qs[tile, :, :, sub:sub + 16].reshape(groups, 4, 4, 16)                # [G, i, c, r]
+    buf[:groups * 256] = block.transpose(0, 1, 3, 2).reshape(-1)                  # -> [G, i, r, c]
 
 
 @njit(cache=True, nogil=True)

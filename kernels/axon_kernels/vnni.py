@@ -27,7 +27,8 @@ from numba.core import cgutils
 from numba.core.datamodel import models
 from numba.extending import intrinsic, register_model
 
-__all__ = ["available", "u8x64", "i32x16", "f32x16", "load_u8x64", "low_nibbles", "high_nibbles",
+__all__ = ["available", "u8x64", "i32x16", "f32x16", "load_u8x64", "load_interleaved4", "store_u8x64",
+           "low_nibbles", "high_nibbles",
            "i32x16_zero", "dpbusd", "f32x16_zero", "madd_int", "madd", "store_f32x16"]
 
 
@@ -76,6 +77,33 @@ def load_u8x64(typingctx, arr, index):
     def codegen(context, builder, sig, args):
         return builder.load(_pointer(context, builder, sig.args[0], args[0], args[1], _V_U8), align=1)
     return u8x64(arr, index), codegen
+
+
+@intrinsic
+def load_interleaved4(typingctx, arr, index, stride):
+    """Four runs of 16 bytes, ``arr[index + c * stride:][:16]`` for c = 0..3, interleaved into a
+    u8x64 whose byte ``4r + c`` is ``arr[index + c * stride + r]`` (4 loads and one ``vpermb``):
+    16 rows of 4 consecutive bytes each, from a layout that stores byte c of every row together."""
+    def codegen(context, builder, sig, args):
+        arr_, index_, stride_ = args
+        data = context.make_array(sig.args[0])(context, builder, arr_).data
+        v16 = ir.VectorType(_I8, 16)
+        runs = [builder.load(builder.bitcast(builder.gep(data, [builder.add(index_, builder.mul(stride_, ir.Constant(stride_.type, c)))]),
+                                             v16.as_pointer()), align=1) for c in range(4)]
+        ab = builder.shuffle_vector(runs[0], runs[1], ir.Constant(ir.VectorType(_I32, 32), list(range(32))))
+        cd = builder.shuffle_vector(runs[2], runs[3], ir.Constant(ir.VectorType(_I32, 32), list(range(32))))
+        mask = [c * 16 + r for r in range(16) for c in range(4)]      # byte 4r + c <- run c, byte r
+        return builder.shuffle_vector(ab, cd, ir.Constant(ir.VectorType(_I32, 64), mask))
+    return u8x64(arr, index, stride), codegen
+
+
+@intrinsic
+def store_u8x64(typingctx, arr, index, v):
+    """``arr[index:index + 64] = v`` (a uint8 array, C-contiguous 1-D; ``vmovdqu8``)."""
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _pointer(context, builder, sig.args[0], args[0], args[1], _V_U8), align=1)
+        return context.get_dummy_value()
+    return types.none(arr, index, u8x64), codegen
 
 
 @intrinsic

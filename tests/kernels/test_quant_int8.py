@@ -117,3 +117,18 @@ def test_kernel_over_row_ranges_fills_exactly_its_rows():
     ref = quant_int8.quant_matmul_int8_ref(w, x)
     assert np.all(np.abs(y[:, 32:80] - ref[:, 32:80]) <= _rounding_tol(w, x)[:, 32:80])
     assert np.all(y[:, :32] == -7.0) and np.all(y[:, 80:] == -7.0)
+
+
+def test_gather_rows_equals_reference_on_random_bytes():
+    """The nibble regrouping (16 rows, 4 consecutive inputs per 32-bit lane), every 16-row group of
+    a padded tile, with every byte value."""
+    w = _weights("Q4_1", 100, 96, seed=6)
+    qs = np.random.default_rng(6).integers(0, 256, w.qs.shape, dtype=np.uint8)
+    for rt in range(qs.shape[0] * 4):
+        ref = np.zeros(qs.shape[1] * 256, np.uint8)
+        quant_int8._gather_rows_ref(qs, rt, ref)
+        assert ref[((1 * 4 + 2) * 16 + 5) * 4 + 3] == qs[rt // 4, 1, 4 * 2 + 3, (rt % 4) * 16 + 5]   # [g=1, i=2, r=5, c=3]
+        if quant_int8._HOST_VNNI and not numba.config.DISABLE_JIT:
+            fast = np.zeros_like(ref)
+            quant_int8._gather_rows(qs, rt, fast)
+            np.testing.assert_array_equal(fast, ref)
