@@ -48,7 +48,7 @@ from numba import njit
 
 from axon_kernels import vnni, workers
 from axon_kernels.vnni import (dpbusd, f32x16_zero, high_nibbles, i32x16_zero, load_interleaved4, load_u8x64, low_nibbles, madd,
-                               madd_int, store_f32x16, store_u8x64)
+                               madd_int, store)
 
 __all__ = ["MIN_TOKENS", "enabled", "is_enabled", "supported", "use_for", "quantize_activations", "quantize_activations_ref",
            "quant_matmul_int8", "quant_matmul_int8_ref", "error_bound"]
@@ -243,7 +243,7 @@ def _gather_rows(qs, rt, buf):
     for g in range(groups):
         for i in range(4):
             src = ((tile * groups + g) * 16 + 4 * i) * 64 + sub         # qs[tile, g, 4i, sub]
-            store_u8x64(buf, (g * 4 + i) * 64, load_interleaved4(qf, src, 64))
+            store(buf, (g * 4 + i) * 64, load_interleaved4(qf, src, 64))
 
 
 def _gather_rows_ref(qs, rt, buf):
@@ -295,10 +295,10 @@ def _matmul_q4_vnni(qs, scale, offset, a, d, sa, rt0, rt1, y):
                 y1 = madd(madd_int(y1, s1, sf, w, d[t + 1, g]), of, w, sa[t + 1, g])
                 y2 = madd(madd_int(y2, s2, sf, w, d[t + 2, g]), of, w, sa[t + 2, g])
                 y3 = madd(madd_int(y3, s3, sf, w, d[t + 3, g]), of, w, sa[t + 3, g])
-            store_f32x16(yf, t * out_pad + rt * 16, y0)
-            store_f32x16(yf, (t + 1) * out_pad + rt * 16, y1)
-            store_f32x16(yf, (t + 2) * out_pad + rt * 16, y2)
-            store_f32x16(yf, (t + 3) * out_pad + rt * 16, y3)
+            store(yf, t * out_pad + rt * 16, y0)
+            store(yf, (t + 1) * out_pad + rt * 16, y1)
+            store(yf, (t + 2) * out_pad + rt * 16, y2)
+            store(yf, (t + 3) * out_pad + rt * 16, y3)
 
 
 def quant_matmul_int8(w, x: np.ndarray) -> np.ndarray:

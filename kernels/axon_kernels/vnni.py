@@ -27,9 +27,9 @@ from numba.core import cgutils
 from numba.core.datamodel import models
 from numba.extending import intrinsic, register_model
 
-__all__ = ["available", "u8x64", "i32x16", "f32x16", "load_u8x64", "load_interleaved4", "store_u8x64",
+__all__ = ["available", "u8x64", "i32x16", "f32x16", "load_u8x64", "load_interleaved4", "store",
            "low_nibbles", "high_nibbles",
-           "i32x16_zero", "dpbusd", "f32x16_zero", "madd_int", "madd", "store_f32x16"]
+           "i32x16_zero", "dpbusd", "f32x16_zero", "madd_int", "madd"]
 
 
 def available() -> bool:
@@ -95,15 +95,6 @@ def load_interleaved4(typingctx, arr, index, stride):
         mask = [c * 16 + r for r in range(16) for c in range(4)]      # byte 4r + c <- run c, byte r
         return builder.shuffle_vector(ab, cd, ir.Constant(ir.VectorType(_I32, 64), mask))
     return u8x64(arr, index, stride), codegen
-
-
-@intrinsic
-def store_u8x64(typingctx, arr, index, v):
-    """``arr[index:index + 64] = v`` (a uint8 array, C-contiguous 1-D; ``vmovdqu8``)."""
-    def codegen(context, builder, sig, args):
-        builder.store(args[2], _pointer(context, builder, sig.args[0], args[0], args[1], _V_U8), align=1)
-        return context.get_dummy_value()
-    return types.none(arr, index, u8x64), codegen
 
 
 @intrinsic
@@ -191,9 +182,12 @@ def madd(typingctx, acc, values, index, s):
 
 
 @intrinsic
-def store_f32x16(typingctx, out, index, v):
-    """``out[index:index + 16] = v`` (a float32 array, C-contiguous 1-D; ``vmovups``)."""
+def store(typingctx, arr, index, v):
+    """``arr[index:index + n] = v`` for a vector of n lanes (u8x64 into a uint8 array, f32x16
+    into a float32 array; C-contiguous 1-D; ``vmovdqu8`` / ``vmovups``)."""
+    if not isinstance(v, _Vector):
+        return None
     def codegen(context, builder, sig, args):
-        builder.store(args[2], _pointer(context, builder, sig.args[0], args[0], args[1], _V_F32), align=4)
+        builder.store(args[2], _pointer(context, builder, sig.args[0], args[0], args[1], sig.args[2].llvm_type), align=1)
         return context.get_dummy_value()
-    return types.none(out, index, f32x16), codegen
+    return types.none(arr, index, v), codegen
