@@ -6,7 +6,7 @@ This is llama.cpp's Q4_1 x Q8_1 product, on the packed ``q4`` layout of `axon_ke
 
 Math (one output ``y[t, r]``, groups g of 32 inputs)::
 
-    activations:  d[t,g] = max_k |x[t,k]| / 127,  a[t,k] = rint(x[t,k] / d[t,g])  in -127..127  (int8)
+    activations:  d[t,g] = max_k |x[t,k]| / 127,  a[t,k] = rint(x[t,k] * (1 / d[t,g]))  in -127..127  (int8)
                   sa[t,g] = d[t,g] * sum_k a[t,k]
     y[t, r] = sum_g  float(sum_k q[r,k] a[t,k]) * (s[r,g] d[t,g])  +  m[r,g] sa[t,g]
                      `---- int32, exact ----'
@@ -94,7 +94,8 @@ def use_for(w, ntok: int) -> bool:
     each product stays within :func:`error_bound`), and the roundings of one layer feed the next,
     so it is noise of that size, not a bias. That flips near-ties: the README's chat prompt
     (37 tokens) has its first token ahead by 0.08 logits and answered "L'Étoile..." instead of
-    "The capital of France is Paris." So chat-length prompts keep the float path (logits equal
+    "The capital of France is Paris." (llama.cpp, which always quantises, answers "L'Étoile"
+    too). So chat-length prompts keep the float path (logits equal
     transformers' to float rounding, greedy outputs token-identical on the fixtures, whose
     prompts have at most 67 tokens), and long prompts, whose prefill time counts, take int8 as
     llama.cpp does for every prompt."""
