@@ -34,6 +34,7 @@ import numpy as np
 
 import axon
 from axon_kernels.quant import FUSED_MATMUL_MAX_TOKENS
+from axon_kernels.quant_int8 import MIN_TOKENS as INT8_MIN_TOKENS
 
 from axon_llm.batch_decode import batch_decode_plan
 from axon_llm.cache import KVCache
@@ -154,13 +155,17 @@ class BatchScheduler:
         while not self.pending.empty():
             self.pending.get_nowait().events.put(("done", "cancelled"))
 
-    #: a joint prefill pads every prompt to the longest one. Prompts of up to SHORT_PROMPT tokens
-    #: (quantised weights: the few-token kernel's range, `axon_kernels.quant.FUSED_MATMUL_MAX_TOKENS`)
-    #: share a forward of at most SHORT_PROMPT padded tokens, since past it the product dequantises
-    #: every weight (~0.1 s for SmolLM2), which one short prompt alone never pays. Longer prompts
-    #: pay it anyway, so they share it: their group grows while the padded tokens stay within
-    #: PREFILL_PAD_RATIO x the real ones and PREFILL_TOKENS.
+    #: a joint prefill pads every prompt to the longest one, and a prompt must take the same
+    #: kernels joined as alone (so greedy outputs do not depend on the neighbours), so prompts
+    #: are grouped by the path their length takes (quantised weights): up to SHORT_PROMPT tokens
+    #: the few-token kernel (`axon_kernels.quant.FUSED_MATMUL_MAX_TOKENS`; a group stays within
+    #: SHORT_PROMPT padded tokens, since past it the product dequantises every weight, ~0.1 s
+    #: for SmolLM2, which a short prompt alone never pays), from LONG_PROMPT tokens the int8
+    #: prefill (`axon_kernels.quant_int8.MIN_TOKENS`, chosen per sequence length), the float
+    #: prefill between. Those above SHORT_PROMPT share the dequantisation: their group grows
+    #: while the padded tokens stay within PREFILL_PAD_RATIO x the real ones and PREFILL_TOKENS.
     SHORT_PROMPT = FUSED_MATMUL_MAX_TOKENS
+    LONG_PROMPT = INT8_MIN_TOKENS
     PREFILL_PAD_RATIO = 1.5
     PREFILL_TOKENS = 2048
 
@@ -192,23 +197,25 @@ class BatchScheduler:
 
     def _prefill_groups(self, reqs: list[SequenceRequest]) -> list[list[SequenceRequest]]:
         """``reqs`` cut into groups that are prefilled together (in arrival order within each):
-        short prompts (<= SHORT_PROMPT tokens) with short ones while the group's padded size
-        (rows x longest prompt) stays <= SHORT_PROMPT, long ones with long ones while it stays
-        within PREFILL_PAD_RATIO x the group's real tokens and PREFILL_TOKENS."""
+        prompts of one length class (<= SHORT_PROMPT, below LONG_PROMPT, from LONG_PROMPT
+        tokens) together, short ones while the group's padded size (rows x longest prompt)
+        stays <= SHORT_PROMPT, the others while it stays within PREFILL_PAD_RATIO x the group's
+        real tokens and PREFILL_TOKENS."""
         groups: list[list[SequenceRequest]] = []
-        last = {}                                          # short (bool) -> index of that class's open group
+        last = {}                                          # path class -> index of that class's open group
         for req in reqs:
-            short = len(req.prompt_ids) <= self.SHORT_PROMPT
-            if short in last:
-                group = groups[last[short]] + [req]
+            p = len(req.prompt_ids)
+            kind = 0 if p <= self.SHORT_PROMPT else 1 if p < self.LONG_PROMPT else 2
+            if kind in last:
+                group = groups[last[kind]] + [req]
                 lengths = [len(r.prompt_ids) for r in group]
                 padded = len(group) * max(lengths)
-                fits = (padded <= self.SHORT_PROMPT if short else
+                fits = (padded <= self.SHORT_PROMPT if kind == 0 else
                         padded <= self.PREFILL_PAD_RATIO * sum(lengths) and padded <= self.PREFILL_TOKENS)
                 if fits:
-                    groups[last[short]] = group
+                    groups[last[kind]] = group
                     continue
-            last[short] = len(groups)
+            last[kind] = len(groups)
             groups.append([req])
         return groups
 

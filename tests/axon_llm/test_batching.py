@@ -117,6 +117,12 @@ def test_prompts_waiting_together_are_prefilled_together_and_equal_their_generat
     sched = BatchScheduler(model, max_batch=4)
     assert [len(g) for g in sched._prefill_groups([SequenceRequest(p, GenerationConfig(max_new_tokens=1))
                                                     for p in prompts])] == [3, 1]
+    # a prompt never joins a group whose padded length would switch it to another prefill path
+    # (few-token kernel / float / int8 from LONG_PROMPT tokens): 100 and 140 stay apart; 100 with
+    # 20 and 25 would pad over 1.5x
+    lengths = [sched.LONG_PROMPT - 28, sched.LONG_PROMPT + 12, sched.LONG_PROMPT + 2, 20, 25]
+    groups = sched._prefill_groups([SequenceRequest([1] * p, GenerationConfig(max_new_tokens=1)) for p in lengths])
+    assert [[len(r.prompt_ids) for r in g] for g in groups] == [[lengths[0]], [lengths[1], lengths[2]], [20, 25]]
     widths = []
     real = sched._prefill
     monkeypatch.setattr(sched, "_prefill", lambda reqs: (widths.append(len(reqs)), real(reqs))[1])
