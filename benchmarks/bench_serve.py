@@ -111,7 +111,8 @@ def main(argv=None) -> int:
     url, app, stop = serve(args.model, max(counts), model, tok, args.threads)
     client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)
     try:
-        run_clients(client, args.model, 1, 2)                                  # warm-up (JIT)
+        run_clients(client, args.model, 1, 2)                                  # warm-up (JIT): one row
+        run_clients(client, args.model, max(counts), 2)                        # and many rows (other kernels)
         ids = np.asarray([tok.encode(PROMPTS[0])])
         model.generate(ids, max_new_tokens=2, eos_token_id=None)               # warm-up of this process
         t0 = time.perf_counter()
