@@ -10,8 +10,8 @@ small-array RoPE, the padding mask rebuilt per call) once per layer and projecti
     for each layer:
         h = rms_norm(x)                                     # [n, d]
         q, k, v = h Wq.T, h Wk.T, h Wv.T (+ biases)         # [n, H*D], [n, Hkv*D], [n, Hkv*D]: one product each
-        for each row r:                                     # RoPE at the row's position, K/V into slot `length`,
-            a[r] = rope_attend(q[r], k[r], v[r], cache[r])  #   attention over the row's own slots
+        a = batch_rope_attend(q, k, v, cache)               # each row: RoPE at its position, K/V into slot
+                                                            #   `length`, attention over its own slots
         x += a Wo.T
         x += (silu(h' Wgate.T) * h' Wup.T) Wdown.T          # h' = rms_norm(x)
     logits = rms_norm(x) Wlm.T                              # [n, V]
@@ -32,7 +32,8 @@ from __future__ import annotations
 import numpy as np
 
 import axon.nn.functional as F
-from axon_kernels.decode import rms_norm_rows, rope_attend
+from axon_kernels.batch_attend import batch_rope_attend
+from axon_kernels.decode import rms_norm_rows
 from axon_kernels.quant import QuantMatrix, quant_matmul, quant_rows
 from axon_kernels.swiglu import swiglu_forward
 
@@ -98,8 +99,7 @@ class _Layer:
         k = self.k(h).reshape(n, self.kv_heads, self.head_dim)                      # [n, Hkv, D]
         v = self.v(h).reshape(n, self.kv_heads, self.head_dim)                      # [n, Hkv, D]
         a = np.empty_like(q)                                                        # [n, H, D]
-        for r in range(n):
-            rope_attend(q[r], k[r], v[r], kc[r], vc[r], slot, int(lo[r]), cos[r], sin[r], self.scale, a[r])
+        batch_rope_attend(q, k, v, kc, vc, slot, lo, cos, sin, self.scale, a)      # every row in one call
         x += self.o(a.reshape(n, -1))                                               # [n, H*D] -> [n, d]
         h = x.copy()
         rms_norm_rows(h, self.norm_ff.w, self.norm_ff.eps)
