@@ -41,18 +41,24 @@ def batch_rope_attend_ref(q, k, v, kc, vc, slot: int, lo, cos, sin, scale: float
         rope_attend_ref(q[r], k[r], v[r], kc[r], vc[r], slot, int(lo[r]), cos[r], sin[r], scale, out[r])
 
 
-def row_blocks(slot: int, lo: np.ndarray, heads: int, head_dim: int, kv_heads: int, threads: int) -> np.ndarray:
-    """Blocks per kv head of each row ``[n]``: what `axon_kernels.decode.rope_attend` picks for
-    that row alone (1 below `ATTEND_PARALLEL_MIN` or on one thread)."""
-    m = slot + 1 - np.asarray(lo, np.int64)                                   # [n] slots attended
-    split = np.maximum(-(-m // ATTEND_BLOCK), -(-2 * threads // kv_heads))
-    big = (m * heads * head_dim >= ATTEND_PARALLEL_MIN) & (threads > 1)
-    return np.where(big, split, 1).astype(np.int64)
+@njit(cache=True, nogil=True)
+def _blocks(m, heads, head_dim, kv_heads, threads):
+    """Blocks per kv head of a row attending ``m`` slots: what `axon_kernels.decode.rope_attend`
+    picks for that row alone (1 below `ATTEND_PARALLEL_MIN` or on one thread)."""
+    if m * heads * head_dim < ATTEND_PARALLEL_MIN or threads < 2:
+        return 1
+    return max(-(-m // ATTEND_BLOCK), -(-2 * threads // kv_heads))
 
 
-def _batch_rope_attend(q, k, v, kc, vc, slot, lo, cos, sin, scale, out, blocks):
+def row_blocks(slot: int, lo, heads: int, head_dim: int, kv_heads: int, threads: int) -> list[int]:
+    """:func:`_blocks` of each row of a batch whose row ``r`` attends slots ``lo[r] .. slot``."""
+    return [_blocks(slot + 1 - int(a), heads, head_dim, kv_heads, threads) for a in lo]
+
+
+def _batch_rope_attend(q, k, v, kc, vc, slot, lo, cos, sin, scale, out, threads):
     """Rotate and store every row (serial: ``n * Hkv`` short rows), then attend every
-    ``(row, kv head, block)`` piece (``prange``) and merge each row's blocks per query head."""
+    ``(row, kv head, block)`` piece (``prange``; :func:`_blocks` per row for ``threads``) and
+    merge each row's blocks per query head."""
     n, hkv, d = k.shape
     grp = q.shape[1] // hkv
     sc = np.float32(scale)
@@ -68,7 +74,7 @@ def _batch_rope_attend(q, k, v, kc, vc, slot, lo, cos, sin, scale, out, blocks):
     first = np.zeros(n + 1, np.int64)                                     # row r's pieces: first[r]..first[r+1]
     for r in range(n):
         m = slot + 1 - lo[r]
-        size[r] = -(-m // blocks[r])
+        size[r] = -(-m // _blocks(m, q.shape[1], d, hkv, threads))
         nb[r] = -(-m // size[r])
         first[r + 1] = first[r] + hkv * nb[r]
     total = first[n]
@@ -127,8 +133,7 @@ def batch_rope_attend(q, k, v, kc, vc, slot: int, lo, cos, sin, scale: float, ou
         return
     lo = np.asarray(lo, np.int64)
     threads = numba.get_num_threads()
-    blocks = row_blocks(slot, lo, h, d, k.shape[1], threads)
-    work = 2 * int((slot + 1 - lo).sum()) * h * d                         # multiply-adds: q.k and p.v
-    big = work >= INLINE_WORK and threads > 1 or bool((blocks > 1).any())
-    kern = _batch_rope_attend_nb if big else _batch_rope_attend_serial_nb
-    kern(q, k, v, kc, vc, slot, lo, cos, sin, scale, out, blocks)
+    work = 2 * (n * (slot + 1) - int(lo.sum())) * h * d                   # multiply-adds: q.k and p.v
+    split = (slot + 1 - int(lo.min())) * h * d >= ATTEND_PARALLEL_MIN      # a row cut into blocks
+    kern = _batch_rope_attend_nb if threads > 1 and (work >= INLINE_WORK or split) else _batch_rope_attend_serial_nb
+    kern(q, k, v, kc, vc, slot, lo, cos, sin, scale, out, threads)
