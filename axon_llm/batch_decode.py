@@ -79,7 +79,7 @@ class _Fused:
     identical). The joined arrays replace the matrices' own: each :class:`QuantMatrix` of the
     model is re-pointed at its views of them, so the model holds one copy of its weights."""
 
-    __slots__ = ("w", "bias", "sizes")
+    __slots__ = ("w", "bias", "sizes", "parts")
 
     def __init__(self, parts: list[_Linear]):
         ws = [p.w for p in parts]
@@ -90,7 +90,7 @@ class _Fused:
             raise _Unfit("projections of different kinds")
         if len({p.bias is None for p in parts}) > 1:
             raise _Unfit("projections with and without a bias")
-        self.sizes = [w.out_features for w in ws]
+        self.sizes, self.parts = [w.out_features for w in ws], parts
         joined = {}
         for name in ("qs", "scale", "offset"):
             if getattr(w0, name) is None:
@@ -108,6 +108,8 @@ class _Fused:
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
         """``x [n, in]`` -> each projection's ``[n, out_i]`` (C-contiguous, as the kernels take them)."""
+        if x.shape[0] == 1:          # one row: separate matvecs (a joined one can cross quant.PARALLEL_MIN_BYTES
+            return [p(x) for p in self.parts]   # and wake the threads: 1-row step 12.2 -> 15.1 ms measured)
         y = quant_matmul(self.w, x)                                                 # [n, sum out]
         if self.bias is not None:
             y += self.bias
