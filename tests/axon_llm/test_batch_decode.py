@@ -45,6 +45,16 @@ def test_batched_plan_step_equals_the_module_forward_on_a_holed_batch_cache():
             sched.cache.length = va.length
 
 
+def _greedy(sched, prompts, tokens):
+    """Each prompt's greedy tokens, decoded together by the running ``sched`` (closed after)."""
+    reqs = [sched.submit(SequenceRequest(p, GenerationConfig(max_new_tokens=tokens, do_sample=False))) for p in prompts]
+    sched.start()
+    try:
+        return [_collect(r)[0] for r in reqs]
+    finally:
+        sched.close()
+
+
 def test_scheduler_outputs_are_the_same_with_and_without_the_plan():
     model = tiny_llama(num_hidden_layers=2, max_position_embeddings=96)
     prompts = [[3, 9, 4], [7, 1, 8, 2, 5, 11, 6], [5, 5]]
@@ -52,13 +62,7 @@ def test_scheduler_outputs_are_the_same_with_and_without_the_plan():
     for fast in (True, False):
         sched = BatchScheduler(model, max_batch=3, fast_decode=fast)
         assert (sched.plan is not None) == fast
-        reqs = [sched.submit(SequenceRequest(p, GenerationConfig(max_new_tokens=9, do_sample=False))) for p in prompts]
-        sched.start()
-        try:
-            got = [_collect(r)[0] for r in reqs]
-        finally:
-            sched.close()
-        outs.append(got)
+        outs.append(_greedy(sched, prompts, 9))
     assert outs[0] == outs[1]
 
 
@@ -100,23 +104,14 @@ def test_joined_projections_give_the_separate_ones_and_keep_one_copy_of_the_weig
     assert isinstance(ly.qkv, _Fused) and isinstance(ly.gate_up, _Fused)
     for got, want in zip(ly.qkv(h), alone):
         np.testing.assert_array_equal(got, want)                              # the same operations per row
+    for got, want in zip(ly.qkv(h[:1]), alone):
+        np.testing.assert_array_equal(got, want[:1])                          # one row: the separate matvecs
     assert np.shares_memory(attn.q_proj.qweight.qs, ly.qkv.w.qs)              # the model's matrix: a view
     after = [np.asarray(m(axon.tensor(h)).numpy()) for m in (attn.q_proj, attn.k_proj, attn.v_proj)]
     for a, b in zip(after, alone):
         np.testing.assert_array_equal(a, b)                                    # the module forward is unchanged
-    reqs = [sched.submit(SequenceRequest(p, GenerationConfig(max_new_tokens=8, do_sample=False))) for p in prompts]
-    sched.start()
-    try:
-        batched = [_collect(r)[0] for r in reqs]
-    finally:
-        sched.close()
     ref = BatchScheduler(model, max_batch=3, fast_decode=False)               # the module forward
-    reqs = [ref.submit(SequenceRequest(p, GenerationConfig(max_new_tokens=8, do_sample=False))) for p in prompts]
-    ref.start()
-    try:
-        assert [_collect(r)[0] for r in reqs] == batched
-    finally:
-        ref.close()
+    assert _greedy(sched, prompts, 8) == _greedy(ref, prompts, 8)
 
 
 def test_projections_that_do_not_fill_whole_tiles_stay_separate():
