@@ -9,16 +9,20 @@ small-array RoPE, the padding mask rebuilt per call) once per layer and projecti
     x = embed(tokens)                                       # [n, d]
     for each layer:
         h = rms_norm(x)                                     # [n, d]
-        q, k, v = h Wq.T, h Wk.T, h Wv.T (+ biases)         # [n, H*D], [n, Hkv*D], [n, Hkv*D]: one product each
+        q, k, v = h [Wq; Wk; Wv].T (+ biases)               # [n, H*D], [n, Hkv*D], [n, Hkv*D]: one product
         a = batch_rope_attend(q, k, v, cache)               # each row: RoPE at its position, K/V into slot
                                                             #   `length`, attention over its own slots
         x += a Wo.T
-        x += (silu(h' Wgate.T) * h' Wup.T) Wdown.T          # h' = rms_norm(x)
+        g, u = h' [Wgate; Wup].T                            # h' = rms_norm(x); one product
+        x += (silu(g) * u) Wdown.T
     logits = rms_norm(x) Wlm.T                              # [n, V]
 
 Every projection is one matmul over the ``n`` rows (`axon_kernels.quant.quant_matmul`: the
-few-token kernel reads each weight once for all rows). The batch cache's layout is the
-scheduler's: row ``r``'s real tokens are its last ``seen[r]`` filled slots (holes before them),
+few-token kernel reads each weight once for all rows); ``q, k, v`` and ``gate, up`` are joined
+into one product each where their packed matrices allow it (:class:`_Fused`), and the
+attention of all rows is one kernel call per layer
+(`axon_kernels.batch_attend.batch_rope_attend`, bit-identical to a `rope_attend` per row).
+The batch cache's layout is the scheduler's: row ``r``'s real tokens are its last ``seen[r]`` filled slots (holes before them),
 so its attention runs over slots ``length - seen[r] .. length`` (the same ``lo`` bound a sliding
 window uses) and its new token sits at position ``seen[r]``.
 
