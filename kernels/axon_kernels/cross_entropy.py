@@ -51,9 +51,9 @@ def cross_entropy_rows_nb(logits, target):
             total += row[j]
         if np.isnan(total):  # a NaN anywhere: max() may have skipped it
             m = total
-        s = m - m
+        s = 0.0  # float64: the reassociated (vectorised) sum stays within float32 rounding of the exact one
         for j in range(c):
-            s += fast_exp(row[j] - m)
+            s += np.float64(fast_exp(row[j] - m))
         lse[i] = m + np.log(s)
         picked[i] = row[target[i]]
         mean[i] = total / c
