@@ -29,7 +29,7 @@ from axon_llm.cache import KVCache
 from axon_llm.errors import InputError
 from axon_llm.rope import RotaryEmbedding, apply_rotary_pos_emb
 
-__all__ = ["AttentionContext", "attend", "split_heads", "merge_heads", "plain_linear", "MultiHeadAttention"]
+__all__ = ["AttentionContext", "attend", "split_heads", "merge_heads", "MultiHeadAttention"]
 
 
 @dataclass
@@ -98,13 +98,6 @@ class AttentionContext:
             self.cache.advance(self.new_mask)
 
 
-def plain_linear(m) -> bool:
-    """True for an ``nn.Linear`` without bias: its output is exactly ``F.linear(x, m.weight)``, so a
-    fused op may use its weight directly. A LoRA, quantised or ternary layer in its place (or a
-    bias) keeps its own forward."""
-    return type(m) is nn.Linear and m.bias is None
-
-
 def _no_graph(x) -> bool:
     """True when no autograd node would be recorded for ``x`` (no_grad, or x needs no gradient)."""
     return not (axon.is_grad_enabled() and x.requires_grad)
@@ -168,32 +161,10 @@ class MultiHeadAttention(nn.Module):
         self.v_proj = nn.Linear(hidden_size, self.num_kv_heads * self.head_dim, bias=bias)
 
     def project_qkv(self, x):
-        """``x [B, T, d]`` -> ``q [B, H, T, Dh]``, ``k, v [B, Hkv, T, Dh]``.
-
-        While a graph is recorded (training) and the three projections are plain bias-free
-        Linears, one product of the stacked weights ``[Wq; Wk; Wv]`` replaces three (and one
-        product each for the input and weight gradients instead of three, whose input gradients
-        the engine would add): ``axon.cat`` stacks them per call, so the parameters and their
-        names stay as they are. Without a graph (generation) the three products run as they are,
-        with no per-call copy of the weights.
-        """
-        projections = (self.q_proj, self.k_proj, self.v_proj)
-        if not _no_graph(x) and all(plain_linear(p) for p in projections):
-            w = axon.cat([p.weight for p in projections])                    # [(H + 2 Hkv) Dh, d]
-            return self.split_qkv(F.linear(x, w))
+        """``x [B, T, d]`` -> ``q [B, H, T, Dh]``, ``k, v [B, Hkv, T, Dh]``."""
         q = split_heads(self.q_proj(x), self.num_heads, self.head_dim)
         k = split_heads(self.k_proj(x), self.num_kv_heads, self.head_dim)
         v = split_heads(self.v_proj(x), self.num_kv_heads, self.head_dim)
-        return q, k, v
-
-    def split_qkv(self, qkv):
-        """``qkv [B, T, (H + 2 Hkv) Dh]`` (q channels first, then k, then v) -> ``q [B, H, T, Dh]``,
-        ``k, v [B, Hkv, T, Dh]``."""
-        q_end = self.num_heads * self.head_dim
-        k_end = q_end + self.num_kv_heads * self.head_dim
-        q = split_heads(qkv[..., :q_end], self.num_heads, self.head_dim)
-        k = split_heads(qkv[..., q_end:k_end], self.num_kv_heads, self.head_dim)
-        v = split_heads(qkv[..., k_end:], self.num_kv_heads, self.head_dim)
         return q, k, v
 
     def forward(self, x, ctx: AttentionContext):

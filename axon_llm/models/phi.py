@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 import axon.nn as nn
 
-from axon_llm.attention import AttentionContext, MultiHeadAttention
+from axon_llm.attention import AttentionContext, MultiHeadAttention, split_heads
 from axon_llm.blocks import MLP, CausalLM, activation
 from axon_llm.config import RotaryConfig, check_activation, check_decoder, check_rope, check_rotary, check_window
 from axon_llm.embeddings import TokenEmbedding
@@ -227,7 +227,13 @@ class Phi3Attention(MultiHeadAttention):
 
     def project_qkv(self, x):
         """``x [B, T, d]`` -> ``q [B, H, T, Dh]``, ``k, v [B, Hkv, T, Dh]``, split from the fused projection."""
-        return self.split_qkv(self.qkv_proj(x))                # [B, T, (H + 2 Hkv) Dh] -> heads
+        qkv = self.qkv_proj(x)                                  # [B, T, (H + 2 Hkv) Dh]
+        q_end = self.num_heads * self.head_dim
+        k_end = q_end + self.num_kv_heads * self.head_dim
+        q = split_heads(qkv[..., :q_end], self.num_heads, self.head_dim)
+        k = split_heads(qkv[..., q_end:k_end], self.num_kv_heads, self.head_dim)
+        v = split_heads(qkv[..., k_end:], self.num_kv_heads, self.head_dim)
+        return q, k, v
 
 
 class Phi3MLP(nn.Module):

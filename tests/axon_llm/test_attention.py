@@ -108,29 +108,3 @@ def test_generic_decoder_and_encoder():
         a = enc(x, attention_mask=mask).numpy()
         b = enc(x[:1, :3]).numpy()
     np.testing.assert_allclose(a[0, :3], b[0], atol=1e-5)
-
-
-def test_fused_qkv_training_path_equals_three_projections(monkeypatch):
-    """While a graph is recorded, q/k/v come from one product of the stacked weights; the output
-    and every weight's gradient equal the three-product path (taken here by an input that needs
-    no gradient: the weights still record a graph). The products are the same BLAS row blocks;
-    the gradients differ only in summation order (a few float32 ulp of sums over <= 2 x 5 rows)."""
-    calls = []
-    split = MultiHeadAttention.split_qkv
-    monkeypatch.setattr(MultiHeadAttention, "split_qkv", lambda self, qkv: calls.append(qkv.shape) or split(self, qkv))
-    rot = RotaryEmbedding(8, 16)
-    mha = MultiHeadAttention(16, 4, 2, 8, layer_idx=0, rotary=rot).materialize()
-    x = np.random.default_rng(4).standard_normal((2, 5, 16)).astype(np.float32)
-    results = []
-    for needs_grad in (True, False):
-        mha.zero_grad()
-        xt = axon.tensor(x, requires_grad=needs_grad)
-        out = mha(xt, AttentionContext.build(2, 5))
-        (out * axon.tensor(np.linspace(-1, 1, out.data.size, dtype=np.float32).reshape(out.shape))).sum().backward()
-        results.append((out.numpy(), {n: p.grad.numpy().copy() for n, p in mha.named_parameters()}))
-    assert calls == [(2, 5, (4 + 2 * 2) * 8)]                           # the stacked product ran once: with the graph
-    (fused_out, fused_grads), (plain_out, plain_grads) = results
-    np.testing.assert_array_equal(fused_out, plain_out)
-    assert set(fused_grads) == {"q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight"}
-    for name, g in fused_grads.items():
-        np.testing.assert_allclose(g, plain_grads[name], rtol=1e-5, atol=1e-6, err_msg=name)
