@@ -65,8 +65,6 @@ class GatedMLP(nn.Module):
         """``[B, T, d] -> [B, T, d]``."""
         if self.act is F.silu and not axon.is_grad_enabled():
             return self.down_proj(axon.as_tensor(self._silu_gate_inference(x)))
-        if self.act is F.silu and _plain_linear(self.gate_proj) and _plain_linear(self.up_proj):
-            return self.down_proj(F.swiglu_linear(x, self.gate_proj.weight, self.up_proj.weight))  # one node, one product
         if self.act is F.silu:
             return self.down_proj(F.swiglu(self.gate_proj(x), self.up_proj(x)))  # one fused node
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
@@ -91,13 +89,6 @@ class GatedMLP(nn.Module):
 
         run_chunks(block, -(-a2.shape[0] // rows))
         return a
-
-
-def _plain_linear(m) -> bool:
-    """True for an ``nn.Linear`` without bias: its output is exactly ``F.linear(x, m.weight)``, so a
-    fused op may use its weight directly. A LoRA, quantised or ternary layer in its place (or a
-    bias) keeps its own forward."""
-    return type(m) is nn.Linear and m.bias is None
 
 
 _SILU_BLOCK_FLOATS = 1 << 16       # elements per block of _silu_gate_inference (256 KB of float32)

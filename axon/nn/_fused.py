@@ -13,7 +13,7 @@ import numpy as np
 from axon_kernels.blas import gemm
 from axon_kernels.cross_entropy import cross_entropy_grad, cross_entropy_rows
 from axon_kernels.rms_norm import rms_norm_backward, rms_norm_forward
-from axon_kernels.swiglu import swiglu_backward, swiglu_forward, swiglu_packed_backward, swiglu_packed_forward
+from axon_kernels.swiglu import swiglu_backward, swiglu_forward
 
 from ..autograd import Function
 from ..ops import _sigmoid, softmax_array
@@ -157,44 +157,6 @@ class SwiGLU(Function):
         gate, up = ctx.saved_tensors
         gg, gu = swiglu_backward(np.ascontiguousarray(grad), gate, up)
         return gg if ctx.needs_input_grad[0] else None, gu if ctx.needs_input_grad[1] else None
-
-
-class SwiGLULinear(Function):
-    """silu(x Wg^T) * (x Wu^T) (LLaMA's gate_proj, up_proj and SwiGLU) as one node, one product each way.
-
-    The composite (two Linear nodes and a SwiGLU node) runs two [N, d] x [d, F] products forward
-    and four backward, and adds the two input gradients. Here the weights are stacked,
-    ``W = [Wg; Wu]`` ``[2F, d]`` (a copy per call, the parameters stay as they are), so::
-
-        h  = x W^T                      [N, d] -> [N, 2F] = [gate | up]
-        y  = silu(gate) * up            [N, 2F] -> [N, F]  (swiglu_packed_forward)
-        dh = [d gate | d up]            [N, F] -> [N, 2F]  (swiglu_packed_backward)
-        dx = dh W                       [N, 2F] -> [N, d]
-        dW = dh^T x                     [2F, d] = [dWg; dWu] (two row blocks, no copy)
-
-    Saves x, W and h.
-    """
-
-    fresh_grads = True
-
-    @staticmethod
-    def forward(ctx, x, wg, wu):
-        x2 = x.reshape(-1, x.shape[-1])  # [N, d]
-        w = np.concatenate([wg, wu])  # [2F, d]
-        h = gemm(x2, w.T)  # [N, d] -> [N, 2F]
-        ctx.save_for_backward(x2, w, h)
-        ctx.x_shape = x.shape
-        return swiglu_packed_forward(h).reshape(x.shape[:-1] + (wg.shape[0],))  # [..., F]
-
-    @staticmethod
-    def backward(ctx, grad):
-        x2, w, h = ctx.saved_tensors
-        f = w.shape[0] // 2
-        dh = swiglu_packed_backward(np.ascontiguousarray(grad.reshape(-1, f), dtype=h.dtype), h)  # [N, 2F]
-        gx = gemm(dh, w).reshape(ctx.x_shape) if ctx.needs_input_grad[0] else None  # [..., d]
-        gw = gemm(dh.T, x2) if ctx.needs_input_grad[1] or ctx.needs_input_grad[2] else None  # [2F, d]
-        return (gx, gw[:f] if ctx.needs_input_grad[1] else None,  # [F, d] each
-                gw[f:] if ctx.needs_input_grad[2] else None)
 
 
 # ------------------------------------------------------------------------------ embedding

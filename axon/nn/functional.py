@@ -20,7 +20,7 @@ from . import _fused
 
 __all__ = [
     "linear", "embedding", "layer_norm", "rms_norm", "softmax", "log_softmax", "gelu", "gelu_tanh",
-    "silu", "swiglu", "swiglu_linear", "relu", "sigmoid", "tanh", "softplus", "dropout", "cross_entropy", "nll_loss", "mse_loss",
+    "silu", "swiglu", "relu", "sigmoid", "tanh", "softplus", "dropout", "cross_entropy", "nll_loss", "mse_loss",
     "conv1d", "scaled_dot_product_attention", "pad", "one_hot", "normalize", "leaky_relu",
 ]
 
@@ -105,19 +105,6 @@ def swiglu(gate: Tensor, up: Tensor) -> Tensor:
     if tuple(g.shape) != tuple(u.shape):
         raise ValueError(f"swiglu: gate shape {tuple(g.shape)} and up shape {tuple(u.shape)} differ")
     return _fused.SwiGLU.apply(g, u)
-
-
-def swiglu_linear(input: Tensor, gate_weight: Tensor, up_weight: Tensor) -> Tensor:
-    """``silu(input @ gate_weight.T) * (input @ up_weight.T)`` as one fused node: the same as
-    ``swiglu(linear(input, gate_weight), linear(input, up_weight))``, with one product of the
-    stacked weights each way instead of two forward and four backward (``_fused.SwiGLULinear``).
-    Weights are ``[F, d]`` (torch's layout), input ``[..., d]`` -> ``[..., F]``."""
-    x = _float(_t(input), "swiglu_linear")
-    wg, wu = _t(gate_weight), _t(up_weight)
-    if wg.ndim != 2 or tuple(wg.shape) != tuple(wu.shape) or x.shape[-1] != wg.shape[1]:
-        raise ValueError(f"swiglu_linear: input {tuple(x.shape)}, gate weight {tuple(wg.shape)} and up weight "
-                         f"{tuple(wu.shape)} must be [..., d], [F, d], [F, d]")
-    return _fused.SwiGLULinear.apply(x, wg, wu)
 
 
 def relu(input: Tensor) -> Tensor:

@@ -174,64 +174,6 @@ def test_swiglu_kernels_equal_their_references(dtype):
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
 
-def test_swiglu_linear():
-    """silu(x Wg^T) * (x Wu^T) with the stacked-weight product equals two Linear nodes and SwiGLU."""
-    def composite(x, wg, wu):
-        return _fused.SwiGLU.apply(_fused.Linear.apply(x, wg, None), _fused.Linear.apply(x, wu, None))
-
-    def fused(x, wg, wu):
-        return _fused.SwiGLULinear.apply(x, wg, wu)
-
-    check_against_composite(fused, composite, randn(2, 3, 5) * 2, randn(4, 5), randn(4, 5))
-
-
-def test_swiglu_linear_gradient_only_where_needed():
-    """A frozen up weight (LoRA-style) gets no gradient; x and the gate weight still get theirs."""
-    x, wg = axon.Tensor(randn(3, 5), requires_grad=True), axon.Tensor(randn(4, 5), requires_grad=True)
-    wu = axon.Tensor(randn(4, 5))
-    _fused.SwiGLULinear.apply(x, wg, wu).sum().backward()
-    assert wu.grad is None and x.grad.shape == (3, 5) and wg.grad.shape == (4, 5)
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_swiglu_packed_kernels_equal_their_references(dtype):
-    """The packed ``[gate | up]`` kernels equal their NumPy definitions (tolerances as above) and
-    the unpacked kernels bit for bit (the same formula per element); the forward may overwrite
-    the gate half of its input."""
-    from axon_kernels.swiglu import (swiglu_backward_nb, swiglu_forward_nb, swiglu_packed_backward_nb,
-                                     swiglu_packed_backward_ref, swiglu_packed_forward,
-                                     swiglu_packed_forward_nb, swiglu_packed_forward_ref)
-
-    rng = np.random.default_rng(6)
-    h = (rng.standard_normal((7, 2 * 9)) * 6).astype(dtype)              # [N, 2F] = [gate | up]
-    h[0, :3] = [np.nan, np.inf, -np.inf]
-    g = rng.standard_normal((7, 9)).astype(dtype)
-    gate, up = np.ascontiguousarray(h[:, :9]), np.ascontiguousarray(h[:, 9:])
-    tol = 1e-5 if dtype == np.float32 else 1e-12
-    y = swiglu_packed_forward_nb(h, np.empty((7, 9), dtype))
-    np.testing.assert_allclose(y, swiglu_packed_forward_ref(h), rtol=tol, atol=tol)
-    np.testing.assert_array_equal(y.ravel(), swiglu_forward_nb(gate.ravel(), up.ravel()))
-    dh = swiglu_packed_backward_nb(g, h)
-    np.testing.assert_allclose(dh, swiglu_packed_backward_ref(g, h), rtol=tol, atol=tol)
-    dg, du = swiglu_backward_nb(g.ravel(), gate.ravel(), up.ravel())
-    np.testing.assert_array_equal(dh[:, :9].ravel(), dg)
-    np.testing.assert_array_equal(dh[:, 9:].ravel(), du)
-    inplace = h.copy()
-    swiglu_packed_forward(inplace, out=inplace[:, :9])
-    np.testing.assert_array_equal(inplace[:, :9], y)
-    np.testing.assert_array_equal(inplace[:, 9:], h[:, 9:])
-
-
-def test_swiglu_linear_rejects_mismatched_shapes():
-    import axon.nn.functional as F
-
-    with pytest.raises(ValueError, match="swiglu_linear"):
-        F.swiglu_linear(axon.Tensor(np.zeros((2, 5))), axon.Tensor(np.zeros((4, 5))), axon.Tensor(np.zeros((3, 5))))
-    with pytest.raises(ValueError, match="swiglu_packed_forward"):
-        from axon_kernels.swiglu import swiglu_packed_forward
-        swiglu_packed_forward(np.zeros((2, 5)))
-
-
 def test_swiglu_rejects_mismatched_shapes():
     import axon.nn.functional as F
 
