@@ -36,7 +36,7 @@ from numba import types  # noqa: E402
 from numba.extending import intrinsic, overload  # noqa: E402
 
 __all__ = ["jit_disabled", "fast_exp", "fast_log1p", "float_array", "result_float_dtype", "set_threads",
-           "default_threads", "gemm_split", "cached_on_disk", "compile_in_background"]
+           "default_threads", "gemm_split", "cached_on_disk", "compile_in_background", "use_references"]
 
 # Only FMA contraction: it never changes NaN/Inf propagation (unlike fastmath=True, which
 # assumes no NaN/Inf and may drop them). Used on the hot loops of float kernels.
@@ -120,9 +120,22 @@ def default_threads() -> None:
     _set_gemm_split(numba.config.NUMBA_NUM_THREADS if _blas_set_threads(1) else 1)
 
 
+_ON_REFERENCES = [False]      # set by use_references: the public kernels run their NumPy references
+
+
 def jit_disabled() -> bool:
-    """True when Numba runs `@njit` functions as plain Python (NUMBA_DISABLE_JIT=1)."""
-    return bool(numba.config.DISABLE_JIT)
+    """True when the public kernels run their NumPy references: Numba runs `@njit` functions as
+    plain Python (NUMBA_DISABLE_JIT=1), or this process chose the references for a while
+    (:func:`use_references`)."""
+    return bool(numba.config.DISABLE_JIT) or _ON_REFERENCES[0]
+
+
+def use_references(on: bool) -> None:
+    """Make every public kernel of this process run its NumPy reference (``on``) or its Numba
+    kernel again (not ``on``), as ``NUMBA_DISABLE_JIT=1`` would but at any time: the first
+    ``axon-llm generate`` answers on the references while second processes fill Numba's cold
+    disk cache, then switches back (``axon_llm.first_run``). Process-wide, not per thread."""
+    _ON_REFERENCES[0] = bool(on)
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,7 +147,7 @@ def cached_on_disk(*dispatchers) -> bool:
     """True when Numba's on-disk cache has an index for every given ``@njit(cache=True)``
     function (False: their first call compiles, which takes seconds). True under
     ``NUMBA_DISABLE_JIT=1`` (nothing compiles) and on a Numba whose cache layout is unknown."""
-    if jit_disabled():
+    if numba.config.DISABLE_JIT:
         return True
     for disp in dispatchers:
         try:
@@ -158,7 +171,7 @@ def compile_in_background(module: str, function: str = "warm_up", *args):
     import subprocess
     import sys
 
-    if jit_disabled():
+    if numba.config.DISABLE_JIT:
         return None
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder holding axon_kernels
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))

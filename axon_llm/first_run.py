@@ -1,0 +1,111 @@
+"""The first ``axon-llm generate`` on a cold Numba disk cache: answer while the kernels compile.
+
+Compiling the kernels one answer calls costs several seconds of CPU (the decode step's attention
+alone ~2 s), more than the whole warm command. Numba compiles under the GIL, so compiling in this
+process would hold up the answer; instead second processes compile them
+(`axon_kernels._jit.compile_in_background` running `axon_kernels.first_run.warm_up`) while this
+process loads the model and answers on the NumPy references every kernel has
+(`axon_kernels._jit.use_references`), slower per token but with nothing to compile. Between
+tokens :meth:`FirstRun.poll` checks the processes; once all are done the next token runs on the
+compiled kernels, loaded from the disk cache. The command waits for them before it exits (so the
+next run finds the cache full), and kills them if it fails, so no process outlives it.
+
+The references compute the same functions as the kernels up to float rounding, so a greedy answer
+can differ from a warm run's only where two tokens' logits tie to rounding.
+"""
+
+from __future__ import annotations
+
+import time
+
+import axon.nn as nn
+import axon.nn.functional as F
+
+__all__ = ["FirstRun", "model_parts"]
+
+
+def model_parts(model) -> tuple[str, ...]:
+    """The parts of `axon_kernels.first_run.PARTS` that generating with ``model`` compiles,
+    besides the decode step: its quantised kernels, and ``"prefill"`` when it has RMSNorm or
+    SiLU-gated MLP layers (the prompt's pass runs their kernels)."""
+    from axon_llm.blocks import GatedMLP
+    from axon_llm.quantized import inference_kernels
+
+    prefill = any(isinstance(m, nn.RMSNorm) or (isinstance(m, GatedMLP) and m.act is F.silu)
+                  for m in model.modules())
+    return (("prefill",) if prefill else ()) + inference_kernels(model)
+
+
+class FirstRun:
+    """The background compiles of one ``generate`` command, and the switch to the references.
+
+    Use as a context manager around the command: on leaving it normally it waits for the
+    processes (:meth:`finish`); on an error it kills them. ``log`` prints a line on stderr."""
+
+    def __init__(self, log):
+        self.log = log
+        self.procs: list = []
+        self.t0 = time.perf_counter()
+
+    def start(self, parts) -> None:
+        """Compile ``parts`` in a new background process if the disk cache lacks any of them."""
+        from axon_kernels import first_run
+        from axon_kernels._jit import compile_in_background
+
+        if not parts or first_run.compiled_on_disk(parts):
+            return
+        if not self.procs:
+            self.log("compiling kernels for the first run in the background (cached on disk for the next "
+                     "ones); answering on the NumPy reference kernels meanwhile...")
+        proc = compile_in_background("axon_kernels.first_run", "warm_up", tuple(parts))
+        if proc is not None:
+            self.procs.append(proc)
+
+    def answer_on_references(self) -> None:
+        """Run the kernels on their references from now on, if anything is still compiling."""
+        from axon_kernels._jit import use_references
+
+        use_references(self.poll_running())
+
+    def poll_running(self) -> bool:
+        """True while a background compile is running."""
+        return any(p.poll() is None for p in self.procs)
+
+    def poll(self, *_ignored) -> None:
+        """Between tokens: once every background compile is done, back to the compiled kernels."""
+        from axon_kernels._jit import jit_disabled, use_references
+
+        if self.procs and jit_disabled() and not self.poll_running():
+            use_references(False)
+
+    def finish(self) -> None:
+        """Back to the compiled kernels, after waiting for the background compiles."""
+        from axon_kernels._jit import use_references
+
+        use_references(False)
+        if self.procs:
+            if self.poll_running():
+                self.log("waiting for the kernel compile to finish...")
+            for p in self.procs:
+                p.wait()                 # if one failed, its kernels compile when first called
+            self.log(f"kernels compiled in {time.perf_counter() - self.t0:.1f}s")
+
+    def kill(self) -> None:
+        """Stop the background compiles now (the command failed or was interrupted)."""
+        from axon_kernels._jit import use_references
+
+        use_references(False)
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.finish()
+        else:
+            self.kill()
+        return False
