@@ -28,7 +28,7 @@ import numpy as np
 
 from axon_llm.chat import ChatSession, TextStreamer, check_room, eos_token_ids, max_context, render_chat
 from axon_llm.errors import GenerationError, InputError, LLMError
-from axon_llm.first_run import FirstRun, model_parts
+from axon_llm.first_run import FirstRun
 from axon_llm.pooling import embed_texts
 
 DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
@@ -302,14 +302,16 @@ def cmd_generate(args) -> int:
     if args.system is not None:
         read_text_input(args.system, "--system")
     with FirstRun(log) as first:
-        first.start(("decode",))         # model-independent: starts before the model loads
+        first.start(("decode", "prefill"))   # model-independent: starts before the model loads
         return _generate(args, prompt, first)
 
 
 def _generate(args, prompt: str, first: FirstRun) -> int:
+    from axon_llm.quantized import inference_kernels
+
     model = load_model(args.model, args.adapter)
     require_kind(model, args.model, "generate", ("causal LM",))
-    first.start(model_parts(model))
+    first.start(inference_kernels(model))   # its quantised kernels, in a second process
     tok = load_tokenizer(args.model)
     if args.chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])

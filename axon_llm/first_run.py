@@ -18,22 +18,7 @@ from __future__ import annotations
 
 import time
 
-import axon.nn as nn
-import axon.nn.functional as F
-
-__all__ = ["FirstRun", "model_parts"]
-
-
-def model_parts(model) -> tuple[str, ...]:
-    """The parts of `axon_kernels.first_run.PARTS` that generating with ``model`` compiles,
-    besides the decode step: its quantised kernels, and ``"prefill"`` when it has RMSNorm or
-    SiLU-gated MLP layers (the prompt's pass runs their kernels)."""
-    from axon_llm.blocks import GatedMLP
-    from axon_llm.quantized import inference_kernels
-
-    prefill = any(isinstance(m, nn.RMSNorm) or (isinstance(m, GatedMLP) and m.act is F.silu)
-                  for m in model.modules())
-    return (("prefill",) if prefill else ()) + inference_kernels(model)
+__all__ = ["FirstRun"]
 
 
 class FirstRun:
@@ -88,7 +73,9 @@ class FirstRun:
                 self.log("waiting for the kernel compile to finish...")
             for p in self.procs:
                 p.wait()                 # if one failed, its kernels compile when first called
-            self.log(f"kernels compiled in {time.perf_counter() - self.t0:.1f}s")
+            cpu = [getattr(p, "cpu_seconds", None) for p in self.procs]
+            used = f" ({' + '.join(f'{c:.1f}' for c in cpu)}s of CPU)" if None not in cpu else ""
+            self.log(f"kernels compiled in {time.perf_counter() - self.t0:.1f}s{used}")
 
     def kill(self) -> None:
         """Stop the background compiles now (the command failed or was interrupted)."""
