@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
@@ -186,6 +187,34 @@ def test_rope_attend_kernel_matches_reference(parallel_min, block, cache_dtype, 
         np.testing.assert_allclose(out, ref, rtol=2e-5, atol=2e-6)
         for got, want in zip(args, ref_args):                   # rotated q/k, written cache slot
             np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("cache_dtype", [np.float32, np.float16])
+def test_serial_rope_attend_is_the_blocked_kernel_with_one_block(cache_dtype):
+    """The short-cache kernel (the only one a first answer compiles) equals the blocked kernel
+    run serially with one block per kv head, bit for bit."""
+    import axon_kernels.decode as dec
+
+    if jit_disabled():
+        pytest.skip("compares two Numba kernels; under NUMBA_DISABLE_JIT=1 both are the same Python")
+    rng = np.random.default_rng(3)
+    h, hkv, d, length, rot = 6, 2, 16, 40, 16
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((h, d), (hkv, d), (hkv, d)))
+    kc = rng.standard_normal((hkv, length, d)).astype(cache_dtype)
+    vc = rng.standard_normal((hkv, length, d)).astype(cache_dtype)
+    ang = rng.uniform(0, 6, rot // 2).astype(np.float32)
+    cos, sin = np.cos(np.r_[ang, ang]).astype(np.float32), np.sin(np.r_[ang, ang]).astype(np.float32)
+    write = cache_dtype == np.float32
+    serial_blocked = numba.njit(nogil=True, fastmath=dec.REASSOC)(dec._rope_attend)   # the blocked body, serial
+    bits = (lambda a: a.view(np.uint16)) if cache_dtype == np.float16 else (lambda a: a)
+    for slot, lo in ((0, 0), (30, 0), (30, 26)):
+        one, many = [a.copy() for a in (q, k, v, kc, vc)], [a.copy() for a in (q, k, v, kc, vc)]
+        out_one, out_many = np.empty((h, d), np.float32), np.empty((h, d), np.float32)
+        dec._rope_attend_serial_nb(*one[:3], bits(one[3]), bits(one[4]), slot, lo, cos, sin, 0.25, out_one, 1, write)
+        serial_blocked(*many[:3], bits(many[3]), bits(many[4]), slot, lo, cos, sin, 0.25, out_many, 1, write)
+        np.testing.assert_array_equal(out_one, out_many)
+        for a, b in zip(one, many):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_small_kernels_match_references():
