@@ -100,8 +100,8 @@ def test_quantised_kernels_compile_in_a_second_background_process(monkeypatch, c
 def test_references_can_be_switched_on_and_off():
     rows = quant.TILE_ROWS * 2
     blocks = np.zeros((rows, 20), np.uint8)             # Q4_1: float16 scale, float16 min, 16 bytes of nibbles
-    blocks[:, 0:2] = np.float16(0.01).view(np.uint8)
-    blocks[:, 2:4] = np.float16(-0.1).view(np.uint8)
+    blocks[:, 0:2] = np.array([0.01], np.float16).view(np.uint8)
+    blocks[:, 2:4] = np.array([-0.1], np.float16).view(np.uint8)
     blocks[:, 4:] = (np.arange(rows * 16) % 256).reshape(rows, 16)
     w = quant.pack("Q4_1", blocks.reshape(-1), (rows, 32))
     x = np.linspace(-1, 1, 32, dtype=np.float32)
