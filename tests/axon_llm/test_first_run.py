@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
@@ -48,7 +49,7 @@ class _FakeCompile:
         return self
 
     def poll(self):
-        self.seen.append(jit.jit_disabled())
+        self.seen.append(jit._ON_REFERENCES[0])
         self.left -= 1
         return None if self.left >= 0 else 0
 
@@ -74,7 +75,7 @@ def test_cold_cache_answers_on_references_while_compiling(checkpoint, monkeypatc
     assert "compiling kernels for the first run" in err and "from the first to the last" in err
     assert started == [("axon_kernels.first_run", "warm_up", ("decode", "prefill"))]   # no quantised layers
     assert True in seen                              # tokens ran on the references while it compiled ...
-    assert seen[-1] is False and not jit.jit_disabled() and fake.waited   # ... then on the kernels again
+    assert seen[-1] is False and not jit._ON_REFERENCES[0] and fake.waited   # ... then on the kernels again
 
 
 def test_warm_cache_says_nothing(checkpoint, monkeypatch, capsys):
@@ -94,7 +95,7 @@ def test_quantised_kernels_compile_in_a_second_background_process(monkeypatch, c
     monkeypatch.setattr(jit, "compile_in_background", fake)
     assert main(["generate", "--model", path, "--prompt", "Hi", "--max-new-tokens", "1", "--no-stream"]) == 0
     assert [parts for _, _, parts in started] == [("decode", "prefill"), ("dense_q4", "matvec_q4", "matvec_q8", "rows_q8")]
-    assert not jit.jit_disabled()
+    assert not jit._ON_REFERENCES[0]
 
 
 def test_references_can_be_switched_on_and_off():
@@ -111,7 +112,7 @@ def test_references_can_be_switched_on_and_off():
         np.testing.assert_array_equal(quant.quant_matvec(w, x), quant.quant_matvec_ref(w, x))
     finally:
         jit.use_references(False)
-    assert jit.jit_disabled() == bool(__import__("numba").config.DISABLE_JIT)
+    assert jit.jit_disabled() == bool(numba.config.DISABLE_JIT)
 
 
 def test_unknown_parts_are_refused():
@@ -147,7 +148,7 @@ def test_a_failed_command_kills_its_background_compiles():
             raise RuntimeError("the command failed")
     proc = first.procs[0]
     assert proc.poll() is not None                       # killed and reaped: no process left behind
-    assert not jit.jit_disabled()
+    assert not jit._ON_REFERENCES[0]
 
 
 def _processes_with(cache_dir) -> list[int]:
