@@ -483,6 +483,7 @@ def cmd_bench(args) -> int:
         raise InputError(f"--prompt-tokens + --new-tokens = {args.prompt_tokens + args.new_tokens} exceeds the context {ctx}")
     from axon_llm.generation import check_generation_budget
     from axon_llm.generation_config import GenerationConfig
+    from axon_llm.quantized import inference_kernels
 
     try:
         check_generation_budget(model, 1, args.prompt_tokens, GenerationConfig(max_new_tokens=args.new_tokens))
@@ -490,7 +491,9 @@ def cmd_bench(args) -> int:
         raise InputError(f"--prompt-tokens / --new-tokens: {e}") from None
     rng = np.random.default_rng(0)
     ids = rng.integers(min(100, vocab - 1), vocab, size=(1, args.prompt_tokens))
-    _compile_kernels_first(model)
+    with FirstRun(log) as first:                                         # a cold cache: compile first
+        first.start(("decode", "prefill"))
+        first.start(inference_kernels(model))
     with axon.no_grad():                                                 # warm-up: JIT compilation
         model.generate(ids[:, :8], max_new_tokens=3, eos_token_id=None)  # prefill and decode paths
     best_prefill, best_decode = 0.0, 0.0

@@ -40,8 +40,7 @@ class FirstRun:
         if not parts or first_run.compiled_on_disk(parts):
             return
         if not self.procs:
-            self.log("compiling kernels for the first run in the background (cached on disk for the next "
-                     "ones); answering on the NumPy reference kernels meanwhile...")
+            self.log("compiling kernels for the first run in the background (cached on disk for the next ones)...")
         proc = compile_in_background("axon_kernels.first_run", "warm_up", tuple(parts))
         if proc is not None:
             self.procs.append(proc)
@@ -50,7 +49,10 @@ class FirstRun:
         """Run the kernels on their references from now on, if anything is still compiling."""
         from axon_kernels._jit import use_references
 
-        use_references(self.poll_running())
+        running = self.poll_running()
+        if running:
+            self.log("answering on the NumPy reference kernels meanwhile (slower per token)")
+        use_references(running)
 
     def poll_running(self) -> bool:
         """True while a background compile is running."""
