@@ -232,6 +232,17 @@ def _attend_block(q, kc, vc, g, grp, j0, j1, scale, mx, tot, acc):
                 acc[a, i] += p * _f32_at(vr, i)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _rotate_store(q, k, v, kc, vc, slot, cos, sin):
+    """Rotate ``q`` and ``k`` in place and write ``k, v`` into slot ``slot`` of ``kc, vc``."""
+    _rotate_nb(q, cos, sin)
+    _rotate_nb(k, cos, sin)
+    for g in range(k.shape[0]):
+        for i in range(k.shape[1]):
+            kc[g, slot, i] = k[g, i]
+            vc[g, slot, i] = v[g, i]
+
+
 def _rope_attend(q, k, v, kc, vc, slot, lo, cos, sin, scale, out, blocks, write):
     """``write``: rotate q/k and store k/v in slot ``slot`` here (float32 caches); otherwise
     the caller did both (float16 caches, stored by NumPy with IEEE rounding). Slots ``lo..slot``
@@ -239,12 +250,7 @@ def _rope_attend(q, k, v, kc, vc, slot, lo, cos, sin, scale, out, blocks, write)
     are merged as in flash attention (each block's sums rescaled by ``exp(its max - the max)``)."""
     hkv, d = k.shape
     if write:
-        _rotate_nb(q, cos, sin)
-        _rotate_nb(k, cos, sin)
-        for g in range(hkv):
-            for i in range(d):
-                kc[g, slot, i] = k[g, i]
-                vc[g, slot, i] = v[g, i]
+        _rotate_store(q, k, v, kc, vc, slot, cos, sin)
     grp = q.shape[0] // hkv
     sc = np.float32(scale)
     n = slot + 1 - lo
@@ -287,12 +293,7 @@ def _rope_attend_serial_nb(q, k, v, kc, vc, slot, lo, cos, sin, scale, out, bloc
     this small kernel and not the blocked one (~1 s less of compiling)."""
     hkv, d = k.shape
     if write:
-        _rotate_nb(q, cos, sin)
-        _rotate_nb(k, cos, sin)
-        for g in range(hkv):
-            for i in range(d):
-                kc[g, slot, i] = k[g, i]
-                vc[g, slot, i] = v[g, i]
+        _rotate_store(q, k, v, kc, vc, slot, cos, sin)
     grp = q.shape[0] // hkv
     mx = np.empty(grp, np.float32)
     tot = np.empty(grp, np.float32)

@@ -165,19 +165,25 @@ def test_gemma3_270m_fast_decode_matches_modules():
 
 # ------------------------------------------------------------------------------------- kernels
 
+def _attend_inputs(seed: int, cache_dtype, rot: int):
+    """Random ``(q [6, 16], k, v [2, 16], kc, vc [2, 40, 16])``, and ``cos, sin [rot]``."""
+    rng = np.random.default_rng(seed)
+    h, hkv, d, length = 6, 2, 16, 40
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((h, d), (hkv, d), (hkv, d)))
+    kc = rng.standard_normal((hkv, length, d)).astype(cache_dtype)
+    vc = rng.standard_normal((hkv, length, d)).astype(cache_dtype)
+    ang = rng.uniform(0, 6, rot // 2).astype(np.float32)
+    return (q, k, v, kc, vc), np.cos(np.r_[ang, ang]).astype(np.float32), np.sin(np.r_[ang, ang]).astype(np.float32)
+
+
 # threaded with blocks of 7 slots (many blocks merged), threaded with one block per thread, serial
 @pytest.mark.parametrize("parallel_min,block", [(1, 7), (1, 256), (1 << 30, 256)])
 @pytest.mark.parametrize("cache_dtype", [np.float32, np.float16])
 def test_rope_attend_kernel_matches_reference(parallel_min, block, cache_dtype, monkeypatch):
     monkeypatch.setattr("axon_kernels.decode.ATTEND_PARALLEL_MIN", parallel_min)
     monkeypatch.setattr("axon_kernels.decode.ATTEND_BLOCK", block)
-    rng = np.random.default_rng(0)
-    h, hkv, d, length, rot = 6, 2, 16, 40, 12
-    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((h, d), (hkv, d), (hkv, d)))
-    kc = rng.standard_normal((hkv, length, d)).astype(cache_dtype)
-    vc = rng.standard_normal((hkv, length, d)).astype(cache_dtype)
-    ang = rng.uniform(0, 6, rot // 2).astype(np.float32)
-    cos, sin = np.cos(np.r_[ang, ang]).astype(np.float32), np.sin(np.r_[ang, ang]).astype(np.float32)
+    (q, k, v, kc, vc), cos, sin = _attend_inputs(0, cache_dtype, rot=12)
+    h, d = q.shape
     for slot, lo in ((0, 0), (30, 0), (30, 26)):
         args = [(a.copy()) for a in (q, k, v, kc, vc)]
         ref_args = [(a.copy()) for a in (q, k, v, kc, vc)]
@@ -197,13 +203,8 @@ def test_serial_rope_attend_is_the_blocked_kernel_with_one_block(cache_dtype):
 
     if jit_disabled():
         pytest.skip("compares two Numba kernels; under NUMBA_DISABLE_JIT=1 both are the same Python")
-    rng = np.random.default_rng(3)
-    h, hkv, d, length, rot = 6, 2, 16, 40, 16
-    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((h, d), (hkv, d), (hkv, d)))
-    kc = rng.standard_normal((hkv, length, d)).astype(cache_dtype)
-    vc = rng.standard_normal((hkv, length, d)).astype(cache_dtype)
-    ang = rng.uniform(0, 6, rot // 2).astype(np.float32)
-    cos, sin = np.cos(np.r_[ang, ang]).astype(np.float32), np.sin(np.r_[ang, ang]).astype(np.float32)
+    (q, k, v, kc, vc), cos, sin = _attend_inputs(3, cache_dtype, rot=16)
+    h, d = q.shape
     write = cache_dtype == np.float32
     serial_blocked = numba.njit(nogil=True, fastmath=dec.REASSOC)(dec._rope_attend)   # the blocked body, serial
     bits = (lambda a: a.view(np.uint16)) if cache_dtype == np.float16 else (lambda a: a)
