@@ -7,8 +7,10 @@ process would hold up the answer; instead second processes compile them
 process loads the model and answers on the NumPy references every kernel has
 (`axon_kernels._jit.use_references`), slower per token but with nothing to compile. Between
 tokens :meth:`FirstRun.poll` checks the processes; once all are done the next token runs on the
-compiled kernels, loaded from the disk cache. The command waits for them before it exits (so the
-next run finds the cache full), and kills them if it fails, so no process outlives it.
+compiled kernels, loaded from the disk cache. Once it has answered, this process compiles the
+parts no background process has started yet (they claim parts in a shared folder,
+`axon_kernels.first_run.claim`), then waits for them before it exits, so the next run finds the
+cache full; if the command fails it kills them, so no process outlives it.
 
 The references compute the same functions as the kernels up to float rounding, so a greedy answer
 can differ from a warm run's only where two tokens' logits tie to rounding.
@@ -16,6 +18,8 @@ can differ from a warm run's only where two tokens' logits tie to rounding.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 
 __all__ = ["FirstRun"]
@@ -30,6 +34,8 @@ class FirstRun:
     def __init__(self, log):
         self.log = log
         self.procs: list = []
+        self.parts: list[str] = []       # every part handed to a background process
+        self.claims: str | None = None   # the folder where the processes claim parts
         self.t0 = time.perf_counter()
 
     def start(self, parts) -> None:
@@ -39,11 +45,13 @@ class FirstRun:
 
         if not parts or first_run.compiled_on_disk(parts):
             return
-        if not self.procs:
+        if self.claims is None:
             self.log("compiling kernels for the first run in the background (cached on disk for the next ones)...")
-        proc = compile_in_background("axon_kernels.first_run", "warm_up", tuple(parts))
+            self.claims = tempfile.mkdtemp(prefix="axon-first-run-")
+        proc = compile_in_background("axon_kernels.first_run", "warm_up", tuple(parts), self.claims)
         if proc is not None:
             self.procs.append(proc)
+            self.parts.extend(parts)
 
     def answer_on_references(self) -> None:
         """Run the kernels on their references from now on, if anything is still compiling."""
@@ -66,18 +74,23 @@ class FirstRun:
             use_references(False)
 
     def finish(self) -> None:
-        """Back to the compiled kernels, after waiting for the background compiles."""
+        """Back to the compiled kernels; compile here the parts no background process has
+        started yet, then wait for them."""
+        from axon_kernels import first_run
         from axon_kernels._jit import use_references
 
         use_references(False)
         if self.procs:
             if self.poll_running():
-                self.log("waiting for the kernel compile to finish...")
+                self.log("compiling the rest of the kernels here too...")
+                # the parts no process has started yet, last first (each process takes its own in order)
+                first_run.warm_up(tuple(reversed(self.parts)), self.claims)
             for p in self.procs:
                 p.wait()                 # if one failed, its kernels compile when first called
             cpu = [getattr(p, "cpu_seconds", None) for p in self.procs]
             used = f" ({' + '.join(f'{c:.1f}' for c in cpu)}s of CPU)" if None not in cpu else ""
             self.log(f"kernels compiled in {time.perf_counter() - self.t0:.1f}s{used}")
+        self._forget_claims()
 
     def kill(self) -> None:
         """Stop the background compiles now (the command failed or was interrupted)."""
@@ -88,6 +101,12 @@ class FirstRun:
             if p.poll() is None:
                 p.kill()
             p.wait()
+        self._forget_claims()
+
+    def _forget_claims(self) -> None:
+        if self.claims is not None:
+            shutil.rmtree(self.claims, ignore_errors=True)
+            self.claims = None
 
     def __enter__(self):
         return self

@@ -9,12 +9,14 @@ pass), and each name of :data:`axon_kernels.quant.INFERENCE_KERNELS` (one quanti
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from axon_kernels import decode, quant, rms_norm, swiglu
 from axon_kernels._jit import cached_on_disk, jit_disabled
 
-__all__ = ["PARTS", "compiled_on_disk", "warm_up"]
+__all__ = ["PARTS", "claim", "compiled_on_disk", "warm_up"]
 
 PARTS = ("decode", "prefill") + quant.INFERENCE_KERNELS
 
@@ -41,13 +43,26 @@ def compiled_on_disk(parts) -> bool:
     return True
 
 
-def warm_up(parts) -> None:
+def claim(claims: str, part: str) -> bool:
+    """True for the one caller that claims ``part`` first among the processes sharing the folder
+    ``claims`` (it creates the file ``claims/part``; an existing file means another has it)."""
+    try:
+        os.close(os.open(os.path.join(claims, part), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def warm_up(parts, claims: str | None = None) -> None:
     """Compile (or load from the disk cache) the kernels of ``parts``, in order, with the
-    argument types inference passes."""
+    argument types inference passes. With a folder ``claims``, only the parts this process
+    :func:`claim` s first: processes given the same parts share them out as each gets free."""
     _check(parts)
     if jit_disabled():
         return
     for part in parts:
+        if claims is not None and not claim(claims, part):
+            continue
         if part == "decode":
             decode.warm_up()
         elif part == "prefill":

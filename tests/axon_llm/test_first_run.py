@@ -44,7 +44,7 @@ class _FakeCompile:
         self.started, self.seen, self.left = started, seen, polls
         self.waited = False
 
-    def __call__(self, module, function, parts):
+    def __call__(self, module, function, parts, claims):
         self.started.append((module, function, parts))
         return self
 
@@ -183,3 +183,15 @@ def test_smollm2_cold_then_warm_same_answer_no_process_left(tmp_path):
     assert warm.returncode == 0, warm.stderr
     assert "compiling" not in warm.stderr
     assert cold.stdout == warm.stdout and "Paris" in warm.stdout
+
+
+def test_each_part_is_compiled_by_the_process_that_claims_it_first(tmp_path, monkeypatch):
+    if jit.jit_disabled():
+        pytest.skip("warm_up compiles nothing under NUMBA_DISABLE_JIT=1")
+    compiled = []
+    monkeypatch.setattr(dec, "warm_up", lambda: compiled.append("decode"))
+    monkeypatch.setattr(quant, "warm_up", lambda names: compiled.append(names[0]))
+    assert kfirst.claim(str(tmp_path), "rows_q8") and not kfirst.claim(str(tmp_path), "rows_q8")
+    kfirst.warm_up(("decode", "rows_q8", "matvec_q8"), str(tmp_path))    # rows_q8 is another's
+    kfirst.warm_up(("matvec_q8", "decode"), str(tmp_path))               # all taken by now
+    assert compiled == ["decode", "matvec_q8"]
