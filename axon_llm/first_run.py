@@ -39,7 +39,8 @@ class FirstRun:
         self.t0 = time.perf_counter()
 
     def start(self, parts) -> None:
-        """Compile ``parts`` in a new background process if the disk cache lacks any of them."""
+        """Compile ``parts`` in a new background process if the disk cache lacks any of them
+        (then it helps with the parts of earlier ones, which they have not started yet)."""
         from axon_kernels import first_run
         from axon_kernels._jit import compile_in_background
 
@@ -48,7 +49,9 @@ class FirstRun:
         if self.claims is None:
             self.log("compiling kernels for the first run in the background (cached on disk for the next ones)...")
             self.claims = tempfile.mkdtemp(prefix="axon-first-run-")
-        proc = compile_in_background("axon_kernels.first_run", "warm_up", tuple(parts), self.claims)
+        # its own parts, then those of earlier processes they have not started yet (last first)
+        queue = tuple(parts) + tuple(reversed(self.parts))
+        proc = compile_in_background("axon_kernels.first_run", "warm_up", queue, self.claims)
         if proc is not None:
             self.procs.append(proc)
             self.parts.extend(parts)

@@ -94,7 +94,8 @@ def test_quantised_kernels_compile_in_a_second_background_process(monkeypatch, c
     monkeypatch.setattr(kfirst, "compiled_on_disk", lambda parts: False)
     monkeypatch.setattr(jit, "compile_in_background", fake)
     assert main(["generate", "--model", path, "--prompt", "Hi", "--max-new-tokens", "1", "--no-stream"]) == 0
-    assert [parts for _, _, parts in started] == [("decode", "prefill"), ("dense_q4", "matvec_q4", "matvec_q8", "rows_q8")]
+    assert [parts for _, _, parts in started] == [("decode", "prefill"),
+                                                 ("dense_q4", "matvec_q4", "matvec_q8", "rows_q8", "prefill", "decode")]
     assert not jit._ON_REFERENCES[0]
 
 
