@@ -201,6 +201,20 @@ def _start_compiler() -> None:
         numba.njit(lambda x: x + 1)(1)
 
 
+def _die_with(parent: int) -> None:
+    """In a forked child: be killed when ``parent`` dies, even by SIGKILL (Linux's
+    ``PR_SET_PDEATHSIG``; elsewhere the child just finishes its compile and exits)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))   # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:                           # it died before the call above
+        os._exit(1)
+
+
 class _Forked:
     """A forked child running ``module.function(*args)`` then exiting (0, or 1 if it raised)
     without running this process's exit handlers; ``poll`` / ``wait`` / ``kill`` as Popen's."""
@@ -213,10 +227,12 @@ class _Forked:
             stream.flush()
         self.returncode = None
         self.cpu_seconds = None                          # its CPU time, once it exited
+        parent = os.getpid()
         self.pid = os.fork()
         if self.pid == 0:                                # the child
             code = 1
             try:
+                _die_with(parent)
                 null = os.open(os.devnull, os.O_RDWR)
                 for fd in (0, 1, 2):
                     os.dup2(null, fd)

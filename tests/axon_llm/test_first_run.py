@@ -7,6 +7,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numba
@@ -196,3 +197,29 @@ def test_each_part_is_compiled_by_the_process_that_claims_it_first(tmp_path, mon
     kfirst.warm_up(("decode", "rows_q8", "matvec_q8"), str(tmp_path))    # rows_q8 is another's
     kfirst.warm_up(("matvec_q8", "decode"), str(tmp_path))               # all taken by now
     assert compiled == ["decode", "matvec_q8"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_background_compile_dies_with_its_parent(tmp_path):
+    """Even a parent killed by SIGKILL (no chance to clean up) leaves no compiling process behind."""
+    code = ("import sys, time; import axon_kernels._jit as j; "
+            "p = j.compile_in_background('time', 'sleep', 120); print(p.pid, flush=True); time.sleep(120)")
+    parent = subprocess.Popen([sys.executable, "-c", code], env=_env(tmp_path), stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+    finally:
+        parent.kill()
+        parent.wait()
+    for _ in range(200):
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            return
+        try:
+            with open(f"/proc/{child}/stat") as f:        # a zombie waiting for init to reap it is gone too
+                if f.read().split(")")[-1].split()[0] == "Z":
+                    return
+        except FileNotFoundError:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"the background process {child} outlived its parent")
