@@ -85,7 +85,7 @@ class FirstRun:
         use_references(False)
         if self.procs:
             if self.poll_running():
-                self.log("compiling the rest of the kernels here too...")
+                self.log("finishing the kernel compile...")
                 # the parts no process has started yet, last first (each process takes its own in order)
                 first_run.warm_up(tuple(reversed(self.parts)), self.claims)
             for p in self.procs:
