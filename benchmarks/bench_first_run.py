@@ -29,9 +29,9 @@ import time
 PROMPT = "What is the capital of France?"
 
 
-def run(cache_dir: str, args) -> tuple[float, float, str, float]:
+def run(cache_dir: str, args) -> tuple[float, float, str, float, str]:
     """(wall seconds, CPU seconds of the process and its children, the CLI's timing line, seconds
-    until the answer's first line was on stdout) of one ``generate`` in a fresh process."""
+    until the answer's first line was on stdout, the answer) of one ``generate`` in a fresh process."""
     cmd = [sys.executable, "-m", "axon_llm", "generate", "--chat", "--prompt", PROMPT,
            "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads)]
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
@@ -47,7 +47,7 @@ def run(cache_dir: str, args) -> tuple[float, float, str, float]:
     if proc.returncode != 0 or not answer:
         sys.exit(f"bench_first_run: {' '.join(cmd)} failed:\n{err[-2000:]}")
     timing = next((line for line in err.splitlines() if "tokens in" in line), "")
-    return wall, cpu, timing.strip(), answered
+    return wall, cpu, timing.strip(), answered, answer + rest
 
 
 def main() -> None:
@@ -62,13 +62,15 @@ def main() -> None:
     for r in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="axon-numba-cache-") as cache:
             load = os.getloadavg()[0]
-            cold, cold_cpu, cold_line, cold_answer = run(cache, args)
-            warm, warm_cpu, warm_line, warm_answer = min(run(cache, args) for _ in range(2))
+            cold, cold_cpu, cold_line, cold_answer, cold_text = run(cache, args)
+            warm, warm_cpu, warm_line, warm_answer, warm_text = min(run(cache, args) for _ in range(2))
         ratios.append(cold / warm)
         print(f"round {r + 1} (load {load:.1f}): cold {cold:.2f} s, warm {warm:.2f} s, cold / warm {cold / warm:.2f}x; "
               f"CPU time cold {cold_cpu:.2f} s, warm {warm_cpu:.2f} s ({cold_cpu / warm_cpu:.2f}x)")
         print(f"    cold: answer on stdout after {cold_answer:.2f} s; {cold_line}")
         print(f"    warm: answer on stdout after {warm_answer:.2f} s; {warm_line}")
+        same = "the same answer" if cold_text == warm_text else f"DIFFERENT answers: {cold_text!r} / {warm_text!r}"
+        print(f"    cold and warm: {same}")
     print(f"cold / warm over {len(ratios)} rounds: min {min(ratios):.2f}x, max {max(ratios):.2f}x (goal <= 2x)")
 
 
