@@ -223,3 +223,29 @@ def test_a_background_compile_dies_with_its_parent(tmp_path):
             return
         time.sleep(0.05)
     pytest.fail(f"the background process {child} outlived its parent")
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma3"])
+def test_leaving_the_references_mid_answer_keeps_the_greedy_tokens(name):
+    """The first run's switch between tokens: a few tokens on the references (the fast decode
+    step's included), the rest on the kernels, the same tokens as all on the kernels."""
+    import axon_llm
+    from axon_llm.generation import generate
+
+    model = axon_llm.from_pretrained(ROOT / "tests" / "fixtures" / "hf" / name)
+    prompt = np.array([[1, 5, 9, 22, 7, 3]])
+    want = generate(model, prompt, max_new_tokens=10, eos_token_id=None)
+    steps = []
+
+    def switch_after_four(ids) -> None:
+        steps.append(jit._ON_REFERENCES[0])
+        if len(steps) == 4:
+            jit.use_references(False)
+
+    jit.use_references(True)
+    try:
+        got = generate(model, prompt, max_new_tokens=10, eos_token_id=None, streamer=switch_after_four)
+    finally:
+        jit.use_references(False)
+    assert steps[:4] == [True] * 4 and not any(steps[4:])
+    np.testing.assert_array_equal(got, want)
