@@ -9,7 +9,12 @@ themselves call :meth:`QuantizedLinear.dequantize` (or :func:`dequantize_model`)
 back ordinary float32 ``nn.Linear`` / ``nn.Embedding`` layers.
 
 Decode (one token) uses the fused matvec kernel; prefill uses the fused matmul (or BLAS on
-dequantised chunks for long prompts) -- see :func:`kernels.quant.quant_matmul`.
+dequantised chunks for long prompts) -- see :func:`kernels.quant.quant_matmul` -- except
+prompts of at least ``quant_int8.MIN_TOKENS`` tokens per sequence on 4-bit weights and a CPU with
+AVX512-VNNI, which quantise the activations to int8 per block and use integer dot products
+(`axon_kernels.quant_int8.use_for`; the choice goes by tokens per sequence, not rows, so a
+sequence gets the same path alone or in a batch). Training through the layer (a gradient
+recorded) stays on the float path, whose gradient ``dx = dy @ W`` is exact.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import numpy as np
 import axon
 import axon.nn as nn
 from axon.autograd import Function
+from axon_kernels import quant_int8
 from axon_kernels.quant import QuantMatrix, dequantize, pack, quant_matmul, quant_matvec, quant_rows, unpack
 
 from axon_llm.embeddings import as_token_ids
@@ -34,7 +40,12 @@ class _QuantLinearFn(Function):
     def forward(ctx, x, *, w: QuantMatrix):
         lead = x.shape[:-1]
         x2 = np.ascontiguousarray(x.reshape(-1, x.shape[-1]), dtype=np.float32)   # [..., in] -> [N, in]
-        y = quant_matvec(w, x2[0])[None] if x2.shape[0] == 1 else quant_matmul(w, x2)   # [N, out]
+        if x2.shape[0] == 1:
+            y = quant_matvec(w, x2[0])[None]                                        # [1, out]
+        elif ctx is None and quant_int8.use_for(w, x.shape[-2]):   # inference on a long prompt (per sequence)
+            y = quant_int8.quant_matmul_int8(w, x2)                                 # [N, out]
+        else:
+            y = quant_matmul(w, x2)                                                 # [N, out]
         if ctx is not None:
             ctx.w = w
             ctx.x_dtype = x.dtype

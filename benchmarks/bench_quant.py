@@ -16,7 +16,12 @@ BLAS sgemm (`_dense_matmul`, what `quant_matmul` runs above FUSED_MATMUL_MAX_TOK
 is how MATVEC_LOOP_MAX_TOKENS and FUSED_MATMUL_MAX_TOKENS are chosen. The three alternate
 within each round; the best of each round is kept and the spread of the ratios printed.
 
-    python benchmarks/bench_quant.py [--threads N] [--repeat R] [--types-only] [--few-tokens] [--rounds N]
+With ``--int8`` (alone): the prefill product of 4-bit weights, `axon_kernels.quant_int8` (activations
+quantised to int8 per block, ``vpdpbusd`` on AVX512-VNNI) against the float path it replaces above
+``quant_int8.MIN_TOKENS`` (dequantise + sgemm, `quant._dense_matmul`), Q4_1 at SmolLM2's shapes,
+T = 128 and 500; the two alternate within each round, and the spread of the ratio is printed.
+
+    python benchmarks/bench_quant.py [--threads N] [--repeat R] [--types-only] [--few-tokens] [--int8] [--rounds N]
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=50)
     ap.add_argument("--types-only", action="store_true", help="only the per-type table at 576x1536")
     ap.add_argument("--few-tokens", action="store_true", help="only the few-token matmul table (the thresholds)")
-    ap.add_argument("--rounds", type=int, default=3, help="rounds of the few-token table (spread across rounds)")
+    ap.add_argument("--int8", action="store_true", help="only the int8 (VNNI) prefill product vs dequantise + sgemm")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of the few-token / int8 tables (spread across rounds)")
     args = ap.parse_args()
 
     import numba
@@ -66,6 +72,9 @@ def main() -> None:
     print(f"numba threads={numba.get_num_threads()}  OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
     if args.few_tokens:
         few_tokens(random_raw, args.rounds)
+        return
+    if args.int8:
+        int8_prefill(random_raw, args.rounds)
         return
     rows, cols = 576, 1536
     print(f"\nevery type, {rows}x{cols} (SmolLM2 down_proj), one token; best of {args.repeat}")
@@ -148,6 +157,35 @@ def few_tokens(random_raw, rounds: int) -> None:
                       f"loop {min(runs['loop']) * 1e6:9.1f} us  dequant+sgemm {min(runs['dense']) * 1e6:9.1f} us  "
                       f"loop/fused {loop[len(loop) // 2]:5.2f}x [{loop[0]:.2f}-{loop[-1]:.2f}]  "
                       f"dense/fused {dense[len(dense) // 2]:5.2f}x [{dense[0]:.2f}-{dense[-1]:.2f}]", flush=True)
+
+
+def int8_prefill(random_raw, rounds: int) -> None:
+    """int8 activations x 4-bit weights (VNNI) vs dequantise + sgemm, Q4_1, T = 128 and 500."""
+    import numpy as np
+
+    from axon_kernels import quant, quant_int8
+    from axon_kernels.quant import pack
+
+    if not quant_int8.vnni.available():
+        print("\nint8 prefill: this CPU has no AVX512-VNNI; quant_matmul keeps the float path")
+        return
+    rng = np.random.default_rng(2)
+    print(f"\nprefill product, Q4_1: int8 (quant_int8.quant_matmul_int8) vs float (dequantise + sgemm, "
+          f"quant._dense_matmul); ratio float/int8 > 1: int8 is faster. Best per round, {rounds} rounds")
+    for rows, cols in [(576, 576), (1536, 576), (576, 1536), (192, 576)]:
+        w = pack("Q4_1", random_raw("Q4_1", rows, cols), (rows, cols))
+        for ntok in (128, 500):
+            x = rng.standard_normal((ntok, cols)).astype(np.float32)
+            n = max(3, 200_000_000 // (rows * cols * ntok))
+            runs = {"int8": [], "float": []}
+            for _ in range(rounds):                      # alternate the two within each round
+                runs["int8"].append(_best(lambda: quant_int8.quant_matmul_int8(w, x), n))
+                runs["float"].append(_best(lambda: quant._dense_matmul(w, x), n))
+            r = sorted(a / b for a, b in zip(runs["float"], runs["int8"]))
+            ti, tf = min(runs["int8"]), min(runs["float"])
+            print(f"Q4_1 {rows:>5}x{cols:<5} T={ntok:<4} int8 {ti * 1e3:7.3f} ms ({rows * cols * ntok / ti / 1e9:5.0f} GMAC/s)  "
+                  f"float {tf * 1e3:7.3f} ms ({rows * cols * ntok / tf / 1e9:5.0f} GMAC/s)  "
+                  f"float/int8 {r[len(r) // 2]:5.2f}x [{r[0]:.2f}-{r[-1]:.2f}]", flush=True)
 
 
 def load_memory() -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from axon_kernels import quant_int8
+from axon_kernels.quant import FUSED_MATMUL_MAX_TOKENS
 from axon_llm.errors import ModelFormatError, UnsupportedError
 from axon_llm.loaders.gguf import GGUFFile, GGUFQuantTensor, hf_name, load_gguf, unpermute_qk_rows
 
@@ -339,12 +341,32 @@ def test_smollm2_last_logits_match_transformers(smol_model):
     exp = _smol_expected()
     ref = np.load(Path(__file__).parent.parent / "fixtures" / "smollm2" / exp["last_logits"]["file"])
     ids = np.array([exp["chats"][exp["last_logits"]["chat_index"]]["ids"]])
-    with axon.no_grad():
+    with axon.no_grad(), quant_int8.enabled(False):  # the float path: what transformers computes
         logits = smol_model(ids).numpy()[0, -1]
     assert logits.shape == ref.shape
     # transformers runs the same weights dequantised to fp32; only summation order differs
     np.testing.assert_allclose(logits, ref, atol=2e-3 * np.abs(ref).max())
     assert np.argmax(logits) == np.argmax(ref)
+
+
+@pytest.mark.realmodel
+def test_smollm2_int8_prefill_stays_near_the_float_logits(smol_model, monkeypatch):
+    """The prompt above with every projection on the int8 path (activations rounded to 8 bits per
+    block where the CPU has VNNI; each product is within `quant_int8.error_bound` of the float one,
+    tests/kernels/test_quant_int8.py). Those roundings compound over 30 layers into noise of ~1.5
+    logits (of ~25) here, which is why prompts below quant_int8.MIN_TOKENS keep the float path:
+    this prompt's first token leads by 0.08 only. Checked: the noise stays below 10% of the logit
+    range, and transformers' top token stays among the int8 top five."""
+    import axon
+    exp = _smol_expected()
+    ref = np.load(Path(__file__).parent.parent / "fixtures" / "smollm2" / exp["last_logits"]["file"])
+    ids = np.array([exp["chats"][exp["last_logits"]["chat_index"]]["ids"]])
+    assert FUSED_MATMUL_MAX_TOKENS < ids.shape[1] < quant_int8.MIN_TOKENS
+    monkeypatch.setattr(quant_int8, "MIN_TOKENS", FUSED_MATMUL_MAX_TOKENS + 1)
+    with axon.no_grad():
+        logits = smol_model(ids).numpy()[0, -1]
+    assert np.abs(logits - ref).max() <= 0.1 * np.abs(ref).max()
+    assert np.argmax(ref) in np.argsort(-logits)[:5]
 
 
 @pytest.mark.slow
@@ -363,6 +385,45 @@ def test_smollm2_greedy_is_token_identical(smol_model, case):
 # ---------------------------------------------------------------------------------------------
 # QuantizedLinear / QuantizedEmbedding
 # ---------------------------------------------------------------------------------------------
+
+def test_quantized_linear_takes_int8_from_min_tokens_per_sequence_unless_switched_off(monkeypatch):
+    from axon_kernels.quant import pack, quant_matmul
+    from axon_kernels.quant_encode import quantize
+    from axon_llm.quantized import QuantizedLinear
+
+    dense = (0.05 * np.random.default_rng(4).standard_normal((96, 256))).astype(np.float32)
+    w = pack("Q4_1", quantize("Q4_1", dense), (96, 256))
+    layer = QuantizedLinear(w)
+    n = quant_int8.MIN_TOKENS
+    x = np.random.default_rng(4).standard_normal((2, n, 256)).astype(np.float32)   # [B, T, in]
+    x2 = x.reshape(-1, 256)
+    assert n > FUSED_MATMUL_MAX_TOKENS
+    y_float = quant_matmul(w, x2).reshape(2, n, 96)
+    on = quant_int8.supported(w)                  # a CPU with AVX512-VNNI (with or without the JIT)
+    want = quant_int8.quant_matmul_int8(w, x2).reshape(2, n, 96) if on else y_float
+    np.testing.assert_array_equal(layer(x).numpy(), want)
+    if on:
+        assert not np.array_equal(want, y_float)
+    # one token short per sequence: the float path, however many rows the batch has
+    np.testing.assert_array_equal(layer(x[:, 1:]).numpy(), quant_matmul(w, x[:, 1:].reshape(-1, 256)).reshape(2, n - 1, 96))
+    step = x.reshape(-1, 1, 256)                  # a decode step of 2n sequences, one token each
+    np.testing.assert_array_equal(layer(step).numpy(), quant_matmul(w, x2).reshape(-1, 1, 96))
+    with quant_int8.enabled(False):
+        assert not quant_int8.is_enabled()
+        np.testing.assert_array_equal(layer(x).numpy(), y_float)
+    monkeypatch.setenv("AXON_INT8_PREFILL", "0")
+    assert not quant_int8.is_enabled()
+    np.testing.assert_array_equal(layer(x).numpy(), y_float)
+    with quant_int8.enabled(True):                # the context manager wins over the variable
+        assert quant_int8.is_enabled()
+    monkeypatch.delenv("AXON_INT8_PREFILL")
+    import axon
+    xt = axon.tensor(x, requires_grad=True)       # training through the layer: the float path
+    y = layer(xt)
+    np.testing.assert_array_equal(y.numpy(), y_float)
+    y.sum().backward()
+    assert xt.grad is not None and xt.grad.shape == x.shape
+
 
 def _random_blocks(qtype: str, rows: int, cols: int, seed: int = 0) -> np.ndarray:
     from axon_kernels.quant import BLOCK
