@@ -36,7 +36,8 @@ from numba import types  # noqa: E402
 from numba.extending import intrinsic, overload  # noqa: E402
 
 __all__ = ["jit_disabled", "fast_exp", "fast_log1p", "float_array", "result_float_dtype", "set_threads",
-           "default_threads", "gemm_split", "cached_on_disk", "compile_in_background", "use_references"]
+           "default_threads", "gemm_split", "cached_on_disk", "own_cache_entry", "compile_in_background",
+           "use_references"]
 
 # Only FMA contraction: it never changes NaN/Inf propagation (unlike fastmath=True, which
 # assumes no NaN/Inf and may drop them). Used on the hot loops of float kernels.
@@ -157,6 +158,21 @@ def cached_on_disk(*dispatchers) -> bool:
         if not os.path.exists(index):
             return False
     return True
+
+
+def own_cache_entry(fn, suffix: str):
+    """A copy of the Python function ``fn`` named ``<name>_<suffix>``, for a second `njit` variant
+    of it (e.g. ``parallel=True`` beside a serial one) to get its own on-disk cache entry. Numba
+    keys its cache by the function's qualified name and argument types, not by the `njit`
+    options: two variants compiled from one function share one entry, and every later process
+    loads whichever was saved last for both (a "parallel" kernel then runs on one thread, or a
+    serial one wakes the thread pool on every call)."""
+    import types as pytypes
+
+    copy = pytypes.FunctionType(fn.__code__, fn.__globals__, f"{fn.__name__}_{suffix}", fn.__defaults__, fn.__closure__)
+    copy.__qualname__ = f"{fn.__qualname__}_{suffix}"
+    copy.__doc__ = fn.__doc__
+    return copy
 
 
 def compile_in_background(module: str, function: str = "warm_up", *args):

@@ -27,7 +27,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-from axon_kernels._jit import _int32_bits_as_float32, cached_on_disk, fast_exp, jit_disabled
+from axon_kernels._jit import _int32_bits_as_float32, cached_on_disk, fast_exp, jit_disabled, own_cache_entry
 from axon_kernels import quant
 
 __all__ = ["rms_norm_into", "rms_norm_into_ref", "rms_norm_rows", "rms_norm_rows_ref", "rope_attend", "rope_attend_ref",
@@ -282,7 +282,7 @@ def _rope_attend(q, k, v, kc, vc, slot, lo, cos, sin, scale, out, blocks, write)
                 o[i] *= inv
 
 
-_rope_attend_nb = njit(cache=True, nogil=True, parallel=True, fastmath=REASSOC)(_rope_attend)
+_rope_attend_nb = njit(cache=True, nogil=True, parallel=True, fastmath=REASSOC)(own_cache_entry(_rope_attend, "parallel"))
 
 
 @njit(cache=True, nogil=True, fastmath=REASSOC)
