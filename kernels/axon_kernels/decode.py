@@ -290,7 +290,7 @@ def _rope_attend_serial_nb(q, k, v, kc, vc, slot, lo, cos, sin, scale, out, bloc
     """``_rope_attend`` on one thread with one block per kv head (``blocks`` is ignored), bit for
     bit: the block's sums normalised directly, no merge (with one block the merge multiplies by
     ``exp(0) = 1``). The short caches of a first answer call only this, so the first run compiles
-    this small kernel and not the blocked one (~1 s less of compiling)."""
+    this small kernel and not the blocked one (~0.5 s less of compiling)."""
     hkv, d = k.shape
     if write:
         _rotate_store(q, k, v, kc, vc, slot, cos, sin)
