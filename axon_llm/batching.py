@@ -3,8 +3,10 @@
 Glossary: ``n`` active rows, ``R`` rows of the batch cache (``max_batch``), ``L`` slots in use
 (``cache.length``), ``C`` slots allocated (``cache.max_length``), ``P`` prompt length.
 
-A request's prompt is prefilled alone, in its own cache (``model.new_cache(1, P)``), and its
-first token is picked at once (time to first token). Then its K/V are copied into a free row
+A request's prompt is prefilled in its own cache (``model.new_cache(n, P)``) together with the
+other prompts waiting at that moment (left-padded to the longest, when the padding stays small:
+eight short prompts arriving at once read the weights once, not eight times), and its first
+token is picked at once (time to first token). Then its K/V are copied into a free row
 of the one batch cache, **right-aligned** to the slots in use: the row's ``P`` tokens sit in
 slots ``L-P .. L-1`` and the slots before them are holes (``key_mask`` False), exactly how a
 left-padded prompt looks. ``seen`` (real tokens per row) gives every row its own position ids,
@@ -31,7 +33,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import axon
+from axon_kernels.quant import FUSED_MATMUL_MAX_TOKENS
+from axon_kernels.quant_int8 import MIN_TOKENS as INT8_MIN_TOKENS
 
+from axon_llm.batch_decode import batch_decode_plan
 from axon_llm.cache import KVCache
 from axon_llm.errors import InputError
 from axon_llm.generation import mask_logits
@@ -74,14 +79,18 @@ class BatchScheduler:
 
     ``max_batch`` rows decode together; ``max_length`` bounds prompt + new tokens of one
     sequence (default: the model's context). ``start()`` runs the thread, ``close()`` stops it.
+    ``fast_decode=False`` steps through the module forward instead of a
+    :class:`~axon_llm.batch_decode.BatchDecodePlan` (the reference; models without a plan always do).
     """
 
     INITIAL_SLOTS = 256
 
-    def __init__(self, model, max_batch: int = 8, max_length: int | None = None):
+    def __init__(self, model, max_batch: int = 8, max_length: int | None = None, fast_decode: bool = True):
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise InputError(f"max_batch must be an integer >= 1, got {max_batch!r}")
         self.model = model
+        # the batched step through raw arrays (axon_llm/batch_decode.py), or None: through the modules
+        self.plan = batch_decode_plan(model) if fast_decode else None
         self.max_batch = max_batch
         ctx = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         self.max_length = int(max_length or ctx or 2048)
@@ -146,31 +155,90 @@ class BatchScheduler:
         while not self.pending.empty():
             self.pending.get_nowait().events.put(("done", "cancelled"))
 
+    #: a joint prefill pads every prompt to the longest one, and a prompt must take the same
+    #: kernels joined as alone (so greedy outputs do not depend on the neighbours), so prompts
+    #: are grouped by the path their length takes (quantised weights): up to SHORT_PROMPT tokens
+    #: the few-token kernel (`axon_kernels.quant.FUSED_MATMUL_MAX_TOKENS`; a group stays within
+    #: SHORT_PROMPT padded tokens, since past it the product dequantises every weight, ~0.1 s
+    #: for SmolLM2, which a short prompt alone never pays), from LONG_PROMPT tokens the int8
+    #: prefill (`axon_kernels.quant_int8.MIN_TOKENS`, chosen per sequence length), the float
+    #: prefill between. Those above SHORT_PROMPT share the dequantisation: their group grows
+    #: while the padded tokens stay within PREFILL_PAD_RATIO x the real ones and PREFILL_TOKENS.
+    SHORT_PROMPT = FUSED_MATMUL_MAX_TOKENS
+    LONG_PROMPT = INT8_MIN_TOKENS
+    PREFILL_PAD_RATIO = 1.5
+    PREFILL_TOKENS = 2048
+
     def _admit(self) -> None:
-        while len(self.rows) < self.max_batch:
+        """Prefill the waiting requests that fit in free rows: grouped by :meth:`_prefill_groups`,
+        one forward per group (8 short prompts arriving together read the weights once, not 8 times)."""
+        taken = []
+        while len(self.rows) + len(taken) < self.max_batch:
             try:
                 req = self.pending.get_nowait()
             except queue.Empty:
-                return
+                break
             if req.cancelled.is_set():
                 req.events.put(("done", "cancelled"))
                 continue
+            taken.append(req)
+        for group in self._prefill_groups(taken):
             try:
-                self._prefill(req)
+                self._prefill(group)
             except Exception as exc:
-                req.events.put(("error", exc))
+                if len(group) == 1:
+                    group[0].events.put(("error", exc))
+                    continue
+                for req in group:                         # one prompt's failure must not fail the others
+                    try:
+                        self._prefill([req])
+                    except Exception as one_exc:
+                        req.events.put(("error", one_exc))
 
-    def _prefill(self, req: SequenceRequest) -> None:
-        p = len(req.prompt_ids)
-        own = self.model.new_cache(1, p)
-        logits = self.model(np.asarray([req.prompt_ids], dtype=np.int64), cache=own)    # [1, P, V]
-        logits = np.asarray(logits.numpy() if hasattr(logits, "numpy") else logits)[:, -1]   # [1, V]
-        row = _Row(req, TextGenerator(req.config), [], -1)
-        if self._pick(row, logits):
-            return                                        # finished on its first token
-        self._place(own, p)
-        self.rows.append(row)
-        self.max_active = max(self.max_active, len(self.rows))
+    def _prefill_groups(self, reqs: list[SequenceRequest]) -> list[list[SequenceRequest]]:
+        """``reqs`` cut into groups that are prefilled together (in arrival order within each):
+        prompts of one length class (<= SHORT_PROMPT, below LONG_PROMPT, from LONG_PROMPT
+        tokens) together, short ones while the group's padded size (rows x longest prompt)
+        stays <= SHORT_PROMPT, the others while it stays within PREFILL_PAD_RATIO x the group's
+        real tokens and PREFILL_TOKENS."""
+        groups: list[list[SequenceRequest]] = []
+        last = {}                                          # path class -> index of that class's open group
+        for req in reqs:
+            p = len(req.prompt_ids)
+            kind = 0 if p <= self.SHORT_PROMPT else 1 if p < self.LONG_PROMPT else 2
+            if kind in last:
+                group = groups[last[kind]] + [req]
+                lengths = [len(r.prompt_ids) for r in group]
+                padded = len(group) * max(lengths)
+                fits = (padded <= self.SHORT_PROMPT if kind == 0 else
+                        padded <= self.PREFILL_PAD_RATIO * sum(lengths) and padded <= self.PREFILL_TOKENS)
+                if fits:
+                    groups[last[kind]] = group
+                    continue
+            last[kind] = len(groups)
+            groups.append([req])
+        return groups
+
+    def _prefill(self, reqs: list[SequenceRequest]) -> None:
+        """Prefill ``reqs`` in one forward (left-padded to the longest prompt), pick each one's
+        first token, and place the unfinished ones in the batch cache."""
+        lengths = [len(r.prompt_ids) for r in reqs]
+        n, width = len(reqs), max(lengths)
+        ids = np.zeros((n, width), dtype=np.int64)                                   # [n, P]
+        mask = np.zeros((n, width), dtype=np.int64)                                  # [n, P]
+        for i, (req, p) in enumerate(zip(reqs, lengths)):
+            ids[i, width - p:] = req.prompt_ids
+            mask[i, width - p:] = 1
+        own = self.model.new_cache(n, width)
+        logits = self.model(ids, attention_mask=None if n == 1 else mask, cache=own, logits_to_keep=1)   # [n, 1, V]
+        logits = np.asarray(logits.numpy() if hasattr(logits, "numpy") else logits)[:, -1]   # [n, V]
+        for i, (req, p) in enumerate(zip(reqs, lengths)):
+            row = _Row(req, TextGenerator(req.config), [], -1)
+            if self._pick(row, logits[i:i + 1]):
+                continue                                  # finished on its first token
+            self._place(own, i, p)
+            self.rows.append(row)
+            self.max_active = max(self.max_active, len(self.rows))
 
     def _pick(self, row: _Row, logits: np.ndarray) -> bool:
         """Choose the row's next token from ``logits [1, V]``, send it; True when the row is finished."""
@@ -234,8 +302,9 @@ class BatchScheduler:
             cache.key_mask[r, width - c:width] = True
         cache.length = width
 
-    def _place(self, own: KVCache, p: int) -> None:
-        """Copy a prefilled one-row cache of ``p`` tokens into the next free row, right-aligned."""
+    def _place(self, own: KVCache, i: int, p: int) -> None:
+        """Copy row ``i`` of a prefilled cache (its ``p`` tokens are its last ``p`` filled slots)
+        into the next free row, right-aligned."""
         if not self.rows:
             self._ensure_capacity(p + 1)
             self.cache.length = p
@@ -243,9 +312,10 @@ class BatchScheduler:
             self._ensure_capacity(p + 1)
             self._pack(p)
         r, length = len(self.rows), self.cache.length
+        end = own.length
         for layer, src in zip(self.cache.layers, own.layers):
-            layer.k[r, :, length - p:length] = src.k[0, :, :p]
-            layer.v[r, :, length - p:length] = src.v[0, :, :p]
+            layer.k[r, :, length - p:length] = src.k[i, :, end - p:end]
+            layer.v[r, :, length - p:length] = src.v[i, :, end - p:end]
         self.cache.key_mask[r, :length - p] = False
         self.cache.key_mask[r, length - p:length] = True
         self.cache.seen[r] = p
@@ -286,9 +356,12 @@ class BatchScheduler:
             self._pack(widest)
         view = self.cache.rows(n)
         ids = np.asarray([[row.last] for row in self.rows], dtype=np.int64)          # [n, 1]
-        logits = self.model(ids, cache=view)                                          # [n, 1, V]
+        if self.plan is not None and self.plan.fits(view):
+            logits = self.plan.step(ids[:, 0], view)                                  # [n, V]
+        else:
+            logits = self.model(ids, cache=view)                                      # [n, 1, V]
+            logits = np.asarray(logits.numpy() if hasattr(logits, "numpy") else logits)[:, -1]   # [n, V]
         self.cache.length = view.length
-        logits = np.asarray(logits.numpy() if hasattr(logits, "numpy") else logits)[:, -1]   # [n, V]
         self.steps += 1
         for i in range(n - 1, -1, -1):
             if self._pick(self.rows[i], logits[i:i + 1]):

@@ -21,7 +21,8 @@ chunk into pydantic objects) competes with the scheduler thread for this process
 
 ``--steps`` drives `BatchScheduler` directly on this thread (no HTTP, no clients): the time
 per decode step with 1 row and with the largest client count of rows (the ratio of tokens/s is
-what batching alone gives), then a cProfile of the many-row steps (top functions by own time).
+what batching alone gives), through the batched plan (`axon_llm.batch_decode`, what the server
+runs) and through the module forward (the peer), then a cProfile of the many-row steps.
 """
 
 from __future__ import annotations
@@ -110,7 +111,8 @@ def main(argv=None) -> int:
     url, app, stop = serve(args.model, max(counts), model, tok, args.threads)
     client = openai.OpenAI(base_url=url, api_key="none", max_retries=0, timeout=600)
     try:
-        run_clients(client, args.model, 1, 2)                                  # warm-up (JIT)
+        run_clients(client, args.model, 1, 2)                                  # warm-up (JIT): one row
+        run_clients(client, args.model, max(counts), 2)                        # and many rows (other kernels)
         ids = np.asarray([tok.encode(PROMPTS[0])])
         model.generate(ids, max_new_tokens=2, eos_token_id=None)               # warm-up of this process
         t0 = time.perf_counter()
@@ -138,7 +140,9 @@ def main(argv=None) -> int:
 
 
 def steps(model, tok, rows: int, tokens: int) -> int:
-    """Decode steps of `BatchScheduler` on this thread: 1 row vs ``rows`` rows, then a profile."""
+    """Decode steps of `BatchScheduler` on this thread: 1 row vs ``rows`` rows, each through the
+    batched plan (`axon_llm.batch_decode`, what the server runs) and through the module forward
+    (its reference, the peer), alternated; then a profile of the plan's many-row steps."""
     import cProfile
     import io
     import pstats
@@ -147,8 +151,8 @@ def steps(model, tok, rows: int, tokens: int) -> int:
     from axon_llm.batching import BatchScheduler, SequenceRequest
     from axon_llm.generation_config import GenerationConfig
 
-    def run(n, new_tokens):
-        sched = BatchScheduler(model, max_batch=rows)
+    def run(n, new_tokens, fast=True):
+        sched = BatchScheduler(model, max_batch=rows, fast_decode=fast)
         for i in range(n):
             cfg = GenerationConfig(max_new_tokens=new_tokens, do_sample=False, temperature=0)
             sched.submit(SequenceRequest(tok.encode(PROMPTS[i % len(PROMPTS)]), cfg))
@@ -161,16 +165,23 @@ def steps(model, tok, rows: int, tokens: int) -> int:
                 count += 1
         return (time.perf_counter() - t0) / count
 
-    run(rows, 3)                                             # warm-up (JIT)
+    paths = {"plan": True, "modules": False}
+    for fast in paths.values():
+        run(rows, 3, fast)                                   # warm-up (JIT)
     per_step = {}
-    for rnd in range(2):                                     # alternate 1 row and many
-        for n in (1, rows):
-            per_step.setdefault(n, []).append(run(n, tokens))
-    one, many = min(per_step[1]), min(per_step[rows])
+    for rnd in range(2):                                     # alternate 1 row and many, plan and modules
+        for name, fast in paths.items():
+            for n in (1, rows):
+                per_step.setdefault((name, n), []).append(run(n, tokens, fast))
     print(f"load average {os.getloadavg()[0]:.1f}; {tokens} tokens per row, best of 2 (runs in brackets)")
-    print(f"1 row: {one * 1e3:.1f} ms/step ({1 / one:.1f} tokens/s) {[round(t * 1e3, 1) for t in per_step[1]]}")
-    print(f"{rows} rows: {many * 1e3:.1f} ms/step ({rows / many:.1f} tokens/s) {[round(t * 1e3, 1) for t in per_step[rows]]}; "
-          f"{rows} rows / 1 row tokens/s {rows * one / many:.2f}x")
+    for name in paths:
+        one, many = min(per_step[(name, 1)]), min(per_step[(name, rows)])
+        print(f"{name}: 1 row: {one * 1e3:.1f} ms/step ({1 / one:.1f} tokens/s) {[round(t * 1e3, 1) for t in per_step[(name, 1)]]}; "
+              f"{rows} rows: {many * 1e3:.1f} ms/step ({rows / many:.1f} tokens/s) "
+              f"{[round(t * 1e3, 1) for t in per_step[(name, rows)]]}; {rows} rows / 1 row tokens/s {rows * one / many:.2f}x")
+    for n in (1, rows):
+        print(f"{n} row(s): plan {min(per_step[('modules', n)]) / min(per_step[('plan', n)]):.2f}x the module forward's tokens/s")
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
     prof = cProfile.Profile()
     prof.enable()
     run(rows, tokens)

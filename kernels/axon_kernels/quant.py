@@ -44,7 +44,7 @@ import numpy as np
 from numba import njit, prange
 
 from axon_kernels import workers
-from axon_kernels._jit import CONTRACT, cached_on_disk
+from axon_kernels._jit import CONTRACT, cached_on_disk, jit_disabled, own_cache_entry
 from axon_kernels.quant_formats import BLOCK, FORMATS, NIBBLE_TYPES, QUANT_TYPES, check_raw, decode_blocks, dequantize_ref
 
 TILE_ROWS = 64                      # R: rows per tile (4 AVX-512 / 8 AVX2 float lanes per step)
@@ -491,13 +491,13 @@ def _dense_q8(qs, scale, offset, t0, t1, out):
 # also spares the first run the compilation of a parallel variant (~3x a serial one's time).
 _matvec_q4_serial_nb = njit(cache=True, nogil=True)(_matvec_q4)
 _matvec_q8_serial_nb = njit(cache=True, nogil=True)(_matvec_q8)
-_matmul_q4_nb = njit(cache=True, parallel=True, nogil=True, fastmath=CONTRACT)(_matmul_q4)
+_matmul_q4_nb = njit(cache=True, parallel=True, nogil=True, fastmath=CONTRACT)(own_cache_entry(_matmul_q4, "parallel"))
 _matmul_q4_serial_nb = njit(cache=True, nogil=True, fastmath=CONTRACT)(_matmul_q4)
-_matmul_q8_nb = njit(cache=True, parallel=True, nogil=True, fastmath=CONTRACT)(_matmul_q8)
+_matmul_q8_nb = njit(cache=True, parallel=True, nogil=True, fastmath=CONTRACT)(own_cache_entry(_matmul_q8, "parallel"))
 _matmul_q8_serial_nb = njit(cache=True, nogil=True, fastmath=CONTRACT)(_matmul_q8)
-_unpack_q4_nb = njit(cache=True, parallel=True, nogil=True)(_unpack_q4)
+_unpack_q4_nb = njit(cache=True, parallel=True, nogil=True)(own_cache_entry(_unpack_q4, "parallel"))
 _unpack_q4_serial_nb = njit(cache=True, nogil=True)(_unpack_q4)
-_unpack_q8_nb = njit(cache=True, parallel=True, nogil=True)(_unpack_q8)
+_unpack_q8_nb = njit(cache=True, parallel=True, nogil=True)(own_cache_entry(_unpack_q8, "parallel"))
 _unpack_q8_serial_nb = njit(cache=True, nogil=True)(_unpack_q8)
 _dense_q4_serial_nb = njit(cache=True, nogil=True)(_dense_q4)
 _dense_q8_serial_nb = njit(cache=True, nogil=True)(_dense_q8)
@@ -541,7 +541,7 @@ def _rows_q8_nb(qs, scale, offset, ids, out):
 # ------------------------------------------------------------------------------------------------
 
 def _jit_enabled() -> bool:
-    return not numba.config.DISABLE_JIT
+    return not jit_disabled()
 
 
 _NO_OFFSET = np.zeros((0, 1, 1), np.float32)   # what the q8 kernels get for a type without offsets

@@ -106,6 +106,36 @@ def test_batched_sequences_equal_their_generate_output(monkeypatch, initial_slot
     assert sched.max_active == 3 and not sched.rows
 
 
+def test_prompts_waiting_together_are_prefilled_together_and_equal_their_generate_output(monkeypatch):
+    """Requests queued before the scheduler runs are admitted at once: prompts of similar length
+    share one left-padded prefill forward; a much longer one gets its own. Every sequence still
+    gets exactly its `generate` tokens."""
+    model = _tiny_llama()
+    prompts = [[3, 9, 4], [7, 1, 8, 2], [5, 5, 6], [2] * 9 + [4, 6, 8, 10, 12, 14, 16, 18]]
+    expected = [model.generate(np.array([p]), max_new_tokens=6, eos_token_id=None)[0, len(p):].tolist()
+                for p in prompts]
+    sched = BatchScheduler(model, max_batch=4)
+    assert [len(g) for g in sched._prefill_groups([SequenceRequest(p, GenerationConfig(max_new_tokens=1))
+                                                    for p in prompts])] == [3, 1]
+    # a prompt never joins a group whose padded length would switch it to another prefill path
+    # (few-token kernel / float / int8 from LONG_PROMPT tokens): 100 and 140 stay apart; 100 with
+    # 20 and 25 would pad over 1.5x
+    lengths = [sched.LONG_PROMPT - 28, sched.LONG_PROMPT + 12, sched.LONG_PROMPT + 2, 20, 25]
+    groups = sched._prefill_groups([SequenceRequest([1] * p, GenerationConfig(max_new_tokens=1)) for p in lengths])
+    assert [[len(r.prompt_ids) for r in g] for g in groups] == [[lengths[0]], [lengths[1], lengths[2]], [20, 25]]
+    widths = []
+    real = sched._prefill
+    monkeypatch.setattr(sched, "_prefill", lambda reqs: (widths.append(len(reqs)), real(reqs))[1])
+    reqs = [sched.submit(SequenceRequest(p, GenerationConfig(max_new_tokens=6, do_sample=False))) for p in prompts]
+    sched.start()
+    try:
+        results = [_collect(r) for r in reqs]
+    finally:
+        sched.close()
+    assert widths == [3, 1]
+    assert [r[0] for r in results] == expected
+
+
 def test_eos_cancel_and_deadline_free_the_row():
     # a context of 4096 so the cancelled sequence cannot run to its length before the cancel lands
     # (80 tokens of this tiny model took less time than the cancel on an idle machine)

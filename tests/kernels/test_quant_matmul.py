@@ -90,3 +90,45 @@ def test_a_batched_decode_step_is_one_fused_call_not_one_matvec_per_row(monkeypa
     monkeypatch.setattr(quant, "quant_matvec", no_matvec)
     for ntok in range(quant.MATVEC_LOOP_MAX_TOKENS + 1, quant.FUSED_MATMUL_MAX_TOKENS + 1):
         assert np.all(np.abs(quant_matmul(w, x[:ntok]) - quant_matmul_ref(w, x[:ntok])) <= _bound(w, x[:ntok]))
+
+
+@pytest.mark.parametrize("name", ["matmul_q4", "matmul_q8", "unpack_q4", "unpack_q8"])
+def test_parallel_and_serial_variants_have_their_own_disk_cache_entries(name):
+    """Numba keys its on-disk cache by the function's qualified name and argument types, not by
+    ``parallel=True``: compiled from one Python function, both variants would load whichever
+    was saved last (the 8-row decode step then ran its "parallel" kernel on one thread)."""
+    parallel, serial = getattr(quant, f"_{name}_nb"), getattr(quant, f"_{name}_serial_nb")
+    names = {getattr(fn, "py_func", fn).__qualname__ for fn in (parallel, serial)}
+    assert len(names) == 2, names
+    x = np.random.default_rng(3).standard_normal((3, 64)).astype(np.float32)
+    w = pack("Q4_1" if name.endswith("q4") else "Q8_0", random_raw("Q4_1" if name.endswith("q4") else "Q8_0", TILE_ROWS, 64, 1),
+             (TILE_ROWS, 64))
+    if name.startswith("matmul"):
+        outs = [np.empty((3, TILE_ROWS), np.float32) for _ in range(2)]
+        for fn, y in zip((parallel, serial), outs):
+            fn(*quant._arrays(w), x, y)
+    else:
+        outs = [np.empty((TILE_ROWS, 64), np.float32) for _ in range(2)]
+        for fn, y in zip((parallel, serial), outs):
+            fn(*quant._arrays(w), 0, 1, y)
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+def test_no_two_jit_variants_of_one_function_share_a_disk_cache_entry():
+    """Every ``*_serial_nb`` beside a ``*_nb`` in the kernels is compiled from a differently named
+    function (`axon_kernels._jit.own_cache_entry`), in quant and in decode."""
+    import importlib
+    import pkgutil
+
+    import axon_kernels
+
+    pairs = 0
+    for info in pkgutil.iter_modules(axon_kernels.__path__):
+        mod = importlib.import_module(f"axon_kernels.{info.name}")
+        for name in dir(mod):
+            if name.endswith("_serial_nb") and hasattr(mod, name[:-len("_serial_nb")] + "_nb"):
+                serial, parallel = getattr(mod, name), getattr(mod, name[:-len("_serial_nb")] + "_nb")
+                qualnames = {getattr(fn, "py_func", fn).__qualname__ for fn in (serial, parallel)}
+                assert len(qualnames) == 2, f"axon_kernels.{info.name}.{name}: {qualnames}"
+                pairs += 1
+    assert pairs >= 5
