@@ -27,7 +27,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-from axon_kernels._jit import _int32_bits_as_float32, cached_on_disk, fast_exp, jit_disabled, own_cache_entry
+from axon_kernels._jit import REASSOC, _int32_bits_as_float32, cached_on_disk, fast_exp, jit_disabled, own_cache_entry
 from axon_kernels import quant
 
 __all__ = ["rms_norm_into", "rms_norm_into_ref", "rms_norm_rows", "rms_norm_rows_ref", "rope_attend", "rope_attend_ref",
@@ -132,10 +132,9 @@ def _rotate_nb(x, cos, sin):
             x[h, i + half] = b * cos[i + half] + a * sin[i + half]
 
 
-#: The loops that sum over D or over slots (dot products, softmax sums) may be reassociated, so
-#: LLVM vectorises them with several partial sums: 8x faster than one serial chain per dot product.
-#: No other fast-math flag: nothing here assumes finite values, so NaN and Inf still propagate.
-REASSOC = {"reassoc", "contract"}
+# The loops that sum over D or over slots (dot products, softmax sums) may be reassociated
+# (`axon_kernels._jit.REASSOC`: LLVM vectorises them with several partial sums, 8x faster than
+# one serial chain per dot product; NaN and Inf still propagate).
 
 _F16_TO_F32 = np.float32(2.0 ** 112)          # float16 exponent bias 15 -> float32 bias 127
 
