@@ -44,7 +44,7 @@ import numpy as np
 from numba import njit, prange
 
 from axon_kernels import workers
-from axon_kernels._jit import CONTRACT, cached_on_disk, own_cache_entry
+from axon_kernels._jit import CONTRACT, cached_on_disk, jit_disabled, own_cache_entry
 from axon_kernels.quant_formats import BLOCK, FORMATS, NIBBLE_TYPES, QUANT_TYPES, check_raw, decode_blocks, dequantize_ref
 
 TILE_ROWS = 64                      # R: rows per tile (4 AVX-512 / 8 AVX2 float lanes per step)
@@ -541,7 +541,7 @@ def _rows_q8_nb(qs, scale, offset, ids, out):
 # ------------------------------------------------------------------------------------------------
 
 def _jit_enabled() -> bool:
-    return not numba.config.DISABLE_JIT
+    return not jit_disabled()
 
 
 _NO_OFFSET = np.zeros((0, 1, 1), np.float32)   # what the q8 kernels get for a type without offsets
