@@ -26,8 +26,8 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from axon_kernels._jit import fast_exp, jit_disabled, own_cache_entry
-from axon_kernels.decode import (ATTEND_BLOCK, ATTEND_PARALLEL_MIN, _attend_block, _rotate_nb, rope_attend,
+from axon_kernels._jit import REASSOC, fast_exp, jit_disabled, own_cache_entry
+from axon_kernels.decode import (ATTEND_BLOCK, ATTEND_PARALLEL_MIN, _attend_block, _rotate_store, rope_attend,
                                  rope_attend_ref)
 from axon_kernels.workers import INLINE_WORK
 
@@ -63,12 +63,7 @@ def _batch_rope_attend(q, k, v, kc, vc, slot, lo, cos, sin, scale, out, threads)
     grp = q.shape[1] // hkv
     sc = np.float32(scale)
     for r in range(n):
-        _rotate_nb(q[r], cos[r], sin[r])
-        _rotate_nb(k[r], cos[r], sin[r])
-        for g in range(hkv):
-            for i in range(d):
-                kc[r, g, slot, i] = k[r, g, i]
-                vc[r, g, slot, i] = v[r, g, i]
+        _rotate_store(q[r], k[r], v[r], kc[r], vc[r], slot, cos[r], sin[r])
     size = np.empty(n, np.int64)                                          # slots per block
     nb = np.empty(n, np.int64)                                            # blocks per kv head, none empty
     first = np.zeros(n + 1, np.int64)                                     # row r's pieces: first[r]..first[r+1]
@@ -112,8 +107,9 @@ def _batch_rope_attend(q, k, v, kc, vc, slot, lo, cos, sin, scale, out, threads)
                 o[i] *= inv
 
 
-_batch_rope_attend_nb = njit(cache=True, nogil=True, parallel=True)(own_cache_entry(_batch_rope_attend, "parallel"))
-_batch_rope_attend_serial_nb = njit(cache=True, nogil=True)(_batch_rope_attend)
+_batch_rope_attend_nb = njit(cache=True, nogil=True, parallel=True, fastmath=REASSOC)(
+    own_cache_entry(_batch_rope_attend, "parallel"))
+_batch_rope_attend_serial_nb = njit(cache=True, nogil=True, fastmath=REASSOC)(_batch_rope_attend)
 
 
 def batch_rope_attend(q, k, v, kc, vc, slot: int, lo, cos, sin, scale: float, out) -> None:
