@@ -83,7 +83,7 @@ class _Fused:
     identical). The joined arrays replace the matrices' own: each :class:`QuantMatrix` of the
     model is re-pointed at its views of them, so the model holds one copy of its weights."""
 
-    __slots__ = ("w", "bias", "sizes", "parts")
+    __slots__ = ("w", "bias", "cuts", "parts")
 
     def __init__(self, parts: list[_Linear]):
         ws = [p.w for p in parts]
@@ -94,7 +94,8 @@ class _Fused:
             raise _Unfit("projections of different kinds")
         if len({p.bias is None for p in parts}) > 1:
             raise _Unfit("projections with and without a bias")
-        self.sizes, self.parts = [w.out_features for w in ws], parts
+        ends = np.cumsum([w.out_features for w in ws]).tolist()
+        self.cuts, self.parts = list(zip([0] + ends[:-1], ends)), parts             # each one's output columns
         joined = {}
         for name in ("qs", "scale", "offset"):
             if getattr(w0, name) is None:
@@ -107,7 +108,7 @@ class _Fused:
                 setattr(w, name, whole[t0:t1])
                 t0 = t1
             joined[name] = whole
-        self.w = dataclasses.replace(w0, shape=(sum(self.sizes), w0.in_features), **joined)
+        self.w = dataclasses.replace(w0, shape=(ends[-1], w0.in_features), **joined)
         self.bias = None if parts[0].bias is None else np.concatenate([p.bias for p in parts])
 
     def __call__(self, x: np.ndarray) -> list[np.ndarray]:
@@ -117,7 +118,7 @@ class _Fused:
         y = quant_matmul(self.w, x)                                                 # [n, sum out]
         if self.bias is not None:
             y += self.bias
-        return [np.ascontiguousarray(part) for part in np.split(y, np.cumsum(self.sizes)[:-1], axis=1)]
+        return [np.ascontiguousarray(y[:, a:b]) for a, b in self.cuts]
 
 
 def _joined(parts: list[_Linear]):
