@@ -447,14 +447,16 @@ def _block_offsets4(i0, ntok, cols):
 
 
 def _block_zeros(o):
-    """Zero accumulators for the tokens of offsets ``o``: two f32x16 (32 rows) per token."""
-    raise NotImplementedError("compiled only: see the @overload below")
+    """Zero accumulators for the tokens of offsets ``o``: two f32x16 (32 rows) per token.
+    (The definition; Numba compiles the written-out form of the @overload below.)"""
+    return (f32x16_zero(),) * (2 * len(o))
 
 
 def _block_madd(acc, w0, w1, xf, o, c):
     """``acc`` of the tokens of offsets ``o`` plus the weight vectors of 32 rows ``(w0, w1)`` times
-    each token's input ``xf[o[k] + c]``."""
-    raise NotImplementedError("compiled only: see the @overload below")
+    each token's input ``xf[o[k] + c]``. (The definition; Numba compiles the written-out form of
+    the @overload below.)"""
+    return tuple(fma_bcast(acc[2 * k + h], (w0, w1)[h], xf, o[k] + c) for k in range(len(o)) for h in range(2))
 
 
 @overload(_block_zeros, jit_options={"cache": True, "nogil": True})
