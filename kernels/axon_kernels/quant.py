@@ -427,10 +427,10 @@ def _matmul_q8(qs, scale, offset, x, y):
 # has AVX-512F. The kernels above keep 4 tokens' partial sums in an L1 scratch (one load and one
 # store of them per 4 inputs) and LLVM does not keep more in registers when written as loops over
 # arrays. Here a block of 8 tokens' sums for 32 rows is a tuple of 16 f32x16 values (16 zmm
-# registers) over the whole row of groups (a block of 4 tokens: 8 values): each weight vector is
+# registers) over the whole row of groups (blocks of 4 and 2 tokens: 8 and 4 values): each weight vector is
 # decoded and scaled once (``w = scale * q + offset``, the dequantised weight) and multiply-added
 # with each token's broadcast input. The block size is the length of the tuple of the tokens'
-# input offsets, so one row function per kind compiles for both sizes.
+# input offsets, so one row function per kind compiles for every size.
 
 def _block_offsets8(i0, ntok, cols):
     """The input offsets ``k * cols`` of tokens i0..i0+7, a token past the last repeating the last
@@ -444,6 +444,11 @@ def _block_offsets4(i0, ntok, cols):
     """The input offsets of tokens i0..i0+3 (see :func:`_block_offsets8`)."""
     last = ntok - 1
     return min(i0, last) * cols, min(i0 + 1, last) * cols, min(i0 + 2, last) * cols, min(i0 + 3, last) * cols
+
+
+def _block_offsets2(i0, ntok, cols):
+    """The input offsets of tokens i0, i0+1 (see :func:`_block_offsets8`)."""
+    return i0 * cols, min(i0 + 1, ntok - 1) * cols
 
 
 def _block_zeros(o):
@@ -461,22 +466,28 @@ def _block_madd(acc, w0, w1, xf, o, c):
 
 @overload(_block_zeros, jit_options={"cache": True, "nogil": True})
 def _block_zeros_impl(o):
-    """:func:`_block_zeros` for blocks of 8 and 4 tokens."""
+    """:func:`_block_zeros` for blocks of 8, 4 and 2 tokens."""
     if len(o) == 8:
         def zeros8(o):
             z = f32x16_zero()
             return z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z
         return zeros8
 
-    def zeros4(o):
+    if len(o) == 4:
+        def zeros4(o):
+            z = f32x16_zero()
+            return z, z, z, z, z, z, z, z
+        return zeros4
+
+    def zeros2(o):
         z = f32x16_zero()
-        return z, z, z, z, z, z, z, z
-    return zeros4
+        return z, z, z, z
+    return zeros2
 
 
 @overload(_block_madd, jit_options={"cache": True, "nogil": True})
 def _block_madd_impl(acc, w0, w1, xf, o, c):
-    """:func:`_block_madd` for blocks of 8 and 4 tokens (written out: the tuples stay in registers)."""
+    """:func:`_block_madd` for blocks of 8, 4 and 2 tokens (written out: the tuples stay in registers)."""
     if len(o) == 8:
         def madd8(acc, w0, w1, xf, o, c):
             return (fma_bcast(acc[0], w0, xf, o[0] + c), fma_bcast(acc[1], w1, xf, o[0] + c),
@@ -489,12 +500,18 @@ def _block_madd_impl(acc, w0, w1, xf, o, c):
                     fma_bcast(acc[14], w0, xf, o[7] + c), fma_bcast(acc[15], w1, xf, o[7] + c))
         return madd8
 
-    def madd4(acc, w0, w1, xf, o, c):
+    if len(o) == 4:
+        def madd4(acc, w0, w1, xf, o, c):
+            return (fma_bcast(acc[0], w0, xf, o[0] + c), fma_bcast(acc[1], w1, xf, o[0] + c),
+                    fma_bcast(acc[2], w0, xf, o[1] + c), fma_bcast(acc[3], w1, xf, o[1] + c),
+                    fma_bcast(acc[4], w0, xf, o[2] + c), fma_bcast(acc[5], w1, xf, o[2] + c),
+                    fma_bcast(acc[6], w0, xf, o[3] + c), fma_bcast(acc[7], w1, xf, o[3] + c))
+        return madd4
+
+    def madd2(acc, w0, w1, xf, o, c):
         return (fma_bcast(acc[0], w0, xf, o[0] + c), fma_bcast(acc[1], w1, xf, o[0] + c),
-                fma_bcast(acc[2], w0, xf, o[1] + c), fma_bcast(acc[3], w1, xf, o[1] + c),
-                fma_bcast(acc[4], w0, xf, o[2] + c), fma_bcast(acc[5], w1, xf, o[2] + c),
-                fma_bcast(acc[6], w0, xf, o[3] + c), fma_bcast(acc[7], w1, xf, o[3] + c))
-    return madd4
+                fma_bcast(acc[2], w0, xf, o[1] + c), fma_bcast(acc[3], w1, xf, o[1] + c))
+    return madd2
 
 
 def _store_block(yf, at, ystride, n, acc):
@@ -544,8 +561,9 @@ def _rows_q8_avx512(qf, sf, of, xf, groups, bsz, has_offset, t, r0, o):
 def _matmul_q4_avx512(qs, scale, offset, x, y):
     """y[T, tiles*R] = x @ W.T for the q4 layout and a few tokens (AVX-512F; same contract as
     :func:`_matmul_q4`, reference :func:`quant_matmul_ref`). Work items are 32-row halves of
-    tiles; each takes the tokens by blocks of 8, the last 1..4 as a block of 4 (a block's tokens
-    past the last repeat it: computed, not stored)."""
+    tiles; each takes the tokens by blocks of 8 while 6 or more are left, then a block of 4 if 3-5
+    are left, then one of 2 for the last 1-2 (a block's tokens past the last repeat it: computed,
+    not stored; blocks of 4 and 2 pay more for decoding per multiply-add)."""
     tiles, groups = qs.shape[0], qs.shape[1]
     ntok, cols = x.shape
     ystride = y.shape[1]
@@ -553,12 +571,16 @@ def _matmul_q4_avx512(qs, scale, offset, x, y):
     for item in prange(2 * tiles):
         t, r0 = item // 2, (item % 2) * 32
         i0 = 0
-        while ntok - i0 > 4:
+        while ntok - i0 >= 6:
             acc = _rows_q4_avx512(qf, sf, of, xf, groups, t, r0, _block_offsets8(i0, ntok, cols))
             _store_block(yf, i0 * ystride + t * TILE_ROWS + r0, ystride, ntok - i0, acc)
             i0 += 8
-        if i0 < ntok:
+        if ntok - i0 >= 3:
             acc = _rows_q4_avx512(qf, sf, of, xf, groups, t, r0, _block_offsets4(i0, ntok, cols))
+            _store_block(yf, i0 * ystride + t * TILE_ROWS + r0, ystride, ntok - i0, acc)
+            i0 += 4
+        if i0 < ntok:
+            acc = _rows_q4_avx512(qf, sf, of, xf, groups, t, r0, _block_offsets2(i0, ntok, cols))
             _store_block(yf, i0 * ystride + t * TILE_ROWS + r0, ystride, ntok - i0, acc)
 
 
@@ -573,16 +595,20 @@ def _matmul_q8_avx512(qs, scale, offset, x, y):
     for item in prange(2 * tiles):
         t, r0 = item // 2, (item % 2) * 32
         i0 = 0
-        while ntok - i0 > 4:
+        while ntok - i0 >= 6:
             acc = _rows_q8_avx512(qf, sf, of, xf, groups, bsz, has_offset, t, r0, _block_offsets8(i0, ntok, cols))
             _store_block(yf, i0 * ystride + t * TILE_ROWS + r0, ystride, ntok - i0, acc)
             i0 += 8
-        if i0 < ntok:
+        if ntok - i0 >= 3:
             acc = _rows_q8_avx512(qf, sf, of, xf, groups, bsz, has_offset, t, r0, _block_offsets4(i0, ntok, cols))
+            _store_block(yf, i0 * ystride + t * TILE_ROWS + r0, ystride, ntok - i0, acc)
+            i0 += 4
+        if i0 < ntok:
+            acc = _rows_q8_avx512(qf, sf, of, xf, groups, bsz, has_offset, t, r0, _block_offsets2(i0, ntok, cols))
             _store_block(yf, i0 * ystride + t * TILE_ROWS + r0, ystride, ntok - i0, acc)
 
 
-for _name in ("_block_offsets8", "_block_offsets4", "_store_block", "_rows_q4_avx512", "_rows_q8_avx512"):
+for _name in ("_block_offsets8", "_block_offsets4", "_block_offsets2", "_store_block", "_rows_q4_avx512", "_rows_q8_avx512"):
     globals()[_name] = njit(cache=True, nogil=True)(globals()[_name])
 
 def _unpack_q4(qs, scale, offset, t0, t1, out):

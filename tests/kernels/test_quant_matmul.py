@@ -54,7 +54,7 @@ def test_quant_matmul_equals_reference_for_1_to_16_tokens(qtype, rows, nblocks, 
 def test_raw_fused_matmul_kernels_equal_reference(qtype, variant, rows, ntok, seed):
     """The @njit kernels themselves (threaded and serial), on a padded last tile and every
     token count: each group is decoded once and applied to chunks of 4, 2 and 1 tokens (the
-    AVX-512 kernels: blocks of 8 tokens and a last block of 4, filled up by repeating the last)."""
+    AVX-512 kernels: blocks of 8, 4 and 2 tokens, filled up by repeating the last)."""
     if "avx512" in variant:
         if jit_disabled():
             pytest.skip("the AVX-512 kernels are explicit vector intrinsics: no Python form to run uncompiled")
@@ -82,7 +82,7 @@ def test_a_nan_input_poisons_only_its_own_token(qtype):
         assert np.isfinite(np.delete(y, 5, axis=0)).all()
 
 
-@pytest.mark.parametrize("ntok", [3, 8, 13])
+@pytest.mark.parametrize("ntok", [3, 8, 13, 15])
 def test_avx512_kernels_propagate_a_nan_only_to_its_own_token(ntok):
     """The AVX-512 kernels repeat the last token to fill a block: a NaN in the last token's input
     reaches its outputs only (and a NaN or an Inf weight would reach every token, as in the reference)."""
