@@ -28,6 +28,7 @@ import numpy as np
 
 from axon_llm.chat import ChatSession, TextStreamer, check_room, eos_token_ids, max_context, render_chat
 from axon_llm.errors import GenerationError, InputError, LLMError
+from axon_llm.first_run import FirstRun
 from axon_llm.pooling import embed_texts
 
 DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
@@ -300,8 +301,17 @@ def cmd_generate(args) -> int:
     prompt = read_text_input(args.prompt, "--prompt")
     if args.system is not None:
         read_text_input(args.system, "--system")
+    with FirstRun(log) as first:
+        first.start(("decode", "prefill"))   # model-independent: starts before the model loads
+        return _generate(args, prompt, first)
+
+
+def _generate(args, prompt: str, first: FirstRun) -> int:
+    from axon_llm.quantized import inference_kernels
+
     model = load_model(args.model, args.adapter)
     require_kind(model, args.model, "generate", ("causal LM",))
+    first.start(inference_kernels(model))   # its quantised kernels, in a second process
     tok = load_tokenizer(args.model)
     if args.chat:
         messages = ([{"role": "system", "content": args.system}] if args.system else [])
@@ -315,12 +325,12 @@ def cmd_generate(args) -> int:
     if room < cfg.max_new_tokens:
         log(f"note: only {room} new tokens fit in the context of {max_context(model)}")
     cfg = cfg.with_max_tokens(room)
-    _compile_kernels_first(model)
     streamer = TextStreamer(tok, enabled=args.stream)
     stamps: list[float] = []
+    first.answer_on_references()
     t0 = time.perf_counter()
     out = model.generate(np.asarray([ids], dtype=np.int64), generation_config=cfg,
-                         streamer=_Timed(streamer, stamps))
+                         streamer=_Timed(streamer, stamps, first.poll))
     dt = time.perf_counter() - t0
     new = [int(t) for t in np.asarray(out)[0, len(ids):]]
     new_no_eos = new[:-1] if new and new[-1] in cfg.eos_token_ids else new
@@ -331,49 +341,24 @@ def cmd_generate(args) -> int:
         sys.stdout.write(tok.decode(new_no_eos) + "\n")
     sys.stdout.flush()
     rate = f", {(len(stamps) - 1) / (stamps[-1] - stamps[0]):.1f} tokens/s" if len(stamps) > 2 else ""
-    first = f"first token after {stamps[0] - t0:.2f}s" if stamps else "no token"
-    log(f"{len(new)} tokens in {dt:.2f}s ({first}{rate} from the first to the last)")
+    first_token = f"first token after {stamps[0] - t0:.2f}s" if stamps else "no token"
+    log(f"{len(new)} tokens in {dt:.2f}s ({first_token}{rate} from the first to the last)")
     return 0
 
 
 class _Timed:
-    """A streamer that records when each step's tokens arrived, then hands them on."""
+    """A streamer that records when each step's tokens arrived, then hands them on (and calls
+    ``after``: the first run's switch back to the compiled kernels)."""
 
-    def __init__(self, inner, stamps: list):
-        self.inner, self.stamps = inner, stamps
+    def __init__(self, inner, stamps: list, after=None):
+        self.inner, self.stamps, self.after = inner, stamps, after
 
     def __call__(self, ids) -> None:
         """Record the time, pass ``ids`` to the wrapped streamer."""
         self.stamps.append(time.perf_counter())
         self.inner(ids)
-
-
-def _compile_kernels_first(model) -> None:
-    """On the first run (Numba's disk cache cold) say so on stderr and compile the kernels
-    before the clock starts, so the tokens/s printed is the model's, not the compiler's: the
-    decode kernels (and the quantised embedding lookup) here while a second process compiles the
-    quantised matmul kernels ``model`` calls (`axon_kernels._jit.compile_in_background`: two
-    cores compile at once), then wait for it."""
-    from axon_kernels import decode, quant
-    from axon_kernels._jit import compile_in_background
-
-    from axon_llm.quantized import inference_kernels
-
-    names = inference_kernels(model)
-    decode_cold, quant_cold = not decode.compiled_on_disk(), bool(names) and not quant.compiled_on_disk(names)
-    if decode_cold or quant_cold:
-        log("compiling kernels for the first run (cached on disk for the next ones)...")
-        t = time.perf_counter()
-        # the second process (which first spends ~1 s importing) takes the matmul kernels; this one
-        # the decode kernels, then the embedding lookups (measured: the two then finish together)
-        here = tuple(n for n in names if n.startswith("rows_"))
-        there = tuple(n for n in names if n not in here)
-        other = compile_in_background("axon_kernels.quant", "warm_up", there) if quant_cold and there else None
-        decode.warm_up()
-        quant.warm_up(here)
-        if other is not None:
-            other.wait()                 # if it failed, the kernels compile here when first called
-        log(f"compiled in {time.perf_counter() - t:.1f}s")
+        if self.after is not None:
+            self.after()
 
 
 def cmd_chat(args) -> int:
@@ -498,6 +483,7 @@ def cmd_bench(args) -> int:
         raise InputError(f"--prompt-tokens + --new-tokens = {args.prompt_tokens + args.new_tokens} exceeds the context {ctx}")
     from axon_llm.generation import check_generation_budget
     from axon_llm.generation_config import GenerationConfig
+    from axon_llm.quantized import inference_kernels
 
     try:
         check_generation_budget(model, 1, args.prompt_tokens, GenerationConfig(max_new_tokens=args.new_tokens))
@@ -505,7 +491,9 @@ def cmd_bench(args) -> int:
         raise InputError(f"--prompt-tokens / --new-tokens: {e}") from None
     rng = np.random.default_rng(0)
     ids = rng.integers(min(100, vocab - 1), vocab, size=(1, args.prompt_tokens))
-    _compile_kernels_first(model)
+    with FirstRun(log) as first:                                         # a cold cache: compile first
+        first.start(("decode", "prefill"))
+        first.start(inference_kernels(model))
     with axon.no_grad():                                                 # warm-up: JIT compilation
         model.generate(ids[:, :8], max_new_tokens=3, eos_token_id=None)  # prefill and decode paths
     best_prefill, best_decode = 0.0, 0.0

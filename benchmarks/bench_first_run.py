@@ -8,8 +8,9 @@ issue's goal is the first answer within 2x the warm time. Each round runs, in fr
 - warm: the same command twice more with the same cache directory (best of the two).
 
 and prints wall times, their ratio and the load average, the CPU time of each run (the process and
-the compiling process it starts: on a busy machine wall time mostly measures the waiting), plus the CLI's own stderr line (time to
-the first token and tokens/s, which keep compilation out of the rate). Rounds alternate cold and
+the compiling processes it starts: on a busy machine wall time mostly measures the waiting), when
+the answer was on stdout (a cold run answers before it has finished compiling), plus the CLI's own
+stderr line (time to the first token and tokens/s, which keep compilation out of the rate). Rounds alternate cold and
 warm so a change of machine load hits both.
 
     python benchmarks/bench_first_run.py [--rounds 2] [--max-new-tokens 8] [--threads 2]
@@ -28,22 +29,25 @@ import time
 PROMPT = "What is the capital of France?"
 
 
-def run(cache_dir: str, args) -> tuple[float, float, str]:
-    """(wall seconds, CPU seconds of the process and its children, the CLI's timing line) of one
-    ``generate`` in a fresh process."""
+def run(cache_dir: str, args) -> tuple[float, float, str, float, str]:
+    """(wall seconds, CPU seconds of the process and its children, the CLI's timing line, seconds
+    until the answer's first line was on stdout, the answer) of one ``generate`` in a fresh process."""
     cmd = [sys.executable, "-m", "axon_llm", "generate", "--chat", "--prompt", PROMPT,
            "--max-new-tokens", str(args.max_new_tokens), "--threads", str(args.threads)]
     env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    answer = proc.stdout.readline()                      # this prompt's answer is one line
+    answered = time.perf_counter() - t0
+    rest, err = proc.communicate()
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    if res.returncode != 0:
-        sys.exit(f"bench_first_run: {' '.join(cmd)} failed:\n{res.stderr[-2000:]}")
-    timing = next((line for line in res.stderr.splitlines() if "tokens in" in line), "")
-    return wall, cpu, timing.strip()
+    if proc.returncode != 0 or not answer:
+        sys.exit(f"bench_first_run: {' '.join(cmd)} failed:\n{err[-2000:]}")
+    timing = next((line for line in err.splitlines() if "tokens in" in line), "")
+    return wall, cpu, timing.strip(), answered, answer + rest
 
 
 def main() -> None:
@@ -58,13 +62,15 @@ def main() -> None:
     for r in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="axon-numba-cache-") as cache:
             load = os.getloadavg()[0]
-            cold, cold_cpu, cold_line = run(cache, args)
-            warm, warm_cpu, warm_line = min(run(cache, args) for _ in range(2))
+            cold, cold_cpu, cold_line, cold_answer, cold_text = run(cache, args)
+            warm, warm_cpu, warm_line, warm_answer, warm_text = min(run(cache, args) for _ in range(2))
         ratios.append(cold / warm)
         print(f"round {r + 1} (load {load:.1f}): cold {cold:.2f} s, warm {warm:.2f} s, cold / warm {cold / warm:.2f}x; "
               f"CPU time cold {cold_cpu:.2f} s, warm {warm_cpu:.2f} s ({cold_cpu / warm_cpu:.2f}x)")
-        print(f"    cold: {cold_line}")
-        print(f"    warm: {warm_line}")
+        print(f"    cold: answer on stdout after {cold_answer:.2f} s; {cold_line}")
+        print(f"    warm: answer on stdout after {warm_answer:.2f} s; {warm_line}")
+        same = "the same answer" if cold_text == warm_text else f"DIFFERENT answers: {cold_text!r} / {warm_text!r}"
+        print(f"    cold and warm: {same}")
     print(f"cold / warm over {len(ratios)} rounds: min {min(ratios):.2f}x, max {max(ratios):.2f}x (goal <= 2x)")
 
 

@@ -8,6 +8,7 @@ testing any kernel against its reference. See docs/kernels.md.
 """
 
 from axon_kernels._jit import default_threads
+from axon_kernels.malloc import keep_freed_memory
 from axon_kernels.attention import (
     FlashAttentionConfig,
     blas_attention,
@@ -67,4 +68,5 @@ __all__ = [
 
 from axon_kernels.quant import QuantMatrix, dequantize_ref, quant_matmul, quant_matmul_ref, quant_matvec, quant_matvec_ref, quant_rows, quant_rows_ref  # noqa: E402,F401
 
+keep_freed_memory()  # a step reuses the pages the last one freed (axon_kernels/malloc.py)
 default_threads()  # OpenBLAS on one thread, products split by blas.gemm (docs/performance.md "Threads")

@@ -8,7 +8,9 @@ Per element, with bias corrections bc1 = 1 - b1^t, bc2 = 1 - b2^t (torch's rule)
 
 `adamw_step_ref` is the definition: the NumPy in-place sequence the optimizer used before the
 kernel (about ten passes over the parameter and as many temporaries of its size).
-`adamw_step_nb` reads p, g, m, v once and writes p, m, v once, with no temporaries. Both update
+`adamw_step_nb` reads p, g, m, v once and writes p, m, v once, with no temporaries, in one
+vectorised loop (the 3.4M parameters of `benchmarks/bench_train.py`'s model in ~2.3 ms on one
+thread; splitting them over two threads was slower on the shared machine). Both update
 ``p``, ``m`` and ``v`` in place; all four arrays have one shape and one float dtype, and the
 scalars are rounded to that dtype so the kernel does the reference's arithmetic.
 """
@@ -45,9 +47,13 @@ def adamw_step_ref(p, g, m, v, lr, b1, b2, eps, wd, step, decoupled):
     p -= update
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _adamw_flat(p, g, m, v, decay, l2, b1, one_b1, b2, one_b2, inv_sqrt_bc2, eps, step_size):
-    """The fused loop over flat arrays (scalars already in the arrays' dtype)."""
+    """The fused loop over flat arrays (scalars already in the arrays' dtype).
+
+    ``error_model="numpy"``: a division by zero gives Inf/NaN as in the NumPy reference instead
+    of a Python exception; without it Numba checks every division and the loop does not
+    vectorise (3.6 vs 0.32 ns per float32 element on one core here, results bit for bit equal)."""
     for i in range(p.size):
         pi = p[i] * decay
         gi = g[i] + l2 * p[i] if l2 != 0 else g[i]

@@ -27,7 +27,7 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-from axon_kernels._jit import _int32_bits_as_float32, cached_on_disk, fast_exp, jit_disabled, own_cache_entry
+from axon_kernels._jit import REASSOC, _int32_bits_as_float32, cached_on_disk, fast_exp, jit_disabled, own_cache_entry
 from axon_kernels import quant
 
 __all__ = ["rms_norm_into", "rms_norm_into_ref", "rms_norm_rows", "rms_norm_rows_ref", "rope_attend", "rope_attend_ref",
@@ -132,10 +132,9 @@ def _rotate_nb(x, cos, sin):
             x[h, i + half] = b * cos[i + half] + a * sin[i + half]
 
 
-#: The loops that sum over D or over slots (dot products, softmax sums) may be reassociated, so
-#: LLVM vectorises them with several partial sums: 8x faster than one serial chain per dot product.
-#: No other fast-math flag: nothing here assumes finite values, so NaN and Inf still propagate.
-REASSOC = {"reassoc", "contract"}
+# The loops that sum over D or over slots (dot products, softmax sums) may be reassociated
+# (`axon_kernels._jit.REASSOC`: LLVM vectorises them with several partial sums, 8x faster than
+# one serial chain per dot product; NaN and Inf still propagate).
 
 _F16_TO_F32 = np.float32(2.0 ** 112)          # float16 exponent bias 15 -> float32 bias 127
 
@@ -196,7 +195,7 @@ def _half_bits_portable(h16):
     return _int32_bits_as_float32(bits) * _F16_TO_F32
 
 
-@njit(cache=True, nogil=True, fastmath=REASSOC)
+@njit(cache=True, nogil=True, fastmath=REASSOC, inline="always")
 def _attend_block(q, kc, vc, g, grp, j0, j1, scale, mx, tot, acc):
     """Query heads ``g*grp .. (g+1)*grp`` over slots ``j0..j1-1`` of kv head ``g``, unnormalised:
     ``mx[a]`` the largest score, ``tot[a] = sum exp(s - mx)``, ``acc[a] = sum exp(s - mx) v``."""
@@ -232,6 +231,17 @@ def _attend_block(q, kc, vc, g, grp, j0, j1, scale, mx, tot, acc):
                 acc[a, i] += p * _f32_at(vr, i)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _rotate_store(q, k, v, kc, vc, slot, cos, sin):
+    """Rotate ``q`` and ``k`` in place and write ``k, v`` into slot ``slot`` of ``kc, vc``."""
+    _rotate_nb(q, cos, sin)
+    _rotate_nb(k, cos, sin)
+    for g in range(k.shape[0]):
+        for i in range(k.shape[1]):
+            kc[g, slot, i] = k[g, i]
+            vc[g, slot, i] = v[g, i]
+
+
 def _rope_attend(q, k, v, kc, vc, slot, lo, cos, sin, scale, out, blocks, write):
     """``write``: rotate q/k and store k/v in slot ``slot`` here (float32 caches); otherwise
     the caller did both (float16 caches, stored by NumPy with IEEE rounding). Slots ``lo..slot``
@@ -239,12 +249,7 @@ def _rope_attend(q, k, v, kc, vc, slot, lo, cos, sin, scale, out, blocks, write)
     are merged as in flash attention (each block's sums rescaled by ``exp(its max - the max)``)."""
     hkv, d = k.shape
     if write:
-        _rotate_nb(q, cos, sin)
-        _rotate_nb(k, cos, sin)
-        for g in range(hkv):
-            for i in range(d):
-                kc[g, slot, i] = k[g, i]
-                vc[g, slot, i] = v[g, i]
+        _rotate_store(q, k, v, kc, vc, slot, cos, sin)
     grp = q.shape[0] // hkv
     sc = np.float32(scale)
     n = slot + 1 - lo
@@ -276,8 +281,28 @@ def _rope_attend(q, k, v, kc, vc, slot, lo, cos, sin, scale, out, blocks, write)
                 o[i] *= inv
 
 
-_rope_attend_nb = njit(cache=True, nogil=True, parallel=True)(own_cache_entry(_rope_attend, "parallel"))  # its own cache entry
-_rope_attend_serial_nb = njit(cache=True, nogil=True)(_rope_attend)
+_rope_attend_nb = njit(cache=True, nogil=True, parallel=True, fastmath=REASSOC)(own_cache_entry(_rope_attend, "parallel"))
+
+
+@njit(cache=True, nogil=True, fastmath=REASSOC)
+def _rope_attend_serial_nb(q, k, v, kc, vc, slot, lo, cos, sin, scale, out, blocks, write):
+    """``_rope_attend`` on one thread with one block per kv head (``blocks`` is ignored), bit for
+    bit: the block's sums normalised directly, no merge (with one block the merge multiplies by
+    ``exp(0) = 1``). The short caches of a first answer call only this, so the first run compiles
+    this small kernel and not the blocked one (~0.5 s less of compiling)."""
+    hkv, d = k.shape
+    if write:
+        _rotate_store(q, k, v, kc, vc, slot, cos, sin)
+    grp = q.shape[0] // hkv
+    mx = np.empty(grp, np.float32)
+    tot = np.empty(grp, np.float32)
+    for g in range(hkv):
+        _attend_block(q, kc, vc, g, grp, lo, slot + 1, np.float32(scale), mx, tot, out[g * grp:(g + 1) * grp])
+        for a in range(grp):
+            inv = np.float32(1.0) / tot[a]
+            o = out[g * grp + a]
+            for i in range(d):
+                o[i] *= inv
 
 
 @njit(cache=True, nogil=True)

@@ -45,7 +45,7 @@ from numba import njit, prange
 from numba.extending import overload
 
 from axon_kernels import avx512, workers
-from axon_kernels._jit import CONTRACT, cached_on_disk, own_cache_entry
+from axon_kernels._jit import CONTRACT, cached_on_disk, jit_disabled, own_cache_entry
 from axon_kernels.avx512 import fma, fma_bcast, load_f32x16, load_i8_f32x16, load_u8_i32x16, nibble_high_f32, nibble_low_f32
 from axon_kernels.vnni import f32x16_zero, store
 from axon_kernels.quant_formats import BLOCK, FORMATS, NIBBLE_TYPES, QUANT_TYPES, check_raw, decode_blocks, dequantize_ref
@@ -736,7 +736,7 @@ def _rows_q8_nb(qs, scale, offset, ids, out):
 # ------------------------------------------------------------------------------------------------
 
 def _jit_enabled() -> bool:
-    return not numba.config.DISABLE_JIT
+    return not jit_disabled()
 
 
 _NO_OFFSET = np.zeros((0, 1, 1), np.float32)   # what the q8 kernels get for a type without offsets

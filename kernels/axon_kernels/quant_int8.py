@@ -42,11 +42,11 @@ import contextlib
 import os
 import threading
 
-import numba
 import numpy as np
 from numba import njit
 
 from axon_kernels import vnni, workers
+from axon_kernels._jit import jit_disabled
 from axon_kernels.vnni import (dpbusd, f32x16_zero, high_nibbles, i32x16_zero, load_interleaved4, load_u8x64, low_nibbles, madd,
                                madd_int, store)
 
@@ -177,7 +177,7 @@ def _quantize_nb(x, a, d, sa):
 
 def quantize_activations(x: np.ndarray, ntok: int):
     """Numba :func:`quantize_activations_ref` (same outputs, bit for bit)."""
-    if numba.config.DISABLE_JIT:
+    if jit_disabled():
         return quantize_activations_ref(x, ntok)
     groups = x.shape[1] // GROUP
     a = np.zeros((ntok, x.shape[1]), np.int8)
@@ -308,7 +308,7 @@ def quant_matmul_int8(w, x: np.ndarray) -> np.ndarray:
     under ``NUMBA_DISABLE_JIT=1``, the reference runs)."""
     if w.kind != "q4" or w.group != GROUP or w.offset is None:
         raise ValueError(f"quant_matmul_int8: 4-bit weights in groups of 32 only (q4 kind), got {w.qtype}")
-    if numba.config.DISABLE_JIT or not supported(w):
+    if jit_disabled() or not supported(w):
         return quant_matmul_int8_ref(w, x)
     t = x.shape[0]
     ntok = -(-t // TOKENS) * TOKENS

@@ -10,7 +10,8 @@ returns (gx [N, D], gw [D]). Only x and rstd are kept between the two (not xhat)
 versions are the NumPy definitions, with their [N, D] temporaries; the Numba versions read each
 row twice and write only the results, serially (a [1024, 256] norm takes a fraction of a
 millisecond; a parallel region would cost more than it saves on a shared machine). Row sums
-accumulate in float64. NaN or Inf in a row propagates to that row, as in the reference.
+accumulate in float64, reassociated (`_jit.REASSOC`) so that they vectorise: forward 0.29 ->
+0.04 ms, backward 0.24 -> 0.08 ms at [1024, 256] float32 on one core here. NaN or Inf in a row propagates to that row, as in the reference.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ._jit import CONTRACT, jit_disabled
+from ._jit import REASSOC, jit_disabled
 
 __all__ = ["rms_norm_forward", "rms_norm_forward_ref", "rms_norm_forward_nb",
            "rms_norm_backward", "rms_norm_backward_ref", "rms_norm_backward_nb"]
@@ -30,7 +31,7 @@ def rms_norm_forward_ref(x, w, eps):
     return (x * rstd[:, None]) * w, rstd.astype(x.dtype)
 
 
-@njit(cache=True, nogil=True, fastmath=CONTRACT, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=REASSOC, error_model="numpy")
 def rms_norm_forward_nb(x, w, eps):
     """The Numba version of `rms_norm_forward_ref` (C-contiguous x)."""
     n, d = x.shape
@@ -67,7 +68,7 @@ def rms_norm_backward_ref(g, x, rstd, w):
     return gx, gw.astype(x.dtype)
 
 
-@njit(cache=True, nogil=True, fastmath=CONTRACT, error_model="numpy")
+@njit(cache=True, nogil=True, fastmath=REASSOC, error_model="numpy")
 def rms_norm_backward_nb(g, x, rstd, w):
     """The Numba version of `rms_norm_backward_ref` (C-contiguous g and x)."""
     n, d = x.shape

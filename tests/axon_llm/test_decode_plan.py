@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 
@@ -164,19 +165,25 @@ def test_gemma3_270m_fast_decode_matches_modules():
 
 # ------------------------------------------------------------------------------------- kernels
 
+def _attend_inputs(seed: int, cache_dtype, rot: int):
+    """Random ``(q [6, 16], k, v [2, 16], kc, vc [2, 40, 16])``, and ``cos, sin [rot]``."""
+    rng = np.random.default_rng(seed)
+    h, hkv, d, length = 6, 2, 16, 40
+    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((h, d), (hkv, d), (hkv, d)))
+    kc = rng.standard_normal((hkv, length, d)).astype(cache_dtype)
+    vc = rng.standard_normal((hkv, length, d)).astype(cache_dtype)
+    ang = rng.uniform(0, 6, rot // 2).astype(np.float32)
+    return (q, k, v, kc, vc), np.cos(np.r_[ang, ang]).astype(np.float32), np.sin(np.r_[ang, ang]).astype(np.float32)
+
+
 # threaded with blocks of 7 slots (many blocks merged), threaded with one block per thread, serial
 @pytest.mark.parametrize("parallel_min,block", [(1, 7), (1, 256), (1 << 30, 256)])
 @pytest.mark.parametrize("cache_dtype", [np.float32, np.float16])
 def test_rope_attend_kernel_matches_reference(parallel_min, block, cache_dtype, monkeypatch):
     monkeypatch.setattr("axon_kernels.decode.ATTEND_PARALLEL_MIN", parallel_min)
     monkeypatch.setattr("axon_kernels.decode.ATTEND_BLOCK", block)
-    rng = np.random.default_rng(0)
-    h, hkv, d, length, rot = 6, 2, 16, 40, 12
-    q, k, v = (rng.standard_normal(s).astype(np.float32) for s in ((h, d), (hkv, d), (hkv, d)))
-    kc = rng.standard_normal((hkv, length, d)).astype(cache_dtype)
-    vc = rng.standard_normal((hkv, length, d)).astype(cache_dtype)
-    ang = rng.uniform(0, 6, rot // 2).astype(np.float32)
-    cos, sin = np.cos(np.r_[ang, ang]).astype(np.float32), np.sin(np.r_[ang, ang]).astype(np.float32)
+    (q, k, v, kc, vc), cos, sin = _attend_inputs(0, cache_dtype, rot=12)
+    h, d = q.shape
     for slot, lo in ((0, 0), (30, 0), (30, 26)):
         args = [(a.copy()) for a in (q, k, v, kc, vc)]
         ref_args = [(a.copy()) for a in (q, k, v, kc, vc)]
@@ -186,6 +193,29 @@ def test_rope_attend_kernel_matches_reference(parallel_min, block, cache_dtype, 
         np.testing.assert_allclose(out, ref, rtol=2e-5, atol=2e-6)
         for got, want in zip(args, ref_args):                   # rotated q/k, written cache slot
             np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("cache_dtype", [np.float32, np.float16])
+def test_serial_rope_attend_is_the_blocked_kernel_with_one_block(cache_dtype):
+    """The short-cache kernel (the only one a first answer compiles) equals the blocked kernel
+    run serially with one block per kv head, bit for bit."""
+    import axon_kernels.decode as dec
+
+    if jit_disabled():
+        pytest.skip("compares two Numba kernels; under NUMBA_DISABLE_JIT=1 both are the same Python")
+    (q, k, v, kc, vc), cos, sin = _attend_inputs(3, cache_dtype, rot=16)
+    h, d = q.shape
+    write = cache_dtype == np.float32
+    serial_blocked = numba.njit(nogil=True, fastmath=dec.REASSOC)(dec._rope_attend)   # the blocked body, serial
+    bits = (lambda a: a.view(np.uint16)) if cache_dtype == np.float16 else (lambda a: a)
+    for slot, lo in ((0, 0), (30, 0), (30, 26)):
+        one, many = [a.copy() for a in (q, k, v, kc, vc)], [a.copy() for a in (q, k, v, kc, vc)]
+        out_one, out_many = np.empty((h, d), np.float32), np.empty((h, d), np.float32)
+        dec._rope_attend_serial_nb(*one[:3], bits(one[3]), bits(one[4]), slot, lo, cos, sin, 0.25, out_one, 1, write)
+        serial_blocked(*many[:3], bits(many[3]), bits(many[4]), slot, lo, cos, sin, 0.25, out_many, 1, write)
+        np.testing.assert_array_equal(out_one, out_many)
+        for a, b in zip(one, many):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_small_kernels_match_references():

@@ -1,0 +1,73 @@
+"""What the first ``axon-llm generate`` compiles, by part, so second processes can fill Numba's
+disk cache (`axon_kernels._jit.compile_in_background`) while the caller answers on the NumPy
+references (``axon_llm.first_run``).
+
+Parts (:data:`PARTS`): ``"decode"`` the decode step's kernels (:func:`axon_kernels.decode.warm_up`),
+``"prefill"`` the float32 RMSNorm and SiLU-gate kernels of the module forward (the prompt's
+pass), and each name of :data:`axon_kernels.quant.INFERENCE_KERNELS` (one quantised kernel).
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from axon_kernels import decode, quant, rms_norm, swiglu
+from axon_kernels._jit import cached_on_disk, jit_disabled
+
+__all__ = ["PARTS", "claim", "compiled_on_disk", "warm_up"]
+
+PARTS = ("decode", "prefill") + quant.INFERENCE_KERNELS
+
+
+def _check(parts) -> None:
+    unknown = set(parts) - set(PARTS)
+    if unknown:
+        raise ValueError(f"first_run: unknown parts {sorted(unknown)}; known: {', '.join(PARTS)}")
+
+
+def compiled_on_disk(parts) -> bool:
+    """True when Numba's on-disk cache holds every kernel of ``parts`` (False: the first call of
+    one of them compiles). True under ``NUMBA_DISABLE_JIT=1``."""
+    _check(parts)
+    for part in parts:
+        if part == "decode":
+            warm = decode.compiled_on_disk()
+        elif part == "prefill":
+            warm = cached_on_disk(rms_norm.rms_norm_forward_nb, swiglu.swiglu_forward_nb)
+        else:
+            warm = quant.compiled_on_disk((part,))
+        if not warm:
+            return False
+    return True
+
+
+def claim(claims: str, part: str) -> bool:
+    """True for the one caller that claims ``part`` first among the processes sharing the folder
+    ``claims`` (it creates the file ``claims/part``; an existing file means another has it)."""
+    try:
+        os.close(os.open(os.path.join(claims, part), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+def warm_up(parts, claims: str | None = None) -> None:
+    """Compile (or load from the disk cache) the kernels of ``parts``, in order, with the
+    argument types inference passes. With a folder ``claims``, only the parts this process
+    :func:`claim` s first: processes given the same parts share them out as each gets free."""
+    _check(parts)
+    if jit_disabled():
+        return
+    for part in parts:
+        if claims is not None and not claim(claims, part):
+            continue
+        if part == "decode":
+            decode.warm_up()
+        elif part == "prefill":
+            x = np.ones((2, 4), np.float32)                                  # [N, D]
+            rms_norm.rms_norm_forward(x, np.ones(4, np.float32), 1e-5)
+            swiglu.swiglu_forward(x, x)
+        else:
+            quant.warm_up((part,))
