@@ -5,7 +5,7 @@
 vector, widen 16 quantised bytes to 16 int32 / float32 lanes, split nibbles, multiply-add -- so
 that a kernel can hold many accumulators in registers across a loop, which Numba's own loops
 over arrays do not achieve (LLVM keeps such partial sums in memory or leaves the loop scalar).
-Used by `axon_kernels.quant`'s few-token kernels (`_matmul_q4_avx512`, `_matmul_q8_avx512`).
+Used by `axon_kernels.quant`'s few-token kernel (`_matmul_avx512`).
 
 Only call these from code that runs when :func:`available` is True (the host has AVX-512F).
 Numba's disk cache keys a kernel on its own file only: after editing an intrinsic here, touch

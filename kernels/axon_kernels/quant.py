@@ -558,35 +558,30 @@ def _rows_q8_avx512(qf, sf, of, xf, groups, bsz, has_offset, t, r0, o):
     return acc
 
 
-def _matmul_q4_avx512(qs, scale, offset, x, y):
-    """y[T, tiles*R] = x @ W.T for the q4 layout and a few tokens (AVX-512F; same contract as
-    :func:`_matmul_q4`, reference :func:`quant_matmul_ref`). Work items are 32-row halves of
-    tiles; each takes the tokens by blocks of 8 while 6 or more are left, then a block of 4 if 3-5
-    are left, then one of 2 for the last 1-2 (a block's tokens past the last repeat it: computed,
-    not stored; blocks of 4 and 2 pay more for decoding per multiply-add)."""
-    tiles, groups = qs.shape[0], qs.shape[1]
-    ntok, cols = x.shape
-    ystride = y.shape[1]
-    qf, sf, of, xf, yf = qs.reshape(-1), scale.reshape(-1), offset.reshape(-1), x.reshape(-1), y.reshape(-1)
-    for item in prange(2 * tiles):
-        t, r0 = item // 2, (item % 2) * 32
-        i0 = 0
-        while ntok - i0 >= 6:
-            acc = _rows_q4_avx512(qf, sf, of, xf, groups, t, r0, _block_offsets8(i0, ntok, cols))
-            _store_block(yf, i0 * ystride + t * TILE_ROWS + r0, ystride, ntok - i0, acc)
-            i0 += 8
-        if ntok - i0 >= 3:
-            acc = _rows_q4_avx512(qf, sf, of, xf, groups, t, r0, _block_offsets4(i0, ntok, cols))
-            _store_block(yf, i0 * ystride + t * TILE_ROWS + r0, ystride, ntok - i0, acc)
-            i0 += 4
-        if i0 < ntok:
-            acc = _rows_q4_avx512(qf, sf, of, xf, groups, t, r0, _block_offsets2(i0, ntok, cols))
-            _store_block(yf, i0 * ystride + t * TILE_ROWS + r0, ystride, ntok - i0, acc)
+def _rows_avx512(qf, sf, of, xf, groups, bsz, has_offset, t, r0, o):
+    """Rows r0..r0+31 of tile t times the tokens of offsets ``o``: :func:`_rows_q4_avx512` for the
+    q4 layout (uint8 ``qf``), :func:`_rows_q8_avx512` for the q8 layout (int8)."""
+    if qf.dtype == np.uint8:
+        return _rows_q4_avx512(qf, sf, of, xf, groups, t, r0, o)
+    return _rows_q8_avx512(qf, sf, of, xf, groups, bsz, has_offset, t, r0, o)
 
 
-def _matmul_q8_avx512(qs, scale, offset, x, y):
-    """y[T, tiles*R] = x @ W.T for the q8 layout and a few tokens (AVX-512F; see
-    :func:`_matmul_q4_avx512`); ``offset`` has 0 tiles when the type has none."""
+@overload(_rows_avx512, jit_options={"cache": True, "nogil": True})
+def _rows_avx512_impl(qf, sf, of, xf, groups, bsz, has_offset, t, r0, o):
+    """:func:`_rows_avx512` with the layout chosen at compile time (by the dtype of ``qf``)."""
+    if qf.dtype == numba.types.uint8:
+        return lambda qf, sf, of, xf, groups, bsz, has_offset, t, r0, o: _rows_q4_avx512(qf, sf, of, xf, groups, t, r0, o)
+    return lambda qf, sf, of, xf, groups, bsz, has_offset, t, r0, o: _rows_q8_avx512(
+        qf, sf, of, xf, groups, bsz, has_offset, t, r0, o)
+
+
+def _matmul_avx512(qs, scale, offset, x, y):
+    """y[T, tiles*R] = x @ W.T for either layout and a few tokens (AVX-512F; the contract of
+    :func:`_matmul_q4` / :func:`_matmul_q8`, reference :func:`quant_matmul_ref`; ``offset`` has 0
+    tiles when the type has none). Work items are 32-row halves of tiles; each takes the tokens
+    by blocks of 8 while 6 or more are left, then a block of 4 if 3-5 are left, then one of 2 for
+    the last 1-2 (a block's tokens past the last repeat it: computed, not stored; blocks of 4
+    and 2 pay more for decoding per multiply-add)."""
     tiles, groups, bsz, _ = qs.shape
     has_offset = offset.shape[0] > 0
     ntok, cols = x.shape
@@ -596,15 +591,15 @@ def _matmul_q8_avx512(qs, scale, offset, x, y):
         t, r0 = item // 2, (item % 2) * 32
         i0 = 0
         while ntok - i0 >= 6:
-            acc = _rows_q8_avx512(qf, sf, of, xf, groups, bsz, has_offset, t, r0, _block_offsets8(i0, ntok, cols))
+            acc = _rows_avx512(qf, sf, of, xf, groups, bsz, has_offset, t, r0, _block_offsets8(i0, ntok, cols))
             _store_block(yf, i0 * ystride + t * TILE_ROWS + r0, ystride, ntok - i0, acc)
             i0 += 8
         if ntok - i0 >= 3:
-            acc = _rows_q8_avx512(qf, sf, of, xf, groups, bsz, has_offset, t, r0, _block_offsets4(i0, ntok, cols))
+            acc = _rows_avx512(qf, sf, of, xf, groups, bsz, has_offset, t, r0, _block_offsets4(i0, ntok, cols))
             _store_block(yf, i0 * ystride + t * TILE_ROWS + r0, ystride, ntok - i0, acc)
             i0 += 4
         if i0 < ntok:
-            acc = _rows_q8_avx512(qf, sf, of, xf, groups, bsz, has_offset, t, r0, _block_offsets2(i0, ntok, cols))
+            acc = _rows_avx512(qf, sf, of, xf, groups, bsz, has_offset, t, r0, _block_offsets2(i0, ntok, cols))
             _store_block(yf, i0 * ystride + t * TILE_ROWS + r0, ystride, ntok - i0, acc)
 
 
@@ -686,10 +681,9 @@ _matmul_q4_nb = njit(cache=True, parallel=True, nogil=True, fastmath=CONTRACT)(o
 _matmul_q4_serial_nb = njit(cache=True, nogil=True, fastmath=CONTRACT)(_matmul_q4)
 _matmul_q8_nb = njit(cache=True, parallel=True, nogil=True, fastmath=CONTRACT)(own_cache_entry(_matmul_q8, "parallel"))
 _matmul_q8_serial_nb = njit(cache=True, nogil=True, fastmath=CONTRACT)(_matmul_q8)
-_matmul_q4_avx512_nb = njit(cache=True, parallel=True, nogil=True)(own_cache_entry(_matmul_q4_avx512, "parallel"))
-_matmul_q4_avx512_serial_nb = njit(cache=True, nogil=True)(_matmul_q4_avx512)
-_matmul_q8_avx512_nb = njit(cache=True, parallel=True, nogil=True)(own_cache_entry(_matmul_q8_avx512, "parallel"))
-_matmul_q8_avx512_serial_nb = njit(cache=True, nogil=True)(_matmul_q8_avx512)
+_matmul_q4_avx512_nb = _matmul_q8_avx512_nb = njit(cache=True, parallel=True, nogil=True)(
+    own_cache_entry(_matmul_avx512, "parallel"))                     # one body, compiled per layout (qs dtype)
+_matmul_q4_avx512_serial_nb = _matmul_q8_avx512_serial_nb = njit(cache=True, nogil=True)(_matmul_avx512)
 _unpack_q4_nb = njit(cache=True, parallel=True, nogil=True)(own_cache_entry(_unpack_q4, "parallel"))
 _unpack_q4_serial_nb = njit(cache=True, nogil=True)(_unpack_q4)
 _unpack_q8_nb = njit(cache=True, parallel=True, nogil=True)(own_cache_entry(_unpack_q8, "parallel"))
@@ -772,7 +766,7 @@ def _chunked_matvec(kind: str):
 _CHUNKED_MATVEC = {kind: _chunked_matvec(kind) for kind in ("q4", "q8")}
 
 
-_HOST_AVX512 = avx512.available()   # the few-token matmul runs its AVX-512 kernels (`_matmul_q4_avx512`)
+_HOST_AVX512 = avx512.available()   # the few-token matmul runs its AVX-512 kernels (`_matmul_avx512`)
 
 
 def _kernel(name: str, work_bytes: int):
@@ -898,7 +892,7 @@ def quant_matmul(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
 
     One token runs the matvec kernel (MATVEC_LOOP_MAX_TOKENS); up to FUSED_MATMUL_MAX_TOKENS
     (a batched decode step, a short prompt) a fused kernel decodes each group of weights once
-    and applies it to all tokens (:func:`_matmul_q4_avx512`, :func:`_matmul_q8_avx512` on an
+    and applies it to all tokens (:func:`_matmul_avx512` on an
     AVX-512F host, else :func:`_matmul_q4`, :func:`_matmul_q8`); longer inputs (prefill)
     dequantise W.T into a reused buffer and call single-threaded BLAS sgemm on blocks of tokens
     spread over the threads, which is compute-bound there and faster than any loop written here
