@@ -123,7 +123,9 @@ def main() -> None:
 
 
 def few_tokens(random_raw, rounds: int) -> None:
-    """The fused few-token kernel vs one matvec per token vs dequantise + sgemm, T = 1..32."""
+    """The fused few-token kernel vs one matvec per token vs dequantise + sgemm, T = 1..32 (and,
+    on an AVX-512F host, vs the loop kernels it replaces there)."""
+    import numba
     import numpy as np
 
     from axon_kernels import quant
@@ -136,8 +138,14 @@ def few_tokens(random_raw, rounds: int) -> None:
         quant._kernel(f"matmul_{w.kind}", w.nbytes * x.shape[0])(*quant._arrays(w), x, y)
         return y
 
+    def loops(w, x):                 # the loop kernels (the fallback without AVX-512F), threaded as `fused` is
+        y = np.empty((x.shape[0], w.qs.shape[0] * TILE_ROWS), np.float32)
+        serial = w.nbytes * x.shape[0] < quant.PARALLEL_MIN_BYTES or numba.get_num_threads() == 1
+        getattr(quant, f"_matmul_{w.kind}{'_serial_nb' if serial else '_nb'}")(*quant._arrays(w), x, y)
+        return y
+
     print(f"\nfew-token matmul: fused kernel vs T x quant_matvec (ratio loop/fused) and vs dequantise + sgemm "
-          f"(ratio dense/fused); > 1: fused is faster. Best per round, {rounds} rounds: median [min-max] of the ratios")
+          f"(ratio dense/fused){'; on this AVX-512F host also vs the loop kernels (loop kernel/fused)' if quant._HOST_AVX512 else ''}; > 1: fused is faster. Best per round, {rounds} rounds: median [min-max] of the ratios")
     print(f"(thresholds in use: MATVEC_LOOP_MAX_TOKENS={quant.MATVEC_LOOP_MAX_TOKENS}, "
           f"FUSED_MATMUL_MAX_TOKENS={quant.FUSED_MATMUL_MAX_TOKENS})")
     for qtype in ("Q4_1", "Q8_0"):
@@ -146,17 +154,21 @@ def few_tokens(random_raw, rounds: int) -> None:
             for ntok in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32):
                 x = rng.standard_normal((ntok, cols)).astype(np.float32)
                 n = max(3, 4_000_000 // (rows * cols * ntok))
-                runs = {"fused": [], "loop": [], "dense": []}
-                for _ in range(rounds):                  # alternate the three within each round
+                runs = {"fused": [], "loop": [], "dense": [], "loops": []}
+                for _ in range(rounds):                  # alternate the engines within each round
                     runs["fused"].append(_best(lambda: fused(w, x), n))
+                    if quant._HOST_AVX512:
+                        runs["loops"].append(_best(lambda: loops(w, x), n))
                     runs["loop"].append(_best(lambda: [quant_matvec(w, row) for row in x], n))
                     runs["dense"].append(_best(lambda: quant._dense_matmul(w, x), n))
                 loop = sorted(a / b for a, b in zip(runs["loop"], runs["fused"]))
                 dense = sorted(a / b for a, b in zip(runs["dense"], runs["fused"]))
+                old = sorted(a / b for a, b in zip(runs["loops"], runs["fused"]))
+                vs_loops = f"  loop kernel/fused {old[len(old) // 2]:5.2f}x [{old[0]:.2f}-{old[-1]:.2f}]" if old else ""
                 print(f"{qtype:5} {rows:>5}x{cols:<5} T={ntok:<3} fused {min(runs['fused']) * 1e6:9.1f} us  "
                       f"loop {min(runs['loop']) * 1e6:9.1f} us  dequant+sgemm {min(runs['dense']) * 1e6:9.1f} us  "
                       f"loop/fused {loop[len(loop) // 2]:5.2f}x [{loop[0]:.2f}-{loop[-1]:.2f}]  "
-                      f"dense/fused {dense[len(dense) // 2]:5.2f}x [{dense[0]:.2f}-{dense[-1]:.2f}]", flush=True)
+                      f"dense/fused {dense[len(dense) // 2]:5.2f}x [{dense[0]:.2f}-{dense[-1]:.2f}]{vs_loops}", flush=True)
 
 
 def int8_prefill(random_raw, rounds: int) -> None:

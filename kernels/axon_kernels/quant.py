@@ -42,9 +42,12 @@ from dataclasses import dataclass
 import numba
 import numpy as np
 from numba import njit, prange
+from numba.extending import overload
 
-from axon_kernels import workers
+from axon_kernels import avx512, workers
 from axon_kernels._jit import CONTRACT, cached_on_disk, jit_disabled, own_cache_entry
+from axon_kernels.avx512 import fma, fma_bcast, load_f32x16, load_i8_f32x16, load_u8_i32x16, nibble_high_f32, nibble_low_f32
+from axon_kernels.vnni import f32x16_zero, store
 from axon_kernels.quant_formats import BLOCK, FORMATS, NIBBLE_TYPES, QUANT_TYPES, check_raw, decode_blocks, dequantize_ref
 
 TILE_ROWS = 64                      # R: rows per tile (4 AVX-512 / 8 AVX2 float lanes per step)
@@ -420,6 +423,189 @@ def _matmul_q8(qs, scale, offset, x, y):
                 y[i, t * TILE_ROWS + r] = acc[i, r]
 
 
+# The few-token kernels on explicit AVX-512 vectors (`axon_kernels.avx512`), used when the host
+# has AVX-512F. The kernels above keep 4 tokens' partial sums in an L1 scratch (one load and one
+# store of them per 4 inputs) and LLVM does not keep more in registers when written as loops over
+# arrays. Here a block of 8 tokens' sums for 32 rows is a tuple of 16 f32x16 values (16 zmm
+# registers) over the whole row of groups (blocks of 4 and 2 tokens: 8 and 4 values): each weight vector is
+# decoded and scaled once (``w = scale * q + offset``, the dequantised weight) and multiply-added
+# with each token's broadcast input. The block size is the length of the tuple of the tokens'
+# input offsets, so one row function per kind compiles for every size.
+
+def _block_offsets8(i0, ntok, cols):
+    """The input offsets ``k * cols`` of tokens i0..i0+7, a token past the last repeating the last
+    (computed, never stored)."""
+    last = ntok - 1
+    return (min(i0, last) * cols, min(i0 + 1, last) * cols, min(i0 + 2, last) * cols, min(i0 + 3, last) * cols,
+            min(i0 + 4, last) * cols, min(i0 + 5, last) * cols, min(i0 + 6, last) * cols, min(i0 + 7, last) * cols)
+
+
+def _block_offsets4(i0, ntok, cols):
+    """The input offsets of tokens i0..i0+3 (see :func:`_block_offsets8`)."""
+    last = ntok - 1
+    return min(i0, last) * cols, min(i0 + 1, last) * cols, min(i0 + 2, last) * cols, min(i0 + 3, last) * cols
+
+
+def _block_offsets2(i0, ntok, cols):
+    """The input offsets of tokens i0, i0+1 (see :func:`_block_offsets8`)."""
+    return i0 * cols, min(i0 + 1, ntok - 1) * cols
+
+
+def _block_zeros(o):
+    """Zero accumulators for the tokens of offsets ``o``: two f32x16 (32 rows) per token.
+    (The definition; Numba compiles the written-out form of the @overload below.)"""
+    return (f32x16_zero(),) * (2 * len(o))
+
+
+def _block_madd(acc, w0, w1, xf, o, c):
+    """``acc`` of the tokens of offsets ``o`` plus the weight vectors of 32 rows ``(w0, w1)`` times
+    each token's input ``xf[o[k] + c]``. (The definition; Numba compiles the written-out form of
+    the @overload below.)"""
+    return tuple(fma_bcast(acc[2 * k + h], (w0, w1)[h], xf, o[k] + c) for k in range(len(o)) for h in range(2))
+
+
+@overload(_block_zeros, jit_options={"cache": True, "nogil": True})
+def _block_zeros_impl(o):
+    """:func:`_block_zeros` for blocks of 8, 4 and 2 tokens."""
+    if len(o) == 8:
+        def zeros8(o):
+            z = f32x16_zero()
+            return z, z, z, z, z, z, z, z, z, z, z, z, z, z, z, z
+        return zeros8
+
+    if len(o) == 4:
+        def zeros4(o):
+            z = f32x16_zero()
+            return z, z, z, z, z, z, z, z
+        return zeros4
+
+    def zeros2(o):
+        z = f32x16_zero()
+        return z, z, z, z
+    return zeros2
+
+
+@overload(_block_madd, jit_options={"cache": True, "nogil": True})
+def _block_madd_impl(acc, w0, w1, xf, o, c):
+    """:func:`_block_madd` for blocks of 8, 4 and 2 tokens (written out: the tuples stay in registers)."""
+    if len(o) == 8:
+        def madd8(acc, w0, w1, xf, o, c):
+            return (fma_bcast(acc[0], w0, xf, o[0] + c), fma_bcast(acc[1], w1, xf, o[0] + c),
+                    fma_bcast(acc[2], w0, xf, o[1] + c), fma_bcast(acc[3], w1, xf, o[1] + c),
+                    fma_bcast(acc[4], w0, xf, o[2] + c), fma_bcast(acc[5], w1, xf, o[2] + c),
+                    fma_bcast(acc[6], w0, xf, o[3] + c), fma_bcast(acc[7], w1, xf, o[3] + c),
+                    fma_bcast(acc[8], w0, xf, o[4] + c), fma_bcast(acc[9], w1, xf, o[4] + c),
+                    fma_bcast(acc[10], w0, xf, o[5] + c), fma_bcast(acc[11], w1, xf, o[5] + c),
+                    fma_bcast(acc[12], w0, xf, o[6] + c), fma_bcast(acc[13], w1, xf, o[6] + c),
+                    fma_bcast(acc[14], w0, xf, o[7] + c), fma_bcast(acc[15], w1, xf, o[7] + c))
+        return madd8
+
+    if len(o) == 4:
+        def madd4(acc, w0, w1, xf, o, c):
+            return (fma_bcast(acc[0], w0, xf, o[0] + c), fma_bcast(acc[1], w1, xf, o[0] + c),
+                    fma_bcast(acc[2], w0, xf, o[1] + c), fma_bcast(acc[3], w1, xf, o[1] + c),
+                    fma_bcast(acc[4], w0, xf, o[2] + c), fma_bcast(acc[5], w1, xf, o[2] + c),
+                    fma_bcast(acc[6], w0, xf, o[3] + c), fma_bcast(acc[7], w1, xf, o[3] + c))
+        return madd4
+
+    def madd2(acc, w0, w1, xf, o, c):
+        return (fma_bcast(acc[0], w0, xf, o[0] + c), fma_bcast(acc[1], w1, xf, o[0] + c),
+                fma_bcast(acc[2], w0, xf, o[1] + c), fma_bcast(acc[3], w1, xf, o[1] + c))
+    return madd2
+
+
+def _store_block(yf, at, ystride, n, acc):
+    """Rows r..r+31 (at ``yf[at:]``) of the first ``n`` tokens of a block."""
+    for k in range(min(n, len(acc) // 2)):
+        store(yf, at + k * ystride, acc[2 * k])
+        store(yf, at + k * ystride + 16, acc[2 * k + 1])
+
+
+def _rows_q4_avx512(qf, sf, of, xf, groups, t, r0, o):
+    """Rows r0..r0+31 of tile t times the tokens of offsets ``o`` (q4 layout): per group and
+    input pair j, j + 16, the 16 bytes of each 16-row run widen to int32 lanes, the nibbles
+    convert to float and become weights ``scale * q + offset`` (4 vectors), multiply-added into
+    every token's 2 accumulators."""
+    acc = _block_zeros(o)
+    for g in range(groups):
+        si = (t * groups + g) * TILE_ROWS + r0
+        s0, s1 = load_f32x16(sf, si), load_f32x16(sf, si + 16)
+        m0, m1 = load_f32x16(of, si), load_f32x16(of, si + 16)
+        for j in range(16):
+            qi = ((t * groups + g) * 16 + j) * TILE_ROWS + r0
+            v0, v1 = load_u8_i32x16(qf, qi), load_u8_i32x16(qf, qi + 16)
+            acc = _block_madd(acc, fma(nibble_low_f32(v0), s0, m0), fma(nibble_low_f32(v1), s1, m1), xf, o, g * 32 + j)
+            acc = _block_madd(acc, fma(nibble_high_f32(v0), s0, m0), fma(nibble_high_f32(v1), s1, m1), xf, o,
+                              g * 32 + j + 16)
+    return acc
+
+
+def _rows_q8_avx512(qf, sf, of, xf, groups, bsz, has_offset, t, r0, o):
+    """Rows r0..r0+31 of tile t times the tokens of offsets ``o`` (q8 layout, see
+    :func:`_rows_q4_avx512`): per group and input j, two int8 vectors become weights
+    ``scale * q (+ offset)``."""
+    acc = _block_zeros(o)
+    for g in range(groups):
+        si = (t * groups + g) * TILE_ROWS + r0
+        s0, s1 = load_f32x16(sf, si), load_f32x16(sf, si + 16)
+        m0 = m1 = f32x16_zero()
+        if has_offset:
+            m0, m1 = load_f32x16(of, si), load_f32x16(of, si + 16)
+        for j in range(bsz):
+            qi = ((t * groups + g) * bsz + j) * TILE_ROWS + r0
+            acc = _block_madd(acc, fma(load_i8_f32x16(qf, qi), s0, m0), fma(load_i8_f32x16(qf, qi + 16), s1, m1),
+                              xf, o, g * bsz + j)
+    return acc
+
+
+def _rows_avx512(qf, sf, of, xf, groups, bsz, has_offset, t, r0, o):
+    """Rows r0..r0+31 of tile t times the tokens of offsets ``o``: :func:`_rows_q4_avx512` for the
+    q4 layout (uint8 ``qf``), :func:`_rows_q8_avx512` for the q8 layout (int8)."""
+    if qf.dtype == np.uint8:
+        return _rows_q4_avx512(qf, sf, of, xf, groups, t, r0, o)
+    return _rows_q8_avx512(qf, sf, of, xf, groups, bsz, has_offset, t, r0, o)
+
+
+@overload(_rows_avx512, jit_options={"cache": True, "nogil": True})
+def _rows_avx512_impl(qf, sf, of, xf, groups, bsz, has_offset, t, r0, o):
+    """:func:`_rows_avx512` with the layout chosen at compile time (by the dtype of ``qf``)."""
+    if qf.dtype == numba.types.uint8:
+        return lambda qf, sf, of, xf, groups, bsz, has_offset, t, r0, o: _rows_q4_avx512(qf, sf, of, xf, groups, t, r0, o)
+    return lambda qf, sf, of, xf, groups, bsz, has_offset, t, r0, o: _rows_q8_avx512(
+        qf, sf, of, xf, groups, bsz, has_offset, t, r0, o)
+
+
+def _matmul_avx512(qs, scale, offset, x, y):
+    """y[T, tiles*R] = x @ W.T for either layout and a few tokens (AVX-512F; the contract of
+    :func:`_matmul_q4` / :func:`_matmul_q8`, reference :func:`quant_matmul_ref`; ``offset`` has 0
+    tiles when the type has none). Work items are 32-row halves of tiles; each takes the tokens
+    by blocks of 8 while 6 or more are left, then a block of 4 if 3-5 are left, then one of 2 for
+    the last 1-2 (a block's tokens past the last repeat it: computed, not stored; blocks of 4
+    and 2 pay more for decoding per multiply-add)."""
+    tiles, groups, bsz, _ = qs.shape
+    has_offset = offset.shape[0] > 0
+    ntok, cols = x.shape
+    ystride = y.shape[1]
+    qf, sf, of, xf, yf = qs.reshape(-1), scale.reshape(-1), offset.reshape(-1), x.reshape(-1), y.reshape(-1)
+    for item in prange(2 * tiles):
+        t, r0 = item // 2, (item % 2) * 32
+        i0 = 0
+        while ntok - i0 >= 6:
+            acc = _rows_avx512(qf, sf, of, xf, groups, bsz, has_offset, t, r0, _block_offsets8(i0, ntok, cols))
+            _store_block(yf, i0 * ystride + t * TILE_ROWS + r0, ystride, ntok - i0, acc)
+            i0 += 8
+        if ntok - i0 >= 3:
+            acc = _rows_avx512(qf, sf, of, xf, groups, bsz, has_offset, t, r0, _block_offsets4(i0, ntok, cols))
+            _store_block(yf, i0 * ystride + t * TILE_ROWS + r0, ystride, ntok - i0, acc)
+            i0 += 4
+        if i0 < ntok:
+            acc = _rows_avx512(qf, sf, of, xf, groups, bsz, has_offset, t, r0, _block_offsets2(i0, ntok, cols))
+            _store_block(yf, i0 * ystride + t * TILE_ROWS + r0, ystride, ntok - i0, acc)
+
+
+for _name in ("_block_offsets8", "_block_offsets4", "_block_offsets2", "_store_block", "_rows_q4_avx512", "_rows_q8_avx512"):
+    globals()[_name] = njit(cache=True, nogil=True)(globals()[_name])
+
 def _unpack_q4(qs, scale, offset, t0, t1, out):
     """Tiles [t0, t1) of the q4 layout -> out float32 [(t1-t0)*R, in]."""
     _, groups, _, rr = qs.shape
@@ -495,6 +681,9 @@ _matmul_q4_nb = njit(cache=True, parallel=True, nogil=True, fastmath=CONTRACT)(o
 _matmul_q4_serial_nb = njit(cache=True, nogil=True, fastmath=CONTRACT)(_matmul_q4)
 _matmul_q8_nb = njit(cache=True, parallel=True, nogil=True, fastmath=CONTRACT)(own_cache_entry(_matmul_q8, "parallel"))
 _matmul_q8_serial_nb = njit(cache=True, nogil=True, fastmath=CONTRACT)(_matmul_q8)
+_matmul_q4_avx512_nb = _matmul_q8_avx512_nb = njit(cache=True, parallel=True, nogil=True)(
+    own_cache_entry(_matmul_avx512, "parallel"))                     # one body, compiled per layout (qs dtype)
+_matmul_q4_avx512_serial_nb = _matmul_q8_avx512_serial_nb = njit(cache=True, nogil=True)(_matmul_avx512)
 _unpack_q4_nb = njit(cache=True, parallel=True, nogil=True)(own_cache_entry(_unpack_q4, "parallel"))
 _unpack_q4_serial_nb = njit(cache=True, nogil=True)(_unpack_q4)
 _unpack_q8_nb = njit(cache=True, parallel=True, nogil=True)(own_cache_entry(_unpack_q8, "parallel"))
@@ -577,9 +766,15 @@ def _chunked_matvec(kind: str):
 _CHUNKED_MATVEC = {kind: _chunked_matvec(kind) for kind in ("q4", "q8")}
 
 
+_HOST_AVX512 = avx512.available()   # the few-token matmul runs its AVX-512 kernels (`_matmul_avx512`)
+
+
 def _kernel(name: str, work_bytes: int):
     """The threaded variant of kernel ``name`` when the work is large enough, else the serial one
-    (for the matvec, the threaded variant is the serial kernel over tile chunks, `_chunked_matvec`)."""
+    (for the matvec, the threaded variant is the serial kernel over tile chunks, `_chunked_matvec`;
+    the few-token matmul takes its AVX-512 variant on a host that has AVX-512F)."""
+    if name.startswith("matmul_") and _HOST_AVX512:
+        name += "_avx512"
     serial = work_bytes < PARALLEL_MIN_BYTES or numba.get_num_threads() == 1
     if serial:
         return globals()[f"_{name}_serial_nb"]
@@ -697,7 +892,8 @@ def quant_matmul(w: QuantMatrix, x: np.ndarray) -> np.ndarray:
 
     One token runs the matvec kernel (MATVEC_LOOP_MAX_TOKENS); up to FUSED_MATMUL_MAX_TOKENS
     (a batched decode step, a short prompt) a fused kernel decodes each group of weights once
-    and applies it to all tokens (:func:`_matmul_q4`, :func:`_matmul_q8`); longer inputs (prefill)
+    and applies it to all tokens (:func:`_matmul_avx512` on an
+    AVX-512F host, else :func:`_matmul_q4`, :func:`_matmul_q8`); longer inputs (prefill)
     dequantise W.T into a reused buffer and call single-threaded BLAS sgemm on blocks of tokens
     spread over the threads, which is compute-bound there and faster than any loop written here
     (:func:`_dense_matmul`).

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from axon_kernels import quant
+from axon_kernels import avx512, quant
 from axon_kernels._jit import jit_disabled
 from axon_kernels.quant import QUANT_TYPES, TILE_ROWS, pack, quant_matmul, quant_matmul_ref, unpack_ref
 from tests.kernels.test_quant import _cols, _tol, random_raw
@@ -47,13 +47,19 @@ def test_quant_matmul_equals_reference_for_1_to_16_tokens(qtype, rows, nblocks, 
     assert np.all(np.abs(y - ref) <= _bound(w, x))
 
 
-@pytest.mark.parametrize("variant", ["_nb", "_serial_nb"])
+@pytest.mark.parametrize("variant", ["_nb", "_serial_nb", "_avx512_nb", "_avx512_serial_nb"])
 @pytest.mark.parametrize("qtype", list(KINDS))
 @settings(max_examples=3 if jit_disabled() else 10, deadline=None)
 @given(rows=st.integers(1, TILE_ROWS + 9), ntok=st.integers(1, 16), seed=st.integers(0, 2**16))
 def test_raw_fused_matmul_kernels_equal_reference(qtype, variant, rows, ntok, seed):
     """The @njit kernels themselves (threaded and serial), on a padded last tile and every
-    token count: each group is decoded once and applied to chunks of 4, 2 and 1 tokens."""
+    token count: each group is decoded once and applied to chunks of 4, 2 and 1 tokens (the
+    AVX-512 kernels: blocks of 8, 4 and 2 tokens, filled up by repeating the last)."""
+    if "avx512" in variant:
+        if jit_disabled():
+            pytest.skip("the AVX-512 kernels are explicit vector intrinsics: no Python form to run uncompiled")
+        if not avx512.available():
+            pytest.skip("this CPU has no AVX-512F")
     cols = _cols(qtype, 1)
     w = pack(qtype, random_raw(qtype, rows, cols, seed), (rows, cols))
     x = np.random.default_rng(seed).standard_normal((ntok, cols)).astype(np.float32)
@@ -76,6 +82,30 @@ def test_a_nan_input_poisons_only_its_own_token(qtype):
         assert np.isfinite(np.delete(y, 5, axis=0)).all()
 
 
+@pytest.mark.parametrize("ntok", [3, 8, 13, 15])
+def test_avx512_kernels_propagate_a_nan_only_to_its_own_token(ntok):
+    """The AVX-512 kernels repeat the last token to fill a block: a NaN in the last token's input
+    reaches its outputs only (and a NaN or an Inf weight would reach every token, as in the reference)."""
+    if jit_disabled() or not avx512.available():
+        pytest.skip("needs the compiled AVX-512 kernels (JIT on, an AVX-512F CPU)")
+    for qtype in ("Q4_1", "Q8_0"):
+        rows, cols = TILE_ROWS + 3, _cols(qtype, 2)
+        w = pack(qtype, random_raw(qtype, rows, cols, 4), (rows, cols))
+        x = np.random.default_rng(4).standard_normal((ntok, cols)).astype(np.float32)
+        x[ntok - 1, 5] = np.nan
+        y = np.empty((ntok, w.qs.shape[0] * TILE_ROWS), np.float32)
+        getattr(quant, f"_matmul_{w.kind}_avx512_serial_nb")(*quant._arrays(w), x, y)
+        assert np.isnan(y[ntok - 1]).all() and np.isfinite(y[:ntok - 1]).all()
+
+
+def test_the_few_token_matmul_takes_the_avx512_kernels_on_an_avx512_host():
+    """On an AVX-512F CPU the batched decode step's products run the explicit-vector kernels."""
+    for kind in ("q4", "q8"):
+        for work in (1, 1 << 30):                                   # the serial and the threaded variant
+            kernel = quant._kernel(f"matmul_{kind}", work)
+            assert ("avx512" in getattr(kernel, "py_func", kernel).__qualname__) == avx512.available()
+
+
 def test_a_batched_decode_step_is_one_fused_call_not_one_matvec_per_row(monkeypatch):
     """2..FUSED_MATMUL_MAX_TOKENS rows go to the fused kernel: the per-row matvec is not called."""
     if jit_disabled():
@@ -92,11 +122,13 @@ def test_a_batched_decode_step_is_one_fused_call_not_one_matvec_per_row(monkeypa
         assert np.all(np.abs(quant_matmul(w, x[:ntok]) - quant_matmul_ref(w, x[:ntok])) <= _bound(w, x[:ntok]))
 
 
-@pytest.mark.parametrize("name", ["matmul_q4", "matmul_q8", "unpack_q4", "unpack_q8"])
+@pytest.mark.parametrize("name", ["matmul_q4", "matmul_q8", "matmul_q4_avx512", "matmul_q8_avx512", "unpack_q4", "unpack_q8"])
 def test_parallel_and_serial_variants_have_their_own_disk_cache_entries(name):
     """Numba keys its on-disk cache by the function's qualified name and argument types, not by
     ``parallel=True``: compiled from one Python function, both variants would load whichever
     was saved last (the 8-row decode step then ran its "parallel" kernel on one thread)."""
+    if "avx512" in name and (jit_disabled() or not avx512.available()):
+        pytest.skip("the AVX-512 kernels run compiled, on an AVX-512F CPU only")
     parallel, serial = getattr(quant, f"_{name}_nb"), getattr(quant, f"_{name}_serial_nb")
     names = {getattr(fn, "py_func", fn).__qualname__ for fn in (parallel, serial)}
     assert len(names) == 2, names
