@@ -104,6 +104,22 @@ class BatchScheduler:
         self._thread: threading.Thread | None = None
 
     # -- the public side (any thread) ---------------------------------------------------------
+    def warm_up(self, rows: int | None = None, new_tokens: int = 3) -> None:
+        """Run one short sequence alone, then ``rows`` (default ``max_batch``) together, and wait
+        for them: every kernel a short request and a full batch call is compiled (or loaded from
+        Numba's disk cache) before the first client arrives. The scheduler must be started."""
+        rows = self.max_batch if rows is None else min(rows, self.max_batch)
+        vocab = getattr(getattr(self.model, "config", None), "vocab_size", None) or 8
+        prompt = [i % vocab for i in range(1, 5)]                       # 4 ordinary token ids
+        config = GenerationConfig(max_new_tokens=new_tokens, do_sample=False)
+        for batch in (1, rows):
+            requests = [self.submit(SequenceRequest(list(prompt), config)) for _ in range(batch)]
+            for request in requests:
+                while (event := request.events.get())[0] == "token":
+                    pass
+                if event[0] == "error":
+                    raise event[1]
+
     def start(self) -> "BatchScheduler":
         """Start the scheduler thread (idempotent)."""
         if self._thread is None:

@@ -545,6 +545,13 @@ def cmd_serve(args) -> int:
         embed, embed_tok = load_model(args.embedding_model), load_tokenizer(args.embedding_model)
     app = ServerApp(model, tok, args.model, embed, embed_tok, None if embed is None else args.embedding_model,
                     api_key=args.api_key, max_batch=args.max_batch, timeout_s=args.timeout)
+    t0 = time.perf_counter()
+    try:
+        app.scheduler.warm_up()          # kernels compiled (on a first run) before the first client
+    except BaseException:
+        app.close()
+        raise
+    log(f"warm-up: 1 and {args.max_batch} sequences in {time.perf_counter() - t0:.1f}s")
     serve(app, args.host, args.port)
     return 0
 

@@ -189,3 +189,18 @@ def test_concurrent_sampled_sequences_follow_their_own_seed():
         assert all(_collect(r)[0] == alone for r in reqs)
     finally:
         sched.close()
+
+
+def test_warm_up_runs_one_sequence_then_a_full_batch_and_leaves_the_scheduler_idle():
+    """`axon-llm serve` calls this before it listens: the one-row and the max_batch-row paths have
+    run (so their kernels are compiled) and no row or cache slot is left taken."""
+    model = _tiny_llama()
+    sched = BatchScheduler(model, max_batch=4).start()
+    try:
+        sched.warm_up()
+        assert sched.max_active == 4 and sched.steps > 0 and not sched.rows
+        p = [3, 9, 4, 7]                                          # it still answers as `generate` does
+        expected = model.generate(np.array([p]), max_new_tokens=5, eos_token_id=None)[0, len(p):].tolist()
+        assert _collect(sched.submit(SequenceRequest(p, GenerationConfig(max_new_tokens=5, do_sample=False)))) == (expected, "length")
+    finally:
+        sched.close()
