@@ -960,9 +960,9 @@ def compiled_on_disk(names=INFERENCE_KERNELS) -> bool:
 
 def warm_up(names=INFERENCE_KERNELS) -> None:
     """Compile (or load from the disk cache) the serial kernels ``names`` (of INFERENCE_KERNELS)
-    on tiny matrices, with the argument types inference passes: the first run's
-    ``axon-llm generate`` runs this in a second process (`axon_kernels._jit.compile_in_background`)
-    while it compiles the decode kernels itself."""
+    on tiny matrices, with the argument types inference passes: on a cold cache, ``axon-llm
+    generate`` runs this in background processes (`axon_kernels.first_run.warm_up`, one part per
+    kernel name) while it answers on the NumPy references."""
     unknown = set(names) - set(INFERENCE_KERNELS)
     if unknown:
         raise ValueError(f"warm_up: unknown kernels {sorted(unknown)}; known: {', '.join(INFERENCE_KERNELS)}")
