@@ -192,15 +192,19 @@ def compile_in_background(module: str, function: str = "warm_up", *args):
     child skips starting Python and importing Numba and the kernels (~0.4 s of CPU each time)
     and Numba's own start-up (done once here first, `_start_compiler`);
     otherwise it starts ``python -c`` importing the same ``axon_kernels`` (its folder goes first
-    on ``PYTHONPATH``). Either way the child inherits ``NUMBA_CACHE_DIR`` and its output is
-    discarded."""
+    on ``PYTHONPATH``), also when ``NUMBA_CACHE_DIR`` changed since Numba was imported (a fork
+    would write to the folder read at import). Either way the child writes to the current
+    ``NUMBA_CACHE_DIR`` and its output is discarded."""
     import subprocess
     import sys
     import threading
 
     if numba.config.DISABLE_JIT:
         return None
-    if hasattr(os, "fork") and threading.active_count() == 1:
+    # a fork writes where this process's kernels were set up to cache: only while NUMBA_CACHE_DIR
+    # still says what Numba read at import (a caller may have changed it since, as tests do)
+    same_cache = os.environ.get("NUMBA_CACHE_DIR", "") == numba.config.CACHE_DIR
+    if hasattr(os, "fork") and threading.active_count() == 1 and same_cache:
         _start_compiler()
         return _Forked(module, function, args)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder holding axon_kernels
