@@ -32,6 +32,7 @@ import math
 import numpy as np
 
 from axon.autograd import Function
+from axon_kernels.rope import rope_rotate
 from axon_llm.errors import ConfigError
 
 __all__ = ["RotaryEmbedding", "compute_inv_freq", "rotate_half", "apply_rotary_pos_emb"]
@@ -136,20 +137,6 @@ def rotate_half(x):
     return axon.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
-def _rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
-    """``x cos + rotate_half(x) sin`` on the first ``cos.shape[-1]`` channels of ``x``, on arrays."""
-    d = cos.shape[-1]
-    half = d // 2
-    xr = x[..., :d]
-    rotated = np.concatenate([-xr[..., half:], xr[..., :half]], axis=-1)   # rotate_half
-    rotated *= sin
-    out = xr * cos
-    out += rotated                                                         # x cos + rotate_half(x) sin
-    if d == x.shape[-1]:
-        return out
-    return np.concatenate([out, x[..., d:]], axis=-1)                      # [B, H, T, Dh]
-
-
 class RotaryFn(Function):
     """One autograd node: ``y = R(theta) x`` per channel pair; ``dx = R(-theta) dy`` (a rotation's
     transpose is the rotation back), so the backward is the forward with ``-sin``.
@@ -157,23 +144,25 @@ class RotaryFn(Function):
 
     @staticmethod
     def forward(ctx, x, cos, sin):
-        """``x [B, H, T, Dh]`` rotated by ``cos, sin [B, 1, T, D]`` arrays."""
+        """``x [B, H, T, Dh]`` rotated by ``cos, sin [B, 1, T, D]`` arrays (C-contiguous result)."""
         ctx.save_for_backward(cos, sin)
-        return _rotate(x, cos, sin)
+        return rope_rotate(x, cos, sin)                                     # [B, H, T, Dh]
 
     @staticmethod
     def backward(ctx, grad):
-        """The inverse rotation of ``grad``; no gradient for the tables."""
+        """The inverse rotation of ``grad``; no gradient for the tables. The result is laid out
+        [B, T, H, Dh] in memory (a [B, H, T, Dh] view), so it flows back through the head split
+        (`axon_llm.attention.split_heads`) to the projection without a copy."""
         cos, sin = ctx.saved_tensors
-        return _rotate(grad, cos, -sin), None, None
+        return rope_rotate(grad, cos, sin, inverse=True, tokens_major=True), None, None
 
 
 def apply_rotary_pos_emb(x, cos, sin):
     """Rotate the first ``cos.shape[-1]`` channels of ``x [B, H, T, Dh]``; the rest pass through.
 
     ``cos, sin``: ``[B, 1, T, D]`` arrays or tensors with ``D <= Dh`` (partial rotary for Phi).
-    One autograd node (``x cos + rotate_half(x) sin`` on arrays, backward by the inverse
-    rotation), so decoding pays for one op per call instead of eight.
+    One autograd node (``axon_kernels.rope.rope_rotate``: ``x cos + rotate_half(x) sin`` in one
+    pass, backward by the inverse rotation), so decoding pays for one op per call instead of eight.
     """
     cos = np.asarray(cos.data if hasattr(cos, "data") else cos, dtype=x.dtype)
     sin = np.asarray(sin.data if hasattr(sin, "data") else sin, dtype=x.dtype)

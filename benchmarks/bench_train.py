@@ -8,13 +8,14 @@ threads and axon on as many (``axon_kernels._jit.set_threads``). torch runs in i
 process, started with the environment this script was started with: importing axon sets a
 thread policy (OpenMP wait policy, OpenBLAS on one thread) that, in one process, made torch's
 step ~3x slower than torch alone (155-175 vs 470-480 ms at load 0.5), which is not the peer its
-users run. The two engines alternate: each round times ``--steps`` steps of one then of the
-other (the order swaps every round), so a change in machine load hits both; every round
-prints its ratio, and the summary gives the min / median / max ratio over the rounds
-(>1 means axon is faster). torch/transformers are dev-only: without them only axon's time
+users run. The two engines alternate step by step: a round runs ``--steps`` pairs of steps, one
+of each engine (which goes first swaps every round), and compares the two medians, so a burst of
+load from elsewhere on the machine (this host's other tenants) lands on both engines' samples
+rather than on one engine's whole round; every round prints its ratio, and the summary gives the
+min / median / max ratio over the rounds (>1 means axon is faster). torch/transformers are dev-only: without them only axon's time
 is printed.
 
-    python benchmarks/bench_train.py [--rounds 5] [--steps 3] [--threads 2] [--smoke]
+    python benchmarks/bench_train.py [--rounds 5] [--steps 5] [--threads 2] [--smoke]
 """
 
 from __future__ import annotations
@@ -153,7 +154,7 @@ def main(argv=None):
         return worker(w.worker, w.state, w.threads)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds (one ratio each)")
-    ap.add_argument("--steps", type=int, default=3, help="timed steps per engine per round (their median counts)")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per engine per round, alternating (their median counts)")
     ap.add_argument("--threads", type=int, default=2, help="threads of both engines (torch intra-op; axon's set_threads)")
     ap.add_argument("--smoke", action="store_true", help="a tiny model and batch: checks the script runs, numbers mean nothing")
     args = ap.parse_args(argv)
@@ -185,13 +186,15 @@ def main(argv=None):
     print(f"peer: transformers LlamaForCausalLM, attn_implementation={tt.attention!r} (default, not eager), "
           f"torch {tt.version}, {args.threads} threads, in its own process; first-step loss torch "
           f"{tt.first_loss:.6f} (same weights)")
-    timers = {"axon": lambda n: [ax.step()[0] for _ in range(n)], "torch": tt.steps}
+    timers = {"axon": lambda: ax.step()[0], "torch": lambda: tt.steps(1)[0]}
     ratios = []
     for r in range(rounds):
         order = ("axon", "torch") if r % 2 == 0 else ("torch", "axon")
-        med = {}
-        for name in order:
-            med[name] = statistics.median(timers[name](steps))
+        times = {"axon": [], "torch": []}
+        for _ in range(steps):                                        # step by step, alternating
+            for name in order:
+                times[name].append(timers[name]())
+        med = {name: statistics.median(t) for name, t in times.items()}
         ratios.append(med["torch"] / med["axon"])
         print(f"round {r + 1}: axon {med['axon'] * 1e3:7.1f} ms/step  torch(sdpa) {med['torch'] * 1e3:7.1f} ms/step  "
               f"ratio {ratios[-1]:.2f}x  (load {os.getloadavg()[0]:.1f})")

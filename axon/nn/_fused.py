@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from axon_kernels.blas import gemm
+from axon_kernels.blas import gemm, gemm_many
 from axon_kernels.cross_entropy import cross_entropy_grad, cross_entropy_rows
 from axon_kernels.rms_norm import rms_norm_backward, rms_norm_forward
 from axon_kernels.swiglu import swiglu_backward, swiglu_forward
@@ -42,8 +42,12 @@ class Linear(Function):
     def backward(ctx, grad):
         x2, w = ctx.saved_tensors
         g2 = grad.reshape(-1, grad.shape[-1])  # [N, out]
-        gx = gemm(g2, w).reshape(ctx.x_shape) if w is not None else None  # [..., in]
-        gw = gemm(g2.T, x2) if x2 is not None else None  # [out, in]
+        if w is not None and x2 is not None:  # both: side by side, one thread each (gemm_many)
+            gx, gw = gemm_many([(g2, w), (g2.T, x2)])  # [N, in], [out, in]
+            gx = gx.reshape(ctx.x_shape)
+        else:
+            gx = gemm(g2, w).reshape(ctx.x_shape) if w is not None else None  # [..., in]
+            gw = gemm(g2.T, x2) if x2 is not None else None  # [out, in]
         gb = g2.sum(axis=0) if ctx.needs_input_grad[2] else None  # [out]
         return gx, gw, gb
 

@@ -1,0 +1,109 @@
+"""How should `axon_kernels.blas` split the products of a training step over two threads?
+
+Two questions, on the shapes of `benchmarks/bench_train.py` (1024 tokens, hidden 256, FFN 688,
+vocabulary 1000), each answered by alternating the candidates call by call in this process:
+
+1. rows of one product cut into one chunk per thread, or two (``blas._CHUNKS_PER_THREAD``):
+   more chunks tolerate a stalled thread better, but every chunk packs all of ``b`` again;
+2. a linear layer's two gradient products (``g @ W`` and ``g^T @ x``) one after the other, each
+   split over the threads (`blas.gemm`), or side by side, one thread each (`blas.gemm_many`).
+
+Prints GFLOP/s per shape (median of ``--calls`` calls, with the min-max of the per-call ratio
+over ``--rounds`` groups), and the summed time of all shapes per candidate.
+
+    python benchmarks/bench_gemm_split.py [--calls 60] [--rounds 5] [--threads 2] [--smoke]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+FORWARD = [(1024, 256, 256), (1024, 256, 128), (1024, 256, 688), (1024, 688, 256), (1024, 256, 1000)]  # x @ W^T
+LAYERS = [(256, 256), (128, 256), (688, 256), (256, 688), (1000, 256)]                               # (out, in)
+
+
+def _time(candidates: dict, calls: int, rounds: int) -> dict:
+    """{name: [seconds per call]}, the candidates called in turn (the order swaps every call)."""
+    names = list(candidates)
+    for f in candidates.values():
+        f()                                                  # warm-up
+    times = {n: [] for n in names}
+    for i in range(calls * rounds):
+        for n in (names if i % 2 == 0 else names[::-1]):
+            t0 = time.perf_counter()
+            candidates[n]()
+            times[n].append(time.perf_counter() - t0)
+    return times
+
+
+def _spread(times: dict, a: str, b: str, rounds: int) -> str:
+    """min-max over the rounds of median(a) / median(b)."""
+    n = len(times[a]) // rounds
+    r = [statistics.median(times[a][i * n:(i + 1) * n]) / statistics.median(times[b][i * n:(i + 1) * n]) for i in range(rounds)]
+    return f"{min(r):.2f}-{max(r):.2f}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=60, help="calls per candidate per round")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--smoke", action="store_true", help="two small shapes, few calls: checks the script runs")
+    args = ap.parse_args(argv)
+    from axon_kernels import blas
+    from axon_kernels._jit import set_threads
+
+    set_threads(args.threads)
+    calls, rounds = (3, 1) if args.smoke else (args.calls, args.rounds)
+    forward, layers = (FORWARD[:1], LAYERS[:1]) if args.smoke else (FORWARD, LAYERS)
+    rng = np.random.default_rng(0)
+    before = blas._CHUNKS_PER_THREAD
+    totals = {"1 chunk/thread": 0.0, "2 chunks/thread": 0.0, "one after the other": 0.0, "side by side": 0.0}
+    print(f"products on {args.threads} threads (OpenBLAS on one thread per chunk); GFLOP/s, median of "
+          f"{calls * rounds} calls; ratio = min-max over {rounds} rounds")
+    try:
+        print("1. rows in one chunk per thread vs two:")
+        for m, k, n in forward:
+            a = rng.standard_normal((m, k)).astype(np.float32)
+            w = rng.standard_normal((n, k)).astype(np.float32)
+
+            def split(c, a=a, w=w):
+                blas._CHUNKS_PER_THREAD = c
+                blas.gemm(a, w.T)
+
+            times = _time({"1 chunk/thread": lambda: split(1), "2 chunks/thread": lambda: split(2)}, calls, rounds)
+            flop = 2 * m * k * n / 1e9
+            med = {name: statistics.median(t) for name, t in times.items()}
+            for name in med:
+                totals[name] += med[name]
+            print(f"  [{m}, {k}] @ [{k}, {n}]: 1 chunk {flop / med['1 chunk/thread']:5.0f}, 2 chunks "
+                  f"{flop / med['2 chunks/thread']:5.0f} GFLOP/s; 2 / 1 time {_spread(times, '2 chunks/thread', '1 chunk/thread', rounds)}")
+    finally:
+        blas._CHUNKS_PER_THREAD = before
+    print("2. a linear layer's input and weight gradients, one after the other (gemm) vs side by side (gemm_many):")
+    for out, inp in layers:
+        g = rng.standard_normal((1024, out)).astype(np.float32)
+        w = rng.standard_normal((out, inp)).astype(np.float32)
+        x = rng.standard_normal((1024, inp)).astype(np.float32)
+        times = _time({"one after the other": lambda: (blas.gemm(g, w), blas.gemm(g.T, x)),
+                       "side by side": lambda: blas.gemm_many([(g, w), (g.T, x)])}, calls, rounds)
+        flop = 4 * 1024 * out * inp / 1e9
+        med = {name: statistics.median(t) for name, t in times.items()}
+        for name in med:
+            totals[name] += med[name]
+        print(f"  out {out}, in {inp}: one after the other {flop / med['one after the other']:5.0f}, side by side "
+              f"{flop / med['side by side']:5.0f} GFLOP/s; after / side time {_spread(times, 'one after the other', 'side by side', rounds)}")
+    print("summed medians: " + ", ".join(f"{name} {t * 1e3:.2f} ms" for name, t in totals.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
