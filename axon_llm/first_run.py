@@ -5,7 +5,10 @@ alone ~2 s), more than the whole warm command. Numba compiles under the GIL, so 
 process would hold up the answer; instead second processes compile them
 (`axon_kernels._jit.compile_in_background` running `axon_kernels.first_run.warm_up`) while this
 process loads the model and answers on the NumPy references every kernel has
-(`axon_kernels._jit.use_references`), slower per token but with nothing to compile. Between
+(`axon_kernels._jit.use_references`), slower per token but with nothing to compile. The
+compiling processes run at a lower priority (`axon_kernels._jit.BACKGROUND_NICENESS`): on two
+cores this process keeps one to itself and answers ~0.7 s sooner, while the compiles take
+longer (`benchmarks/bench_first_run.py`). Between
 tokens :meth:`FirstRun.poll` checks the processes; once all are done the next token runs on the
 compiled kernels, loaded from the disk cache. Once it has answered, this process compiles the
 parts no background process has started yet (they claim parts in a shared folder,

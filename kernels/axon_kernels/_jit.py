@@ -209,7 +209,8 @@ def compile_in_background(module: str, function: str = "warm_up", *args):
         return _Forked(module, function, args)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the folder holding axon_kernels
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    code = f"import importlib; getattr(importlib.import_module({module!r}), {function!r})(*{args!r})"
+    code = (f"from axon_kernels._jit import _yield_cpu; _yield_cpu(); import importlib; "
+            f"getattr(importlib.import_module({module!r}), {function!r})(*{args!r})")
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -240,6 +241,19 @@ def _die_with(parent: int) -> None:
         os._exit(1)
 
 
+#: how much lower the scheduling priority of a background compile is than its parent's (``nice``)
+BACKGROUND_NICENESS = 10
+
+
+def _yield_cpu() -> None:
+    """In a background compile: lower this process's priority, so that the parent, which is
+    answering meanwhile, keeps a whole core when the compiles want more cores than there are."""
+    try:
+        os.nice(BACKGROUND_NICENESS)
+    except OSError:                                      # not allowed: run at the parent's priority
+        pass
+
+
 class _Forked:
     """A forked child running ``module.function(*args)`` then exiting (0, or 1 if it raised)
     without running this process's exit handlers; ``poll`` / ``wait`` / ``kill`` as Popen's."""
@@ -258,6 +272,7 @@ class _Forked:
             code = 1
             try:
                 _die_with(parent)
+                _yield_cpu()
                 null = os.open(os.devnull, os.O_RDWR)
                 for fd in (0, 1, 2):
                     os.dup2(null, fd)

@@ -153,6 +153,27 @@ def test_a_failed_command_kills_its_background_compiles():
     assert not jit._ON_REFERENCES[0]
 
 
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the niceness through /proc (Linux)")
+def test_background_compiles_run_at_a_lower_priority():
+    """A background compile runs `BACKGROUND_NICENESS` steps nicer than the command, so the
+    command, answering meanwhile, keeps a core to itself on a two-core machine."""
+    if jit.jit_disabled():
+        pytest.skip("compile_in_background starts nothing under NUMBA_DISABLE_JIT=1")
+    want = min(19, os.nice(0) + jit.BACKGROUND_NICENESS)
+    child = jit.compile_in_background("time", "sleep", 30)          # a child that waits, watched from here
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            nice = int(Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+            if nice == want or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert nice == want
+    finally:
+        child.kill()
+        child.wait(timeout=30)
+
+
 def _processes_with(cache_dir) -> list[int]:
     """Processes whose environment names ``cache_dir`` as NUMBA_CACHE_DIR."""
     found = []
