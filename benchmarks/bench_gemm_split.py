@@ -6,12 +6,15 @@ vocabulary 1000), each answered by alternating the candidates call by call in th
 1. rows of one product cut into one chunk per thread, or two (``blas._CHUNKS_PER_THREAD``):
    more chunks tolerate a stalled thread better, but every chunk packs all of ``b`` again;
 2. a linear layer's two gradient products (``g @ W`` and ``g^T @ x``) one after the other, each
-   split over the threads (`blas.gemm`), or side by side, one thread each (`blas.gemm_many`).
+   split over the threads (`blas.gemm`), or side by side, one thread each (`blas.gemm_many`);
+3. (``--step``) the whole training step of `benchmarks/bench_train.py`, with the threads of
+   `axon_kernels.workers` watching for the next job for `workers.SPIN_MICROSECONDS` after each
+   one, or going to sleep at once (steps alternate between the two, ``--rounds`` groups of 3).
 
 Prints GFLOP/s per shape (median of ``--calls`` calls, with the min-max of the per-call ratio
 over ``--rounds`` groups), and the summed time of all shapes per candidate.
 
-    python benchmarks/bench_gemm_split.py [--calls 60] [--rounds 5] [--threads 2] [--smoke]
+    python benchmarks/bench_gemm_split.py [--calls 60] [--rounds 5] [--threads 2] [--step] [--smoke]
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))        # bench_train, for --step
 
 import numpy as np
 
@@ -56,6 +60,7 @@ def main(argv=None) -> int:
     ap.add_argument("--calls", type=int, default=60, help="calls per candidate per round")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--step", action="store_true", help="also time the training step, helpers watching vs sleeping")
     ap.add_argument("--smoke", action="store_true", help="two small shapes, few calls: checks the script runs")
     args = ap.parse_args(argv)
     from axon_kernels import blas
@@ -102,7 +107,43 @@ def main(argv=None) -> int:
         print(f"  out {out}, in {inp}: one after the other {flop / med['one after the other']:5.0f}, side by side "
               f"{flop / med['side by side']:5.0f} GFLOP/s; after / side time {_spread(times, 'one after the other', 'side by side', rounds)}")
     print("summed medians: " + ", ".join(f"{name} {t * 1e3:.2f} ms" for name, t in totals.items()))
+    if args.step:
+        _step_watch_vs_sleep(args, rounds)
     return 0
+
+
+def _step_watch_vs_sleep(args, rounds: int) -> None:
+    """Part 3: the training step with the pool's idle threads watching for work vs sleeping at once."""
+    import bench_train
+
+    from axon_kernels import workers
+
+    config = bench_train.SMOKE_CONFIG if args.smoke else bench_train.CONFIG
+    batch, length = (2, 16) if args.smoke else (8, 128)
+    ids = np.random.default_rng(0).integers(0, config["vocab_size"], size=(batch, length + 1))
+    trainer = bench_train.AxonTrainer(config, ids[:, :-1].copy(), ids[:, 1:].copy())
+    watching = workers._rounds()
+    if not watching:
+        print("3. training step: the pool cannot watch here (no JIT): skipped")
+        return
+    modes = {"watching": [watching], "sleeping": [0]}
+    times = {name: [] for name in modes}
+    saved = workers._spin_rounds
+    try:
+        for mode in modes.values():                                   # warm-up, both ways
+            workers._spin_rounds = mode
+            trainer.step()
+        for r in range(rounds):
+            for name in (list(modes) if r % 2 == 0 else list(modes)[::-1]):
+                workers._spin_rounds = modes[name]
+                times[name].append(statistics.median([trainer.step()[0] for _ in range(3)]))
+    finally:
+        workers._spin_rounds = saved
+    ratios = [s / w for s, w in zip(times["sleeping"], times["watching"])]
+    print(f"3. training step ({config['num_hidden_layers']} layers, batch {batch} x {length}), median of 3 steps per "
+          f"round: watching {statistics.median(times['watching']) * 1e3:.1f} ms, sleeping "
+          f"{statistics.median(times['sleeping']) * 1e3:.1f} ms; sleeping / watching over {rounds} rounds: "
+          f"min {min(ratios):.2f}x median {statistics.median(ratios):.2f}x max {max(ratios):.2f}x")
 
 
 if __name__ == "__main__":

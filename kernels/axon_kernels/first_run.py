@@ -4,7 +4,7 @@ references (``axon_llm.first_run``).
 
 Parts (:data:`PARTS`): ``"decode"`` the decode step's kernels (:func:`axon_kernels.decode.warm_up`),
 ``"prefill"`` the float32 RMSNorm, SiLU-gate and RoPE kernels of the module forward (the
-prompt's pass), and each name of :data:`axon_kernels.quant.INFERENCE_KERNELS` (one quantised kernel).
+prompt's pass) and the thread pool's short wait (`axon_kernels.workers`), and each name of :data:`axon_kernels.quant.INFERENCE_KERNELS` (one quantised kernel).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from axon_kernels import decode, quant, rms_norm, rope, swiglu
+from axon_kernels import decode, quant, rms_norm, rope, swiglu, workers
 from axon_kernels._jit import cached_on_disk, jit_disabled
 
 __all__ = ["PARTS", "claim", "compiled_on_disk", "warm_up"]
@@ -35,7 +35,7 @@ def compiled_on_disk(parts) -> bool:
         if part == "decode":
             warm = decode.compiled_on_disk()
         elif part == "prefill":
-            warm = cached_on_disk(rms_norm.rms_norm_forward_nb, swiglu.swiglu_forward_nb, rope._rope_rows)
+            warm = cached_on_disk(rms_norm.rms_norm_forward_nb, swiglu.swiglu_forward_nb, rope._rope_rows, workers._watch)
         else:
             warm = quant.compiled_on_disk((part,))
         if not warm:
@@ -71,5 +71,6 @@ def warm_up(parts, claims: str | None = None) -> None:
             swiglu.swiglu_forward(x, x)
             heads = np.ones((1, 2, 2, 4), np.float32)                       # [B, H, T, Dh]
             rope.rope_rotate(heads, heads[:, :1], heads[:, :1])              # cos, sin [B, 1, T, D]
+            workers._watch(np.zeros(1, np.int64), 0, True, 1)                 # the thread pool's short wait
         else:
             quant.warm_up((part,))
