@@ -18,7 +18,7 @@ docs/kernels.md). Only tiles on the causal diagonal (or a window's edge) apply t
 element; the others, fully visible (`_block_visible`), skip the check (the causal split). The
 backward is one pass: a task per key tile recomputes P once per (query tile, key tile) pair
 from the saved lse and accumulates dK, dV for its keys and dQ into a per-thread buffer. The
-per-element predicate `_masked`, the block range `_kv_range` and `_block_visible` are the rule
+per-key query range `_visible_queries`, the block range `_kv_range` and `_block_visible` are the rule
 inlined (tests prove them equal). All tile products go through `_mm_acc`, a register-blocked
 GEMM update that LLVM vectorises; tile sizes default to `flash_tile_sizes`.
 
@@ -135,7 +135,7 @@ def visible_mask(tq, tk, causal=False, window=None, key_mask=None):
 
     Returns bool [Tq, Tk], or [B, 1, Tq, Tk] with a `key_mask`. A query row that sees no key
     (a padding query before the first real token) gives zeros in every path, never NaN. The Numba
-    kernels inline the same predicate per element (`_masked`, `_kv_range`); tests prove them equal.
+    kernels inline the same rule per key (`_visible_queries`) and per block (`_kv_range`); tests prove them equal.
     """
     if window is not None:
         if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 1:
@@ -299,15 +299,24 @@ def _claim_overload(counter):
 
 
 @njit(inline="always", error_model="numpy")
-def _masked(key, pos, causal, window):
-    return ((causal or window > 0) and key > pos) or (window > 0 and key <= pos - window)
+def _visible_queries(key, p_first, rows, causal, window):
+    """The queries of a tile (``i < rows``, at positions ``p_first + i``) that see ``key``: exactly
+    ``lo <= i < hi``. A range rather than a test per element, so a diagonal or window-edge tile
+    masks the rest of each key's column with two plain fills."""
+    lo = 0
+    hi = rows
+    if causal or window > 0:  # key <= p_first + i
+        lo = min(rows, max(0, key - p_first))
+    if window > 0:  # key > p_first + i - window
+        hi = min(rows, max(lo, key + window - p_first))
+    return lo, hi
 
 
 @njit(inline="always", error_model="numpy")
 def _block_visible(p_first, p_last, j0, j1, causal, window):
     """True when every query at positions p_first..p_last sees every key j0..j1-1 (the causal
     split: such a tile needs no per-element mask; only tiles on the diagonal or the window's
-    edge run `_masked`)."""
+    edge run `_visible_queries`)."""
     past_diagonal = (causal or window > 0) and j1 - 1 > p_first  # a key after the first query
     before_window = window > 0 and j0 <= p_last - window  # a key before the last query's window
     return not (past_diagonal or before_window)
@@ -415,12 +424,14 @@ def _flash_forward_kernel(qt, k, vt, causal, window, block_q, block_kv, out, lse
                     st[x] = 0.0
                 _mm_acc(kf, k_at + _U(j0) * ud, ud, qtf, qt_at, utq, st, zero, ubq, uc, ud, ur)  # S^T = K (scale Q)^T
                 full = _block_visible(p_first, p_last, j0, j1, causal, window)
-                if not full:  # diagonal / window-edge tile: the rule per element
+                if not full:  # diagonal / window-edge tile: each key's invisible queries
                     for j in range(cols):
                         o = _U(j) * ubq
-                        for i in range(rows):
-                            if _masked(j0 + j, p_first + i, causal, window):
-                                st[o + _U(i)] = neg_inf
+                        v_lo, v_hi = _visible_queries(j0 + j, p_first, rows, causal, window)
+                        for i in range(_U(v_lo)):
+                            st[o + i] = neg_inf
+                        for i in range(_U(v_hi), ur):
+                            st[o + i] = neg_inf
                 for i in range(ur):
                     m_new[i] = m[i]
                 for j in range(uc):  # per-query max over the tile's keys (a NaN never wins; it reaches the row through exp)
@@ -440,9 +451,11 @@ def _flash_forward_kernel(qt, k, vt, causal, window, block_q, block_kv, out, lse
                 if not full:  # exp(-inf) is 0 up to a denormal; make masked probabilities exactly 0
                     for j in range(cols):
                         o = _U(j) * ubq
-                        for i in range(rows):
-                            if _masked(j0 + j, p_first + i, causal, window):
-                                st[o + _U(i)] = 0.0
+                        v_lo, v_hi = _visible_queries(j0 + j, p_first, rows, causal, window)
+                        for i in range(_U(v_lo)):
+                            st[o + i] = 0.0
+                        for i in range(_U(v_hi), ur):
+                            st[o + i] = 0.0
                 for j in range(uc):
                     o = j * ubq
                     for i in range(ur):
@@ -535,9 +548,11 @@ def _flash_backward_kernel(qs, qt, dout, dot, k, v, lse, delta, causal, window, 
                         for i in range(ur):
                             pt[o + i] = fast_exp(pt[o + i] - row_lse[i])
                         if not full:
-                            for i in range(rows):
-                                if _masked(j0 + j, offset + i0 + i, causal, window):
-                                    pt[o + _U(i)] = 0.0
+                            v_lo, v_hi = _visible_queries(j0 + j, offset + i0, rows, causal, window)
+                            for i in range(_U(v_lo)):
+                                pt[o + i] = 0.0
+                            for i in range(_U(v_hi), ur):
+                                pt[o + i] = 0.0
                         for i in range(ur):
                             dst[o + i] = pt[o + i] * (dst[o + i] - row_delta[i])  # dS^T (scale applied below)
                     at = head_rows + _U(i0) * ud

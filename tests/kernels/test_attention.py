@@ -183,18 +183,21 @@ WINDOWS = (None, 1, 2, 3, 7)
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("window", WINDOWS)
 def test_numba_predicates_equal_visible_mask(causal, window):
-    """The Numba kernels inline the rule per element (`_masked`), per block (`_kv_range`) and
-    per tile for the causal split (`_block_visible`: a tile every query of which sees every key
-    skips `_masked`); all equal `visible_mask` / `visible_key_range` for every pair, block, tile."""
-    from axon_kernels.attention import _block_visible, _kv_range, _masked, visible_key_range
+    """The Numba kernels inline the rule per key of a tile (`_visible_queries`: the range of the
+    tile's queries that see it), per block (`_kv_range`) and per tile for the causal split
+    (`_block_visible`: a tile every query of which sees every key skips the per-key masking); all
+    equal `visible_mask` / `visible_key_range` for every pair, block, tile."""
+    from axon_kernels.attention import _block_visible, _kv_range, _visible_queries, visible_key_range
 
     for tk in range(1, 9):
         for tq in range(1, tk + 1):
             mask = kernels.visible_mask(tq, tk, causal, window)
-            for i in range(tq):
-                p = tk - tq + i
-                got = [not _masked(j, p, causal, window or 0) for j in range(tk)]
-                assert got == mask[i].tolist(), (tq, tk, i)
+            for i0 in range(tq):                              # a tile of queries i0..i1-1
+                for i1 in range(i0 + 1, tq + 1):
+                    for j in range(tk):
+                        lo, hi = _visible_queries(j, tk - tq + i0, i1 - i0, causal, window or 0)
+                        got = [lo <= i < hi for i in range(i1 - i0)]
+                        assert got == mask[i0:i1, j].tolist(), (tq, tk, i0, i1, j)
             for i0 in range(tq):
                 for i1 in range(i0 + 1, tq + 1):
                     p0, p1 = tk - tq + i0, tk - tq + i1 - 1
