@@ -12,6 +12,7 @@ import numpy as np
 
 from axon_kernels.blas import gemm, gemm_many
 from axon_kernels.cross_entropy import cross_entropy_grad, cross_entropy_rows
+from axon_kernels.embedding import embedding_backward
 from axon_kernels.rms_norm import rms_norm_backward, rms_norm_forward
 from axon_kernels.swiglu import swiglu_backward, swiglu_forward
 
@@ -167,7 +168,8 @@ class SwiGLU(Function):
 
 
 class Embedding(Function):
-    """Rows of ``W`` picked by integer ``ids``; backward scatters with a bincount per row."""
+    """Rows of ``W`` picked by integer ``ids``; backward adds each row's gradient into its id's row
+    (`axon_kernels.embedding.embedding_backward`)."""
 
     @staticmethod
     def forward(ctx, ids, w, *, padding_idx):
@@ -183,15 +185,8 @@ class Embedding(Function):
     @staticmethod
     def backward(ctx, grad):
         (ids,) = ctx.saved_tensors
-        flat = ids.reshape(-1)
         g2 = grad.reshape(-1, grad.shape[-1])  # [N, D]
-        gw = np.zeros(ctx.w_shape, dtype=grad.dtype)
-        order = np.argsort(flat, kind="stable")
-        sorted_ids = flat[order]
-        uniq, starts = np.unique(sorted_ids, return_index=True)
-        gw[uniq] = np.add.reduceat(g2[order], starts, axis=0)  # sum the rows of each id
-        if ctx.padding_idx is not None:
-            gw[ctx.padding_idx] = 0
+        gw = embedding_backward(ids.reshape(-1), g2, ctx.w_shape[0], ctx.padding_idx)  # [V, D]: each id's rows summed
         return None, gw
 
 
