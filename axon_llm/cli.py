@@ -301,8 +301,10 @@ def cmd_generate(args) -> int:
     prompt = read_text_input(args.prompt, "--prompt")
     if args.system is not None:
         read_text_input(args.system, "--system")
+    from axon_kernels import first_run as first_run_parts
+
     with FirstRun(log) as first:
-        first.start(("decode", "prefill"))   # model-independent: starts before the model loads
+        first.start(first_run_parts.MODEL_INDEPENDENT)   # starts before the model loads
         return _generate(args, prompt, first)
 
 
@@ -491,8 +493,10 @@ def cmd_bench(args) -> int:
         raise InputError(f"--prompt-tokens / --new-tokens: {e}") from None
     rng = np.random.default_rng(0)
     ids = rng.integers(min(100, vocab - 1), vocab, size=(1, args.prompt_tokens))
+    from axon_kernels import first_run as first_run_parts
+
     with FirstRun(log) as first:                                         # a cold cache: compile first
-        first.start(("decode", "prefill"))
+        first.start(first_run_parts.MODEL_INDEPENDENT)
         first.start(inference_kernels(model))
     with axon.no_grad():                                                 # warm-up: JIT compilation
         model.generate(ids[:, :8], max_new_tokens=3, eos_token_id=None)  # prefill and decode paths

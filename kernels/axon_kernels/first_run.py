@@ -2,9 +2,12 @@
 disk cache (`axon_kernels._jit.compile_in_background`) while the caller answers on the NumPy
 references (``axon_llm.first_run``).
 
-Parts (:data:`PARTS`): ``"decode"`` the decode step's kernels (:func:`axon_kernels.decode.warm_up`),
-``"prefill"`` the float32 RMSNorm, SiLU-gate and RoPE kernels of the module forward (the
-prompt's pass) and the thread pool's short wait (`axon_kernels.workers`), and each name of :data:`axon_kernels.quant.INFERENCE_KERNELS` (one quantised kernel).
+Parts (:data:`PARTS`): ``"decode"`` the decode step's kernels (:func:`axon_kernels.decode.warm_up`);
+the float32 kernels of the module forward (the prompt's pass), one part each so that several
+processes can share them out: ``"prefill_norm"`` RMSNorm, ``"prefill_silu"`` the SiLU gate,
+``"prefill_rope"`` RoPE and the thread pool's short wait (`axon_kernels.workers`); and each name
+of :data:`axon_kernels.quant.INFERENCE_KERNELS` (one quantised kernel). :data:`MODEL_INDEPENDENT`
+are the parts every model's generation compiles.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import numpy as np
 from axon_kernels import decode, quant, rms_norm, rope, swiglu, workers
 from axon_kernels._jit import cached_on_disk, jit_disabled
 
-__all__ = ["PARTS", "claim", "compiled_on_disk", "warm_up"]
+__all__ = ["MODEL_INDEPENDENT", "PARTS", "claim", "compiled_on_disk", "warm_up"]
 
-PARTS = ("decode", "prefill") + quant.INFERENCE_KERNELS
+#: the parts of every generation, the largest first (the decode step's attention is ~1 s of CPU)
+MODEL_INDEPENDENT = ("decode", "prefill_silu", "prefill_rope", "prefill_norm")
+PARTS = MODEL_INDEPENDENT + quant.INFERENCE_KERNELS
 
 
 def _check(parts) -> None:
@@ -34,8 +39,12 @@ def compiled_on_disk(parts) -> bool:
     for part in parts:
         if part == "decode":
             warm = decode.compiled_on_disk()
-        elif part == "prefill":
-            warm = cached_on_disk(rms_norm.rms_norm_forward_nb, swiglu.swiglu_forward_nb, rope._rope_rows, workers._watch)
+        elif part == "prefill_norm":
+            warm = cached_on_disk(rms_norm.rms_norm_forward_nb)
+        elif part == "prefill_silu":
+            warm = cached_on_disk(swiglu.swiglu_forward_nb)
+        elif part == "prefill_rope":
+            warm = cached_on_disk(rope._rope_rows, workers._watch)
         else:
             warm = quant.compiled_on_disk((part,))
         if not warm:
@@ -63,12 +72,14 @@ def warm_up(parts, claims: str | None = None) -> None:
     for part in parts:
         if claims is not None and not claim(claims, part):
             continue
+        x = np.ones((2, 4), np.float32)                                      # [N, D]
         if part == "decode":
             decode.warm_up()
-        elif part == "prefill":
-            x = np.ones((2, 4), np.float32)                                  # [N, D]
+        elif part == "prefill_norm":
             rms_norm.rms_norm_forward(x, np.ones(4, np.float32), 1e-5)
+        elif part == "prefill_silu":
             swiglu.swiglu_forward(x, x)
+        elif part == "prefill_rope":
             heads = np.ones((1, 2, 2, 4), np.float32)                       # [B, H, T, Dh]
             rope.rope_rotate(heads, heads[:, :1], heads[:, :1])              # cos, sin [B, 1, T, D]
             workers._watch(np.zeros(1, np.int64), 0, True, 1)                 # the thread pool's short wait

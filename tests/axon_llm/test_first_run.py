@@ -74,7 +74,7 @@ def test_cold_cache_answers_on_references_while_compiling(checkpoint, monkeypatc
     assert main(["generate", "--model", checkpoint, "--prompt", "the", "--max-new-tokens", "6", "--no-stream"]) == 0
     err = capsys.readouterr().err
     assert "compiling kernels for the first run" in err and "from the first to the last" in err
-    assert started == [("axon_kernels.first_run", "warm_up", ("decode", "prefill"))]   # no quantised layers
+    assert started == [("axon_kernels.first_run", "warm_up", kfirst.MODEL_INDEPENDENT)]   # no quantised layers
     assert True in seen                              # tokens ran on the references while it compiled ...
     assert seen[-1] is False and not jit._ON_REFERENCES[0] and fake.waited   # ... then on the kernels again
 
@@ -95,8 +95,10 @@ def test_quantised_kernels_compile_in_a_second_background_process(monkeypatch, c
     monkeypatch.setattr(kfirst, "compiled_on_disk", lambda parts: False)
     monkeypatch.setattr(jit, "compile_in_background", fake)
     assert main(["generate", "--model", path, "--prompt", "Hi", "--max-new-tokens", "1", "--no-stream"]) == 0
-    assert [parts for _, _, parts in started] == [("decode", "prefill"),
-                                                 ("dense_q4", "matvec_q4", "matvec_q8", "rows_q8", "prefill", "decode")]
+    independent = ("decode", "prefill_silu", "prefill_rope", "prefill_norm")
+    assert kfirst.MODEL_INDEPENDENT == independent
+    assert [parts for _, _, parts in started] == [independent,        # then the earlier parts, last first
+                                                 ("dense_q4", "matvec_q4", "matvec_q8", "rows_q8") + independent[::-1]]
     assert not jit._ON_REFERENCES[0]
 
 
@@ -123,8 +125,8 @@ def test_unknown_parts_are_refused():
 
 
 def test_compiled_on_disk_after_warm_up():
-    kfirst.warm_up(("decode", "prefill", "rows_q8"))    # compiles or loads, and writes the disk cache
-    assert kfirst.compiled_on_disk(("decode", "prefill", "rows_q8")) is True
+    kfirst.warm_up(kfirst.MODEL_INDEPENDENT + ("rows_q8",))    # compiles or loads, and writes the disk cache
+    assert kfirst.compiled_on_disk(kfirst.MODEL_INDEPENDENT + ("rows_q8",)) is True
     assert dec.compiled_on_disk() is True
 
 
