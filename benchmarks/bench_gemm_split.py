@@ -7,9 +7,11 @@ vocabulary 1000), each answered by alternating the candidates call by call in th
    more chunks tolerate a stalled thread better, but every chunk packs all of ``b`` again;
 2. a linear layer's two gradient products (``g @ W`` and ``g^T @ x``) one after the other, each
    split over the threads (`blas.gemm`), or side by side, one thread each (`blas.gemm_many`);
-3. (``--step``) the whole training step of `benchmarks/bench_train.py`, with the threads of
-   `axon_kernels.workers` watching for the next job for `workers.SPIN_MICROSECONDS` after each
-   one, or going to sleep at once (steps alternate between the two, ``--rounds`` groups of 3).
+3. (``--step``) the whole training step of `benchmarks/bench_train.py` with the products on
+   `axon_kernels.workers`' pool, its threads watching for the next job for
+   `workers.SPIN_MICROSECONDS` after each one or going to sleep at once, and on a
+   ``ThreadPoolExecutor`` pool whose caller sleeps until the helpers are done (the design before;
+   ``--rounds`` rounds of 3 steps each, the order rotating).
 
 Prints GFLOP/s per shape (median of ``--calls`` calls, with the min-max of the per-call ratio
 over ``--rounds`` groups), and the summed time of all shapes per candidate.
@@ -112,11 +114,36 @@ def main(argv=None) -> int:
     return 0
 
 
-def _step_watch_vs_sleep(args, rounds: int) -> None:
-    """Part 3: the training step with the pool's idle threads watching for work vs sleeping at once."""
-    import bench_train
+def _executor_run_chunks():
+    """The pool before this one, for comparison: ``concurrent.futures.ThreadPoolExecutor`` with
+    one helper per thread (each with serial BLAS), the caller asleep until every future is done."""
+    import itertools
+    from concurrent.futures import ThreadPoolExecutor
 
     from axon_kernels import workers
+
+    n = workers.threads()
+    pool = ThreadPoolExecutor(n, thread_name_prefix="executor", initializer=workers._set_local or (lambda n: None), initargs=(1,))
+
+    def run_chunks(fn, n_chunks: int) -> None:
+        counter = itertools.count()
+
+        def work() -> None:
+            while (i := next(counter)) < n_chunks:
+                fn(i)
+
+        for f in [pool.submit(work) for _ in range(min(n, n_chunks))]:
+            f.result()
+
+    return run_chunks
+
+
+def _step_watch_vs_sleep(args, rounds: int) -> None:
+    """Part 3: the training step with `axon_kernels.workers`' pool (its idle threads watching for
+    work, or sleeping at once) against a ThreadPoolExecutor pool (the caller waits, asleep)."""
+    import bench_train
+
+    from axon_kernels import blas, workers
 
     config = bench_train.SMOKE_CONFIG if args.smoke else bench_train.CONFIG
     batch, length = (2, 16) if args.smoke else (8, 128)
@@ -126,24 +153,30 @@ def _step_watch_vs_sleep(args, rounds: int) -> None:
     if not watching:
         print("3. training step: the pool cannot watch here (no JIT): skipped")
         return
-    modes = {"watching": [watching], "sleeping": [0]}
+    executor = _executor_run_chunks()
+    modes = {"watching": ([watching], workers.run_chunks), "sleeping": ([0], workers.run_chunks),
+             "executor": ([0], executor)}
     times = {name: [] for name in modes}
-    saved = workers._spin_rounds
+    saved = workers._spin_rounds, blas.run_chunks
     try:
-        for mode in modes.values():                                   # warm-up, both ways
-            workers._spin_rounds = mode
+        for spin, run in modes.values():                              # warm-up, every way
+            workers._spin_rounds, blas.run_chunks = spin, run
             trainer.step()
+        names = list(modes)
         for r in range(rounds):
-            for name in (list(modes) if r % 2 == 0 else list(modes)[::-1]):
-                workers._spin_rounds = modes[name]
+            for name in names[r % 3:] + names[:r % 3]:                 # the order rotates every round
+                workers._spin_rounds, blas.run_chunks = modes[name]
                 times[name].append(statistics.median([trainer.step()[0] for _ in range(3)]))
     finally:
-        workers._spin_rounds = saved
-    ratios = [s / w for s, w in zip(times["sleeping"], times["watching"])]
-    print(f"3. training step ({config['num_hidden_layers']} layers, batch {batch} x {length}), median of 3 steps per "
-          f"round: watching {statistics.median(times['watching']) * 1e3:.1f} ms, sleeping "
-          f"{statistics.median(times['sleeping']) * 1e3:.1f} ms; sleeping / watching over {rounds} rounds: "
-          f"min {min(ratios):.2f}x median {statistics.median(ratios):.2f}x max {max(ratios):.2f}x")
+        workers._spin_rounds, blas.run_chunks = saved
+    print(f"3. training step ({config['num_hidden_layers']} layers, batch {batch} x {length}; the products' pool), "
+          f"median of 3 steps per round, {rounds} rounds: " +
+          ", ".join(f"{name} {statistics.median(t) * 1e3:.1f} ms" for name, t in times.items()))
+    for name in ("sleeping", "executor"):
+        r = [a / b for a, b in zip(times[name], times["watching"])]
+        better = sum(x > 1 for x in r)
+        print(f"   {name} / watching: min {min(r):.2f}x median {statistics.median(r):.2f}x max {max(r):.2f}x "
+              f"(watching faster in {better} of {rounds} rounds)")
 
 
 if __name__ == "__main__":

@@ -177,3 +177,28 @@ def test_gemm_many_propagates_nan_and_bad_shapes(two_threads):
     assert np.isfinite(y1).all() and np.isnan(y2[5]).all() and np.isfinite(np.delete(y2, 5, axis=0)).all()
     with pytest.raises(ValueError):
         blas.gemm_many([(a, b), (a, np.ones((255, 3), np.float32))])
+
+
+def test_bench_gemm_split_smoke(capsys):
+    """benchmarks/bench_gemm_split.py runs in its smoke size (numbers mean nothing there) and
+    prints each question's answer line."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "benchmarks"
+    sys.path.insert(0, str(root))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_gemm_split", root / "bench_gemm_split.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+        before = blas.gemm_threads()
+        try:
+            assert bench.main(["--smoke", "--step"]) == 0
+        finally:
+            blas.set_gemm_threads(before)
+    finally:
+        sys.path.remove(str(root))
+    out = capsys.readouterr().out
+    assert "1 chunk" in out and "side by side" in out and "summed medians" in out
+    assert "3. training step" in out
