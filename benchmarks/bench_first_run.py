@@ -58,20 +58,24 @@ def main() -> None:
     args = ap.parse_args()
     print(f"axon-llm generate --chat --prompt {PROMPT!r} --max-new-tokens {args.max_new_tokens} "
           f"--threads {args.threads}; cold = empty NUMBA_CACHE_DIR, warm = same cache, best of 2")
-    ratios = []
+    ratios, answers = [], []
     for r in range(args.rounds):
         with tempfile.TemporaryDirectory(prefix="axon-numba-cache-") as cache:
             load = os.getloadavg()[0]
             cold, cold_cpu, cold_line, cold_answer, cold_text = run(cache, args)
             warm, warm_cpu, warm_line, warm_answer, warm_text = min(run(cache, args) for _ in range(2))
         ratios.append(cold / warm)
+        answers.append(cold_answer / warm_answer)
         print(f"round {r + 1} (load {load:.1f}): cold {cold:.2f} s, warm {warm:.2f} s, cold / warm {cold / warm:.2f}x; "
               f"CPU time cold {cold_cpu:.2f} s, warm {warm_cpu:.2f} s ({cold_cpu / warm_cpu:.2f}x)")
         print(f"    cold: answer on stdout after {cold_answer:.2f} s; {cold_line}")
         print(f"    warm: answer on stdout after {warm_answer:.2f} s; {warm_line}")
         same = "the same answer" if cold_text == warm_text else f"DIFFERENT answers: {cold_text!r} / {warm_text!r}"
         print(f"    cold and warm: {same}")
-    print(f"cold / warm over {len(ratios)} rounds: min {min(ratios):.2f}x, max {max(ratios):.2f}x (goal <= 2x)")
+    print(f"first answer on stdout, cold / warm over {len(answers)} rounds: min {min(answers):.2f}x, "
+          f"max {max(answers):.2f}x (the issue's goal: the first answer within 2x the warm time)")
+    print(f"whole command, cold / warm over {len(ratios)} rounds: min {min(ratios):.2f}x, max {max(ratios):.2f}x "
+          f"(after answering, a cold run waits for its background compiles so the next run is warm)")
 
 
 if __name__ == "__main__":
