@@ -15,7 +15,7 @@ rather than on one engine's whole round; every round prints its ratio, and the s
 min / median / max ratio over the rounds (>1 means axon is faster). torch/transformers are dev-only: without them only axon's time
 is printed.
 
-    python benchmarks/bench_train.py [--rounds 5] [--steps 5] [--threads 2] [--smoke]
+    python benchmarks/bench_train.py [--rounds 5] [--steps 5] [--threads 2] [--profile] [--smoke]
 """
 
 from __future__ import annotations
@@ -103,6 +103,63 @@ class TorchTrainer:
         return time.perf_counter() - t0, float(loss.item())
 
 
+def profile_axon(trainer, steps: int) -> list[tuple[str, float, int]]:
+    """(name, ms per step, calls per step) of every autograd Function's forward and backward, the
+    optimizer and the rest, over ``steps`` steps: each Function's static methods wrapped in a
+    timer for the duration (a few microseconds per call of overhead)."""
+    import axon.autograd as ag
+
+    totals: dict[str, list] = {}
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    saved = []
+    for cls in set(subclasses(ag.Function)):
+        for name in ("forward", "backward"):
+            if name not in cls.__dict__:
+                continue
+            fn = cls.__dict__[name].__func__ if isinstance(cls.__dict__[name], staticmethod) else cls.__dict__[name]
+            key = f"{cls.__name__}.{name}"
+
+            def timed(*args, _fn=fn, _key=key, **kwargs):
+                t0 = time.perf_counter()
+                try:
+                    return _fn(*args, **kwargs)
+                finally:
+                    entry = totals.setdefault(_key, [0.0, 0])
+                    entry[0] += time.perf_counter() - t0
+                    entry[1] += 1
+
+            saved.append((cls, name, cls.__dict__[name]))
+            setattr(cls, name, staticmethod(timed))
+    opt_step = trainer.opt.step
+
+    def timed_opt():
+        t0 = time.perf_counter()
+        opt_step()
+        entry = totals.setdefault("optimizer step", [0.0, 0])
+        entry[0] += time.perf_counter() - t0
+        entry[1] += 1
+
+    trainer.opt.step = timed_opt
+    try:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            trainer.step()
+        wall = time.perf_counter() - t0
+    finally:
+        for cls, name, original in saved:
+            setattr(cls, name, original)
+        del trainer.opt.step
+    rows = sorted(((k, v[0] / steps * 1e3, v[1] // steps) for k, v in totals.items()), key=lambda r: -r[1])
+    rows.append(("rest (autograd engine, modules, Python)", wall / steps * 1e3 - sum(r[1] for r in rows), 0))
+    rows.append(("whole step", wall / steps * 1e3, 1))
+    return rows
+
+
 class TorchProcess:
     """`TorchTrainer` in a child process (this script with ``--worker``), started with
     START_ENV; ``steps(n)`` asks it for ``n`` timed steps and returns their seconds."""
@@ -124,6 +181,12 @@ class TorchProcess:
         self.proc.stdin.flush()
         return self._read()["seconds"]
 
+    def profile(self, n: int) -> list:
+        """torch.profiler's operators over ``n`` steps: [name, ms per step, calls per step] by self CPU time."""
+        self.proc.stdin.write(f"profile {n}\n")
+        self.proc.stdin.flush()
+        return self._read()["profile"]
+
     def close(self) -> None:
         self.proc.stdin.close()
         self.proc.wait()
@@ -140,6 +203,16 @@ def worker(config_name: str, state_file: str, threads: int) -> int:
     loss = trainer.step()[1]                                              # warm-up
     print(json.dumps({"loss": loss, "attention": trainer.attention, "torch": torch.__version__}), flush=True)
     for line in sys.stdin:
+        if line.startswith("profile"):
+            n = int(line.split()[1])
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(n):
+                    trainer.step()
+            rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]
+            print(json.dumps({"profile": [[e.key, e.self_cpu_time_total / 1e3 / n, e.count // n] for e in rows]}), flush=True)
+            continue
         print(json.dumps({"seconds": [trainer.step()[0] for _ in range(int(line))]}), flush=True)
     return 0
 
@@ -156,6 +229,8 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds (one ratio each)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per engine per round, alternating (their median counts)")
     ap.add_argument("--threads", type=int, default=2, help="threads of both engines (torch intra-op; axon's set_threads)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print where a step's time goes: axon per autograd Function, torch per operator (its profiler)")
     ap.add_argument("--smoke", action="store_true", help="a tiny model and batch: checks the script runs, numbers mean nothing")
     args = ap.parse_args(argv)
     config = SMOKE_CONFIG if args.smoke else CONFIG
@@ -198,9 +273,18 @@ def main(argv=None):
         ratios.append(med["torch"] / med["axon"])
         print(f"round {r + 1}: axon {med['axon'] * 1e3:7.1f} ms/step  torch(sdpa) {med['torch'] * 1e3:7.1f} ms/step  "
               f"ratio {ratios[-1]:.2f}x  (load {os.getloadavg()[0]:.1f})")
-    tt.close()
     print(f"ratio (torch time / axon time, >1 = axon faster) over {rounds} rounds: min {min(ratios):.2f}x  "
           f"median {statistics.median(ratios):.2f}x  max {max(ratios):.2f}x")
+    if args.profile:
+        n = 1 if args.smoke else 5
+        print(f"where the time goes, {n} steps each (timers add a little; the engines ran one after the other):")
+        print("  axon, per autograd Function (ms per step, calls per step):")
+        for name, ms, calls in profile_axon(ax, n):
+            print(f"    {name:44s} {ms:8.2f} ms  {calls:4d}")
+        print("  torch, per operator by its profiler's self time (ms per step on the calling thread, its OpenMP threads working inside; calls per step):")
+        for name, ms, calls in tt.profile(n):
+            print(f"    {name:44s} {ms:8.2f} ms  {calls:4d}")
+    tt.close()
     return 0
 
 

@@ -23,3 +23,32 @@ def test_bench_train_smoke_uses_sdpa_and_prints_round_ratios():
     assert res.returncode == 0, res.stderr[-2000:]
     assert "attn_implementation='sdpa'" in res.stdout and "not eager" in res.stdout, res.stdout
     assert "round 1:" in res.stdout and "min " in res.stdout and "median " in res.stdout, res.stdout
+
+
+def test_profile_axon_accounts_for_the_whole_step():
+    """``--profile``'s axon half (no torch needed): every Function's forward and backward, the
+    optimizer and the rest add up to the whole step, and the timers are removed afterwards."""
+    import numpy as np
+
+    import axon.nn._fused as fused
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_train_for_test", SCRIPT)
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    config = bench.SMOKE_CONFIG
+    ids = np.random.default_rng(0).integers(0, config["vocab_size"], size=(2, 17))
+    trainer = bench.AxonTrainer(config, ids[:, :-1].copy(), ids[:, 1:].copy())
+    trainer.step()
+    before = fused.Linear.__dict__["forward"]
+    rows = bench.profile_axon(trainer, 2)
+    names = [r[0] for r in rows]
+    assert "Linear.forward" in names and "Linear.backward" in names and "optimizer step" in names
+    assert names[-1] == "whole step" and rows[-2][0].startswith("rest")
+    assert abs(sum(r[1] for r in rows[:-1]) - rows[-1][1]) < 1e-6 * max(1.0, rows[-1][1])
+    assert dict((r[0], r[2]) for r in rows)["Linear.forward"] == 7 * config["num_hidden_layers"] + 1   # q k v o, gate up down; lm_head
+    assert fused.Linear.__dict__["forward"] is before                    # the timers are gone
+    assert "step" not in trainer.opt.__dict__
