@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from axon_kernels.adamw import adamw_step
+from axon_kernels.workers import run_chunks, threads
 
 from ..autograd import no_grad
 from ..tensor import Tensor
@@ -163,17 +164,50 @@ class Adam(Optimizer):
 
     @no_grad()
     def step(self) -> None:
-        """Apply one update to every parameter that has a gradient."""
+        """Apply one update to every parameter that has a gradient. The parameters are updated
+        independently of each other, so a large model's are shared out between the threads
+        (`_share_out`): each thread updates whole parameters, the same values either way."""
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            updates = []
             for p, data, grad, state in self._params_with_grad(group):
                 if not state:
                     state["step"] = 0
                     state["exp_avg"] = np.zeros_like(data)
                     state["exp_avg_sq"] = np.zeros_like(data)
                 state["step"] += 1
-                adamw_step(data, grad, state["exp_avg"], state["exp_avg_sq"], lr, b1, b2, eps, wd, state["step"],
-                           self.decoupled)
+                updates.append((data, grad, state["exp_avg"], state["exp_avg_sq"], state["step"]))
+
+            def update(share) -> None:
+                for data, grad, m, v, t in share:
+                    adamw_step(data, grad, m, v, lr, b1, b2, eps, wd, t, self.decoupled)
+
+            shares = _share_out(updates)
+            if len(shares) == 1:
+                update(shares[0])
+            else:
+                run_chunks(lambda i: update(shares[i]), len(shares))
+
+
+#: below this many parameter values in a group, one thread updates them all (handing work to a
+#: second thread costs more than it saves)
+PARALLEL_MIN_VALUES = 1 << 18
+
+
+def _share_out(updates: list) -> list[list]:
+    """``updates`` (tuples starting with the parameter's array) in one share per thread, the
+    largest arrays first, each to the share with the fewest values so far; one share when the
+    total is below `PARALLEL_MIN_VALUES`."""
+    total = sum(u[0].size for u in updates)
+    n = min(threads(), len(updates)) if total >= PARALLEL_MIN_VALUES else 1
+    if n <= 1:
+        return [updates]
+    shares, sizes = [[] for _ in range(n)], [0] * n
+    for u in sorted(updates, key=lambda u: -u[0].size):
+        i = sizes.index(min(sizes))
+        shares[i].append(u)
+        sizes[i] += u[0].size
+    return shares
 
 
 class AdamW(Adam):

@@ -10,7 +10,8 @@ Per element, with bias corrections bc1 = 1 - b1^t, bc2 = 1 - b2^t (torch's rule)
 kernel (about ten passes over the parameter and as many temporaries of its size).
 `adamw_step_nb` reads p, g, m, v once and writes p, m, v once, with no temporaries, in one
 vectorised loop (the 3.4M parameters of `benchmarks/bench_train.py`'s model in ~2.3 ms on one
-thread; splitting them over two threads was slower on the shared machine). Both update
+thread). One call updates one parameter; `axon.optim.Adam` shares a large model's parameters out
+between the threads, whole. Both update
 ``p``, ``m`` and ``v`` in place; all four arrays have one shape and one float dtype, and the
 scalars are rounded to that dtype so the kernel does the reference's arithmetic.
 """

@@ -257,3 +257,44 @@ def test_fused_adamw_kernel_is_vectorised():
     fresh(a, a.copy(), a.copy(), a.copy(), t(1), t(0), t(0.9), t(0.1), t(0.999), t(0.001), t(1), t(1e-8), t(1e-3))
     asm = fresh.inspect_asm(fresh.signatures[0])
     assert re.search(r"v?sqrtps\s+%[xyz]mm", asm), "the AdamW loop compiled to scalar square roots only"
+
+
+def test_a_large_models_parameters_are_shared_out_between_threads_with_the_same_result():
+    """Above `PARALLEL_MIN_VALUES` the parameters go to the threads in balanced shares of whole
+    parameters (`_share_out`); every update is the same as one thread's, bit for bit."""
+    import numba
+
+    from axon.optim import optimizer as opt_module
+
+    rng = np.random.default_rng(0)
+    shapes = [(512, 256), (256,), (700, 300), (3, 5), (1000, 100), (64,)]
+    start = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    grads = [[rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(3)]
+    results = []
+    before = numba.get_num_threads()
+    for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+        numba.set_num_threads(threads)
+        try:
+            params = [axon.Tensor(a.copy(), requires_grad=True) for a in start]
+            opt = axon.optim.AdamW(params, lr=1e-2, weight_decay=0.1)
+            for step in grads:
+                for p, g in zip(params, step):
+                    p.grad = axon.Tensor(g)
+                opt.step()
+            results.append([p.numpy() for p in params])
+        finally:
+            numba.set_num_threads(before)
+    for a, b in zip(*results):
+        np.testing.assert_array_equal(a, b)
+    updates = [(np.empty(s, np.float32),) for s in shapes]
+    assert sum(a[0].size for a in updates) >= opt_module.PARALLEL_MIN_VALUES
+    numba.set_num_threads(min(2, numba.config.NUMBA_NUM_THREADS))
+    try:
+        shares = opt_module._share_out(updates)
+    finally:
+        numba.set_num_threads(before)
+    assert sorted(id(u) for share in shares for u in share) == sorted(id(u) for u in updates)   # each once
+    if len(shares) == 2:
+        sizes = sorted(sum(u[0].size for u in share) for share in shares)
+        assert sizes[1] - sizes[0] <= max(a[0].size for a in updates)                      # balanced
+    assert opt_module._share_out(updates[3:4]) == [updates[3:4]]                              # small: one share
