@@ -25,6 +25,8 @@ import functools
 
 import numpy as np
 
+from axon_kernels.workers import Deferred
+
 __all__ = [
     "TensorBase",
     "Function",
@@ -322,6 +324,7 @@ def backward(root, gradient=None, retain_graph: bool = False) -> None:
     order = _topological_order(root._ctx)
     grads = {id(root._ctx): seed}  # gradient w.r.t. the output of each pending node
     owned = set()  # nodes whose gradient buffer we allocated ourselves (safe to add into in place)
+    deferred = []  # (leaf, Deferred, Function) of gradients computed meanwhile (axon_kernels.workers.defer)
     for ctx in order:
         grad = grads.pop(id(ctx), None)
         if grad is None:
@@ -339,6 +342,11 @@ def backward(root, gradient=None, retain_graph: bool = False) -> None:
         for parent, g in zip(ctx.inputs, in_grads):
             if parent is None or g is None:
                 continue
+            if isinstance(g, Deferred):  # computed on a helper thread meanwhile
+                if parent._ctx is None:
+                    deferred.append((parent, g, ctx.fn))  # a leaf's: added when everything else is done
+                    continue
+                g = g.result()
             shape = parent.shape
             fresh = ctx.fn.fresh_grads or g.shape != shape  # _unbroadcast allocates a new array
             if fresh:
@@ -368,4 +376,13 @@ def backward(root, gradient=None, retain_graph: bool = False) -> None:
                 owned.add(key)
         if not retain_graph:
             ctx.release()
+    for leaf, d, fn in deferred:  # in the order the backward produced them
+        g = d.result()
+        if g.shape != leaf.shape:
+            raise AssertionError(f"{fn.__name__}.backward gave a gradient of shape {g.shape} for an input of shape {leaf.shape}")
+        fresh = fn.fresh_grads
+        if g.dtype != leaf.dtype:
+            g = g.astype(leaf.dtype)
+            fresh = True
+        _accumulate_leaf(leaf, g, fresh)
 

@@ -6,12 +6,13 @@ vocabulary 1000), each answered by alternating the candidates call by call in th
 1. rows of one product cut into one chunk per thread, or two (``blas._CHUNKS_PER_THREAD``):
    more chunks tolerate a stalled thread better, but every chunk packs all of ``b`` again;
 2. a linear layer's two gradient products (``g @ W`` and ``g^T @ x``) one after the other, each
-   split over the threads (`blas.gemm`), or side by side, one thread each (`blas.gemm_many`);
-3. (``--step``) the whole training step of `benchmarks/bench_train.py` with the products on
-   `axon_kernels.workers`' pool, its threads watching for the next job for
-   `workers.SPIN_MICROSECONDS` after each one or going to sleep at once, and on a
-   ``ThreadPoolExecutor`` pool whose caller sleeps until the helpers are done (the design before;
-   ``--rounds`` rounds of 3 steps each, the order rotating).
+   split over the threads (`blas.gemm`), or side by side, one thread each (`side_by_side`);
+3. (``--step``) the whole training step of `benchmarks/bench_train.py` as it is (each layer's
+   weight gradient deferred to a helper thread, `axon_kernels.workers.defer`, on a pool whose
+   caller takes chunks too), against the same step with the weight gradients computed side by
+   side with the input gradients and waited for, and as before this round (that, on a
+   ``ThreadPoolExecutor`` pool whose caller sleeps until the helpers are done); ``--rounds``
+   rounds of 3 steps each, the order rotating.
 
 Prints GFLOP/s per shape (median of ``--calls`` calls, with the min-max of the per-call ratio
 over ``--rounds`` groups), and the summed time of all shapes per candidate.
@@ -34,6 +35,21 @@ import numpy as np
 
 FORWARD = [(1024, 256, 256), (1024, 256, 128), (1024, 256, 688), (1024, 688, 256), (1024, 256, 1000)]  # x @ W^T
 LAYERS = [(256, 256), (128, 256), (688, 256), (256, 688), (1000, 256)]                               # (out, in)
+
+
+def side_by_side(products: list) -> list:
+    """``[a @ b for a, b in products]``, each product one whole one-threaded BLAS call, the
+    products spread over the threads (`axon_kernels.workers.run_chunks`)."""
+    from axon_kernels.workers import run_chunks
+
+    outs = [None] * len(products)
+
+    def one(i: int) -> None:
+        a, b = products[i]
+        outs[i] = np.matmul(a, b)
+
+    run_chunks(one, len(products))
+    return outs
 
 
 def _time(candidates: dict, calls: int, rounds: int) -> dict:
@@ -95,13 +111,13 @@ def main(argv=None) -> int:
                   f"{flop / med['2 chunks/thread']:5.0f} GFLOP/s; 2 / 1 time {_spread(times, '2 chunks/thread', '1 chunk/thread', rounds)}")
     finally:
         blas._CHUNKS_PER_THREAD = before
-    print("2. a linear layer's input and weight gradients, one after the other (gemm) vs side by side (gemm_many):")
+    print("2. a linear layer's input and weight gradients, one after the other (gemm) vs side by side (one thread each):")
     for out, inp in layers:
         g = rng.standard_normal((1024, out)).astype(np.float32)
         w = rng.standard_normal((out, inp)).astype(np.float32)
         x = rng.standard_normal((1024, inp)).astype(np.float32)
         times = _time({"one after the other": lambda: (blas.gemm(g, w), blas.gemm(g.T, x)),
-                       "side by side": lambda: blas.gemm_many([(g, w), (g.T, x)])}, calls, rounds)
+                       "side by side": lambda: side_by_side([(g, w), (g.T, x)])}, calls, rounds)
         flop = 4 * 1024 * out * inp / 1e9
         med = {name: statistics.median(t) for name, t in times.items()}
         for name in med:
@@ -110,7 +126,7 @@ def main(argv=None) -> int:
               f"{flop / med['side by side']:5.0f} GFLOP/s; after / side time {_spread(times, 'one after the other', 'side by side', rounds)}")
     print("summed medians: " + ", ".join(f"{name} {t * 1e3:.2f} ms" for name, t in totals.items()))
     if args.step:
-        _step_watch_vs_sleep(args, rounds)
+        _step_designs(args, rounds)
     return 0
 
 
@@ -138,45 +154,74 @@ def _executor_run_chunks():
     return run_chunks
 
 
-def _step_watch_vs_sleep(args, rounds: int) -> None:
-    """Part 3: the training step with `axon_kernels.workers`' pool (its idle threads watching for
-    work, or sleeping at once) against a ThreadPoolExecutor pool (the caller waits, asleep)."""
+def _waited_backward(run_chunks):
+    """`Linear.backward` as it was before the weight gradient was deferred: both products side by
+    side on ``run_chunks``' threads, waited for."""
+    from axon.nn import _fused
+
+    def backward(ctx, grad):
+        x2, w = ctx.saved_tensors
+        g2 = grad.reshape(-1, grad.shape[-1])  # [N, out]
+        if w is not None and x2 is not None and g2.size * x2.shape[1] >= _fused.GEMM_MIN_WORK:
+            products, outs = [(g2, w), (g2.T, x2)], [None, None]
+
+            def one(i: int) -> None:
+                outs[i] = np.matmul(*products[i])
+
+            run_chunks(one, 2)
+            gx, gw = outs[0].reshape(ctx.x_shape), outs[1]
+        else:
+            gx = _fused.gemm(g2, w).reshape(ctx.x_shape) if w is not None else None
+            gw = _fused.gemm(g2.T, x2) if x2 is not None else None
+        gb = g2.sum(axis=0) if ctx.needs_input_grad[2] else None
+        return gx, gw, gb
+
+    return staticmethod(backward)
+
+
+def _step_designs(args, rounds: int) -> None:
+    """Part 3: the training step as it is, against the same step with one design choice undone
+    at a time (see the module doc)."""
     import bench_train
 
+    from axon.nn import _fused
     from axon_kernels import blas, workers
 
     config = bench_train.SMOKE_CONFIG if args.smoke else bench_train.CONFIG
     batch, length = (2, 16) if args.smoke else (8, 128)
     ids = np.random.default_rng(0).integers(0, config["vocab_size"], size=(batch, length + 1))
     trainer = bench_train.AxonTrainer(config, ids[:, :-1].copy(), ids[:, 1:].copy())
-    watching = workers._rounds()
-    if not watching:
-        print("3. training step: the pool cannot watch here (no JIT): skipped")
-        return
     executor = _executor_run_chunks()
-    modes = {"watching": ([watching], workers.run_chunks), "sleeping": ([0], workers.run_chunks),
-             "executor": ([0], executor)}
+    this = _fused.Linear.__dict__["backward"]
+    modes = {                                   # blas' run_chunks, Linear.backward
+        "as it is": (workers.run_chunks, this),
+        "weight grads waited for": (workers.run_chunks, _waited_backward(workers.run_chunks)),
+        "before (executor pool, waited for)": (executor, _waited_backward(executor)),
+    }
     times = {name: [] for name in modes}
-    saved = workers._spin_rounds, blas.run_chunks
+
+    def use(mode) -> None:
+        blas.run_chunks, _fused.Linear.backward = mode
+
+    saved = (blas.run_chunks, this)
     try:
-        for spin, run in modes.values():                              # warm-up, every way
-            workers._spin_rounds, blas.run_chunks = spin, run
+        for mode in modes.values():                                   # warm-up, every way
+            use(mode)
             trainer.step()
         names = list(modes)
         for r in range(rounds):
-            for name in names[r % 3:] + names[:r % 3]:                 # the order rotates every round
-                workers._spin_rounds, blas.run_chunks = modes[name]
+            for name in names[r % len(names):] + names[:r % len(names)]:   # the order rotates every round
+                use(modes[name])
                 times[name].append(statistics.median([trainer.step()[0] for _ in range(3)]))
     finally:
-        workers._spin_rounds, blas.run_chunks = saved
-    print(f"3. training step ({config['num_hidden_layers']} layers, batch {batch} x {length}; the products' pool), "
-          f"median of 3 steps per round, {rounds} rounds: " +
-          ", ".join(f"{name} {statistics.median(t) * 1e3:.1f} ms" for name, t in times.items()))
-    for name in ("sleeping", "executor"):
-        r = [a / b for a, b in zip(times[name], times["watching"])]
+        use(saved)
+    print(f"3. training step ({config['num_hidden_layers']} layers, batch {batch} x {length}), median of 3 steps per "
+          f"round, {rounds} rounds: " + ", ".join(f"{name} {statistics.median(t) * 1e3:.1f} ms" for name, t in times.items()))
+    for name in names[1:]:
+        r = [a / b for a, b in zip(times[name], times["as it is"])]
         better = sum(x > 1 for x in r)
-        print(f"   {name} / watching: min {min(r):.2f}x median {statistics.median(r):.2f}x max {max(r):.2f}x "
-              f"(watching faster in {better} of {rounds} rounds)")
+        print(f"   {name} / as it is: min {min(r):.2f}x median {statistics.median(r):.2f}x max {max(r):.2f}x "
+              f"(as it is faster in {better} of {rounds} rounds)")
 
 
 if __name__ == "__main__":

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from axon_kernels.blas import gemm, gemm_many
+from axon_kernels.blas import GEMM_MIN_WORK, gemm, gemm_threads
 from axon_kernels.cross_entropy import cross_entropy_grad, cross_entropy_rows
 from axon_kernels.embedding import embedding_backward
 from axon_kernels.rms_norm import rms_norm_backward, rms_norm_forward
 from axon_kernels.swiglu import swiglu_backward, swiglu_forward
+from axon_kernels.workers import defer
 
 from ..autograd import Function
 from ..ops import _sigmoid, softmax_array
@@ -41,16 +42,31 @@ class Linear(Function):
 
     @staticmethod
     def backward(ctx, grad):
+        """The input gradient now, the weight gradient deferred (`_deferred_weight_grad`)."""
         x2, w = ctx.saved_tensors
         g2 = grad.reshape(-1, grad.shape[-1])  # [N, out]
-        if w is not None and x2 is not None:  # both: side by side, one thread each (gemm_many)
-            gx, gw = gemm_many([(g2, w), (g2.T, x2)])  # [N, in], [out, in]
-            gx = gx.reshape(ctx.x_shape)
+        if w is not None and x2 is not None and _deferred_weight_grad(g2, x2):
+            gw = defer(lambda: np.matmul(g2.T, x2))  # [out, in]: on a helper thread, while ...
+            gx = np.matmul(g2, w).reshape(ctx.x_shape)  # [..., in]: ... this one goes on here
         else:
             gx = gemm(g2, w).reshape(ctx.x_shape) if w is not None else None  # [..., in]
             gw = gemm(g2.T, x2) if x2 is not None else None  # [out, in]
         gb = g2.sum(axis=0) if ctx.needs_input_grad[2] else None  # [out]
         return gx, gw, gb
+
+
+def _deferred_weight_grad(g2, x2) -> bool:
+    """Whether `Linear.backward` defers the weight gradient ``g^T x`` (`axon_kernels.workers.defer`).
+
+    The rest of the backward needs only the input gradient ``g W``; the weight gradient is needed
+    once the whole backward is done (the engine adds a leaf's deferred gradient at the end). So
+    this thread computes ``g W`` alone (one-threaded BLAS) while a helper thread computes ``g^T x``
+    meanwhile -- and, if this thread gets to the next node's serial work (SwiGLU, RMSNorm, RoPE)
+    first, alongside that too: the second core no longer idles through it. Only when the products
+    are split over threads at all (`axon_kernels.blas.gemm_threads` > 1) and large enough to be
+    (`blas.GEMM_MIN_WORK`). Each product is one whole ``np.matmul`` on one thread, so the values
+    do not depend on which thread ran it."""
+    return gemm_threads() > 1 and g2.shape[0] * g2.shape[1] * x2.shape[1] >= GEMM_MIN_WORK
 
 
 # ------------------------------------------------------------------------------ norms

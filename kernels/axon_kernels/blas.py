@@ -2,7 +2,6 @@
 
     c = gemm(a, b)              # [M, K] @ [K, N] -> [M, N], rows of c split between threads
     gemm(a, b, out=c)           # into an existing [M, N] array (or view)
-    c1, c2 = gemm_many([(a1, b1), (a2, b2)])   # independent products side by side
 
 Why not OpenBLAS's own threads: they wait for work by spinning (about 2^28 cycles by default),
 and a product is split statically between them, so on a machine where other programs hold a
@@ -17,9 +16,10 @@ releases the GIL inside the BLAS call, so the chunks run in parallel. Every chun
 quarter of the product) took 1.03-1.08x the time of one on the training step's shapes
 (`benchmarks/bench_gemm_split.py`).
 
-`gemm_many` runs independent products side by side instead, one thread each (a linear layer's
-input and weight gradients: nobody packs an operand twice); one after the other, split, took
-1.03-1.20x its time on the same shapes (the small ones gain most).
+Independent products are better side by side, one thread each, than one after the other, each
+split (nobody packs an operand twice: 1.03-1.20x on the same shapes, the small ones gaining
+most): a linear layer's backward computes its input gradient on the calling thread while a
+helper computes the weight gradient (`axon.nn._fused.Linear`, `axon_kernels.workers.defer`).
 
 `gemm_ref` (plain ``np.matmul``) is the definition; `gemm` gives the same values up to float
 rounding (each chunk is an ordinary BLAS product of a row block).
@@ -32,7 +32,7 @@ import numpy as np
 from ._jit import _set_gemm_split, gemm_split
 from .workers import run_chunks
 
-__all__ = ["gemm", "gemm_many", "gemm_ref", "set_gemm_threads", "gemm_threads", "GEMM_MIN_WORK"]
+__all__ = ["gemm", "gemm_ref", "set_gemm_threads", "gemm_threads", "GEMM_MIN_WORK"]
 
 #: products with fewer multiply-adds (M * K * N) than this run as one BLAS call on the caller's
 #: thread: handing a chunk to a worker costs tens of microseconds
@@ -83,35 +83,3 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndar
     run_chunks(chunk, chunks)
     return out
 
-
-def gemm_many(products: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
-    """``[a @ b for a, b in products]`` (2-d operands), the products run side by side.
-
-    Independent products of similar size (a linear layer's input and weight gradients, the
-    q/k/v projections of one input) are spread over the threads whole, each a one-threaded BLAS
-    call: no operand is packed twice, as it is when one product's rows are split (each row
-    chunk packs all of ``b``). A product far larger than the rest is cut into row chunks so the
-    threads stay busy; chunks run largest first. Same values as `gemm_ref` on each pair.
-    """
-    threads = gemm_split()
-    works = [a.shape[0] * a.shape[1] * b.shape[1] if a.ndim == 2 and b.ndim == 2 else 0 for a, b in products]
-    if threads == 1 or len(products) < 2 or min(works) == 0 or sum(works) < 2 * GEMM_MIN_WORK \
-            or any(a.shape[1] != b.shape[0] for a, b in products):
-        return [gemm(a, b) for a, b in products]
-    total = sum(works)
-    outs = [np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a.dtype, b.dtype)) for a, b in products]
-    tasks = []                                            # (work, product index, first row, end row)
-    for p, ((a, b), w) in enumerate(zip(products, works)):
-        m = a.shape[0]
-        cuts = max(1, min(round(threads * w / total), m // _MIN_ROWS))
-        bounds = [m * i // cuts for i in range(cuts + 1)]
-        tasks += [(w * (bounds[i + 1] - bounds[i]) // m, p, bounds[i], bounds[i + 1]) for i in range(cuts)]
-    tasks.sort(key=lambda t: -t[0])                       # largest first
-
-    def chunk(i: int) -> None:
-        _, p, r0, r1 = tasks[i]
-        a, b = products[p]
-        np.matmul(a[r0:r1], b, out=outs[p][r0:r1])       # [rows, K] @ [K, N]
-
-    run_chunks(chunk, len(tasks))
-    return outs

@@ -5,7 +5,7 @@ references (``axon_llm.first_run``).
 Parts (:data:`PARTS`): ``"decode"`` the decode step's kernels (:func:`axon_kernels.decode.warm_up`);
 the float32 kernels of the module forward (the prompt's pass), one part each so that several
 processes can share them out: ``"prefill_norm"`` RMSNorm, ``"prefill_silu"`` the SiLU gate,
-``"prefill_rope"`` RoPE and the thread pool's short wait (`axon_kernels.workers`); and each name
+``"prefill_rope"`` RoPE; and each name
 of :data:`axon_kernels.quant.INFERENCE_KERNELS` (one quantised kernel). :data:`MODEL_INDEPENDENT`
 are the parts every model's generation compiles.
 """
@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from axon_kernels import decode, quant, rms_norm, rope, swiglu, workers
+from axon_kernels import decode, quant, rms_norm, rope, swiglu
 from axon_kernels._jit import cached_on_disk, jit_disabled
 
 __all__ = ["MODEL_INDEPENDENT", "PARTS", "claim", "compiled_on_disk", "warm_up"]
@@ -44,7 +44,7 @@ def compiled_on_disk(parts) -> bool:
         elif part == "prefill_silu":
             warm = cached_on_disk(swiglu.swiglu_forward_nb)
         elif part == "prefill_rope":
-            warm = cached_on_disk(rope._rope_rows, workers._watch)
+            warm = cached_on_disk(rope._rope_rows)
         else:
             warm = quant.compiled_on_disk((part,))
         if not warm:
@@ -82,6 +82,5 @@ def warm_up(parts, claims: str | None = None) -> None:
         elif part == "prefill_rope":
             heads = np.ones((1, 2, 2, 4), np.float32)                       # [B, H, T, Dh]
             rope.rope_rotate(heads, heads[:, :1], heads[:, :1])              # cos, sin [B, 1, T, D]
-            workers._watch(np.zeros(1, np.int64), 0, True, 1)                 # the thread pool's short wait
         else:
             quant.warm_up((part,))

@@ -9,10 +9,11 @@ attention sgemms (each a wake-up of the BLAS pool) being the worst. Here every c
 ``openblas_set_num_threads_local(1)``), both of which release the GIL, and the threads pull the
 next chunk when they finish theirs (dynamic scheduling): a thread that got less CPU simply does
 fewer chunks. The calling thread is one of the threads (its BLAS set to one thread while it takes
-chunks, then set back), so ``n`` threads means ``n - 1`` helpers. A thread that runs out of work
-watches for the next job for a moment (`SPIN_MICROSECONDS`, see "waiting" below) before it
-sleeps. The thread count is Numba's (``numba.get_num_threads()``, what
-``axon_kernels._jit.set_threads`` / ``--threads`` sets).
+chunks, then set back), so ``n`` threads means ``n - 1`` helpers, and nobody waits for a helper
+to wake just to learn that the job is done. Idle helpers sleep; between jobs they run deferred
+calls (`defer`): work off the critical path, such as a linear layer's weight gradient, which a
+helper computes while the caller goes on. The thread count is Numba's
+(``numba.get_num_threads()``, what ``axon_kernels._jit.set_threads`` / ``--threads`` sets).
 
 Results do not depend on the split: each chunk computes disjoint outputs with the same
 operations whichever thread runs it.
@@ -20,23 +21,17 @@ operations whichever thread runs it.
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import itertools
 import os
-import platform
 import threading
-import time
 
 import numba
-import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.core import cgutils
-from numba.extending import intrinsic
 
-from axon_kernels._jit import jit_disabled, openblas_functions
+from axon_kernels._jit import openblas_functions
 
-__all__ = ["INLINE_WORK", "SPIN_MICROSECONDS", "run_chunks", "threads"]
+__all__ = ["INLINE_WORK", "Deferred", "defer", "run_chunks", "threads"]
 
 _lock = threading.Lock()
 _pool: _Pool | None = None
@@ -62,85 +57,6 @@ _in_helper = threading.local()     # .yes on a thread while it runs chunks (the 
 
 
 # --------------------------------------------------------------------------------------------
-# waiting without sleeping, for a moment
-# --------------------------------------------------------------------------------------------
-#
-# Waking a sleeping thread costs ~0.1-0.3 ms here (a futex wake; on this VM a halted virtual CPU
-# has to be scheduled again), which is a third of a 1024 x 256 x 128 product. A training step
-# makes ~60 products in a row with a little Python between them, so the helper that finished
-# one product watches for the next one for `SPIN_MICROSECONDS` before it goes to sleep, and
-# the caller watches for the last chunk the same way. The watching runs in a nogil Numba loop of
-# atomic loads and ``pause`` instructions (a Python loop would hold the GIL), and is bounded, so
-# an idle process stops using CPU almost at once, and another program on the machine loses at
-# most that moment per product -- unlike OpenBLAS's workers, which spin for ~0.1 s.
-
-#: how long a thread that ran out of chunks watches for more before it sleeps (0: never watch)
-SPIN_MICROSECONDS = 300
-
-# LLVM's name for the CPU's spin-wait hint (``pause`` on x86-64); no hint elsewhere
-_PAUSE = {"x86_64": "llvm.x86.sse2.pause", "amd64": "llvm.x86.sse2.pause"}.get(platform.machine().lower())
-
-
-@intrinsic
-def _load_acquire(typingctx, flag):
-    """``flag[0]`` as an atomic (acquire) load: re-read on every call, never hoisted out of a loop."""
-    sig = types.int64(flag)
-
-    def codegen(context, builder, signature, args):
-        arr = context.make_array(signature.args[0])(context, builder, args[0])
-        return builder.load_atomic(arr.data, "acquire", 8)
-
-    return sig, codegen
-
-
-@intrinsic
-def _cpu_relax(typingctx):
-    """The CPU's spin-wait hint (``pause`` on x86-64; nothing elsewhere)."""
-    sig = types.void()
-
-    def codegen(context, builder, signature, args):
-        if _PAUSE is not None:
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []), _PAUSE)
-            builder.call(fn, [])
-        return context.get_dummy_value()
-
-    return sig, codegen
-
-
-@njit(nogil=True, cache=True)
-def _watch(flag, value, until_equal, rounds):
-    """Watch ``flag[0]`` for at most ``rounds`` checks, without the GIL: until it equals ``value``
-    (``until_equal``) or until it differs from it. True when that happened, False on timeout."""
-    for _ in range(rounds):
-        if (_load_acquire(flag) == value) == until_equal:
-            return True
-        _cpu_relax()
-    return False
-
-
-_spin_rounds: list[int] = []                   # checks per SPIN_MICROSECONDS, measured once
-
-
-def _rounds() -> int:
-    """How many `_watch` checks take about `SPIN_MICROSECONDS`, measured once (compiling `_watch`
-    if the disk cache lacks it, ~0.1 s); 0 -- sleep at once -- while the kernels run on their
-    references (``NUMBA_DISABLE_JIT=1``, or a first run answering while the kernels compile, which
-    `axon_kernels.first_run` makes compile `_watch` in the background too)."""
-    if _spin_rounds:
-        return _spin_rounds[0]
-    if SPIN_MICROSECONDS <= 0 or jit_disabled():
-        return 0
-    probe = np.zeros(1, np.int64)
-    _watch(probe, 1, True, 10)                    # compile / load
-    n = 20000
-    t0 = time.perf_counter()
-    _watch(probe, 1, True, n)
-    per_check = max((time.perf_counter() - t0) / n, 1e-9)
-    _spin_rounds.append(max(1, int(SPIN_MICROSECONDS * 1e-6 / per_check)))
-    return _spin_rounds[0]
-
-
-# --------------------------------------------------------------------------------------------
 # the pool
 # --------------------------------------------------------------------------------------------
 
@@ -148,13 +64,13 @@ def _rounds() -> int:
 class _Job:
     """One `run_chunks` call: chunks handed out by a counter, each counted when done."""
 
-    __slots__ = ("fn", "n", "next", "done", "lock", "failed", "finished")
+    __slots__ = ("done", "failed", "finished", "fn", "lock", "n", "next")
 
     def __init__(self, fn, n: int):
         self.fn, self.n = fn, n
         self.next = itertools.count()             # next chunk to take (atomic under the GIL)
-        self.done = np.zeros(1, np.int64)         # chunks finished; read by `_watch` without the GIL
-        self.lock = threading.Lock()              # for writing `done`
+        self.done = 0                             # chunks finished
+        self.lock = threading.Lock()              # for counting them
         self.failed: list[BaseException] = []
         self.finished = threading.Event()
 
@@ -170,18 +86,72 @@ class _Job:
                 except BaseException as e:        # noqa: BLE001 - re-raised by the caller
                     self.failed.append(e)
             with self.lock:
-                self.done[0] += 1
-                last = self.done[0] == self.n
+                self.done += 1
+                last = self.done == self.n
             if last:
                 self.finished.set()
 
 
+class Deferred:
+    """A call to make later: a helper thread runs it when it has no chunks to run, or the first
+    thread to ask for :meth:`result` runs it itself (`defer`)."""
+
+    __slots__ = ("error", "event", "fn", "lock", "state", "value")
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.lock = threading.Lock()
+        self.state = 0                            # 0 waiting, 1 running, 2 done
+        self.value = self.error = None
+        self.event = threading.Event()
+
+    def _take(self) -> bool:
+        with self.lock:
+            if self.state:
+                return False
+            self.state = 1
+            return True
+
+    def _run(self) -> None:
+        try:
+            self.value = self.fn()
+        except BaseException as e:                # noqa: BLE001 - re-raised by result()
+            self.error = e
+        finally:
+            self.fn = None
+            self.state = 2
+            self.event.set()
+
+    def result(self):
+        """The call's value (running it here if nobody has started it), or its exception."""
+        if self._take():
+            self._run()
+        else:
+            self.event.wait()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def defer(fn) -> Deferred:
+    """Run ``fn()`` on a helper thread when it has nothing else to do; ``.result()`` waits for it
+    (or runs it, if no helper has). Work off the critical path -- a layer's weight gradient,
+    needed only when the whole backward is done -- so the helpers fill the time the calling
+    thread spends in serial code. On one thread, or inside a chunk, it simply runs at ``result()``."""
+    d = Deferred(fn)
+    if threads() > 1 and not getattr(_in_helper, "yes", False) and _set_local is not None:
+        _helpers(threads() - 1).push(d)
+    return d
+
+
 class _Pool:
-    """``n`` helper threads (serial BLAS each) that run the chunks of the current job with the caller."""
+    """``n`` helper threads (serial BLAS each) that run the chunks of the current job with the
+    caller, and deferred calls (`defer`) when there is no job."""
 
     def __init__(self, n: int):
+        self.background = collections.deque()     # Deferred calls waiting for a free helper
         self.job: _Job | None = None
-        self.generation = np.zeros(1, np.int64)   # bumped for every job; helpers watch it
+        self.generation = 0                       # bumped for every job and deferred call
         self.wake = threading.Condition()
         self.busy = threading.Lock()              # one job at a time
         self.closed = False
@@ -195,15 +165,30 @@ class _Pool:
             _set_local(1)
         seen = 0
         while not self.closed:
-            rounds = _rounds()
-            if not (rounds and _watch(self.generation, seen, False, rounds)):
-                with self.wake:
-                    while self.generation[0] == seen and not self.closed:
-                        self.wake.wait()
-            seen = int(self.generation[0])
-            job = self.job
-            if job is not None:
-                job.run()
+            if self.generation != seen:           # a new job (or a deferred call): chunks first
+                seen = self.generation
+                job = self.job
+                if job is not None:
+                    job.run()
+                continue
+            if self.background:
+                try:
+                    d = self.background.popleft()
+                except IndexError:
+                    continue
+                if d._take():
+                    d._run()
+                continue
+            with self.wake:                       # nothing to do: sleep until the next job or call
+                while self.generation == seen and not self.closed:
+                    self.wake.wait()
+
+    def push(self, d: Deferred) -> None:
+        """Queue a deferred call and wake a helper for it."""
+        self.background.append(d)
+        with self.wake:
+            self.generation += 1
+            self.wake.notify_all()
 
     def run(self, fn, n_chunks: int) -> bool:
         """Run the job with the helpers and the calling thread; False (nothing run) while the
@@ -214,7 +199,7 @@ class _Pool:
             job = _Job(fn, n_chunks)
             self.job = job
             with self.wake:
-                self.generation[0] += 1
+                self.generation += 1
                 self.wake.notify_all()
             _in_helper.yes = True                 # the caller takes chunks too: nested calls inline,
             previous = _set_local(1)              # its BLAS serial meanwhile
@@ -223,9 +208,7 @@ class _Pool:
             finally:
                 _set_local(previous)
                 _in_helper.yes = False
-            rounds = _rounds()
-            if not (rounds and _watch(job.done, job.n, True, rounds)):
-                job.finished.wait()
+            job.finished.wait()
             self.job = None
         finally:
             self.busy.release()

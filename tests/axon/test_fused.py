@@ -323,3 +323,45 @@ def test_cross_entropy_kernel_propagates_nan_and_inf():
         with np.errstate(invalid="ignore"):
             lse = fn(logits, np.zeros(3, np.int64))[0]
         assert np.isnan(lse[0]) and np.isnan(lse[1]) and np.isfinite(lse[2])
+
+
+def test_linear_weight_gradients_deferred_to_a_helper_are_the_same():
+    """Large enough products on two threads: `Linear.backward` defers the weight gradient to a
+    helper (`axon_kernels.workers.defer`) and the engine adds it to the leaf at the end. The
+    gradients equal those of the one-thread run -- bit for bit where each is one product; for a
+    weight used by two layers and outside them too, its three terms may be added in another order
+    (the deferred one last), so to float32 rounding -- and a weight that is not a leaf (``w * 0.5``)
+    gets its deferred gradient at once."""
+    import numba
+
+    from axon_kernels import blas
+
+    g = np.random.default_rng(11)
+    x0 = g.standard_normal((1024, 64)).astype(np.float32)
+    w0 = g.standard_normal((128, 64)).astype(np.float32)
+    v0 = g.standard_normal((128, 64)).astype(np.float32)
+    assert 1024 * 128 * 64 >= blas.GEMM_MIN_WORK                        # so the weight gradient is deferred
+
+    def run(threads):
+        before_numba, before_gemm = numba.get_num_threads(), blas.gemm_threads()
+        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+        blas.set_gemm_threads(threads)
+        try:
+            x = axon.Tensor(x0.copy(), requires_grad=True)
+            w = axon.Tensor(w0.copy(), requires_grad=True)
+            v = axon.Tensor(v0.copy(), requires_grad=True)
+            import axon.nn.functional as F
+
+            h = F.linear(x, w) + F.linear(x, w * 0.5)                     # w twice: once a leaf, once not
+            y = F.linear(h @ axon.Tensor(np.eye(128, 64, dtype=np.float32)), v)
+            loss = (y * y).sum() + (w * w).sum()                          # w also outside a linear layer
+            loss.backward()
+            return [t.grad.numpy() for t in (x, w, v)]
+        finally:
+            numba.set_num_threads(before_numba)
+            blas.set_gemm_threads(before_gemm)
+
+    (x1, w1, v1), (x2, w2, v2) = run(1), run(2)
+    np.testing.assert_array_equal(x1, x2)
+    np.testing.assert_array_equal(v1, v2)
+    np.testing.assert_allclose(w1, w2, rtol=1e-6, atol=1e-6 * np.abs(w1).max())

@@ -151,34 +151,6 @@ def test_bench_threads_gemm_part_runs(capsys):
     assert "OpenBLAS 2 threads" in out and "gemm split 2 (axon)" in out and "x)" in out
 
 
-@pytest.mark.parametrize("shapes", [
-    [((1024, 256), (256, 688)), ((688, 1024), (1024, 256))],                       # a linear layer's two gradients
-    [((1024, 256), (256, 256)), ((1024, 256), (256, 128)), ((1024, 256), (256, 128))],  # q / k / v
-    [((2048, 512), (512, 512)), ((64, 64), (64, 64))],                             # one far larger than the other
-    [((7, 5), (5, 3)), ((4, 5), (5, 2))],                                           # small: plain products
-])
-def test_gemm_many_equals_each_product(two_threads, shapes):
-    rng = np.random.default_rng(len(shapes))
-    pairs = [(rng.standard_normal(sa).astype(np.float32), rng.standard_normal(sb).astype(np.float32)) for sa, sb in shapes]
-    pairs[0] = (np.asfortranarray(pairs[0][0]), pairs[0][1])                       # a transposed operand's layout
-    got = blas.gemm_many(pairs)
-    assert len(got) == len(pairs)
-    for (a, b), y in zip(pairs, got):
-        assert y.shape == (a.shape[0], b.shape[1]) and y.dtype == np.float32
-        np.testing.assert_allclose(y, a @ b, rtol=1e-4, atol=1e-4 * np.sqrt(a.shape[1]))
-
-
-def test_gemm_many_propagates_nan_and_bad_shapes(two_threads):
-    a = np.ones((1024, 256), np.float32)
-    b = np.ones((256, 688), np.float32)
-    a2 = a.copy()
-    a2[5, 7] = np.nan
-    y1, y2 = blas.gemm_many([(a, b), (a2, b)])
-    assert np.isfinite(y1).all() and np.isnan(y2[5]).all() and np.isfinite(np.delete(y2, 5, axis=0)).all()
-    with pytest.raises(ValueError):
-        blas.gemm_many([(a, b), (a, np.ones((255, 3), np.float32))])
-
-
 def test_bench_gemm_split_smoke(capsys):
     """benchmarks/bench_gemm_split.py runs in its smoke size (numbers mean nothing there) and
     prints each question's answer line."""

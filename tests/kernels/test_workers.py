@@ -8,15 +8,11 @@ import pytest
 from axon_kernels import workers
 
 
-@pytest.fixture(params=[(1, "watch"), (2, "watch"), (2, "sleep")], ids=["1-thread", "2-threads", "2-threads-sleeping"])
-def nthreads(request, monkeypatch):
-    """Run the test with Numba (and so run_chunks) on 1 and on 2 threads (capped by the machine),
-    the idle threads watching for work (`workers.SPIN_MICROSECONDS`) or going to sleep at once."""
-    n, wait = request.param
-    if wait == "sleep":
-        monkeypatch.setattr(workers, "_spin_rounds", [0])
+@pytest.fixture(params=[1, 2])
+def nthreads(request):
+    """Run the test with Numba (and so run_chunks) on 1 and on 2 threads (capped by the machine)."""
     before = numba.get_num_threads()
-    numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    numba.set_num_threads(min(request.param, numba.config.NUMBA_NUM_THREADS))
     yield numba.get_num_threads()
     numba.set_num_threads(before)
 
@@ -74,8 +70,8 @@ def test_a_chunk_that_splits_again_runs_its_chunks_itself(nthreads):
 
 
 def test_many_jobs_in_a_row_each_run_every_chunk_once(nthreads):
-    """Jobs back to back (the helpers still watching from the last one) and with pauses between
-    them (the helpers asleep): every chunk of every job runs once, and no helper piles up."""
+    """Jobs back to back and with pauses between them (the helpers asleep): every chunk of every
+    job runs once, and no helper piles up."""
     import threading
     import time
 
@@ -88,7 +84,7 @@ def test_many_jobs_in_a_row_each_run_every_chunk_once(nthreads):
         workers.run_chunks(fn, 7)
         np.testing.assert_array_equal(seen, np.ones(7, np.int64))
         if job % 50 == 0:
-            time.sleep(0.002)                              # longer than the watch: the helpers sleep
+            time.sleep(0.002)                              # the helpers go to sleep
     assert sum(t.name.startswith("axon-worker") for t in threading.enumerate()) <= max(1, nthreads - 1) + 1
 
 
@@ -123,17 +119,6 @@ def test_a_second_caller_while_the_pool_is_busy_runs_its_chunks_itself(nthreads)
         np.testing.assert_array_equal(seen, np.full(16, 50))
 
 
-def test_watch_sees_a_change_and_times_out():
-    if numba.config.DISABLE_JIT:
-        pytest.skip("_watch is an atomic-load loop compiled by Numba (its intrinsics have no Python form); "
-                    "without the JIT the pool never watches, it sleeps at once")
-    flag = np.zeros(1, np.int64)
-    assert workers._watch(flag, 0, True, 5)                  # already equal
-    assert not workers._watch(flag, 1, True, 1000)           # never becomes 1: gives up
-    assert workers._watch(flag, 1, False, 5)                 # differs from 1 at once
-    assert not workers._watch(flag, 0, False, 1000)
-
-
 def test_a_forked_child_gets_its_own_pool():
     import os
 
@@ -155,3 +140,58 @@ def test_a_forked_child_gets_its_own_pool():
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_deferred_call_runs_once_on_a_helper_or_at_result(nthreads):
+    """`defer`: a helper runs the call when it has nothing else to do; ``result()`` waits for it,
+    or runs it itself if nobody has started it (always so on one thread). Each call runs once."""
+    import threading
+    import time
+
+    ran = []
+
+    def call(i):
+        ran.append((i, threading.current_thread().name))
+        return i * i
+
+    calls = [workers.defer(lambda i=i: call(i)) for i in range(20)]
+    time.sleep(0.05)                                         # time for a helper to take some
+    assert [d.result() for d in calls] == [i * i for i in range(20)]
+    assert sorted(i for i, _ in ran) == list(range(20))     # each exactly once
+    if nthreads == 1:
+        assert {name for _, name in ran} == {threading.current_thread().name}
+
+
+def test_a_deferred_calls_exception_reaches_result_and_the_pool_goes_on(nthreads):
+    def boom():
+        raise KeyError("deferred")
+
+    d = workers.defer(boom)
+    with pytest.raises(KeyError, match="deferred"):
+        d.result()
+    with pytest.raises(KeyError, match="deferred"):
+        d.result()                                           # the same error again, not a second run
+    assert workers.defer(lambda: 7).result() == 7
+    seen = np.zeros(5, np.int64)
+
+    def fn(i):
+        seen[i] += 1
+
+    workers.run_chunks(fn, 5)
+    np.testing.assert_array_equal(seen, np.ones(5, np.int64))
+
+
+def test_chunks_go_first_and_deferred_calls_fill_the_gaps(nthreads):
+    """Jobs of chunks keep running while deferred calls wait: both finish, each call once."""
+    x = np.ones((96, 96), np.float32)
+    calls = [workers.defer(lambda: x @ x) for _ in range(30)]
+    for _ in range(30):
+        out = np.zeros((8, 96), np.float32)
+
+        def fn(i, out=out):
+            out[i] = (x @ x)[i]
+
+        workers.run_chunks(fn, 8)
+        assert (out == 96).all()
+    for d in calls:
+        assert (d.result() == 96).all()
