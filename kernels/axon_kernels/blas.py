@@ -82,4 +82,3 @@ def gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndar
 
     run_chunks(chunk, chunks)
     return out
-

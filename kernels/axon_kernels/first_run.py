@@ -21,7 +21,7 @@ from axon_kernels._jit import cached_on_disk, jit_disabled
 
 __all__ = ["MODEL_INDEPENDENT", "PARTS", "claim", "compiled_on_disk", "warm_up"]
 
-#: the parts of every generation, the largest first (the decode step's attention is ~1 s of CPU)
+#: the parts of every generation, the largest first (the decode step's attention kernel)
 MODEL_INDEPENDENT = ("decode", "prefill_silu", "prefill_rope", "prefill_norm")
 PARTS = MODEL_INDEPENDENT + quant.INFERENCE_KERNELS
 
@@ -72,13 +72,12 @@ def warm_up(parts, claims: str | None = None) -> None:
     for part in parts:
         if claims is not None and not claim(claims, part):
             continue
-        x = np.ones((2, 4), np.float32)                                      # [N, D]
         if part == "decode":
             decode.warm_up()
         elif part == "prefill_norm":
-            rms_norm.rms_norm_forward(x, np.ones(4, np.float32), 1e-5)
+            rms_norm.rms_norm_forward(np.ones((2, 4), np.float32), np.ones(4, np.float32), 1e-5)   # [N, D], [D]
         elif part == "prefill_silu":
-            swiglu.swiglu_forward(x, x)
+            swiglu.swiglu_forward(np.ones((2, 4), np.float32), np.ones((2, 4), np.float32))         # gate, up [N, D]
         elif part == "prefill_rope":
             heads = np.ones((1, 2, 2, 4), np.float32)                       # [B, H, T, Dh]
             rope.rope_rotate(heads, heads[:, :1], heads[:, :1])              # cos, sin [B, 1, T, D]

@@ -1,4 +1,6 @@
-"""Rotary position embedding for training: rotate every head of a [B, H, T, Dh] array in one pass.
+"""Rotary position embedding: rotate every head of a [B, H, T, Dh] array in one pass (the module
+forward of every RoPE model and its backward; the decode step rotates inside its fused attention,
+`axon_kernels.decode`).
 
 Channel pair ``(i, i + D/2)`` of each head (HuggingFace's ``rotate_half`` layout) is rotated by
 the angle whose cosine and sine are ``cos[b, 0, t, i]`` and ``sin[b, 0, t, i]``::
@@ -9,8 +11,7 @@ the angle whose cosine and sine are ``cos[b, 0, t, i]`` and ``sin[b, 0, t, i]``:
 ``inverse=True`` rotates by the opposite angle (``-sin``): a rotation's transpose is its inverse,
 so that is the backward of the forward. `rope_rotate_ref` is the NumPy definition; `rope_rotate_nb`
 computes the same values (the same products and one sum per element, so equal up to the fused
-multiply-add of `_jit.CONTRACT`) in one serial pass per (batch, head) row block, the blocks spread
-over `axon_kernels.workers.run_chunks`'s threads.
+multiply-add of `_jit.CONTRACT`) in one serial pass on the calling thread.
 
 Layouts: the model's ``x`` is usually a head-split *view* of a projection's output, ``[B, T, H,
 Dh]`` memory seen as ``[B, H, T, Dh]``, and the kernel reads that memory in place (no copy). The
@@ -25,7 +26,6 @@ import numpy as np
 from numba import njit
 
 from ._jit import CONTRACT, jit_disabled
-from .workers import INLINE_WORK, run_chunks
 
 __all__ = ["rope_rotate", "rope_rotate_ref", "rope_rotate_nb"]
 
@@ -58,12 +58,12 @@ def rope_rotate_ref(x, cos, sin, inverse=False, tokens_major=False):
 
 
 @njit(cache=True, nogil=True, fastmath=CONTRACT, error_model="numpy")
-def _rope_rows(src, src_tokens_major, cs, sn, sign, dst, dst_tokens_major, n_h, n_t, dh, d, cos_batched, r0, r1):
+def _rope_rows(src, src_tokens_major, cs, sn, sign, dst, dst_tokens_major, n_b, n_h, n_t, dh, d, cos_batched):
     # src, dst: 1-d C-contiguous buffers of [B, H, T, Dh] ("heads major") or [B, T, H, Dh]
     # ("tokens major") arrays; cs, sn: 1-d [Bc, T, D] tables (Bc = B when cos_batched, else 1);
-    # sign = -1 rotates back. Rows r0:r1 of the B * H (batch, head) pairs, T tokens each.
+    # sign = -1 rotates back. Every (batch, head) row, T tokens each.
     half = np.uint64(d // 2)                        # unsigned offsets: no negative-index checks, so the loops vectorise
-    for r in range(r0, r1):
+    for r in range(n_b * n_h):
         b = r // n_h
         h = r % n_h
         cb = b if cos_batched else 0
@@ -91,7 +91,7 @@ def _rotate_with_kernel(x, cos, sin, inverse, tokens_major):
     dst = np.empty((b, t, h, dh) if tokens_major else (b, h, t, dh), x.dtype)
     if x.size:
         _rope_rows(src.reshape(-1), src_tm, cs, sn, x.dtype.type(-1 if inverse else 1), dst.reshape(-1), tokens_major,
-                   h, t, dh, cos.shape[-1], cos.shape[0] == b and b > 1, 0, b * h)
+                   b, h, t, dh, cos.shape[-1], cos.shape[0] == b and b > 1)
     return dst.transpose(0, 2, 1, 3) if tokens_major else dst  # [B, H, T, Dh]
 
 
